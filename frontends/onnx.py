@@ -1,0 +1,283 @@
+"""The ONNX frontend: an ONNX model (path, bytes or ModelProto) becomes a slimc `Graph`.
+
+The work happens in three steps, so a model that cannot be imported fails before anything is
+built and says everything that is wrong at once:
+
+1. read: parse the protobuf (corrupt or truncated files are a clear `ModelError`), read external
+   data (refusing locations outside the model's folder), inline model-local functions;
+2. scan: every node's op and opset is looked up in the converter table; everything missing is
+   reported in one `UnsupportedError` with counts and the first node names;
+3. convert: graph inputs (symbolic dimensions bound by ``input_shapes``), initializers as
+   constants, then one converter call per node in order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from slimc.ir import Graph, ModelError, SlimcError, TensorType, UnsupportedError, Value
+from slimc.ir.errors import InternalError
+
+from .onnx_ops import ConvertContext, find_converter, onnx_dtype
+
+# Ops that need control flow, sequences, optionals or strings: refused with a reason.
+_OUT_OF_SCOPE = {
+    "If": "control flow", "Loop": "control flow", "Scan": "control flow",
+    "SequenceConstruct": "sequences", "SequenceAt": "sequences", "SequenceEmpty": "sequences",
+    "SequenceInsert": "sequences", "SequenceErase": "sequences", "SequenceLength": "sequences",
+    "SplitToSequence": "sequences", "ConcatFromSequence": "sequences", "SequenceMap": "sequences",
+    "Optional": "optionals", "OptionalHasElement": "optionals", "OptionalGetElement": "optionals",
+    "StringNormalizer": "strings", "StringConcat": "strings", "StringSplit": "strings",
+    "RegexFullMatch": "strings", "TfIdfVectorizer": "strings",
+}
+MIN_OPSET = 7
+
+
+def tensor_to_numpy(t, where: str = "", base_dir: Optional[str] = None) -> np.ndarray:
+    """An ONNX TensorProto as a numpy array (external data read from `base_dir`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    onnx_dtype(t.data_type, f" (tensor {t.name!r}{where and ' in ' + where})")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        _load_external(t, base_dir)
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"tensor {t.name!r} cannot be read: {e}", node=where or None) from e
+    return np.ascontiguousarray(arr)
+
+
+def _load_external(t, base_dir: Optional[str]) -> None:
+    info = {e.key: e.value for e in t.external_data}
+    location = info.get("location", "")
+    if base_dir is None:
+        raise ModelError(f"tensor {t.name!r} has external data {location!r} but the model was "
+                         f"not loaded from a file, so there is no folder to find it in")
+    root = os.path.realpath(base_dir)
+    path = os.path.realpath(os.path.join(root, location))
+    if os.path.isabs(location) or os.path.commonpath([root, path]) != root:
+        raise ModelError(f"tensor {t.name!r}: external data location {location!r} leaves the "
+                         f"model's folder; refused")
+    if not os.path.isfile(path):
+        raise ModelError(f"tensor {t.name!r}: external data file {location!r} does not exist")
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else None
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read() if length is None else f.read(length)
+    if length is not None and len(raw) != length:
+        raise ModelError(f"tensor {t.name!r}: external data file {location!r} is truncated")
+    t.raw_data = raw
+    del t.external_data[:]
+    import onnx
+
+    t.data_location = onnx.TensorProto.DEFAULT
+
+
+def read_model(model):
+    """Returns (ModelProto, folder for external data or None)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    if isinstance(model, (bytes, bytearray)):
+        data, base = bytes(model), None
+        name = "<bytes>"
+    else:
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise ModelError(f"model file {path!r} does not exist")
+        with open(path, "rb") as f:
+            data = f.read()
+        base, name = os.path.dirname(os.path.abspath(path)), path
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, Exception) as e:
+        raise ModelError(f"{name} is not a readable ONNX model (corrupt or truncated "
+                         f"protobuf): {e}") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{name} is not an ONNX model: it has no graph (empty, truncated, or "
+                         f"another kind of file)")
+    return proto, base
+
+
+def _opsets(proto) -> dict:
+    opsets = {}
+    for o in proto.opset_import:
+        opsets["" if o.domain == "ai.onnx" else o.domain] = o.version
+    if "" not in opsets:
+        opsets[""] = 1 if proto.opset_import else 13
+    return opsets
+
+
+def scan_unsupported(proto, opsets: dict) -> None:
+    """Raise one error listing every op the model uses that slimc cannot convert."""
+    problems: dict[str, list] = defaultdict(list)
+    for node in proto.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        key = node.op_type if not domain else f"{domain}.{node.op_type}"
+        if node.op_type in _OUT_OF_SCOPE and not domain:
+            problems[f"{key} ({_OUT_OF_SCOPE[node.op_type]} are not supported)"].append(node.name)
+        elif domain not in opsets:
+            problems[f"{key} (domain {domain!r} is not imported by the model)"].append(node.name)
+        elif find_converter(domain, node.op_type, opsets[domain]) is None:
+            problems[f"{key} (opset {opsets[domain]})"].append(node.name)
+    if opsets[""] < MIN_OPSET:
+        problems[f"default-domain opset {opsets['']} (slimc reads opset {MIN_OPSET} and newer)"]
+    if problems:
+        lines = []
+        for what, names in sorted(problems.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            lines.append(f"  {what}: {len(names)} node(s)" + (f", first {shown}" if names else ""))
+        raise UnsupportedError("the model uses what slimc does not support:\n" + "\n".join(lines))
+
+
+def _value_type(vi, input_shapes: Mapping, where: str) -> TensorType:
+    t = vi.type
+    if t.WhichOneof("value") != "tensor_type":
+        kind = t.WhichOneof("value") or "no type"
+        raise UnsupportedError(f"{where} {vi.name!r} is a {kind}; only tensors are supported")
+    dt = onnx_dtype(t.tensor_type.elem_type, f" ({where} {vi.name!r})")
+    if not t.tensor_type.HasField("shape"):
+        if vi.name in input_shapes:
+            return TensorType(dt, tuple(input_shapes[vi.name]))
+        raise ModelError(f"{where} {vi.name!r} has no shape; give it with input_shapes=")
+    dims = []
+    for d in t.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    if vi.name in input_shapes:
+        given = tuple(input_shapes[vi.name])
+        if len(given) != len(dims) or any(isinstance(a, int) and a != b for a, b in zip(dims, given)):
+            raise ModelError(f"input_shapes[{vi.name!r}] = {list(given)} contradicts the model's "
+                             f"shape {TensorType(dt, tuple(dims))}")
+        dims = list(given)
+    return TensorType(dt, tuple(dims))
+
+
+def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+              name: Optional[str] = None) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a slimc Graph."""
+    import onnx
+
+    input_shapes = dict(input_shapes or {})
+    proto, base_dir = read_model(model)
+    if proto.functions:
+        try:
+            from onnx import inliner
+
+            proto = inliner.inline_local_functions(proto)
+        except Exception as e:
+            raise ModelError(f"model-local functions could not be inlined: {e}") from e
+    opsets = _opsets(proto)
+    scan_unsupported(proto, opsets)
+    g = proto.graph
+    graph = Graph(name or g.name or "main")
+    known_inputs = {vi.name for vi in g.input}
+    unknown = set(input_shapes) - known_inputs
+    if unknown:
+        raise ModelError(f"input_shapes names {sorted(unknown)}, which are not model inputs "
+                         f"(inputs: {sorted(known_inputs)})")
+    all_names = {n for node in g.node for n in list(node.output)} | known_inputs | \
+        {t.name for t in g.initializer}
+    graph.reserve(all_names - {""})
+    env: dict[str, Value] = {}
+    initializers = {t.name for t in g.initializer}
+    symbol_values = _symbol_binding(g, initializers, input_shapes)
+    for vi in g.input:
+        if vi.name in initializers:
+            continue  # old exporters list weights as inputs too; the initializer wins
+        t = _value_type(vi, input_shapes, "input")
+        t = t.with_shape([symbol_values.get(d, d) if isinstance(d, str) else d for d in t.shape])
+        env[vi.name] = graph.add_input(vi.name, t)
+    for t in g.initializer:
+        env[t.name] = graph.add_constant(t.name, tensor_to_numpy(t, "", base_dir), unique=False)
+    for node in g.node:
+        _convert_node(graph, node, env, opsets)
+    outputs = []
+    for vi in g.output:
+        if vi.name not in env:
+            raise ModelError(f"graph output {vi.name!r} is produced by no node")
+        outputs.append(env[vi.name])
+    graph.outputs = outputs
+    _name_outputs(graph, [vi.name for vi in g.output])
+    return graph
+
+
+def _symbol_binding(g, initializers, input_shapes: Mapping) -> dict:
+    """Symbol -> size for symbolic dims that input_shapes bound on some input."""
+    binding = {}
+    for vi in g.input:
+        if vi.name in initializers or vi.name not in input_shapes:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        for d, size in zip(dims, input_shapes[vi.name]):
+            if d.HasField("dim_param") and d.dim_param and isinstance(size, int):
+                binding[d.dim_param] = size
+    return binding
+
+
+def _convert_node(graph: Graph, node, env: dict, opsets: dict) -> None:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    label = node.name or (node.output[0] if node.output else node.op_type)
+    inputs = []
+    for i, name in enumerate(node.input):
+        if name == "":
+            inputs.append(None)
+        elif name in env:
+            inputs.append(env[name])
+        else:
+            raise ModelError(f"input {i} {name!r} is not produced by any earlier node, "
+                             f"initializer or graph input (missing, or the graph has a cycle / "
+                             f"is not topologically sorted)", node=label, op=node.op_type)
+    fn = find_converter(domain, node.op_type, opsets[domain])
+    ctx = ConvertContext(graph, node, inputs, opsets[domain])
+    nodes_before, consts_before = len(graph.nodes), len(graph.constants)
+    try:
+        result = fn(ctx)
+    except SlimcError:
+        raise
+    except Exception as e:
+        raise InternalError(f"{type(e).__name__}: {e} (while converting node {label!r})",
+                            where=f"ONNX converter for {node.op_type}") from e
+    results = result if isinstance(result, (list, tuple)) else [result]
+    created = {id(v) for n in graph.nodes[nodes_before:] for v in n.outputs}
+    created.update(id(v) for _, v in zip(range(len(graph.constants) - consts_before),
+                                          reversed(graph.constants.values())))
+    for out_name, v in zip(node.output, results):
+        if not out_name:
+            continue
+        if out_name in env:
+            raise ModelError(f"output {out_name!r} is defined twice (not SSA)", node=label,
+                             op=node.op_type)
+        if v is None:
+            raise ModelError(f"output {out_name!r} is not produced by this node", node=label,
+                             op=node.op_type)
+        if v.name != out_name and id(v) in created:
+            graph.rename(v, out_name)  # the name was reserved for it
+        env[out_name] = v
+    for out_name in node.output[len(results):]:
+        if out_name:
+            raise ModelError(f"optional output {out_name!r} is not supported", node=label,
+                             op=node.op_type)
+
+
+def _name_outputs(graph: Graph, names: Sequence[str]) -> None:
+    """Graph outputs carry the ONNX output names (callers look them up by name)."""
+    for i, (v, want) in enumerate(zip(list(graph.outputs), names)):
+        if v.name == want:
+            continue
+        node = graph.make_node("identity", [v], output_types=[v.type.plain()],
+                               output_names=[want])
+        graph.outputs[i] = node.outputs[0]

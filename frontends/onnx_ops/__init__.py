@@ -1,0 +1,214 @@
+"""ONNX op converters: one small function per ONNX op and opset range, found in one table.
+
+A converter turns one ONNX node into slimc ops through a `ConvertContext`::
+
+    @converter("LeakyRelu", since=6)
+    def leaky_relu(ctx):
+        return ctx.emit("leaky_relu", [ctx.input(0)], alpha=ctx.attr("alpha", 0.01))
+
+`since` is the first opset whose semantics the converter implements; the frontend picks the
+converter with the highest `since` not above the model's opset. Converters read attributes
+through `ctx.attr` (which checks their ONNX type), may emit several slimc nodes, and return
+the values for the ONNX node's outputs in order. ONNX spellings stop here: what they emit is
+slimc's op set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from slimc.ir import Graph, ModelError, UnsupportedError, Value, dtypes, get_op
+from slimc.ir.registry import InternalError, SlimcError
+from slimc.ir.types import TensorType
+
+# (domain, op_type) -> [(since_version, converter)], sorted by since.
+CONVERTERS: dict[tuple[str, str], list[tuple[int, Callable]]] = {}
+
+# Ops emitted with only constant inputs are folded on the spot (so a Reshape's target shape
+# computed by Shape/Gather/Concat is known when the Reshape converts) up to this many elements.
+EAGER_FOLD_LIMIT = 1 << 16
+
+
+def converter(op_type: str, since: int = 1, domain: str = "") -> Callable[[Callable], Callable]:
+    def wrap(fn: Callable) -> Callable:
+        entries = CONVERTERS.setdefault((domain, op_type), [])
+        entries.append((since, fn))
+        entries.sort(key=lambda e: e[0])
+        return fn
+
+    return wrap
+
+
+def find_converter(domain: str, op_type: str, opset: int) -> Optional[Callable]:
+    domain = "" if domain == "ai.onnx" else domain
+    best = None
+    for since, fn in CONVERTERS.get((domain, op_type), []):
+        if since <= opset:
+            best = fn
+    return best
+
+
+# ONNX TensorProto element type -> slimc dtype.
+def onnx_dtype(elem_type: int, where: str = "") -> "dtypes":
+    import onnx
+
+    table = {
+        onnx.TensorProto.FLOAT: dtypes.f32, onnx.TensorProto.DOUBLE: dtypes.f64,
+        onnx.TensorProto.FLOAT16: dtypes.f16, onnx.TensorProto.BFLOAT16: dtypes.bf16,
+        onnx.TensorProto.INT8: dtypes.i8, onnx.TensorProto.INT16: dtypes.i16,
+        onnx.TensorProto.INT32: dtypes.i32, onnx.TensorProto.INT64: dtypes.i64,
+        onnx.TensorProto.UINT8: dtypes.u8, onnx.TensorProto.UINT16: dtypes.u16,
+        onnx.TensorProto.UINT32: dtypes.u32, onnx.TensorProto.UINT64: dtypes.u64,
+        onnx.TensorProto.BOOL: dtypes.bool,
+    }
+    if elem_type not in table:
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
+            onnx.TensorProto.DataType.values() else str(elem_type)
+        raise UnsupportedError(f"element type {name} is not supported{where}")
+    return table[elem_type]
+
+
+_ATTR_KINDS = {1: "float", 2: "int", 3: "string", 4: "tensor", 5: "graph", 6: "floats",
+               7: "ints", 8: "strings", 9: "tensors", 10: "graphs", 11: "sparse_tensor",
+               12: "sparse_tensors", 13: "type_proto", 14: "type_protos"}
+
+
+class ConvertContext:
+    """What a converter sees: the ONNX node, its inputs as slimc values, and ways to emit."""
+
+    def __init__(self, graph: Graph, node, inputs: Sequence[Optional[Value]], opset: int):
+        self.graph = graph
+        self.node = node
+        self.inputs = list(inputs)
+        self.opset = opset
+        self.label = node.name or (node.output[0] if node.output else node.op_type)
+        self._attrs = {a.name: a for a in node.attribute}
+
+    # ----- reading the ONNX node ---------------------------------------------------------
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def input(self, i: int) -> Optional[Value]:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def has_input(self, i: int) -> bool:
+        return self.input(i) is not None
+
+    def const_value(self, i: int) -> Optional[np.ndarray]:
+        """The data of input i if it is a constant (initializer, Constant, or folded)."""
+        v = self.input(i)
+        if v is None or not v.is_constant:
+            return None
+        return v.data
+
+    def has_attr(self, name: str) -> bool:
+        return name in self._attrs
+
+    def attr(self, name: str, default: Any = None, kind: Optional[str] = None) -> Any:
+        """An attribute's value (str for strings, np.ndarray for tensors), or `default`.
+
+        `kind` ("int", "float", "ints", "floats", "string", "tensor") is checked when given:
+        an attribute of the wrong type is a model error, not a crash later.
+        """
+        import onnx
+
+        a = self._attrs.get(name)
+        if a is None:
+            return default
+        got = _ATTR_KINDS.get(a.type, str(a.type))
+        if kind is not None and got != kind and not (kind == "float" and got == "int"):
+            self.fail(f"attribute {name!r} must be of type {kind}, got {got}")
+        if got in ("graph", "graphs"):
+            raise UnsupportedError("control flow (subgraph attributes) is not supported",
+                                   node=self.label, op=self.node.op_type)
+        value = onnx.helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+        if got == "strings":
+            return [v.decode("utf-8", errors="replace") for v in value]
+        if got == "tensor":
+            from .. import onnx as frontend
+
+            return frontend.tensor_to_numpy(value, self.label)
+        if got in ("ints", "floats"):
+            return list(value)
+        return value
+
+    def fail(self, message: str):
+        raise ModelError(message, node=self.label, op=self.node.op_type)
+
+    def unsupported(self, message: str):
+        raise UnsupportedError(message, node=self.label, op=self.node.op_type)
+
+    # ----- building slimc IR -------------------------------------------------------------
+    def const(self, data, dtype=None, name: str = "") -> Value:
+        arr = np.asarray(data, dtype=None if dtype is None else getattr(dtype, "numpy", dtype))
+        base = name or (self.node.output[0] if self.node.output else "const") + ".const"
+        return self.graph.add_constant(base, arr)
+
+    def emit(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1,
+             **attrs) -> Any:
+        """Emit one slimc node (types inferred, folded if all inputs are constant).
+
+        Returns the output value, or a list of them when `num_outputs` != 1.
+        """
+        opdef = get_op(op, self.label)
+        while inputs and inputs[-1] is None and len(inputs) > opdef.num_inputs[0]:
+            inputs = list(inputs)[:-1]
+        opdef.check_arity(len(inputs), self.label)
+        resolved = opdef.resolve_attrs(attrs, self.label)
+        types = [None if v is None else v.type for v in inputs]
+        consts = [v.data if v is not None and v.is_constant else None for v in inputs]
+        try:
+            out_types = opdef.infer_types(types, resolved, consts, self.label)
+        except SlimcError:
+            raise
+        except Exception as e:
+            raise InternalError(f"type inference of {op} failed: {type(e).__name__}: {e}",
+                                where=f"converter for {self.node.op_type}") from e
+        if num_outputs != 1 and len(out_types) != num_outputs and opdef.num_outputs != -1:
+            raise InternalError(f"{op} gives {len(out_types)} outputs, converter expected "
+                                f"{num_outputs}", where=f"converter for {self.node.op_type}")
+        foldable = all(v is None or (v.is_constant and v.data is not None) for v in inputs) and \
+            all(t.is_static and t.numel <= EAGER_FOLD_LIMIT for t in out_types)
+        base = (self.node.output[0] if self.node.output and self.node.output[0] else op)
+        if foldable:
+            from slimc.ir.interpreter import run_node
+            from slimc.ir.graph import Node
+
+            probe = Node(op, [], attrs, [Value(base, t) for t in out_types], self.node.name)
+            try:
+                datas = run_node(probe, [None if v is None else v.data for v in inputs])
+            except ModelError:
+                datas = None
+            if datas is not None:
+                outs = [self.graph.add_constant(base, d, t) for d, t in zip(datas, out_types)]
+                return outs[0] if num_outputs == 1 else outs
+        node = self.graph.make_node(op, inputs, attrs, out_types, [base] * len(out_types),
+                                    name=self.node.name)
+        return node.outputs[0] if num_outputs == 1 else list(node.outputs)
+
+
+def simple(onnx_op: str, slimc_op: str, since: int = 1, attrs: Sequence[tuple] = (),
+           num_inputs: Optional[int] = None) -> None:
+    """Register a one-to-one converter: same inputs, attributes copied (onnx name, slimc name,
+    default)."""
+
+    def convert(ctx: ConvertContext):
+        inputs = ctx.inputs if num_inputs is None else ctx.inputs[:num_inputs]
+        kw = {}
+        for onnx_name, slimc_name, default in attrs:
+            value = ctx.attr(onnx_name, default)
+            if value is not None:
+                kw[slimc_name] = value
+        return ctx.emit(slimc_op, inputs, **kw)
+
+    convert.__name__ = f"convert_{onnx_op}"
+    converter(onnx_op, since)(convert)
+
+
+# Importing the families registers their converters.
+from . import elementwise  # noqa: E402,F401

@@ -1,0 +1,85 @@
+"""Converters for ONNX's elementwise, activation, comparison and logic ops."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimc.ir import dtypes
+
+from . import ConvertContext, converter, onnx_dtype, simple
+
+# ONNX op -> slimc op, inputs and semantics identical.
+ONE_TO_ONE = {
+    "Neg": "neg", "Abs": "abs", "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Exp": "exp",
+    "Log": "log", "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu",
+    "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign", "Sin": "sin",
+    "Cos": "cos", "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan", "Sinh": "sinh",
+    "Cosh": "cosh", "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh", "Softsign": "softsign",
+    "Softplus": "softplus", "Mish": "mish", "BitwiseNot": "bitwise_not", "Not": "not",
+    "IsNaN": "isnan", "HardSwish": "hard_swish",
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "PRelu": "prelu",
+    "BitwiseAnd": "bitwise_and", "BitwiseOr": "bitwise_or", "BitwiseXor": "bitwise_xor",
+    "Equal": "equal", "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
+    "GreaterOrEqual": "greater_equal", "And": "and", "Or": "or", "Xor": "xor",
+    "Where": "where", "Max": "max", "Min": "min", "Sum": "sum", "Mean": "mean",
+    "Identity": "identity",
+}
+for _onnx, _slimc in ONE_TO_ONE.items():
+    simple(_onnx, _slimc)
+
+# ONNX op -> (slimc op, [(onnx attribute, slimc attribute, default)])
+WITH_ATTRS = {
+    "LeakyRelu": ("leaky_relu", [("alpha", "alpha", 0.01)]),
+    "Elu": ("elu", [("alpha", "alpha", 1.0)]),
+    "Celu": ("celu", [("alpha", "alpha", 1.0)]),
+    "Selu": ("selu", [("alpha", "alpha", 1.67326319217681884765625),
+                      ("gamma", "gamma", 1.05070102214813232421875)]),
+    "ThresholdedRelu": ("thresholded_relu", [("alpha", "alpha", 1.0)]),
+    "HardSigmoid": ("hard_sigmoid", [("alpha", "alpha", 0.2), ("beta", "beta", 0.5)]),
+    "Gelu": ("gelu", [("approximate", "approximate", "none")]),
+    "Shrink": ("shrink", [("bias", "bias", 0.0), ("lambd", "lambd", 0.5)]),
+    "Mod": ("mod", [("fmod", "fmod", 0)]),
+    "BitShift": ("bit_shift", [("direction", "direction", None)]),
+    "IsInf": ("isinf", [("detect_negative", "detect_negative", 1),
+                        ("detect_positive", "detect_positive", 1)]),
+}
+for _onnx, (_slimc, _attrs) in WITH_ATTRS.items():
+    simple(_onnx, _slimc, attrs=_attrs)
+
+
+@converter("Cast", since=6)
+def cast(ctx: ConvertContext):
+    to = onnx_dtype(ctx.attr("to", kind="int"), f" (Cast to)")
+    return ctx.emit("cast", [ctx.input(0)], to=to)
+
+
+@converter("CastLike", since=15)
+def cast_like(ctx: ConvertContext):
+    return ctx.emit("cast", [ctx.input(0)], to=ctx.input(1).dtype)
+
+
+@converter("Clip", since=6)
+def clip_attrs(ctx: ConvertContext):
+    """Opset 6-10: bounds are attributes."""
+    x = ctx.input(0)
+    lo = ctx.const(np.asarray(ctx.attr("min", -3.4028234663852886e38), x.dtype.numpy))
+    hi = ctx.const(np.asarray(ctx.attr("max", 3.4028234663852886e38), x.dtype.numpy))
+    return ctx.emit("clip", [x, lo, hi])
+
+
+@converter("Clip", since=11)
+def clip_inputs(ctx: ConvertContext):
+    return ctx.emit("clip", ctx.inputs[:3])
+
+
+@converter("Dropout", since=1)
+def dropout(ctx: ConvertContext):
+    """Inference: Dropout is the identity; its optional mask output is all true."""
+    if ctx.has_input(2) and ctx.const_value(2) is not None and bool(ctx.const_value(2)):
+        ctx.unsupported("training_mode=true: dropout in training mode is random")
+    y = ctx.emit("identity", [ctx.input(0)])
+    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+        mask = ctx.emit("constant_of_shape", [ctx.emit("shape", [ctx.input(0)])],
+                        value=True, dtype=dtypes.bool)
+        return [y, mask]
+    return y
