@@ -75,8 +75,9 @@ def clip_inputs(ctx: ConvertContext):
 @converter("Dropout", since=1)
 def dropout(ctx: ConvertContext):
     """Inference: Dropout is the identity; its optional mask output is all true."""
-    if ctx.has_input(2) and ctx.const_value(2) is not None and bool(ctx.const_value(2)):
-        ctx.unsupported("training_mode=true: dropout in training mode is random")
+    if ctx.has_input(2) and (ctx.const_value(2) is None or bool(ctx.const_value(2))):
+        ctx.unsupported("training_mode is true or not a constant: dropout in training mode "
+                        "is random and not supported")
     y = ctx.emit("identity", [ctx.input(0)])
     if len(ctx.node.output) > 1 and ctx.node.output[1]:
         mask = ctx.emit("constant_of_shape", [ctx.emit("shape", [ctx.input(0)])],

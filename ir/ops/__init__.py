@@ -1,3 +1,3 @@
 """slimc's op set, one module per family. Importing this package registers every op."""
 
-from . import elementwise  # noqa: F401
+from . import elementwise, linalg, nn, reduce, tensor  # noqa: F401

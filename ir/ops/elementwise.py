@@ -115,9 +115,8 @@ def _pow(a, b):
 
 
 def _mod(a, b, fmod=0):
-    if fmod or a.dtype.kind == "f":
-        return np.fmod(a, b)
-    return np.mod(a, b)
+    """fmod=1: C's fmod (sign of the dividend); fmod=0: Python's mod (sign of the divisor)."""
+    return np.fmod(a, b) if fmod else np.mod(a, b)
 
 
 def _bitshift(a, b, direction):

@@ -1,0 +1,6 @@
+import os
+import sys
+
+# Tests import their shared helpers as `tests.oracle`; make the repository root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("SLIMC_VERIFY", "1")
