@@ -1,0 +1,55 @@
+"""The standard pipelines, by optimization level, and lookup of passes by name.
+
+    -O0  infer_shapes
+    -O1  + fold_constants, cse, dce
+    -O2  (default) the -O1 passes; graph rewrites and fusion join here as they land
+    -O3  -O2 plus transformations that trade a stated amount of precision for speed
+
+User passes given to ``compile(passes=[...])`` run after the standard simplification passes
+and before fusion, so they see a clean graph and their results are still fused.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+from slimc.ir.errors import SlimcError
+
+from .basic import CommonSubexpressionElimination, DeadCodeElimination, FoldConstants, InferShapes
+from .pass_manager import Pass
+
+# name -> factory; one place that knows every standard pass.
+PASSES: dict[str, Callable[[], Pass]] = {
+    "infer_shapes": InferShapes,
+    "fold_constants": FoldConstants,
+    "cse": CommonSubexpressionElimination,
+    "dce": DeadCodeElimination,
+}
+
+_LEVELS = {
+    0: ["infer_shapes"],
+    1: ["infer_shapes", "fold_constants", "cse", "dce"],
+    2: ["infer_shapes", "fold_constants", "cse", "dce"],
+    3: ["infer_shapes", "fold_constants", "cse", "dce"],
+}
+
+
+def make_pass(name: str) -> Pass:
+    try:
+        return PASSES[name]()
+    except KeyError:
+        raise SlimcError(f"unknown pass {name!r}; known passes: {', '.join(sorted(PASSES))}") \
+            from None
+
+
+def standard_pipeline(opt_level: int = 2, user_passes: Sequence[Pass] = (),
+                      disable: Iterable[str] = ()) -> list[Pass]:
+    if opt_level not in _LEVELS:
+        raise SlimcError(f"opt_level must be 0..3, got {opt_level!r}")
+    disable = set(disable)
+    unknown = disable - set(PASSES)
+    if unknown:
+        raise SlimcError(f"cannot disable unknown pass(es) {sorted(unknown)}; known passes: "
+                         f"{', '.join(sorted(PASSES))}")
+    passes = [make_pass(n) for n in _LEVELS[opt_level] if n not in disable]
+    return passes + list(user_passes)

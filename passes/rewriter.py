@@ -1,0 +1,267 @@
+"""The pattern rewriter: rules are data, a pass is a list of rules run to a fixed point.
+
+A rule names a pattern over ops, attributes and uses, and a rewrite::
+
+    Rule("conv_add_bias",
+         Op("add", Op("conv", Any("x"), Const("w"), name="conv"), Const("b")),
+         lambda m, b: b.op("conv", [m["x"], m["w"], m["b"]], **m.node("conv").attrs),
+         where=lambda m: is_per_channel(m["b"]))
+
+Patterns: ``Any(name)`` matches any value, ``Const(name, where=pred)`` a constant with data,
+``Op(op, *inputs, name=, attrs={k: value or predicate}, commutative=)`` a value produced by
+that op. Inner ``Op``s must have one use (else the rewrite would duplicate their work) unless
+``one_use=False``. Every failed match produces a *reason*; ``SLIMC_DEBUG=rewrite`` prints the
+reason for each node where a rule's root op matched but the rule did not fire, and
+`explain(rule, graph)` returns them for tests and notebooks.
+
+The rewrite function gets the `Match` and a `Builder` that inserts new nodes just before the
+matched root, so topological order holds. It returns the replacement value(s) for the root's
+outputs, or None to decline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any as AnyType, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from slimc.ir import Graph, Node, TensorType, Value, get_op
+from slimc.ir.debug import enabled, log
+from slimc.ir.errors import InternalError
+from slimc.ir.graph import constant_data
+
+from .pass_manager import Pass
+
+
+class Pattern:
+    name: Optional[str] = None
+
+
+@dataclass
+class Any(Pattern):
+    name: Optional[str] = None
+
+
+@dataclass
+class Const(Pattern):
+    name: Optional[str] = None
+    where: Optional[Callable[[np.ndarray], bool]] = None
+    why: str = "the constant does not satisfy the rule's condition"
+
+
+class Op(Pattern):
+    def __init__(self, op: str, *inputs: Pattern, name: Optional[str] = None,
+                 attrs: Optional[dict] = None, commutative: bool = False, one_use: bool = True):
+        self.op = op
+        self.inputs = inputs
+        self.name = name
+        self.attrs = attrs or {}
+        self.commutative = commutative
+        self.one_use = one_use
+
+    def __repr__(self) -> str:
+        return f"Op({self.op!r}, {', '.join(map(repr, self.inputs))})"
+
+
+class Match:
+    def __init__(self, graph: Graph, root: Node):
+        self.graph = graph
+        self.root = root
+        self.values: dict[str, Value] = {}
+        self.nodes: dict[str, Node] = {}
+        self.matched_nodes: list[Node] = []
+
+    def __getitem__(self, name: str) -> Value:
+        return self.values[name]
+
+    def node(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def data(self, name: str) -> np.ndarray:
+        return self.values[name].data
+
+    def attrs(self, name: str) -> dict:
+        node = self.nodes[name]
+        return get_op(node.op).resolve_attrs(node.attrs, node.label)
+
+
+def _bind(m: Match, pattern: Pattern, value: Value) -> Optional[str]:
+    if pattern.name is None:
+        return None
+    prev = m.values.get(pattern.name)
+    if prev is not None and prev is not value:
+        return f"%{value.name} and %{prev.name} should be the same value ({pattern.name})"
+    m.values[pattern.name] = value
+    return None
+
+
+def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[str]:
+    """None if `value` matches `pattern` (bindings go into `m`), else the reason it does not."""
+    if isinstance(pattern, Any):
+        return _bind(m, pattern, value)
+    if isinstance(pattern, Const):
+        data = constant_data(value)
+        if data is None:
+            return f"%{value.name} is not a constant"
+        if pattern.where is not None and not pattern.where(data):
+            return f"%{value.name}: {pattern.why}"
+        return _bind(m, pattern, value)
+    assert isinstance(pattern, Op)
+    node = value.producer
+    if node is None:
+        kind = "a constant" if value.is_constant else "a graph input"
+        return f"%{value.name} is {kind}, not the result of {pattern.op}"
+    if node.op != pattern.op:
+        return f"%{value.name} comes from {node.op}, not {pattern.op}"
+    if not is_root and pattern.one_use and (len(value.uses) != 1 or value in m.graph.outputs):
+        return f"%{value.name} ({node.op}) has other uses, so rewriting would duplicate it"
+    if pattern.attrs:
+        attrs = get_op(node.op).resolve_attrs(node.attrs, node.label)
+        for k, want in pattern.attrs.items():
+            got = attrs.get(k)
+            ok = want(got) if callable(want) else got == want
+            if not ok:
+                return f"%{value.name} ({node.op}) has {k}={got!r}" + \
+                    ("" if callable(want) else f", the rule needs {want!r}")
+    if pattern.inputs:
+        present = [v for v in node.inputs]
+        if len(present) != len(pattern.inputs):
+            return f"%{value.name} ({node.op}) has {len(present)} inputs, the rule expects " \
+                   f"{len(pattern.inputs)}"
+        orders = [list(range(len(present)))]
+        if pattern.commutative and len(present) == 2:
+            orders.append([1, 0])
+        reason = None
+        for order in orders:
+            trial = Match(m.graph, m.root)
+            trial.values, trial.nodes = dict(m.values), dict(m.nodes)
+            trial.matched_nodes = list(m.matched_nodes)
+            reason = None
+            for i, (p, idx) in enumerate(zip(pattern.inputs, order)):
+                v = present[idx]
+                if v is None:
+                    reason = f"input {idx} of %{value.name} ({node.op}) is absent"
+                    break
+                r = _match(p, v, trial, False)
+                if r:
+                    reason = f"input {idx} of {node.op}: {r}"
+                    break
+            if reason is None:
+                m.values, m.nodes, m.matched_nodes = trial.values, trial.nodes, trial.matched_nodes
+                break
+        if reason:
+            return reason
+    if pattern.name is not None:
+        m.nodes[pattern.name] = node
+    m.matched_nodes.append(node)
+    return _bind(m, pattern, value)
+
+
+class Builder:
+    """Creates nodes for a rewrite, just before the matched root, named after it."""
+
+    def __init__(self, graph: Graph, root: Node, rule: str):
+        self.graph = graph
+        self.root = root
+        self.rule = rule
+
+    def op(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1, **attrs):
+        opdef = get_op(op)
+        resolved = opdef.resolve_attrs(attrs, self.root.label)
+        types = opdef.infer_types([None if v is None else v.type for v in inputs], resolved,
+                                  [constant_data(v) for v in inputs], self.root.label)
+        base = self.root.outputs[0].name
+        node = self.graph.make_node(op, inputs, attrs, types, [base] * len(types),
+                                    name=self.root.name, before=self.root)
+        return node.outputs[0] if num_outputs == 1 else list(node.outputs)
+
+    def const(self, data, name: str = "") -> Value:
+        return self.graph.add_constant(name or self.root.outputs[0].name + ".c", np.asarray(data))
+
+
+@dataclass
+class Rule:
+    name: str
+    pattern: Op
+    rewrite: Callable[[Match, Builder], AnyType]
+    where: Optional[Callable[[Match], Union[bool, str]]] = None
+    doc: str = ""
+
+    def match(self, graph: Graph, node: Node) -> Union[Match, str]:
+        m = Match(graph, node)
+        reason = _match(self.pattern, node.outputs[0], m, True)
+        if reason:
+            return reason
+        if self.where is not None:
+            ok = self.where(m)
+            if ok is not True:
+                return ok if isinstance(ok, str) else "the rule's condition is false"
+        return m
+
+
+def explain(rule: Rule, graph: Graph) -> list[tuple[Node, str]]:
+    """For every node whose op is the rule's root op: why the rule does not match there."""
+    out = []
+    for node in graph.nodes:
+        if node.op == rule.pattern.op:
+            r = rule.match(graph, node)
+            if isinstance(r, str):
+                out.append((node, r))
+    return out
+
+
+def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
+    """Try one rule at one node; True if it rewrote the graph."""
+    result = rule.match(graph, node)
+    if isinstance(result, str):
+        if enabled("rewrite"):
+            log("rewrite", f"{rule.name} did not match at %{node.outputs[0].name} "
+                           f"({node.op}): {result}")
+        return False
+    replacement = rule.rewrite(result, Builder(graph, node, rule.name))
+    if replacement is None:
+        return False
+    replacement = replacement if isinstance(replacement, (list, tuple)) else [replacement]
+    if len(replacement) != len(node.outputs):
+        raise InternalError(f"rewrite gave {len(replacement)} values for {len(node.outputs)} "
+                            f"outputs", where=f"rule {rule.name}")
+    for old, new in zip(node.outputs, replacement):
+        if old.type.plain() != new.type.plain():
+            raise InternalError(f"rewrite changes the type of %{old.name} from {old.type} to "
+                                f"{new.type}", where=f"rule {rule.name}")
+    for old, new in zip(node.outputs, replacement):
+        old.replace_all_uses_with(new)
+    for dead in reversed(result.matched_nodes):
+        if dead.graph is graph and not any(v.uses or v in graph.outputs for v in dead.outputs):
+            graph.remove_node(dead)
+    log("rewrite", f"{rule.name} rewrote %{node.outputs[0].name}")
+    return True
+
+
+class RewritePass(Pass):
+    """Runs its rules over the graph until none fires (at most `max_rounds` sweeps)."""
+
+    def __init__(self, name: str, rules: Sequence[Rule], max_rounds: int = 20):
+        self.name = name
+        self.rules = list(rules)
+        self.max_rounds = max_rounds
+
+    def run(self, graph: Graph) -> bool:
+        changed = False
+        by_op: dict[str, list[Rule]] = {}
+        for r in self.rules:
+            by_op.setdefault(r.pattern.op, []).append(r)
+        for _ in range(self.max_rounds):
+            fired = False
+            for node in list(graph.nodes):
+                if node.graph is not graph:
+                    continue  # removed by an earlier rewrite in this sweep
+                for rule in by_op.get(node.op, ()):
+                    if apply_rule(graph, rule, node):
+                        fired = True
+                        break
+            changed |= fired
+            if not fired:
+                break
+        return changed

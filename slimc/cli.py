@@ -1,0 +1,130 @@
+"""The command line: ``slimc ir``, ``slimc run``, ``slimc opt``, ``slimc demo``.
+
+    slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
+    slimc run model.onnx [--inputs inputs.npz] [--shape ...]
+    slimc opt graph.slimc --passes fold_constants,cse      (replays a pass on a dump)
+    slimc demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _shapes(specs) -> dict:
+    out = {}
+    for spec in specs or []:
+        name, _, dims = spec.partition("=")
+        out[name] = tuple(int(d) if d.lstrip("-").isdigit() else d for d in dims.split(",") if d)
+    return out
+
+
+def _load_graph(path: str, shapes: dict):
+    import slimc
+
+    if path.endswith(".slimc"):
+        return slimc.ir.load(path)
+    return slimc.from_onnx(path, input_shapes=shapes)
+
+
+def _optimize(graph, opt_level: int, after=None):
+    from slimc.passes import PassManager, standard_pipeline
+
+    passes = standard_pipeline(opt_level)
+    if after:
+        names = [p.name for p in passes]
+        if after not in names:
+            raise SystemExit(f"slimc: no pass {after!r} at -O{opt_level}; passes: {', '.join(names)}")
+        passes = passes[:names.index(after) + 1]
+    PassManager(passes).run(graph)
+    return graph
+
+
+def cmd_ir(args) -> int:
+    graph = _load_graph(args.model, _shapes(args.shape))
+    if args.after or args.opt_level is not None:
+        _optimize(graph, 2 if args.opt_level is None else args.opt_level, args.after)
+    sys.stdout.write(str(graph))
+    return 0
+
+
+def cmd_run(args) -> int:
+    import slimc
+
+    graph = _load_graph(args.model, _shapes(args.shape))
+    _optimize(graph, args.opt_level)
+    rng = np.random.default_rng(0)
+    arrays = []
+    given = dict(np.load(args.inputs, allow_pickle=False)) if args.inputs else {}
+    for v in graph.inputs:
+        if v.name in given:
+            arrays.append(given[v.name])
+            continue
+        if not v.type.is_static:
+            raise SystemExit(f"slimc: input {v.name!r} has type {v.type}; give its shape with "
+                             f"--shape {v.name}=...")
+        if v.type.dtype.is_float:
+            arrays.append(rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy))
+        else:
+            arrays.append(rng.integers(0, 4, v.type.shape).astype(v.type.dtype.numpy))
+    outs = slimc.interpret(graph, *arrays)
+    for v, o in zip(graph.outputs, outs):
+        print(f"{v.name}: {o.dtype}{list(o.shape)}")
+        print(np.array2string(o, threshold=20, edgeitems=3))
+    return 0
+
+
+def cmd_opt(args) -> int:
+    import slimc
+    from slimc.passes import PassManager, make_pass
+
+    with open(args.graph) as f:
+        graph = slimc.parse(f.read())
+    passes = [make_pass(n) for n in args.passes.split(",") if n]
+    PassManager(passes, verify=True).run(graph)
+    sys.stdout.write(str(graph))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main
+
+    return main()
+
+
+def main(argv=None) -> int:
+    from slimc.ir import SlimcError
+
+    parser = argparse.ArgumentParser(prog="slimc", description="slimc: a neural-network compiler")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ir", help="print a model's IR")
+    p.add_argument("model")
+    p.add_argument("--after", help="print after this pass of the pipeline")
+    p.add_argument("--opt-level", type=int, help="run the -O pipeline first")
+    p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.set_defaults(fn=cmd_ir)
+    p = sub.add_parser("run", help="run a model on random or given inputs")
+    p.add_argument("model")
+    p.add_argument("--inputs", help=".npz with arrays named like the inputs")
+    p.add_argument("--opt-level", type=int, default=2)
+    p.add_argument("--shape", action="append")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
+    p.add_argument("graph")
+    p.add_argument("--passes", required=True)
+    p.set_defaults(fn=cmd_opt)
+    p = sub.add_parser("demo", help="build, import, optimize and run a small CNN")
+    p.set_defaults(fn=cmd_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SlimcError as e:
+        print(f"slimc: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
