@@ -132,7 +132,7 @@ def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[
         orders = [list(range(len(present)))]
         if pattern.commutative and len(present) == 2:
             orders.append([1, 0])
-        reason = None
+        best = None  # (inputs matched before failing, reason): report the nearest miss
         for order in orders:
             trial = Match(m.graph, m.root)
             trial.values, trial.nodes = dict(m.values), dict(m.nodes)
@@ -140,18 +140,19 @@ def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[
             reason = None
             for i, (p, idx) in enumerate(zip(pattern.inputs, order)):
                 v = present[idx]
-                if v is None:
-                    reason = f"input {idx} of %{value.name} ({node.op}) is absent"
-                    break
-                r = _match(p, v, trial, False)
+                r = f"input {idx} of %{value.name} ({node.op}) is absent" if v is None else \
+                    _match(p, v, trial, False)
                 if r:
-                    reason = f"input {idx} of {node.op}: {r}"
+                    reason = (i, r if v is None else f"input {idx} of {node.op}: {r}")
                     break
             if reason is None:
                 m.values, m.nodes, m.matched_nodes = trial.values, trial.nodes, trial.matched_nodes
+                best = None
                 break
-        if reason:
-            return reason
+            if best is None or reason[0] > best[0]:
+                best = reason
+        if best is not None:
+            return best[1]
     if pattern.name is not None:
         m.nodes[pattern.name] = node
     m.matched_nodes.append(node)

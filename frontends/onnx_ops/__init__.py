@@ -192,6 +192,9 @@ class ConvertContext:
         return node.outputs[0] if num_outputs == 1 else list(node.outputs)
 
 
+_KIND_OF_DEFAULT = {float: "float", int: "int", str: "string"}
+
+
 def simple(onnx_op: str, slimc_op: str, since: int = 1, attrs: Sequence[tuple] = (),
            num_inputs: Optional[int] = None) -> None:
     """Register a one-to-one converter: same inputs, attributes copied (onnx name, slimc name,
@@ -201,7 +204,7 @@ def simple(onnx_op: str, slimc_op: str, since: int = 1, attrs: Sequence[tuple] =
         inputs = ctx.inputs if num_inputs is None else ctx.inputs[:num_inputs]
         kw = {}
         for onnx_name, slimc_name, default in attrs:
-            value = ctx.attr(onnx_name, default)
+            value = ctx.attr(onnx_name, default, kind=_KIND_OF_DEFAULT.get(type(default)))
             if value is not None:
                 kw[slimc_name] = value
         return ctx.emit(slimc_op, inputs, **kw)

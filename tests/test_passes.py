@@ -1,0 +1,148 @@
+"""Passes: golden before/after IR (tests/golden/*.test, read by a person), semantics on
+hypothesis-drawn graphs (interpreter before == after), and the PassManager's tooling."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import slimc
+from slimc.ir import Graph, TensorType, dtypes, interpret, parse, verify
+from slimc.passes import (Any, Const, FunctionPass, Op, Pass, PassManager, RewritePass, Rule,
+                          explain, function_pass, make_pass, standard_pipeline)
+
+from .graph_gen import elementwise_graphs
+
+GOLDEN = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "golden", "*.test")))
+
+
+def load_golden(path):
+    with open(path) as f:
+        first, rest = f.read().split("\n", 1)
+    assert first.startswith("pipeline: ")
+    before, after = rest.split("---- expected ----\n")
+    return first[len("pipeline: "):].split(","), before, after
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=[os.path.basename(p) for p in GOLDEN])
+def test_golden(path):
+    names, before, after = load_golden(path)
+    g = parse(before)
+    x = [np.random.default_rng(0).standard_normal(v.type.shape).astype(np.float32) for v in g.inputs]
+    expected = interpret(g, *x)
+    PassManager([make_pass(n) for n in names], verify=True).run(g)
+    assert str(g) == after
+    for a, b in zip(interpret(g, *x), expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(elementwise_graphs())
+def test_pipeline_keeps_semantics(g):
+    x = np.random.default_rng(1).uniform(-3, 3, g.inputs[0].type.shape).astype(np.float32)
+    expected = interpret(g, x)
+    PassManager(standard_pipeline(2), verify=True).run(g)
+    for a, b in zip(interpret(g, x), expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _chain():
+    return parse("# slimc-ir v1\ngraph @g(%x: f32[2]) -> (f32[2]) {\n"
+                 "  const %zero: f32[2] = [0.0, 0.0]\n"
+                 "  %a = add(%x, %zero) : f32[2]\n  %b = relu(%a) : f32[2]\n  return %b\n}\n")
+
+
+def test_rewrite_rule_fires_and_explains_near_misses():
+    add_zero = Rule("add_zero", Op("add", Any("x"), Const("z", where=lambda d: not d.any(),
+                                                         why="it is not all zeros"),
+                                   commutative=True),
+                    lambda m, b: m["x"])
+    g = _chain()
+    assert RewritePass("simplify", [add_zero]).run(g)
+    verify(g)
+    assert [n.op for n in g.nodes] == ["relu"]
+
+    g = _chain()
+    g.constants["zero"].data = np.array([0.0, 1.0], np.float32)
+    reasons = explain(add_zero, g)
+    assert len(reasons) == 1 and "not all zeros" in reasons[0][1]
+
+
+def test_rule_reports_op_mismatch_and_other_uses():
+    rule = Rule("relu_of_add", Op("relu", Op("add", Any("x"), Any("y"))), lambda m, b: None)
+    g = parse("# slimc-ir v1\ngraph @g(%x: f32[2]) -> (f32[2], f32[2]) {\n"
+              "  %a = add(%x, %x) : f32[2]\n  %b = relu(%a) : f32[2]\n  return %b, %a\n}\n")
+    assert "other uses" in explain(rule, g)[0][1]
+    g = parse("# slimc-ir v1\ngraph @g(%x: f32[2]) -> (f32[2]) {\n"
+              "  %a = mul(%x, %x) : f32[2]\n  %b = relu(%a) : f32[2]\n  return %b\n}\n")
+    assert "comes from mul, not add" in explain(rule, g)[0][1]
+
+
+def test_user_passes_as_class_and_function(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    @function_pass("count_nodes")
+    def count(graph):
+        seen.append(len(graph.nodes))
+        return False
+
+    class Negate(Pass):
+        name = "double_negate"
+
+        def run(self, graph):
+            node = graph.nodes[-1]
+            b = graph.make_node("neg", [node.outputs[0]], output_types=[node.outputs[0].type])
+            c = graph.make_node("neg", [b.outputs[0]], output_types=[node.outputs[0].type])
+            graph.outputs = [c.outputs[0]]
+            return True
+
+    monkeypatch.setenv("SLIMC_PRINT_IR", "after:double_negate")
+    g = _chain()
+    PassManager([count, Negate()], verify=True, dump_dir=str(tmp_path)).run(g)
+    assert seen == [2]
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["00-input.slimc", "01-count_nodes.slimc", "02-double_negate.slimc",
+                     "passes.txt"]
+    assert "IR after double_negate" in capsys.readouterr().err
+    parse(open(tmp_path / "02-double_negate.slimc").read())
+
+
+def test_broken_pass_is_named_and_leaves_a_reproducer(tmp_path):
+    @function_pass("breaks_types")
+    def breaks(graph):
+        graph.nodes[0].outputs[0].type = TensorType(dtypes.f32, (7,))
+        return True
+
+    g = _chain()
+    with pytest.raises(slimc.InternalError, match="pass breaks_types.*differ from inferred") as e:
+        PassManager([breaks], verify=True, dump_dir=str(tmp_path)).run(g)
+    repro = tmp_path / "reproducer-breaks_types.slimc"
+    assert repro.exists() and str(repro) in str(e.value)
+    parse(repro.read_text())  # the reproducer is valid IR
+
+
+def test_crashing_pass_is_an_internal_error():
+    @function_pass("crashes")
+    def crashes(graph):
+        raise KeyError("oops")
+
+    with pytest.raises(slimc.InternalError, match="pass crashes.*KeyError"):
+        PassManager([crashes], verify=True).run(_chain())
+
+
+def test_fold_constants_refuses_to_bloat():
+    g = parse("# slimc-ir v1\ngraph @g(%x: f32[1000,1000]) -> (f32[1000,1000]) {\n"
+              "  const %s: f32[] = [2.0]\n  const %shape: i64[2] = [1000, 1000]\n"
+              "  %big = expand(%s, %shape) : f32[1000,1000]\n"
+              "  %y = mul(%x, %big) : f32[1000,1000]\n  return %y\n}\n") \
+        if slimc.ir.has_op("expand") else None
+    if g is None:
+        pytest.skip("expand is not registered yet")
+    assert not make_pass("fold_constants").run(g)
+
+
+def test_unknown_pass_names_are_errors():
+    with pytest.raises(slimc.SlimcError, match="unknown pass.*'nope'"):
+        standard_pipeline(2, disable=["nope"])
