@@ -7,8 +7,9 @@ This module only wires the rooms together: `slimc.ir` (the IR), `slimc.frontends
 from slimc.ir import (Graph, InputError, InternalError, ModelError, SlimcError, TensorType,
                       UnsupportedError, dtypes, interpret, parse, register_op)
 from slimc.frontends.onnx import from_onnx
+from slimc.compiler import Module, compile
 
 __version__ = "0.1.0"
 
-__all__ = ["from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
+__all__ = ["compile", "Module", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
            "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError"]

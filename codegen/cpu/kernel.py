@@ -1,0 +1,404 @@
+"""One kernel: a group of IR nodes lowered to one LLVM function.
+
+Every kernel has the same signature, ``void @name(i8** %args, i64 %begin, i64 %end)``: `args`
+holds one pointer per buffer the kernel touches (its inputs, then its outputs), and
+``[begin, end)`` is the slice of the kernel's parallel work items (`Kernel.parallel_extent`)
+this call does. The executor calls it once with the whole range, or splits the range across
+threads.
+
+Inside, values are computed by *index expressions*, TVM-style: `KernelBuilder.value_at(v,
+index, lanes)` returns the LLVM value of tensor `v` at `index` (a tuple of ints or i64 values,
+one per dimension; with ``lanes > 1`` the last index is the first of `lanes` consecutive
+elements and the result is a vector). A value produced inside the group is computed on the spot
+from its operands -- so a chain of elementwise, broadcasting and index-remapping ops
+(transpose, reshape, slice, expand, ...) becomes one loop nest with no intermediate buffer --
+and a value from outside is loaded from its buffer. Heavy ops (matmul, convolution, pooling,
+reductions) have *generators* that emit their own loops and hand each computed result to
+`store_result`, which applies the group's elementwise epilogue before storing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+from llvmlite import ir
+
+from slimc.ir import FusionKind, Node, Value, get_op
+from slimc.ir.errors import InternalError, UnsupportedError
+
+from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, splat, store,
+                        typed_ptr)
+from .scalar_ops import LOWERINGS, Emitter
+
+Index = Union[int, ir.Value]
+
+# op -> generator(kb: KernelBuilder, node) emitting a whole loop nest for the node.
+GENERATORS: dict[str, Callable] = {}
+# op -> index_map(kb, node, out_index) -> [input_index or None per input]: injective ops whose
+# output element at out_index is input element at the returned index (computed inline).
+INDEX_MAPS: dict[str, Callable] = {}
+
+
+def generator(*ops: str):
+    def wrap(fn):
+        for op in ops:
+            GENERATORS[op] = fn
+        return fn
+
+    return wrap
+
+
+def index_map(*ops: str):
+    def wrap(fn):
+        for op in ops:
+            INDEX_MAPS[op] = fn
+        return fn
+
+    return wrap
+
+
+def llvm_name(name: str) -> str:
+    """A value name made safe and short for LLVM IR (readable; uniqueness is LLVM's job)."""
+    s = re.sub(r"[^A-Za-z0-9_.]", "_", name).strip("_") or "v"
+    return s[-48:]
+
+
+@dataclass
+class Kernel:
+    """A compiled-to-be kernel: its LLVM function, buffers, and what it computes."""
+
+    name: str
+    nodes: list  # the IR nodes it contains, in order
+    inputs: list  # Values read from buffers
+    outputs: list  # Values written to buffers
+    parallel_extent: int  # number of work items in [begin, end)
+    function: Optional[ir.Function] = None
+
+    @property
+    def ops(self) -> list[str]:
+        return [n.op for n in self.nodes]
+
+
+class KernelBuilder:
+    """Builds one kernel's function. Generators and index maps use its helpers."""
+
+    VECTOR_BLOCK = 1024  # elements per work item for flat elementwise loops
+
+    def __init__(self, module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
+                 outputs: Sequence[Value], vector_width: int = 8,
+                 fast_math: Sequence[str] = ("contract",)):
+        self.module = module
+        self.nodes = list(nodes)
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.vector_width = vector_width
+        self.fast_math = tuple(fast_math)
+        self.produced = {id(v): n for n in self.nodes for v in n.outputs}
+        fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
+        self.fn = ir.Function(module, fnty, name=name)
+        self.fn.args[0].name, self.fn.args[1].name, self.fn.args[2].name = "args", "begin", "end"
+        for a in self.fn.args[:1]:
+            a.add_attribute("noalias")
+        self.fn.attributes.add("nounwind")
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.begin, self.end = self.fn.args[1], self.fn.args[2]
+        self.ptrs: dict[int, ir.Value] = {}
+        for i, v in enumerate(list(self.inputs) + list(self.outputs)):
+            slot = self.b.gep(self.fn.args[0], [i64(i)], inbounds=True, name=llvm_name(v.name) + ".slot")
+            raw = self.b.load(slot, name=llvm_name(v.name) + ".raw")
+            self.ptrs[id(v)] = typed_ptr(self.b, raw, llvm_type(v.type.dtype), name=llvm_name(v.name))
+        self.cache: dict = {}
+        self.overrides: dict = {}
+        self.parallel_extent = 1
+
+    # ----- shapes and buffers ------------------------------------------------------------
+    @staticmethod
+    def shape(v: Value) -> tuple:
+        if not v.type.is_static:
+            raise UnsupportedError(f"%{v.name} has type {v.type}: the CPU backend needs static "
+                                   f"shapes (bind them with input_shapes= or by calling)")
+        return v.type.shape
+
+    @staticmethod
+    def strides(shape: Sequence[int]) -> list[int]:
+        out, acc = [], 1
+        for d in reversed(shape):
+            out.append(acc)
+            acc *= d
+        return out[::-1]
+
+    def ptr(self, v: Value) -> ir.Value:
+        try:
+            return self.ptrs[id(v)]
+        except KeyError:
+            raise InternalError(f"%{v.name} has no buffer in this kernel", where=self.fn.name) from None
+
+    def attrs(self, node: Node) -> dict:
+        return get_op(node.op).resolve_attrs(node.attrs, node.label)
+
+    # ----- index arithmetic (folds ints in Python) ---------------------------------------
+    def iadd(self, a: Index, b: Index) -> Index:
+        if isinstance(a, int) and isinstance(b, int):
+            return a + b
+        if isinstance(b, int) and b == 0:
+            return a
+        if isinstance(a, int) and a == 0:
+            return b
+        return self.b.add(self._ir(a), self._ir(b))
+
+    def imul(self, a: Index, c: int) -> Index:
+        if isinstance(a, int):
+            return a * c
+        if c == 1:
+            return a
+        if c == 0:
+            return 0
+        return self.b.mul(a, i64(c))
+
+    def idiv(self, a: Index, c: int) -> Index:
+        if isinstance(a, int):
+            return a // c
+        return a if c == 1 else self.b.udiv(a, i64(c))
+
+    def imod(self, a: Index, c: int) -> Index:
+        if isinstance(a, int):
+            return a % c
+        return 0 if c == 1 else self.b.urem(a, i64(c))
+
+    def _ir(self, a: Index) -> ir.Value:
+        return i64(a) if isinstance(a, int) else a
+
+    def linear(self, index: Sequence[Index], shape: Sequence[int]) -> Index:
+        off: Index = 0
+        for ix, st in zip(index, self.strides(shape)):
+            off = self.iadd(off, self.imul(ix, st))
+        return off
+
+    def delinear(self, flat: Index, shape: Sequence[int]) -> list[Index]:
+        out = []
+        for d, st in zip(shape, self.strides(shape)):
+            out.append(self.imod(self.idiv(flat, st), d) if d != 1 else 0)
+        return out
+
+    @staticmethod
+    def _key(index: Sequence[Index]) -> tuple:
+        return tuple(i if isinstance(i, int) else id(i) for i in index)
+
+    # ----- values ------------------------------------------------------------------------
+    def load_buffer(self, v: Value, index: Sequence[Index], lanes: int) -> ir.Value:
+        shape = self.shape(v)
+        name = llvm_name(v.name)
+        if lanes > 1 and shape and shape[-1] == 1:
+            return splat(self.b, self.load_buffer(v, index, 1), lanes, name)
+        off = self._ir(self.linear(index, shape))
+        return load(self.b, self.ptr(v), off, lanes, name=name)
+
+    def value_at(self, v: Value, index: Sequence[Index], lanes: int = 1) -> ir.Value:
+        """The value of `v` at `index` (a vector of `lanes` along the last axis if lanes > 1)."""
+        key = (id(v), self._key(index), lanes)
+        if key in self.overrides:
+            return self.overrides[key]
+        if key in self.cache:
+            return self.cache[key]
+        node = self.produced.get(id(v))
+        if node is None:
+            result = self.load_buffer(v, index, lanes)
+        elif node.op in INDEX_MAPS:
+            result = self._injective(node, v, index, lanes)
+        elif node.op in LOWERINGS:
+            result = self._elementwise(node, index, lanes)
+        else:
+            raise InternalError(f"{node.op} node {node.label!r} is inside a kernel but has no "
+                                f"inline lowering", where=self.fn.name)
+        self.cache[key] = result
+        return result
+
+    def _operand_index(self, out_shape, in_shape, index):
+        """Broadcasting: the operand's index for an output index (numpy's right alignment)."""
+        off = len(out_shape) - len(in_shape)
+        return [0 if d == 1 else index[off + i] for i, d in enumerate(in_shape)]
+
+    def _elementwise(self, node: Node, index, lanes: int) -> ir.Value:
+        out_shape = self.shape(node.outputs[0])
+        args = []
+        for v in node.inputs:
+            if v is None:
+                args.append(None)
+                continue
+            in_shape = self.shape(v)
+            idx = self._operand_index(out_shape, in_shape, index)
+            lane_broadcast = lanes > 1 and (not in_shape or in_shape[-1] == 1)
+            x = self.value_at(v, idx, 1 if lane_broadcast else lanes)
+            args.append(splat(self.b, x, lanes) if lane_broadcast else x)
+        e = Emitter(self.b, [v.type.dtype for v in node.inputs if v is not None],
+                    node.outputs[0].type.dtype, self.fast_math, llvm_name(node.outputs[0].name))
+        return LOWERINGS[node.op](e, args, self.attrs(node))
+
+    def _injective(self, node: Node, v: Value, index, lanes: int) -> ir.Value:
+        """Remapped load. Vector lanes stay a vector only when the map keeps the last axis
+        contiguous; otherwise each lane is computed on its own and gathered."""
+        fn = INDEX_MAPS[node.op]
+        if lanes > 1:
+            contiguous = getattr(fn, "keeps_last_axis", None)
+            if contiguous is None or not contiguous(self, node):
+                lanes_vals = [self._injective(node, v, list(index[:-1]) + [self.iadd(index[-1], k)], 1)
+                              for k in range(lanes)]
+                vec = ir.Constant(ir.VectorType(lanes_vals[0].type, lanes), ir.Undefined)
+                for k, x in enumerate(lanes_vals):
+                    vec = self.b.insert_element(vec, x, ir.IntType(32)(k))
+                return vec
+        src, src_index = fn(self, node, v, index)
+        return self.value_at(src, src_index, lanes)
+
+    # ----- stores and loops --------------------------------------------------------------
+    def store_value(self, v: Value, index: Sequence[Index], x: ir.Value) -> None:
+        off = self._ir(self.linear(index, self.shape(v)))
+        store(self.b, x, self.ptr(v), off, name=llvm_name(v.name))
+
+    def store_result(self, produced: Value, index: Sequence[Index], x: ir.Value) -> None:
+        """A generator computed `produced` at `index`: apply the epilogue and store outputs."""
+        lanes = x.type.count if isinstance(x.type, ir.VectorType) else 1
+        self.overrides[(id(produced), self._key(index), lanes)] = x
+        for out in self.outputs:
+            if self.shape(out) != self.shape(produced):
+                raise InternalError(f"epilogue output %{out.name} has another shape than "
+                                    f"%{produced.name}", where=self.fn.name)
+            self.store_value(out, index, self.value_at(out, index, lanes))
+        self.overrides.clear()
+        self.cache.clear()
+
+    def loop(self, start, stop, step: int = 1, name: str = "i"):
+        return for_range(self.b, start, stop, step, name)
+
+    def elementwise_loops(self) -> None:
+        """The loop nest of a group with no generator: every output, element by element.
+
+        Work items are the outermost axis (or blocks of a flat range when the whole group is
+        a flat map over identical shapes); the last axis runs in vectors with a scalar tail.
+        """
+        out_shape = self.shape(self.outputs[0])
+        W = self.vector_width
+        if self._flat_ok():
+            n = 1
+            for d in out_shape:
+                n *= d
+            block = self.VECTOR_BLOCK
+            self.parallel_extent = max(1, -(-n // block))
+            with self.loop(self.begin, self.end, name="blk") as blk:
+                lo = self.b.mul(blk, i64(block), name="lo")
+                hi_full = self.b.add(lo, i64(block))
+                hi = self.b.select(self.b.icmp_signed("<", hi_full, i64(n)), hi_full, i64(n), name="hi")
+                self._inner_loop(lo, hi, [], W, flat_shape=(n,))
+            self.b.ret_void()
+            return
+        rank = len(out_shape)
+        if rank == 0:
+            self.parallel_extent = 1
+            self._store_all([], 1)
+            self.b.ret_void()
+            return
+        self.parallel_extent = out_shape[0] if rank > 1 else 1
+        if rank == 1:
+            self._inner_loop(0, out_shape[0], [], W)
+            self.b.ret_void()
+            return
+        with self.loop(self.begin, self.end, name="d0") as i0:
+            self._nest([i0], out_shape, W)
+        self.b.ret_void()
+
+    def _nest(self, prefix, shape, W):
+        if len(prefix) == len(shape) - 1:
+            self._inner_loop(0, shape[-1], prefix, W)
+            return
+        with self.loop(0, shape[len(prefix)], name=f"d{len(prefix)}") as i:
+            self._nest(prefix + [i], shape, W)
+
+    def _inner_loop(self, lo, hi, prefix, W, flat_shape=None):
+        """Vector loop over [lo, hi) in steps of W, then a scalar tail."""
+        name = f"d{len(prefix)}"
+        lo_v = self._ir(lo)
+        hi_v = self._ir(hi)
+        if W > 1 and not (isinstance(hi, int) and isinstance(lo, int) and hi - lo < W):
+            span = self.b.sub(hi_v, lo_v)
+            vec_hi = self.b.add(lo_v, self.b.mul(self.b.udiv(span, i64(W)), i64(W)), name=name + ".vend")
+            with self.loop(lo_v, vec_hi, W, name=name + "v") as i:
+                self._store_all(prefix + [i], W, flat_shape)
+            lo_v = vec_hi
+        with self.loop(lo_v, hi_v, 1, name=name + "s") as i:
+            self._store_all(prefix + [i], 1, flat_shape)
+
+    def _store_all(self, index, lanes, flat_shape=None):
+        for out in self.outputs:
+            if flat_shape is not None:
+                x = self._flat_value(out, index[0], lanes)
+                store(self.b, x, self.ptr(out), self._ir(index[0]), name=llvm_name(out.name))
+            else:
+                self.store_value(out, index, self.value_at(out, index, lanes))
+        self.cache.clear()
+
+    # ----- the flat fast path ------------------------------------------------------------
+    def _flat_ok(self) -> bool:
+        """True if every node is elementwise and every operand is output-shaped or a scalar,
+        so the group is one flat loop over numel elements."""
+        shape = self.shape(self.outputs[0])
+        if any(self.shape(o) != shape for o in self.outputs):
+            return False
+        n = 1
+        for d in shape:
+            n *= d
+        for node in self.nodes:
+            if node.op not in LOWERINGS:
+                return False
+            for v in node.inputs:
+                if v is None:
+                    continue
+                s = self.shape(v)
+                numel = 1
+                for d in s:
+                    numel *= d
+                if s != shape and numel != 1:
+                    return False
+        return n > 0
+
+    def _flat_value(self, v: Value, flat: Index, lanes: int) -> ir.Value:
+        key = (id(v), ("flat", self._key([flat])), lanes)
+        if key in self.cache:
+            return self.cache[key]
+        node = self.produced.get(id(v))
+        numel = 1
+        for d in self.shape(v):
+            numel *= d
+        if node is None:
+            if numel == 1:
+                result = splat(self.b, load(self.b, self.ptr(v), i64(0), 1, llvm_name(v.name)), lanes)
+            else:
+                result = load(self.b, self.ptr(v), self._ir(flat), lanes, llvm_name(v.name))
+        else:
+            args = [None if a is None else self._flat_value(a, flat, lanes) for a in node.inputs]
+            e = Emitter(self.b, [a.type.dtype for a in node.inputs if a is not None],
+                        node.outputs[0].type.dtype, self.fast_math, llvm_name(node.outputs[0].name))
+            result = LOWERINGS[node.op](e, args, self.attrs(node))
+        self.cache[key] = result
+        return result
+
+
+def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
+                 outputs: Sequence[Value], vector_width: int,
+                 fast_math: Sequence[str] = ("contract",)) -> Kernel:
+    """Lower a group of nodes to one kernel function in `module`."""
+    kb = KernelBuilder(module, name, nodes, inputs, outputs, vector_width, fast_math)
+    anchors = [n for n in nodes if n.op in GENERATORS]
+    if len(anchors) > 1:
+        raise InternalError(f"kernel {name} has {len(anchors)} ops with their own loop nests "
+                            f"({', '.join(n.op for n in anchors)}); fusion should not group them",
+                            where="codegen")
+    for n in nodes:
+        if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
+            raise UnsupportedError(f"the CPU backend has no lowering for {n.op}", node=n.label, op=n.op)
+    if anchors:
+        GENERATORS[anchors[0].op](kb, anchors[0])
+    else:
+        kb.elementwise_loops()
+    return Kernel(name, list(nodes), list(inputs), list(outputs), kb.parallel_extent, kb.fn)

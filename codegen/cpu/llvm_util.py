@@ -1,0 +1,156 @@
+"""Small helpers over llvmlite.ir used by every kernel generator: types, constants, loops.
+
+Loops are emitted in the canonical form LLVM's vectorizer and unroller like (a preheader, a
+header with a phi, a latch), and every block and value gets a readable name, because people
+read the generated IR in dumps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from typing import Iterator, Optional
+
+import numpy as np
+from llvmlite import ir
+
+from slimc.ir import DType, dtypes
+from slimc.ir.errors import UnsupportedError
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+F16 = ir.HalfType()
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+PTR = ir.PointerType(I8)  # an opaque byte pointer; typed pointers are made by bitcast
+VOID = ir.VoidType()
+
+_LLVM_TYPES = {
+    "f16": F16, "f32": F32, "f64": F64, "i8": I8, "i16": I16, "i32": I32, "i64": I64,
+    "u8": I8, "u16": I16, "u32": I32, "u64": I64, "bool": I8,  # bool is stored as one byte
+}
+
+
+def llvm_type(dtype: DType) -> ir.Type:
+    try:
+        return _LLVM_TYPES[dtype.name]
+    except KeyError:
+        raise UnsupportedError(f"the CPU backend does not support dtype {dtype}") from None
+
+
+def const(t: ir.Type, value) -> ir.Constant:
+    """A constant of scalar or vector type `t` (floats exact: float32 goes through its bits)."""
+    if isinstance(t, ir.VectorType):
+        return ir.Constant(t, [const(t.element, value)] * t.count)
+    if isinstance(t, (ir.FloatType, ir.DoubleType, ir.HalfType)):
+        v = float(value)
+        if isinstance(t, ir.FloatType):
+            v = struct.unpack("f", struct.pack("f", np.float32(v)))[0]
+        return ir.Constant(t, v)
+    if isinstance(t, ir.IntType):
+        v = int(value)
+        if t.width == 1:
+            return ir.Constant(t, 1 if v else 0)
+        mask = (1 << t.width) - 1
+        return ir.Constant(t, v & mask)
+    raise TypeError(f"no constant of type {t}")
+
+
+def i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+def element_type(t: ir.Type) -> ir.Type:
+    return t.element if isinstance(t, ir.VectorType) else t
+
+
+def is_float(t: ir.Type) -> bool:
+    return isinstance(element_type(t), (ir.FloatType, ir.DoubleType, ir.HalfType))
+
+
+def vector_of(t: ir.Type, lanes: int) -> ir.Type:
+    return t if lanes == 1 else ir.VectorType(t, lanes)
+
+
+def splat(b: ir.IRBuilder, x: ir.Value, lanes: int, name: str = "") -> ir.Value:
+    """Broadcast scalar `x` to `lanes` lanes (no-op for lanes == 1 or if already a vector)."""
+    if lanes == 1 or isinstance(x.type, ir.VectorType):
+        return x
+    vt = ir.VectorType(x.type, lanes)
+    if isinstance(x, ir.Constant):
+        return ir.Constant(vt, [x] * lanes)
+    v = b.insert_element(ir.Constant(vt, ir.Undefined), x, I32(0), name=name + ".ins")
+    return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes),
+                            [0] * lanes), name=name + ".splat")
+
+
+def typed_ptr(b: ir.IRBuilder, p: ir.Value, elem: ir.Type, name: str = "") -> ir.Value:
+    want = ir.PointerType(elem)
+    return p if p.type == want else b.bitcast(p, want, name=name)
+
+
+def gep(b: ir.IRBuilder, p: ir.Value, index: ir.Value, name: str = "") -> ir.Value:
+    return b.gep(p, [index], inbounds=True, name=name)
+
+
+def elem_bytes(t: ir.Type) -> int:
+    t = element_type(t)
+    if isinstance(t, ir.IntType):
+        return max(1, t.width // 8)
+    return {ir.HalfType: 2, ir.FloatType: 4, ir.DoubleType: 8}[type(t)]
+
+
+def load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, lanes: int = 1, name: str = "") -> ir.Value:
+    """Load one element, or `lanes` contiguous elements as a vector, at p[index].
+
+    Alignment is only that of the element: numpy buffers are not 64-byte aligned (LLVM_NOTES).
+    """
+    addr = gep(b, p, index, name=name + ".addr")
+    if lanes == 1:
+        return b.load(addr, name=name)
+    vp = b.bitcast(addr, ir.PointerType(ir.VectorType(p.type.pointee, lanes)))
+    return b.load(vp, name=name, align=elem_bytes(p.type.pointee))
+
+
+def store(b: ir.IRBuilder, value: ir.Value, p: ir.Value, index: ir.Value, name: str = "") -> None:
+    addr = gep(b, p, index, name=name + ".addr")
+    if isinstance(value.type, ir.VectorType):
+        addr = b.bitcast(addr, ir.PointerType(value.type))
+        b.store(value, addr, align=elem_bytes(value.type))
+    else:
+        b.store(value, addr)
+
+
+@contextlib.contextmanager
+def for_range(b: ir.IRBuilder, start, stop, step: int = 1, name: str = "i") -> Iterator[ir.Value]:
+    """Emit ``for (name = start; name < stop; name += step) { body }``; yields the counter.
+
+    `start` and `stop` are ints or i64 values. The body is emitted inside the ``with`` block;
+    afterwards the builder sits after the loop.
+    """
+    start = i64(start) if isinstance(start, int) else start
+    stop = i64(stop) if isinstance(stop, int) else stop
+    fn = b.function
+    pre = b.block
+    header = fn.append_basic_block(f"{name}.header")
+    body = fn.append_basic_block(f"{name}.body")
+    exit_ = fn.append_basic_block(f"{name}.exit")
+    b.branch(header)
+    b.position_at_end(header)
+    counter = b.phi(I64, name=name)
+    counter.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", counter, stop, name=f"{name}.cond"), body, exit_)
+    b.position_at_end(body)
+    yield counter
+    nxt = b.add(counter, i64(step), name=f"{name}.next")
+    counter.add_incoming(nxt, b.block)
+    b.branch(header)
+    b.position_at_end(exit_)
+
+
+def float_bits_constant(x: float) -> str:
+    """The exact hex spelling LLVM IR text needs for a float32 constant (see LLVM_NOTES)."""
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(x))))[0]

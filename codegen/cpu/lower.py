@@ -1,0 +1,72 @@
+"""Lowering a whole graph: kernel groups -> one LLVM module of kernel functions.
+
+`groups` partitions the graph's nodes (the fusion pass decides them; without it every node is
+its own group). For each group this finds the values it reads from and writes to buffers, and
+builds its kernel. Kernel names carry the source model's names, so `mod.llvm_ir` reads like the
+model: ``k12_conv_layer1.0.conv1``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from llvmlite import ir
+
+from slimc.ir import Graph, Node, Value
+from slimc.ir.errors import SlimcError, UnsupportedError
+
+from . import generators  # noqa: F401  (registers the op generators and index maps)
+from .kernel import GENERATORS, INDEX_MAPS, Kernel, build_kernel, llvm_name
+from .scalar_ops import LOWERINGS
+from .target import CpuTarget
+
+
+def singleton_groups(graph: Graph) -> list[list[Node]]:
+    return [[n] for n in graph.nodes]
+
+
+def group_boundary(graph: Graph, group: Sequence[Node]) -> tuple[list[Value], list[Value]]:
+    """(values the group reads from buffers, values it must write to buffers)."""
+    inside = {id(n) for n in group}
+    produced = {id(v) for n in group for v in n.outputs}
+    inputs, seen = [], set()
+    for n in group:
+        for v in n.inputs:
+            if v is not None and id(v) not in produced and id(v) not in seen:
+                seen.add(id(v))
+                inputs.append(v)
+    outputs = []
+    graph_outputs = {id(v) for v in graph.outputs}
+    for n in group:
+        for v in n.outputs:
+            if id(v) in graph_outputs or any(id(u) not in inside for u, _ in v.uses):
+                outputs.append(v)
+    return inputs, outputs
+
+
+def check_lowerable(graph: Graph) -> None:
+    """All unsupported ops at once, before any code is generated."""
+    missing: dict[str, list[str]] = {}
+    for n in graph.nodes:
+        if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
+            missing.setdefault(n.op, []).append(n.label)
+    if missing:
+        lines = [f"  {op}: {len(names)} node(s), first {', '.join(repr(x) for x in names[:3])}"
+                 for op, names in sorted(missing.items())]
+        raise UnsupportedError("the CPU backend has no lowering for:\n" + "\n".join(lines))
+
+
+def lower_graph(graph: Graph, target: CpuTarget, groups: Sequence[Sequence[Node]],
+                fast_math: Sequence[str] = ("contract",)) -> tuple[ir.Module, list[Kernel]]:
+    check_lowerable(graph)
+    module = target.new_ir_module(graph.name)
+    kernels = []
+    for i, group in enumerate(groups):
+        inputs, outputs = group_boundary(graph, group)
+        if not outputs:
+            continue  # nothing outside needs it (dead code the pipeline did not remove)
+        head = group[-1]
+        name = f"k{i}_{head.op}_{llvm_name(head.name or head.outputs[0].name)}"
+        kernels.append(build_kernel(module, name, group, inputs, outputs,
+                                    target.vector_width, fast_math))
+    return module, kernels

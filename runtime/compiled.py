@@ -1,0 +1,206 @@
+"""A compiled model: kernels JIT-compiled, buffers planned, one native entry call per run.
+
+`build(graph, target, ...)` turns an optimized graph into a `CompiledModule`:
+
+1. kernel groups are lowered to LLVM functions (codegen.cpu.lower),
+2. every intermediate value gets an arena offset from its lifetime (memory_plan), constants go
+   into one 64-byte-aligned weights blob, graph inputs and outputs use the caller's arrays,
+3. the entry function that calls every kernel in order is generated, and the LLVM module is
+   optimized and JIT-compiled.
+
+Calling the module checks the inputs (count, dtype, shape: a clear `InputError`, never a wrong
+answer), allocates fresh outputs, and makes one foreign call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from slimc.codegen.cpu.entry import ARENA, INPUT, OUTPUT, WEIGHTS, Placement, build_entry
+from slimc.codegen.cpu.lower import lower_graph, singleton_groups
+from slimc.codegen.cpu.target import CpuTarget, emit_assembly, jit_compile
+from slimc.ir import Graph, Value
+from slimc.ir.errors import InputError
+from slimc.ir.interpreter import check_inputs
+
+from .memory_plan import ALIGN, Interval, MemoryPlan, plan
+
+
+@dataclass
+class MemoryReport:
+    plan: MemoryPlan
+    weights_bytes: int
+    code_bytes: int
+    buffers: dict  # value name -> (space, offset, bytes)
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.plan.arena_bytes
+
+    @property
+    def intermediates_bytes(self) -> int:
+        """The sum of all intermediate tensors: what the arena would be with no reuse."""
+        return sum(self.plan.sizes.values())
+
+    def __str__(self) -> str:
+        return (f"arena {self.arena_bytes:,} bytes for {len(self.plan.sizes)} intermediates "
+                f"totalling {self.intermediates_bytes:,} bytes; weights {self.weights_bytes:,} "
+                f"bytes; code {self.code_bytes:,} bytes")
+
+
+def _nbytes(v: Value) -> int:
+    return v.type.nbytes
+
+
+def _place(graph: Graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
+    placement: dict = {}
+    buffers: dict = {}
+    for i, v in enumerate(graph.inputs):
+        placement[id(v)] = Placement(INPUT, i)
+    output_slot = {}
+    for j, v in enumerate(graph.outputs):
+        if v.producer is not None and id(v) not in output_slot:
+            output_slot[id(v)] = j
+            placement[id(v)] = Placement(OUTPUT, j)
+    # weights: every constant a kernel reads, aligned
+    blob_parts, offset = [], 0
+    for k in kernels:
+        for v in k.inputs:
+            if v.is_constant and id(v) not in placement:
+                if v.data is None:
+                    raise InputError(f"constant %{v.name} has no data (elided); load the graph "
+                                     f"with its weights")
+                data = np.ascontiguousarray(v.data)
+                placement[id(v)] = Placement(WEIGHTS, offset)
+                buffers[v.name] = (WEIGHTS, offset, data.nbytes)
+                blob_parts.append((offset, data))
+                offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    weights = np.zeros(offset + ALIGN, np.uint8)
+    base = (-weights.ctypes.data) % ALIGN
+    weights = weights[base:base + offset] if offset else weights[:0]
+    for off, data in blob_parts:
+        weights[off:off + data.nbytes] = data.reshape(-1).view(np.uint8)
+    # intermediates: lifetimes in kernel steps
+    first, last, values = {}, {}, {}
+    for step, k in enumerate(kernels):
+        for v in k.outputs:
+            if id(v) not in placement:
+                first.setdefault(id(v), step)
+                last.setdefault(id(v), step)
+                values[id(v)] = v
+        for v in k.inputs:
+            if id(v) in first:
+                last[id(v)] = step
+    intervals = [Interval(str(key), _nbytes(values[key]), first[key], last[key]) for key in first]
+    memory = plan(intervals)
+    for key, v in values.items():
+        off = memory.offsets[str(key)]
+        placement[key] = Placement(ARENA, off)
+        buffers[v.name] = (ARENA, off, _nbytes(v))
+    # the plan is keyed by value id; re-key its report by name for people
+    memory = MemoryPlan({values[int(k)].name: o for k, o in memory.offsets.items()},
+                        {values[int(k)].name: s for k, s in memory.sizes.items()}, memory.arena_bytes)
+    return placement, memory, weights, buffers
+
+
+class CompiledModule:
+    """A model compiled for one set of input shapes. Call it with numpy arrays."""
+
+    def __init__(self, graph: Graph, target: CpuTarget, kernels, llvm_module, jit, placement,
+                 memory: MemoryReport, weights: np.ndarray, compile_seconds: float):
+        self.graph = graph
+        self.target = target
+        self.kernels = kernels
+        self._llvm_module = llvm_module
+        self._jit = jit
+        self._placement = placement
+        self.memory = memory
+        self._weights = weights
+        self.compile_seconds = compile_seconds
+        self._entry = jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_void_p)
+        self._arenas: list = []
+        self._lock = threading.Lock()
+        self._in_types = [(v.name, v.type.dtype.numpy, v.type.shape) for v in graph.inputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.graph.outputs]
+
+    @property
+    def llvm_ir(self) -> str:
+        return self._jit.llvm_ir
+
+    @property
+    def assembly(self) -> str:
+        return emit_assembly(str(self._llvm_module), self.target)
+
+    def _arena(self) -> np.ndarray:
+        with self._lock:
+            if self._arenas:
+                return self._arenas.pop()
+        raw = np.zeros(self.memory.arena_bytes + ALIGN, np.uint8)
+        base = (-raw.ctypes.data) % ALIGN
+        return raw[base:base + self.memory.arena_bytes]
+
+    def _release(self, arena: np.ndarray) -> None:
+        with self._lock:
+            self._arenas.append(arena)
+
+    def __call__(self, *arrays, **named) -> list[np.ndarray]:
+        if named:
+            unknown = set(named) - set(self.input_names)
+            if unknown:
+                raise InputError(f"unknown input name(s) {sorted(unknown)}; inputs are "
+                                 f"{self.input_names}")
+            missing = [n for n in self.input_names[len(arrays):] if n not in named]
+            if missing:
+                raise InputError(f"missing input(s) {missing}")
+            arrays = list(arrays) + [named[n] for n in self.input_names[len(arrays):]]
+        arrays = [np.ascontiguousarray(a) for a in check_inputs(self.graph, arrays)]
+        outs = []
+        for v in self.graph.outputs:
+            outs.append(np.empty(v.type.shape, v.type.dtype.numpy))
+        in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
+        arena = self._arena()
+        try:
+            self._entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
+                        arena.ctypes.data, self._weights.ctypes.data)
+        finally:
+            self._release(arena)
+        # Outputs no kernel writes: graph inputs, constants, or a value listed twice.
+        for j, v in enumerate(self.graph.outputs):
+            p = self._placement.get(id(v))
+            if p is None or p.space != OUTPUT or p.offset != j:
+                if p is not None and p.space == OUTPUT:
+                    outs[j] = outs[p.offset].copy()
+                elif v.is_constant:
+                    outs[j] = np.array(v.data, copy=True)
+                else:
+                    outs[j] = arrays[self.graph.inputs.index(v)].copy()
+        return outs
+
+
+def build(graph: Graph, target: CpuTarget, groups=None, fast_math=("contract",),
+          llvm_opt_level: int = 3) -> CompiledModule:
+    start = time.perf_counter()
+    groups = groups if groups is not None else singleton_groups(graph)
+    module, kernels = lower_graph(graph, target, groups, fast_math)
+    placement, memory, weights, buffers = _place(graph, kernels)
+    build_entry(module, kernels, placement)
+    jit = jit_compile(str(module), target, opt_level=llvm_opt_level)
+    code_bytes = len(jit.llvm_ir)  # replaced by the object size once AOT export lands
+    report = MemoryReport(memory, int(weights.nbytes), code_bytes, buffers)
+    return CompiledModule(graph, target, kernels, module, jit, placement, report, weights,
+                          time.perf_counter() - start)

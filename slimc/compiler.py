@@ -1,0 +1,134 @@
+"""`slimc.compile`: model in, callable native module out.
+
+A `Module` is specialized to concrete input shapes. Dimensions the model leaves symbolic (and
+`input_shapes` does not bind) are bound at the first call; a call with other shapes compiles
+and caches another specialization, as torch.compile's guards do.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from slimc.ir import Graph, InputError, SlimcError
+from slimc.passes import PassManager, standard_pipeline
+from slimc.passes.basic import InferShapes
+
+
+def _bind(graph: Graph, shapes: Sequence[tuple]) -> Graph:
+    """A copy of `graph` with its inputs' symbolic dims set from concrete shapes."""
+    g = graph.clone()
+    binding: dict = {}
+    for v, shape in zip(g.inputs, shapes):
+        if len(shape) != v.type.rank:
+            raise InputError(f"input {v.name!r} expects {v.type}, got shape {list(shape)}")
+        for d, s in zip(v.type.shape, shape):
+            if isinstance(d, int) and d != s:
+                raise InputError(f"input {v.name!r} expects {v.type}, got shape {list(shape)}")
+            if isinstance(d, str):
+                if binding.setdefault(d, s) != s:
+                    raise InputError(f"input {v.name!r}: dimension {d} is {binding[d]} in another "
+                                     f"input but {s} here")
+        v.type = v.type.with_shape(shape)
+    InferShapes().run(g)
+    return g
+
+
+class Module:
+    """What `slimc.compile` returns: call it with numpy arrays (positionally or by name)."""
+
+    def __init__(self, graph: Graph, target: str, opt_level: int, passes, disable_passes,
+                 dump_dir: Optional[str], threads: Optional[int]):
+        self.source_graph = graph
+        self.target_name = target
+        self.opt_level = opt_level
+        self.user_passes = list(passes)
+        self.disable_passes = list(disable_passes)
+        self.dump_dir = dump_dir
+        self.threads = threads
+        self._specializations: dict = {}
+        self._lock = threading.Lock()
+        self._last = None
+        if all(v.type.is_static for v in graph.inputs):
+            self._last = self._specialize(tuple(v.type.shape for v in graph.inputs))
+
+    def _specialize(self, shapes: tuple):
+        from slimc.codegen.cpu.target import CpuTarget
+        from slimc.runtime.compiled import build
+
+        with self._lock:
+            compiled = self._specializations.get(shapes)
+            if compiled is not None:
+                return compiled
+        graph = _bind(self.source_graph, shapes)
+        pipeline = standard_pipeline(self.opt_level, self.user_passes, self.disable_passes)
+        PassManager(pipeline, dump_dir=self.dump_dir).run(graph)
+        fast_math = ("contract", "reassoc") if self.opt_level >= 2 else ()
+        compiled = build(graph, CpuTarget.from_name(self.target_name), fast_math=fast_math,
+                         llvm_opt_level=3 if self.opt_level >= 1 else 0)
+        with self._lock:
+            self._specializations[shapes] = compiled
+        return compiled
+
+    def specialization(self, *arrays, **named):
+        names = [v.name for v in self.source_graph.inputs]
+        if named:
+            arrays = list(arrays) + [named[n] for n in names[len(arrays):] if n in named]
+        if len(arrays) != len(names):
+            raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}), "
+                             f"got {len(arrays)}")
+        shapes = tuple(tuple(np.shape(a)) for a in arrays)
+        return self._specialize(shapes), arrays
+
+    def __call__(self, *arrays, **named) -> list[np.ndarray]:
+        compiled, arrays = self.specialization(*arrays, **named)
+        self._last = compiled
+        return compiled(*arrays)
+
+    def _current(self):
+        if self._last is None:
+            raise SlimcError("the model has symbolic input shapes: call it once (or compile "
+                             "with input_shapes=) before inspecting it")
+        return self._last
+
+    @property
+    def graph(self) -> Graph:
+        return self._current().graph
+
+    @property
+    def kernels(self):
+        return self._current().kernels
+
+    @property
+    def llvm_ir(self) -> str:
+        return self._current().llvm_ir
+
+    @property
+    def assembly(self) -> str:
+        return self._current().assembly
+
+    @property
+    def memory(self):
+        return self._current().memory
+
+
+def compile(model, target: str = "x86", opt_level: int = 2, threads: Optional[int] = None,
+            passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Module:
+    """Compile a model (ONNX path, bytes or ModelProto, or a slimc Graph) for `target`."""
+    from slimc.frontends.onnx import from_onnx
+
+    if isinstance(model, Graph):
+        graph = model.clone()
+        if input_shapes:
+            by_name = {v.name: v for v in graph.inputs}
+            for name, shape in input_shapes.items():
+                if name not in by_name:
+                    raise SlimcError(f"input_shapes names {name!r}, which is not an input")
+                by_name[name].type = by_name[name].type.with_shape(tuple(shape))
+            InferShapes().run(graph)
+    else:
+        graph = from_onnx(model, input_shapes=input_shapes)
+    return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads)
