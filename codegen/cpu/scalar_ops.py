@@ -264,6 +264,12 @@ def _convert(e: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     b = e.b
     if src == dst:
         return x
+    # Half conversions other than f32<->f16 (which x86 does with F16C) would call compiler-rt
+    # builtins (__truncdfhf2, __floatdihf, ...) that a JIT process does not have: go via f32.
+    if src == dtypes.f16 and dst != dtypes.f32:
+        return _convert(e, _convert(e, x, src, dtypes.f32), dtypes.f32, dst)
+    if dst == dtypes.f16 and src != dtypes.f32:
+        return _convert(e, _convert(e, x, src, dtypes.f32), dtypes.f32, dst)
     if dst == dtypes.bool:
         return e.from_bool(e.to_bool(x))
     if src == dtypes.bool:

@@ -9,9 +9,11 @@ simple("MatMulInteger", "matmul_integer", since=10)
 simple("Det", "det", since=11)
 
 
-@converter("Gemm", since=7)
+@converter("Gemm", since=6)
 def gemm(ctx: ConvertContext):
-    """alpha * op(A) @ op(B) + beta * C; C optional (opset 11), dropped when beta is 0."""
+    """alpha * op(A) @ op(B) + beta * C; C optional (opset 11), dropped when beta is 0.
+
+    Opset 6's ``broadcast`` attribute only allowed C to broadcast; slimc always lets it."""
     alpha = float(ctx.attr("alpha", 1.0, kind="float"))
     beta = float(ctx.attr("beta", 1.0, kind="float"))
     trans_a = ctx.attr("transA", 0, kind="int")
@@ -23,7 +25,9 @@ def gemm(ctx: ConvertContext):
     if c is not None and beta == 0.0:
         c = None  # beta * C vanishes (even where C holds inf or NaN, as onnxruntime skips it)
     inputs = [a, b] + ([c] if c is not None else [])
-    return ctx.emit("gemm", inputs, alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
+    attrs = dict(alpha=alpha, beta=beta, trans_a=trans_a, trans_b=trans_b)
+    defaults = dict(alpha=1.0, beta=1.0, trans_a=0, trans_b=0)
+    return ctx.emit("gemm", inputs, **{k: v for k, v in attrs.items() if v != defaults[k]})
 
 
 @converter("Einsum", since=12)

@@ -144,16 +144,16 @@ def reduce_log_sum_exp(x, axes=None, keepdims=1):
     """log(sum(exp(x))) computed as m + log(sum(exp(x - m))) with m the (finite) max."""
     ax = _axes_tuple(axes, x.ndim)
     xa = x.astype(np.float64 if _is_int(x.dtype) else _acc_dtype(x.dtype), copy=False)
+    kept = tuple(1 if ax is None or i in ax else d for i, d in enumerate(x.shape))
     with np.errstate(all="ignore"):
         if xa.size == 0:
-            m = np.zeros(np.sum(xa, axis=ax, keepdims=True).shape, xa.dtype)
+            m = np.zeros(kept, xa.dtype)
         else:
             m = np.max(xa, axis=ax, keepdims=True)
             m = np.where(np.isfinite(m), m, np.zeros((), xa.dtype))
-        s = np.sum(np.exp(xa - m), axis=ax, keepdims=True)
-        res = np.log(s) + m
-        if not keepdims:
-            res = res.reshape(np.sum(xa, axis=ax, keepdims=False).shape)
+        res = np.log(np.sum(np.exp(xa - m), axis=ax, keepdims=True)) + m
+    if not keepdims:
+        res = res.reshape(tuple(d for i, d in enumerate(x.shape) if not (ax is None or i in ax)))
     return _finish(res, x.dtype)
 
 
