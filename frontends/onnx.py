@@ -129,13 +129,13 @@ def scan_unsupported(proto, opsets: dict) -> None:
             problems[f"{key} (domain {domain!r} is not imported by the model)"].append(node.name)
         elif find_converter(domain, node.op_type, opsets[domain]) is None:
             problems[f"{key} (opset {opsets[domain]})"].append(node.name)
+    lines = []
     if opsets[""] < MIN_OPSET:
-        problems[f"default-domain opset {opsets['']} (slimc reads opset {MIN_OPSET} and newer)"]
-    if problems:
-        lines = []
-        for what, names in sorted(problems.items(), key=lambda kv: -len(kv[1])):
-            shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
-            lines.append(f"  {what}: {len(names)} node(s)" + (f", first {shown}" if names else ""))
+        lines.append(f"  default-domain opset {opsets['']}: slimc reads opset {MIN_OPSET} and newer")
+    for what, names in sorted(problems.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        lines.append(f"  {what}: {len(names)} node(s), first {shown}")
+    if lines:
         raise UnsupportedError("the model uses what slimc does not support:\n" + "\n".join(lines))
 
 
@@ -167,11 +167,18 @@ def _value_type(vi, input_shapes: Mapping, where: str) -> TensorType:
 
 
 def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-              name: Optional[str] = None) -> Graph:
-    """Import an ONNX model (path, bytes or ModelProto) as a slimc Graph."""
+              name: Optional[str] = None,
+              input_values: Optional[Mapping[str, np.ndarray]] = None) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a slimc Graph.
+
+    `input_shapes` binds symbolic dimensions of inputs. `input_values` binds whole inputs to
+    constants: the way to give integer inputs that decide shapes (a Reshape's target, the K of
+    TopK, reduction axes), which makes the graph specialized to those values.
+    """
     import onnx
 
     input_shapes = dict(input_shapes or {})
+    input_values = {k: np.asarray(v) for k, v in (input_values or {}).items()}
     proto, base_dir = read_model(model)
     if proto.functions:
         try:
@@ -185,10 +192,11 @@ def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
     g = proto.graph
     graph = Graph(name or g.name or "main")
     known_inputs = {vi.name for vi in g.input}
-    unknown = set(input_shapes) - known_inputs
-    if unknown:
-        raise ModelError(f"input_shapes names {sorted(unknown)}, which are not model inputs "
-                         f"(inputs: {sorted(known_inputs)})")
+    for what, given in (("input_shapes", input_shapes), ("input_values", input_values)):
+        unknown = set(given) - known_inputs
+        if unknown:
+            raise ModelError(f"{what} names {sorted(unknown)}, which are not model inputs "
+                             f"(inputs: {sorted(known_inputs)})")
     all_names = {n for node in g.node for n in list(node.output)} | known_inputs | \
         {t.name for t in g.initializer}
     graph.reserve(all_names - {""})
@@ -200,6 +208,14 @@ def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             continue  # old exporters list weights as inputs too; the initializer wins
         t = _value_type(vi, input_shapes, "input")
         t = t.with_shape([symbol_values.get(d, d) if isinstance(d, str) else d for d in t.shape])
+        if vi.name in input_values:
+            data = input_values[vi.name]
+            if data.dtype != t.dtype.numpy or data.ndim != t.rank or any(
+                    isinstance(d, int) and d != s for d, s in zip(t.shape, data.shape)):
+                raise ModelError(f"input_values[{vi.name!r}] is {data.dtype}{list(data.shape)}, "
+                                 f"the model says {t}")
+            env[vi.name] = graph.add_constant(vi.name, data, unique=False)
+            continue
         env[vi.name] = graph.add_input(vi.name, t)
     for t in g.initializer:
         env[t.name] = graph.add_constant(t.name, tensor_to_numpy(t, "", base_dir), unique=False)
@@ -212,6 +228,8 @@ def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
         outputs.append(env[vi.name])
     graph.outputs = outputs
     _name_outputs(graph, [vi.name for vi in g.output])
+    for c in [c for c in graph.constants.values() if not c.uses and c not in graph.outputs]:
+        graph.remove_constant(c)  # initializers only a converter read (axes, shapes, ...)
     return graph
 
 

@@ -7,6 +7,7 @@ torch.fx's Interpreter does.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -14,6 +15,10 @@ import numpy as np
 from .errors import InputError, InternalError, ModelError, SlimcError
 from .graph import Graph, Node
 from .registry import node_opdef
+
+# Under verification (tests, SLIMC_VERIFY=1) a reference returning another dtype than its
+# declared type is a bug to report; otherwise the result is cast to the declared type.
+STRICT_DTYPES = os.environ.get("SLIMC_VERIFY") == "1"
 
 
 def run_node(node: Node, args: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
@@ -34,6 +39,9 @@ def run_node(node: Node, args: Sequence[Optional[np.ndarray]]) -> list[np.ndarra
     for v, o in zip(node.outputs, outs):
         want = v.type.dtype.numpy
         if o.dtype != want:
+            if STRICT_DTYPES:
+                raise InternalError(f"reference of {node.op} returned {o.dtype} for %{v.name}, "
+                                    f"declared {v.type}", where=f"op {node.op}")
             o = o.astype(want)
         fixed.append(o)
     return fixed
