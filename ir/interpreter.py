@@ -63,17 +63,26 @@ def check_inputs(graph: Graph, arrays: Sequence[np.ndarray]) -> list[np.ndarray]
     return out
 
 
+def order_inputs(names: Sequence[str], arrays: Sequence, named: dict) -> list:
+    """Positional and named arguments as one positional list (unknown or missing names are
+    errors). Shared by the interpreter and compiled modules."""
+    if not named:
+        return list(arrays)
+    unknown = set(named) - set(names)
+    if unknown:
+        raise InputError(f"unknown input name(s) {sorted(unknown)}; inputs are {list(names)}")
+    doubled = set(names[:len(arrays)]) & set(named)
+    if doubled:
+        raise InputError(f"input(s) {sorted(doubled)} given both by position and by name")
+    missing = [n for n in names[len(arrays):] if n not in named]
+    if missing:
+        raise InputError(f"missing input(s) {missing}")
+    return list(arrays) + [named[n] for n in names[len(arrays):]]
+
+
 def interpret(graph: Graph, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
     """Run `graph` on numpy inputs (positional, or by input name); returns its outputs."""
-    if named:
-        by_name = {v.name: v for v in graph.inputs}
-        unknown = set(named) - set(by_name)
-        if unknown:
-            raise InputError(f"unknown input name(s) {sorted(unknown)}; inputs are "
-                             f"{[v.name for v in graph.inputs]}")
-        arrays = list(arrays) + [named[v.name] for v in graph.inputs[len(arrays):]
-                                 if v.name in named]
-    arrays = check_inputs(graph, arrays)
+    arrays = check_inputs(graph, order_inputs([v.name for v in graph.inputs], arrays, named))
     env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
     for c in graph.constants.values():
         if c.data is None:

@@ -26,8 +26,8 @@ from slimc.codegen.cpu.entry import ARENA, INPUT, OUTPUT, WEIGHTS, Placement, bu
 from slimc.codegen.cpu.lower import lower_graph, singleton_groups
 from slimc.codegen.cpu.target import CpuTarget, emit_assembly, jit_compile
 from slimc.ir import Graph, Value
-from slimc.ir.errors import InputError
-from slimc.ir.interpreter import check_inputs
+from slimc.ir.errors import InputError, SlimcError
+from slimc.ir.interpreter import check_inputs, order_inputs
 
 from .memory_plan import ALIGN, Interval, MemoryPlan, plan
 
@@ -158,15 +158,7 @@ class CompiledModule:
             self._arenas.append(arena)
 
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
-        if named:
-            unknown = set(named) - set(self.input_names)
-            if unknown:
-                raise InputError(f"unknown input name(s) {sorted(unknown)}; inputs are "
-                                 f"{self.input_names}")
-            missing = [n for n in self.input_names[len(arrays):] if n not in named]
-            if missing:
-                raise InputError(f"missing input(s) {missing}")
-            arrays = list(arrays) + [named[n] for n in self.input_names[len(arrays):]]
+        arrays = order_inputs(self.input_names, arrays, named)
         arrays = [np.ascontiguousarray(a) for a in check_inputs(self.graph, arrays)]
         outs = []
         for v in self.graph.outputs:
@@ -192,13 +184,43 @@ class CompiledModule:
         return outs
 
 
+def _load_threading_runtime() -> None:
+    """The JIT resolves GOMP_parallel & co. from libraries loaded into the process."""
+    global _gomp_loaded
+    if not _gomp_loaded:
+        import ctypes.util
+
+        import llvmlite.binding as llvm
+
+        path = ctypes.util.find_library("gomp")
+        if path is None:
+            raise SlimcError("threads > 1 needs libgomp (the OpenMP runtime that comes with "
+                             "gcc); it was not found: install libgomp1 or use threads=1")
+        llvm.load_library_permanently(path)
+        _gomp_loaded = True
+
+
+_gomp_loaded = False
+
+
 def build(graph: Graph, target: CpuTarget, groups=None, fast_math=("contract",),
-          llvm_opt_level: int = 3) -> CompiledModule:
+          llvm_opt_level: int = 3, threads: Optional[int] = None,
+          denormals: str = "flush") -> CompiledModule:
+    """`threads=None` uses every core; `denormals="keep"` leaves MXCSR as the caller has it."""
+    import os
+
     start = time.perf_counter()
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if denormals not in ("flush", "keep"):
+        raise SlimcError(f"denormals must be 'flush' or 'keep', got {denormals!r}")
     groups = groups if groups is not None else singleton_groups(graph)
     module, kernels = lower_graph(graph, target, groups, fast_math)
     placement, memory, weights, buffers = _place(graph, kernels)
-    build_entry(module, kernels, placement)
+    build_entry(module, kernels, placement, threads=threads, ftz=denormals == "flush",
+                is_x86=target.arch.startswith("x86"))
+    if threads > 1 and any(k.parallel_extent > 1 for k in kernels):
+        _load_threading_runtime()
     jit = jit_compile(str(module), target, opt_level=llvm_opt_level)
     code_bytes = len(jit.llvm_ir)  # replaced by the object size once AOT export lands
     report = MemoryReport(memory, int(weights.nbytes), code_bytes, buffers)

@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from slimc.ir import Graph, InputError, SlimcError
+from slimc.ir.interpreter import order_inputs
 from slimc.passes import PassManager, standard_pipeline
 from slimc.passes.basic import InferShapes
 
@@ -40,7 +41,7 @@ class Module:
     """What `slimc.compile` returns: call it with numpy arrays (positionally or by name)."""
 
     def __init__(self, graph: Graph, target: str, opt_level: int, passes, disable_passes,
-                 dump_dir: Optional[str], threads: Optional[int]):
+                 dump_dir: Optional[str], threads: Optional[int], denormals: str = "flush"):
         self.source_graph = graph
         self.target_name = target
         self.opt_level = opt_level
@@ -48,6 +49,7 @@ class Module:
         self.disable_passes = list(disable_passes)
         self.dump_dir = dump_dir
         self.threads = threads
+        self.denormals = denormals
         self._specializations: dict = {}
         self._lock = threading.Lock()
         self._last = None
@@ -67,15 +69,15 @@ class Module:
         PassManager(pipeline, dump_dir=self.dump_dir).run(graph)
         fast_math = ("contract", "reassoc") if self.opt_level >= 2 else ()
         compiled = build(graph, CpuTarget.from_name(self.target_name), fast_math=fast_math,
-                         llvm_opt_level=3 if self.opt_level >= 1 else 0)
+                         llvm_opt_level=3 if self.opt_level >= 1 else 0, threads=self.threads,
+                         denormals=self.denormals)
         with self._lock:
             self._specializations[shapes] = compiled
         return compiled
 
     def specialization(self, *arrays, **named):
         names = [v.name for v in self.source_graph.inputs]
-        if named:
-            arrays = list(arrays) + [named[n] for n in names[len(arrays):] if n in named]
+        arrays = order_inputs(names, arrays, named)
         if len(arrays) != len(names):
             raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}), "
                              f"got {len(arrays)}")
@@ -116,7 +118,8 @@ class Module:
 
 def compile(model, target: str = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
-            input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Module:
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+            denormals: str = "flush") -> Module:
     """Compile a model (ONNX path, bytes or ModelProto, or a slimc Graph) for `target`."""
     from slimc.frontends.onnx import from_onnx
 
@@ -131,4 +134,4 @@ def compile(model, target: str = "x86", opt_level: int = 2, threads: Optional[in
             InferShapes().run(graph)
     else:
         graph = from_onnx(model, input_shapes=input_shapes)
-    return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads)
+    return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals)

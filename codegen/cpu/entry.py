@@ -7,6 +7,14 @@ a graph output (the caller's fresh array), the arena (intermediates, at planned 
 weights blob (constants, prepacked at compile time). The entry function computes every
 kernel's argument array from those and calls the kernel over its whole work range, so a call
 from Python costs one foreign call whatever the model's size.
+
+Threads: a kernel with enough work is split across `threads` threads with libgomp's
+``GOMP_parallel`` (the OpenMP runtime that ships with gcc): each thread runs a contiguous share
+of the kernel's work items. Small kernels run on the calling thread, since a fork/join costs
+more than they do.
+
+Denormals: on x86 the entry function sets flush-to-zero and denormals-are-zero in MXCSR for
+the call (on every thread that runs a kernel) and restores the caller's MXCSR before returning.
 """
 
 from __future__ import annotations
@@ -17,9 +25,13 @@ from typing import Sequence
 from llvmlite import ir
 
 from .kernel import Kernel, llvm_name
-from .llvm_util import I64, PTR, VOID, i64
+from .llvm_util import I32, I64, PTR, VOID, i64
 
 INPUT, OUTPUT, ARENA, WEIGHTS = "input", "output", "arena", "weights"
+MXCSR_FTZ_DAZ = 0x8040  # bit 15: flush to zero, bit 6: denormals are zero
+# Below this much work a kernel runs on the calling thread: a GOMP_parallel fork/join costs a
+# few microseconds, which a kernel of ~50k elements takes anyway.
+PARALLEL_MIN_COST = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -28,21 +40,87 @@ class Placement:
     offset: int  # slot index for inputs/outputs, byte offset for arena/weights
 
 
+KERNEL_TYPE = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
+# what the entry function hands each thread: kernel, its args, its work extent, MXCSR to use
+TASK_TYPE = ir.LiteralStructType([ir.PointerType(KERNEL_TYPE), ir.PointerType(PTR), I64, I32])
+
+
+def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    fn = module.globals.get(name)
+    return fn if fn is not None else ir.Function(module, fnty, name=name)
+
+
+def _mxcsr(b: ir.IRBuilder, module: ir.Module, slot: ir.Value, op: str) -> None:
+    fn = _declare(module, f"llvm.x86.sse.{op}", ir.FunctionType(VOID, [PTR]))
+    b.call(fn, [b.bitcast(slot, PTR)])
+
+
+def _set_mxcsr(b, module, want: ir.Value, name: str) -> ir.Value:
+    """Save MXCSR into a slot and load `want`; returns the slot holding the old value."""
+    old = b.alloca(I32, name=f"{name}.saved_mxcsr")
+    _mxcsr(b, module, old, "stmxcsr")
+    new = b.alloca(I32, name=f"{name}.mxcsr")
+    b.store(want, new)
+    _mxcsr(b, module, new, "ldmxcsr")
+    return old
+
+
+def _thread_body(module: ir.Module, set_mxcsr: bool) -> ir.Function:
+    """void @slimc_thread(i8* task): this thread's share of [0, extent)."""
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR]), name="slimc_thread")
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    task = b.bitcast(fn.args[0], ir.PointerType(TASK_TYPE), name="task")
+    kernel = b.load(b.gep(task, [I32(0), I32(0)], inbounds=True), name="kernel")
+    args = b.load(b.gep(task, [I32(0), I32(1)], inbounds=True), name="args")
+    extent = b.load(b.gep(task, [I32(0), I32(2)], inbounds=True), name="extent")
+    tid = b.sext(b.call(_declare(module, "omp_get_thread_num", ir.FunctionType(I32, [])), []), I64, name="tid")
+    nth = b.sext(b.call(_declare(module, "omp_get_num_threads", ir.FunctionType(I32, [])), []), I64, name="nthreads")
+    lo = b.sdiv(b.mul(extent, tid), nth, name="lo")
+    hi = b.sdiv(b.mul(extent, b.add(tid, i64(1))), nth, name="hi")
+    if set_mxcsr:
+        want = b.load(b.gep(task, [I32(0), I32(3)], inbounds=True), name="mxcsr")
+        old = _set_mxcsr(b, module, want, "thread")
+    b.call(kernel, [args, lo, hi])
+    if set_mxcsr:
+        _mxcsr(b, module, old, "ldmxcsr")
+    b.ret_void()
+    return fn
+
+
 def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
-                name: str = "slimc_main") -> ir.Function:
-    """`placement` maps id(Value) -> Placement for every kernel input and output."""
+                name: str = "slimc_main", threads: int = 1, ftz: bool = True,
+                is_x86: bool = True) -> ir.Function:
+    """`placement` maps id(Value) -> Placement for every kernel input and output.
+
+    On x86 the MXCSR in force for the call (the caller's, with FTZ/DAZ added when `ftz`) is
+    handed to every worker thread: pool threads keep whatever state they had before, so
+    they must be told, whether flushing or not.
+    """
+    mxcsr = is_x86
     fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR])
     fn = ir.Function(module, fnty, name=name)
     for a, n in zip(fn.args, ("inputs", "outputs", "arena", "weights")):
         a.name = n
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     inputs, outputs, arena, weights = fn.args
-    kty = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
     widest = max((len(k.inputs) + len(k.outputs) for k in kernels), default=1)
     args = b.alloca(PTR, size=i64(max(widest, 1)), name="kernel_args")
+    task = b.alloca(TASK_TYPE, name="task")
+    if mxcsr:
+        caller = b.alloca(I32, name="caller_mxcsr")
+        _mxcsr(b, module, caller, "stmxcsr")
+        call_mxcsr = b.load(caller, name="call_mxcsr")
+        if ftz:
+            call_mxcsr = b.or_(call_mxcsr, I32(MXCSR_FTZ_DAZ), name="ftz_mxcsr")
+            slot = b.alloca(I32, name="call_mxcsr")
+            b.store(call_mxcsr, slot)
+            _mxcsr(b, module, slot, "ldmxcsr")
+    body = None
+    gomp = None
     for k in kernels:
         callee = k.function or module.globals[k.name]
-        for slot, v in enumerate(list(k.inputs) + list(k.outputs)):
+        for slot_i, v in enumerate(list(k.inputs) + list(k.outputs)):
             p = placement[id(v)]
             if p.space in (INPUT, OUTPUT):
                 table = inputs if p.space == INPUT else outputs
@@ -50,7 +128,21 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
             else:
                 base = arena if p.space == ARENA else weights
                 ptr = b.gep(base, [i64(p.offset)], inbounds=True, name=llvm_name(v.name))
-            b.store(ptr, b.gep(args, [i64(slot)], inbounds=True))
-        b.call(callee, [args, i64(0), i64(k.parallel_extent)])
+            b.store(ptr, b.gep(args, [i64(slot_i)], inbounds=True))
+        if threads > 1 and k.parallel_extent > 1 and k.cost >= PARALLEL_MIN_COST:
+            if body is None:
+                body = _thread_body(module, mxcsr)
+                gomp = _declare(module, "GOMP_parallel", ir.FunctionType(
+                    VOID, [ir.PointerType(ir.FunctionType(VOID, [PTR])), PTR, I32, I32]))
+            b.store(callee, b.gep(task, [I32(0), I32(0)], inbounds=True))
+            b.store(args, b.gep(task, [I32(0), I32(1)], inbounds=True))
+            b.store(i64(k.parallel_extent), b.gep(task, [I32(0), I32(2)], inbounds=True))
+            b.store(call_mxcsr if mxcsr else I32(0), b.gep(task, [I32(0), I32(3)], inbounds=True))
+            nthreads = min(threads, k.parallel_extent)
+            b.call(gomp, [body, b.bitcast(task, PTR), I32(nthreads), I32(0)])
+        else:
+            b.call(callee, [args, i64(0), i64(k.parallel_extent)])
+    if mxcsr and ftz:
+        _mxcsr(b, module, caller, "ldmxcsr")
     b.ret_void()
     return fn

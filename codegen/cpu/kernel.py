@@ -75,6 +75,7 @@ class Kernel:
     outputs: list  # Values written to buffers
     parallel_extent: int  # number of work items in [begin, end)
     function: Optional[ir.Function] = None
+    cost: int = 0  # rough work (flops or elements), to decide if splitting across threads pays
 
     @property
     def ops(self) -> list[str]:
@@ -112,6 +113,7 @@ class KernelBuilder:
         self.cache: dict = {}
         self.overrides: dict = {}
         self.parallel_extent = 1
+        self.cost = 0  # generators with heavy inner loops set this (e.g. 2*M*N*K for a matmul)
 
     # ----- shapes and buffers ------------------------------------------------------------
     @staticmethod
@@ -401,4 +403,5 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
         GENERATORS[anchors[0].op](kb, anchors[0])
     else:
         kb.elementwise_loops()
-    return Kernel(name, list(nodes), list(inputs), list(outputs), kb.parallel_extent, kb.fn)
+    cost = kb.cost or sum(v.type.numel for v in outputs)
+    return Kernel(name, list(nodes), list(inputs), list(outputs), kb.parallel_extent, kb.fn, cost)

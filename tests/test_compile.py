@@ -1,0 +1,154 @@
+"""slimc.compile and the compiled Module: calls, checks, threads, denormals, specialization."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import slimc
+from slimc.ir import interpret, parse
+
+CHAIN = """# slimc-ir v1
+graph @chain(%x: f32[N,37], %y: f32[37]) -> (f32[N,37], f32[N]) {
+  const %half: f32[] = [0.5]
+  %a = mul(%x, %y) : f32[N,37]
+  %b = add(%a, %half) : f32[N,37]
+  %r = relu(%b) : f32[N,37]
+  %s = reduce_sum(%r) {axes=[1], keepdims=0} : f32[N]
+  return %r, %s
+}
+"""
+
+
+def inputs(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 37)).astype(np.float32), rng.standard_normal(37).astype(np.float32)
+
+
+def test_compiled_matches_interpreter_and_specializes_per_shape():
+    g = parse(CHAIN)
+    mod = slimc.compile(g)
+    for n in (5, 1, 64, 5):
+        x, y = inputs(n)
+        for a, e in zip(mod(x, y), interpret(g, x, y)):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    assert len(mod._specializations) == 3  # 5, 1, 64: the second call with 5 hit the cache
+    assert mod.graph.inputs[0].type.shape == (5, 37)
+
+
+def test_inputs_by_name_and_input_errors():
+    mod = slimc.compile(parse(CHAIN), input_shapes={"x": (4, 37)})
+    x, y = inputs(4)
+    np.testing.assert_array_equal(mod(x=x, y=y)[0], mod(x, y)[0])
+    with pytest.raises(slimc.InputError, match="'x' expects f32\\[4,37\\], got dtype float64"):
+        mod(x.astype(np.float64), y)
+    with pytest.raises(slimc.InputError, match="takes 2 inputs"):
+        mod(x)
+    with pytest.raises(slimc.InputError, match="unknown input name"):
+        mod(x=x, y=y, z=y)
+
+
+def test_non_contiguous_inputs_and_fresh_outputs():
+    mod = slimc.compile(parse(CHAIN))
+    x, y = inputs(8)
+    xt = np.asfortranarray(x)
+    first = mod(xt[::2], y)
+    second = mod(xt[1::2], y)
+    e = interpret(parse(CHAIN), np.ascontiguousarray(x[::2]), y)
+    np.testing.assert_allclose(first[0], e[0], rtol=1e-5, atol=1e-5)
+    assert not np.shares_memory(first[0], second[0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_give_the_same_result(threads):
+    g = parse(CHAIN.replace("N", "300"))
+    x, y = inputs(300)
+    single = slimc.compile(g, threads=1)(x, y)
+    multi = slimc.compile(g, threads=threads)(x, y)
+    for a, b in zip(single, multi):
+        np.testing.assert_array_equal(a, b)
+
+
+DENORMAL = """# slimc-ir v1
+graph @d(%x: f32[64,1024]) -> (f32[64,1024]) {
+  const %tiny: f32[] = [1e-20]
+  %a = mul(%x, %tiny) : f32[64,1024]
+  %b = mul(%a, %tiny) : f32[64,1024]
+  return %b
+}
+"""
+
+
+def _numpy_denormal():
+    return np.float32(1e-20) * np.float32(1e-20)  # 1e-40: a denormal unless FTZ is on
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_denormals_flush_inside_a_call_and_caller_state_is_restored(threads):
+    x = np.ones((64, 1024), np.float32)
+    before = _numpy_denormal()
+    assert before != 0
+    out = slimc.compile(parse(DENORMAL), threads=threads)(x)[0]
+    assert (out == 0).all()  # 1e-40 flushed inside the call, on every thread
+    assert _numpy_denormal() == before  # the caller's MXCSR is back
+    kept = slimc.compile(parse(DENORMAL), threads=threads, denormals="keep")(x)[0]
+    assert (kept != 0).all() and np.allclose(kept, 1e-40, rtol=1e-2, atol=0)
+
+
+def test_many_threads_calling_one_module():
+    g = parse(CHAIN.replace("N", "16"))
+    mod = slimc.compile(g, threads=1)
+    errors = []
+
+    def worker(seed):
+        try:
+            for i in range(30):
+                x, y = inputs(16, seed * 100 + i)
+                got = mod(x, y)
+                exp = interpret(g, x, y)
+                for a, e in zip(got, exp):
+                    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_memory_plan_reuses_space():
+    g = parse("""# slimc-ir v1
+graph @m(%x: f32[256,256]) -> (f32[256,256]) {
+  %a = relu(%x) : f32[256,256]
+  %b = neg(%a) : f32[256,256]
+  %c = exp(%b) : f32[256,256]
+  %d = neg(%c) : f32[256,256]
+  %e = relu(%d) : f32[256,256]
+  return %e
+}
+""")
+    mod = slimc.compile(g)
+    assert mod.memory.intermediates_bytes == 4 * 256 * 256 * 4
+    assert mod.memory.arena_bytes == 2 * 256 * 256 * 4  # two alive at a time
+    x = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    np.testing.assert_allclose(mod(x)[0], interpret(g, x)[0], rtol=1e-6)
+
+
+def test_names_survive_into_llvm_ir():
+    mod = slimc.compile(parse(CHAIN), input_shapes={"x": (2, 37)})
+    ir_text = mod.llvm_ir
+    assert "k0_mul_a" in ir_text and "slimc_main" in ir_text
+    assert "ymm" in mod.assembly or "zmm" in mod.assembly or "xmm" in mod.assembly
+
+
+def test_unsupported_op_is_a_compile_time_error_naming_the_node():
+    from slimc.ir import register_op, same_as_input
+
+    register_op("test_no_lowering", reference=lambda x: x, infer=same_as_input(0), replace=True)
+    g = parse("# slimc-ir v1\ngraph @u(%x: f32[2]) -> (f32[2]) {\n"
+              "  %y = test_no_lowering(%x) : f32[2] loc(\"my/layer\")\n  return %y\n}\n")
+    with pytest.raises(slimc.UnsupportedError, match="test_no_lowering.*'my/layer'"):
+        slimc.compile(g)
