@@ -47,20 +47,29 @@ def run_node(node: Node, args: Sequence[Optional[np.ndarray]]) -> list[np.ndarra
     return fixed
 
 
-def check_inputs(graph: Graph, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    if len(arrays) != len(graph.inputs):
-        raise InputError(f"graph @{graph.name} takes {len(graph.inputs)} inputs "
-                         f"({', '.join(v.name for v in graph.inputs)}), got {len(arrays)}")
+def check_arrays(specs: Sequence[tuple], arrays: Sequence, what: str = "the model") -> list[np.ndarray]:
+    """Check arrays against (name, numpy dtype, shape, type text) specs; symbolic dims (str or
+    None) match any size."""
+    if len(arrays) != len(specs):
+        raise InputError(f"{what} takes {len(specs)} inputs ({', '.join(s[0] for s in specs)}), "
+                         f"got {len(arrays)}")
     out = []
-    for v, a in zip(graph.inputs, arrays):
+    for (name, dtype, shape, text), a in zip(specs, arrays):
         a = np.asarray(a)
-        if a.dtype != v.type.dtype.numpy:
-            raise InputError(f"input {v.name!r} expects {v.type}, got dtype {a.dtype}")
-        if a.ndim != v.type.rank or any(isinstance(d, int) and d != s
-                                        for d, s in zip(v.type.shape, a.shape)):
-            raise InputError(f"input {v.name!r} expects {v.type}, got shape {list(a.shape)}")
+        if a.dtype != dtype:
+            raise InputError(f"input {name!r} expects {text}, got dtype {a.dtype}")
+        if a.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, a.shape)):
+            raise InputError(f"input {name!r} expects {text}, got shape {list(a.shape)}")
         out.append(a)
     return out
+
+
+def input_specs(graph: Graph) -> list[tuple]:
+    return [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.inputs]
+
+
+def check_inputs(graph: Graph, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return check_arrays(input_specs(graph), arrays, f"graph @{graph.name}")
 
 
 def order_inputs(names: Sequence[str], arrays: Sequence, named: dict) -> list:

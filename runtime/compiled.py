@@ -27,9 +27,11 @@ from slimc.codegen.cpu.lower import lower_graph, singleton_groups
 from slimc.codegen.cpu.target import CpuTarget, emit_assembly, jit_compile
 from slimc.ir import Graph, Value
 from slimc.ir.errors import InputError, SlimcError
-from slimc.ir.interpreter import check_inputs, order_inputs
+from slimc.ir.interpreter import input_specs
 
+from . import native
 from .memory_plan import ALIGN, Interval, MemoryPlan, plan
+from .native import COPY_INPUT, COPY_OUTPUT, KERNEL, NativeModule, aligned_empty
 
 
 @dataclass
@@ -68,22 +70,21 @@ def _place(graph: Graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
         if v.producer is not None and id(v) not in output_slot:
             output_slot[id(v)] = j
             placement[id(v)] = Placement(OUTPUT, j)
-    # weights: every constant a kernel reads, aligned
+    # weights: every constant a kernel reads or the graph returns, aligned
     blob_parts, offset = [], 0
-    for k in kernels:
-        for v in k.inputs:
-            if v.is_constant and id(v) not in placement:
-                if v.data is None:
-                    raise InputError(f"constant %{v.name} has no data (elided); load the graph "
-                                     f"with its weights")
-                data = np.ascontiguousarray(v.data)
-                placement[id(v)] = Placement(WEIGHTS, offset)
-                buffers[v.name] = (WEIGHTS, offset, data.nbytes)
-                blob_parts.append((offset, data))
-                offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
-    weights = np.zeros(offset + ALIGN, np.uint8)
-    base = (-weights.ctypes.data) % ALIGN
-    weights = weights[base:base + offset] if offset else weights[:0]
+    constants = [v for k in kernels for v in k.inputs] + list(graph.outputs)
+    for v in constants:
+        if not v.is_constant or id(v) in placement:
+            continue
+        if v.data is None:
+            raise InputError(f"constant %{v.name} has no data (elided); load the graph with its "
+                             f"weights")
+        data = np.ascontiguousarray(v.data)
+        placement[id(v)] = Placement(WEIGHTS, offset)
+        buffers[v.name] = (WEIGHTS, offset, data.nbytes)
+        blob_parts.append((offset, data))
+        offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    weights = aligned_empty(offset)
     for off, data in blob_parts:
         weights[off:off + data.nbytes] = data.reshape(-1).view(np.uint8)
     # intermediates: lifetimes in kernel steps
@@ -109,79 +110,53 @@ def _place(graph: Graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
     return placement, memory, weights, buffers
 
 
-class CompiledModule:
-    """A model compiled for one set of input shapes. Call it with numpy arrays."""
+def output_sources(graph: Graph, placement: dict) -> list[tuple]:
+    """Where each output's data comes from when the entry function has run."""
+    sources = []
+    for j, v in enumerate(graph.outputs):
+        p = placement.get(id(v))
+        if p is not None and p.space == OUTPUT:
+            sources.append((KERNEL,) if p.offset == j else (COPY_OUTPUT, p.offset))
+        elif p is not None and p.space == WEIGHTS:
+            sources.append((native.WEIGHTS, p.offset))
+        else:
+            sources.append((COPY_INPUT, graph.inputs.index(v)))
+    return sources
+
+
+class CompiledModule(NativeModule):
+    """A model compiled in this process for one set of input shapes."""
 
     def __init__(self, graph: Graph, target: CpuTarget, kernels, llvm_module, jit, placement,
-                 memory: MemoryReport, weights: np.ndarray, compile_seconds: float):
+                 memory: MemoryReport, weights: np.ndarray, compile_seconds: float, threads: int):
+        entry = jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
+                          ctypes.c_void_p, ctypes.c_void_p)
+        outputs = [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.outputs]
+        super().__init__(entry, input_specs(graph), outputs, output_sources(graph, placement),
+                         memory.arena_bytes, weights, f"graph @{graph.name}")
         self.graph = graph
         self.target = target
         self.kernels = kernels
+        self.threads = threads
         self._llvm_module = llvm_module
         self._jit = jit
-        self._placement = placement
         self.memory = memory
-        self._weights = weights
         self.compile_seconds = compile_seconds
-        self._entry = jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
-                                ctypes.c_void_p, ctypes.c_void_p)
-        self._arenas: list = []
-        self._lock = threading.Lock()
-        self._in_types = [(v.name, v.type.dtype.numpy, v.type.shape) for v in graph.inputs]
-
-    @property
-    def input_names(self) -> list[str]:
-        return [v.name for v in self.graph.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [v.name for v in self.graph.outputs]
 
     @property
     def llvm_ir(self) -> str:
+        """The optimized LLVM IR of every kernel and the entry function."""
         return self._jit.llvm_ir
 
     @property
     def assembly(self) -> str:
         return emit_assembly(str(self._llvm_module), self.target)
 
-    def _arena(self) -> np.ndarray:
-        with self._lock:
-            if self._arenas:
-                return self._arenas.pop()
-        raw = np.zeros(self.memory.arena_bytes + ALIGN, np.uint8)
-        base = (-raw.ctypes.data) % ALIGN
-        return raw[base:base + self.memory.arena_bytes]
+    def export(self, path: str) -> None:
+        """Write a directory that `slimc.load` runs without llvmlite (see runtime/export.py)."""
+        from .export import export
 
-    def _release(self, arena: np.ndarray) -> None:
-        with self._lock:
-            self._arenas.append(arena)
-
-    def __call__(self, *arrays, **named) -> list[np.ndarray]:
-        arrays = order_inputs(self.input_names, arrays, named)
-        arrays = [np.ascontiguousarray(a) for a in check_inputs(self.graph, arrays)]
-        outs = []
-        for v in self.graph.outputs:
-            outs.append(np.empty(v.type.shape, v.type.dtype.numpy))
-        in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
-        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
-        arena = self._arena()
-        try:
-            self._entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
-                        arena.ctypes.data, self._weights.ctypes.data)
-        finally:
-            self._release(arena)
-        # Outputs no kernel writes: graph inputs, constants, or a value listed twice.
-        for j, v in enumerate(self.graph.outputs):
-            p = self._placement.get(id(v))
-            if p is None or p.space != OUTPUT or p.offset != j:
-                if p is not None and p.space == OUTPUT:
-                    outs[j] = outs[p.offset].copy()
-                elif v.is_constant:
-                    outs[j] = np.array(v.data, copy=True)
-                else:
-                    outs[j] = arrays[self.graph.inputs.index(v)].copy()
-        return outs
+        export(self, path)
 
 
 def _load_threading_runtime() -> None:
@@ -225,4 +200,4 @@ def build(graph: Graph, target: CpuTarget, groups=None, fast_math=("contract",),
     code_bytes = len(jit.llvm_ir)  # replaced by the object size once AOT export lands
     report = MemoryReport(memory, int(weights.nbytes), code_bytes, buffers)
     return CompiledModule(graph, target, kernels, module, jit, placement, report, weights,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, threads)

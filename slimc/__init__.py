@@ -8,8 +8,9 @@ from slimc.ir import (Graph, InputError, InternalError, ModelError, SlimcError, 
                       UnsupportedError, dtypes, interpret, parse, register_op)
 from slimc.frontends.onnx import from_onnx
 from slimc.compiler import Module, compile
+from slimc.runtime.export import load
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "Module", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
+__all__ = ["compile", "load", "Module", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
            "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError"]

@@ -115,6 +115,10 @@ class Module:
     def memory(self):
         return self._current().memory
 
+    def export(self, path: str) -> None:
+        """Write the current specialization as an artifact directory (see `slimc.load`)."""
+        self._current().export(path)
+
 
 def compile(model, target: str = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,

@@ -1,0 +1,177 @@
+"""Export a compiled module to a directory, and load it back with numpy and ctypes only.
+
+An artifact is a directory:
+
+    model.so        the kernels and the entry function: LLVM's object output linked by `cc`
+    weights.bin     the constants, prepacked, one 64-byte-aligned blob
+    manifest.json   format version, inputs and outputs, target CPU and features, versions,
+                    and the SHA-256 of each file
+
+`load` verifies every checksum (a flipped byte anywhere is refused), refuses a newer format or
+an artifact whose CPU features this host lacks, and never unpickles anything. The checksums
+catch corruption, not a malicious author: an artifact is native code, so load only artifacts
+you trust.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from slimc.ir.errors import SlimcError
+
+from .native import ENTRY_TYPE, NativeModule, aligned_empty
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+WEIGHTS = "weights.bin"
+
+# LLVM feature name -> /proc/cpuinfo flag, for the features kernels may use. A feature the
+# artifact was built with and the host lacks means illegal instructions: refused at load.
+CPUINFO_FLAG = {
+    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma",
+    "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512bw": "avx512bw",
+    "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512cd": "avx512cd",
+    "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
+    "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+}
+
+
+class ArtifactError(SlimcError):
+    pass
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _spec(name, dtype, shape, text) -> dict:
+    return {"name": name, "dtype": np.dtype(dtype).str, "shape": list(shape), "type": text}
+
+
+def export(compiled, path: str) -> None:
+    """Write `compiled` (a runtime.compiled.CompiledModule) as an artifact directory."""
+    import llvmlite
+
+    from slimc import __version__
+    from slimc.codegen.cpu.target import emit_object
+
+    os.makedirs(path, exist_ok=True)
+    obj = emit_object(str(compiled._llvm_module), compiled.target)
+    uses_threads = "GOMP_parallel" in compiled.llvm_ir
+    with tempfile.TemporaryDirectory() as tmp:
+        obj_path = os.path.join(tmp, "model.o")
+        with open(obj_path, "wb") as f:
+            f.write(obj)
+        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        if cc is None:
+            raise SlimcError("exporting needs a C compiler driver (cc) to link the shared "
+                             "library; none was found")
+        cmd = [cc, "-shared", "-o", os.path.join(path, LIBRARY), obj_path, "-lm"]
+        if uses_threads:
+            cmd.append("-lgomp")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SlimcError(f"linking the artifact failed ({' '.join(cmd)}):\n{done.stderr}")
+    compiled._weights.tofile(os.path.join(path, WEIGHTS))
+    t = compiled.target
+    manifest = {
+        "format": FORMAT_VERSION,
+        "name": compiled.graph.name,
+        "slimc_version": __version__,
+        "llvmlite_version": llvmlite.__version__,
+        "target": {"name": t.name, "triple": t.triple, "cpu": t.cpu, "features": t.features},
+        "threads": compiled.threads,
+        "inputs": [_spec(*s) for s in compiled._inputs],
+        "outputs": [_spec(*s) for s in compiled._outputs],
+        "output_sources": [list(s) for s in compiled._sources],
+        "arena_bytes": compiled._arena_bytes,
+        "kernels": [{"name": k.name, "ops": k.ops} for k in compiled.kernels],
+        "files": {name: _sha256(os.path.join(path, name)) for name in (LIBRARY, WEIGHTS)},
+    }
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def _host_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _host_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+class LoadedModule(NativeModule):
+    """An exported artifact, loaded. `manifest` holds what export wrote."""
+
+    def __init__(self, path: str, manifest: dict, library, weights: np.ndarray):
+        entry = ENTRY_TYPE(("slimc_main", library))
+        specs = lambda items: [(s["name"], np.dtype(s["dtype"]), tuple(s["shape"]), s["type"])
+                               for s in items]
+        super().__init__(entry, specs(manifest["inputs"]), specs(manifest["outputs"]),
+                         [tuple(s) for s in manifest["output_sources"]], manifest["arena_bytes"],
+                         weights, manifest.get("name", path))
+        self.path = path
+        self.manifest = manifest
+        self._library = library  # keeps the code mapped
+
+
+def load(path: str) -> LoadedModule:
+    """Load an artifact written by `Module.export`. Only load artifacts you trust."""
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.isfile(mpath):
+        raise ArtifactError(f"{path!r} is not a slimc artifact: {MANIFEST} is missing")
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+        fmt = int(manifest["format"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{mpath} is not a valid manifest: {e}") from None
+    if fmt > FORMAT_VERSION:
+        raise ArtifactError(f"artifact format {fmt} is newer than this slimc reads "
+                            f"({FORMAT_VERSION}); upgrade slimc")
+    for name, digest in manifest.get("files", {}).items():
+        fpath = os.path.join(path, name)
+        if os.path.basename(name) != name or not os.path.isfile(fpath):
+            raise ArtifactError(f"artifact file {name!r} is missing")
+        if _sha256(fpath) != digest:
+            raise ArtifactError(f"artifact file {name!r} does not match its checksum: the "
+                                f"artifact is corrupt or was modified; refused")
+    if set(manifest.get("files", {})) != {LIBRARY, WEIGHTS}:
+        raise ArtifactError("the manifest does not list the artifact's files; refused")
+    target = manifest["target"]
+    arch = target["triple"].split("-")[0]
+    if arch != _host_arch():
+        raise ArtifactError(f"the artifact is for {target['triple']}; this host is {_host_arch()}")
+    flags = _host_flags()
+    wanted = {f[1:] for f in target["features"].split(",") if f.startswith("+")}
+    missing = sorted(f for f in wanted if f in CPUINFO_FLAG and CPUINFO_FLAG[f] not in flags)
+    if flags and missing:
+        raise ArtifactError(f"the artifact was built for CPU {target['cpu']!r} and uses "
+                            f"{', '.join(missing)}, which this CPU lacks; recompile it here")
+    raw = np.fromfile(os.path.join(path, WEIGHTS), dtype=np.uint8)
+    weights = aligned_empty(raw.nbytes)
+    weights[:] = raw
+    library = ctypes.CDLL(os.path.abspath(os.path.join(path, LIBRARY)))
+    return LoadedModule(path, manifest, library, weights)

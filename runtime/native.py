@@ -1,0 +1,96 @@
+"""Calling native model code: the part shared by JIT-compiled and loaded modules.
+
+A `NativeModule` knows the entry function (``slimc_main``), the input and output types, the
+weights blob, the arena size and where each output comes from. A call checks the inputs,
+allocates fresh outputs, takes an arena from a pool (so concurrent calls from several threads
+each get their own and none waits on a lock while running), and makes one foreign call.
+
+This module imports numpy and ctypes only: `slimc.load` runs exported artifacts with it, without
+llvmlite, onnx or pickle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from slimc.ir.interpreter import check_arrays, order_inputs
+
+ALIGN = 64
+
+# Where an output's data comes from (kernels write most outputs directly into the caller's
+# fresh array; these cover the rest).
+KERNEL = "kernel"  # written by a kernel into its output slot
+COPY_OUTPUT = "copy_output"  # the same value as an earlier output: copied from it
+COPY_INPUT = "copy_input"  # a graph input returned as an output
+WEIGHTS = "weights"  # a constant, stored in the weights blob at an offset
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    base = (-raw.ctypes.data) % ALIGN
+    return raw[base:base + nbytes]
+
+
+ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_void_p)
+
+
+class NativeModule:
+    """One specialization of a model as native code. Call it with numpy arrays."""
+
+    def __init__(self, entry, inputs: Sequence[tuple], outputs: Sequence[tuple],
+                 output_sources: Sequence[tuple], arena_bytes: int, weights: np.ndarray,
+                 name: str = "model"):
+        """inputs/outputs: (name, numpy dtype, shape, type text); output_sources: per output,
+        (KERNEL,) | (COPY_OUTPUT, j) | (COPY_INPUT, i) | (WEIGHTS, offset)."""
+        self._entry = entry
+        self._inputs = [tuple(s) for s in inputs]
+        self._outputs = [tuple(s) for s in outputs]
+        self._sources = [tuple(s) for s in output_sources]
+        self._arena_bytes = int(arena_bytes)
+        self._weights = weights
+        self._name = name
+        self._arenas: list = []
+        self._lock = threading.Lock()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s[0] for s in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s[0] for s in self._outputs]
+
+    def _arena(self) -> np.ndarray:
+        with self._lock:
+            if self._arenas:
+                return self._arenas.pop()
+        return aligned_empty(self._arena_bytes)
+
+    def __call__(self, *arrays, **named) -> list[np.ndarray]:
+        arrays = order_inputs(self.input_names, arrays, named)
+        arrays = [np.ascontiguousarray(a) for a in check_arrays(self._inputs, arrays, self._name)]
+        outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
+        in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
+        arena = self._arena()
+        try:
+            self._entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
+                        arena.ctypes.data, self._weights.ctypes.data)
+        finally:
+            with self._lock:
+                self._arenas.append(arena)
+        for j, source in enumerate(self._sources):
+            kind = source[0]
+            if kind == COPY_OUTPUT:
+                outs[j] = outs[source[1]].copy()
+            elif kind == COPY_INPUT:
+                outs[j] = arrays[source[1]].copy()
+            elif kind == WEIGHTS:
+                out = outs[j]
+                out.reshape(-1).view(np.uint8)[:] = self._weights[source[1]:source[1] + out.nbytes]
+        return outs
