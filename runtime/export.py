@@ -100,6 +100,10 @@ def export(compiled, path: str) -> None:
         "output_sources": [list(s) for s in compiled._sources],
         "arena_bytes": compiled._arena_bytes,
         "kernels": [{"name": k.name, "ops": k.ops} for k in compiled.kernels],
+        "memory": {"arena_bytes": compiled.memory.arena_bytes,
+                   "intermediates_bytes": compiled.memory.intermediates_bytes,
+                   "weights_bytes": compiled.memory.weights_bytes,
+                   "code_bytes": os.path.getsize(os.path.join(path, LIBRARY))},
         "files": {name: _sha256(os.path.join(path, name)) for name in (LIBRARY, WEIGHTS)},
     }
     with open(os.path.join(path, MANIFEST), "w") as f:

@@ -58,6 +58,7 @@ class Module:
 
     def _specialize(self, shapes: tuple):
         from slimc.codegen.cpu.target import CpuTarget
+        from slimc.runtime import cache
         from slimc.runtime.compiled import build
 
         with self._lock:
@@ -65,12 +66,25 @@ class Module:
             if compiled is not None:
                 return compiled
         graph = _bind(self.source_graph, shapes)
+        target = CpuTarget.from_name(self.target_name)
+        options = {"opt_level": self.opt_level, "disable": sorted(self.disable_passes),
+                   "threads": self.threads, "denormals": self.denormals}
+        key = None
+        if not self.user_passes and not self.dump_dir and target.is_host:
+            key = cache.cache_key(graph, target, options)
+            compiled = cache.lookup(key)
+            if compiled is not None:
+                with self._lock:
+                    self._specializations[shapes] = compiled
+                return compiled
         pipeline = standard_pipeline(self.opt_level, self.user_passes, self.disable_passes)
         PassManager(pipeline, dump_dir=self.dump_dir).run(graph)
         fast_math = ("contract", "reassoc") if self.opt_level >= 2 else ()
-        compiled = build(graph, CpuTarget.from_name(self.target_name), fast_math=fast_math,
+        compiled = build(graph, target, fast_math=fast_math,
                          llvm_opt_level=3 if self.opt_level >= 1 else 0, threads=self.threads,
                          denormals=self.denormals)
+        if key is not None:
+            cache.store(key, compiled)
         with self._lock:
             self._specializations[shapes] = compiled
         return compiled

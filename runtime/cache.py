@@ -1,0 +1,130 @@
+"""The on-disk compile cache: a second compile of the same model loads the artifact instead.
+
+The key covers everything that decides the generated code: the graph before optimization
+(its text and every constant's bytes), the target (CPU name and resolved features), the
+compile options, the llvmlite version, and a hash of slimc's own source files -- so editing
+slimc, changing a weight, or moving to another CPU misses. Entries are export artifacts
+(runtime/export.py) plus the optimized IR and the LLVM IR, so a cached module can still be
+inspected. Compiles with user passes are not cached: slimc cannot know what a user pass does.
+
+The folder is ``$SLIMC_CACHE_DIR``, else ``~/.cache/slimc``; ``SLIMC_CACHE_DIR=off`` disables
+the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from typing import Optional
+
+from .export import LoadedModule, load
+
+
+def cache_dir() -> Optional[str]:
+    value = os.environ.get("SLIMC_CACHE_DIR")
+    if value and value.lower() in ("off", "0", "none", "disabled"):
+        return None
+    return value or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                 os.path.expanduser("~/.cache"), "slimc")
+
+
+@lru_cache(maxsize=1)
+def source_hash() -> str:
+    """A hash of slimc's own Python source: any change to the compiler misses the cache."""
+    import slimc.codegen
+    import slimc.frontends
+    import slimc.ir
+    import slimc.passes
+    import slimc.runtime
+
+    h = hashlib.sha256()
+    for pkg in (slimc, slimc.ir, slimc.frontends, slimc.passes, slimc.codegen, slimc.runtime):
+        for root in sorted(set(pkg.__path__)):
+            for dirpath, dirnames, filenames in sorted(os.walk(root)):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.endswith(".py"):
+                        with open(os.path.join(dirpath, name), "rb") as f:
+                            h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def cache_key(graph, target, options: dict) -> str:
+    import llvmlite
+
+    h = hashlib.sha256()
+    h.update(str(graph).encode())
+    for v in graph.constants.values():
+        h.update(v.name.encode() + b"\0")
+        if v.data is not None:
+            h.update(str(v.data.dtype).encode() + str(v.data.shape).encode())
+            h.update(memoryview(v.data).cast("B") if v.data.flags.c_contiguous else v.data.tobytes())
+    h.update(f"{target.triple}|{target.cpu}|{target.features}".encode())
+    h.update(repr(sorted(options.items())).encode())
+    h.update(llvmlite.__version__.encode())
+    h.update(source_hash().encode())
+    return h.hexdigest()[:32]
+
+
+class CachedModule(LoadedModule):
+    """A module loaded from the cache: runs like the original; its IR is read on demand."""
+
+    @property
+    def graph(self):
+        from slimc.ir import parse
+
+        with open(os.path.join(self.path, "graph.slimc")) as f:
+            return parse(f.read())
+
+    @property
+    def llvm_ir(self) -> str:
+        with open(os.path.join(self.path, "llvm.ll")) as f:
+            return f.read()
+
+    @property
+    def kernels(self) -> list:
+        return self.manifest["kernels"]
+
+    @property
+    def memory(self) -> dict:
+        return self.manifest["memory"]
+
+    def export(self, path: str) -> None:
+        shutil.copytree(self.path, path, dirs_exist_ok=True)
+
+
+def lookup(key: str) -> Optional[CachedModule]:
+    folder = cache_dir()
+    if folder is None:
+        return None
+    path = os.path.join(folder, key)
+    if not os.path.isfile(os.path.join(path, "manifest.json")):
+        return None
+    try:
+        loaded = load(path)
+    except Exception:
+        shutil.rmtree(path, ignore_errors=True)  # a damaged entry is rebuilt, never trusted
+        return None
+    loaded.__class__ = CachedModule
+    return loaded
+
+
+def store(key: str, compiled) -> None:
+    """Write an entry atomically (a half-written entry is never visible)."""
+    folder = cache_dir()
+    if folder is None:
+        return
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{key}.", dir=folder)
+    try:
+        compiled.export(tmp)
+        with open(os.path.join(tmp, "graph.slimc"), "w") as f:
+            f.write(str(compiled.graph))
+        with open(os.path.join(tmp, "llvm.ll"), "w") as f:
+            f.write(compiled.llvm_ir)
+        os.rename(tmp, os.path.join(folder, key))
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process stored it first, or no room

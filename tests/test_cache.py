@@ -1,0 +1,95 @@
+"""The compile cache: a hit is much faster and identical; any change to the key misses."""
+
+import time
+
+import numpy as np
+import pytest
+
+import slimc
+from slimc.ir import parse
+from slimc.runtime import cache
+
+GRAPH = """# slimc-ir v1
+graph @c(%x: f32[32,64]) -> (f32[32,64]) {
+  const %w: f32[64] = elided
+  %a = mul(%x, %w) : f32[32,64]
+  %b = tanh(%a) : f32[32,64]
+  %c = sigmoid(%b) : f32[32,64]
+  %d = reduce_sum(%c) {axes=[1], keepdims=1} : f32[32,1]
+  %e = sub(%c, %d) : f32[32,64]
+  return %e
+}
+"""
+
+
+def graph(seed=0):
+    g = parse(GRAPH)
+    g.constants["w"].data = np.random.default_rng(seed).standard_normal(64).astype(np.float32)
+    return g
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def timed_compile(g, **kw):
+    t = time.perf_counter()
+    mod = slimc.compile(g, **kw)
+    return mod, time.perf_counter() - t
+
+
+def test_second_compile_hits_and_is_faster(fresh_cache):
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    first, cold = timed_compile(graph())
+    second, warm = timed_compile(graph())
+    assert isinstance(second._current(), cache.CachedModule)
+    assert not isinstance(first._current(), cache.CachedModule)
+    np.testing.assert_array_equal(first(x)[0], second(x)[0])
+    assert "tanh" in second.llvm_ir and "%e = sub" in str(second.graph)
+    assert cold / warm >= 3, (cold, warm)  # the README/issue figure (>= 10x) is measured in bench
+
+
+@pytest.mark.parametrize("change", ["weights", "opt_level", "threads", "denormals", "source"])
+def test_any_change_to_the_key_misses(fresh_cache, monkeypatch, change):
+    slimc.compile(graph())
+    kw, g = {}, graph()
+    if change == "weights":
+        g = graph(seed=1)
+    elif change == "opt_level":
+        kw["opt_level"] = 1
+    elif change == "threads":
+        kw["threads"] = 1
+    elif change == "denormals":
+        kw["denormals"] = "keep"
+    elif change == "source":
+        monkeypatch.setattr(cache, "source_hash", lambda: "edited slimc")
+    mod = slimc.compile(g, **kw)
+    assert not isinstance(mod._current(), cache.CachedModule)
+
+
+def test_other_cpu_features_miss(fresh_cache):
+    from dataclasses import replace
+
+    from slimc.codegen.cpu.target import CpuTarget
+
+    host = CpuTarget.host()
+    other = replace(host, features=host.features + ",+made-up-feature", _dl_cache={})
+    g = graph()
+    assert cache.cache_key(g, host, {}) != cache.cache_key(g, other, {})
+
+
+def test_damaged_entry_is_rebuilt(fresh_cache):
+    slimc.compile(graph())
+    (entry,) = [p for p in fresh_cache.iterdir() if not p.name.startswith(".")]
+    (entry / "weights.bin").write_bytes(b"garbage")
+    mod = slimc.compile(graph())
+    assert not isinstance(mod._current(), cache.CachedModule)
+
+
+def test_cache_can_be_turned_off(fresh_cache, monkeypatch):
+    monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
+    slimc.compile(graph())
+    mod = slimc.compile(graph())
+    assert not isinstance(mod._current(), cache.CachedModule)
