@@ -99,7 +99,10 @@ class CpuTarget:
     # ---- construction -----------------------------------------------------------------
 
     @classmethod
-    def _from_parts(cls, name: str, triple: str, cpu: str, features: str, is_host: bool) -> "CpuTarget":
+    def from_parts(cls, name: str, triple: str, cpu: str, features: str,
+                   is_host: bool = False) -> "CpuTarget":
+        """A target from an explicit triple, CPU and feature string; the vector facts are
+        derived from the features. is_host: code for it may run in this process."""
         feats = _feature_set(features)
         arch = triple.split("-")[0]
         if arch in ("aarch64", "arm64"):
@@ -127,7 +130,7 @@ class CpuTarget:
             features = llvm.get_host_cpu_features().flatten()
             arch = triple.split("-")[0]
             name = "aarch64" if arch in ("aarch64", "arm64") else "x86"
-            _host_target = cls._from_parts(name, triple, cpu, features, is_host=True)
+            _host_target = cls.from_parts(name, triple, cpu, features, is_host=True)
         return _host_target
 
     @classmethod
@@ -147,7 +150,8 @@ class CpuTarget:
         if key in ("x86", "x86_64", "x86-64"):
             h = cls.host()
             if h.name != "x86":
-                raise ValueError(f"target 'x86' means the host x86-64 CPU, but the host is {h.triple}")
+                raise ValueError(f"target 'x86' means the host x86-64 CPU, but the host is "
+                                 f"{h.triple}")
             return h
         if key in ("x86-64-v3", "x86-64-v4"):
             ensure_llvm_initialized()
@@ -160,7 +164,7 @@ class CpuTarget:
                 features = ("+64bit,+avx,+avx2,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl,"
                             "+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+lzcnt,+movbe,+popcnt,+sahf,"
                             "+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")
-            t = cls._from_parts(key, triple, key, features, is_host=False)
+            t = cls.from_parts(key, triple, key, features, is_host=False)
             # Runs here if the host has every feature it needs.
             hf = _feature_set(cls.host().features) if cls.host().name == "x86" else set()
             runnable = _feature_set(features) <= hf
@@ -169,7 +173,7 @@ class CpuTarget:
             ensure_llvm_initialized(all_targets=True)
             cpu = "neoverse-v2" if key.endswith("neoverse-v2") else "generic"
             features = "+neon,+fp-armv8"
-            return cls._from_parts("aarch64", "aarch64-unknown-linux-gnu", cpu, features,
+            return cls.from_parts("aarch64", "aarch64-unknown-linux-gnu", cpu, features,
                                    is_host=False)
         raise ValueError(f"unknown CPU target {name!r}; expected 'x86', 'x86-64-v3', "
                          f"'x86-64-v4', 'aarch64' or 'host'")
@@ -311,7 +315,8 @@ class JitModule:
         return [f.name for f in self._mod.functions if not f.is_declaration]
 
 
-def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *, opt_level: int = 3) -> JitModule:
+def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *,
+                opt_level: int = 3) -> JitModule:
     """Parse, optimize (new pass manager, O<opt_level>) and MCJIT-compile IR for `target`
     (default: host). The target must be runnable in this process."""
     target = target or CpuTarget.host()

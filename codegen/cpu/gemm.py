@@ -1,0 +1,1003 @@
+"""fp32 GEMM kernels generated as LLVM IR with explicit vector types.
+
+    C[M, N] (+)= A[M, K] @ B[K, N]          (row-major, leading dimensions lda, ldc, ldb)
+
+Design (see /work/shared/LLVM_NOTES.md, "Code generation facts" and "AMD Zen 3 (AVX2) facts"):
+
+* Register tile MR x NR, NR = NV vectors of VW floats. AVX2 (16 ymm): 6 x 16 = 12 accumulators,
+  one broadcast of A per row and NV loads of B per k step. AVX-512 (32 zmm): 6 x 64 = 24
+  accumulators. NEON / SSE: 6 x 8 (SSE) or 6 x 16 (NEON, 32 registers).
+* B is packed into column panels of NR floats: panel p holds B[0:K, p*NR:(p+1)*NR] as K rows
+  of NR contiguous floats (zero-padded past N), panels one after another. Weights are packed
+  once at compile time with `pack_b` (numpy); activations are packed at run time by the
+  generated `pack_b_<name>` routine.
+* Cache blocking (Goto/BLIS loop order): jc over NC columns, pc over KC of K, ic over MC rows
+  (the MR-row tiles of that MC x KC block of A are copied k-major into a stack buffer: without
+  it, rows 4 KB apart thrash the caches at K = 1024), then the B micro-panels (KC x NR,
+  L1-resident) and, innermost, the MR-row tiles. Each micro-kernel prefetches its C tile
+  before its k loop (worth ~15% at 1024^3 on Zen 3).
+* Edges: N is a compile-time constant, so the last (partial) panel gets its own micro-kernels
+  with exactly ceil(n/VW) vectors and constant-masked loads/stores of C. M is a run-time
+  range [m0, m1); leftover rows (< MR) go to micro-kernels for 1..MR-1 rows, which read A in
+  place and split the k loop over several accumulator chains (k mod S) so that ~8 FMAs are in
+  flight: batch-1 rows are FMA-latency bound otherwise.
+* Fewer than MR rows in all (batch-1 transformer rows): no cache blocking (each B panel is
+  streamed once over all of K), no A packing; with runtime B (not transposed) B is read in
+  place instead of packed.
+* Epilogue hook: a Python callback gets an `EpilogueContext` (builder, absolute row and column
+  of the vector, lane mask, extra kernel arguments) and the accumulator vector (already
+  including C when accumulating) and returns the vector to store. It runs only on the last
+  K block, fused into the store.
+
+Generated functions (all C ABI, `float*` = `ptr`, `i64` = int64_t; A, B and C must not
+overlap; any alignment; the stack needs MC*KC*4 bytes (~150-200 KB) for the A blocks):
+
+    void gemm_<name>(float* A, i64 lda, float* Bp, float* C, i64 ldc, i64 m0, i64 m1, <extra>)
+        rows [m0, m1) of C = A @ B (or C += A @ B with accumulate=True), Bp pre-packed.
+        Threads may run disjoint row ranges at the same time (split M for 2 cores).
+    void pack_b_<name>(float* B, i64 ldb, float* Bp)                  (runtime_b=True)
+        packs B[K, N] (or B^T stored as [N, K] with trans_b=True) into Bp.
+    void gemm_rt_<name>(float* A, i64 lda, float* B, i64 ldb, float* C, i64 ldc,
+                        i64 m0, i64 m1, float* ws, <extra>)              (runtime_b=True)
+        pack_b into ws (packed_size floats) then gemm_<name>; for m1 - m0 < MR (and not
+        trans_b) multiplies from B in place. To split rows over threads, pack once with
+        pack_b_<name> and call gemm_<name> from each thread instead.
+
+Internal functions are named <name>.ukr_<rows>x<cols>[p][d] (p: packed A, d: unpacked B).
+LLVM's pass pipeline is optional for these modules: the IR already holds explicit vectors, and
+opt level 0 (codegen only) compiles ~2-3x faster with the same speed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from llvmlite import ir
+
+from .target import CpuTarget, JitModule, jit_compile
+
+__all__ = [
+    "GemmConfig",
+    "EpilogueContext",
+    "GemmKernel",
+    "gemm_config",
+    "packed_b_size",
+    "pack_b",
+    "aligned_empty",
+    "emit_gemm",
+    "bias_epilogue",
+    "relu",
+    "CompiledGemm",
+    "compile_gemm",
+]
+
+F32 = ir.FloatType()
+I1 = ir.IntType(1)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+
+
+def _i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Tile and block sizes. nr = nv * vw columns per register tile / B panel."""
+
+    vw: int        # floats per vector register
+    mr: int        # rows of the register tile
+    nv: int        # vectors per tile row
+    kc: int        # K block (B micro-panel KC x NR in L1)
+    mc: int        # M block (A block MC x KC in L2); multiple of mr
+    nc: int        # N block (B block KC x NC in L2/L3); multiple of nr
+    chains: int = 8    # accumulator chains to keep in flight in the small-row kernels
+    k_unroll: int = 4  # k steps per iteration of the full-tile micro-kernel loop
+    max_split: int = 4  # most accumulator chains per C vector in the small-row kernels
+    prefetch_c: bool = True  # prefetch the C tile before the k loop
+    inline_ukr: bool = False  # let LLVM inline micro-kernels (compile time ~2x, no speed gain)
+    pack_a: bool = True  # copy MR-row tiles of A into a k-major stack buffer per block
+    nregs: int = 16
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.vw
+
+
+def gemm_config(target: CpuTarget | None = None) -> GemmConfig:
+    """Tile/block sizes for a target (numbers from LLVM_NOTES.md)."""
+    t = target or CpuTarget.host()
+    if t.vector_width == 16:  # AVX-512: 6x64 with 24 zmm accumulators
+        return GemmConfig(vw=16, mr=6, nv=4, kc=256, mc=192, nc=2048, nregs=32)
+    if t.vector_width == 8:   # AVX2: 6x16 with 12 ymm accumulators
+        return GemmConfig(vw=8, mr=6, nv=2, kc=256, mc=144, nc=2048, nregs=16)
+    if t.num_vector_regs >= 32:  # NEON: 6x16 with 24 q accumulators
+        return GemmConfig(vw=4, mr=6, nv=4, kc=256, mc=144, nc=2048, nregs=32)
+    return GemmConfig(vw=4, mr=6, nv=2, kc=256, mc=144, nc=2048, nregs=16)  # SSE: 6x8
+
+
+def _resolve_cfg(cfg_or_target) -> GemmConfig:
+    if isinstance(cfg_or_target, GemmConfig):
+        return cfg_or_target
+    if cfg_or_target is None or isinstance(cfg_or_target, CpuTarget):
+        return gemm_config(cfg_or_target)
+    return gemm_config(CpuTarget.from_name(cfg_or_target))
+
+
+# --------------------------------------------------------------------------------------------
+# Packing in Python (weights, at compile time)
+# --------------------------------------------------------------------------------------------
+
+
+def packed_b_size(K: int, N: int, cfg_or_target=None) -> int:
+    """Floats in the packed form of a K x N matrix B."""
+    cfg = _resolve_cfg(cfg_or_target)
+    return -(-N // cfg.nr) * K * cfg.nr
+
+
+def aligned_empty(n: int, dtype=np.float32, align: int = 64) -> np.ndarray:
+    """A 1-D array of n elements whose data starts on an `align`-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(n * itemsize + align, dtype=np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n * itemsize].view(dtype)
+
+
+def pack_b(B: np.ndarray, cfg_or_target=None, *, trans_b: bool = False) -> np.ndarray:
+    """Pack B[K, N] (or, with trans_b, B given as its transpose [N, K]) into NR-column panels:
+    out[p, k, j] = B[k, p*NR + j] (zero past N). Returns a flat, 64-byte-aligned float32 array
+    of packed_b_size(K, N) floats."""
+    cfg = _resolve_cfg(cfg_or_target)
+    B = np.asarray(B, dtype=np.float32)
+    if trans_b:
+        B = B.T
+    K, N = B.shape
+    nr = cfg.nr
+    npan = -(-N // nr)
+    out = aligned_empty(npan * K * nr)
+    v = out.reshape(npan, K, nr)
+    full = N // nr
+    if full:
+        v[:full] = B[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
+    if full < npan:
+        rem = N - full * nr
+        v[full, :, :rem] = B[:, full * nr:]
+        v[full, :, rem:] = 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Epilogues
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpilogueContext:
+    """What an epilogue callback sees for one accumulator vector of C.
+
+    row:    i64 IR value, absolute row index in C.
+    col:    i64 IR value, absolute column index of lane 0.
+    mask:   <vw x i1> constant of valid lanes, or None when all vw lanes are inside N.
+    nlanes: number of valid lanes (vw unless this is the last, partial vector of a row).
+    args:   the kernel's extra arguments by name (e.g. a bias pointer).
+    """
+
+    builder: ir.IRBuilder
+    module: ir.Module
+    row: ir.Value
+    col: ir.Value
+    mask: ir.Value | None
+    nlanes: int
+    vw: int
+    args: dict
+
+    @property
+    def vec_type(self) -> ir.VectorType:
+        return ir.VectorType(F32, self.vw)
+
+    def load_vector(self, ptr: ir.Value, index: ir.Value, name: str = "epi.ld") -> ir.Value:
+        """Load vw floats at ptr[index] (masked when this is a partial vector)."""
+        b = self.builder
+        p = b.gep(ptr, [index], source_etype=F32, name=name + ".ptr")
+        if self.mask is None:
+            return b.load(p, typ=self.vec_type, align=4, name=name)
+        return _masked_load(b, self.module, p, self.mask, self.vw, name)
+
+    def splat(self, scalar: ir.Value, name: str = "epi.splat") -> ir.Value:
+        return _splat(self.builder, scalar, self.vw, name)
+
+
+Epilogue = Callable[[EpilogueContext, ir.Value], ir.Value]
+
+
+def relu(ctx: EpilogueContext, v: ir.Value) -> ir.Value:
+    """max(v, 0) that propagates NaN (select on `olt`, not maxnum)."""
+    b = ctx.builder
+    zero = ir.Constant(ctx.vec_type, None)
+    neg = b.fcmp_ordered("<", v, zero, name="relu.neg")
+    return b.select(neg, zero, v, name="relu")
+
+
+def bias_epilogue(bias_arg: str = "bias", act: Epilogue | None = None) -> Epilogue:
+    """Epilogue adding bias[col] (a per-column float* extra argument), then `act` (e.g. relu)."""
+
+    def epi(ctx: EpilogueContext, v: ir.Value) -> ir.Value:
+        bias = ctx.load_vector(ctx.args[bias_arg], ctx.col, name="bias")
+        v = ctx.builder.fadd(v, bias, name="acc.bias")
+        return act(ctx, v) if act is not None else v
+
+    return epi
+
+
+# --------------------------------------------------------------------------------------------
+# IR helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _vec(vw: int) -> ir.VectorType:
+    return ir.VectorType(F32, vw)
+
+
+def _splat(b: ir.IRBuilder, scalar: ir.Value, vw: int, name: str) -> ir.Value:
+    vt = _vec(vw)
+    ins = b.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(I32, 0),
+                           name=name + ".ins")
+    return b.shuffle_vector(ins, ir.Constant(vt, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, vw), [0] * vw), name=name)
+
+
+def _intrinsic(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, fnty, name)
+    return fn
+
+
+def _mask_const(vw: int, nlanes: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I1, vw), [1 if i < nlanes else 0 for i in range(vw)])
+
+
+def _masked_load(b, module, ptr, mask, vw, name):
+    # Old (pre-LLVM 22) signature with an explicit alignment operand: the IR parser
+    # auto-upgrades it to the current form (alignment as a parameter attribute).
+    vt = _vec(vw)
+    fn = _intrinsic(module, f"llvm.masked.load.v{vw}f32.p0",
+                    ir.FunctionType(vt, [PTR, I32, ir.VectorType(I1, vw), vt]))
+    return b.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vt, None)], name=name)
+
+
+def _masked_store(b, module, val, ptr, mask, vw):
+    vt = _vec(vw)
+    fn = _intrinsic(module, f"llvm.masked.store.v{vw}f32.p0",
+                    ir.FunctionType(VOID, [vt, PTR, I32, ir.VectorType(I1, vw)]))
+    b.call(fn, [val, ptr, ir.Constant(I32, 4), mask])
+
+
+def _fma(b, module, x, y, acc, vw, name):
+    vt = _vec(vw)
+    fn = _intrinsic(module, f"llvm.fma.v{vw}f32", ir.FunctionType(vt, [vt, vt, vt]))
+    return b.call(fn, [x, y, acc], name=name)
+
+
+def _muladd(b, module, x, y, acc, vw, name, use_fma):
+    if use_fma:
+        return _fma(b, module, x, y, acc, vw, name)
+    p = b.fmul(x, y, name=name + ".mul", flags=("contract",))
+    return b.fadd(acc, p, name=name, flags=("contract",))
+
+
+def _row_ptrs(b: ir.IRBuilder, base, ld, rows: int, tag: str) -> list:
+    """[base + r*ld for r in range(rows)] as float pointers named <tag>.row<r>."""
+    out = [base]
+    for r in range(1, rows):
+        off = ld if r == 1 else b.mul(ld, _i64(r), name=f"{tag}.ld.x{r}")
+        out.append(b.gep(base, [off], source_etype=F32, name=f"{tag}.row{r}"))
+    return out
+
+
+def _smin(b, x, y, name):
+    return b.select(b.icmp_signed("<", x, y, name=name + ".lt"), x, y, name=name)
+
+
+class _Loop:
+    """for (i = start; i < stop; i += step) with an i64 induction variable `i`.
+
+    with _Loop(b, start, stop, step, "k") as i:  body...
+    The body may create blocks; the back-edge leaves from wherever the builder ends up.
+    """
+
+    def __init__(self, b: ir.IRBuilder, start, stop, step, name: str):
+        self.b, self.name = b, name
+        self.start = start if isinstance(start, ir.Value) else _i64(start)
+        self.stop = stop if isinstance(stop, ir.Value) else _i64(stop)
+        self.step = step if isinstance(step, ir.Value) else _i64(step)
+
+    def __enter__(self):
+        b, n = self.b, self.name
+        fn = b.function
+        self.pre = b.block
+        self.head = fn.append_basic_block(n + ".head")
+        self.body = fn.append_basic_block(n + ".body")
+        self.exit = fn.append_basic_block(n + ".exit")
+        b.branch(self.head)
+        b.position_at_end(self.head)
+        self.i = b.phi(I64, name=n)
+        self.i.add_incoming(self.start, self.pre)
+        cond = b.icmp_signed("<", self.i, self.stop, name=n + ".cond")
+        b.cbranch(cond, self.body, self.exit)
+        b.position_at_end(self.body)
+        return self.i
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            return False
+        b = self.b
+        nxt = b.add(self.i, self.step, name=self.name + ".next")
+        self.i.add_incoming(nxt, b.block)
+        b.branch(self.head)
+        b.position_at_end(self.exit)
+        return False
+
+
+def _if(b: ir.IRBuilder, cond: ir.Value, name: str):
+    """Context manager: code inside runs when cond is true; continues after."""
+
+    class _If:
+        def __enter__(self_):
+            fn = b.function
+            self_.then = fn.append_basic_block(name + ".then")
+            self_.end = fn.append_basic_block(name + ".end")
+            b.cbranch(cond, self_.then, self_.end)
+            b.position_at_end(self_.then)
+
+        def __exit__(self_, et, ev, tb):
+            if et is None:
+                b.branch(self_.end)
+                b.position_at_end(self_.end)
+            return False
+
+    return _If()
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel generation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GemmKernel:
+    """What emit_gemm put in the module, and how to call it."""
+
+    name: str
+    N: int
+    K: int
+    cfg: GemmConfig
+    accumulate: bool
+    trans_b: bool
+    gemm_fn: str                   # gemm_<name>(A, lda, Bp, C, ldc, m0, m1, *extra)
+    pack_fn: str | None = None     # pack_b_<name>(B, ldb, Bp)
+    rt_fn: str | None = None       # gemm_rt_<name>(A, lda, B, ldb, C, ldc, m0, m1, ws, *extra)
+    extra_args: tuple = ()
+
+    @property
+    def packed_size(self) -> int:
+        """Floats of the packed B (and of the gemm_rt workspace)."""
+        return packed_b_size(self.K, self.N, self.cfg)
+
+    def pack(self, B: np.ndarray) -> np.ndarray:
+        return pack_b(B, self.cfg, trans_b=self.trans_b)
+
+
+class _Gen:
+    def __init__(self, module: ir.Module, name: str, N: int, K: int, cfg: GemmConfig,
+                 target: CpuTarget, accumulate: bool, epilogue: Epilogue | None,
+                 extra_args: Sequence[tuple[str, ir.Type]]):
+        self.m = module
+        self.name = name
+        self.N, self.K, self.cfg = N, K, cfg
+        self.use_fma = target.has_fma or target.arch == "aarch64"
+        self.accumulate = accumulate
+        self.epilogue = epilogue
+        self.extra = list(extra_args)
+        self.ukrs: dict[tuple, ir.Function] = {}
+
+    # ---- micro-kernel -----------------------------------------------------------------
+
+    def chains_for(self, mr: int, nvec: int) -> int:
+        """k-split factor S (power of two <= max_split) so that mr*nvec*S accumulators
+        reach cfg.chains without running out of registers."""
+        cfg = self.cfg
+        s = 1
+        while (mr * nvec * s < cfg.chains and s * 2 <= cfg.max_split
+               and mr * nvec * s * 2 + nvec + 1 <= cfg.nregs):
+            s *= 2
+        return s
+
+    def ukr(self, mr: int, ncols: int, packed_a: bool = False,
+            b_direct: bool = False) -> ir.Function:
+        """Micro-kernel for an mr x ncols tile of C. With packed_a, A points at a packed
+        tile (k-major, mr floats per k step) and lda is ignored. B points at a packed panel
+        (k-major, NR floats per k step; ldb ignored) or, with b_direct, into an unpacked
+        row-major B (k step = ldb floats; the partial last vector is loaded masked)."""
+        key = (mr, ncols, packed_a, b_direct)
+        if key in self.ukrs:
+            return self.ukrs[key]
+        cfg, m = self.cfg, self.m
+        vw, nr = cfg.vw, cfg.nr
+        vt = _vec(vw)
+        nvec = -(-ncols // vw)
+        tail_lanes = ncols - (nvec - 1) * vw  # valid lanes of the last vector
+        S = self.chains_for(mr, nvec)
+        # k steps per loop iteration: the full tile unrolls k_unroll times; the small-row
+        # kernels one step per chain (at least 2), which keeps the module small
+        U = cfg.k_unroll if mr == cfg.mr else max(2, S)
+
+        arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I1, I1, I64, I64] + \
+            [t for _, t in self.extra]
+        suffix = ("p" if packed_a else "") + ("d" if b_direct else "")
+        fn = ir.Function(m, ir.FunctionType(VOID, arg_tys),
+                         f"{self.name}.ukr_{mr}x{ncols}{suffix}")
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        if not cfg.inline_ukr:
+            fn.attributes.add("noinline")
+        names = ["A", "lda", "B", "ldb", "C", "ldc", "kc", "first", "last", "row", "col"] + \
+                [n for n, _ in self.extra]
+        for a, n in zip(fn.args, names):
+            a.name = n
+        A, lda, Bp, ldb, C, ldc, kc, first, last, row, col = fn.args[:11]
+        for a in (A, Bp, C):
+            a.add_attribute("noalias")
+        extra = {n: a for (n, _), a in zip(self.extra, fn.args[11:])}
+
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if packed_a:
+            arow = [A if r == 0 else b.gep(A, [_i64(r)], source_etype=F32, name=f"a.row{r}")
+                    for r in range(mr)]
+        else:
+            arow = _row_ptrs(b, A, lda, mr, "a")
+        crows = _row_ptrs(b, C, ldc, mr, "c")
+
+        if cfg.prefetch_c:
+            # The C tile is touched only after the k loop: start fetching it now.
+            pf = _intrinsic(m, "llvm.prefetch.p0", ir.FunctionType(VOID, [PTR, I32, I32, I32]))
+            for r in range(mr):
+                crow = crows[r]
+                for off in sorted(set(range(0, ncols, 16)) | {ncols - 1}):  # every line
+                    pp = crow if off == 0 else b.gep(crow, [_i64(off)], source_etype=F32,
+                                                     name=f"pf.c.r{r}.{off}")
+                    b.call(pf, [pp, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+        zero = ir.Constant(vt, None)
+        nacc = mr * nvec * S
+
+        def step(bld, k, accs, s, tag):
+            """One k step on chain s: returns updated accumulator list."""
+            bbase = bld.mul(k, ldb if b_direct else _i64(nr), name=f"b.off{tag}")
+            bv = []
+            for v in range(nvec):
+                off = bbase if v == 0 else bld.add(bbase, _i64(v * vw), name=f"b.off{tag}.{v}")
+                p = bld.gep(Bp, [off], source_etype=F32, name=f"b.ptr{tag}.{v}")
+                if b_direct and v == nvec - 1 and tail_lanes < vw:
+                    bv.append(_masked_load(bld, m, p, _mask_const(vw, tail_lanes), vw,
+                                           f"b{tag}.{v}"))
+                else:
+                    bv.append(bld.load(p, typ=vt, align=4, name=f"b{tag}.{v}"))
+            accs = list(accs)
+            koff = bld.mul(k, _i64(mr), name=f"a.koff{tag}") if packed_a else k
+            for r in range(mr):
+                pa = bld.gep(arow[r], [koff], source_etype=F32, name=f"a.ptr{tag}.r{r}")
+                a = bld.load(pa, typ=F32, align=4, name=f"a{tag}.r{r}")
+                av = _splat(bld, a, vw, name=f"a{tag}.r{r}.bc")
+                for v in range(nvec):
+                    i = (s * mr + r) * nvec + v
+                    accs[i] = _muladd(bld, m, av, bv[v], accs[i], vw,
+                                      f"acc.c{s}.r{r}.v{v}", self.use_fma)
+            return accs
+
+        # main loop: k in [0, kc - U], U steps per iteration, step u on chain u % S
+        pre = b.block
+        kmain = b.sub(kc, _i64(U - 1), name="k.main.stop")
+        head = fn.append_basic_block("k.main.head")
+        body = fn.append_basic_block("k.main.body")
+        rhead = fn.append_basic_block("k.rem.head")
+        rbody = fn.append_basic_block("k.rem.body")
+        done = fn.append_basic_block("k.done")
+        b.branch(head)
+
+        b.position_at_end(head)
+        k = b.phi(I64, name="k")
+        k.add_incoming(_i64(0), pre)
+        accs_phi = []
+        for s in range(S):
+            for r in range(mr):
+                for v in range(nvec):
+                    ph = b.phi(vt, name=f"acc.c{s}.r{r}.v{v}.m")
+                    ph.add_incoming(zero, pre)
+                    accs_phi.append(ph)
+        b.cbranch(b.icmp_signed("<", k, kmain, name="k.main.cond"), body, rhead)
+
+        b.position_at_end(body)
+        accs = accs_phi
+        for u in range(U):
+            ku = k if u == 0 else b.add(k, _i64(u), name=f"k.u{u}")
+            accs = step(b, ku, accs, u % S, f".u{u}")
+        knext = b.add(k, _i64(U), name="k.next")
+        k.add_incoming(knext, body)
+        for ph, a in zip(accs_phi, accs):
+            ph.add_incoming(a, body)
+        b.branch(head)
+
+        # remainder loop: one k step at a time on chain 0
+        b.position_at_end(rhead)
+        k2 = b.phi(I64, name="k.r")
+        k2.add_incoming(k, head)
+        raccs_phi = []
+        for i in range(nacc):
+            ph = b.phi(vt, name=accs_phi[i].name.replace(".m", ".r"))
+            ph.add_incoming(accs_phi[i], head)
+            raccs_phi.append(ph)
+        b.cbranch(b.icmp_signed("<", k2, kc, name="k.rem.cond"), rbody, done)
+
+        b.position_at_end(rbody)
+        raccs = step(b, k2, raccs_phi, 0, ".r")
+        k2.add_incoming(b.add(k2, _i64(1), name="k.r.next"), rbody)
+        for ph, a in zip(raccs_phi, raccs):
+            ph.add_incoming(a, rbody)
+        b.branch(rhead)
+
+        # combine the chains, add C, epilogue, store
+        b.position_at_end(done)
+        final = []
+        for r in range(mr):
+            for v in range(nvec):
+                t = raccs_phi[r * nvec + v]
+                for s in range(1, S):
+                    t = b.fadd(t, raccs_phi[(s * mr + r) * nvec + v], name=f"acc.r{r}.v{v}.sum{s}")
+                final.append(t)
+
+        addc = _i1(True) if self.accumulate else b.not_(first, name="add.c")
+        cptrs, masks = [], []
+        for r in range(mr):
+            crow = crows[r]
+            for v in range(nvec):
+                cptrs.append(crow if v == 0 else
+                             b.gep(crow, [_i64(v * vw)], source_etype=F32, name=f"c.ptr.r{r}.v{v}"))
+                masks.append(_mask_const(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw)
+                             else None)
+
+        def load_c(i, r, v):
+            if masks[i] is None:
+                return b.load(cptrs[i], typ=vt, align=4, name=f"c.r{r}.v{v}")
+            return _masked_load(b, m, cptrs[i], masks[i], vw, f"c.r{r}.v{v}")
+
+        def store_c(i, val):
+            if masks[i] is None:
+                b.store(val, cptrs[i], align=4)
+            else:
+                _masked_store(b, m, val, cptrs[i], masks[i], vw)
+
+        # C += : load C where needed (branch once for the whole tile)
+        with_c = fn.append_basic_block("c.add")
+        after_c = fn.append_basic_block("c.added")
+        b.cbranch(addc, with_c, after_c)
+        from_blk = b.block
+        b.position_at_end(with_c)
+        summed = []
+        for r in range(mr):
+            for v in range(nvec):
+                i = r * nvec + v
+                summed.append(b.fadd(final[i], load_c(i, r, v), name=f"acc.r{r}.v{v}.c"))
+        b.branch(after_c)
+        b.position_at_end(after_c)
+        vals = []
+        for i in range(len(final)):
+            ph = b.phi(vt, name=f"out.{i // nvec}.{i % nvec}")
+            ph.add_incoming(final[i], from_blk)
+            ph.add_incoming(summed[i], with_c)
+            vals.append(ph)
+
+        if self.epilogue is not None:
+            epi_blk = fn.append_basic_block("epilogue")
+            plain_blk = fn.append_basic_block("store.plain")
+            b.cbranch(last, epi_blk, plain_blk)
+            b.position_at_end(epi_blk)
+            for r in range(mr):
+                rowr = row if r == 0 else b.add(row, _i64(r), name=f"row.{r}")
+                for v in range(nvec):
+                    i = r * nvec + v
+                    colv = col if v == 0 else b.add(col, _i64(v * vw), name=f"col.{v}")
+                    ctx = EpilogueContext(b, m, rowr, colv, masks[i],
+                                          tail_lanes if masks[i] is not None else vw, vw, extra)
+                    store_c(i, self.epilogue(ctx, vals[i]))
+            b.ret_void()
+            b.position_at_end(plain_blk)
+        for i, val in enumerate(vals):
+            store_c(i, val)
+        b.ret_void()
+
+        self.ukrs[key] = fn
+        return fn
+
+    # ---- driver -----------------------------------------------------------------------
+
+    def emit_driver(self) -> ir.Function:
+        cfg, N, K = self.cfg, self.N, self.K
+        nr, mr = cfg.nr, cfg.mr
+        # balanced blocks: nb blocks of (at most) kc / nc
+        nkb = -(-K // cfg.kc)
+        kc_blk = -(-K // nkb)
+        npan = -(-N // nr)
+        nfull = N // nr
+        tail = N - nfull * nr
+        pan_per_nc = max(1, cfg.nc // nr)
+        njb = -(-npan // pan_per_nc)
+        pan_blk = -(-npan // njb)
+
+        arg_tys = [PTR, I64, PTR, PTR, I64, I64, I64] + [t for _, t in self.extra]
+        fn = ir.Function(self.m, ir.FunctionType(VOID, arg_tys), f"gemm_{self.name}")
+        fn.attributes.add("nounwind")
+        names = ["A", "lda", "Bp", "C", "ldc", "m0", "m1"] + [n for n, _ in self.extra]
+        for a, n in zip(fn.args, names):
+            a.name = n
+        A, lda, Bp, C, ldc, m0, m1 = fn.args[:7]
+        for a in (A, Bp, C):
+            a.add_attribute("noalias")
+        extra = list(fn.args[7:])
+
+        # Pack A (MR-row tiles, k-major) when B has enough panels to amortize the copy;
+        # leftover rows (< MR) are always read in place.
+        pack_a = cfg.pack_a and npan >= 2
+        full_ukrs = {r: self.ukr(r, nr) for r in range(1, mr)} if nfull else {}
+        tail_ukrs = {r: self.ukr(r, tail) for r in range(1, mr)} if tail else {}
+        if nfull:
+            full_ukrs[mr] = self.ukr(mr, nr, packed_a=pack_a)
+        if tail:
+            tail_ukrs[mr] = self.ukr(mr, tail, packed_a=pack_a)
+
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ap = None
+        if pack_a:
+            ap = b.alloca(F32, size=ir.Constant(I64, cfg.mc * kc_blk), name="a.pack")
+            ap.align = 64
+        ret = fn.append_basic_block("ret")
+        blocked = fn.append_basic_block("blocked")
+        small = fn.append_basic_block("small.m")
+        nrows_all = b.sub(m1, m0, name="rows")
+        with _if(b, b.icmp_signed(">", nrows_all, _i64(0), name="nonempty"), "rows"):
+            b.cbranch(b.icmp_signed("<", nrows_all, _i64(mr), name="is.small"), small, blocked)
+            # Fewer than MR rows (batch-1 rows): no reuse of B to block for, so stream each
+            # B panel once over the whole K (kc = K), no A packing.
+            b.position_at_end(small)
+            self.emit_small_m(b, A, lda, Bp, None, C, ldc, m0, m1, extra)
+            b.branch(ret)
+            b.position_at_end(blocked)
+            with _Loop(b, 0, npan, pan_blk, "jp") as jp:            # NC block of panels
+                jp_end = _smin(b, b.add(jp, _i64(pan_blk), name="jp.end0"), _i64(npan), "jp.end")
+                full_end = _smin(b, jp_end, _i64(nfull), "jp.full.end")
+                with _Loop(b, 0, K, kc_blk, "pc") as pc:             # KC block
+                    kc = _smin(b, b.sub(_i64(K), pc, name="k.left"), _i64(kc_blk), "kc")
+                    first = b.icmp_signed("==", pc, _i64(0), name="first")
+                    last = b.icmp_signed(">=", b.add(pc, kc, name="pc.end"), _i64(K), name="last")
+                    with _Loop(b, m0, m1, cfg.mc, "ic") as ic:        # MC block of rows
+                        ic_end = _smin(b, b.add(ic, _i64(cfg.mc), name="ic.end0"), m1, "ic.end")
+                        a_blk = b.gep(A, [pc], source_etype=F32, name="a.blk")
+                        nrows = b.sub(ic_end, ic, name="ic.rows")
+                        tiles_end = b.add(ic, b.mul(b.udiv(nrows, _i64(mr), name="ic.tiles"),
+                                                    _i64(mr), name="ic.tile.rows"),
+                                          name="ic.tiles.end")
+                        if pack_a:
+                            self.emit_pack_a(b, a_blk, lda, ic, tiles_end, kc, ap)
+                        blk = dict(a_blk=a_blk, lda=lda, Bp=Bp, ldb=None, C=C, ldc=ldc, pc=pc,
+                                   kc=kc,
+                                   first=first, last=last, ic=ic, ic_end=ic_end,
+                                   tiles_end=tiles_end, ap=ap, extra=extra)
+                        if nfull:
+                            with _Loop(b, jp, full_end, 1, "p") as p:    # B micro-panels
+                                self.emit_row_tiles(b, p, full_ukrs, **blk)
+                        if tail:
+                            has_tail = b.icmp_signed("==", jp_end, _i64(npan), name="has.tail")
+                            with _if(b, has_tail, "tail"):
+                                self.emit_row_tiles(b, _i64(nfull), tail_ukrs, **blk)
+        b.branch(ret)
+        b.position_at_end(ret)
+        b.ret_void()
+        return fn
+
+    def emit_small_m(self, b, A, lda, B, ldb, C, ldc, m0, m1, extra):
+        """Rows [m0, m1), fewer than MR: each B panel once over all of K. B is packed
+        (ldb None) or read in place from row-major B with leading dimension ldb."""
+        cfg, N, K = self.cfg, self.N, self.K
+        nr, mr = cfg.nr, cfg.mr
+        nfull = N // nr
+        tail = N - nfull * nr
+        direct = ldb is not None
+        yes = ir.Constant(I1, 1)
+        blk = dict(a_blk=A, lda=lda, Bp=B, ldb=ldb, C=C, ldc=ldc, pc=_i64(0), kc=_i64(K),
+                   first=yes, last=yes, ic=m0, ic_end=m1, tiles_end=m0, ap=None, extra=extra)
+        if nfull:
+            ukrs = {r: self.ukr(r, nr, b_direct=direct) for r in range(1, mr)}
+            with _Loop(b, 0, nfull, 1, "sp") as p:
+                self.emit_row_tiles(b, p, ukrs, skip_tiles=True, **blk)
+        if tail:
+            ukrs = {r: self.ukr(r, tail, b_direct=direct) for r in range(1, mr)}
+            self.emit_row_tiles(b, _i64(nfull), ukrs, skip_tiles=True, **blk)
+
+    def emit_pack_a(self, b, a_blk, lda, ic, tiles_end, kc, ap):
+        """ap[(ir-ic)*kc + k*MR + r] = A[ir + r, pc + k] for the full MR-row tiles."""
+        mr = self.cfg.mr
+        with _Loop(b, ic, tiles_end, mr, "pa.ir") as irow:
+            dst = b.gep(ap, [b.mul(b.sub(irow, ic, name="pa.rel"), kc, name="pa.toff")],
+                        source_etype=F32, name="pa.dst")
+            srcs = [b.gep(a_blk, [b.mul(b.add(irow, _i64(r), name=f"pa.row{r}"), lda,
+                                        name=f"pa.roff{r}")],
+                          source_etype=F32, name=f"pa.src{r}") for r in range(mr)]
+            with _Loop(b, 0, kc, 1, "pa.k") as k:
+                d = b.gep(dst, [b.mul(k, _i64(mr), name="pa.koff")], source_etype=F32,
+                          name="pa.d")
+                for r in range(mr):
+                    x = b.load(b.gep(srcs[r], [k], source_etype=F32, name=f"pa.s{r}"),
+                               typ=F32, align=4, name=f"pa.a{r}")
+                    b.store(x, d if r == 0 else
+                            b.gep(d, [_i64(r)], source_etype=F32, name=f"pa.d{r}"), align=4)
+
+    def emit_row_tiles(self, b, p, ukrs, *, a_blk, lda, Bp, ldb, C, ldc, pc, kc, first, last,
+                       ic, ic_end, tiles_end, ap, extra, skip_tiles=False):
+        """Micro-kernels over rows [ic, ic_end) of B panel p: full MR-row tiles (from the
+        packed A block when ap is given), then the leftover rows."""
+        cfg, K = self.cfg, self.K
+        mr, nr = cfg.mr, cfg.nr
+        col = b.mul(p, _i64(nr), name="col")
+        if ldb is None:   # packed panel p, rows from pc
+            b_off = b.add(b.mul(p, _i64(K * nr), name="pan.off"),
+                          b.mul(pc, _i64(nr), name="pc.off"), name="b.off")
+            ldb = _i64(nr)
+        else:             # unpacked B: row pc, column col
+            b_off = b.add(b.mul(pc, ldb, name="pc.off"), col, name="b.off")
+        bptr = b.gep(Bp, [b_off], source_etype=F32, name="b.pan")
+        cblk = b.gep(C, [col], source_etype=F32, name="c.col")
+
+        def call(ukr, irow, packed):
+            if packed:
+                aptr = b.gep(ap, [b.mul(b.sub(irow, ic, name="a.rel"), kc, name="a.poff")],
+                             source_etype=F32, name="a.ptile")
+            else:
+                aptr = b.gep(a_blk, [b.mul(irow, lda, name="a.roff")], source_etype=F32,
+                             name="a.tile")
+            cptr = b.gep(cblk, [b.mul(irow, ldc, name="c.roff")], source_etype=F32, name="c.tile")
+            b.call(ukr, [aptr, lda, bptr, ldb, cptr, ldc, kc, first, last, irow, col] + extra)
+
+        if not skip_tiles:
+            with _Loop(b, ic, tiles_end, mr, "ir") as irow:
+                call(ukrs[mr], irow, ap is not None)
+        rem = b.sub(ic_end, tiles_end, name="rows.left")
+        fn = b.function
+        endb = fn.append_basic_block("rows.left.done")
+        sw = b.switch(rem, endb)
+        for r in range(1, mr):
+            blk = fn.append_basic_block(f"rows.left.{r}")
+            sw.add_case(_i64(r), blk)
+            b.position_at_end(blk)
+            call(ukrs[r], tiles_end, False)
+            b.branch(endb)
+        b.position_at_end(endb)
+
+    # ---- packing and runtime-B entry ---------------------------------------------------
+
+    def emit_pack(self, trans_b: bool) -> ir.Function:
+        cfg, N, K = self.cfg, self.N, self.K
+        vw, nr = cfg.vw, cfg.nr
+        vt = _vec(vw)
+        npan = -(-N // nr)
+        nfull = N // nr
+        fn = ir.Function(self.m, ir.FunctionType(VOID, [PTR, I64, PTR]), f"pack_b_{self.name}")
+        fn.attributes.add("nounwind")
+        B, ldb, Bp = fn.args
+        B.name, ldb.name, Bp.name = "B", "ldb", "Bp"
+        B.add_attribute("noalias")
+        Bp.add_attribute("noalias")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if not trans_b:
+            # Bp[p][k][0:nr] = B[k][p*nr : p*nr+nr]: vector copies, masked at the edge.
+            # Panel-major order: the packed side is written sequentially.
+            if nfull:
+                with _Loop(b, 0, nfull, 1, "p") as p:
+                    src0 = b.gep(B, [b.mul(p, _i64(nr), name="src.col")], source_etype=F32,
+                                 name="src.pan")
+                    dst0 = b.gep(Bp, [b.mul(p, _i64(K * nr), name="dst.off")],
+                                 source_etype=F32, name="dst.pan")
+                    with _Loop(b, 0, K, 1, "k") as k:
+                        src = b.gep(src0, [b.mul(k, ldb, name="src.roff")], source_etype=F32,
+                                    name="src")
+                        dst = b.gep(dst0, [b.mul(k, _i64(nr), name="dst.koff")],
+                                    source_etype=F32, name="dst")
+                        for v in range(cfg.nv):
+                            sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.{v}")
+                            d = b.gep(dst, [_i64(v * vw)], source_etype=F32, name=f"dst.{v}")
+                            b.store(b.load(sv, typ=vt, align=4, name=f"b.v{v}"), d, align=4)
+            if nfull < npan:
+                rem = N - nfull * nr
+                src0 = b.gep(B, [_i64(nfull * nr)], source_etype=F32, name="src.tpan")
+                dst0 = b.gep(Bp, [_i64(nfull * K * nr)], source_etype=F32, name="dst.tpan")
+                with _Loop(b, 0, K, 1, "kt") as k:
+                    src = b.gep(src0, [b.mul(k, ldb, name="src.troff")], source_etype=F32,
+                                name="src.t")
+                    dst = b.gep(dst0, [b.mul(k, _i64(nr), name="dst.tkoff")],
+                                source_etype=F32, name="dst.t")
+                    for v in range(cfg.nv):
+                        lanes = min(vw, max(0, rem - v * vw))
+                        d = b.gep(dst, [_i64(v * vw)], source_etype=F32, name=f"dst.t{v}")
+                        if lanes == vw:
+                            sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
+                            val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
+                        elif lanes > 0:
+                            sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
+                            val = _masked_load(b, self.m, sv, _mask_const(vw, lanes), vw,
+                                               f"bt.v{v}")
+                        else:
+                            val = ir.Constant(vt, None)
+                        b.store(val, d, align=4)
+        else:
+            # B is stored transposed, Bt[n][k] at Bt + n*ldb + k: Bp[p][k][j] = Bt[p*nr+j][k]
+            with _Loop(b, 0, npan, 1, "p") as p:
+                dst_p = b.gep(Bp, [b.mul(p, _i64(K * nr), name="dst.off")], source_etype=F32,
+                              name="dst.pan")
+                with _Loop(b, 0, nr, 1, "j") as j:
+                    n = b.add(b.mul(p, _i64(nr), name="n0"), j, name="n")
+                    inb = b.icmp_signed("<", n, _i64(N), name="n.in")
+                    nn = b.select(inb, n, _i64(0), name="n.safe")
+                    srow = b.gep(B, [b.mul(nn, ldb, name="bt.roff")], source_etype=F32,
+                                 name="bt.row")
+                    with _Loop(b, 0, K, 1, "k") as k:
+                        x = b.load(b.gep(srow, [k], source_etype=F32, name="bt.ptr"), typ=F32,
+                                   align=4, name="bt")
+                        x = b.select(inb, x, ir.Constant(F32, 0.0), name="bt.z")
+                        d = b.gep(dst_p, [b.add(b.mul(k, _i64(nr), name="dk"), j, name="dkj")],
+                                  source_etype=F32, name="bp.ptr")
+                        b.store(x, d, align=4)
+        b.ret_void()
+        return fn
+
+    def emit_rt(self, gemm_fn: ir.Function, pack_fn: ir.Function, trans_b: bool) -> ir.Function:
+        arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR] + [t for _, t in self.extra]
+        fn = ir.Function(self.m, ir.FunctionType(VOID, arg_tys), f"gemm_rt_{self.name}")
+        fn.attributes.add("nounwind")
+        names = ["A", "lda", "B", "ldb", "C", "ldc", "m0", "m1", "ws"] + [n for n, _ in self.extra]
+        for a, n in zip(fn.args, names):
+            a.name = n
+        A, lda, B, ldb, C, ldc, m0, m1, ws = fn.args[:9]
+        extra = list(fn.args[9:])
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if not trans_b:
+            # Fewer than MR rows: read B in place (packing would cost as much as the product)
+            rows = b.sub(m1, m0, name="rows")
+            small = b.and_(b.icmp_signed(">", rows, _i64(0), name="nonempty"),
+                           b.icmp_signed("<", rows, _i64(self.cfg.mr), name="few"),
+                           name="is.small")
+            direct = fn.append_basic_block("direct")
+            packed = fn.append_basic_block("packed")
+            b.cbranch(small, direct, packed)
+            b.position_at_end(direct)
+            self.emit_small_m(b, A, lda, B, ldb, C, ldc, m0, m1, extra)
+            b.ret_void()
+            b.position_at_end(packed)
+        b.call(pack_fn, [B, ldb, ws])
+        b.call(gemm_fn, [A, lda, ws, C, ldc, m0, m1] + extra)
+        b.ret_void()
+        return fn
+
+
+def _i1(v: bool) -> ir.Constant:
+    return ir.Constant(I1, 1 if v else 0)
+
+
+def emit_gemm(module: ir.Module, name: str, N: int, K: int, target: CpuTarget | None = None, *,
+              accumulate: bool = False, epilogue: Epilogue | None = None,
+              extra_args: Sequence[tuple[str, ir.Type]] = (), runtime_b: bool = False,
+              trans_b: bool = False, cfg: GemmConfig | None = None) -> GemmKernel:
+    """Add a GEMM specialized to constant N and K to `module` (see the module docstring for
+    the generated signatures). extra_args: (name, llvmlite type) pairs appended to the gemm
+    signatures and visible to the epilogue as ctx.args[name]. runtime_b adds pack_b_<name> and
+    gemm_rt_<name>; trans_b says the runtime B is stored as [N, K] (it also applies to
+    GemmKernel.pack for compile-time packing)."""
+    if N < 1 or K < 1:
+        raise ValueError(f"gemm {name}: N and K must be >= 1 (got N={N}, K={K})")
+    target = target or CpuTarget.host()
+    cfg = cfg or gemm_config(target)
+    g = _Gen(module, name, N, K, cfg, target, accumulate, epilogue, extra_args)
+    gemm_fn = g.emit_driver()
+    k = GemmKernel(name=name, N=N, K=K, cfg=cfg, accumulate=accumulate,
+                   trans_b=trans_b, gemm_fn=gemm_fn.name, extra_args=tuple(extra_args))
+    if runtime_b:
+        pack_fn = g.emit_pack(trans_b)
+        rt_fn = g.emit_rt(gemm_fn, pack_fn, trans_b)
+        k.pack_fn, k.rt_fn = pack_fn.name, rt_fn.name
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# Convenience: JIT one GEMM and call it with numpy arrays (tests, benchmarks)
+# --------------------------------------------------------------------------------------------
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+class CompiledGemm:
+    """A JIT-compiled GEMM callable on numpy arrays (for tests and benchmarks)."""
+
+    def __init__(self, kernel: GemmKernel, jit: JitModule):
+        self.kernel, self.jit = kernel, jit
+        ex = [ctypes.c_void_p if isinstance(t, ir.PointerType) else
+              ctypes.c_float if isinstance(t, ir.FloatType) else ctypes.c_int64
+              for _, t in kernel.extra_args]
+        P, L = ctypes.c_void_p, ctypes.c_int64
+        self._gemm = jit.cfunc(kernel.gemm_fn, None, P, L, P, P, L, L, L, *ex)
+        self._pack = jit.cfunc(kernel.pack_fn, None, P, L, P) if kernel.pack_fn else None
+        self._rt = (jit.cfunc(kernel.rt_fn, None, P, L, P, L, P, L, L, L, P, *ex)
+                    if kernel.rt_fn else None)
+        self.gemm_addr = jit.address(kernel.gemm_fn)
+
+    def _check(self, A, C, M):
+        k = self.kernel
+        assert A.dtype == np.float32 and C.dtype == np.float32
+        assert A.shape[1] == k.K and A.strides[1] == 4 and C.strides[1] == 4
+        assert C.shape == (M, k.N)
+
+    def __call__(self, A: np.ndarray, Bp: np.ndarray, C: np.ndarray | None = None, *extra,
+                 m0: int = 0, m1: int | None = None) -> np.ndarray:
+        """C[m0:m1] (+)= A[m0:m1] @ B with Bp = kernel.pack(B)."""
+        M = A.shape[0]
+        if C is None:
+            C = np.empty((M, self.kernel.N), np.float32)
+        self._check(A, C, M)
+        assert Bp.size >= self.kernel.packed_size
+        m1 = M if m1 is None else m1
+        self._gemm(_ptr(A), A.strides[0] // 4, _ptr(Bp), _ptr(C), C.strides[0] // 4, m0, m1,
+                   *[_ptr(e) if isinstance(e, np.ndarray) else e for e in extra])
+        return C
+
+    def pack_runtime(self, B: np.ndarray, Bp: np.ndarray | None = None) -> np.ndarray:
+        k = self.kernel
+        if Bp is None:
+            Bp = aligned_empty(k.packed_size)
+        assert B.dtype == np.float32 and B.strides[1] == 4
+        assert B.shape == ((k.N, k.K) if k.trans_b else (k.K, k.N))
+        self._pack(_ptr(B), B.strides[0] // 4, _ptr(Bp))
+        return Bp
+
+    def run_rt(self, A, B, C=None, *extra, ws=None, m0=0, m1=None):
+        k = self.kernel
+        M = A.shape[0]
+        if C is None:
+            C = np.empty((M, k.N), np.float32)
+        self._check(A, C, M)
+        assert B.dtype == np.float32 and B.strides[1] == 4
+        assert B.shape == ((k.N, k.K) if k.trans_b else (k.K, k.N))
+        if ws is None:
+            ws = aligned_empty(k.packed_size)
+        m1 = M if m1 is None else m1
+        self._rt(_ptr(A), A.strides[0] // 4, _ptr(B), B.strides[0] // 4, _ptr(C),
+                 C.strides[0] // 4, m0, m1, _ptr(ws),
+                 *[_ptr(e) if isinstance(e, np.ndarray) else e for e in extra])
+        return C
+
+
+def compile_gemm(N: int, K: int, target: CpuTarget | None = None, *, name: str = "k",
+                 opt_level: int = 3, **kw) -> CompiledGemm:
+    """Emit one GEMM into a fresh module, JIT it, and wrap it for numpy."""
+    target = target or CpuTarget.host()
+    mod = target.new_ir_module(f"gemm_{name}")
+    kern = emit_gemm(mod, name, N, K, target, **kw)
+    return CompiledGemm(kern, jit_compile(mod, target, opt_level=opt_level))
