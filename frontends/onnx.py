@@ -34,7 +34,7 @@ _OUT_OF_SCOPE = {
     "StringNormalizer": "strings", "StringConcat": "strings", "StringSplit": "strings",
     "RegexFullMatch": "strings", "TfIdfVectorizer": "strings",
 }
-MIN_OPSET = 7
+MIN_OPSET = 6  # opset 6 models are common (older PyTorch exports); see the legacy converters
 
 
 def tensor_to_numpy(t, where: str = "", base_dir: Optional[str] = None) -> np.ndarray:
@@ -49,7 +49,8 @@ def tensor_to_numpy(t, where: str = "", base_dir: Optional[str] = None) -> np.nd
         arr = numpy_helper.to_array(t)
     except Exception as e:
         raise ModelError(f"tensor {t.name!r} cannot be read: {e}", node=where or None) from e
-    return np.ascontiguousarray(arr)
+    # (np.ascontiguousarray would turn a 0-d scalar into shape (1,))
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def _load_external(t, base_dir: Optional[str]) -> None:

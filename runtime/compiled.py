@@ -74,7 +74,8 @@ def _place(graph: Graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
     blob_parts, offset = [], 0
     constants = [v for k in kernels for v in k.inputs] + list(graph.outputs)
     for v in constants:
-        if not v.is_constant or id(v) in placement:
+        # graph constants, and data a kernel substituted (prepacked weights)
+        if id(v) in placement or not (v.is_constant or (v.graph is None and v.data is not None)):
             continue
         if v.data is None:
             raise InputError(f"constant %{v.name} has no data (elided); load the graph with its "
@@ -90,7 +91,7 @@ def _place(graph: Graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
     # intermediates: lifetimes in kernel steps
     first, last, values = {}, {}, {}
     for step, k in enumerate(kernels):
-        for v in k.outputs:
+        for v in list(k.outputs) + list(k.scratch):
             if id(v) not in placement:
                 first.setdefault(id(v), step)
                 last.setdefault(id(v), step)

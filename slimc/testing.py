@@ -29,13 +29,27 @@ def _shape_like(model, inputs: Sequence[np.ndarray]) -> dict:
             if np.asarray(a).dtype in (np.int64, np.int32) and np.asarray(a).size <= SHAPE_LIKE_LIMIT}
 
 
-def interpreter_run(model, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _import(model, inputs: Sequence[np.ndarray]):
     from slimc.frontends.onnx import from_onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in inits]
+    by_name = dict(zip(names, (np.asarray(a) for a in inputs)))
+    graph = from_onnx(model, input_shapes=_bind_shapes(model, inputs),
+                      input_values=_shape_like(model, inputs))
+    return graph, [by_name[v.name] for v in graph.inputs]
+
+
+def interpreter_run(model, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     from slimc.ir import interpret
 
-    bound = _shape_like(model, inputs)
-    graph = from_onnx(model, input_shapes=_bind_shapes(model, inputs), input_values=bound)
-    free = [v.name for v in graph.inputs]
-    by_name = dict(zip([vi.name for vi in model.graph.input
-                        if vi.name not in {t.name for t in model.graph.initializer}], inputs))
-    return interpret(graph, *[np.asarray(by_name[n]) for n in free])
+    graph, free = _import(model, inputs)
+    return interpret(graph, *free)
+
+
+def compiled_run(model, inputs: Sequence[np.ndarray], **compile_options) -> list[np.ndarray]:
+    """Import, compile for the host (x86) and run: the conformance path through native code."""
+    import slimc
+
+    graph, free = _import(model, inputs)
+    return slimc.compile(graph, **compile_options)(*free)

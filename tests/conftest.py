@@ -9,3 +9,21 @@ os.environ.setdefault("SLIMC_VERIFY", "1")
 import tempfile  # noqa: E402
 
 os.environ["SLIMC_CACHE_DIR"] = tempfile.mkdtemp(prefix="slimc-test-cache-")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_module_rngs(request):
+    """Test modules draw data from a module-level generator; reseed it per test so a test's
+    data does not depend on which tests ran before it in the same worker (xdist)."""
+    import zlib
+
+    import numpy as np
+
+    for name in ("RNG", "rng"):
+        gen = getattr(request.module, name, None)
+        if isinstance(gen, np.random.Generator):
+            setattr(request.module, name, np.random.default_rng(zlib.crc32(request.node.nodeid.encode())))
+    yield

@@ -104,7 +104,7 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
         a.name = n
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     inputs, outputs, arena, weights = fn.args
-    widest = max((len(k.inputs) + len(k.outputs) for k in kernels), default=1)
+    widest = max((len(k.buffers) for k in kernels), default=1)
     args = b.alloca(PTR, size=i64(max(widest, 1)), name="kernel_args")
     task = b.alloca(TASK_TYPE, name="task")
     if mxcsr:
@@ -120,7 +120,7 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
     gomp = None
     for k in kernels:
         callee = k.function or module.globals[k.name]
-        for slot_i, v in enumerate(list(k.inputs) + list(k.outputs)):
+        for slot_i, v in enumerate(k.buffers):
             p = placement[id(v)]
             if p.space in (INPUT, OUTPUT):
                 table = inputs if p.space == INPUT else outputs

@@ -76,6 +76,12 @@ class Kernel:
     parallel_extent: int  # number of work items in [begin, end)
     function: Optional[ir.Function] = None
     cost: int = 0  # rough work (flops or elements), to decide if splitting across threads pays
+    scratch: list = field(default_factory=list)  # u8 Values: arena space for this call only
+
+    @property
+    def buffers(self) -> list:
+        """Every buffer in the order of the kernel's argument array."""
+        return list(self.inputs) + list(self.outputs) + list(self.scratch)
 
     @property
     def ops(self) -> list[str]:
@@ -88,9 +94,10 @@ class KernelBuilder:
     VECTOR_BLOCK = 1024  # elements per work item for flat elementwise loops
 
     def __init__(self, module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
-                 outputs: Sequence[Value], vector_width: int = 8,
-                 fast_math: Sequence[str] = ("contract",)):
+                 outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)):
         self.module = module
+        self.target = target
+        vector_width = target.vector_width
         self.nodes = list(nodes)
         self.inputs = list(inputs)
         self.outputs = list(outputs)
@@ -112,6 +119,7 @@ class KernelBuilder:
             self.ptrs[id(v)] = typed_ptr(self.b, raw, llvm_type(v.type.dtype), name=llvm_name(v.name))
         self.cache: dict = {}
         self.overrides: dict = {}
+        self.scratch_values: list[Value] = []
         self.parallel_extent = 1
         self.cost = 0  # generators with heavy inner loops set this (e.g. 2*M*N*K for a matmul)
 
@@ -136,6 +144,32 @@ class KernelBuilder:
             return self.ptrs[id(v)]
         except KeyError:
             raise InternalError(f"%{v.name} has no buffer in this kernel", where=self.fn.name) from None
+
+    def substitute_constant(self, v: Value, data, name: str) -> ir.Value:
+        """Give the kernel `data` (e.g. weights prepacked for this target) in place of the
+        constant `v`: the runtime stores `data` in the weights blob instead of `v`'s data."""
+        import numpy as np
+
+        from slimc.ir import TensorType, dtypes
+
+        data = np.ascontiguousarray(data)
+        i = next(k for k, x in enumerate(self.inputs) if x is v)
+        new = Value(name, TensorType(dtypes.from_numpy(data.dtype), data.shape), data)
+        self.inputs[i] = new
+        ptr = self.ptrs.pop(id(v))
+        self.ptrs[id(new)] = ptr if data.dtype == v.type.dtype.numpy else \
+            self.b.bitcast(ptr, ir.PointerType(llvm_type(new.type.dtype)))
+        return self.ptrs[id(new)]
+
+    def scratch(self, nbytes: int, name: str) -> ir.Value:
+        """Arena space for this kernel call (an i8*). Call it before emitting loops."""
+        from slimc.ir import TensorType, dtypes
+
+        v = Value(name, TensorType(dtypes.u8, (int(nbytes),)))
+        self.scratch_values.append(v)
+        slot = len(self.inputs) + len(self.outputs) + len(self.scratch_values) - 1
+        addr = self.b.gep(self.fn.args[0], [i64(slot)], inbounds=True, name=llvm_name(name) + ".slot")
+        return self.b.load(addr, name=llvm_name(name))
 
     def attrs(self, node: Node) -> dict:
         return get_op(node.op).resolve_attrs(node.attrs, node.label)
@@ -387,10 +421,9 @@ class KernelBuilder:
 
 
 def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
-                 outputs: Sequence[Value], vector_width: int,
-                 fast_math: Sequence[str] = ("contract",)) -> Kernel:
-    """Lower a group of nodes to one kernel function in `module`."""
-    kb = KernelBuilder(module, name, nodes, inputs, outputs, vector_width, fast_math)
+                 outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)) -> Kernel:
+    """Lower a group of nodes to one kernel function in `module` for `target` (a CpuTarget)."""
+    kb = KernelBuilder(module, name, nodes, inputs, outputs, target, fast_math)
     anchors = [n for n in nodes if n.op in GENERATORS]
     if len(anchors) > 1:
         raise InternalError(f"kernel {name} has {len(anchors)} ops with their own loop nests "
@@ -404,4 +437,5 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
     else:
         kb.elementwise_loops()
     cost = kb.cost or sum(v.type.numel for v in outputs)
-    return Kernel(name, list(nodes), list(inputs), list(outputs), kb.parallel_extent, kb.fn, cost)
+    return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent, kb.fn, cost,
+                  kb.scratch_values)

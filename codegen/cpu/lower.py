@@ -15,7 +15,7 @@ from llvmlite import ir
 from slimc.ir import Graph, Node, Value
 from slimc.ir.errors import SlimcError, UnsupportedError
 
-from . import generators  # noqa: F401  (registers the op generators and index maps)
+from . import gen_linalg, generators  # noqa: F401  (register the op generators and index maps)
 from .kernel import GENERATORS, INDEX_MAPS, Kernel, build_kernel, llvm_name
 from .scalar_ops import LOWERINGS
 from .target import CpuTarget
@@ -67,6 +67,5 @@ def lower_graph(graph: Graph, target: CpuTarget, groups: Sequence[Sequence[Node]
             continue  # nothing outside needs it (dead code the pipeline did not remove)
         head = group[-1]
         name = f"k{i}_{head.op}_{llvm_name(head.name or head.outputs[0].name)}"
-        kernels.append(build_kernel(module, name, group, inputs, outputs,
-                                    target.vector_width, fast_math))
+        kernels.append(build_kernel(module, name, group, inputs, outputs, target, fast_math))
     return module, kernels

@@ -234,6 +234,21 @@ def _gelu(e, a, attrs):
     return e.mul(e.mul(half, x), e.add(one, e.libm("erf", e.mul(x, e.c(x, 1 / math.sqrt(2))))))
 
 
+def _bit_shift(e: Emitter, x, n, direction: str):
+    """numpy's shifts: arithmetic right shift for signed types, and an amount outside
+    [0, width) (compared unsigned) gives 0, or the sign fill for a signed right shift --
+    where LLVM's shl/ashr/lshr would give poison."""
+    width = element_type(x.type).width
+    in_range = e.b.icmp_unsigned("<", n, e.c(n, width))
+    safe = e.select(in_range, n, e.c(n, 0))
+    if direction == "LEFT":
+        return e.select(in_range, e.b.shl(x, safe), e.c(x, 0))
+    if e.dtype.is_signed:
+        fill = e.select(e.lt(x, e.c(x, 0)), e.c(x, -1), e.c(x, 0))
+        return e.select(in_range, e.b.ashr(x, safe), fill)
+    return e.select(in_range, e.b.lshr(x, safe), e.c(x, 0))
+
+
 def _cmp(pred_float: str, pred_int: str):
     def lower(e: Emitter, a, _):
         x, y = a
@@ -392,7 +407,7 @@ LOWERINGS: dict[str, Callable] = {
     "bitwise_or": lambda e, a, _: e.b.or_(*a),
     "bitwise_xor": lambda e, a, _: e.b.xor(*a),
     "bitwise_not": _f(lambda e, x, _: e.b.not_(x)),
-    "bit_shift": lambda e, a, at: e.b.shl(*a) if at["direction"] == "LEFT" else e.b.lshr(*a),
+    "bit_shift": lambda e, a, at: _bit_shift(e, a[0], a[1], at["direction"]),
     "equal": _cmp("==", "=="),
     "less": _cmp("<", "<"),
     "less_equal": _cmp("<=", "<="),

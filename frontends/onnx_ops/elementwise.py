@@ -17,15 +17,43 @@ ONE_TO_ONE = {
     "Cosh": "cosh", "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh", "Softsign": "softsign",
     "Softplus": "softplus", "Mish": "mish", "BitwiseNot": "bitwise_not", "Not": "not",
     "IsNaN": "isnan", "HardSwish": "hard_swish",
-    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "PRelu": "prelu",
+    "PRelu": "prelu",
     "BitwiseAnd": "bitwise_and", "BitwiseOr": "bitwise_or", "BitwiseXor": "bitwise_xor",
-    "Equal": "equal", "Less": "less", "LessOrEqual": "less_equal", "Greater": "greater",
-    "GreaterOrEqual": "greater_equal", "And": "and", "Or": "or", "Xor": "xor",
+    "LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal",
     "Where": "where", "Max": "max", "Min": "min", "Sum": "sum", "Mean": "mean",
     "Identity": "identity",
 }
 for _onnx, _slimc in ONE_TO_ONE.items():
     simple(_onnx, _slimc)
+
+
+def _legacy_broadcast(slimc_op: str):
+    """Opset < 7 binary ops: `broadcast=1` with `axis` aligns B to A starting at `axis`
+    (numpy aligns to the right); B is reshaped with trailing ones to say the same thing."""
+
+    def convert(ctx: ConvertContext):
+        a, b = ctx.input(0), ctx.input(1)
+        if ctx.attr("broadcast", 0, kind="int") and ctx.has_attr("axis"):
+            axis = ctx.attr("axis", kind="int")
+            axis = axis + a.type.rank if axis < 0 else axis
+            trailing = a.type.rank - axis - b.type.rank
+            if trailing < 0:
+                ctx.fail(f"broadcast axis {axis} puts B {b.type} past the end of A {a.type}")
+            if trailing:
+                shape = ctx.const(np.array(list(b.type.shape) + [1] * trailing, np.int64))
+                b = ctx.emit("reshape", [b, shape])
+        elif not ctx.attr("broadcast", 0, kind="int") and a.type.shape != b.type.shape:
+            ctx.fail(f"shapes {a.type} and {b.type} differ and broadcast=0 (opset < 7)")
+        return ctx.emit(slimc_op, [a, b])
+
+    return convert
+
+
+for _onnx, _slimc in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"),
+                      ("Pow", "pow"), ("And", "and"), ("Or", "or"), ("Xor", "xor"),
+                      ("Equal", "equal"), ("Less", "less"), ("Greater", "greater")):
+    converter(_onnx, since=1)(_legacy_broadcast(_slimc))
+    simple(_onnx, _slimc, since=7)
 
 # ONNX op -> (slimc op, [(onnx attribute, slimc attribute, default)])
 WITH_ATTRS = {

@@ -1,0 +1,211 @@
+"""matmul and gemm: float32 through the blocked GEMM kernels of gemm.py, other dtypes by loops.
+
+float32 cases, by where B comes from:
+
+* B is a 2-D constant (the weights of a linear layer): packed for this target at compile time
+  (`kb.substitute_constant`), and A's batch dimensions fold into its rows, so one GEMM call
+  covers the whole batch. Work items are blocks of rows, so two threads split M.
+* B is computed at run time, or batched (attention's Q @ K^T): each work item is one batch
+  entry, which packs its B into its own scratch space and multiplies.
+
+gemm's alpha, beta and C are applied in the GEMM's store (its epilogue), not in a second pass.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from slimc.ir import dtypes
+
+from . import gemm as gemm_kernels
+from .kernel import KernelBuilder, generator, llvm_name
+from .llvm_util import F32, I64, PTR, const, i64, llvm_type
+from .scalar_ops import Emitter, _convert
+
+
+def _norm_shapes(a_shape, b_shape, trans_a=False, trans_b=False):
+    """Shapes as (batch_a, M, K), (batch_b, K, N), numpy's 1-D rules applied."""
+    a = list(a_shape)
+    b = list(b_shape)
+    if trans_a:
+        a[-2], a[-1] = a[-1], a[-2]
+    if trans_b:
+        b[-2], b[-1] = b[-1], b[-2]
+    if len(a) == 1:
+        a = [1] + a
+    if len(b) == 1:
+        b = b + [1]
+    return a[:-2], a[-2], a[-1], b[:-2], b[-1]
+
+
+def _out_batch(out_shape, a_shape, b_shape) -> list:
+    """The output's batch dimensions (a 1-D operand contributes no matrix dimension)."""
+    matrix_dims = (len(a_shape) > 1) + (len(b_shape) > 1)
+    return list(out_shape[:len(out_shape) - matrix_dims])
+
+
+def _batch_index(kb: KernelBuilder, flat, out_batch, in_batch):
+    """Element offset (in batch units) of input batch entry for output batch entry `flat`."""
+    idx = kb.delinear(flat, out_batch) if out_batch else []
+    off = len(out_batch) - len(in_batch)
+    in_idx = [0 if d == 1 else idx[off + i] for i, d in enumerate(in_batch)]
+    return kb.linear(in_idx, in_batch) if in_batch else 0
+
+
+def _gemm_epilogue(node_op, attrs, c_shape, M, N):
+    """alpha * acc + beta * C, C broadcast to [M, N] (gemm); the identity for matmul."""
+    alpha = float(attrs.get("alpha", 1.0))
+    beta = float(attrs.get("beta", 1.0))
+    if node_op != "gemm" or (c_shape is None and alpha == 1.0):
+        return None
+
+    def epi(ctx, acc):
+        b = ctx.builder
+        out = acc if alpha == 1.0 else b.fmul(acc, ctx.splat(const(F32, alpha)), name="alpha_acc")
+        if c_shape is None or beta == 0.0:
+            return out
+        c = b.bitcast(ctx.args["c"], ir.PointerType(F32))
+        dims = list(c_shape)
+        while len(dims) < 2:
+            dims = [1] + dims
+        rows, cols = dims
+        if cols == 1:
+            idx = ctx.row if rows != 1 else i64(0)
+            cv = ctx.splat(b.load(b.gep(c, [idx]), name="c"))
+        else:
+            idx = ctx.col if rows == 1 else b.add(b.mul(ctx.row, i64(N)), ctx.col)
+            cv = ctx.load_vector(c, idx, name="c")
+        if beta != 1.0:
+            cv = b.fmul(cv, ctx.splat(const(F32, beta)), name="beta_c")
+        return b.fadd(out, cv, name="gemm_out")
+
+    return epi
+
+
+def _transpose_copy(kb: KernelBuilder, src, rows, cols, dst_i8, name):
+    """dst[c, r] = src[r, c] into scratch (gemm's trans_a: the GEMM reads A row-major)."""
+    b = kb.b
+    dst = b.bitcast(dst_i8, ir.PointerType(F32), name=name)
+    with kb.loop(0, rows, name=f"{name}.r") as r:
+        with kb.loop(0, cols, name=f"{name}.c") as c:
+            x = b.load(b.gep(src, [b.add(b.mul(r, i64(cols)), c)]))
+            b.store(x, b.gep(dst, [b.add(b.mul(c, i64(rows)), r)]))
+    return dst
+
+
+@generator("matmul", "gemm")
+def matmul(kb: KernelBuilder, node) -> None:
+    a, bv = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    if any(v is not None and v.type.dtype != dtypes.f32 for v in (a, bv, c, out)):
+        return loop_matmul(kb, node)
+    attrs = kb.attrs(node) if node.op == "gemm" else {}
+    trans_a, trans_b = bool(attrs.get("trans_a", 0)), bool(attrs.get("trans_b", 0))
+    a_shape, b_shape = kb.shape(a), kb.shape(bv)
+    batch_a, M, K, batch_b, N = _norm_shapes(a_shape, b_shape, trans_a, trans_b)
+    out_batch = _out_batch(kb.shape(out), a_shape, b_shape)
+    b_ = kb.b
+    name = llvm_name(out.name)
+    c_shape = kb.shape(c) if c is not None else None
+    epilogue = _gemm_epilogue(node.op, attrs, c_shape, M, N)
+    extra = [("c", PTR)] if epilogue is not None and c is not None else []
+    n_batch = 1
+    for d in out_batch:
+        n_batch *= d
+    kb.cost = 2 * n_batch * M * N * K
+    A = kb.ptr(a)
+    C = kb.ptr(out)
+    extra_vals = [b_.bitcast(kb.ptr(c), PTR)] if extra else []
+    a_flat_ok = not batch_a or list(batch_a) == out_batch
+    prepacked = bv.is_constant and bv.data is not None and not batch_b and a_flat_ok and not trans_a
+    if trans_a:
+        A = _transpose_copy(kb, A, K, M * max(1, n_batch), kb.scratch(4 * M * K, name + ".at"), name + ".at")
+    g = gemm_kernels.emit_gemm(kb.module, name, N, K, kb.target, epilogue=epilogue,
+                               extra_args=extra, runtime_b=not prepacked, trans_b=trans_b)
+    gemm_fn = kb.module.globals[g.gemm_fn]
+    if prepacked:
+        Bp = kb.substitute_constant(bv, g.pack(bv.data.reshape(b_shape if len(b_shape) == 2 else
+                                                               (K, 1))), name + ".packed")
+        rows = n_batch * M
+        mr = g.cfg.mr
+        kb.parallel_extent = -(-rows // mr)
+        m0 = b_.mul(kb.begin, i64(mr), name="m0")
+        m1_full = b_.mul(kb.end, i64(mr))
+        m1 = b_.select(b_.icmp_signed("<", m1_full, i64(rows)), m1_full, i64(rows), name="m1")
+        b_.call(gemm_fn, [A, i64(K), b_.bitcast(Bp, ir.PointerType(F32)), C, i64(N), m0, m1]
+                + extra_vals)
+        b_.ret_void()
+        return
+    # runtime (or batched, or broadcast) B: one work item per output batch entry
+    pack_fn = kb.module.globals[g.pack_fn]
+    ws = kb.scratch(4 * g.packed_size * n_batch, name + ".bpack")
+    ws = b_.bitcast(ws, ir.PointerType(F32), name=name + ".ws")
+    B = kb.ptr(bv)
+    kb.parallel_extent = n_batch
+    ldb = K if trans_b else N
+    with kb.loop(kb.begin, kb.end, name="batch") as bi:
+        a_off = _batch_index(kb, bi, out_batch, batch_a) if not trans_a else 0
+        b_off = _batch_index(kb, bi, out_batch, batch_b)
+        a_ptr = b_.gep(A, [kb._ir(kb.imul(a_off, M * K))], name="a_b")
+        b_ptr = b_.gep(B, [kb._ir(kb.imul(b_off, K * N))], name="b_b")
+        c_ptr = b_.gep(C, [b_.mul(bi, i64(M * N))], name="c_b")
+        w_ptr = b_.gep(ws, [b_.mul(bi, i64(g.packed_size))], name="ws_b")
+        b_.call(pack_fn, [b_ptr, i64(ldb), w_ptr])
+        b_.call(gemm_fn, [a_ptr, i64(K), w_ptr, c_ptr, i64(N), i64(0), i64(M)] + extra_vals)
+    b_.ret_void()
+
+
+def loop_matmul(kb: KernelBuilder, node) -> None:
+    """Any dtype: out[.., i, j] = sum_k A[.., i, k] * B[.., k, j] (accumulating in f32 for
+    halves); gemm's alpha/beta/C applied at the end. Correct first; f32 uses the GEMM."""
+    a, bv = node.inputs[0], node.inputs[1]
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    attrs = kb.attrs(node) if node.op == "gemm" else {}
+    trans_a, trans_b = bool(attrs.get("trans_a", 0)), bool(attrs.get("trans_b", 0))
+    a_shape, b_shape = kb.shape(a), kb.shape(bv)
+    batch_a, M, K, batch_b, N = _norm_shapes(a_shape, b_shape, trans_a, trans_b)
+    out_batch = _out_batch(kb.shape(out), a_shape, b_shape)
+    n_batch = 1
+    for d in out_batch:
+        n_batch *= d
+    b = kb.b
+    dt = out.type.dtype
+    acc_dt = dtypes.f32 if dt == dtypes.f16 else dt
+    acc_t = llvm_type(acc_dt)
+    e = Emitter(b, [acc_dt, acc_dt], acc_dt, kb.fast_math, llvm_name(out.name))
+    kb.parallel_extent = n_batch * M
+    kb.cost = 2 * n_batch * M * N * K
+    A, B, C = kb.ptr(a), kb.ptr(bv), kb.ptr(out)
+    acc = b.alloca(acc_t, name=llvm_name(out.name) + ".acc")
+    with kb.loop(kb.begin, kb.end, name="row") as row:
+        bi = b.udiv(row, i64(M), name="bi")
+        i = b.urem(row, i64(M), name="i")
+        a_base = kb.imul(_batch_index(kb, bi, out_batch, batch_a), M * K)
+        b_base = kb.imul(_batch_index(kb, bi, out_batch, batch_b), K * N)
+        with kb.loop(0, N, name="j") as j:
+            b.store(const(acc_t, 0), acc)
+            with kb.loop(0, K, name="k") as k:
+                ai = b.add(b.mul(k, i64(M)), i) if trans_a else b.add(b.mul(i, i64(K)), k)
+                bj = b.add(b.mul(j, i64(K)), k) if trans_b else b.add(b.mul(k, i64(N)), j)
+                x = b.load(b.gep(A, [kb._ir(kb.iadd(a_base, ai))]), name="a")
+                y = b.load(b.gep(B, [kb._ir(kb.iadd(b_base, bj))]), name="b")
+                x, y = _convert(e, x, a.type.dtype, acc_dt), _convert(e, y, bv.type.dtype, acc_dt)
+                b.store(e.add(b.load(acc), e.mul(x, y)), acc)
+            r = b.load(acc, name="dot")
+            if node.op == "gemm":
+                if float(attrs["alpha"]) != 1.0:
+                    r = e.mul(r, _convert(e, const(F32, attrs["alpha"]), dtypes.f32, acc_dt)
+                              if acc_dt.is_float else const(acc_t, attrs["alpha"]))
+                if c is not None and float(attrs["beta"]) != 0.0:
+                    cs = list(kb.shape(c))
+                    while len(cs) < 2:
+                        cs = [1] + cs
+                    cidx = kb.linear([0 if cs[0] == 1 else i, 0 if cs[1] == 1 else j], cs)
+                    cv = _convert(e, b.load(b.gep(kb.ptr(c), [kb._ir(cidx)])), c.type.dtype, acc_dt)
+                    if float(attrs["beta"]) != 1.0:
+                        cv = e.mul(cv, const(acc_t, attrs["beta"]))
+                    r = e.add(r, cv)
+            b.store(_convert(e, r, acc_dt, dt), b.gep(C, [b.add(b.mul(row, i64(N)), j)]))
+    b.ret_void()
