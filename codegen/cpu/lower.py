@@ -15,7 +15,7 @@ from llvmlite import ir
 from slimc.ir import Graph, Node, Value
 from slimc.ir.errors import SlimcError, UnsupportedError
 
-from . import gen_linalg, generators  # noqa: F401  (register the op generators and index maps)
+from . import gen_linalg, gen_nn, gen_tensor, generators  # noqa: F401  (register lowerings)
 from .kernel import GENERATORS, INDEX_MAPS, Kernel, build_kernel, llvm_name
 from .scalar_ops import LOWERINGS
 from .target import CpuTarget
