@@ -43,6 +43,9 @@ def run_node(node: Node, args: Sequence[Optional[np.ndarray]]) -> list[np.ndarra
                 raise InternalError(f"reference of {node.op} returned {o.dtype} for %{v.name}, "
                                     f"declared {v.type}", where=f"op {node.op}")
             o = o.astype(want)
+        if STRICT_DTYPES and v.type.is_static and o.shape != v.type.shape:
+            raise InternalError(f"reference of {node.op} returned shape {list(o.shape)} for "
+                                f"%{v.name}, type inference said {v.type}", where=f"op {node.op}")
         fixed.append(o)
     return fixed
 

@@ -180,13 +180,10 @@ class ConvertContext:
             from slimc.ir.graph import Node
 
             probe = Node(op, [], attrs, [Value(base, t) for t in out_types], self.node.name)
-            try:
-                datas = run_node(probe, [None if v is None else v.data for v in inputs])
-            except ModelError:
-                datas = None
-            if datas is not None:
-                outs = [self.graph.add_constant(base, d, t) for d, t in zip(datas, out_types)]
-                return outs[0] if num_outputs == 1 else outs
+            # A failure here is the model's: this subgraph would fail the same way at run time.
+            datas = run_node(probe, [None if v is None else v.data for v in inputs])
+            outs = [self.graph.add_constant(base, d, t) for d, t in zip(datas, out_types)]
+            return outs[0] if num_outputs == 1 else outs
         node = self.graph.make_node(op, inputs, attrs, out_types, [base] * len(out_types),
                                     name=self.node.name)
         return node.outputs[0] if num_outputs == 1 else list(node.outputs)

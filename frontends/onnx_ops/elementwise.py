@@ -106,9 +106,11 @@ def dropout(ctx: ConvertContext):
     if ctx.has_input(2) and (ctx.const_value(2) is None or bool(ctx.const_value(2))):
         ctx.unsupported("training_mode is true or not a constant: dropout in training mode "
                         "is random and not supported")
-    y = ctx.emit("identity", [ctx.input(0)])
+    x = ctx.input(0)
+    y = ctx.emit("identity", [x])
     if len(ctx.node.output) > 1 and ctx.node.output[1]:
-        mask = ctx.emit("constant_of_shape", [ctx.emit("shape", [ctx.input(0)])],
-                        value=True, dtype=dtypes.bool)
+        shape = ctx.const(np.array(x.type.shape, np.int64)) if x.type.is_static else \
+            ctx.emit("shape", [x])
+        mask = ctx.emit("constant_of_shape", [shape], value=True, dtype=dtypes.bool)
         return [y, mask]
     return y
