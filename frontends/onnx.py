@@ -22,7 +22,8 @@ import numpy as np
 from slimc.ir import Graph, ModelError, SlimcError, TensorType, UnsupportedError, Value
 from slimc.ir.errors import InternalError
 
-from .onnx_ops import ConvertContext, find_converter, onnx_dtype
+from .onnx_functions import expand, function_body, has_function_body
+from .onnx_ops import ConvertContext, find_converter, onnx_dtype, onnx_elem_type
 
 # Ops that need control flow, sequences, optionals or strings: refused with a reason.
 _OUT_OF_SCOPE = {
@@ -128,7 +129,8 @@ def scan_unsupported(proto, opsets: dict) -> None:
             problems[f"{key} ({_OUT_OF_SCOPE[node.op_type]} are not supported)"].append(node.name)
         elif domain not in opsets:
             problems[f"{key} (domain {domain!r} is not imported by the model)"].append(node.name)
-        elif find_converter(domain, node.op_type, opsets[domain]) is None:
+        elif find_converter(domain, node.op_type, opsets[domain]) is None and not (
+                not domain and has_function_body(node.op_type, opsets[domain])):
             problems[f"{key} (opset {opsets[domain]})"].append(node.name)
     lines = []
     if opsets[""] < MIN_OPSET:
@@ -261,6 +263,9 @@ def _convert_node(graph: Graph, node, env: dict, opsets: dict) -> None:
                              f"initializer or graph input (missing, or the graph has a cycle / "
                              f"is not topologically sorted)", node=label, op=node.op_type)
     fn = find_converter(domain, node.op_type, opsets[domain])
+    if fn is None:
+        _expand_function(graph, node, inputs, env, opsets, label)
+        return
     ctx = ConvertContext(graph, node, inputs, opsets[domain])
     nodes_before, consts_before = len(graph.nodes), len(graph.constants)
     try:
@@ -290,6 +295,26 @@ def _convert_node(graph: Graph, node, env: dict, opsets: dict) -> None:
         if out_name:
             raise ModelError(f"optional output {out_name!r} is not supported", node=label,
                              op=node.op_type)
+
+
+def _expand_function(graph: Graph, node, inputs, env: dict, opsets: dict, label: str) -> None:
+    """A function op with no converter: convert the ops of its ONNX definition instead."""
+    import onnx
+
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    types = None
+    if all(v is not None for v in inputs):
+        types = [onnx.helper.make_tensor_type_proto(onnx_elem_type(v.type.dtype), list(v.type.shape))
+                 for v in inputs]
+    body = function_body(node, opsets[domain], types) if not domain else None
+    if body is None:
+        raise UnsupportedError(f"no converter for opset {opsets.get(domain)} and ONNX defines "
+                               f"no function body for it", node=label, op=node.op_type)
+    nodes, body_opsets = expand(node, body, opsets[domain])
+    merged = dict(opsets)
+    merged.update(body_opsets)
+    for n in nodes:
+        _convert_node(graph, n, env, merged)
 
 
 def _name_outputs(graph: Graph, names: Sequence[str]) -> None:

@@ -132,3 +132,26 @@ def test_dropout_in_training_mode_is_refused():
                     "t": np.array(True)}, ["y"], opset=13)
     with pytest.raises(UnsupportedError, match="drop.*training"):
         slimc.from_onnx(m)
+
+
+def test_function_ops_expand_to_their_onnx_definition():
+    """RMSNormalization (opset 23) has no converter: its ONNX body is converted instead."""
+    from .oracle import run_onnx_reference
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
+    scale = np.random.default_rng(1).standard_normal(8).astype(np.float32)
+    m = make_model([helper.make_node("RMSNormalization", ["x", "s"], ["y"], name="rms", axis=-1)],
+                   {"x": x}, ["y"], initializers={"s": scale}, opset=23)
+    m.ir_version = 10
+    g = slimc.from_onnx(m)
+    assert "rms" in str(g) and not any(n.op == "RMSNormalization" for n in g.nodes)
+    np.testing.assert_allclose(slimc.interpret(g, x)[0], run_onnx_reference(m, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_op_without_a_body_is_still_refused():
+    m = make_model([helper.make_node("GridSample", ["x", "g"], ["y"], name="gs")],
+                   {"x": np.zeros((1, 1, 4, 4), np.float32), "g": np.zeros((1, 2, 2, 2), np.float32)},
+                   ["y"], opset=20)
+    with pytest.raises(UnsupportedError, match="GridSample"):
+        slimc.from_onnx(m)

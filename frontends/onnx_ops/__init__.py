@@ -50,24 +50,29 @@ def find_converter(domain: str, op_type: str, opset: int) -> Optional[Callable]:
     return best
 
 
-# ONNX TensorProto element type -> slimc dtype.
-def onnx_dtype(elem_type: int, where: str = "") -> "dtypes":
+# ONNX TensorProto element type name -> slimc dtype name: the one table both directions use.
+_ELEM_TYPES = {"FLOAT": "f32", "DOUBLE": "f64", "FLOAT16": "f16", "BFLOAT16": "bf16",
+               "INT8": "i8", "INT16": "i16", "INT32": "i32", "INT64": "i64", "UINT8": "u8",
+               "UINT16": "u16", "UINT32": "u32", "UINT64": "u64", "BOOL": "bool"}
+
+
+def onnx_dtype(elem_type: int, where: str = ""):
+    """ONNX TensorProto element type -> slimc dtype (unsupported types are a clear error)."""
     import onnx
 
-    table = {
-        onnx.TensorProto.FLOAT: dtypes.f32, onnx.TensorProto.DOUBLE: dtypes.f64,
-        onnx.TensorProto.FLOAT16: dtypes.f16, onnx.TensorProto.BFLOAT16: dtypes.bf16,
-        onnx.TensorProto.INT8: dtypes.i8, onnx.TensorProto.INT16: dtypes.i16,
-        onnx.TensorProto.INT32: dtypes.i32, onnx.TensorProto.INT64: dtypes.i64,
-        onnx.TensorProto.UINT8: dtypes.u8, onnx.TensorProto.UINT16: dtypes.u16,
-        onnx.TensorProto.UINT32: dtypes.u32, onnx.TensorProto.UINT64: dtypes.u64,
-        onnx.TensorProto.BOOL: dtypes.bool,
-    }
-    if elem_type not in table:
-        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
-            onnx.TensorProto.DataType.values() else str(elem_type)
+    values = onnx.TensorProto.DataType.values()
+    name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in values else str(elem_type)
+    if name not in _ELEM_TYPES:
         raise UnsupportedError(f"element type {name} is not supported{where}")
-    return table[elem_type]
+    return dtypes.parse(_ELEM_TYPES[name])
+
+
+def onnx_elem_type(dtype) -> int:
+    """slimc dtype -> ONNX TensorProto element type (the inverse of `onnx_dtype`)."""
+    import onnx
+
+    name = next(k for k, v in _ELEM_TYPES.items() if v == dtype.name)
+    return onnx.TensorProto.DataType.Value(name)
 
 
 _ATTR_KINDS = {1: "float", 2: "int", 3: "string", 4: "tensor", 5: "graph", 6: "floats",
