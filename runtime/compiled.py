@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from slimc.codegen.cpu.entry import ARENA, INPUT, OUTPUT, WEIGHTS, Placement, build_entry
-from slimc.codegen.cpu.lower import lower_graph, singleton_groups
+from slimc.codegen.cpu.fusion import plan_fusion
+from slimc.codegen.cpu.lower import lower_graph
 from slimc.codegen.cpu.target import CpuTarget, emit_assembly, jit_compile
 from slimc.ir import Graph, Value
 from slimc.ir.errors import InputError, SlimcError
@@ -179,10 +180,11 @@ def _load_threading_runtime() -> None:
 _gomp_loaded = False
 
 
-def build(graph: Graph, target: CpuTarget, groups=None, fast_math=("contract",),
-          llvm_opt_level: int = 3, threads: Optional[int] = None,
-          denormals: str = "flush") -> CompiledModule:
-    """`threads=None` uses every core; `denormals="keep"` leaves MXCSR as the caller has it."""
+def build(graph: Graph, target: CpuTarget, fast_math=("contract",), llvm_opt_level: int = 3,
+          threads: Optional[int] = None, denormals: str = "flush", fusion: bool = True,
+          dump_dir: Optional[str] = None) -> CompiledModule:
+    """`threads=None` uses every core; `denormals="keep"` leaves MXCSR as the caller has it;
+    `fusion=False` gives every node a kernel of its own."""
     import os
 
     start = time.perf_counter()
@@ -190,8 +192,14 @@ def build(graph: Graph, target: CpuTarget, groups=None, fast_math=("contract",),
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if denormals not in ("flush", "keep"):
         raise SlimcError(f"denormals must be 'flush' or 'keep', got {denormals!r}")
-    groups = groups if groups is not None else singleton_groups(graph)
-    module, kernels = lower_graph(graph, target, groups, fast_math)
+    plan = plan_fusion(graph, enabled=fusion)
+    if dump_dir:
+        import os as _os
+
+        _os.makedirs(dump_dir, exist_ok=True)
+        with open(_os.path.join(dump_dir, "fusion.txt"), "w") as f:
+            f.write(plan.report + "\n")
+    module, kernels = lower_graph(graph, target, plan.groups, fast_math)
     placement, memory, weights, buffers = _place(graph, kernels)
     build_entry(module, kernels, placement, threads=threads, ftz=denormals == "flush",
                 is_x86=target.arch.startswith("x86"))

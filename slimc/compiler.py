@@ -37,6 +37,10 @@ def _bind(graph: Graph, shapes: Sequence[tuple]) -> Graph:
     return g
 
 
+# Stages of code generation that disable_passes= can name besides the graph passes.
+CODEGEN_STAGES = ("fusion",)
+
+
 class Module:
     """What `slimc.compile` returns: call it with numpy arrays (positionally or by name)."""
 
@@ -77,12 +81,15 @@ class Module:
                 with self._lock:
                     self._specializations[shapes] = compiled
                 return compiled
-        pipeline = standard_pipeline(self.opt_level, self.user_passes, self.disable_passes)
+        graph_passes_off = [n for n in self.disable_passes if n not in CODEGEN_STAGES]
+        pipeline = standard_pipeline(self.opt_level, self.user_passes, graph_passes_off)
         PassManager(pipeline, dump_dir=self.dump_dir).run(graph)
         fast_math = ("contract", "reassoc") if self.opt_level >= 2 else ()
         compiled = build(graph, target, fast_math=fast_math,
                          llvm_opt_level=3 if self.opt_level >= 1 else 0, threads=self.threads,
-                         denormals=self.denormals)
+                         denormals=self.denormals,
+                         fusion="fusion" not in self.disable_passes and self.opt_level >= 1,
+                         dump_dir=self.dump_dir)
         if key is not None:
             cache.store(key, compiled)
         with self._lock:

@@ -8,7 +8,13 @@ given deterministic random weights at realistic scale, and exported to ONNX two 
   things differently (Shape -> Gather -> Unsqueeze -> Concat reshape targets, Gemm, ...).
 
 The opset-9 "light" models that ship inside the onnx wheel (weights replaced by
-ConstantOfShape) are part of the corpus too.
+ConstantOfShape) are part of the corpus too, as shipped (``light-*``) and with calibrated
+random weights in place of the constant ones (``light_random-*``).
+
+Families: ResNet-18 (torchvision layout; small, and real size for the slow tests), transformers
+ResNet (basic and bottleneck), VGG, Inception blocks, DenseNet blocks, SqueezeNet fire
+modules, ShuffleNet v2 (channel shuffle), MobileNetV2, EfficientNet (B0 structure), ConvNeXt,
+ViT, BERT, GPT-2. `cases()` lists every (model, exporter) pair with its slow flag.
 
 Exports go to a cache directory that the caller gives (tests use a session-scoped tmp dir;
 set ``SLIMC_MODEL_CACHE`` to keep them between runs). Nothing is ever written into the
@@ -25,14 +31,14 @@ import logging
 import os
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 # Bump when a model's definition or export settings change, so persistent caches
 # (SLIMC_MODEL_CACHE) do not serve stale files.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 EXPORTERS = ("dynamo", "torchscript")
 DYNAMO_OPSET = 18
@@ -61,6 +67,7 @@ class ModelSpec:
     exporters: tuple = EXPORTERS
     ts_opset: int = 13
     external_data: bool = False  # dynamo export writes weights to a side file
+    dynamic: bool = False  # exported with symbolic batch / sequence dims
     description: str = ""
 
 
@@ -89,7 +96,6 @@ def _seed(name: str) -> int:
 
 def _init_conv_linear(model) -> None:
     """He init for conv/linear (torchvision-style), so activations keep their scale."""
-    import torch
     from torch import nn
 
     for m in model.modules():
@@ -101,7 +107,6 @@ def _init_conv_linear(model) -> None:
             nn.init.normal_(m.weight, std=1.0 / np.sqrt(m.in_features))
             if m.bias is not None:
                 nn.init.normal_(m.bias, std=0.05)
-    del torch
 
 
 def _randomize_norms(model) -> None:
@@ -470,10 +475,13 @@ def resnet18():
     return _build_torch("ResNet18", "resnet18", width=64, num_classes=1000)
 
 
-@_spec("vgg_small", "vgg", image=(2, 3, 32, 32))
+@_spec("vgg_small", "vgg", image=(2, 3, 32, 32), dynamic=True)
 def vgg_small():
-    """VGG-11 layout at width 16 on 2x3x32x32 (batch 2: flatten must keep the batch)."""
-    return _build_torch("VGGish", "vgg_small", width=16, image=32)
+    """VGG-11 layout at width 16 on 2x3x32x32, exported with a symbolic batch: the flatten
+    `x.view(x.size(0), -1)` becomes Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
+    b = _build_torch("VGGish", "vgg_small", width=16, image=32)
+    b.dynamic_axes = {"pixel_values": {0: "batch"}}
+    return b
 
 
 @_spec("inception_small", "inception", image=(1, 3, 48, 48))
@@ -665,27 +673,30 @@ def _text_model(model, name, arrays: dict, out_keys) -> Built:
                  dynamic_axes=dyn)
 
 
-@_spec("bert_small", "bert", ts_opset=14,
+@_spec("bert_small", "bert", ts_opset=14, dynamic=True,
        inputs=lambda: token_inputs("bert_small", 2, 16, 1000, mask=True, token_types=True))
 def bert_small():
-    """transformers BertModel: 2 layers, hidden 64, 4 heads, vocab 1000; inputs input_ids,
-    attention_mask (padding), token_type_ids, 2x16; exported with symbolic batch/sequence."""
+    """transformers BertModel: 2 layers, hidden 64, 4 heads, vocab 1000, SDPA attention (the
+    default; GPT-2 below uses the eager path); inputs input_ids, attention_mask (padding),
+    token_type_ids, 2x16; exported with symbolic batch/sequence."""
     import torch
     tf = _quiet_transformers()
     torch.manual_seed(_seed("bert_small"))
     cfg = tf.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
-                        attn_implementation="eager")
+                        attn_implementation="sdpa")
     m = tf.BertModel(cfg)
     arrays = SPECS["bert_small"].make_inputs()
     return _text_model(m, "bert_small", arrays, ("last_hidden_state", "pooler_output"))
 
 
-@_spec("gpt2_small", "gpt2", ts_opset=14,
-       inputs=lambda: token_inputs("gpt2_small", 2, 16, 1000, mask=False))
+@_spec("gpt2_small", "gpt2", ts_opset=14, dynamic=True,
+       inputs=lambda: token_inputs("gpt2_small", 2, 16, 1000, mask=True))
 def gpt2_small():
     """transformers GPT2LMHeadModel: 2 layers, n_embd 64, 4 heads, vocab 1000, causal
-    attention, tied LM head, no KV cache; input_ids 2x16 with symbolic batch/sequence."""
+    attention, tied LM head, no KV cache; input_ids and attention_mask (right padding) 2x16
+    with symbolic batch/sequence. (Without an attention_mask, transformers' packed-sequence
+    detection uses aten::diff, which the TorchScript exporter cannot export.)"""
     import torch
     tf = _quiet_transformers()
     torch.manual_seed(_seed("gpt2_small"))
@@ -784,17 +795,21 @@ def _dynamic_shapes(built: Built):
     from torch.export import Dim
 
     dims: dict[str, object] = {}
-    # The wrapper takes *args, so dynamic_shapes is a tuple (one entry: the args tuple).
     per_arg = []
     for name in built.inputs:
         axes = (built.dynamic_axes or {}).get(name, {})
         spec = {}
         for axis, sym in axes.items():
             if sym not in dims:
-                dims[sym] = Dim(sym, min=1, max=64) if sym == "sequence" else Dim(sym)
+                dims[sym] = Dim(sym, min=1, max=64)
             spec[axis] = dims[sym]
         per_arg.append(spec or None)
-    return (tuple(per_arg),)
+    import inspect
+
+    params = inspect.signature(built.module.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return (tuple(per_arg),)  # forward(self, *args): one entry, the args tuple
+    return tuple(per_arg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -830,6 +845,140 @@ def light_inputs(model) -> dict:
     return feeds
 
 
+def randomized_light_model(name: str, directory: str) -> str:
+    """The light model with its ConstantOfShape weights (all 0.5, which makes every logit
+    equal and the softmax output uniform, hiding most errors) replaced by deterministic random
+    initializers of the role's usual scale: He-normal conv / Gemm weights, small biases,
+    batch-norm scale ~1, mean ~0, var ~1. Each conv weight is then rescaled (a few passes with
+    onnxruntime) to unit gain on the random input, as a trained network's normalisation would
+    keep it, so activations neither explode nor vanish over 50+ layers; Gemm layers to output
+    rms 2, so the softmax is not saturated. The softmax's
+    input (the logits) is added as a graph output. Kept at IR version 3 (weights also listed
+    as graph inputs, as the original does). Written to `directory`; returns the path."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    _check_outside_repo(directory)
+    path = os.path.join(directory, f"light_random_{name}.v{CORPUS_VERSION}.onnx")
+    if os.path.exists(path):
+        return path
+    m = onnx.load(light_model_path(name))
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for i, x in enumerate(node.input):
+            consumers.setdefault(x, []).append((node, i))
+
+    def role(value: str):
+        """(node, input index, attrs) of the first consumer that is not a shape-only op."""
+        for _ in range(8):
+            uses = consumers.get(value, [])
+            if len(uses) != 1:
+                return None
+            node, i = uses[0]
+            if node.op_type in ("Unsqueeze", "Reshape", "Identity") and i == 0:
+                value = node.output[0]
+                continue
+            return node, i, {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return None
+
+    rng = np.random.default_rng(_seed("light_random_" + name))
+    new_nodes, weights, dropped_shapes = [], {}, set()
+    layer_weights = []  # (conv/gemm node, weight name, bias name or None)
+    for node in g.node:
+        r = role(node.output[0]) if node.op_type == "ConstantOfShape" else None
+        if r is None or node.input[0] not in inits:
+            new_nodes.append(node)
+            continue
+        shape = tuple(int(d) for d in numpy_helper.to_array(inits[node.input[0]]))
+        user, i, attrs = r
+        op, size = user.op_type, int(np.prod(shape))
+        if op == "Conv" and i == 1:
+            data = rng.standard_normal(shape) * np.sqrt(2.0 / (size // shape[0]))
+        elif op == "Gemm" and i == 1:
+            fan_in = shape[1] if attrs.get("transB", 0) else shape[0]
+            data = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        elif (op in ("Conv", "Gemm") and i == 2) or op == "Add" or \
+                (op == "BatchNormalization" and i in (2, 3)):
+            data = 0.1 * rng.standard_normal(shape)
+        elif op == "Mul" or (op == "BatchNormalization" and i == 1):
+            data = rng.uniform(0.75, 1.25, shape)
+        elif op == "BatchNormalization" and i == 4:
+            data = rng.uniform(0.5, 1.5, shape)
+        else:
+            new_nodes.append(node)
+            continue
+        weights[node.output[0]] = data.astype(np.float32)
+        dropped_shapes.add(node.input[0])
+    source = {k: k for k in weights}  # value -> the weight it is a reshaped view of
+    for node in new_nodes:
+        if node.op_type in ("Unsqueeze", "Reshape", "Identity") and node.input[0] in source:
+            source[node.output[0]] = source[node.input[0]]
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in source:
+            bias = source.get(node.input[2]) if len(node.input) > 2 else None
+            layer_weights.append((node, source[node.input[1]], bias))
+    still_used = {x for node in new_nodes for x in node.input}
+    dropped = {n for n in dropped_shapes if n not in still_used}
+    keep_inits = [t for t in g.initializer if t.name not in dropped]
+    keep_inputs = [vi for vi in g.input if vi.name not in dropped]
+    feeds = {k: image_input(v.shape, name) for k, v in light_inputs(m).items()}
+
+    def assemble(extra_outputs=()):
+        mm = onnx.ModelProto()
+        mm.CopyFrom(m)
+        gg = mm.graph
+        del gg.node[:]
+        gg.node.extend(new_nodes)
+        new_inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+        del gg.initializer[:]
+        gg.initializer.extend(keep_inits + new_inits)
+        del gg.input[:]
+        gg.input.extend(keep_inputs + [helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                       for t in new_inits])
+        if extra_outputs:
+            mm.ir_version = max(mm.ir_version, 4)
+            for x in extra_outputs:
+                gg.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+        return mm
+
+    def rms(a):
+        return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))) + 1e-12)
+
+    from tests.oracle import run_onnxruntime
+
+    probes = sorted({x for node, _, _ in layer_weights for x in (node.input[0], node.output[0])})
+    for _ in range(4):
+        vals = dict(zip(probes, run_onnxruntime(assemble(probes), feeds)[len(g.output):]))
+        gains = []
+        for node, w, b in layer_weights:
+            if node.op_type == "Gemm":  # classifier layers: logits of rms ~2
+                gain = rms(vals[node.output[0]]) / 2.0
+            else:
+                gain = rms(vals[node.output[0]]) / rms(vals[node.input[0]])
+            gains.append(gain)
+            weights[w] /= np.float32(gain)
+            if b is not None:
+                weights[b] /= np.float32(gain)
+        if max(abs(np.log(gains))) < 0.1:
+            break
+    m = assemble()
+    g = m.graph
+    # Expose the logits (the softmax's input) as an output: compared directly, they show
+    # errors that the softmax would squash.
+    outs = {vi.name for vi in g.output}
+    inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+    for node in g.node:
+        if node.op_type == "Softmax" and node.input[0] not in outs and node.input[0] in inferred:
+            g.output.append(inferred[node.input[0]])
+    onnx.checker.check_model(m)
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".part"
+    onnx.save(m, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def light_expected(name: str) -> Optional[list]:
     """The stored reference outputs, if the wheel has them."""
     from onnx import TensorProto, numpy_helper
@@ -852,7 +1001,7 @@ class Case:
     """One ONNX file of the corpus."""
     id: str          # "resnet18_small-dynamo", "light-squeezenet"
     model: str
-    exporter: str    # "dynamo" | "torchscript" | "light"
+    exporter: str    # "dynamo" | "torchscript" | "light" | "light_random"
     slow: bool
 
 
@@ -862,13 +1011,22 @@ def cases(include_slow: bool = True) -> list[Case]:
         for ex in spec.exporters:
             out.append(Case(f"{spec.name}-{ex}", spec.name, ex, spec.slow))
     for name in LIGHT_MODELS:
-        out.append(Case(f"light-{name}", name, "light", name in LIGHT_SLOW))
+        out.append(Case(f"light-{name}", name, "light", name not in LIGHT_FAST))
+    for name in LIGHT_RANDOM:
+        out.append(Case(f"light_random-{name}", name, "light_random",
+                        name not in LIGHT_RANDOM_FAST))
     return [c for c in out if include_slow or not c.slow]
 
 
-# Light models too heavy for the default run (224x224 with full-size weights).
-LIGHT_SLOW = {"bvlc_alexnet", "densenet121", "inception_v2", "resnet50", "vgg19", "zfnet512",
-              "inception_v1"}
+# Light models that also get a random-weights variant (not the ones whose fully connected
+# layers hold hundreds of MB).
+LIGHT_RANDOM = ("squeezenet", "shufflenet", "inception_v1", "inception_v2", "resnet50",
+                "densenet121")
+
+# The light models in the default (not slow) run; the rest run at 224x224 with full-size
+# weights. The random-weights shufflenet stands for the original (same ops, real numerics).
+LIGHT_FAST = {"squeezenet"}
+LIGHT_RANDOM_FAST = {"squeezenet", "shufflenet"}
 
 
 class ModelCorpus:
@@ -895,22 +1053,46 @@ class ModelCorpus:
     def path(self, case: Case) -> str:
         if case.exporter == "light":
             return light_model_path(case.model)
+        if case.exporter == "light_random":
+            with _file_lock(os.path.join(self.directory, f"light_random_{case.model}.lock")):
+                return randomized_light_model(case.model, self.directory)
         spec = SPECS[case.model]
         path = model_file(self.directory, case.model, case.exporter)
-        if not os.path.exists(path):
-            export(spec, case.exporter, self.directory, self._build(case.model))
-            if all(os.path.exists(model_file(self.directory, spec.name, ex))
-                   for ex in spec.exporters):
-                self._built.pop(spec.name, None)  # both files are there; free the module
+        if os.path.exists(path):
+            return path
+        # Several processes (pytest-xdist workers) may share the directory: one exports, the
+        # others wait for it and reuse the file.
+        with _file_lock(path + ".lock"):
+            if not os.path.exists(path):
+                export(spec, case.exporter, self.directory, self._build(case.model))
+        if all(os.path.exists(model_file(self.directory, spec.name, ex))
+               for ex in spec.exporters):
+            self._built.pop(spec.name, None)  # every file is there; free the module
         return path
 
     def inputs(self, case: Case) -> dict:
         """name -> numpy array, in the model's input order."""
-        if case.exporter == "light":
+        if case.exporter in ("light", "light_random"):
             import onnx
 
-            return light_inputs(onnx.load(light_model_path(case.model), load_external_data=False))
+            feeds = light_inputs(onnx.load(light_model_path(case.model)))
+            if case.exporter == "light_random":  # image-like input instead of a ramp
+                feeds = {k: image_input(v.shape, case.model) for k, v in feeds.items()}
+            return feeds
         return SPECS[case.model].make_inputs()
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def default_cache_dir(fallback: str) -> str:
@@ -930,7 +1112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = ap.parse_args(argv)
     corpus = ModelCorpus(os.path.abspath(a.directory))
     for case in cases(include_slow=not a.fast):
-        if case.exporter == "light" or a.k not in case.id:
+        if a.k not in case.id:
             continue
         t = time.perf_counter()
         try:

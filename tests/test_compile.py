@@ -130,17 +130,22 @@ graph @m(%x: f32[256,256]) -> (f32[256,256]) {
   return %e
 }
 """)
-    mod = slimc.compile(g)
+    mod = slimc.compile(g, disable_passes=["fusion"])
     assert mod.memory.intermediates_bytes == 4 * 256 * 256 * 4
     assert mod.memory.arena_bytes == 2 * 256 * 256 * 4  # two alive at a time
     x = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
     np.testing.assert_allclose(mod(x)[0], interpret(g, x)[0], rtol=1e-6)
+    fused = slimc.compile(g)  # the whole chain is one kernel: nothing goes to memory
+    assert len(fused.kernels) == 1 and fused.memory.intermediates_bytes == 0
+    np.testing.assert_allclose(fused(x)[0], interpret(g, x)[0], rtol=1e-6)
 
 
 def test_names_survive_into_llvm_ir():
     mod = slimc.compile(parse(CHAIN), input_shapes={"x": (2, 37)})
     ir_text = mod.llvm_ir
-    assert "k0_mul_a" in ir_text and "slimc_main" in ir_text
+    assert [k.ops for k in mod.kernels] == [["mul", "add", "relu"], ["reduce_sum"]]
+    assert all(k.name in ir_text for k in mod.kernels) and "slimc_main" in ir_text
+    assert "k0_relu_r" in ir_text  # kernels are named after the value they produce
     assert "ymm" in mod.assembly or "zmm" in mod.assembly or "xmm" in mod.assembly
 
 

@@ -93,7 +93,7 @@ def _transpose_copy(kb: KernelBuilder, src, rows, cols, dst_i8, name):
     return dst
 
 
-@generator("matmul", "gemm")
+@generator("matmul", "gemm", epilogue=True)
 def matmul(kb: KernelBuilder, node) -> None:
     a, bv = node.inputs[0], node.inputs[1]
     c = node.inputs[2] if len(node.inputs) > 2 else None
@@ -108,20 +108,22 @@ def matmul(kb: KernelBuilder, node) -> None:
     b_ = kb.b
     name = llvm_name(out.name)
     c_shape = kb.shape(c) if c is not None else None
-    epilogue = _gemm_epilogue(node.op, attrs, c_shape, M, N)
-    extra = [("c", PTR)] if epilogue is not None and c is not None else []
+    inner = _gemm_epilogue(node.op, attrs, c_shape, M, N)
+    gemm_extra = [("c", PTR)] if inner is not None and c is not None else []
     n_batch = 1
     for d in out_batch:
         n_batch *= d
     kb.cost = 2 * n_batch * M * N * K
-    A = kb.ptr(a)
-    C = kb.ptr(out)
-    extra_vals = [b_.bitcast(kb.ptr(c), PTR)] if extra else []
     a_flat_ok = not batch_a or list(batch_a) == out_batch
     prepacked = bv.is_constant and bv.data is not None and not batch_b and a_flat_ok and not trans_a
+    epilogue, fused_extra, fused_vals = kb.gemm_epilogue(out, N, inner, row_offset=not prepacked)
+    A = kb.ptr(a)
+    C = kb.ptr(kb.outputs[0])  # the matmul's result, or the end of its fused epilogue
+    extra = gemm_extra + fused_extra
+    extra_vals = ([b_.bitcast(kb.ptr(c), PTR)] if gemm_extra else []) + fused_vals
     if trans_a:
         A = _transpose_copy(kb, A, K, M * max(1, n_batch), kb.scratch(4 * M * K, name + ".at"), name + ".at")
-    g = gemm_kernels.emit_gemm(kb.module, name, N, K, kb.target, epilogue=epilogue,
+    g = gemm_kernels.emit_gemm(kb.module, kb.fn.name + "." + name, N, K, kb.target, epilogue=epilogue,
                                extra_args=extra, runtime_b=not prepacked, trans_b=trans_b)
     gemm_fn = kb.module.globals[g.gemm_fn]
     if prepacked:
@@ -152,7 +154,8 @@ def matmul(kb: KernelBuilder, node) -> None:
         c_ptr = b_.gep(C, [b_.mul(bi, i64(M * N))], name="c_b")
         w_ptr = b_.gep(ws, [b_.mul(bi, i64(g.packed_size))], name="ws_b")
         b_.call(pack_fn, [b_ptr, i64(ldb), w_ptr])
-        b_.call(gemm_fn, [a_ptr, i64(K), w_ptr, c_ptr, i64(N), i64(0), i64(M)] + extra_vals)
+        row0 = [b_.mul(bi, i64(M), name="row0")] if fused_extra else []
+        b_.call(gemm_fn, [a_ptr, i64(K), w_ptr, c_ptr, i64(N), i64(0), i64(M)] + extra_vals + row0)
     b_.ret_void()
 
 
@@ -177,7 +180,7 @@ def loop_matmul(kb: KernelBuilder, node) -> None:
     e = Emitter(b, [acc_dt, acc_dt], acc_dt, kb.fast_math, llvm_name(out.name))
     kb.parallel_extent = n_batch * M
     kb.cost = 2 * n_batch * M * N * K
-    A, B, C = kb.ptr(a), kb.ptr(bv), kb.ptr(out)
+    A, B = kb.ptr(a), kb.ptr(bv)
     acc = b.alloca(acc_t, name=llvm_name(out.name) + ".acc")
     with kb.loop(kb.begin, kb.end, name="row") as row:
         bi = b.udiv(row, i64(M), name="bi")
@@ -207,5 +210,6 @@ def loop_matmul(kb: KernelBuilder, node) -> None:
                     if float(attrs["beta"]) != 1.0:
                         cv = e.mul(cv, const(acc_t, attrs["beta"]))
                     r = e.add(r, cv)
-            b.store(_convert(e, r, acc_dt, dt), b.gep(C, [b.add(b.mul(row, i64(N)), j)]))
+            flat = b.add(b.mul(row, i64(N)), j)
+            kb.store_result(out, kb.delinear(flat, kb.shape(out)), _convert(e, r, acc_dt, dt))
     b.ret_void()

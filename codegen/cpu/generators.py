@@ -100,7 +100,7 @@ def _int_limits(dtype):
     return int(info.min), int(info.max)
 
 
-@generator(*REDUCTIONS)
+@generator(*REDUCTIONS, inline_inputs=True, epilogue=True)
 def reduce(kb: KernelBuilder, node):
     """One work item per output element; an inner loop nest over the reduced axes.
 

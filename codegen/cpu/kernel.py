@@ -28,8 +28,8 @@ from llvmlite import ir
 from slimc.ir import FusionKind, Node, Value, get_op
 from slimc.ir.errors import InternalError, UnsupportedError
 
-from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, splat, store,
-                        typed_ptr)
+from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
+                        splat, store, typed_ptr)
 from .scalar_ops import LOWERINGS, Emitter
 
 Index = Union[int, ir.Value]
@@ -41,8 +41,18 @@ GENERATORS: dict[str, Callable] = {}
 INDEX_MAPS: dict[str, Callable] = {}
 
 
-def generator(*ops: str):
+def generator(*ops: str, inline_inputs: bool = False, epilogue: bool = False):
+    """Register a generator for `ops`. Two promises the fusion planner relies on:
+
+    inline_inputs -- it reads its operands only through `kb.value_at`, so elementwise and
+                     injective producers can be computed inside its loops (no buffer);
+    epilogue      -- it hands every result to `kb.store_result`, so elementwise consumers of
+                     its (first) output can be applied before the store.
+    """
+
     def wrap(fn):
+        fn.inline_inputs = inline_inputs
+        fn.epilogue = epilogue
         for op in ops:
             GENERATORS[op] = fn
         return fn
@@ -120,6 +130,7 @@ class KernelBuilder:
         self.cache: dict = {}
         self.overrides: dict = {}
         self.scratch_values: list[Value] = []
+        self.mask: Optional[ir.Value] = None  # lanes valid in the vector being computed
         self.parallel_extent = 1
         self.cost = 0  # generators with heavy inner loops set this (e.g. 2*M*N*K for a matmul)
 
@@ -213,9 +224,11 @@ class KernelBuilder:
         return off
 
     def delinear(self, flat: Index, shape: Sequence[int]) -> list[Index]:
+        """Index of element `flat` (which is < numel, so the outermost axis needs no modulo)."""
         out = []
-        for d, st in zip(shape, self.strides(shape)):
-            out.append(self.imod(self.idiv(flat, st), d) if d != 1 else 0)
+        for axis, (d, st) in enumerate(zip(shape, self.strides(shape))):
+            q = self.idiv(flat, st)
+            out.append(0 if d == 1 else q if axis == 0 else self.imod(q, d))
         return out
 
     @staticmethod
@@ -229,6 +242,8 @@ class KernelBuilder:
         if lanes > 1 and shape and shape[-1] == 1:
             return splat(self.b, self.load_buffer(v, index, 1), lanes, name)
         off = self._ir(self.linear(index, shape))
+        if lanes > 1 and self.mask is not None:
+            return masked_load(self.b, self.ptr(v), off, self.mask, name=name)
         return load(self.b, self.ptr(v), off, lanes, name=name)
 
     def value_at(self, v: Value, index: Sequence[Index], lanes: int = 1) -> ir.Value:
@@ -304,6 +319,47 @@ class KernelBuilder:
             self.store_value(out, index, self.value_at(out, index, lanes))
         self.overrides.clear()
         self.cache.clear()
+
+    def gemm_epilogue(self, produced: Value, N: int, inner=None, row_offset: bool = False):
+        """The fused consumers of `produced` as an epilogue for `gemm.emit_gemm`.
+
+        The GEMM computes `produced` as rows of N columns (element row*N + col of its
+        row-major data); each accumulator vector becomes `produced` there and the kernel's output is
+        evaluated there, so the GEMM stores the final value into the kernel's output buffer.
+        `inner` (gemm's alpha/beta/C) runs first. Returns (epilogue, extra GEMM arguments,
+        their values in this kernel): the GEMM function gets every kernel input, since the
+        consumers may read any of them, and, with `row_offset`, an i64 ``row0`` added to its
+        rows (for GEMMs called once per batch entry).
+        """
+        if list(self.outputs) == [produced]:
+            return inner, [], []
+        inputs = list(self.inputs)
+        extra = [(f"in{i}", PTR) for i in range(len(inputs))]
+        values = [self.b.bitcast(self.ptr(v), PTR) for v in inputs]
+        if row_offset:
+            extra.append(("row0", I64))
+
+        def epilogue(ctx, acc):
+            if inner is not None:
+                acc = inner(ctx, acc)
+            saved = self.b, self.ptrs
+            self.b = ctx.builder
+            self.ptrs = {id(v): typed_ptr(ctx.builder, ctx.args[f"in{i}"], llvm_type(v.type.dtype))
+                         for i, v in enumerate(inputs)}
+            self.mask = ctx.mask
+            try:
+                row = ctx.builder.add(ctx.row, ctx.args["row0"]) if row_offset else ctx.row
+                flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), ctx.col)
+                index = self.delinear(flat, self.shape(produced))
+                self.overrides[(id(produced), self._key(index), ctx.vw)] = acc
+                return self.value_at(self.outputs[0], index, ctx.vw)
+            finally:
+                self.b, self.ptrs = saved
+                self.mask = None
+                self.overrides.clear()
+                self.cache.clear()
+
+        return epilogue, extra, values
 
     def loop(self, start, stop, step: int = 1, name: str = "i"):
         return for_range(self.b, start, stop, step, name)

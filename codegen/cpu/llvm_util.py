@@ -115,6 +115,27 @@ def load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, lanes: int = 1, name: st
     return b.load(vp, name=name, align=elem_bytes(p.type.pointee))
 
 
+def _type_suffix(t: ir.Type) -> str:
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    return {ir.FloatType: "f32", ir.DoubleType: "f64", ir.HalfType: "f16"}[type(t)]
+
+
+def masked_load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, mask: ir.Value, name: str = "") -> ir.Value:
+    """Load the lanes of `mask` (a <n x i1> vector) at p[index]; other lanes read as zero and
+    touch no memory (for the partial last vector of a row)."""
+    elem = p.type.pointee
+    lanes = mask.type.count
+    vt = ir.VectorType(elem, lanes)
+    fname = f"llvm.masked.load.v{lanes}{_type_suffix(elem)}.p0"
+    fn = b.module.globals.get(fname)
+    if fn is None:
+        fn = ir.Function(b.module, ir.FunctionType(vt, [ir.PointerType(vt), I32, mask.type, vt]),
+                         name=fname)
+    addr = b.bitcast(gep(b, p, index, name=name + ".addr"), ir.PointerType(vt))
+    return b.call(fn, [addr, I32(elem_bytes(elem)), mask, ir.Constant(vt, None)], name=name)
+
+
 def store(b: ir.IRBuilder, value: ir.Value, p: ir.Value, index: ir.Value, name: str = "") -> None:
     addr = gep(b, p, index, name=name + ".addr")
     if isinstance(value.type, ir.VectorType):

@@ -1,6 +1,6 @@
 """Lowering a whole graph: kernel groups -> one LLVM module of kernel functions.
 
-`groups` partitions the graph's nodes (the fusion pass decides them; without it every node is
+`groups` partitions the graph's nodes (fusion.py decides them; without fusion every node is
 its own group). For each group this finds the values it reads from and writes to buffers, and
 builds its kernel. Kernel names carry the source model's names, so `mod.llvm_ir` reads like the
 model: ``k12_conv_layer1.0.conv1``.
@@ -15,14 +15,10 @@ from llvmlite import ir
 from slimc.ir import Graph, Node, Value
 from slimc.ir.errors import SlimcError, UnsupportedError
 
-from . import gen_linalg, gen_nn, gen_tensor, generators  # noqa: F401  (register lowerings)
+from . import gen_linalg, gen_nn, gen_reduce_extra, gen_tensor, generators  # noqa: F401  (register lowerings)
 from .kernel import GENERATORS, INDEX_MAPS, Kernel, build_kernel, llvm_name
 from .scalar_ops import LOWERINGS
 from .target import CpuTarget
-
-
-def singleton_groups(graph: Graph) -> list[list[Node]]:
-    return [[n] for n in graph.nodes]
 
 
 def group_boundary(graph: Graph, group: Sequence[Node]) -> tuple[list[Value], list[Value]]:

@@ -1,0 +1,124 @@
+"""Fusion: which nodes share a kernel. Values inside a kernel never go to memory.
+
+The planner walks the graph from outputs to inputs and tries to merge each node P into the
+kernel of its consumers. The rules follow the registry's fusion kinds, sharpened by what the
+CPU code generators can actually do:
+
+* elementwise, broadcasting and injective ops (those with an inline lowering or an index map)
+  are computed inside whatever reads them: an elementwise chain, a transpose feeding an add,
+  the producer of a reduction's operand -- if that reader fetches operands through index
+  expressions (`generator(inline_inputs=True)`);
+* a heavy op (matmul, conv, a reduction) takes the elementwise chain that consumes it as its
+  epilogue -- if its generator applies epilogues (`generator(epilogue=True)`) and the chain
+  keeps its output shape;
+* every kernel has at most one op with its own loop nest, and a value used by two kernels,
+  or returned by the graph, is written to memory (fusing it would compute it twice).
+
+Every producer/consumer pair that stays apart gets its reason, shown with
+``SLIMC_DEBUG=fusion`` and written to ``fusion.txt`` in the dump folder. Fusion lives here, not
+in passes/, because its rules are the code generator's abilities; the IR stays one node per op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from slimc.ir import Graph, Node
+from slimc.ir.debug import log
+
+from .kernel import GENERATORS, INDEX_MAPS
+from .scalar_ops import LOWERINGS
+
+
+@dataclass
+class Group:
+    nodes: list = field(default_factory=list)  # in graph order once finished
+    anchor: Optional[Node] = None  # the op with its own loop nest, if any
+
+    @property
+    def root(self) -> Node:
+        return self.nodes[-1]
+
+
+@dataclass
+class FusionPlan:
+    groups: list
+    decisions: list  # one line per pair that did not fuse, and per merge
+
+    @property
+    def report(self) -> str:
+        return "\n".join(self.decisions)
+
+
+def _inline(node: Node) -> bool:
+    return node.op in LOWERINGS or node.op in INDEX_MAPS
+
+
+def _why_not(graph: Graph, p: Node, target: Group, users: list) -> Optional[str]:
+    """None if `p` may join `target` (the one group that uses it), else the reason."""
+    if len(p.outputs) != 1:
+        return f"{p.op} has {len(p.outputs)} outputs"
+    if p.op not in GENERATORS and not _inline(p):
+        return f"{p.op} has no lowering"
+    if _inline(p) and p.op not in GENERATORS:
+        if target.anchor is not None and target.anchor in users and \
+                not getattr(GENERATORS[target.anchor.op], "inline_inputs", False):
+            return f"{target.anchor.op} reads its operands from memory"
+        return None
+    # p has its own loop nest: it can only be the anchor of an elementwise epilogue group
+    if target.anchor is not None:
+        return f"the consumer's kernel already has a loop nest ({target.anchor.op})"
+    if not getattr(GENERATORS[p.op], "epilogue", False):
+        return f"{p.op}'s code generator does not apply epilogues"
+    if any(n.op not in LOWERINGS for n in target.nodes):
+        other = next(n for n in target.nodes if n.op not in LOWERINGS)
+        return f"its consumers include {other.op}, which is not elementwise"
+    if target.root.outputs[0].type.shape != p.outputs[0].type.shape:
+        return (f"the consumer's result {target.root.outputs[0].type} has another shape than "
+                f"{p.outputs[0].type}")
+    return None
+
+
+def plan_fusion(graph: Graph, enabled: bool = True) -> FusionPlan:
+    group_of: dict[int, Group] = {}
+    groups: list[Group] = []
+    decisions: list[str] = []
+    graph_outputs = {id(v) for v in graph.outputs}
+    for node in reversed(graph.nodes):
+        target = None
+        if enabled:
+            users = [u for v in node.outputs for u, _ in v.uses]
+            names = f"%{node.outputs[0].name} ({node.op})"
+            user_groups = {id(group_of[id(u)]): group_of[id(u)] for u in users}
+            if any(id(v) in graph_outputs for v in node.outputs):
+                reason = "it is a graph output, so it must be written to memory"
+            elif not users:
+                reason = None  # dead: nothing to fuse with
+            elif len(user_groups) > 1:
+                reason = f"its value is used by {len(user_groups)} kernels; fusing would compute it again in each"
+            else:
+                (candidate,) = user_groups.values()
+                reason = _why_not(graph, node, candidate, users)
+                if reason is None:
+                    target = candidate
+            if reason:
+                for u in dict.fromkeys(users):
+                    decisions.append(f"not fused: {names} -> %{u.outputs[0].name} ({u.op}): {reason}")
+        if target is None:
+            target = Group()
+            groups.append(target)
+        else:
+            decisions.append(f"fused: %{node.outputs[0].name} ({node.op}) into the kernel of "
+                             f"%{target.root.outputs[0].name if target.nodes else '?'}")
+        target.nodes.insert(0, node)
+        if node.op in GENERATORS and not _inline(node):
+            target.anchor = node
+        group_of[id(node)] = target
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    for g in groups:
+        g.nodes.sort(key=lambda n: order[id(n)])
+    groups.sort(key=lambda g: order[id(g.root)])
+    for line in decisions:
+        log("fusion", line)
+    return FusionPlan([g.nodes for g in groups], decisions)

@@ -1,0 +1,117 @@
+"""Fusion: which ops share a kernel, that fused values never touch memory, that results still
+match the interpreter, and that every "no" has its reason."""
+
+import numpy as np
+import pytest
+
+import slimc
+from slimc.ir import interpret, parse
+
+
+def compiled(text, **kw):
+    g = parse(text)
+    rng = np.random.default_rng(0)
+    for c in g.constants.values():
+        if c.data is None:
+            c.data = rng.standard_normal(c.type.shape).astype(c.type.dtype.numpy)
+    return g, slimc.compile(g, **kw)
+
+
+def agree(g, mod, *shapes, rtol=1e-4, atol=1e-4):
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    for a, e in zip(mod(*xs), interpret(g, *xs)):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
+
+
+LINEAR = """# slimc-ir v1
+graph @linear(%x: f32[5,33]) -> (f32[5,17]) {
+  const %w: f32[33,17] = elided
+  const %b: f32[17] = elided
+  %mm = matmul(%x, %w) : f32[5,17]
+  %biased = add(%mm, %b) : f32[5,17]
+  %act = relu(%biased) : f32[5,17]
+  return %act
+}
+"""
+
+
+def test_matmul_bias_relu_is_one_kernel():
+    g, mod = compiled(LINEAR)
+    assert [k.ops for k in mod.kernels] == [["matmul", "add", "relu"]]
+    assert mod.memory.intermediates_bytes == 0
+    agree(g, mod, (5, 33))
+
+
+ATTENTION_SCORES = """# slimc-ir v1
+graph @scores(%q: f32[4,9,16], %k: f32[4,16,9], %mask: f32[9]) -> (f32[4,9,9]) {
+  const %scale: f32[] = [0.25]
+  %qk = matmul(%q, %k) : f32[4,9,9]
+  %scaled = mul(%qk, %scale) : f32[4,9,9]
+  %masked = add(%scaled, %mask) : f32[4,9,9]
+  return %masked
+}
+"""
+
+
+def test_batched_runtime_matmul_takes_its_epilogue():
+    g, mod = compiled(ATTENTION_SCORES)
+    assert [k.ops for k in mod.kernels] == [["matmul", "mul", "add"]]
+    agree(g, mod, (4, 9, 16), (4, 16, 9), (9,))
+
+
+def test_producer_is_computed_inside_a_reduction():
+    g, mod = compiled("""# slimc-ir v1
+graph @lse(%x: f32[8,65]) -> (f32[8]) {
+  %e = exp(%x) : f32[8,65]
+  %s = reduce_sum(%e) {axes=[1], keepdims=0} : f32[8]
+  %l = log(%s) : f32[8]
+  return %l
+}
+""")
+    assert [k.ops for k in mod.kernels] == [["exp", "reduce_sum", "log"]]
+    agree(g, mod, (8, 65))
+
+
+def test_transpose_and_broadcast_fuse_into_elementwise():
+    g, mod = compiled("""# slimc-ir v1
+graph @t(%x: f32[7,17], %y: f32[17,7]) -> (f32[17,7]) {
+  %xt = transpose(%x) {perm=[1, 0]} : f32[17,7]
+  %s = add(%xt, %y) : f32[17,7]
+  %r = sigmoid(%s) : f32[17,7]
+  return %r
+}
+""")
+    assert len(mod.kernels) == 1
+    agree(g, mod, (7, 17), (17, 7))
+
+
+def test_reasons_for_what_did_not_fuse(tmp_path):
+    g, mod = compiled("""# slimc-ir v1
+graph @r(%x: f32[4,8]) -> (f32[4,8], f32[4,8]) {
+  %a = relu(%x) : f32[4,8]
+  %b = exp(%a) : f32[4,8]
+  %c = neg(%a) : f32[4,8]
+  %m = reduce_mean(%b) {axes=[1], keepdims=1} : f32[4,1]
+  %d = sub(%b, %m) : f32[4,8]
+  return %d, %c
+}
+""", dump_dir=str(tmp_path))
+    report = (tmp_path / "fusion.txt").read_text()
+    assert "not fused: %a (relu) -> %b (exp): its value is used by 2 kernels" in report
+    assert "%m (reduce_mean) -> %d (sub): the consumer's result f32[4,8] has another shape" in report
+    agree(g, mod, (4, 8))
+
+
+def test_fusion_can_be_turned_off():
+    g, mod = compiled(LINEAR, disable_passes=["fusion"])
+    assert [k.ops for k in mod.kernels] == [["matmul"], ["add"], ["relu"]]
+    agree(g, mod, (5, 33))
+
+
+def test_debug_topic_prints_decisions(monkeypatch, capsys):
+    monkeypatch.setenv("SLIMC_DEBUG", "fusion")
+    monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
+    compiled(LINEAR)
+    err = capsys.readouterr().err
+    assert "[slimc:fusion] fused: %biased (add)" in err
