@@ -166,6 +166,7 @@ class Builder:
         self.graph = graph
         self.root = root
         self.rule = rule
+        self.created: list[Node] = []
 
     def op(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1, **attrs):
         opdef = get_op(op)
@@ -175,6 +176,7 @@ class Builder:
         base = self.root.outputs[0].name
         node = self.graph.make_node(op, inputs, attrs, types, [base] * len(types),
                                     name=self.root.name, before=self.root)
+        self.created.append(node)
         return node.outputs[0] if num_outputs == 1 else list(node.outputs)
 
     def const(self, data, name: str = "") -> Value:
@@ -220,7 +222,8 @@ def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
             log("rewrite", f"{rule.name} did not match at %{node.outputs[0].name} "
                            f"({node.op}): {result}")
         return False
-    replacement = rule.rewrite(result, Builder(graph, node, rule.name))
+    builder = Builder(graph, node, rule.name)
+    replacement = rule.rewrite(result, builder)
     if replacement is None:
         return False
     replacement = replacement if isinstance(replacement, (list, tuple)) else [replacement]
@@ -231,11 +234,16 @@ def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
         if old.type.plain() != new.type.plain():
             raise InternalError(f"rewrite changes the type of %{old.name} from {old.type} to "
                                 f"{new.type}", where=f"rule {rule.name}")
+    returned = [old.name for old in node.outputs if old in graph.outputs]
     for old, new in zip(node.outputs, replacement):
         old.replace_all_uses_with(new)
     for dead in reversed(result.matched_nodes):
         if dead.graph is graph and not any(v.uses or v in graph.outputs for v in dead.outputs):
             graph.remove_node(dead)
+    created = {id(v) for n in builder.created for v in n.outputs}
+    for old_name, new in zip([v.name for v in node.outputs], replacement):
+        if old_name in returned and id(new) in created and old_name not in graph._names:
+            graph.rename(new, old_name)  # a graph output keeps the name callers know it by
     log("rewrite", f"{rule.name} rewrote %{node.outputs[0].name}")
     return True
 

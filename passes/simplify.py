@@ -1,0 +1,68 @@
+"""Canonicalization: the many spellings exporters use for "nothing" or "just a view".
+
+Every view op (flatten, squeeze, unsqueeze, reshape) with a static result becomes one
+``reshape`` to a constant shape, so chains of them collapse into one; ops that change nothing
+disappear (identity, a cast to the same type, a reshape or expand to the same shape, a
+transpose by the identity permutation); two transposes become one. Each rule is a few lines
+of data below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimc.ir import Value
+
+from .rewriter import Any, Builder, Const, Match, Op, RewritePass, Rule
+
+
+def _not_graph_output(m: Match):
+    return True if m.root.outputs[0] not in m.graph.outputs else \
+        "the value is a graph output and keeps its own name"
+
+
+def _same_type(m: Match):
+    ok = _not_graph_output(m)
+    if ok is not True:
+        return ok
+    return True if m.root.outputs[0].type.plain() == m["x"].type.plain() else \
+        "the result's type differs from the input's"
+
+
+def _static_result(m: Match):
+    return True if m.root.outputs[0].type.is_static else "the result's shape is not static"
+
+
+def _reshape_to(b: Builder, x: Value, shape) -> Value:
+    return b.op("reshape", [x, b.const(np.array(shape, np.int64))])
+
+
+# view op -> the input counts it comes with (squeeze's axes are optional)
+VIEW_OPS = {"flatten": (1,), "squeeze": (1, 2), "unsqueeze": (2,)}
+
+RULES = [
+    Rule("drop_identity", Op("identity", Any("x")), lambda m, b: m["x"], where=_not_graph_output),
+    Rule("drop_same_type_cast", Op("cast", Any("x")), lambda m, b: m["x"], where=_same_type),
+    Rule("drop_same_shape_reshape", Op("reshape", Any("x"), Any()), lambda m, b: m["x"],
+         where=_same_type),
+    Rule("drop_same_shape_expand", Op("expand", Any("x"), Any()), lambda m, b: m["x"],
+         where=_same_type),
+    Rule("drop_identity_transpose",
+         Op("transpose", Any("x"), attrs={"perm": lambda p: list(p) == list(range(len(p)))}),
+         lambda m, b: m["x"], where=_not_graph_output),
+    Rule("merge_transposes", Op("transpose", Op("transpose", Any("x"), name="inner")),
+         # out[i] = inner[outer[i]] = x[inner_perm[outer_perm[i]]]
+         lambda m, b: b.op("transpose", [m["x"]], perm=[m.node("inner").attrs["perm"][p]
+                                                       for p in m.root.attrs["perm"]])),
+    Rule("merge_reshapes", Op("reshape", Op("reshape", Any("x"), Any()), Any()),
+         lambda m, b: _reshape_to(b, m["x"], m.root.outputs[0].type.shape), where=_static_result),
+] + [
+    Rule(f"{op}_to_reshape", Op(op, Any("x"), *[Any()] * (n - 1)),
+         lambda m, b: _reshape_to(b, m["x"], m.root.outputs[0].type.shape), where=_static_result)
+    for op, counts in VIEW_OPS.items() for n in counts
+]
+
+
+class Simplify(RewritePass):
+    def __init__(self):
+        super().__init__("simplify", RULES)
