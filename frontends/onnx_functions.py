@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from typing import Optional
 
-import onnx
-from onnx import defs
+# onnx is imported inside the functions: `import slimc` (and loading an exported artifact)
+# must not import it.
 
 
-def function_body(node, opset: int, input_types) -> Optional[onnx.FunctionProto]:
+def function_body(node, opset: int, input_types):
     """The body defining `node` at `opset`, or None if the op has none.
 
     `input_types`: onnx TypeProtos of the node's inputs (context-dependent bodies need them).
     """
+    import onnx
+    from onnx import defs
+
     if node.domain not in ("", "ai.onnx"):
         return None
     try:
@@ -50,6 +53,8 @@ def function_body(node, opset: int, input_types) -> Optional[onnx.FunctionProto]
 
 
 def has_function_body(op_type: str, opset: int) -> bool:
+    from onnx import defs
+
     try:
         schema = defs.get_schema(op_type, opset, "")
     except Exception:
@@ -57,8 +62,10 @@ def has_function_body(op_type: str, opset: int) -> bool:
     return bool(schema.has_function or schema.has_context_dependent_function)
 
 
-def _with_defaults(node, schema) -> onnx.NodeProto:
+def _with_defaults(node, schema):
     """The node with the schema's default attribute values filled in (bodies refer to them)."""
+    import onnx
+
     full = onnx.NodeProto()
     full.CopyFrom(node)
     present = {a.name for a in node.attribute}
@@ -68,12 +75,15 @@ def _with_defaults(node, schema) -> onnx.NodeProto:
     return full
 
 
-def expand(node, body: onnx.FunctionProto, opset: int) -> tuple[list, dict]:
+def expand(node, body, opset: int) -> tuple[list, dict]:
     """Body nodes renamed into the caller's scope, and the opsets the body was written for.
 
     Formal inputs/outputs become the caller's value names; other values get a prefix from the
     caller so they cannot clash; attribute references take the caller's attribute values.
     """
+    import onnx
+    from onnx import defs
+
     schema = defs.get_schema(node.op_type, opset, "")
     caller = _with_defaults(node, schema)
     attrs = {a.name: a for a in caller.attribute}

@@ -14,6 +14,7 @@ the cache.
 from __future__ import annotations
 
 import hashlib
+from collections import namedtuple
 import os
 import shutil
 import tempfile
@@ -69,6 +70,9 @@ def cache_key(graph, target, options: dict) -> str:
     return h.hexdigest()[:32]
 
 
+KernelInfo = namedtuple("KernelInfo", "name ops")
+
+
 class CachedModule(LoadedModule):
     """A module loaded from the cache: runs like the original; its IR is read on demand."""
 
@@ -86,7 +90,8 @@ class CachedModule(LoadedModule):
 
     @property
     def kernels(self) -> list:
-        return self.manifest["kernels"]
+        """Each kernel's name and the ops it contains (its code is in `llvm_ir`)."""
+        return [KernelInfo(k["name"], k["ops"]) for k in self.manifest["kernels"]]
 
     @property
     def memory(self) -> dict:

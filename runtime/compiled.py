@@ -134,8 +134,11 @@ class CompiledModule(NativeModule):
         entry = jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
                           ctypes.c_void_p, ctypes.c_void_p)
         outputs = [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.outputs]
+        run = jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
         super().__init__(entry, input_specs(graph), outputs, output_sources(graph, placement),
-                         memory.arena_bytes, weights, f"graph @{graph.name}")
+                         memory.arena_bytes, weights, f"graph @{graph.name}", run,
+                         [(k.name, k.ops) for k in kernels])
         self.graph = graph
         self.target = target
         self.kernels = kernels

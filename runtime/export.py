@@ -28,7 +28,7 @@ import numpy as np
 
 from slimc.ir.errors import SlimcError
 
-from .native import ENTRY_TYPE, NativeModule, aligned_empty
+from .native import ENTRY_TYPE, RUN_TYPE, NativeModule, aligned_empty
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -131,11 +131,13 @@ class LoadedModule(NativeModule):
 
     def __init__(self, path: str, manifest: dict, library, weights: np.ndarray):
         entry = ENTRY_TYPE(("slimc_main", library))
+        run = RUN_TYPE(("slimc_run", library))
         specs = lambda items: [(s["name"], np.dtype(s["dtype"]), tuple(s["shape"]), s["type"])
                                for s in items]
         super().__init__(entry, specs(manifest["inputs"]), specs(manifest["outputs"]),
                          [tuple(s) for s in manifest["output_sources"]], manifest["arena_bytes"],
-                         weights, manifest.get("name", path))
+                         weights, manifest.get("name", path), run,
+                         [(k["name"], k["ops"]) for k in manifest.get("kernels", [])])
         self.path = path
         self.manifest = manifest
         self._library = library  # keeps the code mapped

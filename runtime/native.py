@@ -37,6 +37,26 @@ def aligned_empty(nbytes: int) -> np.ndarray:
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                               ctypes.c_void_p)
+# slimc_run(inputs, outputs, arena, weights, first, last): kernels [first, last) only
+RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+class Profile:
+    """Median time per kernel, in execution order (`mod.profile(...)`)."""
+
+    def __init__(self, rows: list, total_ms: float):
+        self.rows = rows  # (kernel name, ops, median ms)
+        self.total_ms = total_ms
+
+    def __str__(self) -> str:
+        width = max([len(r[0]) for r in self.rows] + [6])
+        lines = [f"{'kernel':<{width}} {'ms':>9} {'share':>6}  ops"]
+        kernel_sum = sum(r[2] for r in self.rows) or 1.0
+        for name, ops, ms in sorted(self.rows, key=lambda r: -r[2]):
+            lines.append(f"{name:<{width}} {ms:>9.3f} {100 * ms / kernel_sum:>5.1f}%  {' '.join(ops)}")
+        lines.append(f"{'kernels':<{width}} {kernel_sum:>9.3f}   (whole call: {self.total_ms:.3f} ms)")
+        return "\n".join(lines)
 
 
 class NativeModule:
@@ -44,10 +64,13 @@ class NativeModule:
 
     def __init__(self, entry, inputs: Sequence[tuple], outputs: Sequence[tuple],
                  output_sources: Sequence[tuple], arena_bytes: int, weights: np.ndarray,
-                 name: str = "model"):
+                 name: str = "model", run=None, kernel_info: Sequence[tuple] = ()):
         """inputs/outputs: (name, numpy dtype, shape, type text); output_sources: per output,
-        (KERNEL,) | (COPY_OUTPUT, j) | (COPY_INPUT, i) | (WEIGHTS, offset)."""
+        (KERNEL,) | (COPY_OUTPUT, j) | (COPY_INPUT, i) | (WEIGHTS, offset); `run` is the
+        slimc_run function and `kernel_info` (name, ops) per kernel, for `profile`."""
         self._entry = entry
+        self._run = run
+        self._kernel_info = [tuple(k) for k in kernel_info]
         self._inputs = [tuple(s) for s in inputs]
         self._outputs = [tuple(s) for s in outputs]
         self._sources = [tuple(s) for s in output_sources]
@@ -71,12 +94,16 @@ class NativeModule:
                 return self._arenas.pop()
         return aligned_empty(self._arena_bytes)
 
-    def __call__(self, *arrays, **named) -> list[np.ndarray]:
+    def _prepare(self, arrays, named):
         arrays = order_inputs(self.input_names, arrays, named)
         arrays = [np.ascontiguousarray(a) for a in check_arrays(self._inputs, arrays, self._name)]
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
         in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
+        return arrays, outs, in_ptrs, out_ptrs
+
+    def __call__(self, *arrays, **named) -> list[np.ndarray]:
+        arrays, outs, in_ptrs, out_ptrs = self._prepare(arrays, named)
         arena = self._arena()
         try:
             self._entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
@@ -94,3 +121,32 @@ class NativeModule:
                 out = outs[j]
                 out.reshape(-1).view(np.uint8)[:] = self._weights[source[1]:source[1] + out.nbytes]
         return outs
+
+    def profile(self, *arrays, repeat: int = 20, **named) -> Profile:
+        """Time every kernel on these inputs (medians over `repeat` runs, after a warm-up
+        call), each run exactly as a full call runs it: same threads, same MXCSR."""
+        import time
+
+        arrays, outs, in_ptrs, out_ptrs = self._prepare(arrays, named)
+        arena = self._arena()
+        call = (ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), arena.ctypes.data,
+                self._weights.ctypes.data)
+        try:
+            self._entry(*call)
+            totals = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                self._entry(*call)
+                totals.append(time.perf_counter() - t)
+            rows = []
+            for i, (name, ops) in enumerate(self._kernel_info):
+                times = []
+                for _ in range(repeat):
+                    t = time.perf_counter()
+                    self._run(*call, i, i + 1)
+                    times.append(time.perf_counter() - t)
+                rows.append((name, list(ops), 1e3 * float(np.median(times))))
+        finally:
+            with self._lock:
+                self._arenas.append(arena)
+        return Profile(rows, 1e3 * float(np.median(totals)))

@@ -103,11 +103,11 @@ class Module:
             raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}), "
                              f"got {len(arrays)}")
         shapes = tuple(tuple(np.shape(a)) for a in arrays)
-        return self._specialize(shapes), arrays
+        self._last = self._specialize(shapes)
+        return self._last, arrays
 
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
         compiled, arrays = self.specialization(*arrays, **named)
-        self._last = compiled
         return compiled(*arrays)
 
     def _current(self):
@@ -135,6 +135,11 @@ class Module:
     @property
     def memory(self):
         return self._current().memory
+
+    def profile(self, *arrays, repeat: int = 20, **named):
+        """Median time per kernel on these inputs, as a table (`print(mod.profile(x))`)."""
+        compiled, arrays = self.specialization(*arrays, **named)
+        return compiled.profile(*arrays, repeat=repeat)
 
     def export(self, path: str) -> None:
         """Write the current specialization as an artifact directory (see `slimc.load`)."""

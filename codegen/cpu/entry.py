@@ -88,25 +88,66 @@ def _thread_body(module: ir.Module, set_mxcsr: bool) -> ir.Function:
     return fn
 
 
+def _build_step(module: ir.Module, index: int, k: Kernel, placement: dict, threads: int,
+                mxcsr: bool) -> ir.Function:
+    """void @slimc_step_<i>(inputs, outputs, arena, weights, i32 mxcsr): one kernel call,
+    its argument array built from the placements, split across threads if it is worth it."""
+    fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR, I32])
+    fn = ir.Function(module, fnty, name=f"slimc_step_{index}")
+    fn.linkage = "internal"
+    for a, n in zip(fn.args, ("inputs", "outputs", "arena", "weights", "mxcsr")):
+        a.name = n
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    inputs, outputs, arena, weights, call_mxcsr = fn.args
+    args = b.alloca(PTR, size=i64(max(len(k.buffers), 1)), name="kernel_args")
+    callee = k.function or module.globals[k.name]
+    for slot_i, v in enumerate(k.buffers):
+        p = placement[id(v)]
+        if p.space in (INPUT, OUTPUT):
+            table = inputs if p.space == INPUT else outputs
+            ptr = b.load(b.gep(table, [i64(p.offset)], inbounds=True), name=llvm_name(v.name))
+        else:
+            base = arena if p.space == ARENA else weights
+            ptr = b.gep(base, [i64(p.offset)], inbounds=True, name=llvm_name(v.name))
+        b.store(ptr, b.gep(args, [i64(slot_i)], inbounds=True))
+    if threads > 1 and k.parallel_extent > 1 and k.cost >= PARALLEL_MIN_COST:
+        body = module.globals.get("slimc_thread") or _thread_body(module, mxcsr)
+        gomp = _declare(module, "GOMP_parallel", ir.FunctionType(
+            VOID, [ir.PointerType(ir.FunctionType(VOID, [PTR])), PTR, I32, I32]))
+        task = b.alloca(TASK_TYPE, name="task")
+        b.store(callee, b.gep(task, [I32(0), I32(0)], inbounds=True))
+        b.store(args, b.gep(task, [I32(0), I32(1)], inbounds=True))
+        b.store(i64(k.parallel_extent), b.gep(task, [I32(0), I32(2)], inbounds=True))
+        b.store(call_mxcsr, b.gep(task, [I32(0), I32(3)], inbounds=True))
+        nthreads = min(threads, k.parallel_extent)
+        b.call(gomp, [body, b.bitcast(task, PTR), I32(nthreads), I32(0)])
+    else:
+        b.call(callee, [args, i64(0), i64(k.parallel_extent)])
+    b.ret_void()
+    return fn
+
+
 def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
-                name: str = "slimc_main", threads: int = 1, ftz: bool = True,
-                is_x86: bool = True) -> ir.Function:
-    """`placement` maps id(Value) -> Placement for every kernel input and output.
+                threads: int = 1, ftz: bool = True, is_x86: bool = True) -> ir.Function:
+    """Emit the steps, ``slimc_run`` and ``slimc_main``.
+
+    ``void @slimc_run(inputs, outputs, arena, weights, i64 first, i64 last)`` runs kernels
+    [first, last) (the profiler times them one by one); ``slimc_main`` runs them all.
+    `placement` maps id(Value) -> Placement for every kernel buffer.
 
     On x86 the MXCSR in force for the call (the caller's, with FTZ/DAZ added when `ftz`) is
     handed to every worker thread: pool threads keep whatever state they had before, so
     they must be told, whether flushing or not.
     """
     mxcsr = is_x86
-    fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR])
-    fn = ir.Function(module, fnty, name=name)
-    for a, n in zip(fn.args, ("inputs", "outputs", "arena", "weights")):
+    steps = [_build_step(module, i, k, placement, threads, mxcsr) for i, k in enumerate(kernels)]
+    tables = [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR]
+    run = ir.Function(module, ir.FunctionType(VOID, tables + [I64, I64]), name="slimc_run")
+    for a, n in zip(run.args, ("inputs", "outputs", "arena", "weights", "first", "last")):
         a.name = n
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    inputs, outputs, arena, weights = fn.args
-    widest = max((len(k.buffers) for k in kernels), default=1)
-    args = b.alloca(PTR, size=i64(max(widest, 1)), name="kernel_args")
-    task = b.alloca(TASK_TYPE, name="task")
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    inputs, outputs, arena, weights, first, last = run.args
+    call_mxcsr = I32(0)
     if mxcsr:
         caller = b.alloca(I32, name="caller_mxcsr")
         _mxcsr(b, module, caller, "stmxcsr")
@@ -116,33 +157,18 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
             slot = b.alloca(I32, name="call_mxcsr")
             b.store(call_mxcsr, slot)
             _mxcsr(b, module, slot, "ldmxcsr")
-    body = None
-    gomp = None
-    for k in kernels:
-        callee = k.function or module.globals[k.name]
-        for slot_i, v in enumerate(k.buffers):
-            p = placement[id(v)]
-            if p.space in (INPUT, OUTPUT):
-                table = inputs if p.space == INPUT else outputs
-                ptr = b.load(b.gep(table, [i64(p.offset)], inbounds=True), name=llvm_name(v.name))
-            else:
-                base = arena if p.space == ARENA else weights
-                ptr = b.gep(base, [i64(p.offset)], inbounds=True, name=llvm_name(v.name))
-            b.store(ptr, b.gep(args, [i64(slot_i)], inbounds=True))
-        if threads > 1 and k.parallel_extent > 1 and k.cost >= PARALLEL_MIN_COST:
-            if body is None:
-                body = _thread_body(module, mxcsr)
-                gomp = _declare(module, "GOMP_parallel", ir.FunctionType(
-                    VOID, [ir.PointerType(ir.FunctionType(VOID, [PTR])), PTR, I32, I32]))
-            b.store(callee, b.gep(task, [I32(0), I32(0)], inbounds=True))
-            b.store(args, b.gep(task, [I32(0), I32(1)], inbounds=True))
-            b.store(i64(k.parallel_extent), b.gep(task, [I32(0), I32(2)], inbounds=True))
-            b.store(call_mxcsr if mxcsr else I32(0), b.gep(task, [I32(0), I32(3)], inbounds=True))
-            nthreads = min(threads, k.parallel_extent)
-            b.call(gomp, [body, b.bitcast(task, PTR), I32(nthreads), I32(0)])
-        else:
-            b.call(callee, [args, i64(0), i64(k.parallel_extent)])
+    for i, step in enumerate(steps):
+        wanted = b.and_(b.icmp_signed("<=", first, i64(i)), b.icmp_signed(">", last, i64(i)),
+                        name=f"run_{i}")
+        with b.if_then(wanted):
+            b.call(step, [inputs, outputs, arena, weights, call_mxcsr])
     if mxcsr and ftz:
         _mxcsr(b, module, caller, "ldmxcsr")
     b.ret_void()
-    return fn
+    main = ir.Function(module, ir.FunctionType(VOID, tables), name="slimc_main")
+    for a, n in zip(main.args, ("inputs", "outputs", "arena", "weights")):
+        a.name = n
+    b = ir.IRBuilder(main.append_basic_block("entry"))
+    b.call(run, list(main.args) + [i64(0), i64(len(kernels))])
+    b.ret_void()
+    return main
