@@ -75,7 +75,7 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "attrs", "outputs", "name", "graph")
+    __slots__ = ("op", "inputs", "attrs", "outputs", "name", "graph", "origin")
 
     def __init__(self, op: str, inputs: Sequence[Optional[Value]], attrs: Optional[dict] = None,
                  outputs: Sequence[Value] = (), name: str = ""):
@@ -85,6 +85,7 @@ class Node:
         self.outputs: list[Value] = []
         self.name = name
         self.graph: Optional[Graph] = None
+        self.origin = ""  # the pass that created this node ("" = the frontend), for debugging
         for v in inputs:
             self._append_input(v)
         for v in outputs:
@@ -153,6 +154,7 @@ class Graph:
         # Names a frontend has promised to source-model values not yet created: generated
         # names avoid them, and the value they were reserved for can still take them.
         self._reserved: set[str] = set()
+        self.current_pass = ""  # set by the PassManager; nodes created meanwhile remember it
 
     # ----- names -------------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
@@ -209,6 +211,7 @@ class Graph:
 
     def insert(self, node: Node, before: Optional[Node] = None, after: Optional[Node] = None) -> Node:
         node.graph = self
+        node.origin = node.origin or self.current_pass
         for v in node.outputs:
             if v.graph is not self:
                 self._claim(v, unique=True)
@@ -319,6 +322,7 @@ class Graph:
             node = Node(n.op, [None if v is None else vmap[id(v)] for v in n.inputs],
                         dict(n.attrs), outs, n.name)
             node.graph = g
+            node.origin = n.origin
             g.nodes.append(node)
         g.outputs = [vmap[id(v)] for v in self.outputs]
         return g

@@ -20,6 +20,10 @@ or ``SLIMC_VERIFY=1``), times it, prints the IR (``SLIMC_PRINT_IR=after-all``,
 ``dump_dir``. A pass that breaks the IR or crashes raises an `InternalError` naming the pass,
 and the IR from before it is written out (``<dump_dir or tmp>/reproducer-<pass>.slimc``) with
 the command that replays it.
+
+``SLIMC_OPT_BISECT=N`` runs only the first N pass applications (each pass run and each rewrite
+rule firing counts as one; see bisect.py), as LLVM's -opt-bisect-limit does: bisecting N
+finds the one rewrite that breaks a model.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Callable, Iterable, Optional, Sequence
 from slimc.ir import Graph, SlimcError, verify
 from slimc.ir.debug import log
 from slimc.ir.errors import InternalError, ModelError, VerificationError
+
+from . import bisect
 
 
 class Pass:
@@ -107,6 +113,7 @@ class PassManager:
         return self
 
     def run(self, graph: Graph) -> PassReport:
+        bisect.reset()
         report = PassReport()
         mode, named = _print_rule()
         if self.dump_dir:
@@ -118,8 +125,11 @@ class PassManager:
             except VerificationError as e:
                 raise ModelError(f"the graph is invalid before any pass ran: {e}") from e
         for i, p in enumerate(self.passes, 1):
+            if not bisect.allow(f"pass {p.name}"):
+                continue
             before = str(graph) if self._needs_before(mode) else None
             start = time.perf_counter()
+            graph.current_pass = p.name
             try:
                 changed = p(graph)
             except SlimcError as e:
@@ -130,6 +140,8 @@ class PassManager:
                 path = self._reproducer(before, p)
                 raise InternalError(f"{type(e).__name__}: {e}" + (f" (IR before the pass: {path})"
                                     if path else ""), where=f"pass {p.name}") from e
+            finally:
+                graph.current_pass = ""
             seconds = time.perf_counter() - start
             if self.verify:
                 try:

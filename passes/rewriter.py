@@ -31,6 +31,7 @@ from slimc.ir.debug import enabled, log
 from slimc.ir.errors import InternalError
 from slimc.ir.graph import constant_data
 
+from . import bisect
 from .pass_manager import Pass
 
 
@@ -222,6 +223,8 @@ def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
             log("rewrite", f"{rule.name} did not match at %{node.outputs[0].name} "
                            f"({node.op}): {result}")
         return False
+    if not bisect.allow(f"rule {rule.name} at %{node.outputs[0].name}"):
+        return False
     builder = Builder(graph, node, rule.name)
     replacement = rule.rewrite(result, builder)
     if replacement is None:
@@ -234,16 +237,18 @@ def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
         if old.type.plain() != new.type.plain():
             raise InternalError(f"rewrite changes the type of %{old.name} from {old.type} to "
                                 f"{new.type}", where=f"rule {rule.name}")
-    returned = [old.name for old in node.outputs if old in graph.outputs]
+    old_names = [v.name for v in node.outputs]
     for old, new in zip(node.outputs, replacement):
         old.replace_all_uses_with(new)
     for dead in reversed(result.matched_nodes):
         if dead.graph is graph and not any(v.uses or v in graph.outputs for v in dead.outputs):
             graph.remove_node(dead)
     created = {id(v) for n in builder.created for v in n.outputs}
-    for old_name, new in zip([v.name for v in node.outputs], replacement):
-        if old_name in returned and id(new) in created and old_name not in graph._names:
-            graph.rename(new, old_name)  # a graph output keeps the name callers know it by
+    for old_name, new in zip(old_names, replacement):
+        # The value that now stands for the old one takes its name: graph outputs keep the
+        # name callers know them by, and dumps and slimc.debug.compare line up across passes.
+        if id(new) in created and old_name not in graph._names:
+            graph.rename(new, old_name)
     log("rewrite", f"{rule.name} rewrote %{node.outputs[0].name}")
     return True
 
