@@ -43,3 +43,75 @@ def elementwise_graphs(draw, max_nodes: int = 12):
     outs = draw(st.lists(st.sampled_from(values[1:] or values), min_size=1, max_size=2, unique_by=id))
     g.outputs = outs
     return g
+
+
+SIZES = [1, 2, 3, 5, 7, 8, 16, 17]
+
+
+def _add(g: Graph, op: str, inputs, **attrs):
+    """Append a node, its type inferred first (so a combination that does not type-check
+    raises before anything is added)."""
+    from slimc.ir import get_op
+    from slimc.ir.graph import constant_data
+
+    opdef = get_op(op)
+    types = opdef.infer_types([v.type for v in inputs], opdef.resolve_attrs(attrs),
+                              [constant_data(v) for v in inputs])
+    return g.make_node(op, inputs, attrs, output_types=types).outputs[0]
+
+
+@st.composite
+def mixed_graphs(draw, max_nodes: int = 10):
+    """Random float32 DAGs of elementwise, broadcast, reduction, matmul and view ops over
+    odd sizes: what the fusion planner and the kernel builder must get right together."""
+    rank = draw(st.integers(1, 4))
+    shape = tuple(draw(st.sampled_from(SIZES)) for _ in range(rank))
+    g = Graph("fuzz")
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    values = [g.add_input("x", TensorType(dtypes.f32, shape))]
+    for i in range(draw(st.integers(1, max_nodes))):
+        v = draw(st.sampled_from(values))
+        s = v.type.shape
+        kind = draw(st.sampled_from(["unary", "binary", "const", "reduce", "matmul", "transpose",
+                                     "reshape", "softmax_like"]))
+        try:
+            if kind == "unary":
+                out = _add(g, draw(st.sampled_from(UNARY)), [v])
+            elif kind == "binary":
+                w = draw(st.sampled_from(values))
+                out = _add(g, draw(st.sampled_from(BINARY)), [v, w])
+            elif kind == "const":
+                cshape = s[draw(st.integers(0, len(s))):]
+                c = g.add_constant(f"c{i}", rng.uniform(-2, 2, cshape).astype(np.float32))
+                out = _add(g, draw(st.sampled_from(BINARY)), [v, c])
+            elif kind == "reduce" and s:
+                axes = sorted(draw(st.sets(st.integers(0, len(s) - 1), min_size=1)))
+                op = draw(st.sampled_from(["reduce_sum", "reduce_max", "reduce_mean"]))
+                out = _add(g, op, [v], axes=axes, keepdims=draw(st.integers(0, 1)))
+            elif kind == "matmul" and s:
+                n = draw(st.sampled_from(SIZES))
+                w = g.add_constant(f"w{i}", rng.uniform(-1, 1, (s[-1], n)).astype(np.float32))
+                out = _add(g, "matmul", [v, w])
+            elif kind == "transpose" and len(s) >= 2:
+                perm = draw(st.permutations(list(range(len(s)))))
+                out = _add(g, "transpose", [v], perm=list(perm))
+            elif kind == "reshape" and s:
+                flat = int(np.prod(s))
+                out = _add(g, "reshape", [v, g.add_constant(f"s{i}", np.array([flat], np.int64))])
+            elif kind == "slice" and s and s[-1] > 1:
+                ends = g.add_constant(f"e{i}", np.array([s[-1] - 1], np.int64))
+                starts = g.add_constant(f"b{i}", np.array([0], np.int64))
+                axes = g.add_constant(f"a{i}", np.array([len(s) - 1], np.int64))
+                out = _add(g, "slice", [v, starts, ends, axes])
+            elif kind == "softmax_like" and s:
+                m = _add(g, "reduce_max", [v], axes=[len(s) - 1], keepdims=1)
+                e = _add(g, "exp", [_add(g, "sub", [v, m])])
+                out = _add(g, "div", [e, _add(g, "reduce_sum", [e], axes=[len(s) - 1], keepdims=1)])
+            else:
+                continue
+        except Exception:
+            continue  # shapes that do not combine: draw again
+        values.append(out)
+    outs = draw(st.lists(st.sampled_from(values[1:] or values), min_size=1, max_size=3, unique_by=id))
+    g.outputs = outs
+    return g
