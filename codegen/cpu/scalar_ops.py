@@ -21,6 +21,7 @@ from llvmlite import ir
 
 from slimc.ir import DType, dtypes
 
+from . import vmath
 from .llvm_util import (F16, F32, F64, I1, I8, I32, I64, const, element_type, is_float,
                         llvm_type, vector_of)
 
@@ -119,14 +120,20 @@ class Emitter:
             return self.intrinsic("minimum", [x, y])
         return self.select(self.lt(y, x), y, x)
 
+    def _f32(self, x) -> bool:
+        return isinstance(element_type(x.type), ir.FloatType)
+
     def exp(self, x):
-        return self.intrinsic("exp", [x])
+        return vmath.exp(self.b, x, self.name + ".exp") if self._f32(x) else self.intrinsic("exp", [x])
 
     def log(self, x):
         return self.intrinsic("log", [x])
 
     def tanh(self, x):
-        return self.intrinsic("tanh", [x])
+        return vmath.tanh(self.b, x, self.name + ".tanh") if self._f32(x) else self.intrinsic("tanh", [x])
+
+    def erf(self, x):
+        return vmath.erf(self.b, x, self.name + ".erf") if self._f32(x) else self.libm("erf", x)
 
     def sigmoid(self, x):
         one = self.c(x, 1.0)
@@ -231,7 +238,7 @@ def _gelu(e, a, attrs):
         inner = e.mul(e.c(x, math.sqrt(2 / math.pi)),
                       e.add(x, e.mul(e.c(x, 0.044715), e.mul(x, e.mul(x, x)))))
         return e.mul(e.mul(half, x), e.add(one, e.tanh(inner)))
-    return e.mul(e.mul(half, x), e.add(one, e.libm("erf", e.mul(x, e.c(x, 1 / math.sqrt(2))))))
+    return e.mul(e.mul(half, x), e.add(one, e.erf(e.mul(x, e.c(x, 1 / math.sqrt(2))))))
 
 
 def _bit_shift(e: Emitter, x, n, direction: str):
@@ -357,7 +364,7 @@ LOWERINGS: dict[str, Callable] = {
     "reciprocal": _f(lambda e, x, _: e.fdiv(e.c(x, 1.0), x)),
     "exp": _f(lambda e, x, _: e.exp(x)),
     "log": _f(lambda e, x, _: e.log(x)),
-    "erf": _f(lambda e, x, _: e.libm("erf", x)),
+    "erf": _f(lambda e, x, _: e.erf(x)),
     "tanh": _f(lambda e, x, _: e.tanh(x)),
     "sigmoid": _f(lambda e, x, _: e.sigmoid(x)),
     "relu": _relu,
