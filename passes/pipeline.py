@@ -1,7 +1,8 @@
 """The standard pipelines, by optimization level, and lookup of passes by name.
 
     -O0  infer_shapes
-    -O1  + fold_constants, simplify (views and no-ops), fold_batch_norm (BN, bias and
+    -O1  + fold_constants, simplify (views and no-ops), recognize (layer norm written out
+         op by op), fold_batch_norm (BN, bias and
          scale folded into convolutions), cse, dce; and fusion in code generation
     -O2  (default) the -O1 passes; more graph rewrites join here as they land
     -O3  -O2 plus transformations that trade a stated amount of precision for speed
@@ -19,6 +20,7 @@ from slimc.ir.errors import SlimcError
 from .basic import CommonSubexpressionElimination, DeadCodeElimination, FoldConstants, InferShapes
 from .fold_batch_norm import FoldBatchNorm
 from .pass_manager import Pass
+from .recognize import Recognize
 from .simplify import Simplify
 
 # name -> factory; one place that knows every standard pass.
@@ -26,13 +28,14 @@ PASSES: dict[str, Callable[[], Pass]] = {
     "infer_shapes": InferShapes,
     "fold_constants": FoldConstants,
     "simplify": Simplify,
+    "recognize": Recognize,
     "fold_batch_norm": FoldBatchNorm,
     "cse": CommonSubexpressionElimination,
     "dce": DeadCodeElimination,
 }
 
-_SIMPLIFY = ["infer_shapes", "fold_constants", "simplify", "fold_batch_norm", "fold_constants",
-             "cse", "dce"]
+_SIMPLIFY = ["infer_shapes", "fold_constants", "simplify", "recognize", "fold_batch_norm",
+             "fold_constants", "cse", "dce"]
 _LEVELS = {0: ["infer_shapes"], 1: _SIMPLIFY, 2: _SIMPLIFY, 3: _SIMPLIFY}
 
 
