@@ -171,3 +171,19 @@ def test_profile_times_every_kernel():
     # profiling leaves the results of a normal call intact
     for a, e in zip(mod(x, y), interpret(g, x, y)):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_custom_op_with_its_lowering_in_one_call():
+    from slimc.ir import FusionKind, same_as_input
+
+    slimc.register_op("test_swish", reference=lambda x, beta=1.0: x / (1 + np.exp(-beta * x)),
+                      infer=same_as_input(0), attrs={"beta": 1.0}, fusion=FusionKind.ELEMENTWISE,
+                      num_inputs=1, replace=True,
+                      lower=lambda e, a, at: e.mul(a[0], e.sigmoid(e.mul(a[0], e.c(a[0], at["beta"])))))
+    g = parse("# slimc-ir v1\ngraph @s(%x: f32[3,17]) -> (f32[3,17]) {\n"
+              "  %y = test_swish(%x) {beta=1.5} : f32[3,17]\n  %z = relu(%y) : f32[3,17]\n"
+              "  return %z\n}\n")
+    x = np.random.default_rng(0).standard_normal((3, 17)).astype(np.float32)
+    mod = slimc.compile(g)
+    assert [k.ops for k in mod.kernels] == [["test_swish", "relu"]]  # fused like any elementwise op
+    np.testing.assert_allclose(mod(x)[0], interpret(g, x)[0], rtol=1e-5, atol=1e-6)
