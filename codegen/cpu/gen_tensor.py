@@ -1,1 +1,859 @@
-"""(being written)"""
+"""Data movement: the tensor family (ir/ops/tensor.py, plus depth_to_space / space_to_depth).
+
+Two kinds of lowering, as in generators.py:
+
+* **index maps** for the ops whose output element is one input element found by index
+  arithmetic: slice, gather, gather_elements, gather_nd, tile, depth_to_space,
+  space_to_depth, reverse_sequence. They cost nothing of their own: a chain such as
+  transpose -> slice -> reshape -> relu is one loop that loads each element where it lies.
+* **generators** for the rest. pad and trilu compute a value *or* a fill per element, which
+  an index map cannot say (it names a source element and nothing else), so they run their own
+  loops -- still reading operands through `kb.value_at` (producers are computed inline) and
+  storing through `kb.store_result` (elementwise consumers are applied before the store).
+  concat and split copy pieces; scatter_nd / scatter_elements copy, then update in order;
+  range, constant_of_shape, eye_like and one_hot compute values from indices; shape and size
+  write constants.
+
+Every generator runs the last axis in vectors of `kb.vector_width` with a scalar tail, and its
+work items (`kb.parallel_extent`) are rows, or (outer index, piece) pairs for concat / split.
+
+Not lowered: nonzero, compress and unique, whose output sizes depend on the data; the CPU
+backend compiles static shapes only, so `compile` refuses them by name (lower.check_lowerable).
+
+Out-of-range indices (the reference raises) are clamped to element 0 so that no load or store
+leaves its buffer; negative ones count from the end as in the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence, Union
+
+from llvmlite import ir
+
+from slimc.ir import dtypes
+from slimc.ir.errors import UnsupportedError
+from slimc.ir.ops.tensor import _pad_widths, _slice_args, slice_bounds
+
+from .kernel import KernelBuilder, generator, index_map, llvm_name
+from .llvm_util import I64, const, i64, llvm_type, load, splat, store
+from .scalar_ops import Emitter, _convert
+
+Index = Union[int, ir.Value]  # an index: folded in Python, or computed in the kernel
+
+
+# ----- small helpers --------------------------------------------------------------------------
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _add(kb: KernelBuilder, a: Index, c: Index, name: str) -> Index:
+    """a + c, folded when both are ints (named, unlike kb.iadd)."""
+    if isinstance(a, int) and isinstance(c, int):
+        return a + c
+    if isinstance(c, int) and c == 0:
+        return a
+    if isinstance(a, int) and a == 0:
+        return c
+    return kb.b.add(kb._ir(a), kb._ir(c), name=name)
+
+
+def _mul(kb: KernelBuilder, a: Index, c: int, name: str) -> Index:
+    if isinstance(a, int):
+        return a * c
+    if c == 1:
+        return a
+    if c == 0:
+        return 0
+    return kb.b.mul(a, i64(c), name=name)
+
+
+def _divmod(kb: KernelBuilder, a: Index, c: int, name: str) -> tuple:
+    """(a // c, a % c) for a >= 0."""
+    if isinstance(a, int):
+        return a // c, a % c
+    if c == 1:
+        return a, 0
+    return kb.b.udiv(a, i64(c), name=name + ".q"), kb.b.urem(a, i64(c), name=name + ".r")
+
+
+def _const_input(node, i: int, what: str):
+    """The data of constant input i (None if the input is absent)."""
+    if len(node.inputs) <= i or node.inputs[i] is None:
+        return None
+    v = node.inputs[i]
+    if v.data is None:
+        raise UnsupportedError(f"{node.op} needs {what} (input {i}, %{v.name}) to be a constant "
+                               f"when compiled", node=node.label, op=node.op)
+    return v.data
+
+
+def _as_i64(kb: KernelBuilder, x: ir.Value, dtype, name: str) -> ir.Value:
+    """An integer (or float, truncated) index value, scalar or vector, as i64."""
+    if dtype == dtypes.i64 or dtype == dtypes.u64:
+        return x
+    e = Emitter(kb.b, [dtype], dtypes.i64, (), name)
+    return _convert(e, x, dtype, dtypes.i64)
+
+
+def _wrap(kb: KernelBuilder, v: Index, dim: int, name: str) -> Index:
+    """A negative index counts from the end; one still out of [0, dim) becomes 0."""
+    if isinstance(v, int):
+        v = v + dim if v < 0 else v
+        return v if 0 <= v < dim else 0
+    b = kb.b
+    neg = b.icmp_signed("<", v, i64(0), name=name + ".neg")
+    w = b.select(neg, b.add(v, i64(dim), name=name + ".fromend"), v, name=name + ".wrapped")
+    ok = b.icmp_unsigned("<", w, i64(max(dim, 1)), name=name + ".inrange")
+    return b.select(ok, w, i64(0), name=name)
+
+
+def _index_value(kb: KernelBuilder, indices, pos: Sequence[Index], dim: int, name: str) -> Index:
+    """indices[pos], wrapped for an axis of size dim; folded to an int for constant indices at
+    a constant position (a scalar index such as x[:, 0])."""
+    if indices.data is not None and all(isinstance(p, int) for p in pos):
+        return _wrap(kb, int(indices.data[tuple(pos)]), dim, name)
+    raw = kb.value_at(indices, list(pos))
+    return _wrap(kb, _as_i64(kb, raw, indices.type.dtype, name + ".raw"), dim, name)
+
+
+def _lane_ids(kb: KernelBuilder, j: Index, lanes: int, name: str) -> ir.Value:
+    """j, j+1, ..., j+lanes-1 as an i64 vector (or j as an i64 scalar)."""
+    j = kb._ir(j)
+    if lanes == 1:
+        return j
+    step = ir.Constant(ir.VectorType(I64, lanes), [i64(k) for k in range(lanes)])
+    return kb.b.add(splat(kb.b, j, lanes, name), step, name=name + ".lanes")
+
+
+def _axis_loop(kb: KernelBuilder, lo: Index, hi: Index, body: Callable, name: str = "j",
+               vector: bool = True) -> None:
+    """body(j, lanes) over [lo, hi): full vectors of kb.vector_width, then single elements
+    (only single elements if not `vector`)."""
+    b = kb.b
+    W = kb.vector_width if vector else 1
+    if isinstance(lo, int) and isinstance(hi, int):
+        if hi <= lo:
+            return
+        vec_hi = lo + (hi - lo) // W * W if W > 1 else lo
+        if vec_hi > lo:
+            with kb.loop(lo, vec_hi, W, name=name + "v") as j:
+                kb.cache.clear()
+                body(j, W)
+        if hi > vec_hi:
+            if hi - vec_hi == 1:
+                kb.cache.clear()
+                body(vec_hi, 1)
+            else:
+                with kb.loop(vec_hi, hi, 1, name=name + "s") as j:
+                    kb.cache.clear()
+                    body(j, 1)
+        kb.cache.clear()
+        return
+    lo_v, hi_v = kb._ir(lo), kb._ir(hi)
+    if W > 1:
+        span = b.sub(hi_v, lo_v, name=name + ".span")
+        span = b.select(b.icmp_signed("<", span, i64(0)), i64(0), span, name=name + ".count")
+        vec_hi = b.add(lo_v, b.mul(b.udiv(span, i64(W)), i64(W)), name=name + ".vend")
+        with kb.loop(lo_v, vec_hi, W, name=name + "v") as j:
+            kb.cache.clear()
+            body(j, W)
+        lo_v = vec_hi
+    with kb.loop(lo_v, hi_v, 1, name=name + "s") as j:
+        kb.cache.clear()
+        body(j, 1)
+    kb.cache.clear()
+
+
+@contextlib.contextmanager
+def _each_row(kb: KernelBuilder, shape: Sequence[int], name: str = "row"):
+    """The work items are the rows of `shape` (every axis but the last): yields a row's index."""
+    outer = list(shape[:-1])
+    kb.parallel_extent = max(1, _numel(outer))
+    with kb.loop(kb.begin, kb.end, name=name) as r:
+        kb.cache.clear()
+        yield kb.delinear(r, outer) if outer else []
+
+
+def _fill(kb: KernelBuilder, out, value: Callable, name: str) -> None:
+    """A generator body computing every element of `out` from its index: value(row, j, lanes)
+    with `row` the index of every axis but the last and j the last one."""
+    shape = kb.shape(out)
+    if _numel(shape) == 0:
+        kb.b.ret_void()
+        return
+    if not shape:
+        kb.store_result(out, [], value([], None, 1))
+        kb.b.ret_void()
+        return
+    with _each_row(kb, shape, name=name + ".row") as row:
+        _axis_loop(kb, 0, shape[-1], lambda j, lanes: kb.store_result(
+            out, row + [j], value(row, j, lanes)), name=name + ".j")
+    kb.b.ret_void()
+
+
+def _nest(kb: KernelBuilder, shape: Sequence[int], first: int, prefix: Sequence[Index],
+          body: Callable, name: str) -> None:
+    """Loops over axes first .. rank-2 of `shape`, then the last axis in vectors:
+    body(full index, lanes)."""
+    rank = len(shape)
+    if rank == 0:
+        kb.cache.clear()
+        body([], 1)
+        return
+
+    def level(a: int, idx: list):
+        if a == rank - 1:
+            _axis_loop(kb, 0, shape[-1], lambda j, lanes: body(idx + [j], lanes), name=f"{name}.d{a}")
+            return
+        if shape[a] == 1:
+            level(a + 1, idx + [0])
+            return
+        with kb.loop(0, shape[a], name=f"{name}.d{a}") as i:
+            kb.cache.clear()
+            level(a + 1, idx + [i])
+
+    level(first, list(prefix))
+
+
+def _flat_copy(kb: KernelBuilder, src, src_off: Index, dst, dst_off: Index, n: int, name: str) -> None:
+    """dst[dst_off : dst_off+n] = src[src_off : src_off+n], both buffers of this kernel."""
+    b = kb.b
+    sp, dp = kb.ptr(src), kb.ptr(dst)
+
+    def body(j, lanes):
+        x = load(b, sp, kb._ir(_add(kb, src_off, j, name + ".src")), lanes, name=name + ".x")
+        store(b, x, dp, kb._ir(_add(kb, dst_off, j, name + ".dst")), name=name)
+
+    _axis_loop(kb, 0, n, body, name=name + ".i")
+
+
+def _is_buffer(kb: KernelBuilder, v) -> bool:
+    return id(v) not in kb.produced and id(v) in kb.ptrs
+
+
+# ----- index maps -----------------------------------------------------------------------------
+
+def _slice_starts(kb: KernelBuilder, node) -> list[tuple[int, int]]:
+    """(start, step) per input axis (0, 1 where the slice leaves the axis alone)."""
+    x = node.inputs[0]
+    shape = kb.shape(x)
+    args = [_const_input(node, i, what) for i, what in
+            ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))]
+    starts, ends, axes, steps = _slice_args(len(shape), *args)
+    out = [(0, 1)] * len(shape)
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        a = a + len(shape) if a < 0 else a
+        out[a] = (slice_bounds(s, e, st, shape[a])[0], st)
+    return out
+
+
+@index_map("slice")
+def slice_map(kb: KernelBuilder, node, out, index):
+    name = llvm_name(out.name)
+    src = []
+    for a, ((start, step), i) in enumerate(zip(_slice_starts(kb, node), index)):
+        src.append(_add(kb, start, _mul(kb, i, step, f"{name}.step{a}"), f"{name}.src{a}"))
+    return node.inputs[0], src
+
+
+slice_map.keeps_last_axis = lambda kb, node: _slice_starts(kb, node)[-1][1] == 1
+
+
+def _axis(kb: KernelBuilder, node, rank: int) -> int:
+    a = int(kb.attrs(node)["axis"])
+    return a + rank if a < 0 else a
+
+
+@index_map("gather")
+def gather(kb: KernelBuilder, node, out, index):
+    data, indices = node.inputs
+    shape = kb.shape(data)
+    axis = _axis(kb, node, len(shape))
+    q = len(kb.shape(indices))
+    k = _index_value(kb, indices, index[axis:axis + q], shape[axis], llvm_name(out.name) + ".idx")
+    return data, list(index[:axis]) + [k] + list(index[axis + q:])
+
+
+# The last output axis is data's last axis unless the gather is along it.
+gather.keeps_last_axis = lambda kb, node: _axis(kb, node, len(kb.shape(node.inputs[0]))) < \
+    len(kb.shape(node.inputs[0])) - 1
+
+
+@index_map("gather_elements")
+def gather_elements(kb: KernelBuilder, node, out, index):
+    data, indices = node.inputs
+    shape = kb.shape(data)
+    axis = _axis(kb, node, len(shape))
+    src = list(index)
+    src[axis] = _index_value(kb, indices, index, shape[axis], llvm_name(out.name) + ".idx")
+    return data, src
+
+
+# Each lane reads its own index: never contiguous.
+gather_elements.keeps_last_axis = lambda kb, node: False
+
+
+@index_map("gather_nd")
+def gather_nd(kb: KernelBuilder, node, out, index):
+    data, indices = node.inputs
+    shape, ishape = kb.shape(data), kb.shape(indices)
+    bd = int(kb.attrs(node)["batch_dims"])
+    k = ishape[-1]
+    lead = list(index[:len(ishape) - 1])  # batch dims, then the index tuple's position
+    name = llvm_name(out.name)
+    tup = [_index_value(kb, indices, lead + [m], shape[bd + m], f"{name}.idx{m}") for m in range(k)]
+    return data, list(index[:bd]) + tup + list(index[len(ishape) - 1:])
+
+
+gather_nd.keeps_last_axis = lambda kb, node: (
+    int(kb.attrs(node)["batch_dims"]) + kb.shape(node.inputs[1])[-1] < len(kb.shape(node.inputs[0])))
+
+
+def _repeats(kb: KernelBuilder, node) -> list[int]:
+    return [int(r) for r in _const_input(node, 1, "the repeats").reshape(-1)]
+
+
+@index_map("tile")
+def tile(kb: KernelBuilder, node, out, index):
+    shape = kb.shape(node.inputs[0])
+    name = llvm_name(out.name)
+    src = []
+    for a, (i, d, r) in enumerate(zip(index, shape, _repeats(kb, node))):
+        src.append(i if r == 1 else 0 if d <= 1 else _divmod(kb, i, d, f"{name}.tile{a}")[1])
+    return node.inputs[0], src
+
+
+tile.keeps_last_axis = lambda kb, node: _repeats(kb, node)[-1] == 1
+
+
+@index_map("depth_to_space")
+def depth_to_space(kb: KernelBuilder, node, out, index):
+    attrs = kb.attrs(node)
+    bs, mode = int(attrs["blocksize"]), attrs["mode"]
+    c_out = kb.shape(out)[1]
+    n, c, y, x = index
+    name = llvm_name(out.name)
+    h, b1 = _divmod(kb, y, bs, name + ".y")
+    w, b2 = _divmod(kb, x, bs, name + ".x")
+    blk = _add(kb, _mul(kb, b1, bs, name + ".b1"), b2, name + ".blk")
+    if mode == "DCR":  # channel = (b1 * bs + b2) * C' + c
+        ch = _add(kb, _mul(kb, blk, c_out, name + ".blkc"), c, name + ".ch")
+    else:  # CRD: channel = c * bs * bs + b1 * bs + b2
+        ch = _add(kb, _mul(kb, c, bs * bs, name + ".cb"), blk, name + ".ch")
+    return node.inputs[0], [n, ch, h, w]
+
+
+@index_map("space_to_depth")
+def space_to_depth(kb: KernelBuilder, node, out, index):
+    attrs = kb.attrs(node)
+    bs, mode = int(attrs["blocksize"]), attrs["mode"]
+    c_in = kb.shape(node.inputs[0])[1]
+    n, oc, hh, ww = index
+    name = llvm_name(out.name)
+    if mode == "DCR":  # out channel = (b1 * bs + b2) * C + c
+        blk, c = _divmod(kb, oc, c_in, name + ".oc")
+    else:  # CRD: out channel = c * bs * bs + b1 * bs + b2
+        c, blk = _divmod(kb, oc, bs * bs, name + ".oc")
+    b1, b2 = _divmod(kb, blk, bs, name + ".blk")
+    y = _add(kb, _mul(kb, hh, bs, name + ".hh"), b1, name + ".y")
+    x = _add(kb, _mul(kb, ww, bs, name + ".ww"), b2, name + ".x")
+    return node.inputs[0], [n, c, y, x]
+
+
+depth_to_space.keeps_last_axis = space_to_depth.keeps_last_axis = \
+    lambda kb, node: int(kb.attrs(node)["blocksize"]) == 1
+
+
+@index_map("reverse_sequence")
+def reverse_sequence(kb: KernelBuilder, node, out, index):
+    x, lens = node.inputs
+    attrs = kb.attrs(node)
+    ba, ta = int(attrs["batch_axis"]), int(attrs["time_axis"])
+    T = kb.shape(x)[ta]
+    b = kb.b
+    name = llvm_name(out.name)
+    t = kb._ir(index[ta])
+    n = _as_i64(kb, kb.value_at(lens, [index[ba]]), lens.type.dtype, name + ".len")
+    n = b.select(b.icmp_signed("<", n, i64(0)), i64(0), n, name=name + ".len.lo")
+    n = b.select(b.icmp_signed(">", n, i64(T)), i64(T), n, name=name + ".len.hi")
+    rev = b.sub(b.sub(n, i64(1)), t, name=name + ".rev")
+    src = list(index)
+    src[ta] = b.select(b.icmp_signed("<", t, n), rev, t, name=name + ".t")
+    return x, src
+
+
+# The last axis is the batch or time axis only for rank 2 (lanes then read different rows).
+reverse_sequence.keeps_last_axis = lambda kb, node: len(kb.shape(node.inputs[0])) > 2
+
+
+# ----- pad and trilu: a value or a fill per element -------------------------------------------
+
+def _pad_source(kb: KernelBuilder, mode: str, o: Index, width, d: int, name: str):
+    """(source index, in-range flag or None) along one axis for output index o.
+
+    Negative pads crop: the kept input is [lo, hi). Constant mode says whether o is on the
+    input (the caller fills otherwise); the other modes fold o back onto [lo, hi)."""
+    begin, end = width
+    if begin == 0 and end == 0:
+        return o, None
+    lo, hi = max(0, -begin), d - max(0, -end)
+    L, gb = hi - lo, max(begin, 0)
+    b = kb.b
+    if isinstance(o, int):  # a size-1 output axis
+        t = o - gb
+        if mode == "constant":
+            return t + lo, (0 <= t < L)
+        if mode == "edge":
+            t = min(max(t, 0), L - 1)
+        elif mode == "reflect":
+            t = -t if t < 0 else (2 * (L - 1) - t if t >= L else t)
+        else:
+            t %= L
+        return t + lo, None
+    t = b.sub(o, i64(gb), name=name + ".t") if gb else o
+    if mode == "constant":
+        ok = b.icmp_unsigned("<", t, i64(L), name=name + ".in")  # 0 <= t < L
+        return _add(kb, t, lo, name + ".src"), ok
+    if mode == "edge":
+        t = b.select(b.icmp_signed("<", t, i64(0)), i64(0), t, name=name + ".lo")
+        t = b.select(b.icmp_signed(">", t, i64(L - 1)), i64(L - 1), t, name=name + ".hi")
+    elif mode == "reflect":
+        t = b.select(b.icmp_signed("<", t, i64(0)), b.neg(t, name=name + ".mirror0"), t, name=name + ".lo")
+        t = b.select(b.icmp_signed(">=", t, i64(L)), b.sub(i64(2 * (L - 1)), t, name=name + ".mirror1"), t,
+                     name=name + ".hi")
+    else:  # wrap: t >= -gb, so adding a multiple of L above gb makes it non-negative
+        t = b.urem(b.add(t, i64(L * (-(-gb // L)))), i64(L), name=name + ".wrap")
+    return _add(kb, t, lo, name + ".src"), None
+
+
+@generator("pad", inline_inputs=True, epilogue=True)
+def pad(kb: KernelBuilder, node) -> None:
+    """Per output row: a left pad, the copied middle (contiguous: full vectors), a right pad.
+    Constant mode fills whole rows that lie outside the input on an outer axis."""
+    b = kb.b
+    x, out = node.inputs[0], node.outputs[0]
+    mode = kb.attrs(node)["mode"]
+    in_shape, out_shape = kb.shape(x), kb.shape(out)
+    rank = len(in_shape)
+    axes = _const_input(node, 3, "the padded axes")
+    widths = _pad_widths(rank, _const_input(node, 1, "the pads"), axes)
+    name = llvm_name(out.name)
+    if _numel(out_shape) == 0:
+        b.ret_void()
+        return
+    if rank == 0:
+        kb.store_result(out, [], kb.value_at(x, []))
+        b.ret_void()
+        return
+    t = llvm_type(out.type.dtype)
+    fill = const(t, 0)
+    v = node.inputs[2] if len(node.inputs) > 2 else None
+    if mode == "constant" and v is not None and v.type.numel:
+        fill = kb.value_at(v, [0] * len(kb.shape(v)))  # in the entry block: dominates the loops
+    N = out_shape[-1]
+    begin, end = widths[-1]
+    gb = max(begin, 0)
+    L = in_shape[-1] - max(0, -begin) - max(0, -end)  # input elements kept on the last axis
+
+    with _each_row(kb, out_shape, name=name + ".row") as row:
+        src, ok = [], None
+        for a in range(rank - 1):
+            s, f = _pad_source(kb, mode, row[a], widths[a], in_shape[a], f"{name}.a{a}")
+            src.append(s)
+            ok = _both(kb, ok, f, f"{name}.in{a}")
+
+        def put(j, lanes, x_val):
+            kb.store_result(out, row + [j], x_val)
+
+        def pad_value(j, lanes):
+            put(j, lanes, splat(b, fill, lanes, name + ".fill"))
+
+        def copy(j, lanes):
+            put(j, lanes, kb.value_at(x, src + [_add(kb, j, -begin, name + ".src")], lanes))
+
+        def remap(j, lanes):
+            s, _ = _pad_source(kb, mode, j, widths[-1], in_shape[-1], name + ".last")
+            put(j, lanes, kb.value_at(x, src + [s], 1))
+
+        edge = pad_value if mode == "constant" else remap
+        vector = mode == "constant"  # remapped edges (reflect, edge, wrap) go element by element
+
+        def whole_row():
+            _axis_loop(kb, 0, min(gb, N), edge, name=name + ".left", vector=vector)
+            _axis_loop(kb, gb, gb + max(L, 0), copy, name=name + ".mid")
+            _axis_loop(kb, gb + max(L, 0), N, edge, name=name + ".right", vector=vector)
+
+        if ok is None or ok is True:
+            whole_row()
+        elif ok is False:
+            _axis_loop(kb, 0, N, pad_value, name=name + ".fill")
+        else:
+            on = b.function.append_basic_block(name + ".on_input")
+            off = b.function.append_basic_block(name + ".padded_row")
+            done = b.function.append_basic_block(name + ".row_done")
+            b.cbranch(ok, on, off)
+            b.position_at_end(on)
+            kb.cache.clear()
+            whole_row()
+            b.branch(done)
+            b.position_at_end(off)
+            kb.cache.clear()
+            _axis_loop(kb, 0, N, pad_value, name=name + ".fill")
+            b.branch(done)
+            b.position_at_end(done)
+            kb.cache.clear()
+    b.ret_void()
+
+
+def _both(kb: KernelBuilder, a, c, name: str):
+    """a and c, each None (no condition), a bool, or an i1 value."""
+    if a is None or a is True:
+        return c if c is not None else a
+    if c is None or c is True:
+        return a
+    if a is False or c is False:
+        return False
+    return kb.b.and_(a, c, name=name)
+
+
+@generator("trilu", inline_inputs=True, epilogue=True)
+def trilu(kb: KernelBuilder, node) -> None:
+    """x where the column is on the kept side of diagonal k of its row, else 0 (a vector
+    compare of the lane columns against the row's boundary)."""
+    b = kb.b
+    x, out = node.inputs[0], node.outputs[0]
+    upper = bool(kb.attrs(node)["upper"])
+    name = llvm_name(out.name)
+    kv = node.inputs[1] if len(node.inputs) > 1 else None
+    if kv is None:
+        k: Index = 0
+    elif kv.data is not None:
+        k = int(kv.data.reshape(-1)[0])
+    else:  # a run-time k: loaded once, in the entry block
+        k = _as_i64(kb, kb.value_at(kv, [0] * len(kb.shape(kv))), kv.type.dtype, name + ".k")
+    zero = const(llvm_type(out.type.dtype), 0)
+
+    def value(row, j, lanes):
+        i = row[-1]
+        edge = kb._ir(_add(kb, i, k, name + ".diag"))  # keep j >= i + k (upper), j <= i + k (lower)
+        cols = _lane_ids(kb, j, lanes, name + ".col")
+        keep = b.icmp_signed(">=" if upper else "<=", cols, splat(b, edge, lanes, name + ".diag"),
+                             name=name + ".keep")
+        return b.select(keep, kb.value_at(x, row + [j], lanes), splat(b, zero, lanes), name=name)
+
+    _fill(kb, out, value, name)
+
+
+# ----- concat and split: pieces copied between a whole and its parts ---------------------------
+
+def _pieces(kb: KernelBuilder, whole_shape, parts, axis: int, name: str, emit: Callable) -> None:
+    """Work items are (outer index, part) pairs, the outer index running over the axes before
+    `axis`; emit(part number, outer index, outer as flat) copies one part's slab."""
+    b = kb.b
+    P = len(parts)
+    outer_shape = list(whole_shape[:axis])
+    outer = _numel(outer_shape)
+    if outer == 0 or _numel(whole_shape) == 0:
+        b.ret_void()
+        return
+    kb.parallel_extent = outer * P
+    with kb.loop(kb.begin, kb.end, name=name + ".item") as w:
+        kb.cache.clear()
+        o, p = _divmod(kb, w, P, name + ".item")
+        o_idx = kb.delinear(o, outer_shape) if outer_shape else []
+        live = [k for k in range(P) if _numel(kb.shape(parts[k])) > 0]
+        if P == 1:
+            if live:
+                emit(0, o_idx, o)
+        else:
+            done = b.function.append_basic_block(name + ".part_done")
+            sw = b.switch(p, done)
+            for k in live:
+                blk = b.function.append_basic_block(f"{name}.part{k}")
+                sw.add_case(i64(k), blk)
+                b.position_at_end(blk)
+                kb.cache.clear()
+                emit(k, o_idx, o)
+                b.branch(done)
+            b.position_at_end(done)
+            kb.cache.clear()
+    b.ret_void()
+
+
+@generator("concat", inline_inputs=True, epilogue=True)
+def concat(kb: KernelBuilder, node) -> None:
+    """Each input copied into its slab of the output: a flat vector copy when the input is a
+    buffer and nothing is fused after the concat, else index by index through value_at."""
+    out = node.outputs[0]
+    shape = kb.shape(out)
+    axis = _axis(kb, node, len(shape))
+    name = llvm_name(out.name)
+    offsets, acc = [], 0
+    for x in node.inputs:
+        offsets.append(acc)
+        acc += kb.shape(x)[axis]
+    row = _numel(shape[axis:])
+    plain = list(kb.outputs) == [out]
+
+    def emit(k, o_idx, o):
+        x = node.inputs[k]
+        xs = kb.shape(x)
+        if plain and _is_buffer(kb, x):
+            n = _numel(xs[axis:])
+            _flat_copy(kb, x, _mul(kb, o, n, f"{name}.in{k}.base"), out,
+                       _add(kb, _mul(kb, o, row, f"{name}.out{k}.row"), offsets[k] * _numel(xs[axis + 1:]),
+                            f"{name}.out{k}.base"), n, f"{name}.part{k}")
+            return
+
+        def body(idx, lanes):
+            dst = list(idx)
+            dst[axis] = _add(kb, idx[axis], offsets[k], f"{name}.at{k}")
+            kb.store_result(out, dst, kb.value_at(x, idx, lanes))
+
+        _nest(kb, xs, axis, o_idx, body, f"{name}.part{k}")
+
+    _pieces(kb, shape, list(node.inputs), axis, name, emit)
+
+
+@generator("split", inline_inputs=True)
+def split(kb: KernelBuilder, node) -> None:
+    """Each output is a slab of the input (outputs nobody reads are skipped)."""
+    x = node.inputs[0]
+    shape = kb.shape(x)
+    axis = _axis(kb, node, len(shape))
+    name = llvm_name(x.name) + ".split"
+    offsets, acc = [], 0
+    for o in node.outputs:
+        offsets.append(acc)
+        acc += kb.shape(o)[axis]
+    row = _numel(shape[axis:])
+    written = {id(v) for v in kb.outputs}
+
+    def emit(k, o_idx, o):
+        y = node.outputs[k]
+        if id(y) not in written:
+            return
+        ys = kb.shape(y)
+        if _is_buffer(kb, x):
+            n = _numel(ys[axis:])
+            _flat_copy(kb, x, _add(kb, _mul(kb, o, row, f"{name}.in{k}.row"), offsets[k] * _numel(ys[axis + 1:]),
+                                   f"{name}.in{k}.base"),
+                       y, _mul(kb, o, n, f"{name}.out{k}.base"), n, f"{name}.part{k}")
+            return
+
+        def body(idx, lanes):
+            src = list(idx)
+            src[axis] = _add(kb, idx[axis], offsets[k], f"{name}.at{k}")
+            kb.store_value(y, idx, kb.value_at(x, src, lanes))
+
+        _nest(kb, ys, axis, o_idx, body, f"{name}.part{k}")
+
+    _pieces(kb, shape, list(node.outputs), axis, name, emit)
+
+
+# ----- scatters: copy, then update in order ---------------------------------------------------
+
+def _copy(kb: KernelBuilder, src, dst, name: str) -> None:
+    """dst = src (same shape): a flat copy from a buffer, else element by element."""
+    shape = kb.shape(dst)
+    if _is_buffer(kb, src):
+        _flat_copy(kb, src, 0, dst, 0, _numel(shape), name)
+        return
+    _nest(kb, shape, 0, [], lambda idx, lanes: kb.store_value(dst, idx, kb.value_at(src, idx, lanes)), name)
+
+
+def _combiner(kb: KernelBuilder, reduction: str, dtype, name: str) -> Callable:
+    """new = f(current, update) for a scatter's reduction (bool: add is or, mul is and)."""
+    b = kb.b
+    e = Emitter(b, [dtype, dtype], dtype, (), name)
+    if dtype == dtypes.bool:
+        return {"add": b.or_, "max": b.or_, "mul": b.and_, "min": b.and_}[reduction]
+    return {"add": e.add, "mul": e.mul, "max": e.max, "min": e.min}[reduction]
+
+
+def _scatter_store(kb: KernelBuilder, out, index, upd, combine) -> None:
+    if combine is None:
+        kb.store_value(out, index, upd)
+        return
+    b = kb.b
+    lanes = upd.type.count if isinstance(upd.type, ir.VectorType) else 1
+    off = kb._ir(kb.linear(index, kb.shape(out)))
+    name = llvm_name(out.name)
+    cur = load(b, kb.ptr(out), off, lanes, name=name + ".cur")
+    store(b, combine(cur, upd), kb.ptr(out), off, name=name)
+
+
+@generator("scatter_nd", inline_inputs=True)
+def scatter_nd(kb: KernelBuilder, node) -> None:
+    """out = data; then for each index tuple in order, its slice of out = (or op=) updates."""
+    data, indices, updates = node.inputs
+    out = node.outputs[0]
+    name = llvm_name(out.name)
+    shape, ishape = kb.shape(data), kb.shape(indices)
+    k = ishape[-1]
+    reduction = kb.attrs(node)["reduction"]
+    combine = None if reduction == "none" else _combiner(kb, reduction, out.type.dtype, name + ".op")
+    kb.parallel_extent = 1  # updates apply in order: one work item
+    _copy(kb, data, out, name + ".copy")
+    lead = list(ishape[:-1])
+    if _numel(lead) and _numel(shape[k:]):
+        with kb.loop(0, _numel(lead), name=name + ".u") as u:
+            kb.cache.clear()
+            uidx = kb.delinear(u, lead) if lead else []
+            tup = [_index_value(kb, indices, uidx + [m], shape[m], f"{name}.idx{m}") for m in range(k)]
+            _nest(kb, shape[k:], 0, [], lambda rest, lanes: _scatter_store(
+                kb, out, tup + rest, kb.value_at(updates, uidx + rest, lanes), combine), name + ".slice")
+    kb.b.ret_void()
+
+
+@generator("scatter_elements", inline_inputs=True)
+def scatter_elements(kb: KernelBuilder, node) -> None:
+    """out = data; then element by element in order, out[.., indices[p], ..] = (op=) updates[p]."""
+    data, indices, updates = node.inputs
+    out = node.outputs[0]
+    name = llvm_name(out.name)
+    shape, ishape = kb.shape(data), kb.shape(indices)
+    axis = _axis(kb, node, len(shape))
+    reduction = kb.attrs(node)["reduction"]
+    combine = None if reduction == "none" else _combiner(kb, reduction, out.type.dtype, name + ".op")
+    kb.parallel_extent = 1
+    _copy(kb, data, out, name + ".copy")
+    if _numel(ishape):
+        def level(a, idx):
+            if a == len(ishape):
+                kb.cache.clear()
+                tgt = list(idx)
+                tgt[axis] = _index_value(kb, indices, idx, shape[axis], name + ".idx")
+                _scatter_store(kb, out, tgt, kb.value_at(updates, idx), combine)
+                return
+            with kb.loop(0, ishape[a], name=f"{name}.p{a}") as i:
+                level(a + 1, idx + [i])
+
+        level(0, [])
+    kb.b.ret_void()
+
+
+# ----- values computed from indices -----------------------------------------------------------
+
+@generator("range", inline_inputs=True, epilogue=True)
+def range_(kb: KernelBuilder, node) -> None:
+    """start + i * delta: integers in i64 (wrapping to the dtype), floats in double as the
+    reference computes them (f16: the double result rounds to f16 through f32)."""
+    b = kb.b
+    start, _, delta = node.inputs
+    out = node.outputs[0]
+    dt = out.type.dtype
+    name = llvm_name(out.name)
+    wide = dtypes.i64 if not dt.is_float else dtypes.f64
+    e = Emitter(b, [dt], wide, (), name)
+
+    def scalar(v):
+        return _convert(e, kb.value_at(v, [0] * len(kb.shape(v))), dt, wide)
+
+    s, d = scalar(start), scalar(delta)
+
+    def value(row, j, lanes):
+        i = _lane_ids(kb, j, lanes, name + ".i")
+        if dt.is_float:
+            i = b.sitofp(i, ir.VectorType(llvm_type(wide), lanes) if lanes > 1 else llvm_type(wide),
+                         name=name + ".if")
+            r = b.fadd(splat(b, s, lanes, name + ".start"), b.fmul(i, splat(b, d, lanes, name + ".delta"),
+                                                                    name=name + ".step"), name=name + ".wide")
+        else:
+            r = b.add(splat(b, s, lanes, name + ".start"), b.mul(i, splat(b, d, lanes, name + ".delta"),
+                                                                  name=name + ".step"), name=name + ".wide")
+        return _convert(e, r, wide, dt)
+
+    _fill(kb, out, value, name)
+
+
+def _scalar_const(dtype, value) -> ir.Constant:
+    """`value` as numpy's astype(dtype) makes it, as an LLVM constant."""
+    import numpy as np
+
+    v = np.asarray(value).astype(dtype.numpy).reshape(-1)[0].item()
+    return const(llvm_type(dtype), v)
+
+
+@generator("constant_of_shape", inline_inputs=True, epilogue=True)
+def constant_of_shape(kb: KernelBuilder, node) -> None:
+    out = node.outputs[0]
+    c = _scalar_const(out.type.dtype, kb.attrs(node)["value"])
+    _fill(kb, out, lambda row, j, lanes: splat(kb.b, c, lanes), llvm_name(out.name))
+
+
+@generator("eye_like", inline_inputs=True, epilogue=True)
+def eye_like(kb: KernelBuilder, node) -> None:
+    """1 where column == row + k, else 0 (the input's data is never read)."""
+    b = kb.b
+    out = node.outputs[0]
+    k = int(kb.attrs(node)["k"])
+    name = llvm_name(out.name)
+    t = llvm_type(out.type.dtype)
+
+    def value(row, j, lanes):
+        diag = splat(b, kb._ir(_add(kb, row[0], k, name + ".diag")), lanes, name + ".diag")
+        on = b.icmp_signed("==", _lane_ids(kb, j, lanes, name + ".col"), diag, name=name + ".on")
+        return b.select(on, splat(b, const(t, 1), lanes), splat(b, const(t, 0), lanes), name=name)
+
+    _fill(kb, out, value, name)
+
+
+@generator("one_hot", inline_inputs=True, epilogue=True)
+def one_hot(kb: KernelBuilder, node) -> None:
+    """values[1] where the (truncated, wrapped) index equals the position along `axis`, else
+    values[0]. Along the last axis: one index per row against the lane positions; otherwise
+    a vector of indices against the row's position."""
+    b = kb.b
+    indices, _, values = node.inputs
+    out = node.outputs[0]
+    name = llvm_name(out.name)
+    rank = len(kb.shape(out))
+    axis = _axis(kb, node, rank)
+    depth = int(_const_input(node, 1, "the depth").reshape(-1)[0])
+    vrank = len(kb.shape(values))
+    off = kb.value_at(values, [0] * (vrank - 1) + [0])  # entry block: dominates every row
+    on = kb.value_at(values, [0] * (vrank - 1) + [1])
+    idt = indices.type.dtype
+
+    def hot(v, lanes):
+        v = _as_i64(kb, v, idt, name + ".idx")
+        neg = b.icmp_signed("<", v, splat(b, i64(0), lanes), name=name + ".neg")
+        return b.select(neg, b.add(v, splat(b, i64(depth), lanes)), v, name=name + ".hot")
+
+    def value(row, j, lanes):
+        if axis == rank - 1:
+            h = splat(b, hot(kb.value_at(indices, row), 1), lanes, name + ".hot")
+            pos = _lane_ids(kb, j, lanes, name + ".pos")
+        else:
+            h = hot(kb.value_at(indices, row[:axis] + row[axis + 1:] + [j], lanes), lanes)
+            pos = splat(b, kb._ir(row[axis]), lanes, name + ".pos")
+        eq = b.icmp_signed("==", h, pos, name=name + ".is_hot")
+        return b.select(eq, splat(b, on, lanes), splat(b, off, lanes), name=name)
+
+    _fill(kb, out, value, name)
+
+
+# ----- metadata (normally folded to constants before code generation) -------------------------
+
+@generator("shape", inline_inputs=True, epilogue=True)
+def shape_(kb: KernelBuilder, node) -> None:
+    attrs = kb.attrs(node)
+    dims = list(kb.shape(node.inputs[0]))[attrs["start"]:attrs["end"]]
+    out = node.outputs[0]
+    kb.parallel_extent = 1
+    for i, d in enumerate(dims):
+        kb.store_result(out, [i], i64(d))
+    kb.b.ret_void()
+
+
+@generator("size", inline_inputs=True, epilogue=True)
+def size_(kb: KernelBuilder, node) -> None:
+    kb.parallel_extent = 1
+    kb.store_result(node.outputs[0], [], i64(_numel(kb.shape(node.inputs[0]))))
+    kb.b.ret_void()
