@@ -234,9 +234,15 @@ def test_pipeline_keeps_semantics(results, case):
     assert_close(slimc.interpret(g, **results.inputs(case)), results.expected(case))
 
 
-@pytest.mark.xfail(strict=False, reason="nn and tensor CPU lowerings are landing")
-def test_compiled_matches_onnxruntime(results, case):
+# Compiled end to end in the default run; every other model is compiled in the slow set
+# (`python -m pytest -m slow`): compiling a CNN still takes seconds (see the issue notes).
+COMPILED_BY_DEFAULT = {"resnet18_small-torchscript"}
+
+
+def test_compiled_matches_onnxruntime(results, case, request):
     """slimc.compile for the host: native code agrees with onnxruntime."""
+    if case.id not in COMPILED_BY_DEFAULT and "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("compiled in the slow set (python -m pytest -m slow)")
     mod = slimc.compile(results.graph(case))
     assert_close(mod(**results.inputs(case)), results.expected(case))
 
