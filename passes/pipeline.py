@@ -4,7 +4,9 @@
     -O1  + fold_constants, simplify (views and no-ops), recognize (layer norm written out
          op by op), fold_batch_norm (BN, bias and
          scale folded into convolutions), cse, dce; and fusion in code generation
-    -O2  (default) the -O1 passes; more graph rewrites join here as they land
+    -O2  (default) the -O1 passes, then winograd (eligible 3x3 convolutions become
+         winograd_conv2d where a cost model finds F(2x2) or F(4x4) faster; both keep -O2's
+         tolerance); more graph rewrites join here as they land
     -O3  -O2 plus transformations that trade a stated amount of precision for speed
 
 User passes given to ``compile(passes=[...])`` run after the standard simplification passes
@@ -22,6 +24,7 @@ from .fold_batch_norm import FoldBatchNorm
 from .pass_manager import Pass
 from .recognize import Recognize
 from .simplify import Simplify
+from .winograd import Winograd
 
 # name -> factory; one place that knows every standard pass.
 PASSES: dict[str, Callable[[], Pass]] = {
@@ -32,11 +35,13 @@ PASSES: dict[str, Callable[[], Pass]] = {
     "fold_batch_norm": FoldBatchNorm,
     "cse": CommonSubexpressionElimination,
     "dce": DeadCodeElimination,
+    "winograd": Winograd,
 }
 
 _SIMPLIFY = ["infer_shapes", "fold_constants", "simplify", "recognize", "fold_batch_norm",
              "fold_constants", "cse", "dce"]
-_LEVELS = {0: ["infer_shapes"], 1: _SIMPLIFY, 2: _SIMPLIFY, 3: _SIMPLIFY}
+_LEVELS = {0: ["infer_shapes"], 1: _SIMPLIFY, 2: _SIMPLIFY + ["winograd"],
+           3: _SIMPLIFY + ["winograd"]}
 
 
 def make_pass(name: str) -> Pass:
@@ -57,4 +62,7 @@ def standard_pipeline(opt_level: int = 2, user_passes: Sequence[Pass] = (),
         raise SlimcError(f"cannot disable unknown pass(es) {sorted(unknown)}; known passes: "
                          f"{', '.join(sorted(PASSES))}")
     passes = [make_pass(n) for n in _LEVELS[opt_level] if n not in disable]
+    for p in passes:
+        if isinstance(p, Winograd):
+            p.opt_level = opt_level  # the tiles it may use depend on the level
     return passes + list(user_passes)

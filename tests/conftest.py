@@ -4,6 +4,9 @@ import sys
 # Tests import their shared helpers as `tests.oracle`; make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("SLIMC_VERIFY", "1")
+# The Winograd cost model uses its built-in coefficients: which layers get Winograd must not
+# depend on timings taken while the tests load the machine.
+os.environ.setdefault("SLIMC_WINOGRAD_CALIBRATE", "0")
 
 # Tests compile into a fresh cache folder of their own, never the user's.
 import tempfile  # noqa: E402

@@ -77,6 +77,10 @@ def _why_not(graph: Graph, p: Node, target: Group, users: list) -> Optional[str]
     if target.root.outputs[0].type.shape != p.outputs[0].type.shape:
         return (f"the consumer's result {target.root.outputs[0].type} has another shape than "
                 f"{p.outputs[0].type}")
+    if target.root.outputs[0].type.dtype != p.outputs[0].type.dtype:
+        # GEMM-based generators store the epilogue's value where their accumulator would go
+        return (f"the consumer's result is {target.root.outputs[0].type.dtype.name}, not "
+                f"{p.outputs[0].type.dtype.name}: epilogues keep the heavy op's element type")
     return None
 
 

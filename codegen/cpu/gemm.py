@@ -57,6 +57,7 @@ from typing import Callable, Sequence
 import numpy as np
 from llvmlite import ir
 
+from .llvm_util import masked_load_vector, masked_store_vector
 from .target import CpuTarget, JitModule, jit_compile
 
 __all__ = [
@@ -268,19 +269,11 @@ def _mask_const(vw: int, nlanes: int) -> ir.Constant:
 
 
 def _masked_load(b, module, ptr, mask, vw, name):
-    # Old (pre-LLVM 22) signature with an explicit alignment operand: the IR parser
-    # auto-upgrades it to the current form (alignment as a parameter attribute).
-    vt = _vec(vw)
-    fn = _intrinsic(module, f"llvm.masked.load.v{vw}f32.p0",
-                    ir.FunctionType(vt, [PTR, I32, ir.VectorType(I1, vw), vt]))
-    return b.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(vt, None)], name=name)
+    return masked_load_vector(b, ptr, _vec(vw), mask, name)
 
 
 def _masked_store(b, module, val, ptr, mask, vw):
-    vt = _vec(vw)
-    fn = _intrinsic(module, f"llvm.masked.store.v{vw}f32.p0",
-                    ir.FunctionType(VOID, [vt, PTR, I32, ir.VectorType(I1, vw)]))
-    b.call(fn, [val, ptr, ir.Constant(I32, 4), mask])
+    masked_store_vector(b, val, ptr, mask)
 
 
 def _fma(b, module, x, y, acc, vw, name):

@@ -2,21 +2,25 @@
 
 Three loop shapes cover most of the family:
 
-* **sliding windows, one output row at a time** (pooling, direct convolution, transposed
-  convolution): a work item is one row along the last spatial axis of one (image, channel,
-  outer output position). The row accumulates in a stack buffer; each kernel tap adds a
-  contiguous run of outputs whose valid range (where the tap lands on real input, not padding)
-  is computed at compile time into small constant tables, so the inner loop has no bounds test
-  and LLVM vectorizes it. The finished row goes through `kb.store_result` (fused epilogue).
+* **sliding windows, one output row at a time** (pooling, the direct convolution used for
+  depthwise / N-d / non-f32 convs, transposed convolution): a work item is one row along the
+  last spatial axis of one (image, channel, outer output position). The row accumulates in a
+  stack buffer. Each kernel tap touches a contiguous run of outputs -- where it lands on real
+  input, not padding -- computed at compile time, so no loop tests bounds per element: the
+  interior runs with the taps unrolled in registers, the edges tap by tap. The finished row
+  goes through `kb.store_result`, which applies the kernel's fused epilogue.
 * **convolution as GEMM** (float32, 1-D and 2-D): per (image, group, chunk of output
-  columns), im2col into scratch, pack, then gemm.py's blocked kernel with the weights [Cout, K]
-  as A and the columns as B. 1x1 stride-1 convolutions pack straight from the input. Bias and
-  the kernel's fused elementwise epilogue run in the GEMM's store.
-* **rows over a span of contiguous elements** (softmax, norms, global pools): per work item a
-  few passes over the span with explicit vector accumulators.
+  columns) im2col into scratch, then a runtime-size GEMM emitted once per module
+  (`_shared_gemm`, so a model's convolutions add no GEMM compile each) with the weights
+  [Cout, K] as A. 1x1 stride-1 convolutions multiply their input in place. The bias is added
+  in the GEMM; a fused epilogue runs in a vectorized copy-out of the chunk.
+* **passes over a line** (softmax family, norms, global pools, lp_normalization): per work
+  item a few passes with explicit vector accumulators and shuffle-tree horizontal reductions;
+  along a non-last axis the vectors run across the inner lines instead.
 
 Resize precomputes its per-axis taps and weights at compile time with the reference's own
-coordinate code, so every coordinate_transformation_mode matches by construction.
+coordinate code (applied to an identity matrix), so every coordinate_transformation_mode,
+antialias and exclude_outside match by construction; it refuses run-time scales or roi.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from llvmlite import ir
 
 from slimc.ir import dtypes
 from slimc.ir.errors import UnsupportedError
-from slimc.ir.ops.nn import _window_params, window_out_dim
+from slimc.ir.ops.nn import _window_params
 
 from . import gemm as gemm_kernels
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import (F32, F64, I32, I64, PTR, const, for_range, i64, llvm_type, load, splat,
-                        store)
+from .llvm_util import (F32, F64, I32, I64, const, for_range, i64, llvm_type, load,
+                         OPAQUE_PTR, masked_load_vector, masked_store_vector, splat, store)
 from .scalar_ops import LOWERINGS, Emitter, _convert
 
 # ----------------------------------------------------------------------------------------------
@@ -252,9 +256,54 @@ def _outer_taps(kb: KernelBuilder, g: _Geom, tables, o_idx, body: Callable, name
         _outer_taps(kb, g, tables, o_idx, body, name, i + 1, nxt, ks + (k,))
 
 
-def _window_params_of(kb: KernelBuilder, node, nsp: int):
-    a = kb.attrs(node)
-    return _window_params(a, nsp)
+# Kernels at most this wide along the last axis get the register-blocked interior loop.
+UNROLL_TAPS = 16
+
+
+def _accumulate_row(kb: KernelBuilder, g: _Geom, acc, tables, value: Callable,
+                    combine: Callable, prepare: Optional[Callable] = None) -> None:
+    """acc[ox] = combine(acc[ox], value(ox, kx, prepare(kx))) for every last-axis tap kx and
+    every output ox where that tap lands on the input.
+
+    The interior (outputs where every tap is valid, known at compile time) runs one loop over
+    ox with the taps unrolled, so acc is loaded and stored once per row of taps and LLVM
+    vectorizes across ox; the edges (and kernels wider than UNROLL_TAPS) run per tap over its
+    valid range, from the tables (olo, ohi)."""
+    b = kb.b
+    i = g.nsp - 1
+    K = g.kernel[i]
+    ranges = [g.outputs_for_tap(i, k) for k in range(K)]
+    L = max(lo for lo, _ in ranges)
+    R = min(hi for _, hi in ranges)
+    olo, ohi = tables
+
+    def per_tap(lo_clip, hi_clip, tag):
+        with kb.loop(0, K, name=f"kx{tag}") as kx:
+            pre = prepare(kx) if prepare is not None else None
+            lo = _tload(kb, olo, kx, "olo")
+            hi = _tload(kb, ohi, kx, "ohi")
+            if lo_clip is not None:
+                lo = _smax(b, lo, i64(lo_clip), "lo.c")
+            if hi_clip is not None:
+                hi = _smin(b, hi, i64(hi_clip), "hi.c")
+            with kb.loop(lo, hi, name=f"ox{tag}") as ox:
+                ap = b.gep(acc, [ox], inbounds=True)
+                b.store(combine(b.load(ap), value(ox, kx, pre)), ap)
+
+    if L >= R or K > UNROLL_TAPS:
+        per_tap(None, None, "")
+        return
+    pres = [prepare(k) if prepare is not None else None for k in range(K)]
+    with kb.loop(L, R, name="oxi") as ox:
+        ap = b.gep(acc, [ox], inbounds=True)
+        a = b.load(ap, name="acc")
+        for k in range(K):
+            a = combine(a, value(ox, k, pres[k]))
+        b.store(a, ap)
+    if L > 0:
+        per_tap(None, L, "l")
+    if R < g.outs[i]:
+        per_tap(R, None, "r")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +334,9 @@ def pool(kb: KernelBuilder, node) -> None:
     g = _Geom(xs[2:], ys[2:], kernel, strides, pads, dil)
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    # 8-bit integers compare in i32: same maxima, and LLVM vectorizes i8 loops 32 lanes wide
+    # and 4 deep, which costs a second of compile time for nothing
+    adt = _acc_dtype(dt) if dt.is_float else (dtypes.i32 if dt.is_signed else dtypes.u32)
     acc_t = llvm_type(adt)
     e = _emitter(kb, adt, name)
     Wo = ys[-1]
@@ -299,7 +350,7 @@ def pool(kb: KernelBuilder, node) -> None:
     olo, ohi = g.out_tables(kb, nsp - 1, name)
     p = int(attrs.get("p", 2))
     if kind == "max_pool":
-        ident = -math.inf if adt.is_float else _int_min(adt)
+        ident = -math.inf if adt.is_float else _int_min(dt)
     else:
         ident = 0.0
     counts = None
@@ -321,7 +372,17 @@ def pool(kb: KernelBuilder, node) -> None:
         return v
 
     def combine(a, v):
-        return e.max(a, v) if kind == "max_pool" else e.add(a, v)
+        if kind != "max_pool":
+            return e.add(a, v)
+        if not adt.is_float:
+            return e.max(a, v)
+        # NaN-propagating like np.maximum; the sign of zero may be either (nsz: 3 instructions
+        # on x86 instead of 5)
+        fn = kb.module.globals.get(f"llvm.maximum.{_fsuffix(a.type)}")
+        if fn is None:
+            fn = ir.Function(kb.module, ir.FunctionType(a.type, [a.type, a.type]),
+                             name=f"llvm.maximum.{_fsuffix(a.type)}")
+        return b.call(fn, [a, v], name="max", fastmath=("nsz",))
 
     with kb.loop(kb.begin, kb.end, name="row") as row:
         ridx = kb.delinear(row, rows_shape)
@@ -331,16 +392,14 @@ def pool(kb: KernelBuilder, node) -> None:
         base = b.mul(kb._ir(nc), i64(plane), name="plane")
 
         def row_taps(off, _ks):
-            with kb.loop(0, kernel[-1], name="kx") as kx:
-                lo = _tload(kb, olo, kx, "olo")
-                hi = _tload(kb, ohi, kx, "ohi")
-                start = b.sub(b.mul(kx, i64(dil[-1])), i64(pads[nsp - 1]))
-                xoff = b.add(kb._ir(kb.iadd(base, off)), start, name="xoff")
-                with kb.loop(lo, hi, name="ox") as ox:
-                    v = b.load(b.gep(X, [b.add(xoff, b.mul(ox, i64(strides[-1])))], inbounds=True),
-                               name="x")
-                    ap = b.gep(acc, [ox], inbounds=True)
-                    b.store(combine(b.load(ap), tap_value(v)), ap)
+            row = kb._ir(kb.iadd(base, off))
+
+            def value(ox, kx, _pre):
+                at = b.add(b.add(row, b.mul(ox, i64(strides[-1]))),
+                           kb._ir(kb.iadd(kb.imul(kx, dil[-1]), -pads[nsp - 1])), name="xi")
+                return tap_value(b.load(b.gep(X, [at], inbounds=True), name="x"))
+
+            _accumulate_row(kb, g, acc, (olo, ohi), value, combine)
 
         _outer_taps(kb, g, tables, o_idx, row_taps, name)
         outer_count = None
@@ -365,6 +424,12 @@ def pool(kb: KernelBuilder, node) -> None:
 
         _vec_loop(kb, 0, Wo, finish, "fin")
     b.ret_void()
+
+
+def _fsuffix(t: ir.Type) -> str:
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{_fsuffix(t.element)}"
+    return {ir.FloatType: "f32", ir.DoubleType: "f64", ir.HalfType: "f16"}[type(t)]
 
 
 def _int_min(dt) -> int:
@@ -460,21 +525,25 @@ CONV_MAX_ITEMS = 16
 # Columns per GEMM chunk: about this many floats of im2col per chunk (then a multiple of NR).
 CONV_CHUNK_FLOATS = 1 << 17
 # Fewer (image, group, chunk) tasks than this: output channels are split into row blocks too.
-CONV_MIN_TASKS = 4
+CONV_MIN_TASKS = 2
 
 
 def _conv_chunk(n: int, k: int, nr: int) -> int:
-    """Output columns per GEMM chunk: about CONV_CHUNK_FLOATS / K, preferring a count of
-    chunks that divides the n columns evenly (one GEMM variant, no tail kernel)."""
+    """Output columns per GEMM chunk: near CONV_CHUNK_FLOATS / K (at most 4x that), choosing
+    the count of chunks that pads the fewest columns to whole NR-column panels."""
     target = max(4 * nr, CONV_CHUNK_FLOATS // max(1, k))
     if target >= n:
         return n
     n0 = _cdiv(n, target)
-    even = [nc for nc in range(max(1, n0 // 2), min(2 * n0, n) + 1)
-            if n % nc == 0 and n // nc >= 2 * nr]
-    if even:  # whole panels first, then the count nearest the target
-        return n // min(even, key=lambda nc: ((n // nc) % nr != 0, abs(nc - n0)))
-    return min(n, _cdiv(_cdiv(n, n0), nr) * nr)
+
+    def padded(nc):
+        nb = _cdiv(n, nc)
+        tail = n - (_cdiv(n, nb) - 1) * nb
+        return (_cdiv(n, nb) - 1) * _cdiv(nb, nr) * nr + _cdiv(tail, nr) * nr
+
+    cands = [nc for nc in range(max(1, _cdiv(n0, 4)), 2 * n0 + 1) if _cdiv(n, nc) >= nr]
+    best = min(cands, key=lambda nc: (padded(nc), abs(nc - n0)))
+    return _cdiv(n, best)
 
 
 @generator("conv", epilogue=True)
@@ -543,18 +612,19 @@ def _conv_direct(kb: KernelBuilder, node) -> None:
                 woff = wbase
                 for i, k in enumerate(ks):
                     woff = b.add(woff, b.mul(k, i64(kstrides[i])))
-                with kb.loop(0, kernel[-1], name="kx") as kx:
-                    wv = b.load(b.gep(Wt, [b.add(woff, kx)], inbounds=True), name="w")
-                    wv = _cvt(e, wv, w.type.dtype, adt)
-                    lo = _tload(kb, olo, kx, "olo")
-                    hi = _tload(kb, ohi, kx, "ohi")
-                    start = b.sub(b.mul(kx, i64(dil[-1])), i64(pads[nsp - 1]))
-                    xoff = b.add(kb._ir(kb.iadd(base, off)), start, name="xoff")
-                    with kb.loop(lo, hi, name="ox") as ox:
-                        v = b.load(b.gep(X, [b.add(xoff, b.mul(ox, i64(strides[-1])))],
-                                         inbounds=True), name="x")
-                        ap = b.gep(acc, [ox], inbounds=True)
-                        b.store(e.add(b.load(ap), e.mul(wv, _cvt(e, v, dt, adt))), ap)
+                row = kb._ir(kb.iadd(base, off))
+
+                def weight(kx):
+                    wv = b.load(b.gep(Wt, [kb._ir(kb.iadd(woff, kx))], inbounds=True), name="w")
+                    return _cvt(e, wv, w.type.dtype, adt)
+
+                def value(ox, kx, wv):
+                    at = b.add(b.add(row, b.mul(ox, i64(strides[-1]))),
+                               kb._ir(kb.iadd(kb.imul(kx, dil[-1]), -pads[nsp - 1])), name="xi")
+                    return e.mul(wv, _cvt(e, b.load(b.gep(X, [at], inbounds=True), name="x"),
+                                          dt, adt))
+
+                _accumulate_row(kb, g, acc, (olo, ohi), value, e.add, weight)
 
             _outer_taps(kb, g, tables, o_idx, row_taps, name)
 
@@ -568,8 +638,10 @@ def _conv_direct(kb: KernelBuilder, node) -> None:
 
 def _conv_gemm(kb: KernelBuilder, node) -> None:
     """float32 1-D/2-D conv: for each (image, group, chunk of output columns) im2col the chunk
-    into scratch ([K, nb] rows), pack it into NR-column panels, and multiply W_g [Cout/g, K] @
-    cols with the module's shared runtime-size GEMM (`_shared_gemm`), which adds the bias.
+    into scratch ([K, ldp] rows, ldp a whole number of NR-column panels, which the GEMM reads
+    unpacked) and multiply W_g [Cout/g, K] @ cols with the module's shared runtime-size GEMM
+    (`_shared_gemm`), which adds the bias. 1x1 stride-1 convs multiply the input in place
+    (or pack it when its chunks are not whole panels).
 
     Work items are at most CONV_MAX_ITEMS runs of consecutive tasks, each with its own scratch
     slot, so threads never share a buffer. Without a fused epilogue the GEMM writes the output
@@ -614,8 +686,11 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
     tasks = base_tasks * mblocks
     items = min(tasks, CONV_MAX_ITEMS)
     direct = list(kb.outputs) == [out]
-    col_floats = 0 if pointwise else _cdiv(K * nb, 16) * 16
-    pack_floats = _cdiv(nb, nr) * nr * K
+    ldp = _cdiv(nb, nr) * nr  # im2col row length: whole panels, the GEMM reads it unpacked
+    # a pointwise conv reads its input in place when every chunk is whole panels
+    pw_direct = pointwise and nb % nr == 0 and tail % nr == 0
+    col_floats = 0 if pointwise else K * ldp
+    pack_floats = ldp * K if pointwise and not pw_direct else 0
     c_floats = 0 if direct else _cdiv(cog * nb, 16) * 16
     slot = col_floats + pack_floats + c_floats
     ws_raw = kb.scratch(4 * slot * items, name + ".ws")
@@ -651,13 +726,18 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
             fresh = b.or_(b.icmp_unsigned("==", mb, i64(0)), b.icmp_unsigned("==", t, t0),
                           name="fresh")
             with b.if_then(fresh):
-                if pointwise:
-                    src, ld = b.gep(x_img, [c0], inbounds=True, name="b.src"), i64(HWo)
-                else:
-                    b.call(im2col_fn, [x_img, colbuf, c0, ncur, i64(nb)] +
+                if pointwise and not pw_direct:
+                    b.call(pack_fn, [b.gep(x_img, [c0], inbounds=True, name="b.src"), i64(HWo),
+                                     i64(K), ncur, packed])
+                elif not pointwise:
+                    b.call(im2col_fn, [x_img, colbuf, c0, ncur, i64(ldp)] +
                            [i64(v) for v in (cig, H, W, Wo, kh, kw, sh, sw, dh, dw, pt, pl)])
-                    src, ld = colbuf, i64(nb)
-                b.call(pack_fn, [src, ld, i64(K), ncur, packed])
+            if pw_direct:   # the input itself, row-major [Cin, H*W]
+                b_src, ldb, pstride = b.gep(x_img, [c0], inbounds=True, name="b.src"), HWo, nr
+            elif pointwise:  # packed panels
+                b_src, ldb, pstride = packed, nr, K * nr
+            else:            # im2col rows padded to whole panels
+                b_src, ldb, pstride = colbuf, ldp, nr
             m0 = b.mul(mb, i64(mbs), name="m0")
             m1 = _smin(b, b.add(m0, i64(mbs)), i64(cog), "m1")
             a_ptr = b.gep(Wt, [b.mul(gi, i64(cog * K))], inbounds=True, name="a")
@@ -669,7 +749,8 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
                 c_ptr, ldc = cbuf, i64(nb)
             bptr = b.gep(kb.ptr(bias), [b.mul(gi, i64(cog))], inbounds=True, name="bias.g") \
                 if bias is not None else null
-            b.call(gemm_fn, [a_ptr, i64(K), packed, i64(K), ncur, c_ptr, ldc, m0, m1, bptr,
+            b.call(gemm_fn, [a_ptr, i64(K), b_src, i64(ldb), i64(pstride), i64(K), ncur, c_ptr,
+                             ldc, m0, m1, bptr,
                              const(ir.IntType(1), bias is not None)])
             if not direct:
                 _conv_copy_out(kb, out, cbuf, nb, n_i, gi, cog, m0, m1, c0, ncur, Wo, nsp)
@@ -702,22 +783,25 @@ def _conv_copy_out(kb: KernelBuilder, out, cbuf, ld, n_i, gi, cog, m0, m1, c0, n
 
 # ---- the shared runtime-size GEMM --------------------------------------------------------
 
-OPQ = ir.PointerType()  # opaque pointers, as gemm.py uses
+OPQ = OPAQUE_PTR
 GEMM_KC = 256  # K block: a KC x NR panel of B stays in L1 across the row tiles
 
 
 def _shared_gemm(kb: KernelBuilder):
     """(gemm, pack, cfg): functions emitted once per module and called by every GEMM conv.
 
-        void slimc_nn_gemm(float* A, i64 lda, float* Bp, i64 K, i64 N, float* C, i64 ldc,
-                           i64 m0, i64 m1, float* bias, i1 has_bias)
-            rows [m0, m1) of C = A[:, :K] @ B (+ bias[row]); Bp in NR-column panels.
+        void slimc_nn_gemm(float* A, i64 lda, float* B, i64 ldb, i64 pstride, i64 K, i64 N,
+                           float* C, i64 ldc, i64 m0, i64 m1, float* bias, i1 has_bias)
+            rows [m0, m1) of C = A[:, :K] @ B (+ bias[row]). B in panels of NR columns: panel
+            p starts at B + p*pstride, its rows ldb apart -- packed (ldb = NR, pstride = K*NR)
+            or row-major with the columns padded to a multiple of NR (ldb, pstride = NR).
         void slimc_nn_pack(float* B, i64 ldb, i64 K, i64 N, float* Bp)
             Bp[p][k][0:NR] = B[k, p*NR : p*NR+NR], zero past N.
 
     N and K are run-time values, so one copy serves every convolution (gemm.py specializes on
-    them, which costs a compile per shape). Register tile MR x NR from gemm.py's config; loop
-    order KC block, B panel, row tile (B's panel stays in L1, A's rows stream)."""
+    them, which costs a compile per shape). Register tile MR x NR and block sizes from gemm.py's
+    config; loop order KC block, MC block of rows (in L2), B panel (in L1), row tile. A is read
+    in place (weights rows, K apart), not packed."""
     m = kb.module
     cfg = gemm_kernels.gemm_config(kb.target)
     gemm = m.globals.get("slimc_nn_gemm")
@@ -752,20 +836,17 @@ def _lane_mask(b: ir.IRBuilder, vw: int, start, limit, name: str):
 
 
 def _emit_ukr(m: ir.Module, cfg, r: int, use_fma: bool) -> ir.Function:
-    """C[0:r, 0:ncols] (+)= A[0:r, 0:kc] @ Bpanel[0:kc, 0:NR]: r x NV vector accumulators."""
+    """C[0:r, 0:ncols] (+)= A[0:r, 0:kc] @ B[0:kc, 0:NR] (rows ldb apart; columns past ncols
+    must be readable): r x NV vector accumulators, C stores masked past ncols."""
     vw, nv = cfg.vw, cfg.nv
     NR = vw * nv
     vt = ir.VectorType(F32, vw)
     I1 = ir.IntType(1)
-    fn, b = _fn(m, f"slimc_nn_ukr{r}", [OPQ, I64, OPQ, I64, OPQ, I64, I64, I1, I1, OPQ],
-                ["A", "lda", "B", "kc", "C", "ldc", "ncols", "acc_in", "has_bias", "bias"])
-    A, lda, B, kc, C, ldc, ncols, acc_in, has_bias, bias = fn.args
+    fn, b = _fn(m, f"slimc_nn_ukr{r}", [OPQ, I64, OPQ, I64, I64, OPQ, I64, I64, I1, I1, OPQ],
+                ["A", "lda", "B", "ldb", "kc", "C", "ldc", "ncols", "acc_in", "has_bias", "bias"])
+    A, lda, B, ldb, kc, C, ldc, ncols, acc_in, has_bias, bias = fn.args
     for a in (A, B, C):
         a.add_attribute("noalias")
-    mload = _intrinsic(m, f"llvm.masked.load.v{vw}f32.p0", vt,
-                       [OPQ, I32, ir.VectorType(I1, vw), vt])
-    mstore = _intrinsic(m, f"llvm.masked.store.v{vw}f32.p0", ir.VoidType(),
-                        [vt, OPQ, I32, ir.VectorType(I1, vw)])
     fma = _intrinsic(m, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
     accs = [[b.alloca(vt, name=f"acc{i}.{v}") for v in range(nv)] for i in range(r)]
     arow = [A if i == 0 else b.gep(A, [b.mul(lda, i64(i))], source_etype=F32, name=f"a.row{i}")
@@ -782,7 +863,7 @@ def _emit_ukr(m: ir.Module, cfg, r: int, use_fma: bool) -> ir.Function:
         with load_c:
             for i in range(r):
                 for v in range(nv):
-                    x = b.call(mload, [cptr(i, v), I32(4), masks[v], ir.Constant(vt, None)],
+                    x = masked_load_vector(b, cptr(i, v), vt, masks[v],
                                name=f"c{i}.{v}.in")
                     b.store(x, accs[i][v])
         with fresh:
@@ -799,7 +880,7 @@ def _emit_ukr(m: ir.Module, cfg, r: int, use_fma: bool) -> ir.Function:
                         for v in range(nv):
                             b.store(ir.Constant(vt, None), accs[i][v])
     with for_range(b, 0, kc, 1, "k") as k:
-        brow = b.gep(B, [b.mul(k, i64(NR))], source_etype=F32, name="b.k")
+        brow = b.gep(B, [b.mul(k, ldb)], source_etype=F32, name="b.k")
         bvs = [b.load(b.gep(brow, [i64(v * vw)], source_etype=F32, name=f"b{v}.p"), typ=vt,
                       align=4, name=f"b{v}") for v in range(nv)]
         for i in range(r):
@@ -822,7 +903,7 @@ def _emit_ukr(m: ir.Module, cfg, r: int, use_fma: bool) -> ir.Function:
         with part:
             for i in range(r):
                 for v in range(nv):
-                    b.call(mstore, [b.load(accs[i][v]), cptr(i, v), I32(4), masks[v]])
+                    masked_store_vector(b, b.load(accs[i][v]), cptr(i, v), masks[v])
     b.ret_void()
     return fn
 
@@ -831,42 +912,47 @@ def _emit_gemm_driver(m: ir.Module, cfg, ukrs) -> ir.Function:
     vw, nv, mr = cfg.vw, cfg.nv, cfg.mr
     NR = vw * nv
     I1 = ir.IntType(1)
-    fn, b = _fn(m, "slimc_nn_gemm", [OPQ, I64, OPQ, I64, I64, OPQ, I64, I64, I64, OPQ, I1],
-                ["A", "lda", "Bp", "K", "N", "C", "ldc", "m0", "m1", "bias", "has_bias"])
-    A, lda, Bp, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
+    fn, b = _fn(m, "slimc_nn_gemm",
+                [OPQ, I64, OPQ, I64, I64, I64, I64, OPQ, I64, I64, I64, OPQ, I1],
+                ["A", "lda", "B", "ldb", "pstride", "K", "N", "C", "ldc", "m0", "m1", "bias",
+                 "has_bias"])
+    A, lda, B, ldb, pstride, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
     npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
-    rows = b.sub(m1, m0, name="rows")
-    tiles_end = b.add(m0, b.mul(b.udiv(rows, i64(mr)), i64(mr)), name="tiles.end")
-    rem = b.sub(m1, tiles_end, name="rows.left")
+    mc = cfg.mc
     with for_range(b, 0, K, GEMM_KC, "pc") as pc:
         kc = _smin(b, b.sub(K, pc), i64(GEMM_KC), "kc")
         acc_in = b.icmp_signed("!=", pc, i64(0), name="acc.in")
         use_bias = b.and_(has_bias, b.not_(acc_in), name="use.bias")
-        with for_range(b, 0, npan, 1, "p") as p:
-            col = b.mul(p, i64(NR), name="col")
-            ncols = _smin(b, b.sub(N, col), i64(NR), "ncols")
-            bpan = b.gep(Bp, [b.mul(b.add(b.mul(p, K), pc), i64(NR))], source_etype=F32,
-                         name="b.pan")
-            cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
-            apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
+        apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
+        with for_range(b, m0, m1, mc, "ic") as ic:  # MC x KC block of A: L2-resident
+            ic_end = _smin(b, b.add(ic, i64(mc)), m1, "ic.end")
+            rows = b.sub(ic_end, ic, name="rows")
+            tiles_end = b.add(ic, b.mul(b.udiv(rows, i64(mr)), i64(mr)), name="tiles.end")
+            rem = b.sub(ic_end, tiles_end, name="rows.left")
+            with for_range(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
+                col = b.mul(p, i64(NR), name="col")
+                ncols = _smin(b, b.sub(N, col), i64(NR), "ncols")
+                bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
+                             name="b.pan")
+                cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
 
-            def call(ukr, i):
-                a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
-                c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
-                bi = b.gep(bias, [i], source_etype=F32, name="bias.tile")
-                b.call(ukr, [a, lda, bpan, kc, c, ldc, ncols, acc_in, use_bias, bi])
+                def call(ukr, i):
+                    a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
+                    c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
+                    bi = b.gep(bias, [i], source_etype=F32, name="bias.tile")
+                    b.call(ukr, [a, lda, bpan, ldb, kc, c, ldc, ncols, acc_in, use_bias, bi])
 
-            with for_range(b, m0, tiles_end, mr, "i") as i:
-                call(ukrs[mr], i)
-            done = fn.append_basic_block("rows.done")
-            sw = b.switch(rem, done)
-            for r in range(1, mr):
-                blk = fn.append_basic_block(f"rows.{r}")
-                sw.add_case(i64(r), blk)
-                b.position_at_end(blk)
-                call(ukrs[r], tiles_end)
-                b.branch(done)
-            b.position_at_end(done)
+                with for_range(b, ic, tiles_end, mr, "i") as i:
+                    call(ukrs[mr], i)
+                done = fn.append_basic_block("rows.done")
+                sw = b.switch(rem, done)
+                for r in range(1, mr):
+                    blk = fn.append_basic_block(f"rows.{r}")
+                    sw.add_case(i64(r), blk)
+                    b.position_at_end(blk)
+                    call(ukrs[r], tiles_end)
+                    b.branch(done)
+                b.position_at_end(done)
     b.ret_void()
     return fn
 
@@ -880,8 +966,6 @@ def _emit_pack(m: ir.Module, cfg) -> ir.Function:
     B, ldb, K, N, Bp = fn.args
     B.add_attribute("noalias")
     Bp.add_attribute("noalias")
-    mload = _intrinsic(m, f"llvm.masked.load.v{vw}f32.p0", vt,
-                       [OPQ, I32, ir.VectorType(I1, vw), vt])
     npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
     with for_range(b, 0, npan, 1, "p") as p:
         col = b.mul(p, i64(NR), name="col")
@@ -898,7 +982,7 @@ def _emit_pack(m: ir.Module, cfg) -> ir.Function:
                         for v in range(nv):
                             sp = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"s{v}")
                             if masked:
-                                x = b.call(mload, [sp, I32(4), masks[v], ir.Constant(vt, None)],
+                                x = masked_load_vector(b, sp, vt, masks[v],
                                            name=f"x{v}")
                             else:
                                 x = b.load(sp, typ=vt, align=4, name=f"x{v}")
@@ -911,12 +995,14 @@ def _emit_im2col(m: ir.Module) -> ir.Function:
     """void slimc_nn_im2col(float* x, float* cols, i64 c0, i64 ncols, i64 ld, i64 cin, i64 H,
     i64 W, i64 Wo, i64 kh, i64 kw, i64 sh, i64 sw, i64 dh, i64 dw, i64 pt, i64 pl):
     cols[k, c - c0] = x[ci, oy*sh + ky*dh - pt, ox*sw + kx*dw - pl] (0 in the padding) for
-    k = (ci, ky, kx) and output columns c = oy*Wo + ox in [c0, c0 + ncols). Each row segment
-    is a zero run, a copy (contiguous when sw == 1) and a zero run: no test per element."""
+    k = (ci, ky, kx) and output columns c = oy*Wo + ox in [c0, c0 + ncols), and zeros in the
+    padding columns [ncols, ld). Each row segment is a zero run, a copy (contiguous when
+    sw == 1) and a zero run: no test per element."""
     names = ["x", "cols", "c0", "ncols", "ld", "cin", "H", "W", "Wo", "kh", "kw", "sh", "sw", "dh",
              "dw", "pt", "pl"]
     fn, b = _fn(m, "slimc_nn_im2col", [OPQ, OPQ] + [I64] * 15, names)
     (x, cols, c0, ncols, ld, cin, H, W, Wo, kh, kw, sh, sw, dh, dw, pt, pl) = fn.args
+    kpad = b.mul(b.mul(cin, kh), kw, name="K")
     x.add_attribute("noalias")
     cols.add_attribute("noalias")
     zero = const(F32, 0.0)
@@ -924,6 +1010,7 @@ def _emit_im2col(m: ir.Module) -> ir.Function:
     oy0 = b.udiv(c0, Wo, name="oy0")
     oy1 = b.add(b.udiv(b.sub(c1, i64(1)), Wo), i64(1), name="oy1")
     unit = b.icmp_signed("==", sw, i64(1), name="unit.stride")
+    two = b.icmp_signed("==", sw, i64(2), name="stride.2")
     plane = b.mul(H, W, name="plane")
     with for_range(b, 0, cin, 1, "ci") as ci:
         x_c = b.gep(x, [b.mul(ci, plane)], source_etype=F32, name="x.c")
@@ -953,18 +1040,28 @@ def _emit_im2col(m: ir.Module) -> ir.Function:
                                 name="src.row")
                     with for_range(b, xs_, a, 1, "zl") as ox:
                         b.store(zero, b.gep(dst, [ox], source_etype=F32))
+                    def copy(stride, tag):
+                        with for_range(b, a, e_, 1, tag) as ox:
+                            at = ox if stride == 1 else b.mul(ox, stride)
+                            v = b.load(b.gep(src, [at], source_etype=F32), typ=F32, name="x")
+                            b.store(v, b.gep(dst, [ox], source_etype=F32))
+
+                    # constant strides 1 and 2 vectorize (2 as an interleaved load)
                     with b.if_else(unit) as (contiguous, strided):
                         with contiguous:
-                            with for_range(b, a, e_, 1, "cp") as ox:
-                                v = b.load(b.gep(src, [ox], source_etype=F32), typ=F32, name="x")
-                                b.store(v, b.gep(dst, [ox], source_etype=F32))
+                            copy(1, "cp")
                         with strided:
-                            with for_range(b, a, e_, 1, "cps") as ox:
-                                v = b.load(b.gep(src, [b.mul(ox, sw)], source_etype=F32), typ=F32,
-                                           name="x")
-                                b.store(v, b.gep(dst, [ox], source_etype=F32))
+                            with b.if_else(two) as (by2, other):
+                                with by2:
+                                    copy(i64(2), "cp2")
+                                with other:
+                                    copy(sw, "cps")
                     with for_range(b, e_, xe, 1, "zr") as ox:
                         b.store(zero, b.gep(dst, [ox], source_etype=F32))
+    with for_range(b, 0, kpad, 1, "kp") as k:  # columns [ncols, ld): zeros the GEMM may read
+        row = b.gep(cols, [b.mul(k, ld)], source_etype=F32, name="pad.row")
+        with for_range(b, ncols, ld, 1, "jp") as j:
+            b.store(zero, b.gep(row, [j], source_etype=F32))
     b.ret_void()
     return fn
 
@@ -1106,8 +1203,16 @@ def softmax(kb: KernelBuilder, node) -> None:
     span = _Span(kb, node, out, axis + 1) if inner > 1 else None
     outer_shape = list(shape[:axis])
 
+    # softmax keeps exp(x - max) in its output between passes when it stores plainly
+    keep_exp = list(kb.outputs) == [out] and dt == adt
+    Y = kb.ptr(out) if keep_exp else None
+
     def line(o_idx, base, ax: _Axis, store):
         value = _line_loads(kb, e, X, base, inner, dt, adt)
+
+        def offset(l):
+            return b.add(base, kb._ir(kb.imul(l, inner)), name="yoff")
+
         if kind == "hardmax":
             return _hardmax_line(kb, e, ax, value, store, acc_t)
         if kind == "lp_normalization":
@@ -1135,6 +1240,17 @@ def softmax(kb: KernelBuilder, node) -> None:
         def shifted(l, n):
             return rnd(e.sub(value(l, n), ax.bcast(m, n)))
 
+        if kind == "softmax" and keep_exp:
+            # exp once: kept in the output between the passes
+            def exp_kept(l, n):
+                v = rnd(e.exp(shifted(l, n)))
+                _vstore(kb, v, Y, offset(l), "e")
+                return v
+
+            s = rnd(ax.reduce(exp_kept, 0.0, "sum", "sum"))
+            ax.foreach(lambda l, n: store(l, n, e.fdiv(_vload(kb, Y, offset(l), n, "e"),
+                                                       ax.bcast(s, n))))
+            return
         s = rnd(ax.reduce(lambda l, n: rnd(e.exp(shifted(l, n))), 0.0, "sum", "sum"))
         if kind == "softmax":
             ax.foreach(lambda l, n: store(l, n, e.fdiv(rnd(e.exp(shifted(l, n))),

@@ -121,19 +121,43 @@ def _type_suffix(t: ir.Type) -> str:
     return {ir.FloatType: "f32", ir.DoubleType: "f64", ir.HalfType: "f16"}[type(t)]
 
 
-def masked_load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, mask: ir.Value, name: str = "") -> ir.Value:
-    """Load the lanes of `mask` (a <n x i1> vector) at p[index]; other lanes read as zero and
-    touch no memory (for the partial last vector of a row)."""
-    elem = p.type.pointee
-    lanes = mask.type.count
-    vt = ir.VectorType(elem, lanes)
-    fname = f"llvm.masked.load.v{lanes}{_type_suffix(elem)}.p0"
-    fn = b.module.globals.get(fname)
+OPAQUE_PTR = ir.PointerType()  # LLVM's `ptr`: what the masked intrinsics are declared with
+
+
+def masked_intrinsic(module: ir.Module, kind: str, vt: ir.VectorType) -> ir.Function:
+    """The one declaration of llvm.masked.load / llvm.masked.store for vector type `vt` that
+    every generator shares: a module cannot hold two declarations of one name with different
+    pointer types, so the pointer operand is opaque and callers cast to it (`masked_load_vector`,
+    `masked_store_vector`). The explicit alignment operand is the pre-LLVM-22 signature, which
+    the IR parser upgrades."""
+    name = f"llvm.masked.{kind}.v{vt.count}{_type_suffix(vt.element)}.p0"
+    fn = module.globals.get(name)
     if fn is None:
-        fn = ir.Function(b.module, ir.FunctionType(vt, [ir.PointerType(vt), I32, mask.type, vt]),
-                         name=fname)
-    addr = b.bitcast(gep(b, p, index, name=name + ".addr"), ir.PointerType(vt))
-    return b.call(fn, [addr, I32(elem_bytes(elem)), mask, ir.Constant(vt, None)], name=name)
+        mask = ir.VectorType(I1, vt.count)
+        fnty = (ir.FunctionType(vt, [OPAQUE_PTR, I32, mask, vt]) if kind == "load"
+                else ir.FunctionType(VOID, [vt, OPAQUE_PTR, I32, mask]))
+        fn = ir.Function(module, fnty, name)
+    return fn
+
+
+def masked_load_vector(b: ir.IRBuilder, addr: ir.Value, vt: ir.VectorType, mask: ir.Value,
+                       name: str = "") -> ir.Value:
+    """The lanes of `mask` of a `vt` vector at `addr`; other lanes read as zero and touch no
+    memory (for the partial last vector of a row)."""
+    fn = masked_intrinsic(b.module, "load", vt)
+    return b.call(fn, [b.bitcast(addr, OPAQUE_PTR), I32(elem_bytes(vt.element)), mask,
+                       ir.Constant(vt, None)], name=name)
+
+
+def masked_store_vector(b: ir.IRBuilder, value: ir.Value, addr: ir.Value, mask: ir.Value) -> None:
+    fn = masked_intrinsic(b.module, "store", value.type)
+    b.call(fn, [value, b.bitcast(addr, OPAQUE_PTR), I32(elem_bytes(value.type.element)), mask])
+
+
+def masked_load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, mask: ir.Value, name: str = "") -> ir.Value:
+    """Load the lanes of `mask` (a <n x i1> vector) at p[index]; other lanes read as zero."""
+    vt = ir.VectorType(p.type.pointee, mask.type.count)
+    return masked_load_vector(b, gep(b, p, index, name=name + ".addr"), vt, mask, name)
 
 
 def store(b: ir.IRBuilder, value: ir.Value, p: ir.Value, index: ir.Value, name: str = "") -> None:

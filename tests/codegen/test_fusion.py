@@ -115,3 +115,25 @@ def test_debug_topic_prints_decisions(monkeypatch, capsys):
     compiled(LINEAR)
     err = capsys.readouterr().err
     assert "[slimc:fusion] fused: %biased (add)" in err
+
+
+MATMUL_TO_HALF = """# slimc-ir v1
+graph @to_half(%p: f32[2,4,8,6], %v: f32[2,4,6,16]) -> (f16[2,4,8,16]) {
+  %y = matmul(%p, %v) : f32[2,4,8,16]
+  %h = cast(%y) {to=f16} : f16[2,4,8,16]
+  return %h
+}
+"""
+
+
+def test_epilogue_that_changes_dtype_stays_apart(tmp_path):
+    # Regression (ONNX flexattention_fp16): the GEMM stored f32 accumulators into the cast's
+    # f16 buffer, writing past its end.
+    g, mod = compiled(MATMUL_TO_HALF, dump_dir=str(tmp_path))
+    assert [k.ops for k in mod.kernels] == [["matmul"], ["cast"]]
+    assert "epilogues keep the heavy op's element type" in (tmp_path / "fusion.txt").read_text()
+    rng = np.random.default_rng(2)
+    p, v = rng.random((2, 4, 8, 6), np.float32), rng.random((2, 4, 6, 16), np.float32)
+    for _ in range(3):
+        out, = mod(p, v)
+        np.testing.assert_allclose(out.astype(np.float32), (p @ v).astype(np.float16), rtol=1e-3)

@@ -1,0 +1,649 @@
+"""The CPU kernel of ``winograd_conv2d``: input transform, alpha^2 GEMMs, output transform.
+
+Layout (VW = the target's floats per vector; lanes run over channels inside the transforms):
+
+* Work is cut into *blocks* of whole tile rows (tile row = one image's row of output tiles,
+  over the batch), each of about `BLOCK_TILES` tiles, and, when there are few blocks (batch
+  1, small images), into ranges of output channels as well, so that both cores get work. A
+  task is (block, channel range); a work item is a run of tasks with its own scratch slot.
+* Input transform, per tile row: the alpha input rows its tiles read are copied, for every
+  block of VW input channels, into a zero-padded *strip* [alpha][Wp][VW] with one VW x VW
+  register transpose per VW columns (NCHW rows in, channel vectors out), so padding costs no
+  test. Each tile then loads its alpha x alpha channel vectors per channel block, computes
+  B^T d B with vector adds and FMAs, and stores the alpha^2 results into V[xi][tile][channel]:
+  alpha^2 row-major [tiles, Cin] matrices in scratch, each written a whole row at a time.
+* alpha^2 GEMMs (gemm.py's blocked kernel): M[xi] = V[xi] @ U[xi], [tiles, Cin] x [Cin, Cout].
+  U is a constant, packed for this target at compile time (`kb.substitute_constant`); one GEMM
+  function (N, K fixed) serves every xi.
+* Output transform, fused with the epilogue: per tile row, block of VW output channels and
+  group of VW/m horizontally adjacent tiles, A^T M A (+ bias) gives m x m channel vectors per
+  tile; a VW x VW transpose per output row turns them into VW consecutive outputs of one
+  channel, which go through `kb.store_result` (the fused elementwise consumers, then the
+  store) -- in pieces of 4, 2 and 1 at the right border, skipped past the bottom one.
+
+A task whose block is the one its item just transformed (channel ranges of one block run one
+after another) reuses V. `U` computed at run time is packed by each work item into its slot.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from llvmlite import ir
+
+from slimc.ir import dtypes
+from slimc.ir.errors import UnsupportedError
+from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
+
+from . import gemm as gemm_kernels
+from .kernel import KernelBuilder, generator, llvm_name
+from .llvm_util import F32, I32, const, i64
+
+# At most this many work items (each has a scratch slot).
+MAX_ITEMS = 16
+# Fewer blocks than this: output channels are split into ranges too (threads need tasks).
+MIN_TASKS = 4
+# Tiles per block: about this many (whole tile rows); see block_rows().
+BLOCK_TILES = 64
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _skew(floats: int) -> int:
+    """`floats` rounded up to whole cache lines, plus one line if that is 4 KB-aligned."""
+    lines = _cdiv(floats, 16)
+    return 16 * (lines + 1 if lines % 64 == 0 else lines)
+
+
+def block_rows(ntx: int, rows_total: int, block_tiles: int = BLOCK_TILES) -> int:
+    """Tile rows per block: about `block_tiles` tiles, balanced so blocks are near-equal."""
+    r = max(1, min(rows_total, round(block_tiles / ntx) or 1))
+    nblocks = _cdiv(rows_total, r)
+    return _cdiv(rows_total, nblocks)
+
+
+class Plan:
+    """Every compile-time number of one winograd_conv2d kernel: tiles, blocks, channel
+    ranges, work items and the scratch layout."""
+
+    def __init__(self, x_shape, cout: int, tile: int, pads, vw: int, nr: int,
+                 block_tiles: int = BLOCK_TILES, min_tasks: int = MIN_TASKS):
+        self.N, self.Cin, self.H, self.W = (int(d) for d in x_shape)
+        self.Cout = int(cout)
+        self.m = m = int(tile)
+        self.a = a = alpha_of(m)
+        self.pt, self.pl, self.pb, self.pr = (int(p) for p in (pads or (0, 0, 0, 0)))
+        self.Ho, self.Wo = out_dims(self.H, self.W, pads)
+        self.vw, self.nr = vw, nr
+        self.nty, self.ntx = _cdiv(self.Ho, m), _cdiv(self.Wo, m)
+        self.Wp = self.ntx * m + a - m              # strip width: every tile's columns
+        self.rows_total = self.N * self.nty
+        self.R = block_rows(self.ntx, self.rows_total, block_tiles)
+        self.nblocks = _cdiv(self.rows_total, self.R)
+        self.Tb = self.R * self.ntx                 # tiles in a (full) block
+        self.tiles = self.rows_total * self.ntx
+        self.ncb = _cdiv(self.Cin, vw)
+        self.cin_pad = self.ncb * vw
+        # output channel ranges: whole NR panels of the packed U
+        npan = _cdiv(self.Cout, nr)
+        split = 1
+        if self.nblocks < min_tasks:
+            split = max(1, min(_cdiv(min_tasks, self.nblocks), npan))
+        pan_per = _cdiv(npan, split)
+        self.cw = min(self.Cout, pan_per * nr)      # channels per range (the last may be less)
+        self.csplit = _cdiv(self.Cout, self.cw)
+        self.cw_last = self.Cout - (self.csplit - 1) * self.cw
+        self.cw_pad = _cdiv(self.cw, vw) * vw
+        self.tasks = self.nblocks * self.csplit
+        self.items = min(self.tasks, MAX_ITEMS)
+        self.strip = self.ncb * a * self.Wp * vw   # every channel block's strip
+        # V[xi] and M[xi] one after another, a cache line apart from a multiple of 4 KB: the
+        # a^2 stores (loads) of one tile go to a^2 cache sets, not all to one
+        self.v_stride = _skew(self.Tb * self.cin_pad)
+        self.m_stride = _skew(self.Tb * self.cw_pad)
+        self.v_floats = a * a * self.v_stride
+        self.m_floats = a * a * self.m_stride
+
+    @property
+    def gemm_flops(self) -> int:
+        return 2 * self.a * self.a * self.tiles * self.Cin * self.Cout
+
+
+# ----------------------------------------------------------------------------------------------
+# Vector helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _vt(vw: int) -> ir.VectorType:
+    return ir.VectorType(F32, vw)
+
+
+def _zero(vw: int) -> ir.Constant:
+    return ir.Constant(_vt(vw), None)
+
+
+def _vload(b: ir.IRBuilder, p, off, vw: int, name: str, lanes: int = 0):
+    """vw floats at p[off]; with 0 < lanes < vw only the first `lanes` are read (the rest are
+    zero), lane by lane: no masked intrinsics (other generators declare those with other
+    pointer types, and one module holds every kernel)."""
+    off = off if isinstance(off, ir.Value) else i64(off)
+    if not lanes or lanes == vw:
+        addr = b.bitcast(b.gep(p, [off], inbounds=True), ir.PointerType(_vt(vw)))
+        return b.load(addr, name=name, align=4)
+    v = _zero(vw)
+    for k in range(lanes):
+        x = b.load(b.gep(p, [b.add(off, i64(k))], inbounds=True), name=f"{name}.{k}")
+        v = b.insert_element(v, x, I32(k), name=f"{name}.ins{k}")
+    return v
+
+
+def _vstore(b: ir.IRBuilder, v, p, off) -> None:
+    off = off if isinstance(off, ir.Value) else i64(off)
+    addr = b.bitcast(b.gep(p, [off], inbounds=True), ir.PointerType(v.type))
+    b.store(v, addr, align=4)
+
+
+def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
+    """Lanes [start, start + n) of vector v (a scalar for n == 1)."""
+    if n == 1:
+        return b.extract_element(v, I32(start), name=name)
+    return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(start, start + n))),
+                            name=name)
+
+
+def transpose(b: ir.IRBuilder, rows: Sequence[ir.Value], name: str = "tr") -> list:
+    """Transpose n vectors of n lanes (n a power of two): out[j] lane i = rows[i] lane j.
+
+    log2(n) stages; stage s pairs rows i and i+s (i & s == 0) and swaps lane bit s with row
+    bit s, one two-source shuffle per output row (vperm2f128 / shufps / unpck on AVX2)."""
+    rows = list(rows)
+    n = len(rows)
+    s = n // 2
+    while s >= 1:
+        out = list(rows)
+        for i in range(n):
+            if i & s:
+                continue
+            lo = [j if not (j & s) else n + j - s for j in range(n)]
+            hi = [j + s if not (j & s) else n + j for j in range(n)]
+            for dst, mask in ((i, lo), (i + s, hi)):
+                out[dst] = b.shuffle_vector(rows[i], rows[i + s],
+                                            ir.Constant(ir.VectorType(I32, n), mask),
+                                            name=f"{name}.{s}.{dst}")
+        rows = out
+        s //= 2
+    return rows
+
+
+def apply_matrix(b: ir.IRBuilder, mat: np.ndarray, vecs: Sequence, name: str) -> list:
+    """[sum_k mat[r, k] * vecs[k] for each row r]: zeros skipped, +-1 as adds and subtracts,
+    other coefficients as multiply-adds (contracted to FMA); a row starts from a +1 term when
+    it has one, so it needs no multiply to begin."""
+    out = []
+    vt = vecs[0].type
+    flags = ("contract",)
+    for r in range(mat.shape[0]):
+        terms = [(float(mat[r, k]), k) for k in range(mat.shape[1]) if mat[r, k] != 0]
+        terms.sort(key=lambda t: t[0] != 1.0)  # stable: a +1 term first, else column order
+        acc = None
+        for c, k in terms:
+            v, nm = vecs[k], f"{name}.{r}.{k}"
+            if acc is None:
+                acc = v if c == 1.0 else b.fmul(const(vt, c), v, name=nm, flags=flags)
+            elif c == 1.0:
+                acc = b.fadd(acc, v, name=nm, flags=flags)
+            elif c == -1.0:
+                acc = b.fsub(acc, v, name=nm, flags=flags)
+            else:
+                acc = b.fadd(acc, b.fmul(const(vt, c), v, name=nm + ".m", flags=flags), name=nm,
+                             flags=flags)
+        out.append(acc if acc is not None else ir.Constant(vt, None))
+    return out
+
+
+def transform_2d(b: ir.IRBuilder, left: np.ndarray, tiles: list, name: str) -> list:
+    """left @ T @ left^T for a 2-D list T of vectors (per-lane matrices)."""
+    cols = len(tiles[0])
+    # rows: left @ T, column by column
+    tmp = [apply_matrix(b, left, [tiles[i][j] for i in range(len(tiles))], f"{name}.c{j}")
+           for j in range(cols)]  # tmp[j][r] = (left @ T)[r, j]
+    rows = len(tmp[0])
+    return [apply_matrix(b, left, [tmp[j][r] for j in range(cols)], f"{name}.r{r}")
+            for r in range(rows)]
+
+
+def _canon(kb: KernelBuilder, v, index) -> list:
+    """0 for the dims of size 1: the index form the epilogue's operand indexing uses."""
+    return [0 if d == 1 else i for d, i in zip(kb.shape(v), index)]
+
+
+def store_epilogue(kb: KernelBuilder, produced, index, x, width: int) -> None:
+    """`kb.store_result` of the first `width` lanes of x at `index` (the last index is the
+    first lane's): a full vector, or, at a row's end, pieces of 4, 2 and 1 lanes."""
+    vw = x.type.count
+    if width == vw:
+        kb.store_result(produced, index, x)
+        return
+    start = 0
+    while start < width:
+        n = 1 << ((width - start).bit_length() - 1)
+        piece = _lanes(kb.b, x, start, n, "tail")
+        last = index[-1]
+        kb.store_result(produced, list(index[:-1]) + [kb.iadd(last, start)], piece)
+        start += n
+
+
+# ----------------------------------------------------------------------------------------------
+# The generator
+# ----------------------------------------------------------------------------------------------
+
+
+@generator("winograd_conv2d", epilogue=True)
+def winograd_conv2d(kb: KernelBuilder, node) -> None:
+    x, u = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    if any(v is not None and v.type.dtype != dtypes.f32 for v in (x, u, bias, out)):
+        raise UnsupportedError("the CPU backend runs winograd_conv2d in float32 only",
+                               node=node.label, op=node.op)
+    attrs = kb.attrs(node)
+    cfg = gemm_kernels.gemm_config(kb.target)
+    vw = kb.vector_width
+    P = Plan(kb.shape(x), kb.shape(u)[2], attrs["tile"], attrs["pads"], vw, cfg.nr)
+    m, a = P.m, P.a
+    AT, _, BT = winograd_matrices(m)
+    b = kb.b
+    name = llvm_name(out.name)
+    F32P = ir.PointerType(F32)
+
+    # ---- U: packed panels, one [Cin, Cout] matrix per xi ----
+    psize = gemm_kernels.packed_b_size(P.Cin, P.Cout, cfg)
+    runtime_u = not (u.is_constant and u.data is not None)
+    u_floats = a * a * psize if runtime_u else 0
+    if not runtime_u:
+        packed = np.concatenate([gemm_kernels.pack_b(u.data[xi], cfg) for xi in range(a * a)])
+        Up = kb.substitute_constant(u, packed, name + ".upacked")
+    slot = _cdiv(P.strip + P.v_floats + P.m_floats + u_floats, 16) * 16
+    ws = b.bitcast(kb.scratch(4 * slot * P.items, name + ".ws"), F32P, name=name + ".wsf")
+    kb.parallel_extent = P.items
+    kb.cost = P.gemm_flops + 8 * a * a * P.tiles * (P.Cin + P.Cout)
+
+    gemms = {}
+    for cw in sorted({P.cw, P.cw_last}):
+        gemms[cw] = gemm_kernels.emit_gemm(kb.module, f"{kb.fn.name}.n{cw}", cw, P.Cin,
+                                           kb.target, runtime_b=runtime_u and cw == P.Cout)
+    if runtime_u:  # a packer for all Cout columns
+        gp = gemms.get(P.Cout) or gemm_kernels.emit_gemm(
+            kb.module, f"{kb.fn.name}.upack", P.Cout, P.Cin, kb.target, runtime_b=True)
+        upack = kb.module.globals[gp.pack_fn]
+    X = kb.ptr(x)
+    Bias = kb.ptr(bias) if bias is not None else None
+
+    with kb.loop(kb.begin, kb.end, name="item") as wi:
+        t0 = b.udiv(b.mul(wi, i64(P.tasks)), i64(P.items), name="t0")
+        t1 = b.udiv(b.mul(b.add(wi, i64(1)), i64(P.tasks)), i64(P.items), name="t1")
+        base = b.gep(ws, [b.mul(wi, i64(slot))], inbounds=True, name="slot")
+        strip = base
+        V = b.gep(base, [i64(P.strip)], inbounds=True, name="V")
+        M = b.gep(base, [i64(P.strip + P.v_floats)], inbounds=True, name="M")
+        if runtime_u:  # U computed at run time: each item packs it into its own slot
+            Up = b.gep(base, [i64(P.strip + P.v_floats + P.m_floats)], inbounds=True, name="Urt")
+            U_rt = kb.ptr(u)
+            with kb.loop(0, a * a, name="upk") as xi:
+                b.call(upack, [b.gep(U_rt, [b.mul(xi, i64(P.Cin * P.Cout))], inbounds=True),
+                               i64(P.Cout), b.gep(Up, [b.mul(xi, i64(psize))], inbounds=True)])
+        with kb.loop(t0, t1, name="task") as t:
+            blk = b.udiv(t, i64(P.csplit), name="blk")
+            cr = b.urem(t, i64(P.csplit), name="crange")
+            q0 = b.mul(blk, i64(P.R), name="q0")
+            q1 = b.select(b.icmp_unsigned("<", b.add(q0, i64(P.R)), i64(P.rows_total)),
+                          b.add(q0, i64(P.R)), i64(P.rows_total), name="q1")
+            ntiles = b.mul(b.sub(q1, q0), i64(P.ntx), name="ntiles")
+            fresh = b.or_(b.icmp_unsigned("==", cr, i64(0)), b.icmp_unsigned("==", t, t0),
+                          name="fresh")
+            with b.if_then(fresh):
+                _input_transform(kb, P, BT, X, strip, V, q0, q1)
+            c0 = b.mul(cr, i64(P.cw), name="c0")
+            is_last = b.icmp_unsigned("==", cr, i64(P.csplit - 1), name="last.range")
+
+            def run(cw):
+                gemm_fn = kb.module.globals[gemms[cw].gemm_fn]
+                with kb.loop(0, a * a, name="xi") as xi:
+                    A_ = b.gep(V, [b.mul(xi, i64(P.v_stride))], inbounds=True, name="A")
+                    Bp = b.gep(Up, [b.add(b.mul(xi, i64(psize)), b.mul(c0, i64(P.Cin)))],
+                               inbounds=True, name="Bp")
+                    C_ = b.gep(M, [b.mul(xi, i64(P.m_stride))], inbounds=True, name="C")
+                    b.call(gemm_fn, [A_, i64(P.cin_pad), Bp, C_, i64(P.cw_pad), i64(0), ntiles])
+
+            if P.cw_last == P.cw:
+                run(P.cw)
+            else:
+                with b.if_else(is_last) as (then, other):
+                    with then:
+                        run(P.cw_last)
+                    with other:
+                        run(P.cw)
+            c1 = b.select(is_last, i64(P.Cout), b.add(c0, i64(P.cw)), name="c1")
+            _output_transform(kb, P, AT, M, Bias, out, q0, q1, c0, c1)
+    b.ret_void()
+
+
+def _input_transform(kb: KernelBuilder, P: Plan, BT, X, strip, V, q0, q1) -> None:
+    """V[xi][t][c] for the tiles of tile rows [q0, q1), all input channels."""
+    b = kb.b
+    vw, m, a = P.vw, P.m, P.a
+    zero = _zero(vw)
+    plane = P.H * P.W
+    nfull = P.W // vw
+    tail = P.W - nfull * vw
+    with kb.loop(q0, q1, name="iq") as q:
+        n_i = b.udiv(q, i64(P.nty), name="n")
+        ty = b.urem(q, i64(P.nty), name="ty")
+        t_row = b.mul(b.sub(q, q0), i64(P.ntx), name="t.row")
+        with kb.loop(0, P.ncb, name="cb") as cb:
+            c_first = b.mul(cb, i64(vw), name="c.first")
+            img = b.mul(b.add(b.mul(n_i, i64(P.Cin)), c_first), i64(plane), name="x.img")
+            nvalid = P.Cin - (P.ncb - 1) * vw  # channels in the last block
+            last_cb = b.icmp_unsigned("==", cb, i64(P.ncb - 1), name="last.cb")
+            cstrip = b.gep(strip, [b.mul(cb, i64(a * P.Wp * vw))], inbounds=True, name="cstrip")
+            # the strip: alpha rows of Wp channel vectors, zero outside the input
+            for i in range(a):
+                iy = b.sub(b.add(b.mul(ty, i64(m)), i64(i)), i64(P.pt), name=f"iy{i}")
+                srow = b.gep(cstrip, [i64(i * P.Wp * vw)], inbounds=True, name=f"strip{i}")
+                inside = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(P.H)))
+                with b.if_else(inside) as (then, other):
+                    with then:
+                        for col in list(range(P.pl)) + list(range(P.pl + P.W, P.Wp)):
+                            _vstore(b, zero, srow, col * vw)
+                        xrow = b.gep(X, [b.add(img, b.mul(iy, i64(P.W)))], inbounds=True,
+                                     name=f"xrow{i}")
+
+                        def chunk(x0, width):
+                            if nvalid == vw:
+                                _chunk(kb, P, xrow, srow, x0, width, vw)
+                            else:
+                                with b.if_else(last_cb) as (lc, full):
+                                    with lc:
+                                        _chunk(kb, P, xrow, srow, x0, width, nvalid)
+                                    with full:
+                                        _chunk(kb, P, xrow, srow, x0, width, vw)
+
+                        if nfull:
+                            with kb.loop(0, nfull, name=f"xc{i}") as xc:
+                                chunk(b.mul(xc, i64(vw)), vw)
+                        if tail:
+                            chunk(i64(nfull * vw), tail)
+                    with other:
+                        with kb.loop(0, P.Wp, name=f"zr{i}") as col:
+                            _vstore(b, zero, srow, b.mul(col, i64(vw)))
+        # every tile of the row, all channels: B^T d B into V (whole rows of V[xi])
+        with kb.loop(0, P.ntx, name="tx") as tx:
+            voff0 = b.mul(b.add(t_row, tx), i64(P.cin_pad), name="v.row")
+            toff = b.mul(tx, i64(m * vw), name="s.col")
+            with kb.loop(0, P.ncb, name="tcb") as cb:
+                sbase = b.add(b.mul(cb, i64(a * P.Wp * vw)), toff, name="s.off")
+                d = [[_vload(b, strip, b.add(sbase, i64((i * P.Wp + j) * vw)), vw, f"d{i}{j}")
+                      for j in range(a)] for i in range(a)]
+                v = transform_2d(b, BT, d, "bt")
+                voff = b.add(voff0, b.mul(cb, i64(vw)), name="v.off")
+                for r in range(a):
+                    for c in range(a):
+                        _vstore(b, v[r][c], V, b.add(voff, i64((r * a + c) * P.v_stride)))
+
+
+def _chunk(kb: KernelBuilder, P: Plan, xrow, srow, x0, width: int, nchan: int) -> None:
+    """Columns [x0, x0 + width) of `nchan` channel rows (NCHW) -> strip channel vectors."""
+    b = kb.b
+    vw = P.vw
+    rows = []
+    for k in range(vw):
+        if k < nchan:
+            rows.append(_vload(b, xrow, b.add(x0, i64(k * P.H * P.W)), vw, f"xr{k}", width))
+        else:
+            rows.append(_zero(vw))
+    cols = transpose(b, rows, "itr")
+    dst = b.add(x0, i64(P.pl), name="s.col")
+    for j in range(width):
+        _vstore(b, cols[j], srow, b.mul(b.add(dst, i64(j)), i64(vw)))
+
+
+def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, c1) -> None:
+    """Y = A^T M A (+ bias) for tile rows [q0, q1) and channels [c0, c1), stored through the
+    epilogue in rows of VW outputs."""
+    b = kb.b
+    vw, m, a = P.vw, P.m, P.a
+    G = vw // m                       # tiles per group of vw output columns
+    nfull = P.Wo // vw
+    rem = P.Wo - nfull * vw
+    partial_rows = P.Ho % m           # valid rows of the last tile row (0: all)
+    partial_ch = P.Cout % vw != 0 or P.cw % vw != 0
+    with kb.loop(q0, q1, name="oq") as q:
+        n_i = b.udiv(q, i64(P.nty), name="on")
+        ty = b.urem(q, i64(P.nty), name="oty")
+        t_row = b.mul(b.sub(q, q0), i64(P.ntx), name="ot.row")
+        with kb.loop(c0, c1, vw, name="co") as co:
+            mcol = b.sub(co, c0, name="m.col")
+            bv = None
+            if Bias is not None:
+                left = b.sub(c1, co)
+                full = b.icmp_signed(">=", left, i64(vw))
+                # bias lanes past c1 are never stored; read them only where they exist
+                if P.Cout % vw == 0:
+                    bv = _vload(b, Bias, co, vw, "bias")
+                else:
+                    bv = _bias_load(kb, Bias, co, full, P)
+
+            def group(g0, ntiles: int, width: int):
+                ys = []
+                for k in range(G):
+                    if k >= ntiles:
+                        ys.append(None)
+                        continue
+                    t = b.add(t_row, g0 if k == 0 else b.add(g0, i64(k)), name="t")
+                    moff = b.add(b.mul(t, i64(P.cw_pad)), mcol, name="m.off")
+                    mt = [[_vload(b, M, b.add(moff, i64((r * a + c) * P.m_stride)), vw,
+                                  f"m{r}{c}") for c in range(a)] for r in range(a)]
+                    y = transform_2d(b, AT, mt, "at")
+                    if bv is not None:
+                        y = [[b.fadd(v, bv, name="y.bias") for v in row] for row in y]
+                    ys.append(y)
+                ox0 = b.mul(g0, i64(m), name="ox0")
+                for i in range(m):
+                    cols = []
+                    for k in range(G):
+                        for j in range(m):
+                            cols.append(ys[k][i][j] if ys[k] is not None else _zero(vw))
+                    chans = transpose(b, cols, "otr")
+                    oy = b.add(b.mul(ty, i64(m)), i64(i), name="oy")
+
+                    def emit_row():
+                        for k in range(vw):
+                            ch = b.add(co, i64(k), name="ch")
+                            index = _canon(kb, out, [n_i, ch, oy, ox0])
+                            if partial_ch:
+                                with b.if_then(b.icmp_signed("<", ch, c1)):
+                                    store_epilogue(kb, out, index, chans[k], width)
+                            else:
+                                store_epilogue(kb, out, index, chans[k], width)
+
+                    if partial_rows and i >= partial_rows:
+                        with b.if_then(b.icmp_signed("<", oy, i64(P.Ho))):
+                            emit_row()
+                    else:
+                        emit_row()
+
+            if nfull:
+                with kb.loop(0, nfull, name="grp") as gi:
+                    group(b.mul(gi, i64(G)), G, vw)
+            if rem:
+                group(i64(nfull * G), _cdiv(rem, m), rem)
+
+
+def _bias_load(kb: KernelBuilder, Bias, co, full, P: Plan):
+    b = kb.b
+    vw = P.vw
+    tail = P.Cout % vw
+    with b.if_else(full) as (then, other):
+        with then:
+            v_full = _vload(b, Bias, co, vw, "bias.f")
+            blk_full = b.block
+        with other:
+            v_tail = _vload(b, Bias, co, vw, "bias.t", tail)
+            blk_tail = b.block
+    phi = b.phi(_vt(vw), name="bias")
+    phi.add_incoming(v_full, blk_full)
+    phi.add_incoming(v_tail, blk_tail)
+    return phi
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement, for the `winograd` pass's cost model (registered with it below)
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_conv_graph(shape, cout: int, tile, seed: int = 0):
+    """A graph of one padded 3x3 conv with bias (tile None) or its Winograd form."""
+    from slimc.ir import Graph, TensorType
+    from slimc.ir.ops.winograd import transform_filter
+
+    n, cin, h, w = shape
+    rng = np.random.default_rng(seed)
+    g = Graph("calibrate")
+    x = g.add_input("x", TensorType(dtypes.f32, (n, cin, h, w)))
+    wt = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin))).astype(np.float32)
+    bias = g.add_constant("b", rng.standard_normal(cout).astype(np.float32) * 0.1)
+    pads = [1, 1, 1, 1]
+    out_t = TensorType(dtypes.f32, (n, cout, h, w))
+    if tile is None:
+        node = g.make_node("conv", [x, g.add_constant("w", wt), bias], {"pads": pads}, [out_t],
+                           ["y"])
+    else:
+        u = g.add_constant("u", transform_filter(wt, tile))
+        node = g.make_node("winograd_conv2d", [x, u, bias], {"tile": tile, "pads": pads},
+                           [out_t], ["y"])
+    g.outputs.append(node.outputs[0])
+    return g
+
+
+class _TimedKernel:
+    """One JIT-compiled kernel with its own buffers, called on this thread only."""
+
+    def __init__(self, graph, target, fast_math=("contract", "reassoc")):
+        import ctypes
+
+        from .lower import lower_graph
+        from .target import jit_compile
+
+        module, kernels = lower_graph(graph, target, [list(graph.nodes)], fast_math)
+        (k,) = kernels
+        self.jit = jit_compile(str(module), target, opt_level=3)
+        self.fn = self.jit.cfunc(k.name, None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+        rng = np.random.default_rng(1)
+        self.buffers = []
+        for v in k.buffers:
+            if v.data is not None:
+                a = np.ascontiguousarray(v.data)
+            elif v in graph.inputs:  # activations after a ReLU: non-negative, unit scale
+                a = np.maximum(rng.standard_normal(v.type.shape), 0).astype(v.type.dtype.numpy)
+            else:
+                a = np.zeros(v.type.shape, v.type.dtype.numpy)
+            self.buffers.append(gemm_kernels.aligned_empty(a.size, a.dtype))
+            self.buffers[-1][:] = a.reshape(-1)
+        self.args = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
+        self.extent = k.parallel_extent
+
+    def __call__(self) -> None:
+        import ctypes
+
+        self.fn(ctypes.addressof(self.args), 0, self.extent)
+
+
+def measure(shapes, repeat: int = 5, target=None) -> list[dict]:
+    """Seconds per call of the direct conv and of F(2x2), F(4x4) for [N, Cin, H, W] -> Cout
+    shapes ((shape, cout) pairs), one thread. The three kernels of a shape are timed in
+    interleaved rounds and each keeps its fastest run, so a machine shared with other work
+    slows all three alike and the minimum is the least disturbed run."""
+    import time
+
+    from .target import CpuTarget
+
+    target = target or CpuTarget.host()
+    rows = []
+    for shape, cout in shapes:
+        kernels = {"direct": _TimedKernel(_one_conv_graph(shape, cout, None), target)}
+        for tile in (2, 4):
+            kernels[f"F{tile}"] = _TimedKernel(_one_conv_graph(shape, cout, tile), target)
+        for k in kernels.values():
+            k()  # warm up: page in weights and scratch
+        best = {name: float("inf") for name in kernels}
+        budget = time.perf_counter() + 1.0
+        for r in range(max(2, repeat)):
+            for name, k in kernels.items():
+                t = time.perf_counter()
+                k()
+                best[name] = min(best[name], time.perf_counter() - t)
+            if r >= 2 and time.perf_counter() > budget:
+                break
+        rows.append({"shape": list(shape), "cout": int(cout), **best})
+    return rows
+
+
+def _register_host() -> None:
+    """Tell the `winograd` pass how to measure this machine (passes cannot import codegen)."""
+    from slimc.passes import winograd as wpass
+
+    from .target import CpuTarget
+
+    host = CpuTarget.host()
+    wpass.register_host(wpass.Host(key=f"{host.triple}|{host.cpu}|{host.features}",
+                                   cpu=host.cpu, vector_width=host.vector_width,
+                                   measure=lambda shapes: measure(shapes, repeat=10, target=host)))
+
+
+_register_host()
+
+
+def main(argv=None) -> int:
+    """``python -m slimc.codegen.cpu.gen_winograd calibrate``: measure this host now and store
+    the `winograd` pass's cost model in the cache folder (replacing an older calibration);
+    ``... sweep OUT.json NxCxHxW:COUT ...``: time layers, rows for `winograd.fit`."""
+    import argparse
+    import json
+    import os
+
+    from slimc.passes import winograd as wpass
+
+    ap = argparse.ArgumentParser(prog="python -m slimc.codegen.cpu.gen_winograd")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("calibrate")
+    sw = sub.add_parser("sweep")
+    sw.add_argument("out")
+    sw.add_argument("layers", nargs="+", help="N,Cin,H,W:Cout")
+    args = ap.parse_args(argv)
+    if args.cmd == "sweep":
+        shapes = [(tuple(int(d) for d in l.split(":")[0].split(",")), int(l.split(":")[1]))
+                  for l in args.layers]
+        rows = [measure([s], repeat=25)[0] for s in shapes]
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+        return 0
+    folder = wpass.cache_folder()
+    if folder is None:
+        raise SystemExit("no cache folder (SLIMC_CACHE_DIR=off): nowhere to store it")
+    path = wpass.calibration_path(folder, wpass._host.key)
+    if os.path.exists(path):
+        os.remove(path)
+    os.environ["SLIMC_WINOGRAD_CALIBRATE"] = "1"
+    wpass._models.clear()
+    model = wpass.host_model()
+    print(f"{model.source}: factors {model.factor}; stored in {path}")
+    return 0
+
+
+if __name__ == "__main__":  # run the module's one copy (slimc.codegen...), not __main__'s
+    from slimc.codegen.cpu import gen_winograd as _this
+
+    raise SystemExit(_this.main())
