@@ -1,13 +1,20 @@
 """Timing one model at one batch size and thread count: slimc against a peer, in one process.
 
 Both are warmed up, then they take turns, the order of the first turn alternating from round
-to round. A turn is one timed call for models slower than `turn_s`; for faster ones it is
-about `turn_s` of calls, the first untimed (it brings the runtime's weights back into the
-caches and wakes its threads after the other's turn), the rest timed. Every call is timed with
-time.perf_counter. Rounds go on until each runtime has `min_runs` timed calls and `budget_s`
-seconds have passed (or `max_runs` calls). The result is the median per runtime. slimc is
-paired with each peer in turn (so a second peer's threads never share the loop). Nothing is
-asserted: a runtime that fails to open or to run leaves an error in the row.
+to round. A turn starts with `settle_s` of sleep, then one untimed call (it brings the
+runtime's weights back into the caches and wakes its threads), then timed calls for about
+`turn_s` (at least one). Every call is timed with time.perf_counter. Rounds go on until each
+runtime has `min_runs` timed calls and `budget_s` seconds have passed (or `max_runs` calls).
+The result is the median per runtime. slimc is paired with each peer in turn (so a second
+peer's threads never share the loop). Nothing is asserted: a runtime that fails to open or to
+run leaves an error in the row.
+
+Why the sleep: both thread pools spin after a parallel call, waiting for more work, and on a
+two-core machine a spinning pool halves the other runtime's speed. Measured here (AMD EPYC,
+2 cores, MatMul 128x768x3072 at 2 threads, 3.4-3.7 ms for each runtime alone): after an
+onnxruntime call its pool kept slimc's calls at 8 ms for 80-100 ms; after a slimc call
+libgomp's spin kept onnxruntime at 8 ms for 8-16 ms. Back-to-back turns therefore time each
+runtime against the other's spinning threads, which a user running one of them never sees.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ class Settings:
     min_runs: int = 20
     max_runs: int = 2000
     budget_s: float = 3.0
-    turn_s: float = 0.02
+    turn_s: float = 0.05
+    settle_s: float = 0.15  # longer than the other runtime's pool spins after its last call
 
 
-QUICK = Settings(warmup=1, min_runs=3, max_runs=20, budget_s=0.2)
+QUICK = Settings(warmup=1, min_runs=3, max_runs=20, budget_s=0.2, settle_s=0.02)
 
 
 def interleave(fns: list, s: Settings) -> list:
@@ -47,9 +55,10 @@ def interleave(fns: list, s: Settings) -> list:
            (min(len(t) for t in times) < s.min_runs or time.perf_counter() - start < s.budget_s)):
         for k in range(len(fns)):
             i = (rounds + k) % len(fns)
-            if turns[i] > 1:
-                fns[i]()  # untimed: the runtime's own data back in cache, its threads awake
-            for _ in range(max(1, turns[i] - 1)):
+            if len(fns) > 1 or rounds == 0:
+                time.sleep(s.settle_s)  # the other runtime's threads stop spinning
+            fns[i]()  # untimed: the runtime's own data back in cache, its threads awake
+            for _ in range(turns[i]):
                 t = time.perf_counter()
                 fns[i]()
                 times[i].append(time.perf_counter() - t)

@@ -35,6 +35,10 @@ class UnsupportedError(ModelError):
     """The model uses something slimc does not implement (an op, an opset, a dtype)."""
 
 
+class ResourceError(ModelError):
+    """The model asks for more than the machine can give (a tensor larger than its memory)."""
+
+
 class InternalError(SlimcError):
     """A bug in slimc: `where` names the pass, converter or kernel that failed."""
 

@@ -100,9 +100,11 @@ class CommonSubexpressionElimination(Pass):
 class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constants, through the op references.
 
-    A result is kept only if it is small (at most `max_elements`) and not much larger than the
-    constants it consumes, so folding never bloats a model (an `expand` of a scalar to a big
-    tensor stays an expand).
+    A result is kept only if it is not much larger than the constants it consumes, so folding
+    never bloats a model (an `expand` of a scalar to a big tensor stays an expand), and, when it
+    is larger at all, small (at most `max_elements`). Results no larger than their inputs (a
+    transposed or reshaped weight, a weight times a scale) always fold: computing them once
+    here is what saves the run-time copy.
     """
 
     name = "fold_constants"
@@ -122,7 +124,8 @@ class FoldConstants(Pass):
                 continue
             out_elems = sum(v.type.numel for v in node.outputs)
             in_elems = sum(v.data.size for v in node.inputs if v is not None)
-            if out_elems > self.max_elements or out_elems > in_elems + self.growth_slack:
+            grows = out_elems > in_elems
+            if (grows and out_elems > self.max_elements) or out_elems > in_elems + self.growth_slack:
                 log("passes", f"fold_constants: not folding %{node.outputs[0].name} "
                               f"({node.op}): {out_elems} elements from {in_elems}")
                 continue

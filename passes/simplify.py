@@ -3,8 +3,8 @@
 Every view op (flatten, squeeze, unsqueeze, reshape) with a static result becomes one
 ``reshape`` to a constant shape, so chains of them collapse into one; ops that change nothing
 disappear (identity, a cast to the same type, a reshape or expand to the same shape, a
-transpose by the identity permutation); two transposes become one. Each rule is a few lines
-of data below.
+transpose by the identity permutation); two transposes become one; a power by 2 or 3 becomes
+products. Each rule is a few lines of data below.
 """
 
 from __future__ import annotations
@@ -37,6 +37,23 @@ def _reshape_to(b: Builder, x: Value, shape) -> Value:
     return b.op("reshape", [x, b.const(np.array(shape, np.int64))])
 
 
+def _exponent(k: float):
+    """where-check: pow(x, e) with e a scalar constant equal to k, on a float x that keeps its
+    shape (the exponent does not broadcast x)."""
+
+    def check(m: Match):
+        e = m.data("e")
+        if e.size != 1 or float(e.reshape(())) != k:
+            return f"the exponent is not {k:g}"
+        if not m["x"].type.dtype.is_float:
+            return "the base is not floating point"
+        if m.root.outputs[0].type.plain() != m["x"].type.plain():
+            return "the exponent broadcasts the base to another shape"
+        return True
+
+    return check
+
+
 # view op -> the input counts it comes with (squeeze's axes are optional)
 VIEW_OPS = {"flatten": (1,), "squeeze": (1, 2), "unsqueeze": (2,)}
 
@@ -56,6 +73,12 @@ RULES = [
                                                        for p in m.root.attrs["perm"]])),
     Rule("merge_reshapes", Op("reshape", Op("reshape", Any("x"), Any()), Any()),
          lambda m, b: _reshape_to(b, m["x"], m.root.outputs[0].type.shape), where=_static_result),
+    # x**2 and x**3 (GELU's tanh form, variances) as products: pow is a libm call per element,
+    # a product is one vector instruction; x*x is exact to 0.5 ulp like pow, x*x*x to 1 ulp
+    Rule("pow_two_to_mul", Op("pow", Any("x"), Const("e")),
+         lambda m, b: b.op("mul", [m["x"], m["x"]]), where=_exponent(2.0)),
+    Rule("pow_three_to_mul", Op("pow", Any("x"), Const("e")),
+         lambda m, b: b.op("mul", [b.op("mul", [m["x"], m["x"]]), m["x"]]), where=_exponent(3.0)),
 ] + [
     Rule(f"{op}_to_reshape", Op(op, Any("x"), *[Any()] * (n - 1)),
          lambda m, b: _reshape_to(b, m["x"], m.root.outputs[0].type.shape), where=_static_result)

@@ -21,6 +21,8 @@ import tempfile
 from functools import lru_cache
 from typing import Optional
 
+import numpy as np
+
 from .export import LoadedModule, load
 
 
@@ -62,7 +64,9 @@ def cache_key(graph, target, options: dict) -> str:
         h.update(v.name.encode() + b"\0")
         if v.data is not None:
             h.update(str(v.data.dtype).encode() + str(v.data.shape).encode())
-            h.update(memoryview(v.data).cast("B") if v.data.flags.c_contiguous else v.data.tobytes())
+            # the bytes as a flat uint8 view: no copy, and fine for zero-size tensors and for
+            # dtypes the buffer protocol cannot name (ml_dtypes' bfloat16)
+            h.update(np.ascontiguousarray(v.data).reshape(-1).view(np.uint8))
     h.update(f"{target.triple}|{target.cpu}|{target.features}".encode())
     h.update(repr(sorted(options.items())).encode())
     h.update(llvmlite.__version__.encode())

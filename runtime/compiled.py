@@ -30,7 +30,7 @@ from slimc.ir import Graph, Value
 from slimc.ir.errors import InputError, SlimcError
 from slimc.ir.interpreter import input_specs
 
-from . import native
+from . import limits, native
 from .memory_plan import ALIGN, Interval, MemoryPlan, plan
 from .native import COPY_INPUT, COPY_OUTPUT, KERNEL, NativeModule, aligned_empty
 
@@ -195,6 +195,7 @@ def build(graph: Graph, target: CpuTarget, fast_math=("contract",), llvm_opt_lev
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if denormals not in ("flush", "keep"):
         raise SlimcError(f"denormals must be 'flush' or 'keep', got {denormals!r}")
+    limits.check_values(graph)  # before any code is generated or memory allocated
     plan = plan_fusion(graph, enabled=fusion)
     if dump_dir:
         import os as _os
@@ -204,6 +205,8 @@ def build(graph: Graph, target: CpuTarget, fast_math=("contract",), llvm_opt_lev
             f.write(plan.report + "\n")
     module, kernels = lower_graph(graph, target, plan.groups, fast_math)
     placement, memory, weights, buffers = _place(graph, kernels)
+    limits.check_total([("arena", memory.arena_bytes), ("weights", int(weights.nbytes)),
+                        ("outputs", sum(v.type.nbytes for v in graph.outputs))])
     build_entry(module, kernels, placement, threads=threads, ftz=denormals == "flush",
                 is_x86=target.arch.startswith("x86"))
     if threads > 1 and any(k.parallel_extent > 1 for k in kernels):

@@ -11,10 +11,21 @@ from typing import Sequence
 import numpy as np
 
 
-def _bind_shapes(model, inputs: Sequence[np.ndarray]) -> dict:
+def _free_inputs(model, inputs: Sequence) -> dict:
+    """{input name: array} for the graph inputs that are not initializers. Sequences, maps and
+    optionals (lists, dicts, None) are refused here, the way slimc refuses such graphs."""
+    from slimc.ir import UnsupportedError
+
     inits = {t.name for t in model.graph.initializer}
     names = [vi.name for vi in model.graph.input if vi.name not in inits]
-    return {n: tuple(np.asarray(a).shape) for n, a in zip(names, inputs)}
+    out = {}
+    for n, a in zip(names, inputs):
+        if a is None or isinstance(a, (list, tuple, dict)):
+            kind = "an empty optional" if a is None else f"a {type(a).__name__}"
+            raise UnsupportedError(f"input {n!r} is {kind}: slimc takes tensors only "
+                                   f"(sequences, maps and optionals are not supported)")
+        out[n] = np.asarray(a)
+    return out
 
 
 # Integer inputs this small are bound as constants (the values a caller passes decide shapes:
@@ -22,21 +33,17 @@ def _bind_shapes(model, inputs: Sequence[np.ndarray]) -> dict:
 SHAPE_LIKE_LIMIT = 64
 
 
-def _shape_like(model, inputs: Sequence[np.ndarray]) -> dict:
-    inits = {t.name for t in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in inits]
-    return {n: np.asarray(a) for n, a in zip(names, inputs)
-            if np.asarray(a).dtype in (np.int64, np.int32) and np.asarray(a).size <= SHAPE_LIKE_LIMIT}
+def _shape_like(by_name: dict) -> dict:
+    return {n: a for n, a in by_name.items()
+            if a.dtype in (np.int64, np.int32) and a.size <= SHAPE_LIKE_LIMIT}
 
 
 def _import(model, inputs: Sequence[np.ndarray]):
     from slimc.frontends.onnx import from_onnx
 
-    inits = {t.name for t in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in inits]
-    by_name = dict(zip(names, (np.asarray(a) for a in inputs)))
-    graph = from_onnx(model, input_shapes=_bind_shapes(model, inputs),
-                      input_values=_shape_like(model, inputs))
+    by_name = _free_inputs(model, inputs)
+    graph = from_onnx(model, input_shapes={n: a.shape for n, a in by_name.items()},
+                      input_values=_shape_like(by_name))
     return graph, [by_name[v.name] for v in graph.inputs]
 
 

@@ -352,6 +352,11 @@ class KernelBuilder:
                 flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), ctx.col)
                 index = self.delinear(flat, self.shape(produced))
                 self.overrides[(id(produced), self._key(index), ctx.vw)] = acc
+                if not index or self.shape(produced)[-1] == 1:
+                    # one column (N == 1): consumers read it as a scalar and broadcast it
+                    # over the lanes (`_elementwise`), so lane 0 is the value under lanes=1
+                    self.overrides[(id(produced), self._key(index), 1)] = \
+                        ctx.builder.extract_element(acc, i64(0))
                 return self.value_at(self.outputs[0], index, ctx.vw)
             finally:
                 self.b, self.ptrs = saved

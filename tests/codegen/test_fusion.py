@@ -137,3 +137,22 @@ def test_epilogue_that_changes_dtype_stays_apart(tmp_path):
     for _ in range(3):
         out, = mod(p, v)
         np.testing.assert_allclose(out.astype(np.float32), (p @ v).astype(np.float16), rtol=1e-3)
+
+
+@pytest.mark.parametrize("out_shape", [(5, 1), (1, 1, 5, 1), (1, 1)])
+def test_single_column_matmul_takes_its_epilogue(out_shape):
+    # Regression (ONNX attention_bidirectional_window): with N == 1 the epilogue's consumers
+    # read the GEMM's value as a lane-broadcast scalar, which the epilogue did not provide.
+    k = 3
+    a = out_shape[:-1] + (k,)
+    b = out_shape[:-2] + (k, 1)
+    dims = lambda s: ",".join(map(str, s))
+    g, mod = compiled(f"""# slimc-ir v1
+graph @col(%a: f32[{dims(a)}], %b: f32[{dims(b)}]) -> (f32[{dims(out_shape)}]) {{
+  %y = matmul(%a, %b) : f32[{dims(out_shape)}]
+  %r = relu(%y) : f32[{dims(out_shape)}]
+  return %r
+}}
+""")
+    assert [k.ops for k in mod.kernels] == [["matmul", "relu"]]
+    agree(g, mod, a, b)
