@@ -4,7 +4,7 @@ Every view op (flatten, squeeze, unsqueeze, reshape) with a static result become
 ``reshape`` to a constant shape, so chains of them collapse into one; ops that change nothing
 disappear (identity, a cast to the same type, a reshape or expand to the same shape, a
 transpose by the identity permutation); two transposes become one; a power by 2 or 3 becomes
-products. Each rule is a few lines of data below.
+products; a pool whose single window covers its input becomes a global pool. Each rule is a few lines of data below.
 """
 
 from __future__ import annotations
@@ -54,6 +54,26 @@ def _exponent(k: float):
     return check
 
 
+def _window_covers_input(m: Match):
+    """where-check: a pool whose one window per channel covers the whole (unpadded) input:
+    exporters write adaptive pooling to 1x1 as kernel_shape = the input size, or larger with
+    ceil_mode (EfficientNet: 1280x1280 over 7x7), and the pool then walks every empty tap."""
+    node, x = m.root, m["x"]
+    a = node.attrs
+    spatial = x.type.shape[2:]
+    if not x.type.is_static or not node.outputs[0].type.is_static:
+        return "the shapes are not static"
+    if any(int(p) != 0 for p in (a.get("pads") or [])):
+        return "the window is padded"
+    if any(int(d) != 1 for d in (a.get("dilations") or [])):
+        return "the window is dilated"
+    if any(d != 1 for d in node.outputs[0].type.shape[2:]):
+        return "there is more than one window per channel"
+    if any(int(k) < d for k, d in zip(a["kernel_shape"], spatial)):
+        return "the window does not cover the input"
+    return True
+
+
 # view op -> the input counts it comes with (squeeze's axes are optional)
 VIEW_OPS = {"flatten": (1,), "squeeze": (1, 2), "unsqueeze": (2,)}
 
@@ -79,6 +99,10 @@ RULES = [
          lambda m, b: b.op("mul", [m["x"], m["x"]]), where=_exponent(2.0)),
     Rule("pow_three_to_mul", Op("pow", Any("x"), Const("e")),
          lambda m, b: b.op("mul", [b.op("mul", [m["x"], m["x"]]), m["x"]]), where=_exponent(3.0)),
+    Rule("avg_pool_to_global", Op("avg_pool", Any("x")),
+         lambda m, b: b.op("global_avg_pool", [m["x"]]), where=_window_covers_input),
+    Rule("max_pool_to_global", Op("max_pool", Any("x")),
+         lambda m, b: b.op("global_max_pool", [m["x"]]), where=_window_covers_input),
 ] + [
     Rule(f"{op}_to_reshape", Op(op, Any("x"), *[Any()] * (n - 1)),
          lambda m, b: _reshape_to(b, m["x"], m.root.outputs[0].type.shape), where=_static_result)
