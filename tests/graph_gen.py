@@ -73,7 +73,7 @@ def mixed_graphs(draw, max_nodes: int = 10):
         v = draw(st.sampled_from(values))
         s = v.type.shape
         kind = draw(st.sampled_from(["unary", "binary", "const", "reduce", "matmul", "transpose",
-                                     "reshape", "softmax_like"]))
+                                     "reshape", "softmax_like", "slice", "concat", "conv"]))
         try:
             if kind == "unary":
                 out = _add(g, draw(st.sampled_from(UNARY)), [v])
@@ -103,6 +103,20 @@ def mixed_graphs(draw, max_nodes: int = 10):
                 starts = g.add_constant(f"b{i}", np.array([0], np.int64))
                 axes = g.add_constant(f"a{i}", np.array([len(s) - 1], np.int64))
                 out = _add(g, "slice", [v, starts, ends, axes])
+            elif kind == "concat" and s:
+                w = draw(st.sampled_from(values))
+                axis = draw(st.integers(0, len(s) - 1))
+                out = _add(g, "concat", [v, w], axis=axis)
+            elif kind == "conv" and len(s) == 4:
+                k = draw(st.sampled_from([1, 3]))
+                cout = draw(st.sampled_from([1, 3, 8, 17]))
+                group = draw(st.sampled_from([1, s[1]])) if cout % s[1] == 0 else 1
+                w = g.add_constant(f"k{i}", rng.uniform(-1, 1, (cout, s[1] // group, k, k))
+                                   .astype(np.float32))
+                p = k // 2 if draw(st.booleans()) else 0
+                stride = draw(st.sampled_from([1, 2]))
+                out = _add(g, "conv", [v, w], kernel_shape=[k, k], pads=[p] * 4,
+                           strides=[stride] * 2, group=group)
             elif kind == "softmax_like" and s:
                 m = _add(g, "reduce_max", [v], axes=[len(s) - 1], keepdims=1)
                 e = _add(g, "exp", [_add(g, "sub", [v, m])])

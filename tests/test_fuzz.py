@@ -1,7 +1,7 @@
 """Differential fuzzing: random graphs compiled to native code against the interpreter.
 
 The default profile runs a few dozen examples in CI; ``HYPOTHESIS_PROFILE=fuzz`` runs
-thousands (the run before closing a conformance issue). Every bug found here becomes a
+thousands (the run before closing a conformance issue; ``SLIMC_FUZZ_EXAMPLES=N`` sets how many). Every bug found here becomes a
 regression test below the fuzz test.
 """
 
@@ -15,7 +15,8 @@ from slimc.ir import interpret, verify
 
 from .graph_gen import mixed_graphs
 
-settings.register_profile("fuzz", max_examples=3000, deadline=None,
+settings.register_profile("fuzz", max_examples=int(os.environ.get("SLIMC_FUZZ_EXAMPLES", 3000)),
+                          deadline=None,
                           suppress_health_check=list(HealthCheck))
 settings.register_profile("ci", max_examples=30, deadline=None,
                           suppress_health_check=list(HealthCheck))
