@@ -212,7 +212,7 @@ class EpilogueContext:
         p = b.gep(ptr, [index], source_etype=F32, name=name + ".ptr")
         if self.mask is None:
             return b.load(p, typ=self.vec_type, align=4, name=name)
-        return _masked_load(b, self.module, p, self.mask, self.vw, name)
+        return masked_load_vector(b, p, _vec(self.vw), self.mask, name)
 
     def splat(self, scalar: ir.Value, name: str = "epi.splat") -> ir.Value:
         return _splat(self.builder, scalar, self.vw, name)
@@ -266,14 +266,6 @@ def _intrinsic(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Functi
 
 def _mask_const(vw: int, nlanes: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I1, vw), [1 if i < nlanes else 0 for i in range(vw)])
-
-
-def _masked_load(b, module, ptr, mask, vw, name):
-    return masked_load_vector(b, ptr, _vec(vw), mask, name)
-
-
-def _masked_store(b, module, val, ptr, mask, vw):
-    masked_store_vector(b, val, ptr, mask)
 
 
 def _fma(b, module, x, y, acc, vw, name):
@@ -482,8 +474,8 @@ class _Gen:
                 off = bbase if v == 0 else bld.add(bbase, _i64(v * vw), name=f"b.off{tag}.{v}")
                 p = bld.gep(Bp, [off], source_etype=F32, name=f"b.ptr{tag}.{v}")
                 if b_direct and v == nvec - 1 and tail_lanes < vw:
-                    bv.append(_masked_load(bld, m, p, _mask_const(vw, tail_lanes), vw,
-                                           f"b{tag}.{v}"))
+                    bv.append(masked_load_vector(bld, p, _vec(vw), _mask_const(vw, tail_lanes),
+                                                  f"b{tag}.{v}"))
                 else:
                     bv.append(bld.load(p, typ=vt, align=4, name=f"b{tag}.{v}"))
             accs = list(accs)
@@ -572,13 +564,13 @@ class _Gen:
         def load_c(i, r, v):
             if masks[i] is None:
                 return b.load(cptrs[i], typ=vt, align=4, name=f"c.r{r}.v{v}")
-            return _masked_load(b, m, cptrs[i], masks[i], vw, f"c.r{r}.v{v}")
+            return masked_load_vector(b, cptrs[i], _vec(vw), masks[i], f"c.r{r}.v{v}")
 
         def store_c(i, val):
             if masks[i] is None:
                 b.store(val, cptrs[i], align=4)
             else:
-                _masked_store(b, m, val, cptrs[i], masks[i], vw)
+                masked_store_vector(b, val, cptrs[i], masks[i])
 
         # C += : load C where needed (branch once for the whole tile)
         with_c = fn.append_basic_block("c.add")
@@ -835,8 +827,7 @@ class _Gen:
                             val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
                         elif lanes > 0:
                             sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                            val = _masked_load(b, self.m, sv, _mask_const(vw, lanes), vw,
-                                               f"bt.v{v}")
+                            val = masked_load_vector(b, sv, _vec(vw), _mask_const(vw, lanes), f"bt.v{v}")
                         else:
                             val = ir.Constant(vt, None)
                         b.store(val, d, align=4)

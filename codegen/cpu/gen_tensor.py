@@ -51,27 +51,6 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def _add(kb: KernelBuilder, a: Index, c: Index, name: str) -> Index:
-    """a + c, folded when both are ints (named, unlike kb.iadd)."""
-    if isinstance(a, int) and isinstance(c, int):
-        return a + c
-    if isinstance(c, int) and c == 0:
-        return a
-    if isinstance(a, int) and a == 0:
-        return c
-    return kb.b.add(kb._ir(a), kb._ir(c), name=name)
-
-
-def _mul(kb: KernelBuilder, a: Index, c: int, name: str) -> Index:
-    if isinstance(a, int):
-        return a * c
-    if c == 1:
-        return a
-    if c == 0:
-        return 0
-    return kb.b.mul(a, i64(c), name=name)
-
-
 def _divmod(kb: KernelBuilder, a: Index, c: int, name: str) -> tuple:
     """(a // c, a % c) for a >= 0."""
     if isinstance(a, int):
@@ -226,8 +205,8 @@ def _flat_copy(kb: KernelBuilder, src, src_off: Index, dst, dst_off: Index, n: i
     sp, dp = kb.ptr(src), kb.ptr(dst)
 
     def body(j, lanes):
-        x = load(b, sp, kb._ir(_add(kb, src_off, j, name + ".src")), lanes, name=name + ".x")
-        store(b, x, dp, kb._ir(_add(kb, dst_off, j, name + ".dst")), name=name)
+        x = load(b, sp, kb._ir(kb.iadd(src_off, j, name + ".src")), lanes, name=name + ".x")
+        store(b, x, dp, kb._ir(kb.iadd(dst_off, j, name + ".dst")), name=name)
 
     _axis_loop(kb, 0, n, body, name=name + ".i")
 
@@ -257,7 +236,7 @@ def slice_map(kb: KernelBuilder, node, out, index):
     name = llvm_name(out.name)
     src = []
     for a, ((start, step), i) in enumerate(zip(_slice_starts(kb, node), index)):
-        src.append(_add(kb, start, _mul(kb, i, step, f"{name}.step{a}"), f"{name}.src{a}"))
+        src.append(kb.iadd(start, kb.imul(i, step, f"{name}.step{a}"), f"{name}.src{a}"))
     return node.inputs[0], src
 
 
@@ -340,11 +319,11 @@ def depth_to_space(kb: KernelBuilder, node, out, index):
     name = llvm_name(out.name)
     h, b1 = _divmod(kb, y, bs, name + ".y")
     w, b2 = _divmod(kb, x, bs, name + ".x")
-    blk = _add(kb, _mul(kb, b1, bs, name + ".b1"), b2, name + ".blk")
+    blk = kb.iadd(kb.imul(b1, bs, name + ".b1"), b2, name + ".blk")
     if mode == "DCR":  # channel = (b1 * bs + b2) * C' + c
-        ch = _add(kb, _mul(kb, blk, c_out, name + ".blkc"), c, name + ".ch")
+        ch = kb.iadd(kb.imul(blk, c_out, name + ".blkc"), c, name + ".ch")
     else:  # CRD: channel = c * bs * bs + b1 * bs + b2
-        ch = _add(kb, _mul(kb, c, bs * bs, name + ".cb"), blk, name + ".ch")
+        ch = kb.iadd(kb.imul(c, bs * bs, name + ".cb"), blk, name + ".ch")
     return node.inputs[0], [n, ch, h, w]
 
 
@@ -360,8 +339,8 @@ def space_to_depth(kb: KernelBuilder, node, out, index):
     else:  # CRD: out channel = c * bs * bs + b1 * bs + b2
         c, blk = _divmod(kb, oc, bs * bs, name + ".oc")
     b1, b2 = _divmod(kb, blk, bs, name + ".blk")
-    y = _add(kb, _mul(kb, hh, bs, name + ".hh"), b1, name + ".y")
-    x = _add(kb, _mul(kb, ww, bs, name + ".ww"), b2, name + ".x")
+    y = kb.iadd(kb.imul(hh, bs, name + ".hh"), b1, name + ".y")
+    x = kb.iadd(kb.imul(ww, bs, name + ".ww"), b2, name + ".x")
     return node.inputs[0], [n, c, y, x]
 
 
@@ -418,7 +397,7 @@ def _pad_source(kb: KernelBuilder, mode: str, o: Index, width, d: int, name: str
     t = b.sub(o, i64(gb), name=name + ".t") if gb else o
     if mode == "constant":
         ok = b.icmp_unsigned("<", t, i64(L), name=name + ".in")  # 0 <= t < L
-        return _add(kb, t, lo, name + ".src"), ok
+        return kb.iadd(t, lo, name + ".src"), ok
     if mode == "edge":
         t = b.select(b.icmp_signed("<", t, i64(0)), i64(0), t, name=name + ".lo")
         t = b.select(b.icmp_signed(">", t, i64(L - 1)), i64(L - 1), t, name=name + ".hi")
@@ -428,7 +407,7 @@ def _pad_source(kb: KernelBuilder, mode: str, o: Index, width, d: int, name: str
                      name=name + ".hi")
     else:  # wrap: t >= -gb, so adding a multiple of L above gb makes it non-negative
         t = b.urem(b.add(t, i64(L * (-(-gb // L)))), i64(L), name=name + ".wrap")
-    return _add(kb, t, lo, name + ".src"), None
+    return kb.iadd(t, lo, name + ".src"), None
 
 
 @generator("pad", inline_inputs=True, epilogue=True)
@@ -474,7 +453,7 @@ def pad(kb: KernelBuilder, node) -> None:
             put(j, lanes, splat(b, fill, lanes, name + ".fill"))
 
         def copy(j, lanes):
-            put(j, lanes, kb.value_at(x, src + [_add(kb, j, -begin, name + ".src")], lanes))
+            put(j, lanes, kb.value_at(x, src + [kb.iadd(j, -begin, name + ".src")], lanes))
 
         def remap(j, lanes):
             s, _ = _pad_source(kb, mode, j, widths[-1], in_shape[-1], name + ".last")
@@ -540,7 +519,7 @@ def trilu(kb: KernelBuilder, node) -> None:
 
     def value(row, j, lanes):
         i = row[-1]
-        edge = kb._ir(_add(kb, i, k, name + ".diag"))  # keep j >= i + k (upper), j <= i + k (lower)
+        edge = kb._ir(kb.iadd(i, k, name + ".diag"))  # keep j >= i + k (upper), j <= i + k (lower)
         cols = _lane_ids(kb, j, lanes, name + ".col")
         keep = b.icmp_signed(">=" if upper else "<=", cols, splat(b, edge, lanes, name + ".diag"),
                              name=name + ".keep")
@@ -605,14 +584,14 @@ def concat(kb: KernelBuilder, node) -> None:
         xs = kb.shape(x)
         if plain and _is_buffer(kb, x):
             n = _numel(xs[axis:])
-            _flat_copy(kb, x, _mul(kb, o, n, f"{name}.in{k}.base"), out,
-                       _add(kb, _mul(kb, o, row, f"{name}.out{k}.row"), offsets[k] * _numel(xs[axis + 1:]),
+            _flat_copy(kb, x, kb.imul(o, n, f"{name}.in{k}.base"), out,
+                       kb.iadd(kb.imul(o, row, f"{name}.out{k}.row"), offsets[k] * _numel(xs[axis + 1:]),
                             f"{name}.out{k}.base"), n, f"{name}.part{k}")
             return
 
         def body(idx, lanes):
             dst = list(idx)
-            dst[axis] = _add(kb, idx[axis], offsets[k], f"{name}.at{k}")
+            dst[axis] = kb.iadd(idx[axis], offsets[k], f"{name}.at{k}")
             kb.store_result(out, dst, kb.value_at(x, idx, lanes))
 
         _nest(kb, xs, axis, o_idx, body, f"{name}.part{k}")
@@ -641,14 +620,14 @@ def split(kb: KernelBuilder, node) -> None:
         ys = kb.shape(y)
         if _is_buffer(kb, x):
             n = _numel(ys[axis:])
-            _flat_copy(kb, x, _add(kb, _mul(kb, o, row, f"{name}.in{k}.row"), offsets[k] * _numel(ys[axis + 1:]),
+            _flat_copy(kb, x, kb.iadd(kb.imul(o, row, f"{name}.in{k}.row"), offsets[k] * _numel(ys[axis + 1:]),
                                    f"{name}.in{k}.base"),
-                       y, _mul(kb, o, n, f"{name}.out{k}.base"), n, f"{name}.part{k}")
+                       y, kb.imul(o, n, f"{name}.out{k}.base"), n, f"{name}.part{k}")
             return
 
         def body(idx, lanes):
             src = list(idx)
-            src[axis] = _add(kb, idx[axis], offsets[k], f"{name}.at{k}")
+            src[axis] = kb.iadd(idx[axis], offsets[k], f"{name}.at{k}")
             kb.store_value(y, idx, kb.value_at(x, src, lanes))
 
         _nest(kb, ys, axis, o_idx, body, f"{name}.part{k}")
@@ -797,7 +776,7 @@ def eye_like(kb: KernelBuilder, node) -> None:
     t = llvm_type(out.type.dtype)
 
     def value(row, j, lanes):
-        diag = splat(b, kb._ir(_add(kb, row[0], k, name + ".diag")), lanes, name + ".diag")
+        diag = splat(b, kb._ir(kb.iadd(row[0], k, name + ".diag")), lanes, name + ".diag")
         on = b.icmp_signed("==", _lane_ids(kb, j, lanes, name + ".col"), diag, name=name + ".on")
         return b.select(on, splat(b, const(t, 1), lanes), splat(b, const(t, 0), lanes), name=name)
 

@@ -186,23 +186,23 @@ class KernelBuilder:
         return get_op(node.op).resolve_attrs(node.attrs, node.label)
 
     # ----- index arithmetic (folds ints in Python) ---------------------------------------
-    def iadd(self, a: Index, b: Index) -> Index:
+    def iadd(self, a: Index, b: Index, name: str = "") -> Index:
         if isinstance(a, int) and isinstance(b, int):
             return a + b
         if isinstance(b, int) and b == 0:
             return a
         if isinstance(a, int) and a == 0:
             return b
-        return self.b.add(self._ir(a), self._ir(b))
+        return self.b.add(self._ir(a), self._ir(b), name=name)
 
-    def imul(self, a: Index, c: int) -> Index:
+    def imul(self, a: Index, c: int, name: str = "") -> Index:
         if isinstance(a, int):
             return a * c
         if c == 1:
             return a
         if c == 0:
             return 0
-        return self.b.mul(a, i64(c))
+        return self.b.mul(a, i64(c), name=name)
 
     def idiv(self, a: Index, c: int) -> Index:
         if isinstance(a, int):

@@ -5,13 +5,14 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 
-from slimc.codegen.cpu import gemm, llvm_util as U
+from slimc.codegen.cpu import llvm_util as U
 from slimc.codegen.cpu.target import CpuTarget, jit_compile
 
 
 def test_masked_intrinsics_from_every_generator_share_one_module():
-    # Regression: gemm.py and llvm_util declared llvm.masked.load.v8f32.p0 with different
-    # pointer types, and a kernel using both failed with a TypeError.
+    # Regression: gemm.py, gen_nn.py and llvm_util each declared llvm.masked.load.v8f32.p0,
+    # with different pointer types, and a kernel using two of them failed with a TypeError.
+    # Typed (float*) and vector-typed addresses now meet one declaration.
     m = ir.Module(name="masked")
     fpt = ir.PointerType(U.F32)
     fn = ir.Function(m, ir.FunctionType(U.VOID, [fpt, fpt]), "copy3")
@@ -19,8 +20,9 @@ def test_masked_intrinsics_from_every_generator_share_one_module():
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     mask = ir.Constant(ir.VectorType(U.I1, 8), [1, 1, 1, 0, 0, 0, 0, 0])
     a = U.masked_load(b, src, U.i64(0), mask, "a")
-    c = gemm._masked_load(b, m, src, mask, 8, "c")
-    gemm._masked_store(b, m, b.fadd(a, c, name="twice"), dst, mask, 8)
+    vt = ir.VectorType(U.F32, 8)
+    c = U.masked_load_vector(b, b.bitcast(src, ir.PointerType(vt)), vt, mask, "c")
+    U.masked_store_vector(b, b.fadd(a, c, name="twice"), dst, mask)
     b.ret_void()
     jit = jit_compile(m, CpuTarget.host())
     x = np.arange(1, 9, dtype=np.float32)
