@@ -82,7 +82,8 @@ class Module:
                     self._specializations[shapes] = compiled
                 return compiled
         graph_passes_off = [n for n in self.disable_passes if n not in CODEGEN_STAGES]
-        pipeline = standard_pipeline(self.opt_level, self.user_passes, graph_passes_off)
+        pipeline = standard_pipeline(self.opt_level, self.user_passes, graph_passes_off,
+                                     vector_width=target.vector_width)
         PassManager(pipeline, dump_dir=self.dump_dir).run(graph)
         fast_math = ("contract", "reassoc") if self.opt_level >= 2 else ()
         compiled = build(graph, target, fast_math=fast_math,

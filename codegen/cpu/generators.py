@@ -23,7 +23,7 @@ from llvmlite import ir
 from slimc.ir import dtypes
 
 from .kernel import KernelBuilder, generator, index_map, llvm_name
-from .llvm_util import F32, F64, I64, const, i64, is_float, llvm_type
+from .llvm_util import F32, F64, I64, const, i64, is_float, llvm_type, vector_of
 from .scalar_ops import Emitter, _convert
 
 
@@ -100,6 +100,13 @@ def _int_limits(dtype):
     return int(info.min), int(info.max)
 
 
+def _splat_const(t: ir.Type, value) -> ir.Constant:
+    """A constant of scalar or vector type t with every lane `value`."""
+    if isinstance(t, ir.VectorType):
+        return ir.Constant(t, [const(t.element, value)] * t.count)
+    return const(t, value)
+
+
 @generator(*REDUCTIONS, inline_inputs=True, epilogue=True)
 def reduce(kb: KernelBuilder, node):
     """One work item per output element; an inner loop nest over the reduced axes.
@@ -123,10 +130,19 @@ def reduce(kb: KernelBuilder, node):
     acc_dt = _accumulator_dtype(in_dt, kind)
     acc_t = llvm_type(acc_dt)
     e = Emitter(b, [acc_dt], acc_dt, kb.fast_math, llvm_name(out.name))
+    # Reducing outer axes and keeping a last axis of whole vectors (a global pool over a
+    # blocked NCHW[b]c tensor): each work item reduces one vector of outputs at once.
+    lanes = kb.vector_width
+    if not (kept and kept[-1] == rank - 1 and kept_shape[-1] % lanes == 0 and in_dt.is_float
+            and acc_dt == in_dt and kind in ("reduce_sum", "reduce_mean", "reduce_max",
+                                             "reduce_min")):
+        lanes = 1
+    iter_shape = kept_shape[:-1] + [kept_shape[-1] // lanes] if lanes > 1 else kept_shape
     n_out = 1
-    for d in kept_shape:
+    for d in iter_shape:
         n_out *= d
     kb.parallel_extent = n_out
+    acc_t = vector_of(acc_t, lanes)
     acc = b.alloca(acc_t, name=llvm_name(out.name) + ".acc")
     mx = b.alloca(acc_t, name=llvm_name(out.name) + ".max")
 
@@ -140,7 +156,9 @@ def reduce(kb: KernelBuilder, node):
         nest(0, {})
 
     with kb.loop(kb.begin, kb.end, name="o") as o:
-        kept_index = kb.delinear(o, kept_shape) if kept_shape else []
+        kept_index = kb.delinear(o, iter_shape) if kept_shape else []
+        if lanes > 1:
+            kept_index[-1] = kb.imul(kept_index[-1], lanes)
 
         def full_index(red):
             idx, k = [], 0
@@ -153,14 +171,14 @@ def reduce(kb: KernelBuilder, node):
             return idx
 
         def element(red):
-            v = kb.value_at(x, full_index(red))
+            v = kb.value_at(x, full_index(red), lanes)
             kb.cache.clear()  # the index changes every iteration
             return _convert(e, v, in_dt, acc_dt)
 
         if kind == "reduce_log_sum_exp":
             b.store(const(acc_t, -math.inf), mx)
             for_each_reduced(lambda red: b.store(e.max(b.load(mx), element(red)), mx))
-        b.store(const(acc_t, _identity(kind, acc_dt)), acc)
+        b.store(_splat_const(acc_t, _identity(kind, acc_dt)), acc)
 
         def accumulate(red):
             v = element(red)
@@ -188,7 +206,7 @@ def reduce(kb: KernelBuilder, node):
         for_each_reduced(accumulate)
         result = b.load(acc, name=llvm_name(out.name) + ".sum")
         if kind == "reduce_mean":  # (integer means accumulate in f64: see _accumulator_dtype)
-            result = e.fdiv(result, const(acc_t, count))
+            result = e.fdiv(result, _splat_const(acc_t, count))
         elif kind == "reduce_l2":
             result = e.intrinsic("sqrt", [result])
         elif kind == "reduce_log_sum":

@@ -1,0 +1,299 @@
+"""Kernels for the blocked NCHW[b]c layout (ir/ops/layout.py, chosen by passes/layout.py).
+
+A blocked tensor's innermost axis is b channels, b the vector width, so every load and store
+here is a whole vector and no loop has a tail, whatever the image size.
+
+* ``depthwise_conv2d_nchwc``: a work item is one output row of one channel block. The
+  kh*kw weight vectors are loaded once per row; each output pixel is kh*kw vector FMAs.
+  Interior pixels (every tap on real input) run without tests; the pixels near the edges,
+  and rows whose taps leave the image, take the zero padding by a select on a clamped load.
+* ``conv2d_nchwc``: a register tile of OCV output-channel blocks x T pixels (AVX2: 2 x 6, 12
+  accumulators). Per input channel one weight vector per block is loaded and each pixel's
+  input value is broadcast: OCV + T loads feed OCV * T FMAs. Interior pixels go in tiles of
+  T; edge pixels one by one, skipping taps that land in the padding. A 1x1 stride-1
+  unpadded convolution runs over the flattened image (a 7x7 plane is 49 pixels in tiles of
+  6, not 7 rows of 6 + 1).
+* ``to_blocked`` / ``from_blocked``: index maps, so the conversions fuse like any injective op.
+
+Both convolutions hand each result vector to `kb.store_result`: the epilogue (clip, residual
+add, SiLU, ...) runs on the vector before its only store.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from slimc.ir.ops.nn import _window_params
+
+from .gen_nn import _entry_alloca, _smax, _smin, _store_result
+from .kernel import KernelBuilder, generator, index_map, llvm_name
+from .llvm_util import F32, const, i64, splat
+
+FLAT_ROW = 128  # pixels per work item of a flattened 1x1 convolution (then a multiple of T)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversions
+# ----------------------------------------------------------------------------------------------
+
+
+@index_map("to_blocked")
+def to_blocked(kb: KernelBuilder, node, v, index):
+    """out[n, cb, *s, c] = x[n, cb*b + c, *s]"""
+    blk = int(kb.attrs(node)["block"])
+    n, cb, *sp, c = index
+    return node.inputs[0], [n, kb.iadd(kb.imul(cb, blk), c), *sp]
+
+
+@index_map("from_blocked")
+def from_blocked(kb: KernelBuilder, node, v, index):
+    """out[n, ch, *s] = x[n, ch // b, *s, ch % b]"""
+    blk = int(kb.attrs(node)["block"])
+    n, ch, *sp = index
+    return node.inputs[0], [n, kb.idiv(ch, blk), *sp, kb.imod(ch, blk)]
+
+
+to_blocked.keeps_last_axis = lambda kb, node: False
+from_blocked.keeps_last_axis = lambda kb, node: False
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _fma(b: ir.IRBuilder, x, y, acc, name: str):
+    return b.fadd(acc, b.fmul(x, y, flags=("contract",)), flags=("contract",), name=name)
+
+
+def _vload(b: ir.IRBuilder, base, offset, vt: ir.VectorType, name: str):
+    p = b.gep(base, [offset], inbounds=True, name=name + ".p")
+    return b.load(b.bitcast(p, ir.PointerType(vt)), align=4, name=name)
+
+
+def _interior(size: int, out: int, k: int, s: int, d: int, pad: int) -> tuple[int, int]:
+    """Output positions [lo, hi) whose every tap 0..k-1 lands inside [0, size)."""
+    lo = -(-pad // s)
+    hi = min(out, (size - 1 + pad - (k - 1) * d) // s + 1) if size - 1 + pad - (k - 1) * d >= 0 \
+        else 0
+    lo = min(lo, out)
+    return lo, max(lo, hi)
+
+
+def _bias_vector(kb: KernelBuilder, bias, block_index, lanes: int, name: str):
+    vt = ir.VectorType(F32, lanes)
+    if bias is None:
+        return ir.Constant(vt, None)
+    return _vload(kb.b, kb.ptr(bias), kb.b.mul(block_index, i64(lanes)), vt, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Depthwise
+# ----------------------------------------------------------------------------------------------
+
+
+@generator("depthwise_conv2d_nchwc", epilogue=True)
+def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
+    b = kb.b
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    N, CB, H, W, B = kb.shape(x)
+    _, kh, kw, _ = kb.shape(w)
+    Ho, Wo = kb.shape(out)[2:4]
+    (sh, sw), pads, (dh, dw) = _window_params(kb.attrs(node), 2)
+    pt, pl = pads[0], pads[1]
+    vt = ir.VectorType(F32, B)
+    zero = ir.Constant(vt, None)
+    name = llvm_name(out.name)
+    X, Wt = kb.ptr(x), kb.ptr(w)
+    kb.parallel_extent = N * CB * Ho
+    kb.cost = 2 * N * CB * B * Ho * Wo * kh * kw
+    lo, hi = _interior(W, Wo, kw, sw, dw, pl)
+    with kb.loop(kb.begin, kb.end, name="row") as row:
+        n, cb, oy = kb.delinear(row, [N, CB, Ho])
+        cb_ir = kb._ir(cb)
+        wbase = b.mul(cb_ir, i64(kh * kw * B), name="w.base")
+        wv = [[_vload(b, Wt, b.add(wbase, i64((ky * kw + kx) * B)), vt, f"w{ky}{kx}")
+               for kx in range(kw)] for ky in range(kh)]
+        bv = _bias_vector(kb, bias, cb_ir, B, "bias")
+        plane = b.mul(kb._ir(kb.iadd(kb.imul(n, CB), cb)), i64(H * W * B), name="plane")
+        iy0 = b.sub(b.mul(kb._ir(oy), i64(sh)), i64(pt), name="iy0")
+        rows, row_ok = [], []
+        for ky in range(kh):
+            iy = b.add(iy0, i64(ky * dh), name=f"iy{ky}")
+            ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(H)),
+                        name=f"iy{ky}.ok")
+            iyc = _smin(b, _smax(b, iy, i64(0), f"iy{ky}.c0"), i64(H - 1), f"iy{ky}.c")
+            rows.append(b.add(plane, b.mul(iyc, i64(W * B)), name=f"row{ky}"))
+            row_ok.append(ok)
+        all_rows = row_ok[0]
+        for ok in row_ok[1:]:
+            all_rows = b.and_(all_rows, ok, name="rows.ok")
+
+        def pixel(ox, checked: bool):
+            acc = bv
+            ix0 = b.sub(b.mul(ox, i64(sw)), i64(pl), name="ix0")
+            for kx in range(kw):
+                ix = b.add(ix0, i64(kx * dw), name=f"ix{kx}")
+                if checked:
+                    x_ok = b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(W)),
+                                  name=f"ix{kx}.ok")
+                    ix = _smin(b, _smax(b, ix, i64(0), f"ix{kx}.c0"), i64(W - 1), f"ix{kx}.c")
+                for ky in range(kh):
+                    v = _vload(b, X, b.add(rows[ky], b.mul(ix, i64(B))), vt, f"x{ky}{kx}")
+                    if checked:
+                        v = b.select(b.and_(row_ok[ky], x_ok), v, zero, name=f"x{ky}{kx}.z")
+                    acc = _fma(b, v, wv[ky][kx], acc, "acc")
+            _store_result(kb, out, [n, cb, oy, ox, 0], acc)
+
+        def run(lo_, hi_, checked, tag):
+            if hi_ > lo_:
+                with kb.loop(lo_, hi_, name=f"ox.{tag}") as ox:
+                    pixel(ox, checked)
+
+        with b.if_else(all_rows) as (inside, edge_row):
+            with inside:
+                run(0, lo, True, "left")
+                run(lo, hi, False, "mid")
+                run(hi, Wo, True, "right")
+            with edge_row:
+                run(0, Wo, True, "edge")
+    b.ret_void()
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense (group 1)
+# ----------------------------------------------------------------------------------------------
+
+
+def _register_tile(cob: int, nregs: int) -> tuple[int, int]:
+    """(output-channel blocks, pixels) per register tile: OCV * T accumulators leave room for
+    OCV weight vectors and a broadcast."""
+    budget = nregs - 4
+    ocv = 2 if cob % 2 == 0 else 3 if cob % 3 == 0 else 1
+    return ocv, max(1, min(14, budget // ocv))
+
+
+@generator("conv2d_nchwc", epilogue=True)
+def conv2d_nchwc(kb: KernelBuilder, node) -> None:
+    b = kb.b
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    xs = kb.shape(x)
+    N, CIB, H, W, BI = xs if len(xs) == 5 else (*xs, 1)  # NCHW input: blocks of 1 channel
+    COB, _, kh, kw, _, BO = kb.shape(w)
+    Ho, Wo = kb.shape(out)[2:4]
+    (sh, sw), pads, (dh, dw) = _window_params(kb.attrs(node), 2)
+    pt, pl = pads[0], pads[1]
+    vt = ir.VectorType(F32, BO)
+    name = llvm_name(out.name)
+    X, Wt = kb.ptr(x), kb.ptr(w)
+    ocv, T = _register_tile(COB, kb.target.num_vector_regs)
+    flat = kh == kw == 1 and sh == sw == 1 and pads == [0, 0, 0, 0]
+    if flat:  # the image as one line of pixels, in rows of FLAT_ROW
+        P = H * W
+        row_w = min(P, max(T, FLAT_ROW // T * T))
+        nrows = -(-P // row_w)
+    else:
+        row_w, nrows = Wo, Ho
+    wstride_blk = CIB * kh * kw * BI * BO  # one output block's weights
+    kb.parallel_extent = N * (COB // ocv) * nrows
+    kb.cost = 2 * N * COB * BO * Ho * Wo * CIB * BI * kh * kw
+    accs = [[_entry_alloca(kb, vt, f"acc{j}.{t}") for t in range(T)] for j in range(ocv)]
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        n, cop, r = kb.delinear(item, [N, COB // ocv, nrows])
+        co0 = kb.imul(cop, ocv, name="co0")
+        n_ir, co0_ir, r_ir = kb._ir(n), kb._ir(co0), kb._ir(r)
+        xbase = b.mul(n_ir, i64(CIB * H * W * BI), name="x.n")
+        wbase = b.mul(co0_ir, i64(wstride_blk), name="w.co")
+        biases = [_bias_vector(kb, bias, b.add(co0_ir, i64(j)), BO, f"bias{j}") for j in range(ocv)]
+        if flat:
+            p0 = b.mul(r_ir, i64(row_w), name="p0")
+            width = _smin(b, b.sub(i64(P), p0), i64(row_w), "width")
+            iy0 = None
+        else:
+            p0, width = None, i64(Wo)
+            iy0 = b.sub(b.mul(r_ir, i64(sh)), i64(pt), name="iy0")
+
+        def tile(ox0, t_count: int, checked: bool):
+            """Pixels ox0 .. ox0+t_count-1 of this row, OCV blocks of output channels."""
+            for j in range(ocv):
+                for t in range(t_count):
+                    b.store(biases[j], accs[j][t])
+            with kb.loop(0, CIB, name="cib") as cib:
+                xc = b.add(xbase, b.mul(cib, i64(H * W * BI)), name="x.c")
+                wc = b.add(wbase, b.mul(cib, i64(kh * kw * BI * BO)), name="w.c")
+                with kb.loop(0, kh, name="ky") as ky:
+                    if flat:
+                        xrow = b.add(xc, b.mul(p0, i64(BI)), name="x.row")
+                        y_ok = None
+                    else:
+                        iy = b.add(iy0, b.mul(ky, i64(dh)), name="iy")
+                        y_ok = b.and_(b.icmp_signed(">=", iy, i64(0)),
+                                      b.icmp_signed("<", iy, i64(H)), name="iy.ok")
+                        xrow = b.add(xc, b.mul(iy, i64(W * BI)), name="x.row")
+                    wky = b.add(wc, b.mul(ky, i64(kw * BI * BO)), name="w.ky")
+
+                    def taps():
+                        with kb.loop(0, kw, name="kx") as kx:
+                            ix0 = b.sub(b.add(b.mul(ox0, i64(sw)), b.mul(kx, i64(dw))), i64(pl),
+                                        name="ix0")
+                            wkx = b.add(wky, b.mul(kx, i64(BI * BO)), name="w.kx")
+
+                            def body():
+                                for ci in range(BI):
+                                    wvs = [_vload(b, Wt, b.add(wkx, i64(j * wstride_blk + ci * BO)),
+                                                  vt, f"w{j}") for j in range(ocv)]
+                                    for t in range(t_count):
+                                        at = b.add(xrow, b.add(b.mul(b.add(ix0, i64(t * sw)),
+                                                                     i64(BI)), i64(ci)))
+                                        xv = b.load(b.gep(X, [at], inbounds=True), name="x")
+                                        xs = splat(b, xv, BO, "xs")
+                                        for j in range(ocv):
+                                            acc = b.load(accs[j][t])
+                                            b.store(_fma(b, xs, wvs[j], acc, f"acc{j}.{t}"),
+                                                    accs[j][t])
+
+                            if checked:  # one pixel: skip taps in the padding
+                                ok = b.and_(b.icmp_signed(">=", ix0, i64(0)),
+                                            b.icmp_signed("<", ix0, i64(W)), name="ix.ok")
+                                with b.if_then(ok):
+                                    body()
+                            else:
+                                body()
+
+                    if y_ok is None:
+                        taps()
+                    else:
+                        with b.if_then(y_ok):
+                            taps()
+            for t in range(t_count):
+                ox = b.add(ox0, i64(t), name="ox")
+                if flat:
+                    p = b.add(p0, ox, name="pix")
+                    oy_, ox_ = b.udiv(p, i64(Wo), name="oy"), b.urem(p, i64(Wo), name="ox.o")
+                else:
+                    oy_, ox_ = r, ox
+                for j in range(ocv):
+                    _store_result(kb, out, [n, kb.iadd(co0, j), oy_, ox_, 0],
+                                  b.load(accs[j][t], name=f"y{j}.{t}"))
+
+        if flat:
+            lo, hi = i64(0), width
+        else:
+            lo_c, hi_c = _interior(W, Wo, kw, sw, dw, pl)
+            lo, hi = i64(lo_c), i64(hi_c)
+        ntiles = b.udiv(b.sub(hi, lo), i64(T), name="ntiles")
+        tiles_end = b.add(lo, b.mul(ntiles, i64(T)), name="tiles.end")
+        with kb.loop(0, ntiles, name="tile") as ti:
+            tile(b.add(lo, b.mul(ti, i64(T)), name="ox0"), T, False)
+        with kb.loop(tiles_end, hi, name="ox.rest") as ox:
+            tile(ox, 1, False)
+        if not flat:
+            with kb.loop(i64(0), lo, name="ox.left") as ox:
+                tile(ox, 1, True)
+            with kb.loop(hi, i64(Wo), name="ox.right") as ox:
+                tile(ox, 1, True)
+    b.ret_void()

@@ -1,0 +1,285 @@
+"""The `layout` pass: convolutional networks run in the blocked NCHW[b]c layout.
+
+b is the target's vector width in floats (8 with AVX2 and NEON... 16 with AVX-512), so one
+vector is b channels of one pixel and the convolution kernels (codegen/cpu/gen_blocked.py)
+never meet a tail, however small the image: MobileNetV2's 7x7 and 14x14 planes are where
+NCHW row kernels lose most.
+
+Three steps, each shown by ``SLIMC_DEBUG=layout`` with its reason:
+
+1. Every eligible ``conv`` becomes ``from_blocked(conv2d_nchwc(to_blocked(x)))`` (or the
+   depthwise op), weights and bias repacked at compile time. Eligible: 2-D, float32, static
+   shapes, constant weights, and group 1 with Cout a multiple of b (Cin not a multiple of b
+   reads NCHW as blocks of 1 channel: the first layer of an image model), or depthwise
+   (group = Cin = Cout, a multiple of b). Winograd convolutions (the `winograd` pass runs
+   first) keep NCHW.
+2. Conversions sink through elementwise ops: ``f(from_blocked(a), c)`` becomes
+   ``from_blocked(f(a, blocked(c)))`` when every other operand is a constant (repacked here),
+   a scalar, or a per-channel runtime vector [N, C, 1, 1] (a squeeze-and-excite scale, which
+   gets a small ``to_blocked`` of its own).
+   Spatial reductions (global pools, reduce_mean over H and W) take the blocked tensor too,
+   so only their [N, C, 1, 1] result is converted.
+3. ``to_blocked(from_blocked(a))`` is `a`: conversions between two blocked ops cancel, so a
+   chain conv -> clip -> depthwise conv -> clip -> conv -> add converts once at each end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from slimc.ir import Graph, Node, Value, dtypes, get_op
+from slimc.ir.debug import log
+from slimc.ir.graph import constant_data
+from slimc.ir.ops.layout import block_array, block_conv_weights, block_depthwise_weights
+from slimc.ir.registry import FusionKind
+
+from .pass_manager import Pass
+
+BLOCKED_CONVS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
+
+
+def conv_plan(node: Node, block: int):
+    """("dense", bi) or ("depthwise", b) for a conv the pass rewrites, or the reason why not."""
+    x, w = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    if x.type.rank != 4:
+        return f"rank {x.type.rank}: blocked kernels are 2-D"
+    if x.type.dtype != dtypes.f32:
+        return f"dtype {x.type.dtype}: blocked kernels are float32"
+    if not (x.type.is_static and out.type.is_static):
+        return "shapes are not static"
+    if constant_data(w) is None:
+        return f"weights %{w.name} are not a constant (they are repacked at compile time)"
+    if len(node.inputs) > 2 and node.inputs[2] is not None and constant_data(node.inputs[2]) is None:
+        return "bias is not a constant"
+    group = int(get_op("conv").resolve_attrs(node.attrs, node.label)["group"])
+    cin, cout = x.type.shape[1], out.type.shape[1]
+    if group == cin == cout and w.type.shape[1] == 1:
+        if cin % block:
+            return f"depthwise over {cin} channels, not a multiple of the block {block}"
+        return ("depthwise", block)
+    if group != 1:
+        return f"group={group}: blocked kernels do group 1 and depthwise only"
+    if cout % block:
+        return f"{cout} output channels, not a multiple of the block {block}"
+    return ("dense", block if cin % block == 0 else 1)
+
+
+def _window_attrs(node: Node) -> dict:
+    a = get_op("conv").resolve_attrs(node.attrs, node.label)
+    return {k: a[k] for k in ("strides", "pads", "dilations") if a[k] is not None}
+
+
+def _add_node(graph: Graph, op: str, inputs, before: Node, name: str, **attrs) -> Value:
+    opdef = get_op(op)
+    resolved = opdef.resolve_attrs(attrs, name)
+    types = opdef.infer_types([v.type for v in inputs], resolved,
+                              [constant_data(v) for v in inputs], name)
+    node = graph.make_node(op, inputs, attrs, types, [name], name=before.name, before=before)
+    return node.outputs[0]
+
+
+def _const(graph: Graph, data: np.ndarray, name: str) -> Value:
+    return graph.add_constant(name, np.ascontiguousarray(data))
+
+
+def _to_blocked(graph: Graph, v: Value, block: int, before: Node) -> Value:
+    """v as blocks; blocks of 1 channel are NCHW itself (conv2d_nchwc reads it as is)."""
+    if block == 1:
+        return v
+    return _add_node(graph, "to_blocked", [v], before, f"{v.name}.nchw{block}c", block=block)
+
+
+def _rewrite_conv(graph: Graph, node: Node, kind: str, bi: int, block: int) -> None:
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    wd = constant_data(w)
+    name = out.name
+    if kind == "depthwise":
+        wb = _const(graph, block_depthwise_weights(wd, block), name + ".w.blocked")
+        op = "depthwise_conv2d_nchwc"
+    else:
+        wb = _const(graph, block_conv_weights(wd, bi, block), name + ".w.blocked")
+        op = "conv2d_nchwc"
+    inputs = [_to_blocked(graph, x, bi, node), wb]
+    if bias is not None:
+        inputs.append(_const(graph, constant_data(bias).reshape(-1, block), name + ".b.blocked"))
+    yb = _add_node(graph, op, inputs, node, name + ".blocked", **_window_attrs(node))
+    back = _add_node(graph, "from_blocked", [yb], node, name + ".nchw", block=block)
+    out.replace_all_uses_with(back)
+    graph.remove_node(node)
+    if name not in graph._names:
+        graph.rename(back, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sinking conversions through elementwise ops
+# ----------------------------------------------------------------------------------------------
+
+
+def _from_blocked_source(v: Optional[Value]) -> Optional[Value]:
+    p = v.producer if v is not None else None
+    return p.inputs[0] if p is not None and p.op == "from_blocked" else None
+
+
+def _blocked_operand(graph: Graph, v: Value, nchw: tuple, block: int, before: Node):
+    """The operand `v` of an elementwise op on an [N, C, H, W] tensor, for the same op on
+    its blocked form: (value, None) or (None, why not)."""
+    shape = list(v.type.shape)
+    if len(shape) > 4:
+        return None, f"%{v.name} has rank {len(shape)}"
+    s4 = [1] * (4 - len(shape)) + shape
+    if any(d not in (1, full) for d, full in zip(s4, nchw)):
+        return None, f"%{v.name} {v.type} does not broadcast to {list(nchw)}"
+    src = _from_blocked_source(v)
+    if src is not None:  # already blocked: [N, C, H, W] or a broadcast [N, C, 1, 1]
+        if src.type.shape[-1] != block or len(shape) != 4:
+            return None, f"%{v.name} comes from blocks of another size"
+        return src, None
+    data = constant_data(v)
+    if data is not None:
+        d4 = data.reshape(s4)
+        blocked = block_array(d4, block) if s4[1] == nchw[1] else d4[..., None]
+        return _const(graph, blocked, v.name + f".nchw{block}c"), None
+    if s4[1] == 1 and all(d == 1 for d in s4):
+        return v, None  # a runtime scalar broadcasts in any rank
+    if len(shape) == 4 and s4[1] == nchw[1] and s4[2] == s4[3] == 1:
+        return _to_blocked(graph, v, block, before), None  # [N, C, 1, 1]: a small conversion
+    return None, f"%{v.name} {v.type} is a runtime tensor in NCHW (converting it would cost " \
+                 f"as much as staying in NCHW)"
+
+
+def _sink(graph: Graph, node: Node) -> bool:
+    """Rewrite f(.., from_blocked(a), ..) as from_blocked(f(.., a, ..)) where that is free."""
+    opdef = get_op(node.op)
+    if opdef.fusion > FusionKind.BROADCAST or len(node.outputs) != 1:
+        return False
+    sources = [_from_blocked_source(v) for v in node.inputs]
+    blocked_in = [s for s in sources if s is not None]
+    if not blocked_in:
+        return False
+    out = node.outputs[0]
+    nchw = tuple(out.type.shape)
+    block = blocked_in[0].type.shape[-1]
+    if len(nchw) != 4:
+        log("layout", f"%{out.name} ({node.op}) stays NCHW: its result has rank {len(nchw)}")
+        return False
+    new_inputs = []
+    for v in node.inputs:
+        if v is None:
+            new_inputs.append(None)
+            continue
+        bv, why = _blocked_operand(graph, v, nchw, block, node)
+        if bv is None:
+            log("layout", f"%{out.name} ({node.op}) stays NCHW: {why}")
+            return False
+        new_inputs.append(bv)
+    types = opdef.infer_types([None if v is None else v.type for v in new_inputs],
+                              opdef.resolve_attrs(node.attrs, node.label),
+                              [constant_data(v) for v in new_inputs], node.label)
+    yb = graph.make_node(node.op, new_inputs, dict(node.attrs), types,
+                         [f"{out.name}.nchw{block}c"], name=node.name, before=node).outputs[0]
+    back = _add_node(graph, "from_blocked", [yb], node, out.name + ".nchw", block=block)
+    name = out.name
+    out.replace_all_uses_with(back)
+    graph.remove_node(node)
+    graph.rename(back, name)
+    return True
+
+
+# spatial reductions that keep the channel axis: op -> the reduce_* op on the blocked tensor
+SPATIAL_REDUCTIONS = {"reduce_mean": "reduce_mean", "reduce_sum": "reduce_sum",
+                      "reduce_max": "reduce_max", "reduce_min": "reduce_min",
+                      "global_avg_pool": "reduce_mean", "global_max_pool": "reduce_max"}
+
+
+def _sink_reduction(graph: Graph, node: Node) -> bool:
+    """reduce(from_blocked(a)) over H and/or W, keeping dims -> from_blocked(reduce(a)):
+    the global pool at the end of a CNN reads the blocked tensor, and converts only its
+    [N, C, 1, 1] result."""
+    if node.op not in SPATIAL_REDUCTIONS or len(node.inputs) != 1:
+        return False
+    src = _from_blocked_source(node.inputs[0])
+    if src is None or node.inputs[0].type.rank != 4:
+        return False
+    out = node.outputs[0]
+    if node.op.startswith("global_"):
+        axes = [2, 3]
+    else:
+        a = get_op(node.op).resolve_attrs(node.attrs, node.label)
+        if not int(a["keepdims"]) or a["axes"] is None:
+            log("layout", f"%{out.name} ({node.op}) stays NCHW: it drops or mixes axes")
+            return False
+        axes = sorted(int(x) % 4 for x in a["axes"])
+        if not axes or any(x < 2 for x in axes):
+            log("layout", f"%{out.name} ({node.op}) stays NCHW: it reduces over axes {axes}, "
+                          f"not only spatial ones")
+            return False
+    block = src.type.shape[-1]
+    op = SPATIAL_REDUCTIONS[node.op]
+    yb = _add_node(graph, op, [src], node, f"{out.name}.nchw{block}c", axes=axes, keepdims=1)
+    back = _add_node(graph, "from_blocked", [yb], node, out.name + ".nchw", block=block)
+    name = out.name
+    out.replace_all_uses_with(back)
+    graph.remove_node(node)
+    graph.rename(back, name)
+    return True
+
+
+def _cancel(graph: Graph, node: Node) -> bool:
+    """to_blocked(from_blocked(a)) -> a, same block."""
+    src = _from_blocked_source(node.inputs[0])
+    if node.op != "to_blocked" or src is None or src.type.shape[-1] != node.attrs.get("block"):
+        return False
+    node.outputs[0].replace_all_uses_with(src)
+    graph.remove_node(node)
+    return True
+
+
+def _remove_dead(graph: Graph) -> None:
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(graph.nodes)):
+            if node.op in ("to_blocked", "from_blocked") and not any(
+                    v.uses or v in graph.outputs for v in node.outputs):
+                graph.remove_node(node)
+                changed = True
+
+
+@dataclass
+class Layout(Pass):
+    """The `layout` pass. `block` is the channels per block (the target's vector width)."""
+
+    block: int = 8
+    name: str = "layout"
+
+    def run(self, graph: Graph) -> bool:
+        changed = False
+        for node in list(graph.nodes):
+            if node.graph is not graph or node.op != "conv":
+                continue
+            plan = conv_plan(node, self.block)
+            if isinstance(plan, str):
+                log("layout", f"%{node.outputs[0].name} (conv) stays NCHW: {plan}")
+                continue
+            kind, bi = plan
+            log("layout", f"%{node.outputs[0].name} (conv): blocked {kind}, NCHW{self.block}c"
+                          + (" from NCHW input" if bi == 1 else ""))
+            _rewrite_conv(graph, node, kind, bi, self.block)
+            changed = True
+        if not changed:
+            return False
+        moved = True
+        while moved:
+            moved = False
+            for node in list(graph.nodes):
+                if node.graph is graph and (_cancel(graph, node) or _sink(graph, node)
+                                            or _sink_reduction(graph, node)):
+                    moved = True
+        _remove_dead(graph)
+        return True
