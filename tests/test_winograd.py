@@ -363,7 +363,9 @@ def test_disable_passes_and_default(monkeypatch):
     g = conv_graph(1, 32, 32, 24, 24, relu=True)
     assert "winograd_conv2d" in kernel_ops(slimc.compile(g, threads=1))
     off = slimc.compile(g, threads=1, disable_passes=["winograd"])
-    assert "winograd_conv2d" not in kernel_ops(off) and "conv" in kernel_ops(off)
+    assert "winograd_conv2d" not in kernel_ops(off) and "conv2d_nchwc" in kernel_ops(off)
+    plain = slimc.compile(g, threads=1, disable_passes=["winograd", "layout"])
+    assert "conv" in kernel_ops(plain)
 
 
 def test_deep_network_stays_within_o2_tolerance():
