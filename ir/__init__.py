@@ -1,7 +1,7 @@
 """slimc's IR: types, graphs, the op registry, the text format, the verifier, the interpreter."""
 
 from .errors import (InputError, InternalError, ModelError, ResourceError, SlimcError,
-                     UnsupportedError, VerificationError)
+                     TargetError, UnsupportedError, VerificationError)
 from .types import DType, QuantParams, SparseInfo, TensorType, dtypes
 from .graph import Graph, Node, Value
 from .registry import (REQUIRED, FusionKind, InferContext, OpDef, all_ops, get_op, has_op, op,
@@ -20,4 +20,5 @@ __all__ = [
     "all_ops", "same_as_input", "broadcast_infer", "infer_by_reference", "print_graph", "parse",
     "ParseError", "verify", "interpret", "save", "load", "SlimcError", "ModelError",
     "UnsupportedError", "InternalError", "VerificationError", "InputError", "ResourceError",
+    "TargetError",
 ]

@@ -52,5 +52,10 @@ class VerificationError(SlimcError):
     """The IR broke one of its invariants (SSA, order, uses, types)."""
 
 
+class TargetError(SlimcError):
+    """Code compiled for one machine was asked to run on another (e.g. an aarch64 module
+    called on an x86-64 host)."""
+
+
 class InputError(SlimcError, ValueError):
     """Inputs given at call time do not match what the graph or module expects."""

@@ -6,7 +6,9 @@
 2. every intermediate value gets an arena offset from its lifetime (memory_plan), constants go
    into one 64-byte-aligned weights blob, graph inputs and outputs use the caller's arrays,
 3. the entry function that calls every kernel in order is generated, and the LLVM module is
-   optimized and JIT-compiled.
+   optimized and JIT-compiled -- or, for a target this process cannot run (``"aarch64"`` on an
+   x86-64 host), optimized for that target and compiled to an ELF object ahead of time: a
+   `CrossCompiledModule`, to inspect and export but not to call.
 
 Calling the module checks the inputs (count, dtype, shape: a clear `InputError`, never a wrong
 answer), allocates fresh outputs, and makes one foreign call.
@@ -22,12 +24,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from slimc.codegen.cpu.entry import ARENA, INPUT, OUTPUT, WEIGHTS, Placement, build_entry
+from slimc.codegen.cpu.entry import (ARENA, INPUT, OUTPUT, RUNTIME_THREADS, WEIGHTS, Placement,
+                                     build_entry)
 from slimc.codegen.cpu.fusion import plan_fusion
 from slimc.codegen.cpu.lower import lower_graph
-from slimc.codegen.cpu.target import CpuTarget, emit_assembly, jit_compile
+from slimc.codegen.cpu.target import CpuTarget, aot_compile, emit_assembly, emit_object, jit_compile
 from slimc.ir import Graph, Value
-from slimc.ir.errors import InputError, SlimcError
+from slimc.ir.errors import InputError, SlimcError, TargetError
 from slimc.ir.interpreter import input_specs
 
 from . import limits, native
@@ -157,11 +160,83 @@ class CompiledModule(NativeModule):
     def assembly(self) -> str:
         return emit_assembly(str(self._llvm_module), self.target)
 
+    def object_code(self) -> bytes:
+        """A position-independent ELF object of the model, for export."""
+        return emit_object(str(self._llvm_module), self.target)
+
     def export(self, path: str) -> None:
         """Write a directory that `slimc.load` runs without llvmlite (see runtime/export.py)."""
         from .export import export
 
         export(self, path)
+
+
+class CrossCompiledModule(NativeModule):
+    """A model compiled for a machine other than this one (e.g. ``target="aarch64"`` on an
+    x86-64 host): its optimized LLVM IR, assembly, kernels and memory plan can be inspected and
+    it can be exported, but it cannot be called here -- there is no JIT for a foreign CPU.
+
+    The LLVM module was optimized once with the target's TargetMachine and compiled to an ELF
+    object; `llvm_ir`, `assembly` and the exported object all come from that one optimization.
+    """
+
+    def __init__(self, graph: Graph, target: CpuTarget, kernels, llvm_module, optimized_ir: str,
+                 obj: bytes, placement, memory: MemoryReport, weights: np.ndarray,
+                 compile_seconds: float, threads: int):
+        outputs = [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.outputs]
+        super().__init__(None, input_specs(graph), outputs, output_sources(graph, placement),
+                         memory.arena_bytes, weights, f"graph @{graph.name}", None,
+                         [(k.name, k.ops) for k in kernels])
+        self.graph = graph
+        self.target = target
+        self.kernels = kernels
+        self.threads = threads
+        self._llvm_module = llvm_module
+        self._optimized_ir = optimized_ir
+        self._object = obj
+        self.memory = memory
+        self.compile_seconds = compile_seconds
+
+    @property
+    def llvm_ir(self) -> str:
+        """The LLVM IR as optimized for the target."""
+        return self._optimized_ir
+
+    @property
+    def assembly(self) -> str:
+        """The target's assembly (AArch64 for "aarch64") of exactly the exported object."""
+        return emit_assembly(self._optimized_ir, self.target, opt_level=0)
+
+    def object_code(self) -> bytes:
+        return self._object
+
+    def __call__(self, *arrays, **named):
+        raise foreign_target_error(self.target)
+
+    def profile(self, *arrays, repeat: int = 20, **named):
+        raise foreign_target_error(self.target)
+
+    def export(self, path: str) -> None:
+        """Write the artifact directory: the object file, a shared library when a cross
+        linker is found, the weights and the manifest (see runtime/export.py)."""
+        from .export import export
+
+        export(self, path)
+
+
+def foreign_target_error(target: CpuTarget) -> TargetError:
+    """The error for calling code of a target this process cannot run: it names both
+    machines and says what to do instead."""
+    host = CpuTarget.host()
+    if target.arch != host.arch:
+        why = f"the target is {target.arch} and this host is {host.arch}"
+    else:
+        missing = sorted(target.feature_set - host.feature_set)
+        why = f"this host's CPU ({host.cpu}) lacks {', '.join(missing) or 'its features'}"
+    return TargetError(
+        f"this module was compiled for target {target.name!r} ({target.triple}, cpu "
+        f"{target.cpu}) and cannot run here: {why}. Export it with mod.export(path) and run the "
+        f"artifact on an {target.arch} machine, or compile with target='x86' to run it here")
 
 
 def _load_threading_runtime() -> None:
@@ -186,13 +261,19 @@ _gomp_loaded = False
 def build(graph: Graph, target: CpuTarget, fast_math=("contract",), llvm_opt_level: int = 3,
           threads: Optional[int] = None, denormals: str = "flush", fusion: bool = True,
           dump_dir: Optional[str] = None) -> CompiledModule:
-    """`threads=None` uses every core; `denormals="keep"` leaves MXCSR as the caller has it;
-    `fusion=False` gives every node a kernel of its own."""
+    """`threads=None` uses every core (for a target this process cannot run: every core of the
+    machine that runs it, decided there by OpenMP); `denormals="keep"` leaves the FP control
+    register (MXCSR, FPCR) as the caller has it; `fusion=False` gives every node a kernel of
+    its own. A target that is not the host gives a `CrossCompiledModule`."""
     import os
 
     start = time.perf_counter()
-    if threads is None:
+    if threads is None and not target.is_host:
+        threads = RUNTIME_THREADS
+    elif threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    elif threads < 1:
+        raise SlimcError(f"threads must be None or at least 1, got {threads}")
     if denormals not in ("flush", "keep"):
         raise SlimcError(f"denormals must be 'flush' or 'keep', got {denormals!r}")
     limits.check_values(graph)  # before any code is generated or memory allocated
@@ -208,7 +289,12 @@ def build(graph: Graph, target: CpuTarget, fast_math=("contract",), llvm_opt_lev
     limits.check_total([("arena", memory.arena_bytes), ("weights", int(weights.nbytes)),
                         ("outputs", sum(v.type.nbytes for v in graph.outputs))])
     build_entry(module, kernels, placement, threads=threads, ftz=denormals == "flush",
-                is_x86=target.arch.startswith("x86"))
+                arch=target.arch)
+    if not target.is_host:
+        optimized_ir, obj = aot_compile(str(module), target, opt_level=llvm_opt_level)
+        report = MemoryReport(memory, int(weights.nbytes), len(obj), buffers)
+        return CrossCompiledModule(graph, target, kernels, module, optimized_ir, obj, placement,
+                                   report, weights, time.perf_counter() - start, threads)
     if threads > 1 and any(k.parallel_extent > 1 for k in kernels):
         _load_threading_runtime()
     jit = jit_compile(str(module), target, opt_level=llvm_opt_level)

@@ -4,8 +4,13 @@ An artifact is a directory:
 
     model.so        the kernels and the entry function: LLVM's object output linked by `cc`
     weights.bin     the constants, prepacked, one 64-byte-aligned blob
-    manifest.json   format version, inputs and outputs, target CPU and features, versions,
-                    and the SHA-256 of each file
+    manifest.json   format version, inputs and outputs, target triple, CPU and features,
+                    versions, the entry function's C signature, and the SHA-256 of each file
+
+For a foreign architecture (``target="aarch64"`` on x86-64) the directory also holds the
+object, ``model.o``, and ``model.so`` only when a cross linker is found (``SLIMC_CROSS_CC``,
+else ``aarch64-linux-gnu-gcc`` on PATH); the host's `cc` cannot link another architecture.
+Either one runs on the target with a small C driver: see ``entry`` in the manifest.
 
 `load` verifies every checksum (a flipped byte anywhere is refused), refuses a newer format or
 an artifact whose CPU features this host lacks, and never unpickles anything. The checksums
@@ -33,7 +38,10 @@ from .native import ENTRY_TYPE, RUN_TYPE, NativeModule, aligned_empty
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
+OBJECT = "model.o"  # only in artifacts for a foreign architecture
 WEIGHTS = "weights.bin"
+# What a C caller on the target needs to know (runtime/native.py calls it the same way).
+ENTRY_SIGNATURE = "void slimc_main(void **inputs, void **outputs, void *arena, void *weights)"
 
 # LLVM feature name -> /proc/cpuinfo flag, for the features kernels may use. A feature the
 # artifact was built with and the host lacks means illegal instructions: refused at load.
@@ -62,39 +70,55 @@ def _spec(name, dtype, shape, text) -> dict:
     return {"name": name, "dtype": np.dtype(dtype).str, "shape": list(shape), "type": text}
 
 
-def export(compiled, path: str) -> None:
-    """Write `compiled` (a runtime.compiled.CompiledModule) as an artifact directory."""
-    import llvmlite
-
-    from slimc import __version__
-    from slimc.codegen.cpu.target import emit_object
-
-    os.makedirs(path, exist_ok=True)
-    obj = emit_object(str(compiled._llvm_module), compiled.target)
-    uses_threads = "GOMP_parallel" in compiled.llvm_ir
-    with tempfile.TemporaryDirectory() as tmp:
-        obj_path = os.path.join(tmp, "model.o")
-        with open(obj_path, "wb") as f:
-            f.write(obj)
+def _linker(target) -> "str | None":
+    """The C compiler driver that links a shared library for `target`: the host's `cc` for
+    the host's architecture (required), a cross gcc for another one (None if absent: the
+    artifact then holds the object only)."""
+    if target.arch == _host_arch():
         cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
         if cc is None:
             raise SlimcError("exporting needs a C compiler driver (cc) to link the shared "
                              "library; none was found")
-        cmd = [cc, "-shared", "-o", os.path.join(path, LIBRARY), obj_path, "-lm"]
-        if uses_threads:
-            cmd.append("-lgomp")
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SlimcError(f"linking the artifact failed ({' '.join(cmd)}):\n{done.stderr}")
-    compiled._weights.tofile(os.path.join(path, WEIGHTS))
+        return cc
+    return shutil.which(os.environ.get("SLIMC_CROSS_CC") or f"{target.arch}-linux-gnu-gcc")
+
+
+def export(compiled, path: str) -> None:
+    """Write `compiled` (a runtime.compiled.CompiledModule or CrossCompiledModule) as an
+    artifact directory."""
+    import llvmlite
+
+    from slimc import __version__
+
+    os.makedirs(path, exist_ok=True)
     t = compiled.target
+    obj = compiled.object_code()
+    libraries = ["m"] + (["gomp"] if "GOMP_parallel" in compiled.llvm_ir else [])
+    foreign = t.arch != _host_arch()
+    lib_path = os.path.join(path, LIBRARY)
+    with tempfile.TemporaryDirectory() as tmp:
+        obj_path = os.path.join(path if foreign else tmp, OBJECT)
+        with open(obj_path, "wb") as f:
+            f.write(obj)
+        cc = _linker(t)
+        if cc is not None:
+            cmd = [cc, "-shared", "-o", lib_path, obj_path] + [f"-l{x}" for x in libraries]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SlimcError(f"linking the artifact failed ({' '.join(cmd)}):\n{done.stderr}")
+        elif os.path.exists(lib_path):
+            os.remove(lib_path)  # a library left by an earlier export into this folder
+    compiled._weights.tofile(os.path.join(path, WEIGHTS))
+    files = ([LIBRARY] if cc is not None else []) + ([OBJECT] if foreign else []) + [WEIGHTS]
     manifest = {
         "format": FORMAT_VERSION,
         "name": compiled.graph.name,
         "slimc_version": __version__,
         "llvmlite_version": llvmlite.__version__,
         "target": {"name": t.name, "triple": t.triple, "cpu": t.cpu, "features": t.features},
-        "threads": compiled.threads,
+        "threads": compiled.threads,  # 0: as many as OpenMP gives on the running machine
+        "entry": {"symbol": "slimc_main", "signature": ENTRY_SIGNATURE,
+                  "link_libraries": libraries},
         "inputs": [_spec(*s) for s in compiled._inputs],
         "outputs": [_spec(*s) for s in compiled._outputs],
         "output_sources": [list(s) for s in compiled._sources],
@@ -103,8 +127,8 @@ def export(compiled, path: str) -> None:
         "memory": {"arena_bytes": compiled.memory.arena_bytes,
                    "intermediates_bytes": compiled.memory.intermediates_bytes,
                    "weights_bytes": compiled.memory.weights_bytes,
-                   "code_bytes": os.path.getsize(os.path.join(path, LIBRARY))},
-        "files": {name: _sha256(os.path.join(path, name)) for name in (LIBRARY, WEIGHTS)},
+                   "code_bytes": os.path.getsize(os.path.join(path, files[0]))},
+        "files": {name: _sha256(os.path.join(path, name)) for name in files},
     }
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
@@ -157,6 +181,12 @@ def load(path: str) -> LoadedModule:
     if fmt > FORMAT_VERSION:
         raise ArtifactError(f"artifact format {fmt} is newer than this slimc reads "
                             f"({FORMAT_VERSION}); upgrade slimc")
+    target = manifest.get("target") or {}
+    arch = str(target.get("triple", "unknown")).split("-")[0]
+    if arch != _host_arch():
+        raise ArtifactError(f"architecture mismatch: the artifact was compiled for {arch} "
+                            f"({target.get('triple')}, cpu {target.get('cpu')}) and this host is "
+                            f"{_host_arch()}; run it on an {arch} machine")
     for name, digest in manifest.get("files", {}).items():
         fpath = os.path.join(path, name)
         if os.path.basename(name) != name or not os.path.isfile(fpath):
@@ -166,10 +196,6 @@ def load(path: str) -> LoadedModule:
                                 f"artifact is corrupt or was modified; refused")
     if set(manifest.get("files", {})) != {LIBRARY, WEIGHTS}:
         raise ArtifactError("the manifest does not list the artifact's files; refused")
-    target = manifest["target"]
-    arch = target["triple"].split("-")[0]
-    if arch != _host_arch():
-        raise ArtifactError(f"the artifact is for {target['triple']}; this host is {_host_arch()}")
     flags = _host_flags()
     wanted = {f[1:] for f in target["features"].split(",") if f.startswith("+")}
     missing = sorted(f for f in wanted if f in CPUINFO_FLAG and CPUINFO_FLAG[f] not in flags)

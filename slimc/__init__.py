@@ -4,8 +4,8 @@ This module only wires the rooms together: `slimc.ir` (the IR), `slimc.frontends
 `slimc.passes`, `slimc.codegen`, `slimc.runtime`.
 """
 
-from slimc.ir import (Graph, InputError, InternalError, ModelError, SlimcError, TensorType,
-                      UnsupportedError, dtypes, interpret, parse)
+from slimc.ir import (Graph, InputError, InternalError, ModelError, SlimcError, TargetError,
+                      TensorType, UnsupportedError, dtypes, interpret, parse)
 from slimc.ir import register_op as _register_ir_op
 from slimc.frontends.onnx import from_onnx
 from slimc.compiler import Module, compile
@@ -27,4 +27,4 @@ def register_op(name: str, *, reference, infer, lower=None, **options):
     return opdef
 
 __all__ = ["compile", "load", "Module", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
-           "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError"]
+           "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError", "TargetError"]

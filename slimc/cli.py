@@ -1,7 +1,8 @@
-"""The command line: ``slimc ir``, ``slimc run``, ``slimc opt``, ``slimc demo``.
+"""The command line: ``slimc ir``, ``slimc run``, ``slimc compile``, ``slimc opt``, ``slimc demo``.
 
     slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
     slimc run model.onnx [--inputs inputs.npz] [--shape ...]
+    slimc compile model.onnx -o model.slimc [--target aarch64] [--shape ...]   (export)
     slimc opt graph.slimc --passes fold_constants,cse      (replays a pass on a dump)
     slimc demo
 """
@@ -77,6 +78,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    """Compile for a target and export the artifact: the way to get an AArch64 library."""
+    import os
+
+    import slimc
+
+    graph = _load_graph(args.model, _shapes(args.shape))
+    mod = slimc.compile(graph, target=args.target, opt_level=args.opt_level, threads=args.threads)
+    mod.export(args.output)
+    print(f"slimc: compiled {args.model} for {args.target}; wrote {args.output}/: "
+          f"{', '.join(sorted(os.listdir(args.output)))}")
+    return 0
+
+
 def cmd_opt(args) -> int:
     import slimc
     from slimc.passes import PassManager, make_pass
@@ -112,6 +127,14 @@ def main(argv=None) -> int:
     p.add_argument("--opt-level", type=int, default=2)
     p.add_argument("--shape", action="append")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("compile", help="compile a model and export it (any target, e.g. aarch64)")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="the artifact directory to write")
+    p.add_argument("--target", default="x86", help="x86 (default), x86-64-v3, aarch64, ...")
+    p.add_argument("--opt-level", type=int, default=2)
+    p.add_argument("--threads", type=int, help="at most this many threads (default: all)")
+    p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.set_defaults(fn=cmd_compile)
     p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
     p.add_argument("graph")
     p.add_argument("--passes", required=True)

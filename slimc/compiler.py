@@ -57,6 +57,7 @@ class Module:
         self._specializations: dict = {}
         self._lock = threading.Lock()
         self._last = None
+        self._runnable = False  # set by the first call that finds the target is this host
         if all(v.type.is_static for v in graph.inputs):
             self._last = self._specialize(tuple(v.type.shape for v in graph.inputs))
 
@@ -107,7 +108,20 @@ class Module:
         self._last = self._specialize(shapes)
         return self._last, arrays
 
+    def _check_runnable(self) -> None:
+        """Refuse a call before compiling a new specialization that could not run anyway."""
+        if self._runnable:
+            return
+        from slimc.codegen.cpu.target import CpuTarget
+        from slimc.runtime.compiled import foreign_target_error
+
+        target = CpuTarget.from_name(self.target_name)
+        if not target.is_host:
+            raise foreign_target_error(target)
+        self._runnable = True
+
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
+        self._check_runnable()
         compiled, arrays = self.specialization(*arrays, **named)
         return compiled(*arrays)
 
@@ -139,6 +153,7 @@ class Module:
 
     def profile(self, *arrays, repeat: int = 20, **named):
         """Median time per kernel on these inputs, as a table (`print(mod.profile(x))`)."""
+        self._check_runnable()
         compiled, arrays = self.specialization(*arrays, **named)
         return compiled.profile(*arrays, repeat=repeat)
 

@@ -11,10 +11,19 @@ from Python costs one foreign call whatever the model's size.
 Threads: a kernel with enough work is split across `threads` threads with libgomp's
 ``GOMP_parallel`` (the OpenMP runtime that ships with gcc): each thread runs a contiguous share
 of the kernel's work items. Small kernels run on the calling thread, since a fork/join costs
-more than they do.
+more than they do. ``threads=0`` (RUNTIME_THREADS) leaves the count to the machine that runs
+the code (``omp_get_max_threads()``: OMP_NUM_THREADS or its cores), which is what a
+cross-compiled library wants: the compiling host's core count says nothing about the target's.
+The OpenMP calls are plain C declarations, so the same IR links against libgomp on x86-64 and
+AArch64 alike.
 
-Denormals: on x86 the entry function sets flush-to-zero and denormals-are-zero in MXCSR for
-the call (on every thread that runs a kernel) and restores the caller's MXCSR before returning.
+Denormals: the entry function sets the CPU's flush-to-zero control for the call (on every
+thread that runs a kernel) and restores the caller's setting before returning. On x86 that is
+MXCSR (FTZ and DAZ, through llvm.x86.sse.stmxcsr/ldmxcsr); on AArch64 it is FPCR bit 24 (FZ,
+which flushes denormal inputs and results alike), read and written with LLVM's
+``llvm.aarch64.get.fpcr``/``set.fpcr`` intrinsics (``mrs``/``msr``; inline assembly would not
+do: llvmlite has no AArch64 asm parser to emit an object with it, and LLVM aborts the process).
+Other architectures get no FP-state code.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from .llvm_util import I32, I64, PTR, VOID, i64
 
 INPUT, OUTPUT, ARENA, WEIGHTS = "input", "output", "arena", "weights"
 MXCSR_FTZ_DAZ = 0x8040  # bit 15: flush to zero, bit 6: denormals are zero
+FPCR_FZ = 1 << 24  # AArch64 FPCR.FZ: denormal inputs and results of float ops become zero
+RUNTIME_THREADS = 0  # `threads` value: the running machine's OpenMP decides how many
 # Below this much work a kernel runs on the calling thread: a GOMP_parallel fork/join costs a
 # few microseconds, which a kernel of ~50k elements takes anyway.
 PARALLEL_MIN_COST = 1 << 15
@@ -41,7 +52,7 @@ class Placement:
 
 
 KERNEL_TYPE = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
-# what the entry function hands each thread: kernel, its args, its work extent, MXCSR to use
+# what the entry function hands each thread: kernel, its args, its work extent, FP control word
 TASK_TYPE = ir.LiteralStructType([ir.PointerType(KERNEL_TYPE), ir.PointerType(PTR), I64, I32])
 
 
@@ -50,22 +61,54 @@ def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function
     return fn if fn is not None else ir.Function(module, fnty, name=name)
 
 
-def _mxcsr(b: ir.IRBuilder, module: ir.Module, slot: ir.Value, op: str) -> None:
-    fn = _declare(module, f"llvm.x86.sse.{op}", ir.FunctionType(VOID, [PTR]))
-    b.call(fn, [b.bitcast(slot, PTR)])
+class FpControl:
+    """Reads and writes the floating-point control register that holds flush-to-zero.
+
+    The value travels as an i32 (MXCSR is 32 bits; FPCR's defined bits are all below 32, the
+    rest are RES0), so worker threads get the same task layout on every architecture.
+    """
+
+    def __init__(self, arch: str):
+        self.arch = arch
+        self.flush_bits = MXCSR_FTZ_DAZ if arch == "x86_64" else FPCR_FZ
+
+    @staticmethod
+    def for_arch(arch: str) -> "FpControl | None":
+        """The control of `arch` (a triple's first part), or None where slimc has none."""
+        return FpControl(arch) if arch in ("x86_64", "aarch64") else None
+
+    @staticmethod
+    def _slot(b: ir.IRBuilder, name: str = "") -> ir.Value:
+        """An i32 stack slot made in the function's entry block (a static alloca, even when
+        the read or write happens in a later block)."""
+        entry = b.function.entry_basic_block
+        if b.block is entry:
+            return b.alloca(I32, name=name)
+        at_entry = ir.IRBuilder(entry)  # a second builder is safe only in another block
+        at_entry.position_at_start(entry)
+        return at_entry.alloca(I32, name=name)
+
+    def read(self, b: ir.IRBuilder, name: str) -> ir.Value:
+        if self.arch == "x86_64":
+            slot = self._slot(b, f"{name}.slot")
+            fn = _declare(b.module, "llvm.x86.sse.stmxcsr", ir.FunctionType(VOID, [PTR]))
+            b.call(fn, [b.bitcast(slot, PTR)])
+            return b.load(slot, name=name)
+        fn = _declare(b.module, "llvm.aarch64.get.fpcr", ir.FunctionType(I64, []))
+        return b.trunc(b.call(fn, [], name=f"{name}.fpcr"), I32, name=name)
+
+    def write(self, b: ir.IRBuilder, value: ir.Value) -> None:
+        if self.arch == "x86_64":
+            slot = self._slot(b, "fp_control.store")
+            b.store(value, slot)
+            fn = _declare(b.module, "llvm.x86.sse.ldmxcsr", ir.FunctionType(VOID, [PTR]))
+            b.call(fn, [b.bitcast(slot, PTR)])
+            return
+        fn = _declare(b.module, "llvm.aarch64.set.fpcr", ir.FunctionType(VOID, [I64]))
+        b.call(fn, [b.zext(value, I64)])
 
 
-def _set_mxcsr(b, module, want: ir.Value, name: str) -> ir.Value:
-    """Save MXCSR into a slot and load `want`; returns the slot holding the old value."""
-    old = b.alloca(I32, name=f"{name}.saved_mxcsr")
-    _mxcsr(b, module, old, "stmxcsr")
-    new = b.alloca(I32, name=f"{name}.mxcsr")
-    b.store(want, new)
-    _mxcsr(b, module, new, "ldmxcsr")
-    return old
-
-
-def _thread_body(module: ir.Module, set_mxcsr: bool) -> ir.Function:
+def _thread_body(module: ir.Module, fp: "FpControl | None") -> ir.Function:
     """void @slimc_thread(i8* task): this thread's share of [0, extent)."""
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR]), name="slimc_thread")
     fn.linkage = "internal"
@@ -78,27 +121,28 @@ def _thread_body(module: ir.Module, set_mxcsr: bool) -> ir.Function:
     nth = b.sext(b.call(_declare(module, "omp_get_num_threads", ir.FunctionType(I32, [])), []), I64, name="nthreads")
     lo = b.sdiv(b.mul(extent, tid), nth, name="lo")
     hi = b.sdiv(b.mul(extent, b.add(tid, i64(1))), nth, name="hi")
-    if set_mxcsr:
-        want = b.load(b.gep(task, [I32(0), I32(3)], inbounds=True), name="mxcsr")
-        old = _set_mxcsr(b, module, want, "thread")
+    if fp is not None:
+        want = b.load(b.gep(task, [I32(0), I32(3)], inbounds=True), name="fp_control")
+        old = fp.read(b, "thread.saved_fp_control")
+        fp.write(b, want)
     b.call(kernel, [args, lo, hi])
-    if set_mxcsr:
-        _mxcsr(b, module, old, "ldmxcsr")
+    if fp is not None:
+        fp.write(b, old)
     b.ret_void()
     return fn
 
 
 def _build_step(module: ir.Module, index: int, k: Kernel, placement: dict, threads: int,
-                mxcsr: bool) -> ir.Function:
-    """void @slimc_step_<i>(inputs, outputs, arena, weights, i32 mxcsr): one kernel call,
+                fp: "FpControl | None") -> ir.Function:
+    """void @slimc_step_<i>(inputs, outputs, arena, weights, i32 fp_control): one kernel call,
     its argument array built from the placements, split across threads if it is worth it."""
     fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR, I32])
     fn = ir.Function(module, fnty, name=f"slimc_step_{index}")
     fn.linkage = "internal"
-    for a, n in zip(fn.args, ("inputs", "outputs", "arena", "weights", "mxcsr")):
+    for a, n in zip(fn.args, ("inputs", "outputs", "arena", "weights", "fp_control")):
         a.name = n
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    inputs, outputs, arena, weights, call_mxcsr = fn.args
+    inputs, outputs, arena, weights, call_fp = fn.args
     args = b.alloca(PTR, size=i64(max(len(k.buffers), 1)), name="kernel_args")
     callee = k.function or module.globals[k.name]
     for slot_i, v in enumerate(k.buffers):
@@ -110,17 +154,23 @@ def _build_step(module: ir.Module, index: int, k: Kernel, placement: dict, threa
             base = arena if p.space == ARENA else weights
             ptr = b.gep(base, [i64(p.offset)], inbounds=True, name=llvm_name(v.name))
         b.store(ptr, b.gep(args, [i64(slot_i)], inbounds=True))
-    if threads > 1 and k.parallel_extent > 1 and k.cost >= PARALLEL_MIN_COST:
-        body = module.globals.get("slimc_thread") or _thread_body(module, mxcsr)
+    if threads != 1 and k.parallel_extent > 1 and k.cost >= PARALLEL_MIN_COST:
+        body = module.globals.get("slimc_thread") or _thread_body(module, fp)
         gomp = _declare(module, "GOMP_parallel", ir.FunctionType(
             VOID, [ir.PointerType(ir.FunctionType(VOID, [PTR])), PTR, I32, I32]))
         task = b.alloca(TASK_TYPE, name="task")
         b.store(callee, b.gep(task, [I32(0), I32(0)], inbounds=True))
         b.store(args, b.gep(task, [I32(0), I32(1)], inbounds=True))
         b.store(i64(k.parallel_extent), b.gep(task, [I32(0), I32(2)], inbounds=True))
-        b.store(call_mxcsr, b.gep(task, [I32(0), I32(3)], inbounds=True))
-        nthreads = min(threads, k.parallel_extent)
-        b.call(gomp, [body, b.bitcast(task, PTR), I32(nthreads), I32(0)])
+        b.store(call_fp, b.gep(task, [I32(0), I32(3)], inbounds=True))
+        if threads == RUNTIME_THREADS:  # as many as the running machine allows, <= extent
+            most = b.call(_declare(module, "omp_get_max_threads", ir.FunctionType(I32, [])), [],
+                          name="max_threads")
+            fewer = b.icmp_signed("<", most, I32(k.parallel_extent))
+            nthreads = b.select(fewer, most, I32(k.parallel_extent), name="nthreads")
+        else:
+            nthreads = I32(min(threads, k.parallel_extent))
+        b.call(gomp, [body, b.bitcast(task, PTR), nthreads, I32(0)])
     else:
         b.call(callee, [args, i64(0), i64(k.parallel_extent)])
     b.ret_void()
@@ -128,42 +178,40 @@ def _build_step(module: ir.Module, index: int, k: Kernel, placement: dict, threa
 
 
 def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
-                threads: int = 1, ftz: bool = True, is_x86: bool = True) -> ir.Function:
+                threads: int = 1, ftz: bool = True, arch: str = "x86_64") -> ir.Function:
     """Emit the steps, ``slimc_run`` and ``slimc_main``.
 
     ``void @slimc_run(inputs, outputs, arena, weights, i64 first, i64 last)`` runs kernels
     [first, last) (the profiler times them one by one); ``slimc_main`` runs them all.
-    `placement` maps id(Value) -> Placement for every kernel buffer.
+    `placement` maps id(Value) -> Placement for every kernel buffer. `threads`: at most this
+    many per kernel, or RUNTIME_THREADS. `arch`: the target triple's first part.
 
-    On x86 the MXCSR in force for the call (the caller's, with FTZ/DAZ added when `ftz`) is
-    handed to every worker thread: pool threads keep whatever state they had before, so
-    they must be told, whether flushing or not.
+    The FP control word in force for the call (the caller's, with flush-to-zero added when
+    `ftz`) is handed to every worker thread: pool threads keep whatever state they had
+    before, so they must be told, whether flushing or not.
     """
-    mxcsr = is_x86
-    steps = [_build_step(module, i, k, placement, threads, mxcsr) for i, k in enumerate(kernels)]
+    fp = FpControl.for_arch(arch)
+    steps = [_build_step(module, i, k, placement, threads, fp) for i, k in enumerate(kernels)]
     tables = [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR]
     run = ir.Function(module, ir.FunctionType(VOID, tables + [I64, I64]), name="slimc_run")
     for a, n in zip(run.args, ("inputs", "outputs", "arena", "weights", "first", "last")):
         a.name = n
     b = ir.IRBuilder(run.append_basic_block("entry"))
     inputs, outputs, arena, weights, first, last = run.args
-    call_mxcsr = I32(0)
-    if mxcsr:
-        caller = b.alloca(I32, name="caller_mxcsr")
-        _mxcsr(b, module, caller, "stmxcsr")
-        call_mxcsr = b.load(caller, name="call_mxcsr")
+    call_fp = I32(0)
+    if fp is not None:
+        caller_fp = fp.read(b, "caller_fp_control")
+        call_fp = caller_fp
         if ftz:
-            call_mxcsr = b.or_(call_mxcsr, I32(MXCSR_FTZ_DAZ), name="ftz_mxcsr")
-            slot = b.alloca(I32, name="call_mxcsr")
-            b.store(call_mxcsr, slot)
-            _mxcsr(b, module, slot, "ldmxcsr")
+            call_fp = b.or_(caller_fp, I32(fp.flush_bits), name="ftz_fp_control")
+            fp.write(b, call_fp)
     for i, step in enumerate(steps):
         wanted = b.and_(b.icmp_signed("<=", first, i64(i)), b.icmp_signed(">", last, i64(i)),
                         name=f"run_{i}")
         with b.if_then(wanted):
-            b.call(step, [inputs, outputs, arena, weights, call_mxcsr])
-    if mxcsr and ftz:
-        _mxcsr(b, module, caller, "ldmxcsr")
+            b.call(step, [inputs, outputs, arena, weights, call_fp])
+    if fp is not None and ftz:
+        fp.write(b, caller_fp)
     b.ret_void()
     main = ir.Function(module, ir.FunctionType(VOID, tables), name="slimc_main")
     for a, n in zip(main.args, ("inputs", "outputs", "arena", "weights")):
