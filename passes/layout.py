@@ -12,7 +12,9 @@ Three steps, each shown by ``SLIMC_DEBUG=layout`` with its reason:
    shapes, constant weights, and group 1 with Cout a multiple of b (Cin not a multiple of b
    reads NCHW as blocks of 1 channel: the first layer of an image model), or depthwise
    (group = Cin = Cout, a multiple of b). Winograd convolutions (the `winograd` pass runs
-   first) keep NCHW.
+   first) keep NCHW, and so does every conv connected to one through 4-D tensors
+   (`image_regions`): a ResNet whose 3x3 layers take Winograd stays NCHW throughout rather
+   than converting around each of them.
 2. Conversions sink through elementwise ops: ``f(from_blocked(a), c)`` becomes
    ``from_blocked(f(a, blocked(c)))`` when every other operand is a constant (repacked here),
    a scalar, or a per-channel runtime vector [N, C, 1, 1] (a squeeze-and-excite scale, which
@@ -251,6 +253,30 @@ def _remove_dead(graph: Graph) -> None:
                 changed = True
 
 
+def image_regions(graph: Graph) -> dict:
+    """id(node) -> region id: nodes joined by the 4-D image tensors they pass each other.
+
+    A region is the unit of the layout decision (a residual network is one region, its skip
+    connections included), so the decision never puts a conversion inside a chain of layers
+    that could all have stayed in one layout."""
+    parent: dict = {}
+
+    def find(i):
+        while parent.setdefault(i, i) != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for node in graph.nodes:
+        find(id(node))
+        if not node.outputs or node.outputs[0].type.rank != 4:
+            continue
+        for v in node.inputs:
+            if v is not None and v.type.rank == 4 and v.producer is not None:
+                parent[find(id(v.producer))] = find(id(node))
+    return {k: find(k) for k in list(parent)}
+
+
 @dataclass
 class Layout(Pass):
     """The `layout` pass. `block` is the channels per block (the target's vector width)."""
@@ -260,8 +286,16 @@ class Layout(Pass):
 
     def run(self, graph: Graph) -> bool:
         changed = False
+        regions = image_regions(graph)
+        nchw_regions = {regions[id(n)]: n for n in graph.nodes if n.op == "winograd_conv2d"}
         for node in list(graph.nodes):
             if node.graph is not graph or node.op != "conv":
+                continue
+            wino = nchw_regions.get(regions[id(node)])
+            if wino is not None:
+                log("layout", f"%{node.outputs[0].name} (conv) stays NCHW: its layers include "
+                              f"Winograd convolutions (%{wino.outputs[0].name}), whose kernels "
+                              f"are NCHW; blocking the others would convert between them")
                 continue
             plan = conv_plan(node, self.block)
             if isinstance(plan, str):

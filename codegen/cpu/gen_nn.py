@@ -1001,6 +1001,9 @@ def _emit_im2col(m: ir.Module) -> ir.Function:
     names = ["x", "cols", "c0", "ncols", "ld", "cin", "H", "W", "Wo", "kh", "kw", "sh", "sw", "dh",
              "dw", "pt", "pl"]
     fn, b = _fn(m, "slimc_nn_im2col", [OPQ, OPQ] + [I64] * 15, names)
+    # Inlined into a conv with constant geometry, LLVM unrolls every loop into one block of
+    # ~200 memcpys per call site (AArch64's scheduler then took 7-12 s on a small CNN).
+    fn.attributes.add("noinline")
     (x, cols, c0, ncols, ld, cin, H, W, Wo, kh, kw, sh, sw, dh, dw, pt, pl) = fn.args
     kpad = b.mul(b.mul(cin, kh), kw, name="K")
     x.add_attribute("noalias")
