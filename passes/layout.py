@@ -23,6 +23,8 @@ Three steps, each shown by ``SLIMC_DEBUG=layout`` with its reason:
    so only their [N, C, 1, 1] result is converted.
 3. ``to_blocked(from_blocked(a))`` is `a`: conversions between two blocked ops cancel, so a
    chain conv -> clip -> depthwise conv -> clip -> conv -> add converts once at each end.
+4. A convolution of ``x * s``, s a per-channel scale [N, C/b, 1, 1, b] (squeeze-and-excite),
+   takes s as its fourth input and scales its weights per call instead.
 """
 
 from __future__ import annotations
@@ -242,6 +244,42 @@ def _cancel(graph: Graph, node: Node) -> bool:
     return True
 
 
+# Most weights per output block whose input scale is folded (codegen scales them per call
+# on the stack: gen_blocked.SCALED_WEIGHTS_MAX is 3 blocks of this).
+SCALE_FOLD_MAX_WEIGHTS = 16384
+
+
+def _fold_input_scale(graph: Graph, node: Node) -> bool:
+    """conv2d_nchwc(x * s) with s [N, C/b, 1, 1, b] -> conv2d_nchwc(x, w, bias, s): the kernel
+    scales its weights per call (squeeze-and-excite costs Cout*Cin multiplies, not a pass
+    over the feature map)."""
+    if node.op != "conv2d_nchwc" or len(node.inputs) > 3:
+        return False
+    x = node.inputs[0]
+    mul = x.producer
+    if mul is None or mul.op != "mul" or len(x.uses) != 1 or x in graph.outputs:
+        return False
+    w = node.inputs[1]
+    per_block = int(np.prod(w.type.shape[1:]))
+    if per_block > SCALE_FOLD_MAX_WEIGHTS:
+        log("layout", f"%{node.outputs[0].name}: the scale %{x.name} stays a multiply "
+                      f"({per_block} weights per output block to scale, more than "
+                      f"{SCALE_FOLD_MAX_WEIGHTS})")
+        return False
+    want = (x.type.shape[0], x.type.shape[1], 1, 1, x.type.shape[-1])
+    a, sc = mul.inputs
+    if tuple(a.type.shape) == want and tuple(sc.type.shape) == tuple(x.type.shape):
+        a, sc = sc, a
+    if tuple(a.type.shape) != tuple(x.type.shape) or tuple(sc.type.shape) != want or \
+            sc.type.dtype != x.type.dtype:
+        return False
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    node.set_inputs([a, w, bias, sc])
+    graph.remove_node(mul)
+    log("layout", f"%{node.outputs[0].name}: input scale %{sc.name} folded into the weights")
+    return True
+
+
 def _remove_dead(graph: Graph) -> None:
     changed = True
     while changed:
@@ -316,4 +354,7 @@ class Layout(Pass):
                                             or _sink_reduction(graph, node)):
                     moved = True
         _remove_dead(graph)
+        for node in list(graph.nodes):
+            if node.graph is graph:
+                _fold_input_scale(graph, node)
         return True

@@ -201,27 +201,32 @@ def test_mobilenet_style_network_compiled():
         assert any(get_op(op).fusion > FusionKind.BROADCAST for op in k.ops), k.ops
 
 
-def test_squeeze_excite_scale_is_blocked():
-    """EfficientNet's SE: mean -> 1x1 convs -> sigmoid -> multiply the blocked feature map."""
-    net = Net((1, 16, 9, 9))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_squeeze_excite_scale_is_blocked(batch):
+    """EfficientNet's SE: mean -> 1x1 convs -> sigmoid -> multiply the blocked feature map,
+    the multiply folded into the next conv's weights (per image: batch 3 has 3 scales)."""
+    net = Net((batch, 16, 9, 9))
     h = net.conv(net.x, 16, k=3, group=16)                           # depthwise
     h = net.op("mul", h, net.op("sigmoid", h))                       # SiLU
     s = net.g.make_node("reduce_mean", [h], {"axes": [2, 3], "keepdims": 1},
-                        [TensorType(F32, (1, 16, 1, 1))], ["se.mean"]).outputs[0]
+                        [TensorType(F32, (batch, 16, 1, 1))], ["se.mean"]).outputs[0]
     s = net.conv(s, 4)                                               # 4 channels: NCHW
     s = net.op("mul", s, net.op("sigmoid", s))
     s = net.op("sigmoid", net.conv(s, 16))                           # back to 16: blocked
     g = net.done(net.conv(net.op("mul", h, s), 8))
-    x = RNG.standard_normal((1, 16, 9, 9)).astype(np.float32)
+    x = RNG.standard_normal((batch, 16, 9, 9)).astype(np.float32)
     mod = check(g, x)
     ops = ops_of(mod)
+    scaled = [n for n in mod.graph.nodes if n.op == "conv2d_nchwc" and len(n.inputs) == 4]
+    assert len(scaled) == 1 and scaled[0].inputs[3].producer.op == "sigmoid"
+    assert ops.count("mul") == 2, ops  # the two SiLUs; the SE multiply is in the weights
     assert ops.count("depthwise_conv2d_nchwc") == 1 and ops.count("conv2d_nchwc") == 2
     assert ops.count("conv") == 1, ops
     # conversions: the input, the pooled [1, 16, 1, 1] to the NCHW conv, and the output; the
     # SE scale comes out of a blocked conv and multiplies the blocked feature map directly
     sizes = sorted(int(np.prod(n.outputs[0].type.shape)) for n in mod.graph.nodes
                    if n.op in ("to_blocked", "from_blocked"))
-    assert sizes == [16, 8 * 81, 16 * 81], sizes
+    assert sizes == [16 * batch, 8 * 81 * batch, 16 * 81 * batch], sizes
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

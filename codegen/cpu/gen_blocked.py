@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from slimc.ir.errors import InternalError
 from slimc.ir.ops.nn import _window_params
 
 from .gen_nn import _entry_alloca, _smax, _smin, _store_result
@@ -167,6 +168,31 @@ def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+# Most weights (floats) a work item scales for a squeeze-and-excite input scale: its OCV output
+# blocks' weights live in a stack buffer (<= 192 KB).
+SCALED_WEIGHTS_MAX = 3 * 16384
+
+
+def _scale_weights(kb: KernelBuilder, W, wbase, S, sbase, dst, ocv, per_block, CIB, taps, BI,
+                   BO) -> None:
+    """dst[j, cib, tap, ci, :] = W[wbase + j, cib, tap, ci, :] * S[sbase + cib*BI + ci]."""
+    b = kb.b
+    vt = ir.VectorType(F32, BO)
+    for j in range(ocv):
+        with kb.loop(0, CIB, name=f"s{j}.cib") as cib:
+            with kb.loop(0, taps, name=f"s{j}.tap") as tap:
+                off = b.add(b.mul(b.add(b.mul(cib, i64(taps)), tap), i64(BI * BO)),
+                            i64(j * per_block), name="s.off")
+                for ci in range(BI):
+                    sv = b.load(b.gep(S, [b.add(sbase, b.add(b.mul(cib, i64(BI)), i64(ci)))],
+                                      inbounds=True), name="s")
+                    at = b.add(off, i64(ci * BO))
+                    v = _vload(b, W, b.add(wbase, at), vt, "w")
+                    p = b.gep(dst, [at], inbounds=True)
+                    b.store(b.fmul(v, splat(b, sv, BO, "s")), b.bitcast(p, ir.PointerType(vt)),
+                            align=4)
+
+
 def _register_tile(cob: int, nregs: int) -> tuple[int, int]:
     """(output-channel blocks, pixels) per register tile: OCV * T accumulators leave room for
     OCV weight vectors and a broadcast."""
@@ -180,6 +206,7 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
     b = kb.b
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
+    scale = node.inputs[3] if len(node.inputs) > 3 else None
     out = node.outputs[0]
     xs = kb.shape(x)
     N, CIB, H, W, BI = xs if len(xs) == 5 else (*xs, 1)  # NCHW input: blocks of 1 channel
@@ -202,12 +229,28 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
     kb.parallel_extent = N * (COB // ocv) * nrows
     kb.cost = 2 * N * COB * BO * Ho * Wo * CIB * BI * kh * kw
     accs = [[_entry_alloca(kb, vt, f"acc{j}.{t}") for t in range(T)] for j in range(ocv)]
+    if scale is not None:
+        if ocv * wstride_blk > SCALED_WEIGHTS_MAX:
+            raise InternalError(f"input scale on a conv with {wstride_blk} weights per output "
+                                f"block (the layout pass folds at most {SCALED_WEIGHTS_MAX // 3})",
+                                where=kb.fn.name)
+        scaled = b.bitcast(_entry_alloca(kb, ir.ArrayType(F32, ocv * wstride_blk), name + ".ws"),
+                           ir.PointerType(F32), name=name + ".wscaled")
+        last = _entry_alloca(kb, ir.IntType(64), name + ".ws.for")
+        b.store(i64(-1), last)
     with kb.loop(kb.begin, kb.end, name="item") as item:
         n, cop, r = kb.delinear(item, [N, COB // ocv, nrows])
         co0 = kb.imul(cop, ocv, name="co0")
         n_ir, co0_ir, r_ir = kb._ir(n), kb._ir(co0), kb._ir(r)
         xbase = b.mul(n_ir, i64(CIB * H * W * BI), name="x.n")
         wbase = b.mul(co0_ir, i64(wstride_blk), name="w.co")
+        if scale is not None:  # this item's weights times the input scale, once per (n, cop)
+            key = b.add(b.mul(n_ir, i64(COB)), co0_ir, name="ws.key")
+            with b.if_then(b.icmp_signed("!=", b.load(last), key)):
+                _scale_weights(kb, Wt, wbase, kb.ptr(scale), b.mul(n_ir, i64(CIB * BI)), scaled,
+                               ocv, wstride_blk, CIB, kh * kw, BI, BO)
+                b.store(key, last)
+            Wt, wbase = scaled, i64(0)
         biases = [_bias_vector(kb, bias, b.add(co0_ir, i64(j)), BO, f"bias{j}") for j in range(ocv)]
         if flat:
             p0 = b.mul(r_ir, i64(row_w), name="p0")

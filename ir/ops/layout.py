@@ -16,6 +16,9 @@ shows every conversion.
   x [N, Cin/bi, H, W, bi], w [Cout/bo, Cin/bi, kh, kw, bi, bo], bias [Cout/bo, bo], result
   [N, Cout/bo, Ho, Wo, bo]. The input block bi may differ from the output block bo: with
   bi = 1, x may also be plain NCHW [N, Cin, H, W] (a first layer with 3 input channels).
+  An optional fourth input ``scale`` [N, Cin/bi, 1, 1, bi] multiplies the input per channel:
+  a squeeze-and-excite scale, which the kernel folds into its weights per call (Cout*Cin
+  multiplies instead of a pass over the whole feature map).
 * ``depthwise_conv2d_nchwc(x, w, bias?) {strides, pads, dilations}``: one filter per channel
   (group = C), x [N, C/b, H, W, b], w [C/b, kh, kw, b], bias [C/b, b].
 
@@ -154,17 +157,25 @@ def _infer_blocked_conv(ctx: InferContext, depthwise: bool) -> TensorType:
         b = ctx[2]
         if tuple(b.shape) != (cob, bo):
             ctx.fail(f"bias {b} must be blocked [{cob}, {bo}]")
+    if ctx.has(3):
+        sc = ctx[3]
+        want = (x.shape[0], x.shape[1], 1, 1, bi)
+        if depthwise or tuple(sc.shape) != want or sc.dtype != x.dtype:
+            ctx.fail(f"input scale {sc} must be [{', '.join(map(str, want))}] of {x.dtype}")
     out = [window_out_dim(x.shape[2 + i], kernel[i], strides[i], dil[i], pads[i], pads[2 + i])
            for i in range(2)]
     _check_out_dims(ctx, out, "conv")
     return TensorType(x.dtype, (x.shape[0], cob, *out, bo))
 
 
-def _conv2d_nchwc(x, w, b=None, strides=None, pads=None, dilations=None):
-    """Group-1 convolution in blocked layout (the `conv` reference on unblocked data)."""
+def _conv2d_nchwc(x, w, b=None, scale=None, strides=None, pads=None, dilations=None):
+    """Group-1 convolution in blocked layout (the `conv` reference on unblocked data), of
+    x * scale when a per-channel input scale is given."""
     bias = None if b is None else b.reshape(-1)
     if x.ndim == 4:  # NCHW input: blocks of one channel
         x = x[..., None]
+    if scale is not None:
+        x = x * scale
     y = _conv(unblock_array(x), unblock_conv_weights(w), bias, strides, pads, dilations, 1)
     return block_array(y, w.shape[5])
 
@@ -179,9 +190,10 @@ def _depthwise_conv2d_nchwc(x, w, b=None, strides=None, pads=None, dilations=Non
 
 register_op("conv2d_nchwc", reference=_conv2d_nchwc,
             infer=lambda c: _infer_blocked_conv(c, False), attrs=dict(_ATTRS),
-            fusion=FusionKind.OUT_FUSABLE, num_inputs=(2, 3),
+            fusion=FusionKind.OUT_FUSABLE, num_inputs=(2, 4),
             doc="conv2d_nchwc(x[N,Cin/bi,H,W,bi], w[Cout/bo,Cin/bi,kh,kw,bi,bo], "
-                "bias[Cout/bo,bo]?): group-1 2-D convolution in blocked layout")
+                "bias[Cout/bo,bo]?, scale[N,Cin/bi,1,1,bi]?): group-1 2-D convolution in "
+                "blocked layout, of x * scale when scale is given")
 register_op("depthwise_conv2d_nchwc", reference=_depthwise_conv2d_nchwc,
             infer=lambda c: _infer_blocked_conv(c, True), attrs=dict(_ATTRS),
             fusion=FusionKind.OUT_FUSABLE, num_inputs=(2, 3),
