@@ -10,7 +10,7 @@ here is a whole vector and no loop has a tail, whatever the image size.
 * ``conv2d_nchwc``: a register tile of OCV output-channel blocks x T pixels (AVX2: 2 x 6, 12
   accumulators). Per input channel one weight vector per block is loaded and each pixel's
   input value is broadcast: OCV + T loads feed OCV * T FMAs. Interior pixels go in tiles of
-  T; edge pixels one by one, skipping taps that land in the padding. A 1x1 stride-1
+  T; the rest one by one, skipping taps that land in the padding. A 1x1 stride-1
   unpadded convolution runs over the flattened image (a 7x7 plane is 49 pixels in tiles of
   6, not 7 rows of 6 + 1).
 * ``to_blocked`` / ``from_blocked``: index maps, so the conversions fuse like any injective op.
@@ -332,11 +332,10 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
         tiles_end = b.add(lo, b.mul(ntiles, i64(T)), name="tiles.end")
         with kb.loop(0, ntiles, name="tile") as ti:
             tile(b.add(lo, b.mul(ti, i64(T)), name="ox0"), T, False)
-        with kb.loop(tiles_end, hi, name="ox.rest") as ox:
-            tile(ox, 1, False)
-        if not flat:
-            with kb.loop(i64(0), lo, name="ox.left") as ox:
-                tile(ox, 1, True)
-            with kb.loop(hi, i64(Wo), name="ox.right") as ox:
-                tile(ox, 1, True)
+        # every other pixel, one at a time, by one copy of the checked code (compile time):
+        # [0, lo) on the left, then [tiles_end, width) -- the interior's rest and the right edge
+        singles = b.add(lo, b.sub(width, tiles_end), name="singles")
+        with kb.loop(0, singles, name="px") as i:
+            ox = b.select(b.icmp_signed("<", i, lo), i, b.add(tiles_end, b.sub(i, lo)), name="ox1")
+            tile(ox, 1, not flat)
     b.ret_void()
