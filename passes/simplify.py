@@ -34,7 +34,9 @@ def _static_result(m: Match):
 
 
 def _reshape_to(b: Builder, x: Value, shape) -> Value:
-    return b.op("reshape", [x, b.const(np.array(shape, np.int64))])
+    # a 0 in the result shape is a 0 (without allowzero it would copy the input's dim)
+    attrs = {"allowzero": 1} if 0 in shape else {}
+    return b.op("reshape", [x, b.const(np.array(shape, np.int64))], **attrs)
 
 
 def _exponent(k: float):

@@ -36,12 +36,15 @@ def make_model(nodes, inputs: dict, outputs: Sequence[str], initializers: Option
     return model
 
 
-def run_onnxruntime(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+def run_onnxruntime(model: onnx.ModelProto, inputs: dict, optimize: bool = True) -> list[np.ndarray]:
+    """optimize=False turns onnxruntime's graph optimizations off (its kernels only)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.intra_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, inputs)
 

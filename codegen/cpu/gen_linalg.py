@@ -98,12 +98,13 @@ def matmul(kb: KernelBuilder, node) -> None:
     a, bv = node.inputs[0], node.inputs[1]
     c = node.inputs[2] if len(node.inputs) > 2 else None
     out = node.outputs[0]
-    if any(v is not None and v.type.dtype != dtypes.f32 for v in (a, bv, c, out)):
-        return loop_matmul(kb, node)
     attrs = kb.attrs(node) if node.op == "gemm" else {}
     trans_a, trans_b = bool(attrs.get("trans_a", 0)), bool(attrs.get("trans_b", 0))
     a_shape, b_shape = kb.shape(a), kb.shape(bv)
     batch_a, M, K, batch_b, N = _norm_shapes(a_shape, b_shape, trans_a, trans_b)
+    # The GEMM kernels need K >= 1; with K == 0 every dot product is an empty sum (0).
+    if K == 0 or any(v is not None and v.type.dtype != dtypes.f32 for v in (a, bv, c, out)):
+        return loop_matmul(kb, node)
     out_batch = _out_batch(kb.shape(out), a_shape, b_shape)
     b_ = kb.b
     name = llvm_name(out.name)

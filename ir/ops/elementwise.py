@@ -180,7 +180,7 @@ def _infer_cast(ctx: InferContext) -> TensorType:
 
 
 def _cast(x, to, saturate=1):
-    if to.is_float or x.dtype.kind != "f":
+    if to.is_float or x.dtype.kind != "f" or to == dtypes.bool:  # (to bool: x != 0, no trunc)
         return x.astype(to.numpy)
     # float -> int: C-like truncation; NaN/out-of-range is undefined in ONNX, keep numpy's.
     with np.errstate(all="ignore"):

@@ -794,6 +794,8 @@ def _infer_softmax(ctx: InferContext) -> TensorType:
 # softmax and log_softmax compute in the input's own type (per-op rounding for half types),
 # as the ONNX reference does: the conformance data of f16 models is made that way.
 def _softmax(x, axis=-1):
+    if x.size == 0:
+        return x.copy()
     xc = x
     m = xc.max(axis=axis, keepdims=True)
     e = np.exp(xc - np.where(np.isfinite(m), m, 0))
@@ -801,6 +803,8 @@ def _softmax(x, axis=-1):
 
 
 def _log_softmax(x, axis=-1):
+    if x.size == 0:
+        return x.copy()
     xc = x
     m = xc.max(axis=axis, keepdims=True)
     d = xc - np.where(np.isfinite(m), m, 0)
