@@ -12,8 +12,7 @@ runs all 2^32):
 * erf  -- at most 8 ulp (the rational approximation XLA and Eigen use, |x| clamped to 4;
   7 measured, near |x| = 3.9 where erf is within 1e-7 of 1)
 * sigmoid -- at most 2 ulp for x >= -88.3 (2 measured over all 2^32 inputs, near x = -3e-7);
-  0 below, where the true value is a denormal
-  below 4e-39
+  0 below, where the true value is a denormal below 4e-39
 
 Results that underflow come out as 0 or a denormal as IEEE says; inside a slimc call with
 flush-to-zero on they are 0.
