@@ -133,8 +133,8 @@ def matmul(kb: KernelBuilder, node) -> None:
     if trans_a:
         A = _transpose_copy(kb, A, K, M * max(1, n_batch), kb.scratch(4 * M * K, name + ".at"), name + ".at")
     if by_cols:
-        return _by_column_blocks(kb, bv, b_shape, A, C, K, N, rows, _column_block(N, nr),
-                                 epilogue, extra, extra_vals, name)
+        return _by_column_blocks(kb, bv, b_shape, trans_b, A, C, K, N, rows,
+                                 _column_block(N, nr), epilogue, extra, extra_vals, name)
     g = gemm_kernels.emit_gemm(kb.module, kb.fn.name + "." + name, N, K, kb.target, epilogue=epilogue,
                                extra_args=extra, runtime_b=not prepacked, trans_b=trans_b)
     gemm_fn = kb.module.globals[g.gemm_fn]
@@ -184,14 +184,14 @@ def _column_block(N: int, nr: int) -> int:
     return -(-panels // min(COLUMN_BLOCKS, panels)) * nr
 
 
-def _by_column_blocks(kb, bv, b_shape, A, C, K, N, rows, col_block, epilogue, extra,
+def _by_column_blocks(kb, bv, b_shape, trans_b, A, C, K, N, rows, col_block, epilogue, extra,
                       extra_vals, name) -> None:
     """Work item j multiplies all rows by the packed panels of columns [j*cb, (j+1)*cb): a
     GEMM emitted for cb columns (and one for the narrower last block), its B and C pointers
     moved to the block, `col0` telling the epilogue where its columns are."""
     b_ = kb.b
     packed = gemm_kernels.pack_b(bv.data.reshape(b_shape if len(b_shape) == 2 else (K, 1)),
-                                 kb.target)
+                                 kb.target, trans_b=trans_b)
     Bp = b_.bitcast(kb.substitute_constant(bv, packed, name + ".packed"), ir.PointerType(F32))
     blocks = -(-N // col_block)
     last = N - (blocks - 1) * col_block

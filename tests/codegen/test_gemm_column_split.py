@@ -45,18 +45,22 @@ def test_column_blocks(m, n, epilogue):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
 @pytest.mark.parametrize("m, n, c_shape", [(1, 100, (100,)), (4, 257, (4, 257)), (2, 33, (2, 1)),
                                            (1, 1000, None)])
-def test_gemm_bias_read_by_column_block(m, n, c_shape):
-    """ONNX Gemm: alpha * x @ w + beta * C, C indexed by the block's absolute columns."""
+def test_gemm_bias_read_by_column_block(m, n, c_shape, trans_b):
+    """ONNX Gemm: alpha * x @ w + beta * C, C indexed by the block's absolute columns; with
+    transB the weights are packed from their transpose (the MLP of bench/ has transB=1)."""
     rng = np.random.default_rng(n)
     k = 40
     g = Graph("gemm")
     x = g.add_input("x", TensorType(F32, (m, k)))
-    ins = [x, g.add_constant("w", rng.standard_normal((k, n)).astype(np.float32))]
+    wt = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    ins = [x, g.add_constant("w", wt)]
     if c_shape is not None:
         ins.append(g.add_constant("c", rng.standard_normal(c_shape).astype(np.float32)))
-    y = g.make_node("gemm", ins, {"alpha": 0.5, "beta": 2.0}, [TensorType(F32, (m, n))],
+    y = g.make_node("gemm", ins, {"alpha": 0.5, "beta": 2.0, "trans_b": trans_b},
+                    [TensorType(F32, (m, n))],
                     ["y"]).outputs[0]
     g.outputs.append(g.make_node("relu", [y], {}, [y.type], ["z"]).outputs[0])
     verify(g)
