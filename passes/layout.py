@@ -29,6 +29,7 @@ Three steps, each shown by ``SLIMC_DEBUG=layout`` with its reason:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -139,6 +140,8 @@ def _blocked_operand(graph: Graph, v: Value, nchw: tuple, block: int, before: No
     s4 = [1] * (4 - len(shape)) + shape
     if any(d not in (1, full) for d, full in zip(s4, nchw)):
         return None, f"%{v.name} {v.type} does not broadcast to {list(nchw)}"
+    if all(d == 1 for d in s4):
+        return v, None  # a scalar broadcasts in any rank
     src = _from_blocked_source(v)
     if src is not None:  # already blocked: [N, C, H, W] or a broadcast [N, C, 1, 1]
         if src.type.shape[-1] != block or len(shape) != 4:
@@ -149,12 +152,19 @@ def _blocked_operand(graph: Graph, v: Value, nchw: tuple, block: int, before: No
         d4 = data.reshape(s4)
         blocked = block_array(d4, block) if s4[1] == nchw[1] else d4[..., None]
         return _const(graph, blocked, v.name + f".nchw{block}c"), None
-    if s4[1] == 1 and all(d == 1 for d in s4):
-        return v, None  # a runtime scalar broadcasts in any rank
     if len(shape) == 4 and s4[1] == nchw[1] and s4[2] == s4[3] == 1:
         return _to_blocked(graph, v, block, before), None  # [N, C, 1, 1]: a small conversion
+    for user in v.users:  # converted already for another consumer: free
+        if user.op == "to_blocked" and user.attrs.get("block") == block and \
+                _precedes(graph, user, before):
+            return user.outputs[0], None
     return None, f"%{v.name} {v.type} is a runtime tensor in NCHW (converting it would cost " \
                  f"as much as staying in NCHW)"
+
+
+def _precedes(graph: Graph, a: Node, b: Node) -> bool:
+    nodes = graph.nodes
+    return nodes.index(a) < nodes.index(b)
 
 
 def _sink(graph: Graph, node: Node) -> bool:
@@ -280,6 +290,15 @@ def _fold_input_scale(graph: Graph, node: Node) -> bool:
     return True
 
 
+def _tidy_names(graph: Graph) -> None:
+    """`a.nchw8c.1` -> `a.nchw8c` where a conversion that took the name first has gone."""
+    for node in graph.nodes:
+        for v in node.outputs:
+            m = re.fullmatch(r"(.*\.nchw\d+c)\.\d+", v.name)
+            if m and m.group(1) not in graph._names:
+                graph.rename(v, m.group(1))
+
+
 def _remove_dead(graph: Graph) -> None:
     changed = True
     while changed:
@@ -357,4 +376,5 @@ class Layout(Pass):
         for node in list(graph.nodes):
             if node.graph is graph:
                 _fold_input_scale(graph, node)
+        _tidy_names(graph)
         return True

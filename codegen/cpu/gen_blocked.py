@@ -28,7 +28,7 @@ from slimc.ir.ops.nn import _window_params
 
 from .gen_nn import _entry_alloca, _smax, _smin, _store_result
 from .kernel import KernelBuilder, generator, index_map, llvm_name
-from .llvm_util import F32, const, i64, splat
+from .llvm_util import F32, i64, splat
 
 FLAT_ROW = 128  # pixels per work item of a flattened 1x1 convolution (then a multiple of T)
 
@@ -106,7 +106,6 @@ def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
     pt, pl = pads[0], pads[1]
     vt = ir.VectorType(F32, B)
     zero = ir.Constant(vt, None)
-    name = llvm_name(out.name)
     X, Wt = kb.ptr(x), kb.ptr(w)
     kb.parallel_extent = N * CB * Ho
     kb.cost = 2 * N * CB * B * Ho * Wo * kh * kw

@@ -69,11 +69,12 @@ def _gemm_epilogue(node_op, attrs, c_shape, M, N):
         while len(dims) < 2:
             dims = [1] + dims
         rows, cols = dims
+        col = ctx.col if "col0" not in ctx.args else b.add(ctx.col, ctx.args["col0"], name="col")
         if cols == 1:
             idx = ctx.row if rows != 1 else i64(0)
             cv = ctx.splat(b.load(b.gep(c, [idx]), name="c"))
         else:
-            idx = ctx.col if rows == 1 else b.add(b.mul(ctx.row, i64(N)), ctx.col)
+            idx = col if rows == 1 else b.add(b.mul(ctx.row, i64(N)), col)
             cv = ctx.load_vector(c, idx, name="c")
         if beta != 1.0:
             cv = b.fmul(cv, ctx.splat(const(F32, beta)), name="beta_c")
@@ -117,20 +118,30 @@ def matmul(kb: KernelBuilder, node) -> None:
     kb.cost = 2 * n_batch * M * N * K
     a_flat_ok = not batch_a or list(batch_a) == out_batch
     prepacked = bv.is_constant and bv.data is not None and not batch_b and a_flat_ok and not trans_a
-    epilogue, fused_extra, fused_vals = kb.gemm_epilogue(out, N, inner, row_offset=not prepacked)
+    nr = gemm_kernels.gemm_config(kb.target).nr
+    rows = n_batch * M
+    # Too few rows to split over threads (batch-1 layers: GEMV and skinny GEMMs): split the
+    # columns instead, in blocks of whole panels (each one a run of the packed weights).
+    by_cols = prepacked and rows < SPLIT_ROWS_BELOW and _column_block(N, nr) < N
+    epilogue, fused_extra, fused_vals = kb.gemm_epilogue(out, N, inner, row_offset=not prepacked,
+                                                         col_offset=by_cols)
+    if by_cols and not any(arg == "col0" for arg, _ in fused_extra):
+        fused_extra = fused_extra + [("col0", I64)]  # gemm's C is indexed by column too
     A = kb.ptr(a)
     C = kb.ptr(kb.outputs[0])  # the matmul's result, or the end of its fused epilogue
     extra = gemm_extra + fused_extra
     extra_vals = ([b_.bitcast(kb.ptr(c), PTR)] if gemm_extra else []) + fused_vals
     if trans_a:
         A = _transpose_copy(kb, A, K, M * max(1, n_batch), kb.scratch(4 * M * K, name + ".at"), name + ".at")
+    if by_cols:
+        return _by_column_blocks(kb, bv, b_shape, trans_b, A, C, K, N, rows,
+                                 _column_block(N, nr), epilogue, extra, extra_vals, name)
     g = gemm_kernels.emit_gemm(kb.module, kb.fn.name + "." + name, N, K, kb.target, epilogue=epilogue,
                                extra_args=extra, runtime_b=not prepacked, trans_b=trans_b)
     gemm_fn = kb.module.globals[g.gemm_fn]
     if prepacked:
         Bp = kb.substitute_constant(bv, g.pack(bv.data.reshape(b_shape if len(b_shape) == 2 else
                                                                (K, 1))), name + ".packed")
-        rows = n_batch * M
         mr = g.cfg.mr
         kb.parallel_extent = -(-rows // mr)
         m0 = b_.mul(kb.begin, i64(mr), name="m0")
@@ -157,6 +168,54 @@ def matmul(kb: KernelBuilder, node) -> None:
         b_.call(pack_fn, [b_ptr, i64(ldb), w_ptr])
         row0 = [b_.mul(bi, i64(M), name="row0")] if fused_extra else []
         b_.call(gemm_fn, [a_ptr, i64(K), w_ptr, c_ptr, i64(N), i64(0), i64(M)] + extra_vals + row0)
+    b_.ret_void()
+
+
+# Fewer rows than this (in all): a prepacked GEMM splits its columns over threads, not rows.
+SPLIT_ROWS_BELOW = 12
+# Column blocks of a split GEMM: about this many, so two threads share them evenly.
+COLUMN_BLOCKS = 8
+
+
+def _column_block(N: int, nr: int) -> int:
+    """Columns per block (whole NR panels) for COLUMN_BLOCKS blocks; N when N is too narrow."""
+    panels = -(-N // nr)
+    if panels < 2:
+        return N
+    return -(-panels // min(COLUMN_BLOCKS, panels)) * nr
+
+
+def _by_column_blocks(kb, bv, b_shape, trans_b, A, C, K, N, rows, col_block, epilogue, extra,
+                      extra_vals, name) -> None:
+    """Work item j multiplies all rows by the packed panels of columns [j*cb, (j+1)*cb): a
+    GEMM emitted for cb columns (and one for the narrower last block), its B and C pointers
+    moved to the block, `col0` telling the epilogue where its columns are."""
+    b_ = kb.b
+    packed = gemm_kernels.pack_b(bv.data.reshape(b_shape if len(b_shape) == 2 else (K, 1)),
+                                 kb.target, trans_b=trans_b)
+    Bp = b_.bitcast(kb.substitute_constant(bv, packed, name + ".packed"), ir.PointerType(F32))
+    blocks = -(-N // col_block)
+    last = N - (blocks - 1) * col_block
+    fns = {}
+    for width in sorted({col_block, last}):
+        gk = gemm_kernels.emit_gemm(kb.module, f"{kb.fn.name}.{name}.cols{width}", width, K,
+                                    kb.target, epilogue=epilogue, extra_args=extra)
+        fns[width] = kb.module.globals[gk.gemm_fn]
+    kb.parallel_extent = blocks
+    with kb.loop(kb.begin, kb.end, name="colblock") as j:
+        col0 = b_.mul(j, i64(col_block), name="col0")
+        b_ptr = b_.gep(Bp, [b_.mul(col0, i64(K))], name="b.blk")  # panels are K x NR runs
+        c_ptr = b_.gep(C, [col0], name="c.blk")
+        args = [A, i64(K), b_ptr, c_ptr, i64(N), i64(0), i64(rows)] + extra_vals + [col0]
+        if last == col_block:
+            b_.call(fns[col_block], args)
+        else:
+            is_last = b_.icmp_unsigned("==", j, i64(blocks - 1), name="is.last")
+            with b_.if_else(is_last) as (tail, full):
+                with tail:
+                    b_.call(fns[last], args)
+                with full:
+                    b_.call(fns[col_block], args)
     b_.ret_void()
 
 

@@ -320,7 +320,8 @@ class KernelBuilder:
         self.overrides.clear()
         self.cache.clear()
 
-    def gemm_epilogue(self, produced: Value, N: int, inner=None, row_offset: bool = False):
+    def gemm_epilogue(self, produced: Value, N: int, inner=None, row_offset: bool = False,
+                      col_offset: bool = False):
         """The fused consumers of `produced` as an epilogue for `gemm.emit_gemm`.
 
         The GEMM computes `produced` as rows of N columns (element row*N + col of its
@@ -329,7 +330,8 @@ class KernelBuilder:
         `inner` (gemm's alpha/beta/C) runs first. Returns (epilogue, extra GEMM arguments,
         their values in this kernel): the GEMM function gets every kernel input, since the
         consumers may read any of them, and, with `row_offset`, an i64 ``row0`` added to its
-        rows (for GEMMs called once per batch entry).
+        rows (for GEMMs called once per batch entry); with `col_offset`, an i64 ``col0`` added
+        to its columns (for GEMMs called once per block of columns).
         """
         if list(self.outputs) == [produced]:
             return inner, [], []
@@ -338,6 +340,8 @@ class KernelBuilder:
         values = [self.b.bitcast(self.ptr(v), PTR) for v in inputs]
         if row_offset:
             extra.append(("row0", I64))
+        if col_offset:
+            extra.append(("col0", I64))
 
         def epilogue(ctx, acc):
             if inner is not None:
@@ -349,7 +353,8 @@ class KernelBuilder:
             self.mask = ctx.mask
             try:
                 row = ctx.builder.add(ctx.row, ctx.args["row0"]) if row_offset else ctx.row
-                flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), ctx.col)
+                col = ctx.builder.add(ctx.col, ctx.args["col0"]) if col_offset else ctx.col
+                flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), col)
                 index = self.delinear(flat, self.shape(produced))
                 self.overrides[(id(produced), self._key(index), ctx.vw)] = acc
                 if not index or self.shape(produced)[-1] == 1:

@@ -136,6 +136,8 @@ class Emitter:
         return vmath.erf(self.b, x, self.name + ".erf") if self._f32(x) else self.libm("erf", x)
 
     def sigmoid(self, x):
+        if self._f32(x):
+            return vmath.sigmoid(self.b, x, self.name + ".sigmoid")
         one = self.c(x, 1.0)
         return self.fdiv(one, self.add(one, self.exp(self.b.fneg(x))))
 

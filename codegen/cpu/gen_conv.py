@@ -1,0 +1,580 @@
+"""Convolution (the `conv` op, NCHW): direct row kernels and convolution as GEMM.
+
+* **direct** (depthwise, N-d, non-f32 convs): gen_nn.py's sliding-window rows.
+* **convolution as GEMM** (float32, 1-D and 2-D): per (image, group, chunk of output
+  columns) im2col into scratch, then a runtime-size GEMM emitted once per module
+  (`_shared_gemm`, so a model's convolutions add no GEMM compile each) with the weights
+  [Cout, K] as A. 1x1 stride-1 convolutions multiply their input in place. The bias is added
+  in the GEMM; a fused epilogue runs in a vectorized copy-out of the chunk.
+
+The `layout` pass sends most float32 2-D convolutions of a CNN to gen_blocked.py instead;
+these kernels serve the rest (and `disable_passes=["layout"]`).
+"""
+
+from __future__ import annotations
+
+
+from llvmlite import ir
+
+from slimc.ir import dtypes
+from slimc.ir.ops.nn import _window_params
+
+from . import gemm as gemm_kernels
+from .kernel import KernelBuilder, generator, llvm_name
+from .llvm_util import (
+    F32, I64, const, for_range, i64, llvm_type, OPAQUE_PTR, masked_load_vector,
+    masked_store_vector, splat)
+from .gen_nn import (
+    _numel, _acc_dtype, _emitter, _cdiv, _stack_row, _smax, _smin, _vec_loop, _vload, _cvt,
+    _store_result, _Geom, _outer_taps, _accumulate_row)
+
+# ----------------------------------------------------------------------------------------------
+# Convolution
+# ----------------------------------------------------------------------------------------------
+
+# Work items of a GEMM convolution: at most this many, each with its own scratch slot.
+CONV_MAX_ITEMS = 16
+# Columns per GEMM chunk: about this many floats of im2col per chunk (then a multiple of NR).
+CONV_CHUNK_FLOATS = 1 << 17
+# Fewer (image, group, chunk) tasks than this: output channels are split into row blocks too.
+CONV_MIN_TASKS = 2
+
+
+def _conv_chunk(n: int, k: int, nr: int) -> int:
+    """Output columns per GEMM chunk: near CONV_CHUNK_FLOATS / K (at most 4x that), choosing
+    the count of chunks that pads the fewest columns to whole NR-column panels."""
+    target = max(4 * nr, CONV_CHUNK_FLOATS // max(1, k))
+    if target >= n:
+        return n
+    n0 = _cdiv(n, target)
+
+    def padded(nc):
+        nb = _cdiv(n, nc)
+        tail = n - (_cdiv(n, nb) - 1) * nb
+        return (_cdiv(n, nb) - 1) * _cdiv(nb, nr) * nr + _cdiv(tail, nr) * nr
+
+    cands = [nc for nc in range(max(1, _cdiv(n0, 4)), 2 * n0 + 1) if _cdiv(n, nc) >= nr]
+    best = min(cands, key=lambda nc: (padded(nc), abs(nc - n0)))
+    return _cdiv(n, best)
+
+
+@generator("conv", epilogue=True)
+def conv(kb: KernelBuilder, node) -> None:
+    x, w = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    xs, ws = kb.shape(x), kb.shape(w)
+    nsp = len(xs) - 2
+    group = int(kb.attrs(node)["group"])
+    cig, cog = ws[1], ws[0] // group
+    K = cig * _numel(ws[2:])
+    if (x.type.dtype == dtypes.f32 and nsp <= 2 and cog >= 4 and K >= 8
+            and _numel(kb.shape(out)[2:]) >= 4):
+        return _conv_gemm(kb, node)
+    return _conv_direct(kb, node)
+
+
+def _conv_direct(kb: KernelBuilder, node) -> None:
+    """Any conv as rows: acc[ox] += w[co, ci, k] * x[.., ox*s + kx*d - p] over ci and taps."""
+    b = kb.b
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    attrs = kb.attrs(node)
+    xs, ws, ys = kb.shape(x), kb.shape(w), kb.shape(out)
+    nsp = len(xs) - 2
+    strides, pads, dil = _window_params(attrs, nsp)
+    group = int(attrs["group"])
+    cig, cout = ws[1], ws[0]
+    cog = cout // group
+    kernel = list(ws[2:])
+    g = _Geom(xs[2:], ys[2:], kernel, strides, pads, dil)
+    name = llvm_name(out.name)
+    dt = x.type.dtype
+    adt = _acc_dtype(dt)
+    acc_t = llvm_type(adt)
+    e = _emitter(kb, adt, name)
+    Wo = ys[-1]
+    rows_shape = [ys[0], cout] + list(ys[2:-1])
+    kb.parallel_extent = _numel(rows_shape)
+    kb.cost = 2 * _numel(ys) * cig * _numel(kernel)
+    plane = _numel(xs[2:])
+    ktaps = _numel(kernel)
+    X, Wt = kb.ptr(x), kb.ptr(w)
+    acc = _stack_row(kb, acc_t, Wo, name + ".acc")
+    tables = [g.tap_tables(kb, i, name) for i in range(nsp - 1)]
+    olo, ohi = g.out_tables(kb, nsp - 1, name)
+    kstrides = KernelBuilder.strides(kernel)
+    with kb.loop(kb.begin, kb.end, name="row") as row:
+        ridx = kb.delinear(row, rows_shape)
+        n_i, co, o_idx = ridx[0], ridx[1], ridx[2:]
+        init = const(acc_t, 0.0)
+        if bias is not None:
+            init = _cvt(e, b.load(b.gep(kb.ptr(bias), [kb._ir(co)], inbounds=True), name="bias"),
+                        bias.type.dtype, adt)
+        with kb.loop(0, Wo, name="init") as ox:
+            b.store(init, b.gep(acc, [ox], inbounds=True))
+        gi = kb.idiv(co, cog)
+        with kb.loop(0, cig, name="ci") as ci:
+            chan = b.add(b.mul(kb._ir(n_i), i64(xs[1])), b.add(kb._ir(kb.imul(gi, cig)), ci),
+                         name="chan")
+            base = b.mul(chan, i64(plane), name="xbase")
+            wbase = b.mul(b.add(b.mul(kb._ir(co), i64(cig)), ci), i64(ktaps), name="wbase")
+
+            def row_taps(off, ks):
+                woff = wbase
+                for i, k in enumerate(ks):
+                    woff = b.add(woff, b.mul(k, i64(kstrides[i])))
+                row = kb._ir(kb.iadd(base, off))
+
+                def weight(kx):
+                    wv = b.load(b.gep(Wt, [kb._ir(kb.iadd(woff, kx))], inbounds=True), name="w")
+                    return _cvt(e, wv, w.type.dtype, adt)
+
+                def value(ox, kx, wv):
+                    at = b.add(b.add(row, b.mul(ox, i64(strides[-1]))),
+                               kb._ir(kb.iadd(kb.imul(kx, dil[-1]), -pads[nsp - 1])), name="xi")
+                    return e.mul(wv, _cvt(e, b.load(b.gep(X, [at], inbounds=True), name="x"),
+                                          dt, adt))
+
+                _accumulate_row(kb, g, acc, (olo, ohi), value, e.add, weight)
+
+            _outer_taps(kb, g, tables, o_idx, row_taps, name)
+
+        def finish(ox, lanes):
+            v = _vload(kb, acc, ox, lanes, "acc")
+            _store_result(kb, out, [n_i, co] + list(o_idx) + [ox], _cvt(e, v, adt, dt))
+
+        _vec_loop(kb, 0, Wo, finish, "fin")
+    b.ret_void()
+
+
+def _conv_gemm(kb: KernelBuilder, node) -> None:
+    """float32 1-D/2-D conv: for each (image, group, chunk of output columns) im2col the chunk
+    into scratch ([K, ldp] rows, ldp a whole number of NR-column panels, which the GEMM reads
+    unpacked) and multiply W_g [Cout/g, K] @ cols with the module's shared runtime-size GEMM
+    (`_shared_gemm`), which adds the bias. 1x1 stride-1 convs multiply the input in place
+    (or pack it when its chunks are not whole panels).
+
+    Work items are at most CONV_MAX_ITEMS runs of consecutive tasks, each with its own scratch
+    slot, so threads never share a buffer. Without a fused epilogue the GEMM writes the output
+    directly; with one it writes the chunk to scratch and a vectorized loop along the output
+    rows hands it to `kb.store_result`."""
+    b = kb.b
+    x, w = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    attrs = kb.attrs(node)
+    xs, ws, ys = kb.shape(x), kb.shape(w), kb.shape(out)
+    nsp = len(xs) - 2
+    strides, pads, dil = _window_params(attrs, nsp)
+    if nsp == 1:  # a 1-D conv is a 2-D conv of height 1
+        H, W, Ho, Wo, kh, kw = 1, xs[2], 1, ys[2], 1, ws[2]
+        sh, sw, dh, dw, pt, pl = 1, strides[0], 1, dil[0], 0, pads[0]
+    else:
+        H, W, Ho, Wo, kh, kw = xs[2], xs[3], ys[2], ys[3], ws[2], ws[3]
+        (sh, sw), (dh, dw), (pt, pl) = strides, dil, pads[:2]
+    group = int(attrs["group"])
+    N, C = xs[0], xs[1]
+    cout, cig = ws[0], ws[1]
+    cog = cout // group
+    K = cig * kh * kw
+    HWo = Ho * Wo
+    name = llvm_name(out.name)
+    gemm_fn, pack_fn, cfg = _shared_gemm(kb)
+    nr, mr = cfg.nr, cfg.mr
+    pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and \
+        H == Ho and W == Wo
+    nb = _conv_chunk(HWo, K, nr)
+    nchunks = _cdiv(HWo, nb)
+    tail = HWo - (nchunks - 1) * nb
+    # Few chunks (batch 1, small images): split the output channels too, so that threads
+    # have work; each row block redoes its chunk's im2col unless its item just did it.
+    mblocks = 1
+    base_tasks = N * group * nchunks
+    if base_tasks < CONV_MIN_TASKS:
+        mblocks = max(1, min(_cdiv(CONV_MIN_TASKS, base_tasks), cog // (4 * mr)))
+    mbs = _cdiv(_cdiv(cog, mblocks), mr) * mr
+    mblocks = _cdiv(cog, mbs)
+    tasks = base_tasks * mblocks
+    items = min(tasks, CONV_MAX_ITEMS)
+    direct = list(kb.outputs) == [out]
+    ldp = _cdiv(nb, nr) * nr  # im2col row length: whole panels, the GEMM reads it unpacked
+    # a pointwise conv reads its input in place when every chunk is whole panels
+    pw_direct = pointwise and nb % nr == 0 and tail % nr == 0
+    col_floats = 0 if pointwise else K * ldp
+    pack_floats = ldp * K if pointwise and not pw_direct else 0
+    c_floats = 0 if direct else _cdiv(cog * nb, 16) * 16
+    slot = col_floats + pack_floats + c_floats
+    ws_raw = kb.scratch(4 * slot * items, name + ".ws")
+    ws_f = b.bitcast(ws_raw, ir.PointerType(F32), name=name + ".wsf")
+    kb.parallel_extent = items
+    kb.cost = 2 * N * cout * HWo * K
+    X, Wt = kb.ptr(x), kb.ptr(w)
+    Y = kb.ptr(out) if direct else None
+    im2col_fn = kb.module.globals["slimc_nn_im2col"]
+    null = ir.Constant(ir.PointerType(F32), None)
+
+    with kb.loop(kb.begin, kb.end, name="item") as wi:
+        t0 = b.udiv(b.mul(wi, i64(tasks)), i64(items), name="t0")
+        t1 = b.udiv(b.mul(b.add(wi, i64(1)), i64(tasks)), i64(items), name="t1")
+        slot_p = b.gep(ws_f, [b.mul(wi, i64(slot))], inbounds=True, name="slot")
+        colbuf = slot_p
+        packed = b.gep(slot_p, [i64(col_floats)], inbounds=True, name="packed")
+        cbuf = b.gep(slot_p, [i64(col_floats + pack_floats)], inbounds=True, name="cbuf")
+        with kb.loop(t0, t1, name="task") as t:
+            mb = b.urem(t, i64(mblocks), name="mb")
+            tc = b.udiv(t, i64(mblocks), name="tc")
+            chunk = b.urem(tc, i64(nchunks), name="chunk")
+            ng = b.udiv(tc, i64(nchunks), name="ng")
+            gi = b.urem(ng, i64(group), name="g")
+            n_i = b.udiv(ng, i64(group), name="n")
+            c0 = b.mul(chunk, i64(nb), name="c0")
+            is_tail = b.icmp_unsigned("==", chunk, i64(nchunks - 1), name="is.tail")
+            ncur = b.select(is_tail, i64(tail), i64(nb), name="ncols")
+            x_img = b.gep(X, [b.mul(b.add(b.mul(n_i, i64(C)), b.mul(gi, i64(cig))), i64(H * W))],
+                          inbounds=True, name="x.img")
+            # the chunk's packed columns: made by the first row block, or by this item's first
+            # task when the item starts mid-chunk
+            fresh = b.or_(b.icmp_unsigned("==", mb, i64(0)), b.icmp_unsigned("==", t, t0),
+                          name="fresh")
+            with b.if_then(fresh):
+                if pointwise and not pw_direct:
+                    b.call(pack_fn, [b.gep(x_img, [c0], inbounds=True, name="b.src"), i64(HWo),
+                                     i64(K), ncur, packed])
+                elif not pointwise:
+                    b.call(im2col_fn, [x_img, colbuf, c0, ncur, i64(ldp)] +
+                           [i64(v) for v in (cig, H, W, Wo, kh, kw, sh, sw, dh, dw, pt, pl)])
+            if pw_direct:   # the input itself, row-major [Cin, H*W]
+                b_src, ldb, pstride = b.gep(x_img, [c0], inbounds=True, name="b.src"), HWo, nr
+            elif pointwise:  # packed panels
+                b_src, ldb, pstride = packed, nr, K * nr
+            else:            # im2col rows padded to whole panels
+                b_src, ldb, pstride = colbuf, ldp, nr
+            m0 = b.mul(mb, i64(mbs), name="m0")
+            m1 = _smin(b, b.add(m0, i64(mbs)), i64(cog), "m1")
+            a_ptr = b.gep(Wt, [b.mul(gi, i64(cog * K))], inbounds=True, name="a")
+            if direct:
+                row0 = b.add(b.mul(n_i, i64(cout)), b.mul(gi, i64(cog)), name="row0")
+                c_ptr = b.gep(Y, [b.add(b.mul(row0, i64(HWo)), c0)], inbounds=True, name="c")
+                ldc = i64(HWo)
+            else:
+                c_ptr, ldc = cbuf, i64(nb)
+            bptr = b.gep(kb.ptr(bias), [b.mul(gi, i64(cog))], inbounds=True, name="bias.g") \
+                if bias is not None else null
+            b.call(gemm_fn, [a_ptr, i64(K), b_src, i64(ldb), i64(pstride), i64(K), ncur, c_ptr,
+                             ldc, m0, m1, bptr,
+                             const(ir.IntType(1), bias is not None)])
+            if not direct:
+                _conv_copy_out(kb, out, cbuf, nb, n_i, gi, cog, m0, m1, c0, ncur, Wo, nsp)
+    b.ret_void()
+
+
+def _conv_copy_out(kb: KernelBuilder, out, cbuf, ld, n_i, gi, cog, m0, m1, c0, ncur, Wo, nsp):
+    """The chunk's GEMM result (rows m0..m1 of cbuf) through the fused epilogue, one output
+    row segment at a time with vectors along the last axis."""
+    b = kb.b
+    c1 = b.add(c0, ncur, name="c1")
+    oy0 = b.udiv(c0, i64(Wo), name="oy0")
+    oy1 = b.add(b.udiv(b.sub(c1, i64(1)), i64(Wo)), i64(1), name="oy1")
+    with kb.loop(m0, m1, name="co") as co:
+        chan = b.add(b.mul(gi, i64(cog)), co, name="chan")
+        crow = b.gep(cbuf, [b.mul(co, i64(ld))], inbounds=True, name="crow")
+        with kb.loop(oy0, oy1, name="oy") as oy:
+            rs = b.mul(oy, i64(Wo), name="rs")
+            xs_ = b.sub(_smax(b, c0, rs, "seg.s"), rs, name="xs")
+            xe = b.sub(_smin(b, c1, b.add(rs, i64(Wo)), "seg.e"), rs, name="xe")
+            src = b.gep(crow, [b.sub(rs, c0)], name="src")
+
+            def put(ox, lanes):
+                v = _vload(kb, src, ox, lanes, "y")
+                sp = [oy, ox] if nsp == 2 else [ox]
+                _store_result(kb, out, [n_i, chan] + sp, v)
+
+            _vec_loop(kb, xs_, xe, put, "ox")
+
+
+# ---- the shared runtime-size GEMM --------------------------------------------------------
+
+OPQ = OPAQUE_PTR
+GEMM_KC = 256  # K block: a KC x NR panel of B stays in L1 across the row tiles
+
+
+def _shared_gemm(kb: KernelBuilder):
+    """(gemm, pack, cfg): functions emitted once per module and called by every GEMM conv.
+
+        void slimc_nn_gemm(float* A, i64 lda, float* B, i64 ldb, i64 pstride, i64 K, i64 N,
+                           float* C, i64 ldc, i64 m0, i64 m1, float* bias, i1 has_bias)
+            rows [m0, m1) of C = A[:, :K] @ B (+ bias[row]). B in panels of NR columns: panel
+            p starts at B + p*pstride, its rows ldb apart -- packed (ldb = NR, pstride = K*NR)
+            or row-major with the columns padded to a multiple of NR (ldb, pstride = NR).
+        void slimc_nn_pack(float* B, i64 ldb, i64 K, i64 N, float* Bp)
+            Bp[p][k][0:NR] = B[k, p*NR : p*NR+NR], zero past N.
+
+    N and K are run-time values, so one copy serves every convolution (gemm.py specializes on
+    them, which costs a compile per shape). Register tile MR x NR and block sizes from gemm.py's
+    config; loop order KC block, MC block of rows (in L2), B panel (in L1), row tile. A is read
+    in place (weights rows, K apart), not packed."""
+    m = kb.module
+    cfg = gemm_kernels.gemm_config(kb.target)
+    gemm = m.globals.get("slimc_nn_gemm")
+    if gemm is None:
+        use_fma = kb.target.has_fma or kb.target.arch == "aarch64"
+        ukrs = {r: _emit_ukr(m, cfg, r, use_fma) for r in range(1, cfg.mr + 1)}
+        gemm = _emit_gemm_driver(m, cfg, ukrs)
+        _emit_pack(m, cfg)
+        _emit_im2col(m)
+    return gemm, m.globals["slimc_nn_pack"], cfg
+
+
+def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder]:
+    fn = ir.Function(m, ir.FunctionType(ir.VoidType(), args), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for a, n in zip(fn.args, names):
+        a.name = n
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _intrinsic(m: ir.Module, name: str, ret, args) -> ir.Function:
+    fn = m.globals.get(name)
+    return fn if fn is not None else ir.Function(m, ir.FunctionType(ret, args), name=name)
+
+
+def _lane_mask(b: ir.IRBuilder, vw: int, start, limit, name: str):
+    """<vw x i1>: lane j is (start + j < limit)."""
+    ids = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
+    pos = b.add(splat(b, start, vw, name + ".s"), ids, name=name + ".pos")
+    return b.icmp_signed("<", pos, splat(b, limit, vw, name + ".l"), name=name)
+
+
+def _emit_ukr(m: ir.Module, cfg, r: int, use_fma: bool) -> ir.Function:
+    """C[0:r, 0:ncols] (+)= A[0:r, 0:kc] @ B[0:kc, 0:NR] (rows ldb apart; columns past ncols
+    must be readable): r x NV vector accumulators, C stores masked past ncols."""
+    vw, nv = cfg.vw, cfg.nv
+    NR = vw * nv
+    vt = ir.VectorType(F32, vw)
+    I1 = ir.IntType(1)
+    fn, b = _fn(m, f"slimc_nn_ukr{r}", [OPQ, I64, OPQ, I64, I64, OPQ, I64, I64, I1, I1, OPQ],
+                ["A", "lda", "B", "ldb", "kc", "C", "ldc", "ncols", "acc_in", "has_bias", "bias"])
+    A, lda, B, ldb, kc, C, ldc, ncols, acc_in, has_bias, bias = fn.args
+    for a in (A, B, C):
+        a.add_attribute("noalias")
+    fma = _intrinsic(m, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
+    accs = [[b.alloca(vt, name=f"acc{i}.{v}") for v in range(nv)] for i in range(r)]
+    arow = [A if i == 0 else b.gep(A, [b.mul(lda, i64(i))], source_etype=F32, name=f"a.row{i}")
+            for i in range(r)]
+    crow = [C if i == 0 else b.gep(C, [b.mul(ldc, i64(i))], source_etype=F32, name=f"c.row{i}")
+            for i in range(r)]
+    full = b.icmp_signed("==", ncols, i64(NR), name="full")
+    masks = [_lane_mask(b, vw, i64(v * vw), ncols, f"mask{v}") for v in range(nv)]
+
+    def cptr(i, v):
+        return b.gep(crow[i], [i64(v * vw)], source_etype=F32, name=f"c{i}.{v}")
+
+    with b.if_else(acc_in) as (load_c, fresh):
+        with load_c:
+            for i in range(r):
+                for v in range(nv):
+                    x = masked_load_vector(b, cptr(i, v), vt, masks[v],
+                               name=f"c{i}.{v}.in")
+                    b.store(x, accs[i][v])
+        with fresh:
+            with b.if_else(has_bias) as (with_bias, no_bias):
+                with with_bias:
+                    for i in range(r):
+                        bv = b.load(b.gep(bias, [i64(i)], source_etype=F32, name=f"bias{i}.p"),
+                                    typ=F32, name=f"bias{i}")
+                        sv = splat(b, bv, vw, f"bias{i}")
+                        for v in range(nv):
+                            b.store(sv, accs[i][v])
+                with no_bias:
+                    for i in range(r):
+                        for v in range(nv):
+                            b.store(ir.Constant(vt, None), accs[i][v])
+    with for_range(b, 0, kc, 1, "k") as k:
+        brow = b.gep(B, [b.mul(k, ldb)], source_etype=F32, name="b.k")
+        bvs = [b.load(b.gep(brow, [i64(v * vw)], source_etype=F32, name=f"b{v}.p"), typ=vt,
+                      align=4, name=f"b{v}") for v in range(nv)]
+        for i in range(r):
+            a = b.load(b.gep(arow[i], [k], source_etype=F32, name=f"a{i}.p"), typ=F32,
+                       name=f"a{i}")
+            av = splat(b, a, vw, f"a{i}")
+            for v in range(nv):
+                acc = b.load(accs[i][v])
+                if use_fma:
+                    nxt = b.call(fma, [av, bvs[v], acc], name=f"acc{i}.{v}")
+                else:
+                    nxt = b.fadd(acc, b.fmul(av, bvs[v], flags=("contract",)),
+                                 flags=("contract",), name=f"acc{i}.{v}")
+                b.store(nxt, accs[i][v])
+    with b.if_else(full) as (whole, part):
+        with whole:
+            for i in range(r):
+                for v in range(nv):
+                    b.store(b.load(accs[i][v]), cptr(i, v), align=4)
+        with part:
+            for i in range(r):
+                for v in range(nv):
+                    masked_store_vector(b, b.load(accs[i][v]), cptr(i, v), masks[v])
+    b.ret_void()
+    return fn
+
+
+def _emit_gemm_driver(m: ir.Module, cfg, ukrs) -> ir.Function:
+    vw, nv, mr = cfg.vw, cfg.nv, cfg.mr
+    NR = vw * nv
+    I1 = ir.IntType(1)
+    fn, b = _fn(m, "slimc_nn_gemm",
+                [OPQ, I64, OPQ, I64, I64, I64, I64, OPQ, I64, I64, I64, OPQ, I1],
+                ["A", "lda", "B", "ldb", "pstride", "K", "N", "C", "ldc", "m0", "m1", "bias",
+                 "has_bias"])
+    A, lda, B, ldb, pstride, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
+    npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
+    mc = cfg.mc
+    with for_range(b, 0, K, GEMM_KC, "pc") as pc:
+        kc = _smin(b, b.sub(K, pc), i64(GEMM_KC), "kc")
+        acc_in = b.icmp_signed("!=", pc, i64(0), name="acc.in")
+        use_bias = b.and_(has_bias, b.not_(acc_in), name="use.bias")
+        apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
+        with for_range(b, m0, m1, mc, "ic") as ic:  # MC x KC block of A: L2-resident
+            ic_end = _smin(b, b.add(ic, i64(mc)), m1, "ic.end")
+            rows = b.sub(ic_end, ic, name="rows")
+            tiles_end = b.add(ic, b.mul(b.udiv(rows, i64(mr)), i64(mr)), name="tiles.end")
+            rem = b.sub(ic_end, tiles_end, name="rows.left")
+            with for_range(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
+                col = b.mul(p, i64(NR), name="col")
+                ncols = _smin(b, b.sub(N, col), i64(NR), "ncols")
+                bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
+                             name="b.pan")
+                cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
+
+                def call(ukr, i):
+                    a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
+                    c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
+                    bi = b.gep(bias, [i], source_etype=F32, name="bias.tile")
+                    b.call(ukr, [a, lda, bpan, ldb, kc, c, ldc, ncols, acc_in, use_bias, bi])
+
+                with for_range(b, ic, tiles_end, mr, "i") as i:
+                    call(ukrs[mr], i)
+                done = fn.append_basic_block("rows.done")
+                sw = b.switch(rem, done)
+                for r in range(1, mr):
+                    blk = fn.append_basic_block(f"rows.{r}")
+                    sw.add_case(i64(r), blk)
+                    b.position_at_end(blk)
+                    call(ukrs[r], tiles_end)
+                    b.branch(done)
+                b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _emit_pack(m: ir.Module, cfg) -> ir.Function:
+    vw, nv = cfg.vw, cfg.nv
+    NR = vw * nv
+    vt = ir.VectorType(F32, vw)
+    fn, b = _fn(m, "slimc_nn_pack", [OPQ, I64, I64, I64, OPQ], ["B", "ldb", "K", "N", "Bp"])
+    B, ldb, K, N, Bp = fn.args
+    B.add_attribute("noalias")
+    Bp.add_attribute("noalias")
+    npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
+    with for_range(b, 0, npan, 1, "p") as p:
+        col = b.mul(p, i64(NR), name="col")
+        full = b.icmp_signed(">=", b.sub(N, col), i64(NR), name="full")
+        masks = [_lane_mask(b, vw, b.add(col, i64(v * vw)), N, f"m{v}") for v in range(nv)]
+        src0 = b.gep(B, [col], source_etype=F32, name="src.pan")
+        dst0 = b.gep(Bp, [b.mul(p, b.mul(K, i64(NR)))], source_etype=F32, name="dst.pan")
+        with b.if_else(full) as (whole, part):
+            for masked, blk in ((False, whole), (True, part)):
+                with blk:
+                    with for_range(b, 0, K, 1, "k" + ("m" if masked else "")) as k:
+                        src = b.gep(src0, [b.mul(k, ldb)], source_etype=F32, name="src")
+                        dst = b.gep(dst0, [b.mul(k, i64(NR))], source_etype=F32, name="dst")
+                        for v in range(nv):
+                            sp = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"s{v}")
+                            if masked:
+                                x = masked_load_vector(b, sp, vt, masks[v],
+                                           name=f"x{v}")
+                            else:
+                                x = b.load(sp, typ=vt, align=4, name=f"x{v}")
+                            b.store(x, b.gep(dst, [i64(v * vw)], source_etype=F32), align=4)
+    b.ret_void()
+    return fn
+
+
+def _emit_im2col(m: ir.Module) -> ir.Function:
+    """void slimc_nn_im2col(float* x, float* cols, i64 c0, i64 ncols, i64 ld, i64 cin, i64 H,
+    i64 W, i64 Wo, i64 kh, i64 kw, i64 sh, i64 sw, i64 dh, i64 dw, i64 pt, i64 pl):
+    cols[k, c - c0] = x[ci, oy*sh + ky*dh - pt, ox*sw + kx*dw - pl] (0 in the padding) for
+    k = (ci, ky, kx) and output columns c = oy*Wo + ox in [c0, c0 + ncols), and zeros in the
+    padding columns [ncols, ld). Each row segment is a zero run, a copy (contiguous when
+    sw == 1) and a zero run: no test per element."""
+    names = ["x", "cols", "c0", "ncols", "ld", "cin", "H", "W", "Wo", "kh", "kw", "sh", "sw", "dh",
+             "dw", "pt", "pl"]
+    fn, b = _fn(m, "slimc_nn_im2col", [OPQ, OPQ] + [I64] * 15, names)
+    # Inlined into a conv with constant geometry, LLVM unrolls every loop into one block of
+    # ~200 memcpys per call site (AArch64's scheduler then took 7-12 s on a small CNN).
+    fn.attributes.add("noinline")
+    (x, cols, c0, ncols, ld, cin, H, W, Wo, kh, kw, sh, sw, dh, dw, pt, pl) = fn.args
+    kpad = b.mul(b.mul(cin, kh), kw, name="K")
+    x.add_attribute("noalias")
+    cols.add_attribute("noalias")
+    zero = const(F32, 0.0)
+    c1 = b.add(c0, ncols, name="c1")
+    oy0 = b.udiv(c0, Wo, name="oy0")
+    oy1 = b.add(b.udiv(b.sub(c1, i64(1)), Wo), i64(1), name="oy1")
+    unit = b.icmp_signed("==", sw, i64(1), name="unit.stride")
+    two = b.icmp_signed("==", sw, i64(2), name="stride.2")
+    plane = b.mul(H, W, name="plane")
+    with for_range(b, 0, cin, 1, "ci") as ci:
+        x_c = b.gep(x, [b.mul(ci, plane)], source_etype=F32, name="x.c")
+        with for_range(b, 0, kh, 1, "ky") as ky:
+            with for_range(b, 0, kw, 1, "kx") as kx:
+                k = b.add(b.mul(b.add(b.mul(ci, kh), ky), kw), kx, name="k")
+                dst_k = b.gep(cols, [b.mul(k, ld)], source_etype=F32, name="dst.k")
+                xshift = b.sub(b.mul(kx, dw), pl, name="xshift")
+                # outputs whose tap kx lands inside the row: [lo, hi)
+                a0 = b.sub(i64(0), xshift, name="lo.num")
+                lo = b.select(b.icmp_signed(">", a0, i64(0)),
+                              b.sdiv(b.add(a0, b.sub(sw, i64(1))), sw), i64(0), name="lo")
+                h0 = b.sub(b.sub(W, i64(1)), xshift, name="hi.num")
+                hi = b.select(b.icmp_signed("<", h0, i64(0)), i64(0),
+                              _smin(b, b.add(b.sdiv(h0, sw), i64(1)), Wo, "hi0"), name="hi")
+                with for_range(b, oy0, oy1, 1, "oy") as oy:
+                    rs = b.mul(oy, Wo, name="rs")
+                    xs_ = b.sub(_smax(b, c0, rs, "seg.s"), rs, name="xs")
+                    xe = b.sub(_smin(b, c1, b.add(rs, Wo), "seg.e"), rs, name="xe")
+                    iy = b.add(b.sub(b.mul(oy, sh), pt), b.mul(ky, dh), name="iy")
+                    ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, H),
+                                name="row.ok")
+                    a = b.select(ok, _smin(b, _smax(b, lo, xs_, "a0"), xe, "a1"), xe, name="a")
+                    e_ = b.select(ok, _smin(b, _smax(b, hi, a, "e0"), xe, "e1"), xe, name="e")
+                    dst = b.gep(dst_k, [b.sub(rs, c0)], source_etype=F32, name="dst.row")
+                    src = b.gep(x_c, [b.add(b.mul(iy, W), xshift)], source_etype=F32,
+                                name="src.row")
+                    with for_range(b, xs_, a, 1, "zl") as ox:
+                        b.store(zero, b.gep(dst, [ox], source_etype=F32))
+                    def copy(stride, tag):
+                        with for_range(b, a, e_, 1, tag) as ox:
+                            at = ox if stride == 1 else b.mul(ox, stride)
+                            v = b.load(b.gep(src, [at], source_etype=F32), typ=F32, name="x")
+                            b.store(v, b.gep(dst, [ox], source_etype=F32))
+
+                    # constant strides 1 and 2 vectorize (2 as an interleaved load)
+                    with b.if_else(unit) as (contiguous, strided):
+                        with contiguous:
+                            copy(1, "cp")
+                        with strided:
+                            with b.if_else(two) as (by2, other):
+                                with by2:
+                                    copy(i64(2), "cp2")
+                                with other:
+                                    copy(sw, "cps")
+                    with for_range(b, e_, xe, 1, "zr") as ox:
+                        b.store(zero, b.gep(dst, [ox], source_etype=F32))
+    with for_range(b, 0, kpad, 1, "kp") as k:  # columns [ncols, ld): zeros the GEMM may read
+        row = b.gep(cols, [b.mul(k, ld)], source_etype=F32, name="pad.row")
+        with for_range(b, ncols, ld, 1, "jp") as j:
+            b.store(zero, b.gep(row, [j], source_etype=F32))
+    b.ret_void()
+    return fn
