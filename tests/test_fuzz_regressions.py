@@ -121,9 +121,6 @@ SOFTMAX_LAST_DIM_ONE = [((1, 1, 1, 1), 0), ((3, 1), 0), ((2, 3, 1), 1), ((3, 1),
                         ((1, 2, 4, 1), 0), ((1, 2, 4, 1), 2), ((1, 8, 1), 0)]
 
 
-@pytest.mark.xfail(strict=True, reason="gen_nn.py softmax generator: store index short of the "
-                   "output's rank when the last dim is 1 and the axis is not last (fused "
-                   "epilogue misses) -- for the codegen owner")
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
 @pytest.mark.parametrize("shape,axis", SOFTMAX_LAST_DIM_ONE)
 def test_softmax_last_dim_one_with_epilogue(op, shape, axis):

@@ -90,7 +90,10 @@ class _Span:
         self.kb = kb
         self.dims = list(shape[first:])
         self.n = _numel(self.dims)
-        self.flat = list(kb.outputs) == [produced] or _flat_epilogue_ok(kb, anchor, produced, first)
+        # vectors of a flat run lie along the last axis, as epilogue operands read them: not
+        # when that axis is 1 (the run's lanes would be another axis)
+        self.flat = (self.dims[-1:] != [1] or self.n == 1) and (
+            list(kb.outputs) == [produced] or _flat_epilogue_ok(kb, anchor, produced, first))
 
     def index(self, prefix, f):
         if not self.dims:
@@ -207,9 +210,11 @@ def softmax(kb: KernelBuilder, node) -> None:
     with kb.loop(kb.begin, kb.end, name="row") as o:
         o_idx = kb.delinear(o, outer_shape) if outer_shape else []
         base = b.mul(o, i64(L * inner), name="base")
-        if inner == 1:
+        if inner == 1:  # the dims after the axis (if any) are all 1: index 0 there
+            trailing = [0] * (len(shape) - axis - 1)
+
             def store(l, n, v):
-                _store_result(kb, out, o_idx + [l], _cvt(e, v, adt, dt))
+                _store_result(kb, out, o_idx + [l] + trailing, _cvt(e, v, adt, dt))
 
             line(o_idx, base, _Axis(kb, e, acc_t, L), store)
         else:
