@@ -62,37 +62,9 @@ def _select_nan(b, x, result):
     return b.select(b.fcmp_unordered("uno", x, x), x, result)
 
 
-def exp(b: ir.IRBuilder, x: ir.Value, name: str = "exp") -> ir.Value:
-    lanes = _lanes(x)
-    it = vector_of(I32, lanes)
-    # n = round(x / ln2); r = x - n ln2 (ln2 split in two so r is exact)
-    # clamp to [-104, 89]: beyond, the result is 0 or inf (fixed up below); NaN passes
-    xc = b.select(b.fcmp_ordered("<", x, _c(x, -104.0)), _c(x, -104.0), x)
-    xc = b.select(b.fcmp_ordered(">", xc, _c(x, 89.0)), _c(x, 89.0), xc)
-    n = b.call(_intrinsic(b, "llvm.roundeven", x.type), [b.fmul(xc, _c(x, 1 / math.log(2)))],
-               name=name + ".n")
-    r = b.fsub(xc, b.fmul(n, _c(x, 0.693359375)), name=name + ".r0")
-    r = b.fsub(r, b.fmul(n, _c(x, -2.12194440e-4)), name=name + ".r")
-    z = b.fmul(r, r)
-    p = _poly(b, r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                     1.6666665459e-1, 5.0000001201e-1], name + ".p")
-    y = b.fadd(b.fadd(b.fmul(p, z, flags=("contract",)), r, flags=("contract",)), _c(x, 1.0),
-               name=name + ".poly")
-    # 2^n in two factors so that n down to -150 gives denormals instead of garbage
-    ni = b.fptosi(n, it)
-    half = b.ashr(ni, const(it, 1))
-    rest = b.sub(ni, half)
-    s1 = b.bitcast(b.shl(b.add(half, const(it, 127)), const(it, 23)), x.type)
-    s2 = b.bitcast(b.shl(b.add(rest, const(it, 127)), const(it, 23)), x.type)
-    out = b.fmul(b.fmul(y, s1), s2, name=name)
-    out = b.select(b.fcmp_ordered(">", x, _c(x, 88.72283935546875)), _c(x, math.inf), out)
-    out = b.select(b.fcmp_ordered("<", x, _c(x, -103.97208404541016)), _c(x, 0.0), out)
-    return _select_nan(b, x, out)
-
-
-def _exp_core(b: ir.IRBuilder, xc: ir.Value, name: str) -> ir.Value:
-    """exp(xc) for xc already inside [-87.3, 88.7] (normal results): one power-of-two factor."""
-    it = vector_of(I32, _lanes(xc))
+def _exp_reduced(b: ir.IRBuilder, xc: ir.Value, name: str) -> tuple:
+    """(y, n) with exp(xc) = y * 2^n, y in [1/sqrt2, sqrt2], n a float holding an integer:
+    n = round(xc / ln2), r = xc - n ln2 (ln2 split in two so r is exact), y = 1 + r + r^2 P(r)."""
     n = b.call(_intrinsic(b, "llvm.roundeven", xc.type), [b.fmul(xc, _c(xc, 1 / math.log(2)))],
                name=name + ".n")
     r = b.fsub(xc, b.fmul(n, _c(xc, 0.693359375)), name=name + ".r0")
@@ -102,8 +74,34 @@ def _exp_core(b: ir.IRBuilder, xc: ir.Value, name: str) -> ir.Value:
                      1.6666665459e-1, 5.0000001201e-1], name + ".p")
     y = b.fadd(b.fadd(b.fmul(p, z, flags=("contract",)), r, flags=("contract",)), _c(xc, 1.0),
                name=name + ".poly")
-    scale = b.bitcast(b.shl(b.add(b.fptosi(n, it), const(it, 127)), const(it, 23)), xc.type)
-    return b.fmul(y, scale, name=name)
+    return y, n
+
+
+def _pow2(b: ir.IRBuilder, n_int: ir.Value, t: ir.Type) -> ir.Value:
+    """2^n as a float of type t, for integer lanes n in [-126, 127]."""
+    it = n_int.type
+    return b.bitcast(b.shl(b.add(n_int, const(it, 127)), const(it, 23)), t)
+
+
+def exp(b: ir.IRBuilder, x: ir.Value, name: str = "exp") -> ir.Value:
+    it = vector_of(I32, _lanes(x))
+    # clamp to [-104, 89]: beyond, the result is 0 or inf (fixed up below); NaN passes
+    xc = b.select(b.fcmp_ordered("<", x, _c(x, -104.0)), _c(x, -104.0), x)
+    xc = b.select(b.fcmp_ordered(">", xc, _c(x, 89.0)), _c(x, 89.0), xc)
+    y, n = _exp_reduced(b, xc, name)
+    # 2^n in two factors so that n down to -150 gives denormals instead of garbage
+    ni = b.fptosi(n, it)
+    half = b.ashr(ni, const(it, 1))
+    out = b.fmul(b.fmul(y, _pow2(b, half, x.type)), _pow2(b, b.sub(ni, half), x.type), name=name)
+    out = b.select(b.fcmp_ordered(">", x, _c(x, 88.72283935546875)), _c(x, math.inf), out)
+    out = b.select(b.fcmp_ordered("<", x, _c(x, -103.97208404541016)), _c(x, 0.0), out)
+    return _select_nan(b, x, out)
+
+
+def _exp_normal(b: ir.IRBuilder, xc: ir.Value, name: str) -> ir.Value:
+    """exp(xc) for xc already inside [-87.3, 88.3] (normal results): one power-of-two factor."""
+    y, n = _exp_reduced(b, xc, name)
+    return b.fmul(y, _pow2(b, b.fptosi(n, vector_of(I32, _lanes(xc))), xc.type), name=name)
 
 
 def sigmoid(b: ir.IRBuilder, x: ir.Value, name: str = "sigmoid") -> ir.Value:
@@ -114,7 +112,7 @@ def sigmoid(b: ir.IRBuilder, x: ir.Value, name: str = "sigmoid") -> ir.Value:
     t = b.fneg(x)
     tc = b.select(b.fcmp_ordered("<", t, _c(x, -87.3)), _c(x, -87.3), t)
     tc = b.select(b.fcmp_ordered(">", tc, _c(x, 88.3)), _c(x, 88.3), tc)
-    e = _exp_core(b, tc, name + ".exp")
+    e = _exp_normal(b, tc, name + ".exp")
     e = b.select(b.fcmp_ordered(">", t, _c(x, 88.3)), _c(x, math.inf), e)
     out = b.fdiv(_c(x, 1.0), b.fadd(_c(x, 1.0), e), name=name)
     return _select_nan(b, x, out)
