@@ -129,6 +129,24 @@ def output_sources(graph: Graph, placement: dict) -> list[tuple]:
     return sources
 
 
+def _init_compiled(module: NativeModule, entry, run, graph: Graph, target: CpuTarget, kernels,
+                   llvm_module, placement, memory: MemoryReport, weights: np.ndarray,
+                   compile_seconds: float, threads: int) -> None:
+    """What a compiled module (JIT-ed here, or cross-compiled) keeps; entry/run are None for
+    a module that cannot run on this host."""
+    outputs = [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.outputs]
+    NativeModule.__init__(module, entry, input_specs(graph), outputs,
+                          output_sources(graph, placement), memory.arena_bytes, weights,
+                          f"graph @{graph.name}", run, [(k.name, k.ops) for k in kernels])
+    module.graph = graph
+    module.target = target
+    module.kernels = kernels
+    module.threads = threads
+    module._llvm_module = llvm_module
+    module.memory = memory
+    module.compile_seconds = compile_seconds
+
+
 class CompiledModule(NativeModule):
     """A model compiled in this process for one set of input shapes."""
 
@@ -136,20 +154,11 @@ class CompiledModule(NativeModule):
                  memory: MemoryReport, weights: np.ndarray, compile_seconds: float, threads: int):
         entry = jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
                           ctypes.c_void_p, ctypes.c_void_p)
-        outputs = [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.outputs]
         run = jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-        super().__init__(entry, input_specs(graph), outputs, output_sources(graph, placement),
-                         memory.arena_bytes, weights, f"graph @{graph.name}", run,
-                         [(k.name, k.ops) for k in kernels])
-        self.graph = graph
-        self.target = target
-        self.kernels = kernels
-        self.threads = threads
-        self._llvm_module = llvm_module
+        _init_compiled(self, entry, run, graph, target, kernels, llvm_module, placement, memory,
+                       weights, compile_seconds, threads)
         self._jit = jit
-        self.memory = memory
-        self.compile_seconds = compile_seconds
 
     @property
     def llvm_ir(self) -> str:
@@ -183,19 +192,10 @@ class CrossCompiledModule(NativeModule):
     def __init__(self, graph: Graph, target: CpuTarget, kernels, llvm_module, optimized_ir: str,
                  obj: bytes, placement, memory: MemoryReport, weights: np.ndarray,
                  compile_seconds: float, threads: int):
-        outputs = [(v.name, v.type.dtype.numpy, v.type.shape, str(v.type)) for v in graph.outputs]
-        super().__init__(None, input_specs(graph), outputs, output_sources(graph, placement),
-                         memory.arena_bytes, weights, f"graph @{graph.name}", None,
-                         [(k.name, k.ops) for k in kernels])
-        self.graph = graph
-        self.target = target
-        self.kernels = kernels
-        self.threads = threads
-        self._llvm_module = llvm_module
+        _init_compiled(self, None, None, graph, target, kernels, llvm_module, placement, memory,
+                       weights, compile_seconds, threads)
         self._optimized_ir = optimized_ir
         self._object = obj
-        self.memory = memory
-        self.compile_seconds = compile_seconds
 
     @property
     def llvm_ir(self) -> str:
