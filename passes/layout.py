@@ -167,6 +167,16 @@ def _precedes(graph: Graph, a: Node, b: Node) -> bool:
     return nodes.index(a) < nodes.index(b)
 
 
+def _replace_by_blocked(graph: Graph, node: Node, yb: Value, block: int) -> None:
+    """`node`'s result becomes from_blocked(yb), under the result's name; `node` goes."""
+    out = node.outputs[0]
+    back = _add_node(graph, "from_blocked", [yb], node, out.name + ".nchw", block=block)
+    name = out.name
+    out.replace_all_uses_with(back)
+    graph.remove_node(node)
+    graph.rename(back, name)
+
+
 def _sink(graph: Graph, node: Node) -> bool:
     """Rewrite f(.., from_blocked(a), ..) as from_blocked(f(.., a, ..)) where that is free."""
     opdef = get_op(node.op)
@@ -197,11 +207,7 @@ def _sink(graph: Graph, node: Node) -> bool:
                               [constant_data(v) for v in new_inputs], node.label)
     yb = graph.make_node(node.op, new_inputs, dict(node.attrs), types,
                          [f"{out.name}.nchw{block}c"], name=node.name, before=node).outputs[0]
-    back = _add_node(graph, "from_blocked", [yb], node, out.name + ".nchw", block=block)
-    name = out.name
-    out.replace_all_uses_with(back)
-    graph.remove_node(node)
-    graph.rename(back, name)
+    _replace_by_blocked(graph, node, yb, block)
     return True
 
 
@@ -236,11 +242,7 @@ def _sink_reduction(graph: Graph, node: Node) -> bool:
     block = src.type.shape[-1]
     op = SPATIAL_REDUCTIONS[node.op]
     yb = _add_node(graph, op, [src], node, f"{out.name}.nchw{block}c", axes=axes, keepdims=1)
-    back = _add_node(graph, "from_blocked", [yb], node, out.name + ".nchw", block=block)
-    name = out.name
-    out.replace_all_uses_with(back)
-    graph.remove_node(node)
-    graph.rename(back, name)
+    _replace_by_blocked(graph, node, yb, block)
     return True
 
 
