@@ -154,12 +154,14 @@ class ConvertContext:
         base = name or (self.node.output[0] if self.node.output else "const") + ".const"
         return self.graph.add_constant(base, arr)
 
-    def emit(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1,
-             **attrs) -> Any:
+    def emit(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1, *,
+             attrs: Optional[dict] = None, **more_attrs) -> Any:
         """Emit one slimc node (types inferred, folded if all inputs are constant).
 
-        Returns the output value, or a list of them when `num_outputs` != 1.
+        Attributes come as keywords, or in `attrs` for one whose name is taken here (split's
+        num_outputs). Returns the output value, or a list of them when `num_outputs` != 1.
         """
+        attrs = {**more_attrs, **(attrs or {})}
         opdef = get_op(op, self.label)
         while inputs and inputs[-1] is None and len(inputs) > opdef.num_inputs[0]:
             inputs = list(inputs)[:-1]

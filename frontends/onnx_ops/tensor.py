@@ -103,7 +103,7 @@ def _split(ctx: ConvertContext, sizes, num_outputs=None):
                 ctx.fail(str(e))
         else:
             attrs["num_outputs"] = parts
-    outs = ctx.emit("split", [x, sizes], num_outputs=n, **attrs)
+    outs = ctx.emit("split", [x, sizes], num_outputs=n, attrs=attrs)
     return outs if isinstance(outs, list) else [outs]
 
 

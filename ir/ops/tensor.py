@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ..infer import broadcast_shapes, dim_product, normalize_axis
+from ..errors import UnsupportedError
 from ..registry import REQUIRED, FusionKind, InferContext, register_op
 from ..types import Dim, DType, TensorType, dtypes
 
@@ -231,9 +232,9 @@ def _infer_squeeze(ctx: InferContext) -> TensorType:
     x = ctx[0]
     empty = ctx.has(1) and ctx[1].rank == 1 and ctx[1].shape[0] == 0
     if not ctx.has(1) or empty:
-        if not x.is_static:
-            ctx.fail(f"squeeze without axes needs a static shape to know which dimensions are "
-                     f"1, got {x}")
+        if not x.is_static:  # (the output's rank is unknown: a limitation, not the model's fault)
+            raise UnsupportedError(f"squeeze without axes needs a static shape to know which "
+                                   f"dimensions are 1, got {x}", node=ctx.node_label, op="squeeze")
         return TensorType(x.dtype, tuple(d for d in x.shape if d != 1))
     axes = ctx.const(1)
     if axes is None:

@@ -24,7 +24,7 @@ FAMILIES = {  # family -> weight
     ew.op_cast: 2, ew.op_clip: 1, ew.op_variadic: 1, ew.op_reduce: 2, ew.op_arg: 1,
     ew.op_softmax: 1, ew.op_hardmax: 1, ew.op_cumsum: 1, ew.op_topk: 1,
     nn.op_matmul: 2, nn.op_gemm: 1, nn.op_einsum: 1, nn.op_conv: 2, nn.op_conv_transpose: 1,
-    nn.op_pool: 1, nn.op_norm: 1, nn.op_instance_norm: 1,
+    nn.op_pool: 1, nn.op_norm: 1, nn.op_instance_norm: 1, nn.op_resize: 1,
     sh.op_transpose: 2, sh.op_reshape: 2, sh.op_flatten: 1, sh.op_unsqueeze: 1, sh.op_squeeze: 1,
     sh.op_expand: 1, sh.op_slice: 2, sh.op_concat: 2, sh.op_split: 1, sh.op_gather: 2,
     sh.op_gather_elements: 1, sh.op_pad: 1, sh.op_tile: 1, sh.op_trilu: 1, sh.op_shape: 1,

@@ -106,10 +106,13 @@ def matmul_shape(a, b):
 
 # Ops whose answer on NaN is not agreed on (max/min: IEEE 754-2019 has both a NaN-propagating
 # maximum and maximumNumber; argmax/topk order NaN nowhere), or whose usual algorithm turns
-# +-Inf into NaN (logsumexp and softmax subtract the max: inf - inf): not drawn on such values.
+# +-Inf into NaN (logsumexp and softmax subtract the max: inf - inf; Resize's interpolation
+# weighs a neighbour by 0, and a + w * (b - a) gives NaN where (1 - w) * a + w * b gives inf:
+# onnxruntime skips such taps, onnx.reference even turns inf into FLT_MAX): not drawn on such
+# values.
 NAN_AMBIGUOUS = {"Max", "Min", "Relu", "Clip", "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin",
                  "ArgMax", "ArgMin", "TopK", "Hardmax", "HardSigmoid", "HardSwish",
-                 "ReduceLogSumExp", "Softmax", "LogSoftmax"}
+                 "ReduceLogSumExp", "Softmax", "LogSoftmax", "Resize"}
 
 
 class Builder:
@@ -134,7 +137,7 @@ class Builder:
 
     def shape(self) -> tuple:
         if self.one_in(5):  # image-like (N, C, spatial...), so that conv and pool get drawn
-            dims = [self.choice([1, 2] if i == 0 else [1, 3, 4, 8] if i == 1 else [1, 5, 7, 8, 13])
+            dims = [self.choice([1, 2] if i == 0 else [1, 3, 4, 8, 16] if i == 1 else [1, 5, 7, 8, 13])
                     for i in range(self.choice([4, 3, 5]))]
         else:
             rank = self.choice([1, 2, 3, 0, 4, 5, 6])

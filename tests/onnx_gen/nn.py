@@ -76,8 +76,14 @@ def op_einsum(b: Builder):
 def _window(b: Builder, spatial, allow_dilation: bool, pad_below_kernel: bool):
     """Kernel, strides, dilations, pads, auto_pad and output dims for a sliding window."""
     ks, ss, ds, pb, pe = [], [], [], [], []
-    auto_pad = b.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
-    for d in spatial:
+    if b.one_in(2):  # a CNN's layer: k x k, stride 1 or 2, "same" pads (Winograd, blocked convs)
+        k, s = b.choice([3, 1]), b.choice([1, 2])
+        n = len(spatial)
+        ks, ss, ds, pb, pe = [k] * n, [s] * n, [1] * n, [k // 2] * n, [k // 2] * n
+        auto_pad = "NOTSET"
+    else:
+        auto_pad = b.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
+    for d in spatial[len(ks):]:
         k = b.choice([1, 2, 3])
         dil = b.choice([1, 2]) if allow_dilation else 1
         lo, hi = (b.draw(st.integers(0, k - 1)), b.draw(st.integers(0, k - 1))) if pad_below_kernel \
@@ -115,7 +121,8 @@ def op_conv(b: Builder):
         return
     c = v.shape[1]
     group = b.choice([g for g in range(1, c + 1) if c % g == 0 and g in (1, 2, 3, c)])
-    cout = group * b.choice([1, 2, 3])
+    # multiples of 8 and 16 output channels: the blocked (NCHW8c/16c) kernels take those
+    cout = b.choice([1, 2, 3, 8, 16]) if group == 1 else group * b.choice([1, 2, 3])
     win = _window(b, v.shape[2:], True, False)
     if win is None:
         return
@@ -215,3 +222,32 @@ def op_instance_norm(b: Builder):
     scale, bias = (b.const(b.rng.uniform(-2, 2, c).astype(np.float32)) for _ in range(2))
     bound = 2 * math.sqrt(max(numel(v.shape[2:]), 1)) + 2
     return b.emit1("InstanceNormalization", [v, scale, bias], F32, v.shape, bound, False)
+
+
+def op_resize(b: Builder):
+    v = b.pick(lambda v: v.dtype == F32 and len(v.shape) in (3, 4) and min(v.shape[2:]) > 0)
+    if v is None:
+        return
+    mode = b.choice(["nearest", "linear", "cubic"])
+    spatial = v.shape[2:]
+    # nearest: scales that are powers of two, so that source coordinates are exact in binary and
+    # every implementation picks the same pixel (the result is then exact)
+    choices = [2.0, 0.5, 1.0, 4.0] if mode == "nearest" else [2.0, 0.5, 1.5, 3.0, 0.75, 1.0]
+    scales = [b.choice(choices) for _ in spatial]
+    out = [int(math.floor(d * s)) for d, s in zip(spatial, scales)]
+    if min(out) < 1:
+        return
+    ins = [v, None]
+    if b.one_in(2):
+        ins.append(b.const(np.array([1.0, 1.0] + scales, np.float32)))
+    else:
+        ins += [None, b.ints(list(v.shape[:2]) + out)]
+        if mode == "nearest":  # sizes: the scale is out / in, not a power of two any more
+            mode = b.choice(["linear", "cubic"])
+    attrs = {"mode": mode, "coordinate_transformation_mode":
+             b.choice(["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel"])}
+    if mode == "nearest":
+        attrs["nearest_mode"] = b.choice(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"])
+    bound = v.bound * (2 if mode == "cubic" else 1)
+    return b.emit1("Resize", ins, F32, v.shape[:2] + tuple(out), bound,
+                   v.exact and mode == "nearest", **attrs)
