@@ -2,13 +2,35 @@
 
 Layer normalization written as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div (older PyTorch
 exporters, opset < 17) becomes one ``layer_norm``, and the Mul/Add by constant gamma and beta
-after it become its scale and bias. (GELU and SiLU written out need no rule: they are
-elementwise chains, and fusion puts them into the producing matmul's store.)
+after it become its scale and bias.
+
+GELU written out (PyTorch before opset 20, Hugging Face's NewGELU/gelu_new) becomes one
+``gelu``, erf or tanh form: the dump says what the model computes, and the kernel evaluates
+one erf (or tanh) per element with the constants in one place. Products are matched as the
+multiset of their factors, so every association and order an exporter writes (``x*0.5*(1+e)``,
+``0.5*(x*(1+e))``, ``(1+e)*x/2``) is one rule. ``x*sigmoid(1.702x)`` ("quick GELU") is left
+alone: it is an approximation with its own numbers (0.02 away from GELU), not a spelling of it,
+and as an elementwise chain it already fuses into the producing matmul.
+
+Attention as exporters write it (MatMul of q and k_t, an optional scalar Mul, an optional mask
+Add, Softmax over the last axis, PyTorch's optional ``Where(IsNaN(P), 0, P)`` guard, MatMul by
+v) becomes one ``attention`` op (ir/ops/attention.py): its kernel computes each block of scores,
+their softmax and the product by v while the block is in cache, and splits the work by rows of
+every head. Only float32 with static shapes, the case the kernel takes.
+
+Softmax written as ``exp(x - max(x)) / sum(exp(x - max(x)))`` (TensorFlow exports, hand-built
+attention) becomes one ``softmax``: one kernel that keeps the row in cache instead of a max, an
+exp, a sum and a division each walking it. Without the max subtraction the written-out form
+overflows for logits above 88; ``softmax`` subtracts the max, so it gives the same numbers
+where the original is finite and the right ones where it is not.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from slimc.ir import dtypes, get_op
+from slimc.ir.graph import constant_data
 
 from .rewriter import Any, Const, Match, Op, RewritePass, Rule
 
@@ -95,7 +117,229 @@ def _with_bias(m: Match, b):
     return b.op("layer_norm", [x, ln.inputs[1], b.const(bias.astype(x.type.dtype.numpy))], **ln.attrs)
 
 
+# --- GELU ------------------------------------------------------------------------------------
+
+_SQRT_HALF = 0.7071067811865476
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def _close(value: float, want: float, rtol: float = 1e-5) -> bool:
+    return abs(value - want) <= rtol * abs(want)
+
+
+def _scalar(v) -> float | None:
+    data = constant_data(v)
+    if data is None or data.size != 1 or data.dtype.kind != "f":
+        return None
+    return float(data.reshape(()))
+
+
+def _factors(value, graph, nodes: list) -> tuple[float, list]:
+    """`value` as a product: (the product of its scalar constant factors, its other factors),
+    looking through muls and divisions by scalar constants that have no other use (their
+    nodes go into `nodes`: the rewrite removes them)."""
+    node = value.producer
+    inner = value is not None and node is not None and \
+        (len(value.uses) == 1 and value not in graph.outputs or not nodes)
+    if inner and node.op == "mul":
+        nodes.append(node)
+        c0, f0 = _factors(node.inputs[0], graph, nodes)
+        c1, f1 = _factors(node.inputs[1], graph, nodes)
+        return c0 * c1, f0 + f1
+    if inner and node.op == "div" and _scalar(node.inputs[1]) not in (None, 0.0):
+        nodes.append(node)
+        c, f = _factors(node.inputs[0], graph, nodes)
+        return c / _scalar(node.inputs[1]), f
+    c = _scalar(value)
+    return (c, []) if c is not None else (1.0, [value])
+
+
+def _one_plus(v, op: str, graph, nodes: list):
+    """If `v` is ``1 + op(t)`` (either order, one use): t, else None."""
+    node = v.producer
+    if node is None or node.op != "add" or len(v.uses) != 1 or v in graph.outputs:
+        return None
+    for a, b in (node.inputs, reversed(node.inputs)):
+        one, inner = _scalar(a), b.producer
+        if one == 1.0 and inner is not None and inner.op == op and len(b.uses) == 1:
+            nodes += [node, inner]
+            return inner.inputs[0]
+    return None
+
+
+def _gelu_form(m: Match):
+    """where-check: the product at the root is ``0.5 * x * (1 + erf(x/sqrt 2))`` or
+    ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``; binds x and the form."""
+    graph, nodes = m.graph, []
+    half, factors = _factors(m.root.outputs[0], graph, nodes)
+    if len(factors) != 2 or not _close(half, 0.5):
+        return "not a product of 0.5, x and one more factor"
+    for x, other in (factors, factors[::-1]):
+        if x.type != m.root.outputs[0].type or x.type.dtype.numpy.kind != "f":
+            continue
+        inner = _one_plus(other, "erf", graph, nodes)
+        if inner is not None:
+            scale, rest = _factors(inner, graph, nodes)
+            if rest == [x] and _close(scale, _SQRT_HALF):
+                m.values["x"], m.found["approximate"] = x, "none"
+                m.matched_nodes[:] = nodes
+                return True
+            return "the erf's argument is not x / sqrt(2)"
+        inner = _one_plus(other, "tanh", graph, nodes)
+        if inner is not None:
+            scale, rest = _factors(inner, graph, nodes)
+            s = rest[0].producer if len(rest) == 1 else None
+            if not _close(scale, _SQRT_2_OVER_PI) or s is None or s.op != "add" or \
+                    len(rest[0].uses) != 1:
+                return "the tanh's argument is not sqrt(2/pi) * (x + ...)"
+            nodes.append(s)
+            for a, b in (s.inputs, s.inputs[::-1]):
+                cube_scale, cube = _factors(b, graph, nodes)
+                if a is x and cube == [x, x, x] and _close(cube_scale, 0.044715):
+                    m.values["x"], m.found["approximate"] = x, "tanh"
+                    m.matched_nodes[:] = nodes
+                    return True
+            return "the tanh's argument is not sqrt(2/pi) * (x + 0.044715 x^3)"
+    return "no factor is 1 + erf(...) or 1 + tanh(...) of the other"
+
+
+# --- softmax ---------------------------------------------------------------------------------
+
+def _single_axis(attrs, rank: int):
+    axes = attrs["axes"]
+    if axes is None or len(axes) != 1 or not attrs["keepdims"]:
+        return None
+    return int(axes[0]) % rank
+
+
+def _is_softmax(m: Match):
+    x = m["z"]
+    axis = _single_axis(m.attrs("sum"), x.type.rank) if x.type.rank else None
+    if axis is None:
+        return "the sum is not over one axis with keepdims"
+    if x.type.dtype.numpy.kind != "f":
+        return "not a floating-point softmax"
+    others = [u for u, _ in m["e"].uses if u is not m.root and u is not m.node("sum")]
+    if others or m["e"] in m.graph.outputs:
+        return "exp(x) is used outside the softmax"
+    return True
+
+
+def _softmax(m: Match, b):
+    z = m["z"]
+    axis = _single_axis(m.attrs("sum"), z.type.rank)
+    shift = z.producer
+    # softmax(x - max(x)) is softmax(x), and softmax subtracts the max itself
+    if shift is not None and shift.op == "sub":
+        mx = shift.inputs[1].producer
+        if mx is not None and mx.op == "reduce_max" and mx.inputs[0] is shift.inputs[0] and \
+                _single_axis(get_op("reduce_max").resolve_attrs(mx.attrs, mx.label),
+                             z.type.rank) == axis:
+            z = shift.inputs[0]
+    return b.op("softmax", [z], axis=axis)
+
+
+# --- attention -------------------------------------------------------------------------------
+
+def _used_only_by(v, graph, count: int) -> bool:
+    return len(v.uses) == count and v not in graph.outputs
+
+
+def _producer(v, op: str):
+    node = v.producer
+    return node if node is not None and node.op == op else None
+
+
+def _is_attention(m: Match):
+    """where-check: the root ``P @ v`` multiplies the softmax (over the last axis) of
+    ``q @ k_t``, optionally times a scalar and plus a mask, optionally with PyTorch's
+    ``Where(IsNaN(P), 0, P)`` guard; every intermediate used only inside the chain."""
+    graph, nodes = m.graph, [m.root]
+    p, v = m["p"], m["v"]
+    zero_nan = 0
+    guard = _producer(p, "where")
+    if guard is not None:
+        cond, zero, probs = guard.inputs
+        isnan = _producer(cond, "isnan")
+        zero_data = constant_data(zero)
+        if isnan is None or isnan.inputs[0] is not probs or zero_data is None or \
+                zero_data.size != 1 or float(zero_data.reshape(())) != 0.0:
+            return "the multiplier of v is a where() that is not Where(IsNaN(P), 0, P)"
+        if not (_used_only_by(p, graph, 1) and _used_only_by(cond, graph, 1)
+                and _used_only_by(probs, graph, 2)):
+            return "the guarded probabilities are used outside the attention"
+        nodes += [guard, isnan]
+        p, zero_nan = probs, 1
+    elif not _used_only_by(p, graph, 1):
+        return "the probabilities are used outside the attention"
+    softmax = _producer(p, "softmax")
+    if softmax is None:
+        return "the multiplier of v is not a softmax"
+    scores = softmax.inputs[0]
+    rank = scores.type.rank
+    if int(softmax.attrs.get("axis", -1)) % max(rank, 1) != rank - 1:
+        return "the softmax is not over the last axis"
+    nodes.append(softmax)
+    mask = None
+    add = _producer(scores, "add")
+    if add is not None:
+        if not _used_only_by(scores, graph, 1):
+            return "the masked scores are used outside the attention"
+        for a, b in (add.inputs, add.inputs[::-1]):
+            if (_producer(a, "matmul") or _producer(a, "mul")) and a.type.shape == scores.type.shape:
+                scores, mask = a, b
+                nodes.append(add)
+                break
+    scale = 1.0
+    mul = _producer(scores, "mul")
+    if mul is not None:
+        if not _used_only_by(scores, graph, 1):
+            return "the scaled scores are used outside the attention"
+        for a, b in (mul.inputs, mul.inputs[::-1]):
+            c = constant_data(b)
+            if _producer(a, "matmul") and c is not None and c.size == 1:
+                scores, scale = a, float(c.reshape(()))
+                nodes.append(mul)
+                break
+    qk = _producer(scores, "matmul")
+    if qk is None:
+        return "the softmax's input is not q @ k_t (times a scalar, plus a mask)"
+    if not _used_only_by(scores, graph, 1):
+        return "the scores are used outside the attention"
+    nodes.append(qk)
+    q, k = qk.inputs
+    values = [q, k, v] + ([mask] if mask is not None else [])
+    if any(x.type.dtype != dtypes.f32 or not x.type.is_static for x in values):
+        return "not float32 with static shapes (the attention kernel's case)"
+    if any(0 in x.type.shape for x in values):
+        return "a dimension is empty"
+    if not (q.type.rank == k.type.rank == v.type.rank >= 2) or \
+            not (q.type.shape[:-2] == k.type.shape[:-2] == v.type.shape[:-2]):
+        return "q, k_t and v do not share their batch dims (a broadcast matmul)"
+    if mask is not None and mask.type.rank > rank:
+        return "the mask has more dims than the scores"
+    m.values["q"], m.values["k"] = q, k
+    m.found.update(mask=mask, scale=scale, zero_nan=zero_nan)
+    m.matched_nodes[:] = nodes
+    return True
+
+
+def _attention(m: Match, b):
+    mask = m.found["mask"]
+    inputs = [m["q"], m["k"], m["v"]] + ([mask] if mask is not None else [])
+    return b.op("attention", inputs, scale=m.found["scale"], zero_nan=m.found["zero_nan"])
+
+
 RULES = [
+    Rule("attention_from_parts", Op("matmul", Any("p"), Any("v")), _attention,
+         where=_is_attention),
+    Rule("gelu_from_parts", Op("mul", Any(), Any()),
+         lambda m, b: b.op("gelu", [m["x"]], approximate=m.found["approximate"]),
+         where=_gelu_form),
+    Rule("softmax_from_parts",
+         Op("div", Op("exp", Any("z"), name="e", one_use=False),
+            Op("reduce_sum", Op("exp", Any("z"), name="e", one_use=False), name="sum")),
+         _softmax, where=_is_softmax),
     Rule("layer_norm_from_parts", _LAYER_NORM, _layer_norm, where=_is_layer_norm),
     Rule("layer_norm_scale", Op("mul", Op("layer_norm", Any(), Const(), name="ln"), Const("gamma"),
                                 commutative=True), _with_scale, where=_fits("gamma")),

@@ -72,6 +72,7 @@ class Match:
         self.values: dict[str, Value] = {}
         self.nodes: dict[str, Node] = {}
         self.matched_nodes: list[Node] = []
+        self.found: dict = {}  # what a where-check worked out, for the rewrite to use
 
     def __getitem__(self, name: str) -> Value:
         return self.values[name]
@@ -168,16 +169,24 @@ class Builder:
         self.root = root
         self.rule = rule
         self.created: list[Node] = []
+        self.wanted: dict[int, str] = {}  # id(value) -> its name, once the old one is gone
 
-    def op(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1, **attrs):
+    def op(self, op: str, inputs: Sequence[Optional[Value]], num_outputs: int = 1, *,
+           like: Optional[Node] = None, value_name: str = "", **attrs):
+        """A new `op` node. Its outputs are named after the root's (or `value_name`), and it
+        carries the root's source location, or that of `like`: the node it stands in for
+        when a rule moves an op past another (its outputs then take `like`'s names)."""
         opdef = get_op(op)
         resolved = opdef.resolve_attrs(attrs, self.root.label)
         types = opdef.infer_types([None if v is None else v.type for v in inputs], resolved,
                                   [constant_data(v) for v in inputs], self.root.label)
-        base = self.root.outputs[0].name
+        origin = like if like is not None else self.root
+        base = value_name or origin.outputs[0].name
         node = self.graph.make_node(op, inputs, attrs, types, [base] * len(types),
-                                    name=self.root.name, before=self.root)
+                                    name=origin.name, before=self.root)
         self.created.append(node)
+        for v in node.outputs:
+            self.wanted[id(v)] = base
         return node.outputs[0] if num_outputs == 1 else list(node.outputs)
 
     def const(self, data, name: str = "") -> Value:
@@ -249,6 +258,11 @@ def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
         # name callers know them by, and dumps and slimc.debug.compare line up across passes.
         if id(new) in created and old_name not in graph._names:
             graph.rename(new, old_name)
+    for n in builder.created:
+        for v in n.outputs:
+            want = builder.wanted[id(v)]
+            if v.name != want and want not in graph._names and v not in replacement:
+                graph.rename(v, want)
     log("rewrite", f"{rule.name} rewrote %{node.outputs[0].name}")
     return True
 

@@ -4,7 +4,16 @@ Every view op (flatten, squeeze, unsqueeze, reshape) with a static result become
 ``reshape`` to a constant shape, so chains of them collapse into one; ops that change nothing
 disappear (identity, a cast to the same type, a reshape or expand to the same shape, a
 transpose by the identity permutation); two transposes become one; a power by 2 or 3 becomes
-products; a pool whose single window covers its input becomes a global pool. Each rule is a few lines of data below.
+products; a pool whose single window covers its input becomes a global pool.
+
+Two rules reach across views. A transpose of a reshape that only adds or drops dimensions of
+size 1 becomes a reshape of a transpose, so the transposes on either side meet and merge
+(attention's ``K^T`` is exported as transpose, reshape to 3-D, transpose, reshape back: one
+transpose is left). A multiply by a scalar constant moves towards its producer, through
+transposes, reshapes and an add of a constant, until it lands on the constant weights of a
+matmul or gemm and disappears into them (attention scales queries and keys by
+``1/sqrt(sqrt(d))`` each: two elementwise passes a layer, now none).
+Each rule is a few lines of data below.
 """
 
 from __future__ import annotations
@@ -76,6 +85,131 @@ def _window_covers_input(m: Match):
     return True
 
 
+def _unit_free_reshape(m: Match):
+    """where-check: the inner reshape only adds or drops dimensions of size 1 (so a transpose
+    after it is a transpose of its input), and the shapes are static."""
+    x, mid = m["x"], m.node("view").outputs[0]
+    if not (x.type.is_static and mid.type.is_static):
+        return "the shapes are not static"
+    if [d for d in x.type.shape if d != 1] != [d for d in mid.type.shape if d != 1]:
+        return "the reshape does more than add or drop dimensions of size 1"
+    if 1 not in [d for d in mid.type.shape] and 1 not in x.type.shape:
+        return "the reshape changes nothing"
+    return True
+
+
+def _transpose_before_reshape(m: Match, b: Builder) -> Value:
+    """transpose(reshape(x), perm) as reshape(transpose(x, perm')): perm' puts x's unit
+    dimensions first, then its other dimensions in the order the transpose leaves them."""
+    x, mid = m["x"], m.node("view").outputs[0]
+    mid_to_x = [i for i, d in enumerate(x.type.shape) if d != 1]  # k-th non-unit dim of each
+    mid_non_unit = [i for i, d in enumerate(mid.type.shape) if d != 1]
+    where_in_x = dict(zip(mid_non_unit, mid_to_x))
+    order = [where_in_x[p] for p in m.root.attrs["perm"] if mid.type.shape[p] != 1]
+    perm = [i for i, d in enumerate(x.type.shape) if d == 1] + order
+    return _reshape_to(b, b.op("transpose", [x], perm=perm), m.root.outputs[0].type.shape)
+
+
+def _lands_on_weights(v: Value, graph) -> bool:
+    """Following single-use views and constant-bias adds up from `v` reaches a matmul with
+    constant weights or a gemm: a scalar multiply pushed that way disappears there. (Pushed
+    anywhere else it would only move, and could break up a pattern such as GELU's.)"""
+    while v.producer is not None and (len(v.uses) <= 1 and v not in graph.outputs):
+        node = v.producer
+        if node.op == "gemm" or node.op == "matmul" and node.inputs[1].is_constant:
+            return True
+        if node.op in ("transpose", "reshape"):
+            v = node.inputs[0]
+        elif node.op == "add" and node.inputs[1].is_constant:
+            v = node.inputs[0]
+        elif node.op == "add" and node.inputs[0].is_constant:
+            v = node.inputs[1]
+        else:
+            return False
+    return False
+
+
+def _scalar(m: Match):
+    """where-check: the multiplier is a floating-point scalar constant that does not broadcast
+    the other operand to a new shape, on its way to constant weights."""
+    c = m.data("c")
+    if c.size != 1 or c.dtype.kind != "f":
+        return "the multiplier is not a floating-point scalar"
+    inner = m.node("inner").outputs[0]
+    if m.root.outputs[0].type.plain() != inner.type.plain():
+        return "the multiplier broadcasts the other operand to another shape"
+    if not _lands_on_weights(inner, m.graph):
+        return "no matmul or gemm with constant weights to fold it into on the way up"
+    return True
+
+
+def _scalar_through_matmul(m: Match):
+    """where-check: a scalar times a product of two computed matrices (attention's scores):
+    it moves onto whichever operand leads to constant weights."""
+    c = m.data("c")
+    if c.size != 1 or c.dtype.kind != "f":
+        return "the multiplier is not a floating-point scalar"
+    if m.root.outputs[0].type.plain() != m.node("inner").outputs[0].type.plain():
+        return "the multiplier broadcasts the other operand to another shape"
+    if m["b"].is_constant:
+        return "the weights are constant (scalar_into_matmul_weights' case)"
+    for operand in ("b", "a"):
+        if _lands_on_weights(m[operand], m.graph):
+            m.found["operand"] = operand
+            return True
+    return "neither operand leads to constant weights to fold it into"
+
+
+def _scalar_into_operand(m: Match, b: Builder) -> Value:
+    a, bv = m["a"], m["b"]
+    if m.found["operand"] == "b":
+        return b.op("matmul", [a, _scale(m, b, bv)], like=m.node("inner"))
+    return b.op("matmul", [_scale(m, b, a), bv], like=m.node("inner"))
+
+
+def _scalar_on_weights(m: Match):
+    ok = _scalar(m)
+    if ok is not True:
+        return ok
+    w = m["w"]
+    if len(w.uses) != 1 or w in m.graph.outputs:
+        return f"the weights %{w.name} are shared with another node"
+    if w.type.dtype != m.root.outputs[0].type.dtype:
+        return "the weights have another dtype"
+    return True
+
+
+def _scaled(m: Match, b: Builder, name: str) -> Value:
+    """Constant `name` times the scalar, in its own dtype."""
+    data = m.data(name)
+    return b.const((data * m.data("c").reshape(())).astype(data.dtype))
+
+
+def _scale(m: Match, b: Builder, y: Value) -> Value:
+    """y times the scalar, named after y: the multiply that moved past y's consumer."""
+    return b.op("mul", [y, m["c"]], value_name=y.name + ".scaled")
+
+
+def _push_scalar(op: str):
+    """mul(op(y, rest...), c) -> op(mul(y, c), rest...) for a view op."""
+    def rewrite(m: Match, b: Builder) -> Value:
+        inner = m.node("inner")
+        return b.op(op, [_scale(m, b, m["y"])] + list(inner.inputs[1:]), like=inner, **inner.attrs)
+    return rewrite
+
+
+def _scalar_into_gemm(m: Match, b: Builder) -> Value:
+    g = m.node("inner")
+    c = float(m.data("c").reshape(()))
+    attrs = dict(g.attrs)
+    attrs["alpha"] = float(attrs.get("alpha", 1.0)) * c
+    if len(g.inputs) > 2:
+        attrs["beta"] = float(attrs.get("beta", 1.0)) * c
+    return b.op("gemm", list(g.inputs), like=g, **attrs)
+
+
+_SCALAR = Const("c")
+
 # view op -> the input counts it comes with (squeeze's axes are optional)
 VIEW_OPS = {"flatten": (1,), "squeeze": (1, 2), "unsqueeze": (2,)}
 
@@ -101,6 +235,31 @@ RULES = [
          lambda m, b: b.op("mul", [m["x"], m["x"]]), where=_exponent(2.0)),
     Rule("pow_three_to_mul", Op("pow", Any("x"), Const("e")),
          lambda m, b: b.op("mul", [b.op("mul", [m["x"], m["x"]]), m["x"]]), where=_exponent(3.0)),
+    Rule("transpose_before_reshape",
+         Op("transpose", Op("reshape", Any("x"), Any(), name="view")),
+         _transpose_before_reshape, where=_unit_free_reshape),
+    # a scalar multiply sinks towards constant weights (mul's operands in either order)
+    Rule("scalar_through_transpose", Op("mul", Op("transpose", Any("y"), name="inner"), _SCALAR,
+                                        commutative=True), _push_scalar("transpose"), where=_scalar),
+    Rule("scalar_through_reshape", Op("mul", Op("reshape", Any("y"), Any(), name="inner"), _SCALAR,
+                                      commutative=True), _push_scalar("reshape"), where=_scalar),
+    Rule("scalar_through_bias_add",
+         Op("mul", Op("add", Any("y"), Const("bias"), name="inner", commutative=True), _SCALAR,
+            commutative=True),
+         lambda m, b: b.op("add", [_scale(m, b, m["y"]), _scaled(m, b, "bias")],
+                           like=m.node("inner")),
+         where=_scalar),
+    Rule("scalar_into_matmul_weights",
+         Op("mul", Op("matmul", Any("x"), Const("w"), name="inner"), _SCALAR, commutative=True),
+         lambda m, b: b.op("matmul", [m["x"], _scaled(m, b, "w")], like=m.node("inner")),
+         where=_scalar_on_weights),
+    Rule("scalar_through_matmul",
+         Op("mul", Op("matmul", Any("a"), Any("b"), name="inner"), _SCALAR, commutative=True),
+         _scalar_into_operand, where=_scalar_through_matmul),
+    Rule("scalar_into_gemm", Op("mul", Op("gemm", Any(), Any(), name="inner"), _SCALAR,
+                                commutative=True), _scalar_into_gemm, where=_scalar),
+    Rule("scalar_into_gemm", Op("mul", Op("gemm", Any(), Any(), Any(), name="inner"), _SCALAR,
+                                commutative=True), _scalar_into_gemm, where=_scalar),
     Rule("avg_pool_to_global", Op("avg_pool", Any("x")),
          lambda m, b: b.op("global_avg_pool", [m["x"]]), where=_window_covers_input),
     Rule("max_pool_to_global", Op("max_pool", Any("x")),

@@ -96,7 +96,7 @@ class NativeModule:
 
     def _prepare(self, arrays, named):
         arrays = order_inputs(self.input_names, arrays, named)
-        arrays = [np.ascontiguousarray(a) for a in check_arrays(self._inputs, arrays, self._name)]
+        arrays = [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
         in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])

@@ -168,3 +168,37 @@ def test_squeeze_without_axes_of_symbolic_shape():
     with pytest.raises(slimc.UnsupportedError, match="Squeeze_y.*static shape"):
         slimc.compile(model)
     assert_close(slimc.compile(model, input_shapes={"x": [1]})(x=x), [x.reshape(())])
+
+
+# --- Resize of zero-size tensors -------------------------------------------------------------
+# The reference divided by the empty dim for its scale (None) and failed with "float() argument
+# must be ... not 'NoneType'" on any zero-size input, even an empty batch. Resizing an empty
+# axis to a non-empty size was compiled and read from an empty buffer (onnxruntime refuses it):
+# it is now a ModelError naming the node.
+@pytest.mark.parametrize("shape,sizes,mode", [((1, 0, 1, 1), [1, 0, 2, 2], "linear"),
+                                              ((0, 1, 2, 2), [0, 1, 4, 4], "cubic"),
+                                              ((0, 2, 3, 3), [0, 2, 6, 6], "nearest")])
+def test_resize_of_empty_tensor(shape, sizes, mode):
+    x = np.zeros(shape, np.float32)
+    model = make_model([node("Resize", ["x", "", "", "s"], ["y"], mode=mode)], {"x": x}, ["y"],
+                       {"s": np.array(sizes, np.int64)})
+    check(model, {"x": x}, [np.zeros(sizes, np.float32)])
+
+
+def test_resize_of_empty_axis_to_nonempty_is_refused():
+    x = np.zeros((1, 1, 0, 1), np.float32)
+    model = make_model([node("Resize", ["x", "", "", "s"], ["y"], mode="linear")], {"x": x}, ["y"],
+                       {"s": np.array([1, 1, 2, 2], np.int64)})
+    with pytest.raises(slimc.ModelError, match="Resize_y.*empty dimension 2"):
+        slimc.compile(model)
+
+
+# --- a 0-d graph input returned as a graph output --------------------------------------------
+# runtime/native.py made every input contiguous with np.ascontiguousarray, which turns a 0-d
+# array into shape (1,); an output that is a graph input is copied from that array, so it came
+# back as f32[1] instead of f32[]. Found as `(float x1) => (float t2, float x1)`.
+@pytest.mark.parametrize("dtype", [np.float32, np.bool_])
+def test_scalar_input_returned_as_output(dtype):
+    x = np.array(1, dtype)
+    model = make_model([node("Identity", ["x"], ["y"])], {"x": x}, ["y", "x"])
+    check(model, {"x": x}, [x, x])

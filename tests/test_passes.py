@@ -166,3 +166,36 @@ graph @g(%x: f32[2,1100]) -> (f32[2,1000], f32[2000,1100]) {
     PassManager([make_pass("fold_constants"), make_pass("dce")], verify=True).run(g)
     assert [n.op for n in g.nodes] == ["matmul", "tile"]
     np.testing.assert_array_equal(g.nodes[0].inputs[1].data, w.T)
+
+
+def _recognize_reasons(src):
+    from slimc.passes.recognize import RULES
+    g = parse(src)
+    return g, [r for rule in RULES for _, r in explain(rule, g)]
+
+
+def test_gelu_near_misses_are_explained_and_left_alone():
+    # x * 0.5 * (1 + erf(x / 2)): not GELU (the erf's argument is scaled wrongly)
+    g, reasons = _recognize_reasons(
+        "# slimc-ir v1\ngraph @g(%x: f32[4]) -> (f32[4]) {\n"
+        "  const %two: f32[] = [2.0]\n  const %one: f32[] = [1.0]\n  const %half: f32[] = [0.5]\n"
+        "  %t = div(%x, %two) : f32[4]\n  %e = erf(%t) : f32[4]\n  %s = add(%e, %one) : f32[4]\n"
+        "  %p = mul(%x, %half) : f32[4]\n  %g = mul(%p, %s) : f32[4]\n  return %g\n}\n")
+    assert "the erf's argument is not x / sqrt(2)" in reasons
+    assert not make_pass("recognize").run(g)
+    # quick GELU, x * sigmoid(1.702 x): an approximation with its own numbers, kept as written
+    g, reasons = _recognize_reasons(
+        "# slimc-ir v1\ngraph @g(%x: f32[4]) -> (f32[4]) {\n"
+        "  const %k: f32[] = [1.702]\n  %t = mul(%x, %k) : f32[4]\n  %s = sigmoid(%t) : f32[4]\n"
+        "  %g = mul(%x, %s) : f32[4]\n  return %g\n}\n")
+    assert any("not a product of 0.5" in r for r in reasons)
+    assert not make_pass("recognize").run(g)
+
+
+def test_softmax_with_exp_used_elsewhere_is_left_alone():
+    g, reasons = _recognize_reasons(
+        "# slimc-ir v1\ngraph @g(%x: f32[2,3]) -> (f32[2,3], f32[2,3]) {\n"
+        "  %e = exp(%x) : f32[2,3]\n  %s = reduce_sum(%e) {axes=[1], keepdims=1} : f32[2,1]\n"
+        "  %p = div(%e, %s) : f32[2,3]\n  return %p, %e\n}\n")
+    assert "exp(x) is used outside the softmax" in reasons
+    assert not make_pass("recognize").run(g)

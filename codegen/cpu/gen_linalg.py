@@ -5,8 +5,9 @@ float32 cases, by where B comes from:
 * B is a 2-D constant (the weights of a linear layer): packed for this target at compile time
   (`kb.substitute_constant`), and A's batch dimensions fold into its rows, so one GEMM call
   covers the whole batch. Work items are blocks of rows, so two threads split M.
-* B is computed at run time, or batched (attention's Q @ K^T): each work item is one batch
-  entry, which packs its B into its own scratch space and multiplies.
+* B is computed at run time, or batched (attention's Q @ K^T): each work item is a batch
+  entry, or a block of its rows when there are few entries; a thread packs an entry's B into
+  its own scratch space once for its run of items and multiplies.
 
 gemm's alpha, beta and C are applied in the GEMM's store (its epilogue), not in a second pass.
 """
@@ -151,24 +152,55 @@ def matmul(kb: KernelBuilder, node) -> None:
                 + extra_vals)
         b_.ret_void()
         return
-    # runtime (or batched, or broadcast) B: one work item per output batch entry
+    # runtime (or batched, or broadcast) B: work items are (batch entry, block of rows)
     pack_fn = kb.module.globals[g.pack_fn]
-    ws = kb.scratch(4 * g.packed_size * n_batch, name + ".bpack")
+    chunk_rows = _row_chunk(n_batch, M, g.cfg.mr)
+    chunks = -(-M // chunk_rows)
+    items = n_batch * chunks
+    # one packed B per call (a thread's run of work items), in the slot of its first item:
+    # it is repacked only when the run moves on to the next batch entry
+    ws = kb.scratch(4 * g.packed_size * items, name + ".bpack")
     ws = b_.bitcast(ws, ir.PointerType(F32), name=name + ".ws")
+    w_ptr = b_.gep(ws, [b_.mul(kb.begin, i64(g.packed_size))], name="ws_b")
+    packed_entry = b_.alloca(I64, name="packed_entry")
+    b_.store(i64(-1), packed_entry)
     B = kb.ptr(bv)
-    kb.parallel_extent = n_batch
+    kb.parallel_extent = items
     ldb = K if trans_b else N
-    with kb.loop(kb.begin, kb.end, name="batch") as bi:
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        bi = b_.udiv(item, i64(chunks), name="batch") if chunks > 1 else item
+        m0 = b_.mul(b_.urem(item, i64(chunks)), i64(chunk_rows), name="m0") if chunks > 1 \
+            else i64(0)
+        m1_full = b_.add(m0, i64(chunk_rows))
+        m1 = b_.select(b_.icmp_signed("<", m1_full, i64(M)), m1_full, i64(M), name="m1")
         a_off = _batch_index(kb, bi, out_batch, batch_a) if not trans_a else 0
         b_off = _batch_index(kb, bi, out_batch, batch_b)
         a_ptr = b_.gep(A, [kb._ir(kb.imul(a_off, M * K))], name="a_b")
         b_ptr = b_.gep(B, [kb._ir(kb.imul(b_off, K * N))], name="b_b")
         c_ptr = b_.gep(C, [b_.mul(bi, i64(M * N))], name="c_b")
-        w_ptr = b_.gep(ws, [b_.mul(bi, i64(g.packed_size))], name="ws_b")
-        b_.call(pack_fn, [b_ptr, i64(ldb), w_ptr])
+        with b_.if_then(b_.icmp_signed("!=", b_.load(packed_entry), bi)):
+            b_.call(pack_fn, [b_ptr, i64(ldb), w_ptr])
+            b_.store(bi, packed_entry)
         row0 = [b_.mul(bi, i64(M), name="row0")] if fused_extra else []
-        b_.call(gemm_fn, [a_ptr, i64(K), w_ptr, c_ptr, i64(N), i64(0), i64(M)] + extra_vals + row0)
+        b_.call(gemm_fn, [a_ptr, i64(K), w_ptr, c_ptr, i64(N), m0, m1] + extra_vals + row0)
     b_.ret_void()
+
+
+# A batched GEMM with few batch entries (attention at batch 1: one per head) splits each
+# entry's rows into blocks, for at least this many work items: ViT-Ti's 3 heads as 3 items
+# left one of two threads idle a third of the time.
+BATCHED_ITEMS = 12
+BATCHED_MIN_ROWS = 24  # rows of a block, at least (4 register tiles)
+
+
+def _row_chunk(n_batch: int, M: int, mr: int) -> int:
+    """Rows per work item of a runtime-B GEMM: all M, or blocks (whole register tiles) that
+    make about BATCHED_ITEMS items."""
+    if n_batch >= BATCHED_ITEMS:
+        return M
+    chunks = min(-(-BATCHED_ITEMS // n_batch), max(1, M // BATCHED_MIN_ROWS))
+    rows = -(-M // chunks)
+    return min(M, -(-rows // mr) * mr)
 
 
 # Fewer rows than this (in all): a prepacked GEMM splits its columns over threads, not rows.

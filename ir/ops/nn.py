@@ -997,8 +997,17 @@ def _infer_resize(ctx: InferContext) -> TensorType:
         ctx.fail(f"scales {data.tolist()} must be positive")
     if has_sizes and np.any(data < 0):
         ctx.fail(f"sizes {data.tolist()} must not be negative")
+    resized = range(x.rank) if axes is None else [int(v) % x.rank for v in axes]
+    empty = [d for d in resized if x.shape[d] == 0]
+    if empty and has_sizes and a["keep_aspect_ratio_policy"] != "stretch":
+        ctx.fail(f"keep_aspect_ratio_policy {a['keep_aspect_ratio_policy']} over the empty "
+                 f"dimension {empty[0]} of {x}")
     _, out = resize_plan(x.shape, data if has_scales else None, data if has_sizes else None,
                          axes, a["keep_aspect_ratio_policy"])
+    for d in empty:
+        if out[d] != 0:
+            ctx.fail(f"resizing the empty dimension {d} of {x} to {out[d]}: there is nothing "
+                     f"to interpolate from")
     return TensorType(x.dtype, tuple(out))
 
 
@@ -1103,6 +1112,8 @@ def _resize(x, roi=None, scales=None, sizes=None, *, mode="nearest",
     rank = x.ndim
     ax = _resize_axes(axes, rank)
     scale_of, out = resize_plan(x.shape, scales, sizes, axes, keep_aspect_ratio_policy)
+    if x.size == 0:  # (type inference refuses an empty axis resized to a non-empty one)
+        return np.zeros(out, x.dtype)
     roi_full = [np.float64(0.0)] * rank + [np.float64(1.0)] * rank
     if roi is not None:
         r = list(np.asarray(roi).reshape(-1))

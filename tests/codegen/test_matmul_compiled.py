@@ -100,3 +100,22 @@ def test_random_shapes(M, K, N, const_b):
     a, b = rand(M, K), rand(K, N)
     g = build("matmul", a, b, const_b=const_b)
     check(g, a) if const_b else check(g, a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("heads,M", [(3, 197), (1, 50), (2, 25), (5, 7), (4, 131)])
+def test_few_batch_entries_split_rows(heads, M, threads):
+    """Attention at batch 1: few batch entries, each split into blocks of rows (a thread packs
+    an entry's B once for its run of blocks); blocks that straddle entries, ragged last
+    blocks and thread counts that do not divide the work."""
+    q, k = rand(1, heads, M, 64), rand(1, heads, 64, M)
+    check(build("matmul", q, k), q, k, threads=threads)
+    # the scores' epilogue (scale, mask add) indexes rows of the whole batch
+    g = Graph("scores")
+    qa = g.add_input("q", TensorType(dtypes.f32, q.shape))
+    ka = g.add_input("k", TensorType(dtypes.f32, k.shape))
+    mask = g.add_constant("mask", rand(1, 1, M, M))
+    s = g.make_node("matmul", [qa, ka], {}, [TensorType(dtypes.f32, (1, heads, M, M))]).outputs[0]
+    y = g.make_node("add", [s, mask], {}, [TensorType(dtypes.f32, (1, heads, M, M))]).outputs[0]
+    g.outputs = [y]
+    check(g, q, k, threads=threads)

@@ -47,6 +47,10 @@ def onnx_cases(draw, max_nodes: int = 10) -> FuzzCase:
         made = [b.emit1("Identity", [x], x.dtype, x.shape, x.bound, x.exact)]
     outs = [made[-1]] + [v for v in draw(st.lists(st.sampled_from(made), max_size=2, unique_by=lambda v: v.name))
                          if v is not made[-1]]
+    if b.one_in(6):  # an output the runtime copies instead of a kernel writing it
+        pool = b.choice([b.input_vals, b.consts, outs])  # a graph input, a constant, an output again
+        if pool:
+            outs.append(b.choice(pool))
     graph = helper.make_graph(b.nodes, "fuzz", _infos(b.input_vals), _infos(outs), b.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 9

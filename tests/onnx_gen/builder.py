@@ -121,6 +121,7 @@ class Builder:
         self.rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
         self.nodes, self.initializers, self.inputs, self.input_vals = [], [], {}, []
         self.values: list[Val] = []  # operands later nodes may use
+        self.consts: list[Val] = []  # initializers
         self.count = 0
         self.specials = self.one_in(8)  # float inputs hold NaN, +-Inf and -0.0 too
 
@@ -201,7 +202,8 @@ class Builder:
         name = self.name("c")
         self.initializers.append(numpy_helper.from_array(arr, name))
         bound = float(np.abs(arr.astype(np.float64)).max(initial=0)) if arr.dtype != BOOL else 1.0
-        return Val(name, arr.dtype, arr.shape, bound, True)
+        self.consts.append(Val(name, arr.dtype, arr.shape, bound, True))
+        return self.consts[-1]
 
     def ints(self, values) -> Val:
         return self.const(np.asarray(values, np.int64))

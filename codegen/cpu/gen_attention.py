@@ -1,0 +1,163 @@
+"""attention: for each block of rows of each head, scores -> softmax -> @ v, in cache.
+
+Work items are (batch entry, block of rows of q), as for a matmul whose B is computed at run
+time (`gen_linalg._row_chunk`: attention at batch 1 has few heads). A thread packs k_t and v of
+an entry once for its run of items. For each block it computes the scores into its own scratch
+(rows x N floats, small enough to stay in L2), scaled and masked in the GEMM's store; takes the
+softmax of each row in place; and multiplies by v, the node's fused consumers applied in that
+GEMM's store. The scores never go through the arena, and no kernel boundary separates the
+three steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from slimc.ir import UnsupportedError, dtypes
+
+from . import gemm as gemm_kernels
+from .gen_linalg import _batch_index, _row_chunk
+from .gen_nn import _emitter, _vload, _vstore
+from .gen_norm import _Axis
+from .kernel import KernelBuilder, generator, llvm_name
+from .llvm_util import F32, I64, PTR, const, i64
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _scores_epilogue(scale: float, mask_shape, N: int):
+    """acc * scale + mask[row, col], the mask pointer already at this block's first row."""
+    if scale == 1.0 and mask_shape is None:
+        return None
+    mask_rows, mask_cols = mask_shape[-2:] if mask_shape is not None else (0, 0)
+
+    def epi(ctx, acc):
+        b = ctx.builder
+        if scale != 1.0:
+            acc = b.fmul(acc, ctx.splat(const(F32, scale)), name="scaled")
+        if mask_shape is None:
+            return acc
+        mp = b.bitcast(ctx.args["mask"], ir.PointerType(F32))
+        row = b.mul(ctx.row, i64(mask_cols)) if mask_rows != 1 else i64(0)
+        if mask_cols == 1:
+            mv = ctx.splat(b.load(b.gep(mp, [row]), name="mask"))
+        else:
+            mv = ctx.load_vector(mp, b.add(row, ctx.col), name="mask")
+        return b.fadd(acc, mv, name="masked")
+
+    return epi
+
+
+@generator("attention", epilogue=True)
+def attention(kb: KernelBuilder, node) -> None:
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    out = node.outputs[0]
+    attrs = kb.attrs(node)
+    scale, zero_nan = float(attrs["scale"]), int(attrs["zero_nan"])
+    qs, ks, vs = kb.shape(q), kb.shape(k), kb.shape(v)
+    batch, (M, D), N, E = list(qs[:-2]), qs[-2:], ks[-1], vs[-1]
+    if q.type.dtype != dtypes.f32 or min(M, D, N, E) == 0:
+        raise UnsupportedError(f"attention kernel for {q.type} x {k.type} x {v.type}: float32 "
+                               f"without empty dims only", node=node.label, op=node.op)
+    b = kb.b
+    name = llvm_name(out.name)
+    n_batch = _numel(batch)
+    kb.cost = 2 * n_batch * M * N * (D + E) + 20 * n_batch * M * N
+    rank = len(qs)
+    mask_shape = None
+    if mask is not None:
+        mask_shape = [1] * (rank - len(kb.shape(mask))) + list(kb.shape(mask))
+
+    scores_gemm = gemm_kernels.emit_gemm(
+        kb.module, f"{kb.fn.name}.{name}.scores", N, D, kb.target,
+        epilogue=_scores_epilogue(scale, mask_shape, N),
+        extra_args=[("mask", PTR)] if mask is not None else [], runtime_b=True)
+    epilogue, fused_extra, fused_vals = kb.gemm_epilogue(out, E, None, row_offset=True)
+    pv_gemm = gemm_kernels.emit_gemm(kb.module, f"{kb.fn.name}.{name}.pv", E, N, kb.target,
+                                     epilogue=epilogue, extra_args=fused_extra, runtime_b=True)
+
+    rows_per_item = _row_chunk(n_batch, M, scores_gemm.cfg.mr)
+    chunks = -(-M // rows_per_item)
+    items = n_batch * chunks
+    kb.parallel_extent = items
+    # one slot per call (a thread's run of items), at its first item: packed k_t, packed v,
+    # and the block of scores
+    slot = scores_gemm.packed_size + pv_gemm.packed_size + rows_per_item * N
+    ws = b.bitcast(kb.scratch(4 * slot * items, name + ".work"), ir.PointerType(F32))
+    kp = b.gep(ws, [b.mul(kb.begin, i64(slot))], name="k_packed")
+    vp = b.gep(kp, [i64(scores_gemm.packed_size)], name="v_packed")
+    scores = b.gep(vp, [i64(pv_gemm.packed_size)], name="scores")
+    packed_entry = b.alloca(I64, name="packed_entry")
+    b.store(i64(-1), packed_entry)
+    Q, K, V = kb.ptr(q), kb.ptr(k), kb.ptr(v)
+    C = kb.ptr(kb.outputs[0])
+    Mask = kb.ptr(mask) if mask is not None else None
+    e = _emitter(kb, dtypes.f32, name)
+
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        bi = b.udiv(item, i64(chunks), name="batch") if chunks > 1 else item
+        m0 = b.mul(b.urem(item, i64(chunks)), i64(rows_per_item), name="m0") if chunks > 1 \
+            else i64(0)
+        m1_full = b.add(m0, i64(rows_per_item))
+        m1 = b.select(b.icmp_signed("<", m1_full, i64(M)), m1_full, i64(M), name="m1")
+        rows = b.sub(m1, m0, name="rows")
+        with b.if_then(b.icmp_signed("!=", b.load(packed_entry), bi)):
+            b.call(kb.module.globals[scores_gemm.pack_fn],
+                   [b.gep(K, [b.mul(bi, i64(D * N))]), i64(N), kp])
+            b.call(kb.module.globals[pv_gemm.pack_fn],
+                   [b.gep(V, [b.mul(bi, i64(N * E))]), i64(E), vp])
+            b.store(bi, packed_entry)
+        first_row = b.add(b.mul(bi, i64(M)), m0, name="first_row")  # in all of q's rows
+        mask_args = []
+        if mask is not None:
+            mask_rows, mask_cols = mask_shape[-2:]
+            off = kb._ir(kb.imul(_batch_index(kb, bi, batch, mask_shape[:-2]), mask_rows * mask_cols))
+            if mask_rows != 1:
+                off = b.add(off, b.mul(m0, i64(mask_cols)))
+            mask_args = [b.bitcast(b.gep(Mask, [off]), PTR)]
+        b.call(kb.module.globals[scores_gemm.gemm_fn],
+               [b.gep(Q, [b.mul(first_row, i64(D))]), i64(D), kp, scores, i64(N), i64(0), rows]
+               + mask_args)
+
+        with kb.loop(0, rows, name="srow") as r:
+            base = b.mul(r, i64(N), name="sbase")
+
+            def at(l):
+                return b.add(base, kb._ir(l), name="soff")
+
+            def value(l, n):
+                return _vload(kb, scores, at(l), n, "s")
+
+            axis = _Axis(kb, e, F32, N)
+            top = axis.reduce(value, -math.inf, "max", "max")
+            finite = b.fcmp_ordered("<", e.intrinsic("fabs", [top]), const(F32, math.inf))
+            top = b.select(finite, top, const(F32, 0.0), name="shift")
+
+            def exp_kept(l, n):
+                x = e.exp(e.sub(value(l, n), axis.bcast(top, n)))
+                _vstore(kb, x, scores, at(l), "e")
+                return x
+
+            total = axis.reduce(exp_kept, 0.0, "sum", "sum")
+
+            def normalize(l, n):
+                p = e.fdiv(value(l, n), axis.bcast(total, n))
+                if zero_nan:
+                    p = b.select(b.fcmp_unordered("uno", p, p), const(p.type, 0.0), p, name="p")
+                _vstore(kb, p, scores, at(l), "p")
+
+            axis.foreach(normalize)
+
+        row0 = [first_row] if fused_extra else []
+        b.call(kb.module.globals[pv_gemm.gemm_fn],
+               [scores, i64(N), vp, b.gep(C, [b.mul(first_row, i64(E))]), i64(E), i64(0), rows]
+               + fused_vals + row0)
+    b.ret_void()

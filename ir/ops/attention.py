@@ -1,0 +1,63 @@
+"""Scaled dot-product attention as one op: ``attention(q, k_t, v, mask?) {scale, zero_nan}``::
+
+    scores = q @ k_t * scale (+ mask)
+    P      = softmax(scores, axis=-1)        (then P[isnan(P)] = 0 when zero_nan)
+    out    = P @ v
+
+``q`` is [..., M, D], ``k_t`` [..., D, N] (the keys already transposed: the operand the
+exported MatMul multiplies by), ``v`` [..., N, E], with equal batch dims; ``mask`` broadcasts
+to the scores [..., M, N]. ``zero_nan`` is the guard PyTorch's exporter writes after the softmax
+(``Where(IsNaN(P), 0, P)``) for rows the mask removes entirely.
+
+Not an ONNX op: `recognize` forms it from the MatMul, Mul, Add, Softmax, MatMul chain that
+exporters write, so that the code generator can keep each block of scores in cache (they never
+go to memory) and split the work by blocks of rows of every head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..infer import broadcast_shapes
+from ..registry import FusionKind, InferContext, register_op
+from ..types import TensorType
+from .linalg import matmul
+from .nn import _softmax
+
+
+def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0):
+    scores = matmul(q, k_t)
+    if scale != 1.0:
+        scores = scores * np.asarray(scale, scores.dtype)
+    if mask is not None:
+        scores = scores + mask
+    p = _softmax(scores, axis=-1)
+    if zero_nan:
+        p = np.where(np.isnan(p), np.zeros((), p.dtype), p)
+    return matmul(p, v)
+
+
+def _infer_attention(ctx: InferContext) -> TensorType:
+    q, k, v = ctx[0], ctx[1], ctx[2]
+    for name, t in (("q", q), ("k_t", k), ("v", v)):
+        if t.dtype != q.dtype or not t.dtype.is_float:
+            ctx.fail(f"{name} is {t}: q, k_t and v must share one floating-point type")
+        if t.rank < 2 or t.rank != q.rank:
+            ctx.fail(f"{name} is {t}: q, k_t and v must have one rank, at least 2")
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        ctx.fail(f"the batch dims of q {q}, k_t {k} and v {v} differ")
+    if q.shape[-1] != k.shape[-2] or k.shape[-1] != v.shape[-2]:
+        ctx.fail(f"q {q} @ k_t {k} @ v {v}: the contracted dims differ")
+    scores = tuple(q.shape[:-1]) + (k.shape[-1],)
+    if ctx.has(3):
+        mask = ctx[3]
+        if mask.dtype != q.dtype:
+            ctx.fail(f"the mask is {mask}, not {q.dtype}")
+        if mask.rank > len(scores) or broadcast_shapes([mask.shape, scores], ctx) != scores:
+            ctx.fail(f"the mask {mask} does not broadcast to the scores {list(scores)}")
+    return TensorType(q.dtype, tuple(q.shape[:-1]) + (v.shape[-1],))
+
+
+register_op("attention", reference=attention, infer=_infer_attention, fusion=FusionKind.OUT_FUSABLE,
+            num_inputs=(3, 4), attrs={"scale": 1.0, "zero_nan": 0},
+            doc="attention(q, k_t, v, mask?) {scale, zero_nan}: softmax(q@k_t*scale + mask) @ v")

@@ -1,0 +1,103 @@
+"""The attention op (recognized from MatMul/Mul/Add/Softmax/MatMul) against slimc's numpy
+reference: head and row counts that split into ragged blocks, masks of every broadcast shape,
+scale, the NaN guard on fully masked rows, fused consumers, thread counts."""
+
+import numpy as np
+import pytest
+
+import slimc
+from slimc.ir import Graph, TensorType, dtypes, interpret
+
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def written_out(heads, M, N, D, E, mask_shape=None, scale=None, guard=False, relu_after=False):
+    """The chain as exporters write it: matmul, mul, add, softmax, (where(isnan)), matmul."""
+    g = Graph("attn")
+    f = lambda *s: TensorType(dtypes.f32, s)  # noqa: E731
+    q = g.add_input("q", f(1, heads, M, D))
+    k = g.add_input("k", f(1, heads, D, N))
+    v = g.add_input("v", f(1, heads, N, E))
+    inputs = [q, k, v]
+    s = g.make_node("matmul", [q, k], {}, [f(1, heads, M, N)]).outputs[0]
+    if scale is not None:
+        c = g.add_constant("scale", np.array(scale, np.float32))
+        s = g.make_node("mul", [s, c], {}, [f(1, heads, M, N)]).outputs[0]
+    if mask_shape is not None:
+        mask = g.add_input("mask", f(*mask_shape))
+        inputs.append(mask)
+        s = g.make_node("add", [s, mask], {}, [f(1, heads, M, N)]).outputs[0]
+    p = g.make_node("softmax", [s], {"axis": -1}, [f(1, heads, M, N)]).outputs[0]
+    if guard:
+        nan = g.make_node("isnan", [p], {}, [TensorType(dtypes.bool, (1, heads, M, N))]).outputs[0]
+        zero = g.add_constant("zero", np.array(0, np.float32))
+        p = g.make_node("where", [nan, zero, p], {}, [f(1, heads, M, N)]).outputs[0]
+    y = g.make_node("matmul", [p, v], {}, [f(1, heads, M, E)]).outputs[0]
+    if relu_after:
+        y = g.make_node("relu", [y], {}, [f(1, heads, M, E)]).outputs[0]
+    g.outputs = [y]
+    return g, inputs
+
+
+def check(g, feeds, threads=None):
+    expected = interpret(g, *feeds)
+    mod = slimc.compile(g, threads=threads)
+    assert any(n.op == "attention" for n in mod.graph.nodes), mod.graph
+    got = mod(*feeds)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5)
+    return mod
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("heads,M,N,D,E", [(3, 197, 197, 64, 64), (4, 128, 128, 64, 64),
+                                           (1, 7, 13, 5, 3), (2, 65, 17, 16, 9), (5, 1, 1, 1, 1)])
+def test_shapes_and_threads(heads, M, N, D, E, threads):
+    g, ins = written_out(heads, M, N, D, E, mask_shape=(1, 1, M, N), scale=0.125)
+    feeds = [rand(*v.type.shape) for v in ins]
+    check(g, feeds, threads)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 1, 17), (1, 3, 9, 17), (9, 1), (17,), (1, 3, 1, 1)])
+def test_mask_broadcasts(mask_shape):
+    g, ins = written_out(3, 9, 17, 8, 5, mask_shape=mask_shape)
+    check(g, [rand(*v.type.shape) for v in ins])
+
+
+def test_fully_masked_rows_with_and_without_the_guard():
+    M, N = 6, 10
+    mask = np.zeros((1, 1, M, N), np.float32)
+    mask[..., 2, :] = -np.inf  # row 2 sees nothing
+    mask[..., 4, 3:] = -np.inf
+    for guard in (False, True):
+        g, ins = written_out(2, M, N, 4, 3, mask_shape=mask.shape, guard=guard)
+        feeds = [rand(*v.type.shape) for v in ins[:3]] + [mask]
+        mod = check(g, feeds)
+        out = mod(*feeds)[0]
+        assert np.isnan(out[0, :, 2]).all() != guard  # NaN without the guard, 0 with it
+        assert guard == (out[0, :, 2] == 0).all()
+
+
+def test_fused_consumer_and_no_mask_no_scale():
+    g, ins = written_out(2, 33, 20, 8, 16, relu_after=True)
+    mod = check(g, [rand(*v.type.shape) for v in ins], threads=2)
+    assert len(mod.kernels) == 1  # the relu is applied in the store of P @ v
+
+
+def test_scores_used_elsewhere_are_not_fused():
+    g, ins = written_out(2, 5, 6, 4, 3)
+    scores = g.nodes[0].outputs[0]
+    g.outputs.append(scores)
+    from slimc.passes import explain
+    from slimc.passes.recognize import RULES
+
+    rule = next(r for r in RULES if r.name == "attention_from_parts")
+    assert "the scores are used outside the attention" in [why for _, why in explain(rule, g)]
+    mod = slimc.compile(g)
+    assert not any(n.op == "attention" for n in mod.graph.nodes)
+    feeds = [rand(*v.type.shape) for v in ins]
+    for a, e in zip(mod(*feeds), interpret(g, *feeds)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
