@@ -330,7 +330,24 @@ def _attention(m: Match, b):
     return b.op("attention", inputs, scale=m.found["scale"], zero_nan=m.found["zero_nan"])
 
 
+def _heads_swapped(m: Match):
+    """where-check: the transpose swaps the heads and rows of an attention's result (perm
+    [.., r-2, r-3, r-1]) and is its only user."""
+    attn = m.node("attn")
+    rank = attn.outputs[0].type.rank
+    want = list(range(rank - 3)) + [rank - 2, rank - 3, rank - 1]
+    if rank < 3 or list(m.root.attrs["perm"]) != want:
+        return "the transpose does not swap the heads and rows of the attention's result"
+    if attn.attrs.get("heads_last", 0):
+        return "the attention already stores heads last"
+    return True
+
+
 RULES = [
+    Rule("attention_heads_last", Op("transpose", Op("attention", name="attn")),
+         lambda m, b: b.op("attention", list(m.node("attn").inputs),
+                           **{**m.node("attn").attrs, "heads_last": 1}),
+         where=_heads_swapped),
     Rule("attention_from_parts", Op("matmul", Any("p"), Any("v")), _attention,
          where=_is_attention),
     Rule("gelu_from_parts", Op("mul", Any(), Any()),

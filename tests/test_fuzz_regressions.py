@@ -202,3 +202,29 @@ def test_scalar_input_returned_as_output(dtype):
     x = np.array(1, dtype)
     model = make_model([node("Identity", ["x"], ["y"])], {"x": x}, ["y", "x"])
     check(model, {"x": x}, [x, x])
+
+
+# --- a convolution of an empty batch --------------------------------------------------------
+# The im2col GEMM path sized its work items by N * group * chunks, which is 0 for an empty
+# batch, and divided by it (ZeroDivisionError at compile time). Found as a Conv 2->8 (2x2) of
+# f32[0,2,3,3] at opt_level 0 (at -O1 and above the layout pass took the conv elsewhere).
+@pytest.mark.parametrize("opt_level", [0, 2])
+def test_conv_of_empty_batch(opt_level):
+    x = np.zeros((0, 2, 3, 3), np.float32)
+    w = np.random.default_rng(0).standard_normal((8, 2, 2, 2)).astype(np.float32)
+    model = make_model([node("Conv", ["x", "w"], ["y"], kernel_shape=[2, 2])], {"x": x}, ["y"],
+                       {"w": w})
+    y = slimc.compile(model, opt_level=opt_level)(x=x)[0]
+    assert y.shape == (0, 8, 2, 2) and y.dtype == np.float32
+
+
+# --- matmul of an empty batch (or no rows) with B computed at run time -----------------------
+# Splitting few batch entries into blocks of rows divided by the number of entries and by the
+# rows per block, both 0 here (ZeroDivisionError at compile time). Found as MatMul(x, x) of
+# f32[0,1,1].
+@pytest.mark.parametrize("shape", [(0, 1, 1), (2, 0, 0), (3, 0, 4)])
+def test_matmul_runtime_b_empty(shape):
+    x = np.zeros(shape, np.float32)
+    y = np.zeros(shape[:-2] + (shape[-1], 3), np.float32)
+    model = make_model([node("MatMul", ["x", "y"], ["z"])], {"x": x, "y": y}, ["z"])
+    check(model, {"x": x, "y": y}, [np.matmul(x, y)])

@@ -69,8 +69,10 @@ def _why_not(graph: Graph, p: Node, target: Group, users: list) -> Optional[str]
     # p has its own loop nest: it can only be the anchor of an elementwise epilogue group
     if target.anchor is not None:
         return f"the consumer's kernel already has a loop nest ({target.anchor.op})"
-    if not getattr(GENERATORS[p.op], "epilogue", False):
-        return f"{p.op}'s code generator does not apply epilogues"
+    epilogue = getattr(GENERATORS[p.op], "epilogue", False)
+    why = epilogue(p) if callable(epilogue) else (None if epilogue else "")
+    if why is not None:
+        return f"{p.op}'s code generator does not apply epilogues" + (f" {why}" if why else "")
     if any(n.op not in LOWERINGS for n in target.nodes):
         other = next(n for n in target.nodes if n.op not in LOWERINGS)
         return f"its consumers include {other.op}, which is not elementwise"

@@ -15,7 +15,7 @@ import math
 
 from llvmlite import ir
 
-from slimc.ir import UnsupportedError, dtypes
+from slimc.ir import InternalError, UnsupportedError, dtypes
 
 from . import gemm as gemm_kernels
 from .gen_linalg import _batch_index, _row_chunk
@@ -55,13 +55,20 @@ def _scores_epilogue(scale: float, mask_shape, N: int):
     return epi
 
 
-@generator("attention", epilogue=True)
+def _epilogue_here(node):
+    """Consumers are applied in the store of P @ v, which indexes the result as [.., M, E]
+    rows: not when the rows land heads-last."""
+    return "when it stores heads last" if node.attrs.get("heads_last", 0) else None
+
+
+@generator("attention", epilogue=_epilogue_here)
 def attention(kb: KernelBuilder, node) -> None:
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     out = node.outputs[0]
     attrs = kb.attrs(node)
-    scale, zero_nan = float(attrs["scale"]), int(attrs["zero_nan"])
+    scale, zero_nan, heads_last = float(attrs["scale"]), int(attrs["zero_nan"]), \
+        int(attrs["heads_last"])
     qs, ks, vs = kb.shape(q), kb.shape(k), kb.shape(v)
     batch, (M, D), N, E = list(qs[:-2]), qs[-2:], ks[-1], vs[-1]
     if q.type.dtype != dtypes.f32 or min(M, D, N, E) == 0:
@@ -81,6 +88,11 @@ def attention(kb: KernelBuilder, node) -> None:
         epilogue=_scores_epilogue(scale, mask_shape, N),
         extra_args=[("mask", PTR)] if mask is not None else [], runtime_b=True)
     epilogue, fused_extra, fused_vals = kb.gemm_epilogue(out, E, None, row_offset=True)
+    heads = batch[-1] if heads_last else 1
+    if heads_last and fused_extra:
+        raise InternalError("attention stores heads last with a fused epilogue",
+                            where=kb.fn.name)
+    # rows of the result: E floats apart, or H * E when each head's rows interleave
     pv_gemm = gemm_kernels.emit_gemm(kb.module, f"{kb.fn.name}.{name}.pv", E, N, kb.target,
                                      epilogue=epilogue, extra_args=fused_extra, runtime_b=True)
 
@@ -157,7 +169,13 @@ def attention(kb: KernelBuilder, node) -> None:
             axis.foreach(normalize)
 
         row0 = [first_row] if fused_extra else []
+        if heads_last:  # [outer, M, H, E]: entry bi is head bi % H of outer bi / H
+            outer, head = b.udiv(bi, i64(heads)), b.urem(bi, i64(heads))
+            c_off = b.add(b.mul(b.add(b.mul(outer, i64(M)), m0), i64(heads * E)),
+                          b.mul(head, i64(E)), name="c_off")
+        else:
+            c_off = b.mul(first_row, i64(E), name="c_off")
         b.call(kb.module.globals[pv_gemm.gemm_fn],
-               [scores, i64(N), vp, b.gep(C, [b.mul(first_row, i64(E))]), i64(E), i64(0), rows]
+               [scores, i64(N), vp, b.gep(C, [c_off]), i64(heads * E), i64(0), rows]
                + fused_vals + row0)
     b.ret_void()

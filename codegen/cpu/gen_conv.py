@@ -67,6 +67,9 @@ def conv(kb: KernelBuilder, node) -> None:
     group = int(kb.attrs(node)["group"])
     cig, cog = ws[1], ws[0] // group
     K = cig * _numel(ws[2:])
+    if _numel(kb.shape(out)) == 0:  # an empty batch (or channels): nothing to compute
+        kb.b.ret_void()
+        return None
     if (x.type.dtype == dtypes.f32 and nsp <= 2 and cog >= 4 and K >= 8
             and _numel(kb.shape(out)[2:]) >= 4):
         return _conv_gemm(kb, node)

@@ -153,6 +153,9 @@ def matmul(kb: KernelBuilder, node) -> None:
         b_.ret_void()
         return
     # runtime (or batched, or broadcast) B: work items are (batch entry, block of rows)
+    if n_batch == 0 or M == 0:  # an empty result: nothing to compute
+        b_.ret_void()
+        return
     pack_fn = kb.module.globals[g.pack_fn]
     chunk_rows = _row_chunk(n_batch, M, g.cfg.mr)
     chunks = -(-M // chunk_rows)

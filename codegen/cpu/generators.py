@@ -37,9 +37,17 @@ def same_order(kb: KernelBuilder, node, out, index):
     return src, kb.delinear(flat, kb.shape(src))
 
 
-same_order.keeps_last_axis = lambda kb, node: (
-    bool(kb.shape(node.outputs[0])) and bool(kb.shape(node.inputs[0])) and
-    kb.shape(node.outputs[0])[-1] == kb.shape(node.inputs[0])[-1])
+def _same_order_keeps_last_axis(kb: KernelBuilder, node) -> bool:
+    """The input's last dim is a multiple of the output's (equal, or split as attention's
+    [.., 192] -> [.., 3, 64] is): every run along the output's last axis lies inside one row of
+    the input, wherever it starts. (A merge, [.., 3, 64] -> [.., 192], keeps runs contiguous
+    only when they do not cross 64: that depends on where a vector starts, which the map
+    does not know.)"""
+    out, src = kb.shape(node.outputs[0]), kb.shape(node.inputs[0])
+    return bool(out) and bool(src) and out[-1] > 0 and src[-1] % out[-1] == 0
+
+
+same_order.keeps_last_axis = _same_order_keeps_last_axis
 
 
 @index_map("transpose")

@@ -41,13 +41,14 @@ GENERATORS: dict[str, Callable] = {}
 INDEX_MAPS: dict[str, Callable] = {}
 
 
-def generator(*ops: str, inline_inputs: bool = False, epilogue: bool = False):
+def generator(*ops: str, inline_inputs: bool = False, epilogue=False):
     """Register a generator for `ops`. Two promises the fusion planner relies on:
 
     inline_inputs -- it reads its operands only through `kb.value_at`, so elementwise and
                      injective producers can be computed inside its loops (no buffer);
     epilogue      -- it hands every result to `kb.store_result`, so elementwise consumers of
-                     its (first) output can be applied before the store.
+                     its (first) output can be applied before the store. A function of the
+                     node instead of True: None where it does, else why not (a phrase).
     """
 
     def wrap(fn):

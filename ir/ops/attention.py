@@ -1,4 +1,5 @@
-"""Scaled dot-product attention as one op: ``attention(q, k_t, v, mask?) {scale, zero_nan}``::
+"""Scaled dot-product attention as one op: ``attention(q, k_t, v, mask?) {scale, zero_nan,
+heads_last}``::
 
     scores = q @ k_t * scale (+ mask)
     P      = softmax(scores, axis=-1)        (then P[isnan(P)] = 0 when zero_nan)
@@ -7,7 +8,10 @@
 ``q`` is [..., M, D], ``k_t`` [..., D, N] (the keys already transposed: the operand the
 exported MatMul multiplies by), ``v`` [..., N, E], with equal batch dims; ``mask`` broadcasts
 to the scores [..., M, N]. ``zero_nan`` is the guard PyTorch's exporter writes after the softmax
-(``Where(IsNaN(P), 0, P)``) for rows the mask removes entirely.
+(``Where(IsNaN(P), 0, P)``) for rows the mask removes entirely. ``heads_last`` stores the
+result as [..., M, H, E] (H = the last batch dim: the heads) instead of [..., H, M, E], the
+transpose exporters write before merging the heads back into one hidden dim: the kernel writes
+each head's rows into place instead of a transpose kernel copying them.
 
 Not an ONNX op: `recognize` forms it from the MatMul, Mul, Add, Softmax, MatMul chain that
 exporters write, so that the code generator can keep each block of scores in cache (they never
@@ -25,7 +29,7 @@ from .linalg import matmul
 from .nn import _softmax
 
 
-def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0):
+def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0):
     scores = matmul(q, k_t)
     if scale != 1.0:
         scores = scores * np.asarray(scale, scores.dtype)
@@ -34,7 +38,8 @@ def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0):
     p = _softmax(scores, axis=-1)
     if zero_nan:
         p = np.where(np.isnan(p), np.zeros((), p.dtype), p)
-    return matmul(p, v)
+    out = matmul(p, v)
+    return np.swapaxes(out, -3, -2) if heads_last else out
 
 
 def _infer_attention(ctx: InferContext) -> TensorType:
@@ -55,9 +60,15 @@ def _infer_attention(ctx: InferContext) -> TensorType:
             ctx.fail(f"the mask is {mask}, not {q.dtype}")
         if mask.rank > len(scores) or broadcast_shapes([mask.shape, scores], ctx) != scores:
             ctx.fail(f"the mask {mask} does not broadcast to the scores {list(scores)}")
-    return TensorType(q.dtype, tuple(q.shape[:-1]) + (v.shape[-1],))
+    out = list(q.shape[:-1]) + [v.shape[-1]]
+    if ctx.attrs["heads_last"]:
+        if len(out) < 3:
+            ctx.fail(f"heads_last needs a heads dim: q is {q}")
+        out[-3], out[-2] = out[-2], out[-3]
+    return TensorType(q.dtype, tuple(out))
 
 
 register_op("attention", reference=attention, infer=_infer_attention, fusion=FusionKind.OUT_FUSABLE,
-            num_inputs=(3, 4), attrs={"scale": 1.0, "zero_nan": 0},
-            doc="attention(q, k_t, v, mask?) {scale, zero_nan}: softmax(q@k_t*scale + mask) @ v")
+            num_inputs=(3, 4), attrs={"scale": 1.0, "zero_nan": 0, "heads_last": 0},
+            doc="attention(q, k_t, v, mask?) {scale, zero_nan, heads_last}: "
+                "softmax(q@k_t*scale + mask) @ v")

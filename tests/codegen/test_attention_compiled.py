@@ -101,3 +101,24 @@ def test_scores_used_elsewhere_are_not_fused():
     feeds = [rand(*v.type.shape) for v in ins]
     for a, e in zip(mod(*feeds), interpret(g, *feeds)):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("relu", [False, True])
+def test_heads_merged_back(threads, relu):
+    """transpose(0, 2, 1, 3) then reshape to [1, M, H*E] (merging the heads): the transpose
+    becomes the op's heads_last store; a consumer after it runs in a kernel of its own."""
+    heads, M, N, D, E = 3, 29, 29, 8, 8
+    g, ins = written_out(heads, M, N, D, E, mask_shape=(1, 1, 1, N), scale=0.3)
+    y = g.outputs[0]
+    t = g.make_node("transpose", [y], {"perm": [0, 2, 1, 3]},
+                    [TensorType(dtypes.f32, (1, M, heads, E))]).outputs[0]
+    shape = g.add_constant("merged", np.array([1, M, heads * E], np.int64))
+    r = g.make_node("reshape", [t, shape], {}, [TensorType(dtypes.f32, (1, M, heads * E))]).outputs[0]
+    if relu:
+        r = g.make_node("relu", [r], {}, [TensorType(dtypes.f32, (1, M, heads * E))]).outputs[0]
+    g.outputs = [r]
+    mod = check(g, [rand(*v.type.shape) for v in ins], threads)
+    (attn,) = [n for n in mod.graph.nodes if n.op == "attention"]
+    assert attn.attrs["heads_last"] == 1
+    assert not any(n.op == "transpose" for n in mod.graph.nodes)

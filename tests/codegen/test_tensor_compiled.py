@@ -478,3 +478,32 @@ def test_drawn_pads_and_concats(shape, draw):
     b = Builder()
     xs = [b.input(data(tuple(shape))), b.input(data(tuple(other), seed=1))]
     b.check(b.op("concat", xs, axis=axis))
+
+
+@pytest.mark.parametrize("shape,to,perm", [
+    ((1, 197, 192), (1, 197, 3, 64), (0, 2, 1, 3)),   # attention's head split: vector loads
+    ((2, 6, 12), (2, 6, 3, 4), (0, 2, 1, 3)),          # a split narrower than a vector
+    ((3, 10), (3, 2, 5), (1, 0, 2)),
+    ((2, 35), (2, 5, 7), (0, 2, 1)),                    # last axis moved: gathers
+    ((1, 3, 5, 64), (1, 3, 320), None),                 # a merge: runs cross rows of 64
+    ((4, 8, 16), (4, 128), None),
+])
+def test_reshape_views_fused_with_elementwise(shape, to, perm):
+    """A bias add, a reshape and a transpose in one kernel: the reshape's reads stay vector
+    loads when the input's last dim is a multiple of the output's."""
+    rng = np.random.default_rng(0)
+    rand = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    g = Graph("view")
+    x = g.add_input("x", TensorType(dtypes.f32, shape))
+    bias = g.add_constant("bias", rand(shape[-1]))
+    a = g.make_node("add", [x, bias], {}, [TensorType(dtypes.f32, shape)]).outputs[0]
+    target = g.add_constant("to", np.array(to, np.int64))
+    r = g.make_node("reshape", [a, target], {}, [TensorType(dtypes.f32, to)]).outputs[0]
+    if perm is not None:
+        r = g.make_node("transpose", [r], {"perm": list(perm)},
+                        [TensorType(dtypes.f32, tuple(to[p] for p in perm))]).outputs[0]
+    g.outputs = [r]
+    xv = rand(*shape)
+    mod = slimc.compile(g)
+    assert len(mod.kernels) == 1
+    np.testing.assert_array_equal(mod(xv)[0], interpret(g, xv)[0])
