@@ -70,7 +70,8 @@ def ablate(bench, batch: int, threads: int, settings, out=print) -> dict:
     row = {"model": bench.name, "batch": batch, "threads": threads,
            **graph_figures(path, feeds, full), "latency": {}}
     full_sig = _signature(full) if full(**feeds) is not None else None
-    out(f"{bench.name}: {row['onnx_nodes']} ONNX nodes -> {row['simplified_nodes']} after "
+    out(f"{bench.name}: {row['onnx_nodes']} ONNX nodes -> {row['imported_nodes']} imported -> "
+        f"{row['simplified_nodes']} after "
         f"simplification -> {row['optimized_nodes']} after -O2 -> {row['kernels']} kernels "
         f"({len(row['elementwise_kernels'])} elementwise alone); {row['convolutions']} convs, "
         f"Winograd: {row['winograd'] or 'none'}")

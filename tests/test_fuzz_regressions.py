@@ -228,3 +228,28 @@ def test_matmul_runtime_b_empty(shape):
     y = np.zeros(shape[:-2] + (shape[-1], 3), np.float32)
     model = make_model([node("MatMul", ["x", "y"], ["z"])], {"x": x, "y": y}, ["z"])
     check(model, {"x": x, "y": y}, [np.matmul(x, y)])
+
+
+# --- Gather by an empty constant index list, read by a fused consumer ------------------------
+# The gather's index map folds constant indices at constant positions, and read element 0 of
+# an empty index list while emitting code that never runs (the result is empty): IndexError at
+# compile time. Found as Reshape -> Gather(axis 2, indices int64[0]) -> Tile of f32[0].
+def test_gather_of_empty_indices_fused():
+    x = np.zeros((0,), np.float32)
+    model = make_model([node("Reshape", ["x", "shape"], ["r"], allowzero=1),
+                        node("Gather", ["r", "idx"], ["g"], axis=2),
+                        node("Tile", ["g", "reps"], ["y"])], {"x": x}, ["y"],
+                       {"shape": np.array([1, 1, 0], np.int64), "idx": np.zeros((0,), np.int64),
+                        "reps": np.array([1, 1, 2], np.int64)})
+    check(model, {"x": x}, [np.zeros((1, 1, 0), np.float32)])
+
+
+# --- a view of an empty tensor read by a fused consumer --------------------------------------
+# Delinearizing an index in a shape with a 0 divided by its stride 0 while emitting code that
+# never runs. Found as Reshape(f32[1,0,1,1,1] -> [0]) -> Tile.
+def test_reshape_of_empty_tensor_fused():
+    x = np.zeros((1, 0, 1, 1, 1), np.float32)
+    model = make_model([node("Reshape", ["x", "shape"], ["r"], allowzero=1),
+                        node("Tile", ["r", "reps"], ["y"])], {"x": x}, ["y"],
+                       {"shape": np.array([0], np.int64), "reps": np.array([2], np.int64)})
+    check(model, {"x": x}, [np.zeros((0,), np.float32)])

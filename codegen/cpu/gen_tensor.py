@@ -95,6 +95,8 @@ def _index_value(kb: KernelBuilder, indices, pos: Sequence[Index], dim: int, nam
     """indices[pos], wrapped for an axis of size dim; folded to an int for constant indices at
     a constant position (a scalar index such as x[:, 0])."""
     if indices.data is not None and all(isinstance(p, int) for p in pos):
+        if indices.data.size == 0:  # no indices: the result is empty, this code never runs
+            return 0
         return _wrap(kb, int(indices.data[tuple(pos)]), dim, name)
     raw = kb.value_at(indices, list(pos))
     return _wrap(kb, _as_i64(kb, raw, indices.type.dtype, name + ".raw"), dim, name)

@@ -226,6 +226,8 @@ class KernelBuilder:
 
     def delinear(self, flat: Index, shape: Sequence[int]) -> list[Index]:
         """Index of element `flat` (which is < numel, so the outermost axis needs no modulo)."""
+        if 0 in shape:  # no element: code that reads one never runs
+            return [0] * len(shape)
         out = []
         for axis, (d, st) in enumerate(zip(shape, self.strides(shape))):
             q = self.idiv(flat, st)
