@@ -272,6 +272,12 @@ def _fold_input_scale(graph: Graph, node: Node) -> bool:
     if mul is None or mul.op != "mul" or len(x.uses) != 1 or x in graph.outputs:
         return False
     w = node.inputs[1]
+    if tuple(x.type.shape[2:4]) == (1, 1):
+        # x * s on a 1x1 map (SE's own SiLU between its two convolutions): one multiply per
+        # channel, which fuses into the producer's store; folding would cost Cout*Cin
+        log("layout", f"%{node.outputs[0].name}: the multiply %{x.name} stays: its input is "
+                      f"one value per channel already")
+        return False
     per_block = int(np.prod(w.type.shape[1:]))
     if per_block > SCALE_FOLD_MAX_WEIGHTS:
         log("layout", f"%{node.outputs[0].name}: the scale %{x.name} stays a multiply "
