@@ -1,9 +1,10 @@
 """The standard pipelines, by optimization level, and lookup of passes by name.
 
     -O0  infer_shapes
-    -O1  + fold_constants, simplify (views and no-ops), recognize (layer norm written out
-         op by op), fold_batch_norm (BN, bias and
-         scale folded into convolutions), cse, dce; and fusion in code generation
+    -O1  + fold_constants, simplify (views and no-ops, transposes across unit reshapes,
+         scalar multiplies into constant weights), recognize (layer norm, GELU, softmax and
+         attention written out op by op), fold_batch_norm (BN, bias and scale folded into
+         convolutions), cse, dce; and fusion in code generation
     -O2  (default) the -O1 passes, then winograd (eligible 3x3 convolutions become
          winograd_conv2d where a cost model finds F(2x2) or F(4x4) faster; both keep -O2's
          tolerance); layout (convolutions in the blocked NCHW[b]c layout, b the vector
