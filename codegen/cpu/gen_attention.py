@@ -18,7 +18,7 @@ from llvmlite import ir
 from slimc.ir import InternalError, UnsupportedError, dtypes
 
 from . import gemm as gemm_kernels
-from .gen_linalg import _batch_index, _row_chunk
+from .gen_linalg import _batch_index, _row_chunk, item_rows
 from .gen_nn import _emitter, _vload, _vstore
 from .gen_norm import _Axis
 from .kernel import KernelBuilder, generator, llvm_name
@@ -115,11 +115,7 @@ def attention(kb: KernelBuilder, node) -> None:
     e = _emitter(kb, dtypes.f32, name)
 
     with kb.loop(kb.begin, kb.end, name="item") as item:
-        bi = b.udiv(item, i64(chunks), name="batch") if chunks > 1 else item
-        m0 = b.mul(b.urem(item, i64(chunks)), i64(rows_per_item), name="m0") if chunks > 1 \
-            else i64(0)
-        m1_full = b.add(m0, i64(rows_per_item))
-        m1 = b.select(b.icmp_signed("<", m1_full, i64(M)), m1_full, i64(M), name="m1")
+        bi, m0, m1 = item_rows(b, item, chunks, rows_per_item, M)
         rows = b.sub(m1, m0, name="rows")
         with b.if_then(b.icmp_signed("!=", b.load(packed_entry), bi)):
             b.call(kb.module.globals[scores_gemm.pack_fn],

@@ -171,11 +171,7 @@ def matmul(kb: KernelBuilder, node) -> None:
     kb.parallel_extent = items
     ldb = K if trans_b else N
     with kb.loop(kb.begin, kb.end, name="item") as item:
-        bi = b_.udiv(item, i64(chunks), name="batch") if chunks > 1 else item
-        m0 = b_.mul(b_.urem(item, i64(chunks)), i64(chunk_rows), name="m0") if chunks > 1 \
-            else i64(0)
-        m1_full = b_.add(m0, i64(chunk_rows))
-        m1 = b_.select(b_.icmp_signed("<", m1_full, i64(M)), m1_full, i64(M), name="m1")
+        bi, m0, m1 = item_rows(b_, item, chunks, chunk_rows, M)
         a_off = _batch_index(kb, bi, out_batch, batch_a) if not trans_a else 0
         b_off = _batch_index(kb, bi, out_batch, batch_b)
         a_ptr = b_.gep(A, [kb._ir(kb.imul(a_off, M * K))], name="a_b")
@@ -194,6 +190,14 @@ def matmul(kb: KernelBuilder, node) -> None:
 # left one of two threads idle a third of the time.
 BATCHED_ITEMS = 12
 BATCHED_MIN_ROWS = 24  # rows of a block, at least (4 register tiles)
+
+
+def item_rows(b, item, chunks: int, chunk_rows: int, M: int):
+    """Work item -> (batch entry, first row, end row) for items of `chunks` row blocks each."""
+    bi = b.udiv(item, i64(chunks), name="batch") if chunks > 1 else item
+    m0 = b.mul(b.urem(item, i64(chunks)), i64(chunk_rows), name="m0") if chunks > 1 else i64(0)
+    m1_full = b.add(m0, i64(chunk_rows))
+    return bi, m0, b.select(b.icmp_signed("<", m1_full, i64(M)), m1_full, i64(M), name="m1")
 
 
 def _row_chunk(n_batch: int, M: int, mr: int) -> int:
