@@ -26,6 +26,7 @@ import slimc
 from slimc.ir import UnsupportedError, verify
 
 from .graph_gen import onnx_cases
+from .kernel_rules import assert_kernels_keep_the_rule
 from .oracle import run_onnxruntime
 
 CI_EXAMPLES = 150  # per test: about a minute each on one core
@@ -134,6 +135,7 @@ def _compiled(case, threads, opt_level=2, model=None):
     except UnsupportedError as e:
         event(f"slimc refuses: {e.detail[:60]}")
         return None
+    assert_kernels_keep_the_rule(module)
     second = module(**case.inputs)
     for i, (a, b) in enumerate(zip(first, second)):
         np.testing.assert_array_equal(a, b, err_msg=f"output {i}: a second call differs")

@@ -20,6 +20,8 @@ from slimc.ir.ops.layout import (block_array, block_conv_weights, block_depthwis
 from slimc.passes import PassManager
 from slimc.passes.layout import Layout, conv_plan
 
+from .kernel_rules import assert_kernels_keep_the_rule
+
 RNG = np.random.default_rng(7)
 F32 = dtypes.f32
 
@@ -88,6 +90,7 @@ def inverted_residual(net, v, expand=2, stride=1):
 def check(graph, x, rtol=1e-4, atol=1e-5, **options):
     want = interpret(graph, x)
     mod = slimc.compile(graph, **options)
+    assert_kernels_keep_the_rule(mod)
     got = mod(x)
     for a, e in zip(got, want):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
@@ -96,6 +99,24 @@ def check(graph, x, rtol=1e-4, atol=1e-5, **options):
 
 def ops_of(mod):
     return [n.op for n in mod.graph.nodes]
+
+
+def _block_targets() -> list:
+    """(target, block) for the compiled tests: the host as users get it, and the portable
+    x86-64-v3 (8-channel blocks) where the host's own block is another size and it can run
+    here, so an AVX-512 machine tests both block sizes and each test means the same thing
+    on every kind: its shapes are derived from the block, never from the host."""
+    from slimc.codegen.cpu.target import CpuTarget
+
+    host = CpuTarget.from_name("x86")
+    out = [pytest.param("x86", host.vector_width, id=f"x86-b{host.vector_width}")]
+    v3 = CpuTarget.from_name("x86-64-v3")
+    if v3.is_host and v3.vector_width != host.vector_width:
+        out.append(pytest.param("x86-64-v3", v3.vector_width, id=f"x86-64-v3-b{v3.vector_width}"))
+    return out
+
+
+BLOCK_TARGETS = _block_targets()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,32 +222,34 @@ def test_mobilenet_style_network_compiled():
         assert any(get_op(op).fusion > FusionKind.BROADCAST for op in k.ops), k.ops
 
 
+@pytest.mark.parametrize("target, block", BLOCK_TARGETS)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_squeeze_excite_scale_is_blocked(batch):
+def test_squeeze_excite_scale_is_blocked(batch, target, block):
     """EfficientNet's SE: mean -> 1x1 convs -> sigmoid -> multiply the blocked feature map,
     the multiply folded into the next conv's weights (per image: batch 3 has 3 scales)."""
-    net = Net((batch, 16, 9, 9))
-    h = net.conv(net.x, 16, k=3, group=16)                           # depthwise
+    c = 2 * block
+    net = Net((batch, c, 9, 9))
+    h = net.conv(net.x, c, k=3, group=c)                             # depthwise
     h = net.op("mul", h, net.op("sigmoid", h))                       # SiLU
     s = net.g.make_node("reduce_mean", [h], {"axes": [2, 3], "keepdims": 1},
-                        [TensorType(F32, (batch, 16, 1, 1))], ["se.mean"]).outputs[0]
+                        [TensorType(F32, (batch, c, 1, 1))], ["se.mean"]).outputs[0]
     s = net.conv(s, 4)                                               # 4 channels: NCHW
     s = net.op("mul", s, net.op("sigmoid", s))
-    s = net.op("sigmoid", net.conv(s, 16))                           # back to 16: blocked
-    g = net.done(net.conv(net.op("mul", h, s), 8))
-    x = RNG.standard_normal((batch, 16, 9, 9)).astype(np.float32)
-    mod = check(g, x)
+    s = net.op("sigmoid", net.conv(s, c))                            # back to c: blocked
+    g = net.done(net.conv(net.op("mul", h, s), block))
+    x = RNG.standard_normal((batch, c, 9, 9)).astype(np.float32)
+    mod = check(g, x, target=target)
     ops = ops_of(mod)
     scaled = [n for n in mod.graph.nodes if n.op == "conv2d_nchwc" and len(n.inputs) == 4]
     assert len(scaled) == 1 and scaled[0].inputs[3].producer.op == "sigmoid"
     assert ops.count("mul") == 2, ops  # the two SiLUs; the SE multiply is in the weights
     assert ops.count("depthwise_conv2d_nchwc") == 1 and ops.count("conv2d_nchwc") == 2
     assert ops.count("conv") == 1, ops
-    # conversions: the input, the pooled [1, 16, 1, 1] to the NCHW conv, and the output; the
+    # conversions: the input, the pooled [1, c, 1, 1] to the NCHW conv, and the output; the
     # SE scale comes out of a blocked conv and multiplies the blocked feature map directly
     sizes = sorted(int(np.prod(n.outputs[0].type.shape)) for n in mod.graph.nodes
                    if n.op in ("to_blocked", "from_blocked"))
-    assert sizes == [16 * batch, 8 * 81 * batch, 16 * 81 * batch], sizes
+    assert sizes == [c * batch, block * 81 * batch, c * 81 * batch], sizes
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -236,13 +259,14 @@ def test_squeeze_excite_scale_is_blocked(batch):
        dilation=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1, 2, (0, 1, 2, 0)]),
        depthwise=st.booleans(), bias=st.booleans(), epilogue=st.sampled_from(["", "clip", "add"]),
        batch=st.sampled_from([1, 2]))
-def test_blocked_conv_matches_reference(cb_in, cb_out, h, w, k, stride, dilation, pad,
-                                        depthwise, bias, epilogue, batch):
+@pytest.mark.parametrize("target, block", BLOCK_TARGETS)
+def test_blocked_conv_matches_reference(target, block, cb_in, cb_out, h, w, k, stride, dilation,
+                                        pad, depthwise, bias, epilogue, batch):
     """Shapes across the register tile's edges: images smaller than a tile, odd widths,
     padding on one side only, dilation, one to five output blocks (odd counts take the
     1-block and 3-block tiles)."""
-    cin = 8 * cb_in
-    cout = cin if depthwise else 8 * cb_out
+    cin = block * cb_in
+    cout = cin if depthwise else block * cb_out
     pads = list(pad) if isinstance(pad, tuple) else [pad] * 4
     if _out_dim(h, k, stride, dilation, pads[0], pads[2]) < 1 or \
             _out_dim(w, k, stride, dilation, pads[1], pads[3]) < 1:
@@ -256,7 +280,8 @@ def test_blocked_conv_matches_reference(cb_in, cb_out, h, w, k, stride, dilation
         y = net.op("add", y, net.const(np.arange(cout, dtype=np.float32).reshape(cout, 1, 1)))
     g = net.done(y)
     x = net.rng.standard_normal((batch, cin, h, w)).astype(np.float32)
-    mod = check(g, x, disable_passes=["winograd"])  # stride-1 3x3 convs would take Winograd
+    # stride-1 3x3 convs would take Winograd
+    mod = check(g, x, disable_passes=["winograd"], target=target)
     assert ("depthwise_conv2d_nchwc" if depthwise else "conv2d_nchwc") in ops_of(mod)
 
 

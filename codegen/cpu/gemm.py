@@ -398,10 +398,16 @@ class _Gen:
 
     # ---- micro-kernel -----------------------------------------------------------------
 
-    def chains_for(self, mr: int, nvec: int) -> int:
-        """k-split factor S (power of two <= max_split) so that mr*nvec*S accumulators
-        reach cfg.chains without running out of registers."""
+    def chains_for(self, mr: int) -> int:
+        """k-split factor S (power of two <= max_split) so that a full-width tile of mr rows,
+        mr*NV*S accumulators, reaches cfg.chains without running out of registers.
+
+        S decides the order in which each output's K products are summed, so it depends on
+        the row count only, never on the columns: the last, narrower panel of C uses the
+        same S as the full ones, and identical columns of B give bitwise identical columns
+        of C wherever they fall (a softmax over equal huge logits depends on it)."""
         cfg = self.cfg
+        nvec = cfg.nv
         s = 1
         while (mr * nvec * s < cfg.chains and s * 2 <= cfg.max_split
                and mr * nvec * s * 2 + nvec + 1 <= cfg.nregs):
@@ -422,7 +428,7 @@ class _Gen:
         vt = _vec(vw)
         nvec = -(-ncols // vw)
         tail_lanes = ncols - (nvec - 1) * vw  # valid lanes of the last vector
-        S = self.chains_for(mr, nvec)
+        S = self.chains_for(mr)
         # k steps per loop iteration: the full tile unrolls k_unroll times; the small-row
         # kernels one step per chain (at least 2), which keeps the module small
         U = cfg.k_unroll if mr == cfg.mr else max(2, S)

@@ -293,7 +293,9 @@ def _conv_copy_out(kb: KernelBuilder, out, cbuf, ld, n_i, gi, cog, m0, m1, c0, n
                 sp = [oy, ox] if nsp == 2 else [ox]
                 _store_result(kb, out, [n_i, chan] + sp, v)
 
-            _vec_loop(kb, xs_, xe, put, "ox")
+            # a row of one pixel has no vector along it (an override set at a vector of
+            # lanes over a dim of size 1 would never be found by the epilogue's operands)
+            _vec_loop(kb, xs_, xe, put, "ox", lanes=None if Wo > 1 else 1)
 
 
 # ---- the shared runtime-size GEMM --------------------------------------------------------

@@ -339,3 +339,63 @@ def test_target_descriptions():
     assert gemm_config(v4).nr == 64 and gemm_config(v3).nr == 16
     with pytest.raises(ValueError):
         CpuTarget.from_name("sparc")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every output column is summed in the same order
+# ---------------------------------------------------------------------------------------------
+# A B whose columns are all equal must give a C whose columns are bitwise equal, whatever a
+# column's place: a full register tile, the narrower last panel, a masked vector, another
+# thread's block of columns. (The small-row micro-kernels once chose their k-split by the
+# panel's vector count, so on AVX-512 columns 960-999 of a 1000-wide batch-1 layer were summed
+# in another order; a softmax over 1,000 equal huge logits then gave 1/960 or 0, not 1/1000.)
+
+def _equal_columns(K, N, rng):
+    col = rng.standard_normal((K, 1), dtype=np.float32) * 3
+    return np.ascontiguousarray(np.repeat(col, N, axis=1))
+
+
+def _assert_columns_identical(C):
+    same = C == C[:, :1]
+    assert same.all(), (f"{(~same).sum()} of {C.size} outputs differ from their row's column 0; "
+                        f"first at column {np.argwhere(~same)[0][1]}")
+
+
+@pytest.mark.parametrize("cfg", [CFG, WIDE], ids=["host", "avx512"])
+@pytest.mark.parametrize("N", [17, 1000, 1001])
+def test_equal_columns_are_bitwise_equal(cfg, N):
+    K = 300
+    rng = np.random.default_rng(N)
+    g = compile_gemm(N, K, opt_level=0, cfg=cfg)
+    B = _equal_columns(K, N, rng)
+    Bp = g.kernel.pack(B)
+    for M in (1, 2, 3, 5, 6, 7, 13):
+        A = rng.standard_normal((M, K), dtype=np.float32)
+        C = np.full((M, N), np.nan, np.float32)
+        g(A, Bp, C)
+        check(C, A, B)
+        _assert_columns_identical(C)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("N", [17, 1000, 1001])
+def test_compiled_dense_layer_equal_columns(N, threads):
+    """A batch-1 classifier head through slimc.compile (columns split over threads) and a
+    batch-7 one (rows split), compared bitwise across columns and with numpy within rounding."""
+    from onnx import helper
+
+    from ..oracle import make_model
+
+    import slimc
+
+    K = 512
+    rng = np.random.default_rng(N + threads)
+    w = _equal_columns(K, N, rng)
+    b = np.full(N, 0.25, np.float32)
+    for M in (1, 7):
+        x = rng.standard_normal((M, K), dtype=np.float32)
+        model = make_model([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")],
+                           {"x": x}, ["y"], {"w": w, "b": b})
+        (y,) = slimc.compile(model, threads=threads)(x)
+        _assert_columns_identical(y)
+        check(y - b, x, w)

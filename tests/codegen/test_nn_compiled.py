@@ -408,3 +408,54 @@ def test_pool_drawn(op, h, w, kh, kw, s, d, ceil, include, pads):
     extra = {"count_include_pad": int(include)} if op == "avg_pool" else {}
     run(op, [rand(1, 3, h, w)], kernel_shape=kernel, strides=[s, s], dilations=[d, d],
         pads=pads, ceil_mode=int(ceil), **extra)
+
+
+# --- a convolution whose output rows are one pixel wide, with a fused epilogue -------------
+# On AVX-512 an 8-channel conv stays NCHW (the block is 16) and its GEMM path copied each
+# output row segment out with a vector loop even when the row is one pixel wide: the clip's
+# operand, looked up at the canonical index of a size-1 axis, missed the vector stored there
+# ("conv node 'y' is inside a kernel but has no inline lowering"). Checked on every x86
+# target this host runs and with the layout pass off, so the NCHW path is taken on every
+# kind of machine; onnxruntime is the oracle.
+def _runnable_x86_targets():
+    from slimc.codegen.cpu.target import CpuTarget
+
+    return ["x86"] + [t for t in ("x86-64-v3", "x86-64-v4") if CpuTarget.from_name(t).is_host]
+
+
+@pytest.mark.parametrize("target", _runnable_x86_targets())
+@pytest.mark.parametrize("layout", [True, False])
+@pytest.mark.parametrize("shape,k", [((1, 8, 5, 1), 1), ((1, 8, 1, 5), 1), ((2, 8, 5, 1), 3),
+                                     ((1, 8, 1, 1), 1), ((1, 24, 14, 1), 1)])
+def test_conv_clip_one_pixel_rows(shape, k, layout, target):
+    from onnx import helper
+
+    from ..oracle import assert_close, make_model, run_onnxruntime
+
+    c = shape[1]
+    x = rand(*shape)
+    w = rand(c, c, k, k)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="y", pads=[k // 2] * 4),
+             helper.make_node("Clip", ["y", "lo", "hi"], ["z"], name="z")]
+    model = make_model(nodes, {"x": x}, ["z"], {"w": w, "lo": np.float32(0), "hi": np.float32(6)})
+    mod = slimc.compile(model, target=target, disable_passes=[] if layout else ["layout"])
+    assert_close(mod(x), run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("cout,k", [(17, 1), (17, 3), (48, 1), (48, 3), (1001, 1)])
+def test_conv_equal_filters_give_bitwise_equal_channels(cout, k, threads):
+    """Identical filters give identical output channels, whatever channel block, register
+    tile or thread computes them (the GEMM, Winograd and blocked paths)."""
+    from onnx import helper
+
+    from ..oracle import assert_close, make_model, run_onnxruntime
+
+    r = np.random.default_rng(cout * 10 + k)
+    x = r.standard_normal((1, 16, 9, 11)).astype(np.float32)
+    w = np.repeat(r.standard_normal((1, 16, k, k)).astype(np.float32), cout, axis=0)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="y", pads=[k // 2] * 4)],
+                       {"x": x}, ["y"], {"w": w})
+    (y,) = slimc.compile(model, threads=threads)(x)
+    assert (y == y[:, :1]).all(), f"{(y != y[:, :1]).sum()} outputs differ from channel 0"
+    assert_close([y], run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
