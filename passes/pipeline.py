@@ -5,15 +5,16 @@
          scalar multiplies into constant weights), recognize (layer norm, GELU, softmax and
          attention written out op by op), fold_batch_norm (BN, bias and scale folded into
          convolutions), cse, dce; and fusion in code generation
-    -O2  (default) the -O1 passes, then winograd (eligible 3x3 convolutions become
-         winograd_conv2d where a cost model finds F(2x2) or F(4x4) faster; both keep -O2's
-         tolerance); layout (convolutions in the blocked NCHW[b]c layout, b the vector
-         width, with the fewest conversions); more graph rewrites join here as they land
+    -O2  (default) the -O1 passes, then the target's own rewrites into kernel-shaped ops
+         (`Backend.pipeline_passes`; the CPU's: winograd, where a cost model finds F(2x2) or
+         F(4x4) faster for eligible 3x3 convolutions, both within -O2's tolerance; layout,
+         convolutions in the blocked NCHW[b]c layout, b the vector width), then dce
     -O3  -O2 plus transformations that trade a stated amount of precision for speed
 
 User passes given to ``compile(passes=[...])`` run after the standard simplification passes
-and before winograd and layout, so they see a clean graph of standard ops (plain NCHW
-convolutions) and their results are still rewritten and fused.
+and before the target's, so they see a clean graph of standard ops (plain NCHW convolutions)
+and their results are still rewritten and fused. slimc/compiler.py `pipeline` is the one
+place that puts the target's passes in.
 """
 
 from __future__ import annotations
@@ -45,10 +46,8 @@ PASSES: dict[str, Callable[[], Pass]] = {
 
 _SIMPLIFY = ["infer_shapes", "fold_constants", "simplify", "recognize", "fold_batch_norm",
              "fold_constants", "cse", "dce"]
-# level -> (passes before the user's, passes after them: rewrites into kernel-shaped ops)
-_LEVELS = {0: (["infer_shapes"], []), 1: (_SIMPLIFY, []),
-           2: (_SIMPLIFY, ["winograd", "layout", "dce"]),
-           3: (_SIMPLIFY, ["winograd", "layout", "dce"])}
+# level -> the passes before the user's (the target's come after them)
+_LEVELS = {0: ["infer_shapes"], 1: _SIMPLIFY, 2: _SIMPLIFY, 3: _SIMPLIFY}
 
 
 def make_pass(name: str) -> Pass:
@@ -60,22 +59,19 @@ def make_pass(name: str) -> Pass:
 
 
 def standard_pipeline(opt_level: int = 2, user_passes: Sequence[Pass] = (),
-                      disable: Iterable[str] = (), vector_width: int = 8) -> list[Pass]:
-    """The passes of `opt_level`; `vector_width` (floats, the target's) sizes the layout
-    pass's channel blocks."""
+                      disable: Iterable[str] = (), target_passes: Sequence[Pass] = ()) -> list[Pass]:
+    """The passes of `opt_level`: the standard ones, the user's, then `target_passes` (the
+    backend's, configured for its target) and a dce after them; any of them can be
+    disabled by name."""
     if opt_level not in _LEVELS:
         raise SlimcError(f"opt_level must be 0..3, got {opt_level!r}")
     disable = set(disable)
-    unknown = disable - set(PASSES)
+    unknown = disable - set(PASSES) - {p.name for p in target_passes}
     if unknown:
         raise SlimcError(f"cannot disable unknown pass(es) {sorted(unknown)}; known passes: "
                          f"{', '.join(sorted(PASSES))}")
-    before, after = _LEVELS[opt_level]
-    passes = [make_pass(n) for n in before if n not in disable] + list(user_passes) + \
-        [make_pass(n) for n in after if n not in disable]
-    for p in passes:
-        if isinstance(p, Winograd):
-            p.opt_level = opt_level  # the tiles it may use depend on the level
-        if isinstance(p, Layout):
-            p.block = vector_width
+    passes = [make_pass(n) for n in _LEVELS[opt_level] if n not in disable] + list(user_passes)
+    after = [p for p in target_passes if p.name not in disable]
+    if after:
+        passes += after + ([make_pass("dce")] if "dce" not in disable else [])
     return passes

@@ -26,7 +26,11 @@ and both tiles on two layers, a few seconds), scales them to match (`calibrate`)
 result in the compile cache folder (``$SLIMC_CACHE_DIR`` or ``~/.cache/slimc``, under
 ``winograd/``). ``SLIMC_WINOGRAD_CALIBRATE=0`` never measures, ``=1`` measures a host of the
 built-in kind too; ``python -m slimc.codegen.cpu.gen_winograd calibrate`` measures again now.
-The measuring is the code generator's (it registers a `Host`): passes do not import codegen.
+The measuring is the code generator's: the CPU backend builds this pass with its target's
+model (codegen/cpu/gen_winograd.py `cost_model`: `host_model` of a `Host` that can measure
+this machine, or the built-in coefficients for a machine it cannot run). Passes never import
+codegen, and nothing here is set by importing it. A `Winograd()` built without a model (by a
+user, or `slimc opt --passes winograd`) uses the built-in coefficients.
 
 ``SLIMC_DEBUG=winograd`` prints, for every 3x3 convolution, the decision and why: what makes
 it ineligible, or the predicted times and the tile chosen. ``compile(...,
@@ -254,7 +258,7 @@ class CostModel:
                    measurements=d.get("measurements", []))
 
 
-# ----- the host: the code generator measures, and registers itself --------------------------
+# ----- a host: the code generator measures it ------------------------------------------------
 
 
 @dataclass
@@ -269,19 +273,13 @@ class Host:
     measure: Callable
 
 
-_host: Optional[Host] = None
-_models: dict = {}
+_models: dict = {}  # Host.key -> its CostModel, for the life of the process
 
 # The layers a calibration times (direct, F2, F4 each): many pixels and few channels, few
 # pixels and many channels -- the two ends of ResNet-style networks.
 CALIBRATION_SHAPES = (((1, 64, 56, 56), 64), ((1, 256, 14, 14), 256))
 # Bump when a kernel or the features change: stored calibrations are then measured again.
 MODEL_VERSION = 2
-
-
-def register_host(host: Host) -> None:
-    global _host
-    _host = host
 
 
 def cache_folder() -> Optional[str]:
@@ -324,16 +322,15 @@ def _calibration_wanted(host: Host) -> bool:
     return (host.cpu, host.vector_width) != (PRIOR_CPU, PRIOR_VW)
 
 
-def host_model() -> CostModel:
-    """The cost model of this machine, memoized per process: its calibration stored in the
-    cache folder; else, at first use, a new calibration when wanted (see
+def host_model(host: Host) -> CostModel:
+    """The cost model of the machine `host` measures, memoized per process: its calibration
+    stored in the cache folder; else, at first use, a new calibration when wanted (see
     `_calibration_wanted`) and there is a cache folder to keep it; else the built-in model."""
-    host = _host
-    key = host.key if host is not None else ""
+    key = host.key
     if key in _models:
         return _models[key]
     folder = cache_folder()
-    path = calibration_path(folder, key) if folder and host is not None else None
+    path = calibration_path(folder, key) if folder else None
     model = None
     if path and os.path.exists(path):
         try:
@@ -352,7 +349,7 @@ def host_model() -> CostModel:
         except OSError:
             pass  # a read-only cache: this process keeps the model in memory
     if model is None:
-        model = CostModel(vw=host.vector_width if host is not None else PRIOR_VW)
+        model = CostModel(vw=host.vector_width)
     log("winograd", f"cost model: {model.source}; factors " +
         ", ".join(f"{p} {model.factor[p]:.2f}" for p in PATHS) + (f" ({path})" if path and
                                                                    os.path.exists(path) else ""))
@@ -391,7 +388,8 @@ def _ms(s: float) -> str:
 @dataclass
 class Winograd(Pass):
     """The `winograd` pass. opt_level decides the tiles allowed (`tiles_for_level`); `force`
-    ("direct", 2 or 4) overrides the cost model; `model` replaces the host's cost model."""
+    ("direct", 2 or 4) overrides the cost model; `model` is the target's cost model (the
+    backend gives it; without one, the built-in coefficients)."""
 
     opt_level: int = 2
     force: object = None
@@ -415,7 +413,7 @@ class Winograd(Pass):
             return tile, f"{'direct' if tile is None else f'F({tile}x{tile})'}: forced"
         if not allowed:
             return None, f"direct: -O{self.opt_level} allows no Winograd tile"
-        model = self.model or host_model()
+        model = self.model or CostModel()
         times = {"direct": model.predict("direct", layer)}
         for t in TILES:
             times[t] = model.predict(f"F{t}", layer)

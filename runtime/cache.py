@@ -55,7 +55,9 @@ def source_hash() -> str:
     return h.hexdigest()
 
 
-def cache_key(graph, target, options: dict) -> str:
+def cache_key(graph, target_identity: str, options: dict) -> str:
+    """`target_identity`: the backend's name for the machine code targets (for the CPU: its
+    triple, CPU name and features)."""
     import llvmlite
 
     h = hashlib.sha256()
@@ -67,7 +69,7 @@ def cache_key(graph, target, options: dict) -> str:
             # the bytes as a flat uint8 view: no copy, and fine for zero-size tensors and for
             # dtypes the buffer protocol cannot name (ml_dtypes' bfloat16)
             h.update(np.ascontiguousarray(v.data).reshape(-1).view(np.uint8))
-    h.update(f"{target.triple}|{target.cpu}|{target.features}".encode())
+    h.update(target_identity.encode())
     h.update(repr(sorted(options.items())).encode())
     h.update(llvmlite.__version__.encode())
     h.update(source_hash().encode())

@@ -12,6 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
+
+from slimc.codegen.backend import ARENA, INPUT, OUTPUT, WEIGHTS, Placement
+from slimc.ir.errors import InputError
+
+from .native import aligned_empty
+
 ALIGN = 64
 
 
@@ -75,3 +82,60 @@ def check(plan_: MemoryPlan, intervals: Sequence[Interval]) -> None:
                 ao, bo = plan_.offsets[a.name], plan_.offsets[b.name]
                 if ao < bo + b.size and bo < ao + a.size:
                     raise AssertionError(f"{a.name} and {b.name} overlap while both alive")
+
+
+def place_buffers(graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
+    """Where every buffer of `kernels` (in execution order) lives during a call: graph inputs
+    and outputs in the caller's arrays, constants in one 64-byte-aligned weights blob (the
+    returned array), intermediates and scratch in the arena at offsets from `plan` by their
+    lifetimes in kernel steps. Returns (id(Value) -> Placement, the arena plan keyed by value
+    name, the weights blob, name -> (space, offset, bytes) for the memory report). The same
+    for every backend."""
+    placement: dict = {}
+    buffers: dict = {}
+    for i, v in enumerate(graph.inputs):
+        placement[id(v)] = Placement(INPUT, i)
+    output_slot = {}
+    for j, v in enumerate(graph.outputs):
+        if v.producer is not None and id(v) not in output_slot:
+            output_slot[id(v)] = j
+            placement[id(v)] = Placement(OUTPUT, j)
+    # weights: every constant a kernel reads or the graph returns, aligned
+    blob_parts, offset = [], 0
+    constants = [v for k in kernels for v in k.inputs] + list(graph.outputs)
+    for v in constants:
+        # graph constants, and data a kernel substituted (prepacked weights)
+        if id(v) in placement or not (v.is_constant or (v.graph is None and v.data is not None)):
+            continue
+        if v.data is None:
+            raise InputError(f"constant %{v.name} has no data (elided); load the graph with its "
+                             f"weights")
+        data = np.ascontiguousarray(v.data)
+        placement[id(v)] = Placement(WEIGHTS, offset)
+        buffers[v.name] = (WEIGHTS, offset, data.nbytes)
+        blob_parts.append((offset, data))
+        offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    weights = aligned_empty(offset)
+    for off, data in blob_parts:
+        weights[off:off + data.nbytes] = data.reshape(-1).view(np.uint8)
+    # intermediates: lifetimes in kernel steps
+    first, last, values = {}, {}, {}
+    for step, k in enumerate(kernels):
+        for v in list(k.outputs) + list(k.scratch):
+            if id(v) not in placement:
+                first.setdefault(id(v), step)
+                last.setdefault(id(v), step)
+                values[id(v)] = v
+        for v in k.inputs:
+            if id(v) in first:
+                last[id(v)] = step
+    intervals = [Interval(str(key), values[key].type.nbytes, first[key], last[key]) for key in first]
+    memory = plan(intervals)
+    for key, v in values.items():
+        off = memory.offsets[str(key)]
+        placement[key] = Placement(ARENA, off)
+        buffers[v.name] = (ARENA, off, v.type.nbytes)
+    # the plan is keyed by value id; re-key its report by name for people
+    memory = MemoryPlan({values[int(k)].name: o for k, o in memory.offsets.items()},
+                        {values[int(k)].name: s for k, s in memory.sizes.items()}, memory.arena_bytes)
+    return placement, memory, weights, buffers

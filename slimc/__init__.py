@@ -9,6 +9,7 @@ from slimc.ir import (Graph, InputError, InternalError, ModelError, SlimcError, 
 from slimc.ir import register_op as _register_ir_op
 from slimc.frontends.onnx import from_onnx
 from slimc.compiler import Module, compile
+from slimc.target import Target
 from slimc.runtime.export import load
 
 __version__ = "0.1.0"
@@ -16,15 +17,34 @@ __version__ = "0.1.0"
 
 def register_op(name: str, *, reference, infer, lower=None, **options):
     """Declare a custom op in one call: its numpy reference and type inference (what the
-    interpreter and constant folding run) and, for an elementwise op, its native lowering
-    ``lower(emitter, args, attrs) -> value`` (see codegen/cpu/scalar_ops.py). Other options
-    (attrs, fusion, num_inputs, ...) are those of slimc.ir.register_op."""
-    opdef = _register_ir_op(name, reference=reference, infer=infer, **options)
-    if lower is not None:
-        from slimc.codegen.cpu.scalar_ops import register_lowering
+    interpreter and constant folding run) and, for an elementwise op, its native lowering per
+    backend: ``lower={"cpu": f}`` (a bare function means the CPU's), where the CPU's is
+    ``f(emitter, args, attrs) -> value`` (see codegen/cpu/scalar_ops.py). An op given a
+    lowering and no `fusion` kind is declared elementwise, so it fuses like a built-in one.
+    Other options (attrs, fusion, num_inputs, ...) are those of slimc.ir.register_op."""
+    lowerings = {} if lower is None else lower if isinstance(lower, dict) else {"cpu": lower}
+    unknown = set(lowerings) - set(_LOWERING_REGISTRARS)
+    if unknown:
+        raise SlimcError(f"register_op({name!r}): no backend {sorted(unknown)} takes lowerings; "
+                         f"known: {', '.join(sorted(_LOWERING_REGISTRARS))}")
+    if lowerings and "fusion" not in options:
+        from slimc.ir import FusionKind
 
-        register_lowering(name, lower)
+        options["fusion"] = FusionKind.ELEMENTWISE
+    opdef = _register_ir_op(name, reference=reference, infer=infer, **options)
+    for kind, fn in lowerings.items():
+        _LOWERING_REGISTRARS[kind](name, fn)
     return opdef
 
-__all__ = ["compile", "load", "Module", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
+
+def _register_cpu_lowering(name, fn):
+    from slimc.codegen.cpu.scalar_ops import register_lowering
+
+    register_lowering(name, fn)
+
+
+# backend kind -> how it takes a custom op's lowering (the CUDA backend adds its own)
+_LOWERING_REGISTRARS = {"cpu": _register_cpu_lowering}
+
+__all__ = ["compile", "load", "Module", "Target", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
            "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError", "TargetError"]

@@ -31,10 +31,11 @@ def _load_graph(path: str, shapes: dict):
     return slimc.from_onnx(path, input_shapes=shapes)
 
 
-def _optimize(graph, opt_level: int, after=None):
-    from slimc.passes import PassManager, standard_pipeline
+def _optimize(graph, opt_level: int, after=None, target: str = "x86"):
+    from slimc.compiler import pipeline
+    from slimc.passes import PassManager
 
-    passes = standard_pipeline(opt_level)
+    passes = pipeline(target, opt_level)
     if after:
         names = [p.name for p in passes]
         if after not in names:
@@ -47,7 +48,8 @@ def _optimize(graph, opt_level: int, after=None):
 def cmd_ir(args) -> int:
     graph = _load_graph(args.model, _shapes(args.shape))
     if args.after or args.opt_level is not None:
-        _optimize(graph, 2 if args.opt_level is None else args.opt_level, args.after)
+        _optimize(graph, 2 if args.opt_level is None else args.opt_level, args.after,
+                  args.target)
     sys.stdout.write(str(graph))
     return 0
 
@@ -94,11 +96,14 @@ def cmd_compile(args) -> int:
 
 def cmd_opt(args) -> int:
     import slimc
+    from slimc.compiler import pipeline
     from slimc.passes import PassManager, make_pass
 
     with open(args.graph) as f:
         graph = slimc.parse(f.read())
-    passes = [make_pass(n) for n in args.passes.split(",") if n]
+    # a pass the target configures (winograd's cost model, layout's block) as compile does
+    configured = {p.name: p for p in pipeline(args.target, 2)}
+    passes = [configured.get(n) or make_pass(n) for n in args.passes.split(",") if n]
     PassManager(passes, verify=True).run(graph)
     sys.stdout.write(str(graph))
     return 0
@@ -120,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--after", help="print after this pass of the pipeline")
     p.add_argument("--opt-level", type=int, help="run the -O pipeline first")
     p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.add_argument("--target", default="x86", help="whose pipeline: x86 (default), aarch64, ...")
     p.set_defaults(fn=cmd_ir)
     p = sub.add_parser("run", help="run a model on random or given inputs")
     p.add_argument("model")
@@ -138,6 +144,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
     p.add_argument("graph")
     p.add_argument("--passes", required=True)
+    p.add_argument("--target", default="x86", help="configures target passes (winograd, layout)")
     p.set_defaults(fn=cmd_opt)
     p = sub.add_parser("demo", help="build, import, optimize and run a small CNN")
     p.set_defaults(fn=cmd_demo)

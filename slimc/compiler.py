@@ -12,10 +12,13 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from slimc.codegen.backend import CompileOptions
 from slimc.ir import Graph, InputError, SlimcError
 from slimc.ir.interpreter import order_inputs
 from slimc.passes import PassManager, standard_pipeline
 from slimc.passes.basic import InferShapes
+
+from .target import Target
 
 
 def _bind(graph: Graph, shapes: Sequence[tuple]) -> Graph:
@@ -41,13 +44,26 @@ def _bind(graph: Graph, shapes: Sequence[tuple]) -> Graph:
 CODEGEN_STAGES = ("fusion",)
 
 
+def pipeline(target: "str | Target", opt_level: int = 2, user_passes: Sequence = (),
+             disable_passes: Sequence[str] = ()) -> list:
+    """The passes `compile` runs for `target`: the standard ones of `opt_level`, the user's,
+    then the target's own (the CPU's Winograd and layout, configured for its vector width
+    and cost model). The one place a pipeline is assembled: `slimc ir --after`,
+    `slimc.debug.compare` and bench.passes call it too, so they see what `compile` does."""
+    backend = Target.of(target).backend
+    graph_passes_off = [n for n in disable_passes if n not in CODEGEN_STAGES]
+    return standard_pipeline(opt_level, user_passes, graph_passes_off,
+                             target_passes=backend.pipeline_passes(opt_level))
+
+
 class Module:
     """What `slimc.compile` returns: call it with numpy arrays (positionally or by name)."""
 
-    def __init__(self, graph: Graph, target: str, opt_level: int, passes, disable_passes,
-                 dump_dir: Optional[str], threads: Optional[int], denormals: str = "flush"):
+    def __init__(self, graph: Graph, target: "str | Target", opt_level: int, passes,
+                 disable_passes, dump_dir: Optional[str], threads: Optional[int],
+                 denormals: str = "flush"):
         self.source_graph = graph
-        self.target_name = target
+        self.target = Target.of(target)
         self.opt_level = opt_level
         self.user_passes = list(passes)
         self.disable_passes = list(disable_passes)
@@ -61,37 +77,38 @@ class Module:
         if all(v.type.is_static for v in graph.inputs):
             self._last = self._specialize(tuple(v.type.shape for v in graph.inputs))
 
+    @property
+    def target_name(self) -> str:
+        return self.target.name
+
     def _specialize(self, shapes: tuple):
-        from slimc.codegen.cpu.target import CpuTarget
+        from slimc.driver import build
         from slimc.runtime import cache
-        from slimc.runtime.compiled import build
 
         with self._lock:
             compiled = self._specializations.get(shapes)
             if compiled is not None:
                 return compiled
         graph = _bind(self.source_graph, shapes)
-        target = CpuTarget.from_name(self.target_name)
-        options = {"opt_level": self.opt_level, "disable": sorted(self.disable_passes),
-                   "threads": self.threads, "denormals": self.denormals}
+        backend = self.target.backend
+        options = CompileOptions(opt_level=self.opt_level, threads=self.threads,
+                                 denormals=self.denormals,
+                                 fusion="fusion" not in self.disable_passes and self.opt_level >= 1,
+                                 dump_dir=self.dump_dir)
         key = None
-        if not self.user_passes and not self.dump_dir and target.is_host:
-            key = cache.cache_key(graph, target, options)
+        if not self.user_passes and not self.dump_dir and backend.cache_identity is not None:
+            key = cache.cache_key(graph, backend.cache_identity,
+                                  {"opt_level": self.opt_level,
+                                   "disable": sorted(self.disable_passes),
+                                   "threads": self.threads, "denormals": self.denormals})
             compiled = cache.lookup(key)
             if compiled is not None:
                 with self._lock:
                     self._specializations[shapes] = compiled
                 return compiled
-        graph_passes_off = [n for n in self.disable_passes if n not in CODEGEN_STAGES]
-        pipeline = standard_pipeline(self.opt_level, self.user_passes, graph_passes_off,
-                                     vector_width=target.vector_width)
-        PassManager(pipeline, dump_dir=self.dump_dir).run(graph)
-        fast_math = ("contract", "reassoc") if self.opt_level >= 2 else ()
-        compiled = build(graph, target, fast_math=fast_math,
-                         llvm_opt_level=3 if self.opt_level >= 1 else 0, threads=self.threads,
-                         denormals=self.denormals,
-                         fusion="fusion" not in self.disable_passes and self.opt_level >= 1,
-                         dump_dir=self.dump_dir)
+        passes = pipeline(self.target, self.opt_level, self.user_passes, self.disable_passes)
+        PassManager(passes, dump_dir=self.dump_dir).run(graph)
+        compiled = build(graph, backend, options)
         if key is not None:
             cache.store(key, compiled)
         with self._lock:
@@ -112,12 +129,9 @@ class Module:
         """Refuse a call before compiling a new specialization that could not run anyway."""
         if self._runnable:
             return
-        from slimc.codegen.cpu.target import CpuTarget
-        from slimc.runtime.compiled import foreign_target_error
-
-        target = CpuTarget.from_name(self.target_name)
-        if not target.is_host:
-            raise foreign_target_error(target)
+        why = self.target.backend.not_runnable_here()
+        if why is not None:
+            raise why
         self._runnable = True
 
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
@@ -162,11 +176,12 @@ class Module:
         self._current().export(path)
 
 
-def compile(model, target: str = "x86", opt_level: int = 2, threads: Optional[int] = None,
+def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             denormals: str = "flush") -> Module:
-    """Compile a model (ONNX path, bytes or ModelProto, or a slimc Graph) for `target`."""
+    """Compile a model (ONNX path, bytes or ModelProto, or a slimc Graph) for `target` (a
+    string such as "x86", "x86-64-v3", "aarch64", or a `slimc.Target`)."""
     from slimc.frontends.onnx import from_onnx
 
     if isinstance(model, Graph):

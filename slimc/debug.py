@@ -81,14 +81,15 @@ def _error(a: np.ndarray, e: np.ndarray, rtol: float, atol: float):
 
 
 def compare(model, inputs, input_shapes: Optional[Mapping] = None, opt_level: int = 2,
-            rtol: float = 1e-3, atol: float = 1e-4, stop_at_first: bool = True) -> Comparison:
+            rtol: float = 1e-3, atol: float = 1e-4, stop_at_first: bool = True,
+            target: str = "x86") -> Comparison:
     """Compare a model's values across optimization and code generation (see module doc).
 
     `model` is an ONNX path/bytes/ModelProto or a slimc Graph; `inputs` a list of arrays (or a
     dict by input name)."""
     import slimc
-    from slimc.compiler import _bind
-    from slimc.passes import PassManager, standard_pipeline
+    from slimc.compiler import _bind, pipeline
+    from slimc.passes import PassManager
 
     if isinstance(model, Graph):
         source = model.clone()
@@ -99,7 +100,7 @@ def compare(model, inputs, input_shapes: Optional[Mapping] = None, opt_level: in
     inputs = [np.asarray(a) for a in inputs]
     source = _bind(source, tuple(a.shape for a in inputs))
     optimized = source.clone()
-    PassManager(standard_pipeline(opt_level), verify=True).run(optimized)
+    PassManager(pipeline(target, opt_level), verify=True).run(optimized)
     result = Comparison()
     nodes = {v.name: n for n in optimized.nodes for v in n.outputs}
 
@@ -119,7 +120,7 @@ def compare(model, inputs, input_shapes: Optional[Mapping] = None, opt_level: in
                 return result
     probe = optimized.clone()
     probe.outputs = [v for n in probe.nodes for v in n.outputs]
-    native = slimc.compile(probe, opt_level=0, disable_passes=["fusion"])(*inputs)
+    native = slimc.compile(probe, target=target, opt_level=0, disable_passes=["fusion"])(*inputs)
     for v, value in zip(probe.outputs, native):
         check("codegen", v.name, value, after[v.name])
         if stop_at_first and result.divergences:

@@ -4,7 +4,7 @@ A kernel holds at most one op with its own loop nest (a code generator: conv, ma
 reduction); every other node in it is computed inline (an elementwise lowering or an index
 map). Nodes the anchor reads are computed inside it only if its generator reads operands
 through index expressions (`inline_inputs`); nodes after it form its epilogue, which must be
-elementwise and accepted by the generator's `epilogue`. The planner (codegen/cpu/fusion.py)
+elementwise and accepted by the generator's `epilogue`. The planner (codegen/fusion.py)
 is meant to keep this; the tests check every module they compile against this statement of
 it, whichever layers the layout pass left NCHW.
 """

@@ -72,12 +72,14 @@ def test_any_change_to_the_key_misses(fresh_cache, monkeypatch, change):
 def test_other_cpu_features_miss(fresh_cache):
     from dataclasses import replace
 
+    from slimc.codegen.cpu.backend import CpuBackend
     from slimc.codegen.cpu.target import CpuTarget
 
     host = CpuTarget.host()
     other = replace(host, features=host.features + ",+made-up-feature", _dl_cache={})
     g = graph()
-    assert cache.cache_key(g, host, {}) != cache.cache_key(g, other, {})
+    assert cache.cache_key(g, CpuBackend(host).cache_identity, {}) != \
+        cache.cache_key(g, CpuBackend(other).cache_identity, {})
 
 
 def test_damaged_entry_is_rebuilt(fresh_cache):

@@ -225,12 +225,24 @@ def test_levels_and_disable():
     assert wpass.tiles_for_level(1) == ()
     assert wpass.tiles_for_level(2) == (2, 4)
     assert wpass.tiles_for_level(3) == (2, 4)
-    from slimc.passes import standard_pipeline
+    from slimc.compiler import pipeline
 
     for level, want in ((1, None), (2, 2), (3, 3)):
-        found = [p for p in standard_pipeline(level) if p.name == "winograd"]
+        found = [p for p in pipeline("x86", level) if p.name == "winograd"]
         assert [p.opt_level for p in found] == ([] if want is None else [want])
-    assert not [p for p in standard_pipeline(2, disable=["winograd"]) if p.name == "winograd"]
+    assert not [p for p in pipeline("x86", 2, disable_passes=["winograd"]) if p.name == "winograd"]
+
+
+def test_cross_target_is_priced_for_its_target_not_measured(monkeypatch):
+    """The CPU backend gives the pass its target's model: a foreign machine's is the built-in
+    coefficients at its vector width, and nothing is timed on this host for it."""
+    from slimc.compiler import pipeline
+
+    monkeypatch.setattr(wpass, "calibrate", lambda host: pytest.fail("measured a cross target"))
+    (w,) = [p for p in pipeline("aarch64", 2) if p.name == "winograd"]
+    assert w.model.vw == 4 and "not measured" in w.model.source
+    (layout,) = [p for p in pipeline("aarch64", 2) if p.name == "layout"]
+    assert layout.block == 4
 
 
 def test_fit_recovers_coefficients():
@@ -262,12 +274,11 @@ def test_calibration_is_measured_once_and_stored(monkeypatch, tmp_path):
                 for s, c in shapes]
 
     def fresh_process(cpu, vw=8, **env):
-        monkeypatch.setattr(wpass, "_host", wpass.Host(f"test|{cpu}", cpu, vw, measure))
         monkeypatch.setattr(wpass, "_models", {})
         monkeypatch.delenv("SLIMC_WINOGRAD_CALIBRATE", raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        return wpass.host_model()
+        return wpass.host_model(wpass.Host(f"test|{cpu}", cpu, vw, measure))
 
     monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path))
     # another kind of CPU than the built-in coefficients': measured at first use, stored
@@ -359,7 +370,7 @@ def test_runtime_transformed_filter():
 
 
 def test_disable_passes_and_default(monkeypatch):
-    monkeypatch.setattr(wpass, "host_model", lambda: fixed_model())
+    monkeypatch.setattr(wpass, "host_model", lambda host: fixed_model())
     g = conv_graph(1, 32, 32, 24, 24, relu=True)
     assert "winograd_conv2d" in kernel_ops(slimc.compile(g, threads=1))
     off = slimc.compile(g, threads=1, disable_passes=["winograd"])

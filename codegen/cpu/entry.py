@@ -33,22 +33,16 @@ from typing import Sequence
 
 from llvmlite import ir
 
+from ..backend import ARENA, INPUT, OUTPUT, WEIGHTS, Placement  # noqa: F401 (re-exported)
 from .kernel import Kernel, llvm_name
 from .llvm_util import I32, I64, PTR, VOID, i64
 
-INPUT, OUTPUT, ARENA, WEIGHTS = "input", "output", "arena", "weights"
 MXCSR_FTZ_DAZ = 0x8040  # bit 15: flush to zero, bit 6: denormals are zero
 FPCR_FZ = 1 << 24  # AArch64 FPCR.FZ: denormal inputs and results of float ops become zero
 RUNTIME_THREADS = 0  # `threads` value: the running machine's OpenMP decides how many
 # Below this much work a kernel runs on the calling thread: a GOMP_parallel fork/join costs a
 # few microseconds, which a kernel of ~50k elements takes anyway.
 PARALLEL_MIN_COST = 1 << 15
-
-
-@dataclass(frozen=True)
-class Placement:
-    space: str  # INPUT, OUTPUT, ARENA or WEIGHTS
-    offset: int  # slot index for inputs/outputs, byte offset for arena/weights
 
 
 KERNEL_TYPE = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])

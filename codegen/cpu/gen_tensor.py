@@ -18,7 +18,7 @@ Every generator runs the last axis in vectors of `kb.vector_width` with a scalar
 work items (`kb.parallel_extent`) are rows, or (outer index, piece) pairs for concat / split.
 
 Not lowered: nonzero, compress and unique, whose output sizes depend on the data; the CPU
-backend compiles static shapes only, so `compile` refuses them by name (lower.check_lowerable).
+backend compiles static shapes only, so `compile` refuses them by name (slimc/driver.py check_lowerable).
 
 Out-of-range indices (the reference raises) are clamped to element 0 so that no load or store
 leaves its buffer; negative ones count from the end as in the reference.

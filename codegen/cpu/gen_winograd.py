@@ -591,19 +591,27 @@ def measure(shapes, repeat: int = 5, target=None) -> list[dict]:
     return rows
 
 
-def _register_host() -> None:
-    """Tell the `winograd` pass how to measure this machine (passes cannot import codegen)."""
+def _host_of(target) -> "wpass.Host":
+    """`target` as the winograd pass's `Host`: what it is, and how to time kernels on it."""
     from slimc.passes import winograd as wpass
 
-    from .target import CpuTarget
-
-    host = CpuTarget.host()
-    wpass.register_host(wpass.Host(key=f"{host.triple}|{host.cpu}|{host.features}",
-                                   cpu=host.cpu, vector_width=host.vector_width,
-                                   measure=lambda shapes: measure(shapes, repeat=10, target=host)))
+    return wpass.Host(key=f"{target.triple}|{target.cpu}|{target.features}", cpu=target.cpu,
+                      vector_width=target.vector_width,
+                      measure=lambda shapes: measure(shapes, repeat=10, target=target))
 
 
-_register_host()
+def cost_model(target) -> "wpass.CostModel":
+    """The winograd pass's cost model for `target`: measured on this machine (once, then read
+    from the cache folder) when this process runs the target's code; else the built-in
+    coefficients at the target's vector width -- a cross-compile is priced for its target,
+    never by timing the host."""
+    from slimc.passes import winograd as wpass
+
+    if target.is_host:
+        return wpass.host_model(_host_of(target))
+    return wpass.CostModel(vw=target.vector_width,
+                           source=f"built-in, fitted on {wpass.PRIOR_HOST} (target "
+                                  f"{target.name} is not this machine: not measured)")
 
 
 def main(argv=None) -> int:
@@ -633,12 +641,15 @@ def main(argv=None) -> int:
     folder = wpass.cache_folder()
     if folder is None:
         raise SystemExit("no cache folder (SLIMC_CACHE_DIR=off): nowhere to store it")
-    path = wpass.calibration_path(folder, wpass._host.key)
+    from .target import CpuTarget
+
+    host = _host_of(CpuTarget.host())
+    path = wpass.calibration_path(folder, host.key)
     if os.path.exists(path):
         os.remove(path)
     os.environ["SLIMC_WINOGRAD_CALIBRATE"] = "1"
     wpass._models.clear()
-    model = wpass.host_model()
+    model = wpass.host_model(host)
     print(f"{model.source}: factors {model.factor}; stored in {path}")
     return 0
 

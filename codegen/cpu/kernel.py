@@ -28,6 +28,7 @@ from llvmlite import ir
 from slimc.ir import FusionKind, Node, Value, get_op
 from slimc.ir.errors import InternalError, UnsupportedError
 
+from ..backend import Kernel as BaseKernel
 from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
                         splat, store, typed_ptr)
 from .scalar_ops import LOWERINGS, Emitter
@@ -77,26 +78,12 @@ def llvm_name(name: str) -> str:
 
 
 @dataclass
-class Kernel:
-    """A compiled-to-be kernel: its LLVM function, buffers, and what it computes."""
+class Kernel(BaseKernel):
+    """A CPU kernel: its LLVM function ``void(i8** args, i64 begin, i64 end)`` besides what
+    every backend's kernel has (buffers, nodes, work items)."""
 
-    name: str
-    nodes: list  # the IR nodes it contains, in order
-    inputs: list  # Values read from buffers
-    outputs: list  # Values written to buffers
-    parallel_extent: int  # number of work items in [begin, end)
     function: Optional[ir.Function] = None
     cost: int = 0  # rough work (flops or elements), to decide if splitting across threads pays
-    scratch: list = field(default_factory=list)  # u8 Values: arena space for this call only
-
-    @property
-    def buffers(self) -> list:
-        """Every buffer in the order of the kernel's argument array."""
-        return list(self.inputs) + list(self.outputs) + list(self.scratch)
-
-    @property
-    def ops(self) -> list[str]:
-        return [n.op for n in self.nodes]
 
 
 class KernelBuilder:
@@ -506,5 +493,5 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
     else:
         kb.elementwise_loops()
     cost = kb.cost or sum(v.type.numel for v in outputs)
-    return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent, kb.fn, cost,
-                  kb.scratch_values)
+    return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent,
+                  kb.scratch_values, function=kb.fn, cost=cost)

@@ -13,7 +13,6 @@ from typing import Sequence
 from llvmlite import ir
 
 from slimc.ir import Graph, Node, Value
-from slimc.ir.errors import SlimcError, UnsupportedError
 
 from . import gen_conv, gen_linalg, gen_nn, gen_norm, gen_reduce_extra, gen_resize, gen_tensor, generators  # noqa: F401  (register lowerings)
 from . import gen_attention, gen_blocked, gen_winograd  # noqa: F401  (attention, blocked layout, winograd_conv2d)
@@ -41,21 +40,8 @@ def group_boundary(graph: Graph, group: Sequence[Node]) -> tuple[list[Value], li
     return inputs, outputs
 
 
-def check_lowerable(graph: Graph) -> None:
-    """All unsupported ops at once, before any code is generated."""
-    missing: dict[str, list[str]] = {}
-    for n in graph.nodes:
-        if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
-            missing.setdefault(n.op, []).append(n.label)
-    if missing:
-        lines = [f"  {op}: {len(names)} node(s), first {', '.join(repr(x) for x in names[:3])}"
-                 for op, names in sorted(missing.items())]
-        raise UnsupportedError("the CPU backend has no lowering for:\n" + "\n".join(lines))
-
-
 def lower_graph(graph: Graph, target: CpuTarget, groups: Sequence[Sequence[Node]],
                 fast_math: Sequence[str] = ("contract",)) -> tuple[ir.Module, list[Kernel]]:
-    check_lowerable(graph)
     module = target.new_ir_module(graph.name)
     kernels = []
     for i, group in enumerate(groups):

@@ -97,6 +97,10 @@ class CpuTarget:
     is_host: bool = False
     _dl_cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
+    # the target strings `from_name` knows (slimc.Target sends these to the CPU backend)
+    NAMES = ("x86", "x86_64", "x86-64", "host", "native", "x86-64-v3", "x86-64-v4", "aarch64",
+             "arm64", "aarch64-generic", "aarch64-neoverse-v2")
+
     # ---- construction -----------------------------------------------------------------
 
     @classmethod

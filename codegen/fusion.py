@@ -1,22 +1,24 @@
-"""Fusion: which nodes share a kernel. Values inside a kernel never go to memory.
+"""Fusion planning: which nodes share a kernel. Values inside a kernel never go to memory.
 
-The planner walks the graph from outputs to inputs and tries to merge each node P into the
-kernel of its consumers. The rules follow the registry's fusion kinds, sharpened by what the
-CPU code generators can actually do:
+The planner is the same for every target. It reads each op's declared `FusionKind` (TVM's op
+pattern kinds: elementwise < broadcast < injective < reduction < out-fusable < opaque) and
+asks the backend what it can do with a node (codegen/backend.py), as Inductor asks each
+backend's `can_fuse`:
 
-* elementwise, broadcasting and injective ops (those with an inline lowering or an index map)
-  are computed inside whatever reads them: an elementwise chain, a transpose feeding an add,
-  the producer of a reduction's operand -- if that reader fetches operands through index
-  expressions (`generator(inline_inputs=True)`);
-* a heavy op (matmul, conv, a reduction) takes the elementwise chain that consumes it as its
-  epilogue -- if its generator applies epilogues (`generator(epilogue=True)`) and the chain
-  keeps its output shape;
-* every kernel has at most one op with its own loop nest, and a value used by two kernels,
-  or returned by the graph, is written to memory (fusing it would compute it twice).
+* an elementwise, broadcasting or injective op the backend computes inline is computed
+  inside whatever reads it -- an elementwise chain, a transpose feeding an add, the producer
+  of a reduction's operand -- if that reader fetches operands through index expressions
+  (`backend.reads_operands_inline(anchor)`);
+* any other op has a loop nest of its own (the kernel's *anchor*); it takes the elementwise
+  and broadcasting ops that consume it as its epilogue if `backend.epilogue(anchor)` says
+  yes and the chain keeps the anchor's output shape and element type;
+* every kernel has at most one anchor, and a value used by two kernels, or returned by the
+  graph, is written to memory (fusing it would compute it twice).
 
-Every producer/consumer pair that stays apart gets its reason, shown with
-``SLIMC_DEBUG=fusion`` and written to ``fusion.txt`` in the dump folder. Fusion lives here, not
-in passes/, because its rules are the code generator's abilities; the IR stays one node per op.
+The walk goes from outputs to inputs and tries to merge each node into the kernel of its
+consumers. Every producer/consumer pair that stays apart gets its reason, shown with
+``SLIMC_DEBUG=fusion`` and written to ``fusion.txt`` in the dump folder. The IR stays one
+node per op: groups are a code generation decision, not a graph rewrite.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from typing import Optional
 from slimc.ir import Graph, Node
 from slimc.ir.debug import log
 
-from .kernel import GENERATORS, INDEX_MAPS
-from .scalar_ops import LOWERINGS
+from .backend import Backend, computed_inline, elementwise_epilogue
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Group:
 
 @dataclass
 class FusionPlan:
-    groups: list
+    groups: list  # lists of nodes, one per kernel, in execution order
     decisions: list  # one line per pair that did not fuse, and per merge
 
     @property
@@ -51,30 +52,25 @@ class FusionPlan:
         return "\n".join(self.decisions)
 
 
-def _inline(node: Node) -> bool:
-    return node.op in LOWERINGS or node.op in INDEX_MAPS
-
-
-def _why_not(graph: Graph, p: Node, target: Group, users: list) -> Optional[str]:
+def _why_not(backend: Backend, p: Node, target: Group, users: list) -> Optional[str]:
     """None if `p` may join `target` (the one group that uses it), else the reason."""
     if len(p.outputs) != 1:
         return f"{p.op} has {len(p.outputs)} outputs"
-    if p.op not in GENERATORS and not _inline(p):
+    if not backend.lowers(p):
         return f"{p.op} has no lowering"
-    if _inline(p) and p.op not in GENERATORS:
+    if computed_inline(backend, p):
         if target.anchor is not None and target.anchor in users and \
-                not getattr(GENERATORS[target.anchor.op], "inline_inputs", False):
+                not backend.reads_operands_inline(target.anchor):
             return f"{target.anchor.op} reads its operands from memory"
         return None
     # p has its own loop nest: it can only be the anchor of an elementwise epilogue group
     if target.anchor is not None:
         return f"the consumer's kernel already has a loop nest ({target.anchor.op})"
-    epilogue = getattr(GENERATORS[p.op], "epilogue", False)
-    why = epilogue(p) if callable(epilogue) else (None if epilogue else "")
+    why = backend.epilogue(p)
     if why is not None:
         return f"{p.op}'s code generator does not apply epilogues" + (f" {why}" if why else "")
-    if any(n.op not in LOWERINGS for n in target.nodes):
-        other = next(n for n in target.nodes if n.op not in LOWERINGS)
+    other = next((n for n in target.nodes if not elementwise_epilogue(backend, n)), None)
+    if other is not None:
         return f"its consumers include {other.op}, which is not elementwise"
     if target.root.outputs[0].type.shape != p.outputs[0].type.shape:
         return (f"the consumer's result {target.root.outputs[0].type} has another shape than "
@@ -86,7 +82,9 @@ def _why_not(graph: Graph, p: Node, target: Group, users: list) -> Optional[str]
     return None
 
 
-def plan_fusion(graph: Graph, enabled: bool = True) -> FusionPlan:
+def plan_fusion(graph: Graph, backend: Backend, enabled: bool = True) -> FusionPlan:
+    """Partition the graph's nodes into kernels for `backend` (every node alone when not
+    `enabled`)."""
     group_of: dict[int, Group] = {}
     groups: list[Group] = []
     decisions: list[str] = []
@@ -105,7 +103,7 @@ def plan_fusion(graph: Graph, enabled: bool = True) -> FusionPlan:
                 reason = f"its value is used by {len(user_groups)} kernels; fusing would compute it again in each"
             else:
                 (candidate,) = user_groups.values()
-                reason = _why_not(graph, node, candidate, users)
+                reason = _why_not(backend, node, candidate, users)
                 if reason is None:
                     target = candidate
             if reason:
@@ -118,7 +116,7 @@ def plan_fusion(graph: Graph, enabled: bool = True) -> FusionPlan:
             decisions.append(f"fused: %{node.outputs[0].name} ({node.op}) into the kernel of "
                              f"%{target.root.outputs[0].name if target.nodes else '?'}")
         target.nodes.insert(0, node)
-        if node.op in GENERATORS and not _inline(node):
+        if not computed_inline(backend, node):
             target.anchor = node
         group_of[id(node)] = target
     order = {id(n): i for i, n in enumerate(graph.nodes)}

@@ -1,0 +1,184 @@
+"""The CPU backend: x86-64 (the host, or portable x86-64-v3 / v4) and AArch64 through LLVM.
+
+What it adds to the pipeline: the Winograd rewrite (with the cost model of its target: this
+host's calibration, or the built-in coefficients for a machine it cannot measure) and the
+blocked NCHW[b]c layout (b = the target's vector width). What it fuses: ops with a scalar
+lowering (scalar_ops.py) or an index map are computed inline; generators (kernel.py's
+`@generator`) say whether they read operands inline and take epilogues. It lowers each fused
+group to one LLVM function, links them under one entry (entry.py) and JIT-compiles the
+module, or, for a target this process cannot run, compiles an ELF object ahead of time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+from slimc.ir import Graph, Node
+from slimc.ir.errors import SlimcError, TargetError
+
+from ..backend import Backend, CompileOptions, Executable, Lowered
+from .entry import RUNTIME_THREADS, build_entry
+from .kernel import GENERATORS, INDEX_MAPS
+from .lower import lower_graph
+from .scalar_ops import LOWERINGS
+from .target import CpuTarget, aot_compile, emit_assembly, emit_object, jit_compile
+
+
+class CpuExecutable(Executable):
+    """The linked LLVM module: JIT-compiled here (`entry` and `run` are its functions), or
+    compiled ahead of time for another machine (`entry` is None; `object_code` is the ELF)."""
+
+    def __init__(self, target: CpuTarget, llvm_module, llvm_opt_level: int):
+        self.target = target
+        self._llvm_module = llvm_module
+        if target.is_host:
+            self._jit = jit_compile(str(llvm_module), target, opt_level=llvm_opt_level)
+            self.entry = self._jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_void_p)
+            self.run = self._jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                       ctypes.c_int64)
+            self._optimized_ir, self._object = None, None
+            self.code_bytes = len(self._jit.llvm_ir)
+        else:
+            self._jit = None
+            self._optimized_ir, self._object = aot_compile(str(llvm_module), target,
+                                                           opt_level=llvm_opt_level)
+            self.code_bytes = len(self._object)
+
+    def not_runnable(self) -> TargetError:
+        return foreign_target_error(self.target)
+
+    @property
+    def llvm_ir(self) -> str:
+        """The optimized LLVM IR of every kernel and the entry function (for a cross target:
+        as optimized for that target)."""
+        return self._jit.llvm_ir if self._jit is not None else self._optimized_ir
+
+    @property
+    def assembly(self) -> str:
+        if self._jit is not None:
+            return emit_assembly(str(self._llvm_module), self.target)
+        return emit_assembly(self._optimized_ir, self.target, opt_level=0)
+
+    def object_code(self) -> bytes:
+        """A position-independent ELF object of the model, for export."""
+        if self._object is None:
+            self._object = emit_object(str(self._llvm_module), self.target)
+        return self._object
+
+
+def foreign_target_error(target: CpuTarget) -> TargetError:
+    """The error for calling code of a target this process cannot run: it names both
+    machines and says what to do instead."""
+    host = CpuTarget.host()
+    if target.arch != host.arch:
+        why = f"the target is {target.arch} and this host is {host.arch}"
+    else:
+        missing = sorted(target.feature_set - host.feature_set)
+        why = f"this host's CPU ({host.cpu}) lacks {', '.join(missing) or 'its features'}"
+    return TargetError(
+        f"this module was compiled for target {target.name!r} ({target.triple}, cpu "
+        f"{target.cpu}) and cannot run here: {why}. Export it with mod.export(path) and run the "
+        f"artifact on an {target.arch} machine, or compile with target='x86' to run it here")
+
+
+def _load_threading_runtime() -> None:
+    """The JIT resolves GOMP_parallel & co. from libraries loaded into the process."""
+    global _gomp_loaded
+    if not _gomp_loaded:
+        import ctypes.util
+
+        import llvmlite.binding as llvm
+
+        path = ctypes.util.find_library("gomp")
+        if path is None:
+            raise SlimcError("threads > 1 needs libgomp (the OpenMP runtime that comes with "
+                             "gcc); it was not found: install libgomp1 or use threads=1")
+        llvm.load_library_permanently(path)
+        _gomp_loaded = True
+
+
+_gomp_loaded = False
+
+
+class CpuBackend(Backend):
+    kind = "cpu"
+
+    def __init__(self, target: CpuTarget):
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"CpuBackend({self.target.name}: {self.target.cpu}, {self.target.vector_width} floats a vector)"
+
+    # ---- the pipeline -------------------------------------------------------------------------
+    def pipeline_passes(self, opt_level: int) -> list:
+        from slimc.passes.layout import Layout
+        from slimc.passes.winograd import Winograd
+
+        if opt_level < 2:
+            return []
+        return [Winograd(opt_level=opt_level, model=self.winograd_model()),
+                Layout(block=self.target.vector_width)]
+
+    def winograd_model(self):
+        """The Winograd cost model of this backend's target (see gen_winograd.cost_model)."""
+        from .gen_winograd import cost_model
+
+        return cost_model(self.target)
+
+    # ---- capabilities ---------------------------------------------------------------------------
+    def lowers(self, node: Node) -> bool:
+        return node.op in GENERATORS or node.op in LOWERINGS or node.op in INDEX_MAPS
+
+    def can_inline(self, node: Node) -> bool:
+        return node.op in LOWERINGS or node.op in INDEX_MAPS
+
+    def reads_operands_inline(self, anchor: Node) -> bool:
+        return bool(getattr(GENERATORS.get(anchor.op), "inline_inputs", False))
+
+    def epilogue(self, anchor: Node) -> Optional[str]:
+        gen = GENERATORS.get(anchor.op)
+        if gen is None:
+            return "(it is elementwise code of its own)"
+        epilogue = getattr(gen, "epilogue", False)
+        return epilogue(anchor) if callable(epilogue) else (None if epilogue else "")
+
+    # ---- lowering and linking ---------------------------------------------------------------
+    def threads(self, requested: Optional[int]) -> int:
+        """`threads=None` is every core of this host, or, for a machine this process does not
+        run, every core of the machine that runs it (decided there by OpenMP)."""
+        if requested is None:
+            if not self.target.is_host:
+                return RUNTIME_THREADS
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else os.cpu_count()
+        if requested < 1:
+            raise SlimcError(f"threads must be None or at least 1, got {requested}")
+        return requested
+
+    def lower(self, graph: Graph, groups, options: CompileOptions) -> Lowered:
+        module, kernels = lower_graph(graph, self.target, groups, options.fast_math)
+        return Lowered(kernels, module)
+
+    def link(self, graph: Graph, lowered: Lowered, placement: dict,
+             options: CompileOptions) -> CpuExecutable:
+        threads = self.threads(options.threads)
+        if options.denormals not in ("flush", "keep"):
+            raise SlimcError(f"denormals must be 'flush' or 'keep', got {options.denormals!r}")
+        build_entry(lowered.state, lowered.kernels, placement, threads=threads,
+                    ftz=options.denormals == "flush", arch=self.target.arch)
+        if self.target.is_host and threads > 1 and \
+                any(k.parallel_extent > 1 for k in lowered.kernels):
+            _load_threading_runtime()
+        return CpuExecutable(self.target, lowered.state, 3 if options.opt_level >= 1 else 0)
+
+    def not_runnable_here(self) -> Optional[TargetError]:
+        return None if self.target.is_host else foreign_target_error(self.target)
+
+    @property
+    def cache_identity(self) -> Optional[str]:
+        t = self.target
+        return f"{t.triple}|{t.cpu}|{t.features}" if t.is_host else None
