@@ -322,6 +322,6 @@ def _name_outputs(graph: Graph, names: Sequence[str]) -> None:
     for i, (v, want) in enumerate(zip(list(graph.outputs), names)):
         if v.name == want:
             continue
-        node = graph.make_node("identity", [v], output_types=[v.type.plain()],
+        node = graph.make_node("identity", [v], output_types=[v.type],
                                output_names=[want])
         graph.outputs[i] = node.outputs[0]

@@ -2,7 +2,7 @@
 
 from .errors import (InputError, InternalError, ModelError, ResourceError, SlimcError,
                      TargetError, UnsupportedError, VerificationError)
-from .types import DType, QuantParams, SparseInfo, TensorType, dtypes
+from .types import DType, TensorType, dtypes
 from .graph import Graph, Node, Value
 from .registry import (REQUIRED, FusionKind, InferContext, OpDef, all_ops, get_op, has_op, op,
                        register_op)
@@ -15,7 +15,7 @@ from .interpreter import interpret
 from .serialize import load, save
 
 __all__ = [
-    "Graph", "Node", "Value", "TensorType", "DType", "dtypes", "QuantParams", "SparseInfo",
+    "Graph", "Node", "Value", "TensorType", "DType", "dtypes",
     "FusionKind", "OpDef", "InferContext", "REQUIRED", "register_op", "op", "get_op", "has_op",
     "all_ops", "same_as_input", "broadcast_infer", "infer_by_reference", "print_graph", "parse",
     "ParseError", "verify", "interpret", "save", "load", "SlimcError", "ModelError",

@@ -16,7 +16,7 @@ from .types import Dim, TensorType, dtypes
 
 def same_as_input(i: int = 0):
     def infer(ctx: InferContext) -> TensorType:
-        return ctx[i].plain()
+        return ctx[i]
 
     infer.__name__ = f"same_as_input_{i}"
     return infer

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import SlimcError
 from .graph import Graph, Node, Value
 from .printer import FORMAT_VERSION
-from .types import QuantParams, SparseInfo, TensorType, dtypes
+from .types import TensorType, dtypes
 
 
 class ParseError(SlimcError):
@@ -112,35 +112,7 @@ class _Parser:
             else:
                 self.error("expected a dimension")
             self.i += 1
-        layout = quant = sparse = None
-        qaxis = None
-        if self.peek()[1] == "{" and self.peek(1)[1] in ("layout", "q", "qaxis", "sparse") \
-                and self.peek(2)[1] == ":":
-            self.next()
-            while not self.accept("}"):
-                key = self.expect_kind("ident", "a type annotation")
-                self.expect(":")
-                if key == "layout":
-                    layout = self.expect_kind("ident", "a layout name")
-                elif key == "sparse":
-                    sparse = SparseInfo.parse(self.expect_kind("ident", "a sparse format"))
-                elif key == "qaxis":
-                    qaxis = int(self.expect_kind("number", "an axis"))
-                elif key == "q":
-                    scales = [float(self.expect_kind("number", "a scale"))]
-                    while self.accept(","):
-                        scales.append(float(self.expect_kind("number", "a scale")))
-                    self.expect("/")
-                    zps = [int(self.expect_kind("number", "a zero point"))]
-                    while self.accept(","):
-                        zps.append(int(self.expect_kind("number", "a zero point")))
-                    quant = (tuple(scales), tuple(zps))
-                else:
-                    self.i -= 2
-                    self.error("unknown type annotation")
-        if quant is not None:
-            quant = QuantParams(quant[0], quant[1], qaxis)
-        return TensorType(dt, tuple(dims), layout, quant, sparse)
+        return TensorType(dt, tuple(dims))
 
     def parse_literal(self) -> Any:
         kind, text, _ = self.peek()

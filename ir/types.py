@@ -1,32 +1,22 @@
-"""Tensor types: element type, shape, and the three annotations later passes hang on a type.
+"""Tensor types: element type and shape.
 
 A `TensorType` is the type of every `Value`: a dtype and a shape whose dimensions are ints
 (static), strings (symbolic, e.g. ``N``: equal names are equal sizes) or ``None`` (unknown,
 printed ``?``). Types are immutable and hashable, so passes compare and share them freely.
 
-Three optional annotations are decided now so that later passes fit without a rewrite. Each
-one changes how a tensor is *stored*, never its logical shape, so shape inference, the printer
-and every op's reference keep working on the logical view:
+A type says nothing about storage. What changes storage is an explicit op, so the
+interpreter, the printer and every pass see it: the blocked layout is ``to_blocked`` /
+``from_blocked`` around ops on 5-D ``[N, C/b, H, W, b]`` tensors (passes/layout.py);
+quantization will be quantize / dequantize and quantized ops whose scales and zero points are
+inputs (as ONNX's QDQ and TVM's QNN do); sparse weights will be the ordinary constant inputs
+(values, indices, row pointers) of an explicit sparse op.
 
-* ``layout`` -- the physical data layout, a string such as ``"NCHW16c"`` (channels split into
-  blocks of 16 stored innermost). ``None`` means the default row-major (NCHW for images). The
-  layout pass sets it on convolution operands and inserts explicit ``layout_convert`` nodes;
-  the memory planner sizes buffers from the padded blocked shape (`physical_shape`).
-* ``quant`` -- a `QuantParams` (scale, zero point, per-tensor or per-channel along ``axis``)
-  on integer tensors. The real value is ``(q - zero_point) * scale``. Quantization passes add
-  ``quantize`` / ``dequantize`` nodes whose types carry it, so ``u8[1,64]`` with
-  ``quant=QuantParams((0.02,), (128,))`` prints as ``u8[1,64]{q:0.02/128}``.
-* ``sparse`` -- a `SparseInfo` on constant weights stored compressed (block-sparse rows). The
-  logical shape stays dense; the constant's data holds the compressed arrays and kernels that
-  understand the format read them.
-
-Printed form: ``f32[1,3,224,224]``, ``f32[N,?,7]``, ``f32[]`` (a scalar), and annotations in
-braces after the shape: ``f32[1,64,56,56]{layout:NCHW16c}``.
+Printed form: ``f32[1,3,224,224]``, ``f32[N,?,7]``, ``f32[]`` (a scalar).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -110,47 +100,9 @@ dtypes._by_numpy = {d.numpy: d for d in dtypes.ALL}
 
 
 @dataclass(frozen=True)
-class QuantParams:
-    """Affine quantization: real = (q - zero_point) * scale, per tensor or per channel (axis)."""
-
-    scale: tuple  # floats; length 1 for per-tensor
-    zero_point: tuple  # ints, same length as scale
-    axis: Optional[int] = None  # None: per-tensor
-
-    def __str__(self) -> str:
-        s = ",".join(repr(float(v)) for v in self.scale)
-        z = ",".join(str(int(v)) for v in self.zero_point)
-        axis = "" if self.axis is None else f" qaxis:{self.axis}"
-        return f"q:{s}/{z}{axis}"
-
-
-@dataclass(frozen=True)
-class SparseInfo:
-    """Block-sparse storage of a constant weight: format, block shape and kept-block density."""
-
-    format: str  # "bsr" (block sparse rows)
-    block: tuple  # e.g. (1, 16)
-
-    def __str__(self) -> str:
-        return f"sparse:{self.format}{'x'.join(map(str, self.block))}"
-
-    @staticmethod
-    def parse(text: str) -> "SparseInfo":
-        import re
-
-        m = re.fullmatch(r"([a-z]+)(\d+(?:x\d+)*)", text)
-        if not m:
-            raise SlimcError(f"bad sparse annotation {text!r}")
-        return SparseInfo(m.group(1), tuple(int(x) for x in m.group(2).split("x")))
-
-
-@dataclass(frozen=True)
 class TensorType:
     dtype: DType
     shape: tuple
-    layout: Optional[str] = None
-    quant: Optional[QuantParams] = None
-    sparse: Optional[SparseInfo] = None
 
     def __post_init__(self):
         shape = tuple(self.shape)
@@ -182,23 +134,14 @@ class TensorType:
         return self.numel * self.dtype.itemsize
 
     def with_shape(self, shape: Sequence[Dim]) -> "TensorType":
-        return TensorType(self.dtype, tuple(shape), self.layout, self.quant, self.sparse)
+        return TensorType(self.dtype, tuple(shape))
 
     def with_dtype(self, dtype: DType) -> "TensorType":
-        return TensorType(dtype, self.shape, self.layout, self.quant, self.sparse)
-
-    def plain(self) -> "TensorType":
-        """The type without annotations (what type inference of a plain op produces)."""
-        return TensorType(self.dtype, self.shape)
+        return TensorType(dtype, self.shape)
 
     def __str__(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        notes = [f"layout:{self.layout}"] if self.layout else []
-        if self.quant:
-            notes.append(str(self.quant))
-        if self.sparse:
-            notes.append(str(self.sparse))
-        return f"{self.dtype}[{dims}]" + ("{" + " ".join(notes) + "}" if notes else "")
+        return f"{self.dtype}[{dims}]"
 
     __repr__ = __str__
 

@@ -61,9 +61,9 @@ def verify(graph: Graph, check_types: bool = True) -> None:
                 inferred = infer_node(node)
             except ModelError as e:
                 raise VerificationError(f"{where}: type inference fails: {e}") from e
-            actual = [v.type.plain() for v in node.outputs]
+            actual = [v.type for v in node.outputs]
             if len(inferred) != len(actual) or any(
-                    a != b.plain() for a, b in zip(actual, inferred)):
+                    a != b for a, b in zip(actual, inferred)):
                 raise VerificationError(
                     f"{where}: output types ({', '.join(map(str, actual))}) differ from inferred "
                     f"({', '.join(map(str, inferred))})")

@@ -15,7 +15,7 @@ from .pass_manager import Pass
 
 class InferShapes(Pass):
     """Re-derive every node's output types from its inputs (after inputs were re-typed or
-    shapes bound). Annotations (layout, quantization, sparsity) are kept."""
+    shapes bound)."""
 
     name = "infer_shapes"
 
@@ -23,9 +23,8 @@ class InferShapes(Pass):
         changed = False
         for node in graph.nodes:
             for v, t in zip(node.outputs, infer_node(node)):
-                new = type(t)(t.dtype, t.shape, v.type.layout, v.type.quant, v.type.sparse)
-                if new != v.type:
-                    v.type = new
+                if t != v.type:
+                    v.type = t
                     changed = True
         return changed
 
@@ -134,7 +133,7 @@ class FoldConstants(Pass):
             except ModelError:
                 continue  # the node fails at run time too; leave it to report there
             names = [v.name for v in node.outputs]
-            consts = [graph.add_constant(v.name + ".folded", data, v.type.plain())
+            consts = [graph.add_constant(v.name + ".folded", data, v.type)
                       for v, data in zip(node.outputs, results)]
             for v, c in zip(node.outputs, consts):
                 v.replace_all_uses_with(c)

@@ -243,7 +243,7 @@ def apply_rule(graph: Graph, rule: Rule, node: Node) -> bool:
         raise InternalError(f"rewrite gave {len(replacement)} values for {len(node.outputs)} "
                             f"outputs", where=f"rule {rule.name}")
     for old, new in zip(node.outputs, replacement):
-        if old.type.plain() != new.type.plain():
+        if old.type != new.type:
             raise InternalError(f"rewrite changes the type of %{old.name} from {old.type} to "
                                 f"{new.type}", where=f"rule {rule.name}")
     old_names = [v.name for v in node.outputs]

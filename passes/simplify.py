@@ -34,7 +34,7 @@ def _same_type(m: Match):
     ok = _not_graph_output(m)
     if ok is not True:
         return ok
-    return True if m.root.outputs[0].type.plain() == m["x"].type.plain() else \
+    return True if m.root.outputs[0].type == m["x"].type else \
         "the result's type differs from the input's"
 
 
@@ -58,7 +58,7 @@ def _exponent(k: float):
             return f"the exponent is not {k:g}"
         if not m["x"].type.dtype.is_float:
             return "the base is not floating point"
-        if m.root.outputs[0].type.plain() != m["x"].type.plain():
+        if m.root.outputs[0].type != m["x"].type:
             return "the exponent broadcasts the base to another shape"
         return True
 
@@ -136,7 +136,7 @@ def _scalar(m: Match):
     if c.size != 1 or c.dtype.kind != "f":
         return "the multiplier is not a floating-point scalar"
     inner = m.node("inner").outputs[0]
-    if m.root.outputs[0].type.plain() != inner.type.plain():
+    if m.root.outputs[0].type != inner.type:
         return "the multiplier broadcasts the other operand to another shape"
     if not _lands_on_weights(inner, m.graph):
         return "no matmul or gemm with constant weights to fold it into on the way up"
@@ -149,7 +149,7 @@ def _scalar_through_matmul(m: Match):
     c = m.data("c")
     if c.size != 1 or c.dtype.kind != "f":
         return "the multiplier is not a floating-point scalar"
-    if m.root.outputs[0].type.plain() != m.node("inner").outputs[0].type.plain():
+    if m.root.outputs[0].type != m.node("inner").outputs[0].type:
         return "the multiplier broadcasts the other operand to another shape"
     if m["b"].is_constant:
         return "the weights are constant (scalar_into_matmul_weights' case)"

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 
 import slimc
-from slimc.ir import (Graph, ParseError, QuantParams, SparseInfo, TensorType, VerificationError,
+from slimc.ir import (Graph, ParseError, TensorType, VerificationError,
                       dtypes, interpret, parse, verify)
 
 from .graph_gen import elementwise_graphs
@@ -16,18 +16,6 @@ def roundtrip(g: Graph) -> Graph:
     g2 = parse(text)
     assert str(g2) == text
     return g2
-
-
-def test_types_print_and_parse_with_annotations():
-    g = Graph("annotated")
-    x = g.add_input("x", TensorType(dtypes.u8, (1, 64, "H", None),
-                                    quant=QuantParams((0.02, 0.5), (128, 3), axis=1)))
-    y = g.add_input("y", TensorType(dtypes.f32, (1, 64, 56, 56), layout="NCHW16c",
-                                    sparse=SparseInfo("bsr", (1, 16))))
-    g.outputs = [x, y]
-    g2 = roundtrip(g)
-    assert g2.inputs[0].type == x.type and g2.inputs[1].type == y.type
-    assert "u8[1,64,H,?]{q:0.02,0.5/128,3 qaxis:1}" in str(g)
 
 
 @pytest.mark.parametrize("name", ["a/b:0", "with space", "", "quote\"d", "ünï", "%x", "1.2-3"])

@@ -106,7 +106,7 @@ def elem_bytes(t: ir.Type) -> int:
 def load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, lanes: int = 1, name: str = "") -> ir.Value:
     """Load one element, or `lanes` contiguous elements as a vector, at p[index].
 
-    Alignment is only that of the element: numpy buffers are not 64-byte aligned (LLVM_NOTES).
+    Alignment is only that of the element: numpy buffers are not 64-byte aligned (an `align 64` vector load on one segfaults).
     """
     addr = gep(b, p, index, name=name + ".addr")
     if lanes == 1:
@@ -197,5 +197,6 @@ def for_range(b: ir.IRBuilder, start, stop, step: int = 1, name: str = "i") -> I
 
 
 def float_bits_constant(x: float) -> str:
-    """The exact hex spelling LLVM IR text needs for a float32 constant (see LLVM_NOTES)."""
+    """The exact hex spelling LLVM IR text needs for a float32 constant (a decimal that is
+    not exactly representable fails to parse)."""
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(x))))[0]

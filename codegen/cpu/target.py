@@ -5,7 +5,7 @@ the facts the kernel generators need (vector width in floats, number of vector r
 VNNI). `CpuTarget.host()` describes the machine we run on; `CpuTarget.from_name("x86")` etc. map
 the user-facing target strings of `compile(graph, target=...)` to one.
 
-Facts from /work/shared/LLVM_NOTES.md that shape this file:
+Facts about llvmlite 0.50 / LLVM 22 that shape this file:
 - llvmlite 0.50 has no legacy pass manager and `llvm.initialize()` raises; we call
   `initialize_native_target()` / `initialize_native_asmprinter()` once (and the all-targets
   variants for cross-compilation).

@@ -166,17 +166,17 @@ register_op("mod", reference=_mod, infer=broadcast_infer(), fusion=BC, num_input
 register_op("bit_shift", reference=_bitshift, infer=broadcast_infer(), fusion=BC, num_inputs=2,
             attrs={"direction": REQUIRED})
 register_op("not", reference=np.logical_not, infer=same_as_input(0), fusion=EW, num_inputs=1)
-register_op("isnan", reference=np.isnan, infer=lambda c: c[0].with_dtype(dtypes.bool).plain(),
+register_op("isnan", reference=np.isnan, infer=lambda c: c[0].with_dtype(dtypes.bool),
             fusion=EW, num_inputs=1)
 register_op("isinf", reference=lambda x, detect_negative=1, detect_positive=1:
             (np.isinf(x) & ((x > 0) & bool(detect_positive) | (x < 0) & bool(detect_negative))),
-            infer=lambda c: c[0].with_dtype(dtypes.bool).plain(), fusion=EW, num_inputs=1,
+            infer=lambda c: c[0].with_dtype(dtypes.bool), fusion=EW, num_inputs=1,
             attrs={"detect_negative": 1, "detect_positive": 1})
 register_op("identity", reference=lambda x: x.copy(), infer=same_as_input(0), fusion=EW, num_inputs=1)
 
 
 def _infer_cast(ctx: InferContext) -> TensorType:
-    return ctx[0].with_dtype(ctx.attrs["to"]).plain()
+    return ctx[0].with_dtype(ctx.attrs["to"])
 
 
 def _cast(x, to, saturate=1):

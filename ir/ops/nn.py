@@ -542,7 +542,7 @@ def _infer_batch_norm(ctx: InferContext) -> TensorType:
     if x.rank < 2:
         ctx.fail(f"input must be [N, C, ...] (rank >= 2), got {x}")
     _check_channel_vectors(ctx, x, range(1, 5), "batch_norm")
-    return x.plain()
+    return x
 
 
 def _batch_norm(x, scale, bias, mean, var, epsilon=1e-5):
@@ -591,7 +591,7 @@ def _infer_instance_norm(ctx: InferContext) -> TensorType:
     if x.rank < 3:
         ctx.fail(f"input must be [N, C, spatial...] (rank >= 3), got {x}")
     _check_channel_vectors(ctx, x, (1, 2), "instance_norm")
-    return x.plain()
+    return x
 
 
 def _normalize(xc: np.ndarray, axes: tuple, epsilon: float):
@@ -629,7 +629,7 @@ def _infer_layer_norm(ctx: InferContext) -> TensorType:
             if isinstance(a, int) and isinstance(b, int) and a not in (1, b):
                 ctx.fail(f"input {i} {t} does not broadcast to the normalized shape "
                          f"{list(norm_shape)}")
-    return x.plain()
+    return x
 
 
 def _layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5):
@@ -681,7 +681,7 @@ def _infer_group_norm(ctx: InferContext) -> TensorType:
     if g < 1 or (isinstance(c, int) and c % g):
         ctx.fail(f"num_groups={g} must be positive and divide the {c} channels")
     _check_channel_vectors(ctx, x, (1, 2), "group_norm")
-    return x.plain()
+    return x
 
 
 def _group_norm(x, scale, bias, num_groups, epsilon=1e-5):
@@ -706,7 +706,7 @@ def _infer_lrn(ctx: InferContext) -> TensorType:
         ctx.fail(f"input must be [N, C, spatial...] (rank >= 3), got {x}")
     if int(ctx.attrs["size"]) < 1:
         ctx.fail(f"size must be positive, got {ctx.attrs['size']}")
-    return x.plain()
+    return x
 
 
 def _lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0):
@@ -734,7 +734,7 @@ def _infer_mvn(ctx: InferContext) -> TensorType:
     x = _float_input(ctx, 0)
     for a in ctx.attrs["axes"]:
         normalize_axis(int(a), x.rank, ctx)
-    return x.plain()
+    return x
 
 
 def _mvn(x, axes=(0, 2, 3), epsilon=1e-9):
@@ -758,7 +758,7 @@ def _infer_lp_norm(ctx: InferContext) -> TensorType:
     normalize_axis(int(ctx.attrs["axis"]), x.rank, ctx)
     if int(ctx.attrs["p"]) not in (1, 2):
         ctx.fail(f"p must be 1 or 2, got {ctx.attrs['p']}")
-    return x.plain()
+    return x
 
 
 def _lp_normalization(x, axis=-1, p=2):
@@ -788,7 +788,7 @@ def _infer_softmax(ctx: InferContext) -> TensorType:
     if x.rank == 0:
         ctx.fail("input must have rank >= 1")
     normalize_axis(int(ctx.attrs["axis"]), x.rank, ctx)
-    return x.plain()
+    return x
 
 
 # softmax and log_softmax compute in the input's own type (per-op rounding for half types),

@@ -324,7 +324,7 @@ def _infer_cumsum(ctx: InferContext) -> TensorType:
             ctx.fail(f"axis {ax} is out of range for an input of rank {t.rank}")
     _check_flag(ctx, "exclusive")
     _check_flag(ctx, "reverse")
-    return t.plain()
+    return t
 
 
 register_op("cumsum", reference=cumsum, infer=_infer_cumsum, fusion=FusionKind.OPAQUE,

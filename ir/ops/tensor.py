@@ -600,7 +600,7 @@ def _infer_scatter_nd(ctx: InferContext) -> TensorType:
         ctx.fail(f"updates {upd} do not match {data.dtype}[{','.join(map(str, want))}]")
     for a, c in zip(upd.shape, want):
         _same_dim(a, c, ctx, f"updates {upd} do not match the shape implied by {idx}, {data}")
-    return data.plain()
+    return data
 
 
 register_op("scatter_nd", reference=_scatter_nd, infer=_infer_scatter_nd,
@@ -624,7 +624,7 @@ def _infer_scatter_elements(ctx: InferContext) -> TensorType:
         ctx.fail(f"data {data}, indices {idx} and updates {upd} must have one rank")
     for a, c in zip(idx.shape, upd.shape):
         _same_dim(a, c, ctx, f"indices {idx} and updates {upd} differ in shape")
-    return data.plain()
+    return data
 
 
 register_op("scatter_elements", reference=_scatter_elements, infer=_infer_scatter_elements,
@@ -912,7 +912,7 @@ def _infer_trilu(ctx: InferContext) -> TensorType:
     x = ctx[0]
     if x.rank < 2:
         ctx.fail(f"trilu needs rank >= 2, got {x}")
-    return x.plain()
+    return x
 
 
 register_op("trilu", reference=_trilu, infer=_infer_trilu, attrs={"upper": 1}, fusion=INJ,
@@ -940,7 +940,7 @@ def _infer_reverse_sequence(ctx: InferContext) -> TensorType:
         ctx.fail(f"batch_axis={b}, time_axis={t} must be 0 and 1 of a rank >= 2 input ({x})")
     if ctx[1].rank != 1:
         ctx.fail(f"sequence_lens must be 1-D, got {ctx[1]}")
-    return x.plain()
+    return x
 
 
 register_op("reverse_sequence", reference=_reverse_sequence, infer=_infer_reverse_sequence,
