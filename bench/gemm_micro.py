@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402  (after the thread limits)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slimc.codegen.cpu.gemm import aligned_empty, compile_gemm  # noqa: E402
+from slimc.codegen.cpu.gemm import compile_gemm  # noqa: E402
+from slimc.ir.buffers import aligned_zeros  # noqa: E402
 from slimc.codegen.cpu.target import CpuTarget  # noqa: E402
 
 # (label, M, K, N)
@@ -104,7 +105,7 @@ def main(argv=None):
         gargs = (A.ctypes.data, K, Bp.ctypes.data, C.ctypes.data, N, 0, M)
         fns = [lambda: gemm(*gargs), lambda: np.matmul(A, B, out=Cn)]
         if args.rt:
-            ws = aligned_empty(g.kernel.packed_size)
+            ws = aligned_zeros(g.kernel.packed_size, np.float32)
             rt = g._rt
             rargs = (A.ctypes.data, K, B.ctypes.data, N, C.ctypes.data, N, 0, M, ws.ctypes.data)
             fns.append(lambda: rt(*rargs))

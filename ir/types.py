@@ -17,7 +17,7 @@ Printed form: ``f32[1,3,224,224]``, ``f32[N,?,7]``, ``f32[]`` (a scalar).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 

@@ -33,7 +33,9 @@ import numpy as np
 
 from slimc.ir.errors import SlimcError
 
-from .native import ENTRY_TYPE, RUN_TYPE, NativeModule, aligned_empty
+from slimc.ir.buffers import aligned_zeros
+
+from .native import ENTRY_TYPE, RUN_TYPE, NativeModule
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -203,7 +205,7 @@ def load(path: str) -> LoadedModule:
         raise ArtifactError(f"the artifact was built for CPU {target['cpu']!r} and uses "
                             f"{', '.join(missing)}, which this CPU lacks; recompile it here")
     raw = np.fromfile(os.path.join(path, WEIGHTS), dtype=np.uint8)
-    weights = aligned_empty(raw.nbytes)
+    weights = aligned_zeros(raw.nbytes)
     weights[:] = raw
     library = ctypes.CDLL(os.path.abspath(os.path.join(path, LIBRARY)))
     return LoadedModule(path, manifest, library, weights)

@@ -15,11 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from slimc.codegen.backend import ARENA, INPUT, OUTPUT, WEIGHTS, Placement
+from slimc.ir.buffers import ALIGN, aligned_zeros
 from slimc.ir.errors import InputError
-
-from .native import aligned_empty
-
-ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ def place_buffers(graph, kernels) -> tuple[dict, MemoryPlan, np.ndarray, dict]:
         buffers[v.name] = (WEIGHTS, offset, data.nbytes)
         blob_parts.append((offset, data))
         offset += (data.nbytes + ALIGN - 1) // ALIGN * ALIGN
-    weights = aligned_empty(offset)
+    weights = aligned_zeros(offset)
     for off, data in blob_parts:
         weights[off:off + data.nbytes] = data.reshape(-1).view(np.uint8)
     # intermediates: lifetimes in kernel steps

@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+from slimc.ir.buffers import aligned_zeros
 from slimc.ir.interpreter import check_arrays, order_inputs
 
-ALIGN = 64
 
 # Where an output's data comes from (kernels write most outputs directly into the caller's
 # fresh array; these cover the rest).
@@ -27,12 +27,6 @@ KERNEL = "kernel"  # written by a kernel into its output slot
 COPY_OUTPUT = "copy_output"  # the same value as an earlier output: copied from it
 COPY_INPUT = "copy_input"  # a graph input returned as an output
 WEIGHTS = "weights"  # a constant, stored in the weights blob at an offset
-
-
-def aligned_empty(nbytes: int) -> np.ndarray:
-    raw = np.zeros(nbytes + ALIGN, np.uint8)
-    base = (-raw.ctypes.data) % ALIGN
-    return raw[base:base + nbytes]
 
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -92,7 +86,7 @@ class NativeModule:
         with self._lock:
             if self._arenas:
                 return self._arenas.pop()
-        return aligned_empty(self._arena_bytes)
+        return aligned_zeros(self._arena_bytes)
 
     def _prepare(self, arrays, named):
         arrays = order_inputs(self.input_names, arrays, named)

@@ -28,12 +28,11 @@ Other architectures get no FP-state code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from llvmlite import ir
 
-from ..backend import ARENA, INPUT, OUTPUT, WEIGHTS, Placement  # noqa: F401 (re-exported)
+from ..backend import ARENA, INPUT, OUTPUT
 from .kernel import Kernel, llvm_name
 from .llvm_util import I32, I64, PTR, VOID, i64
 

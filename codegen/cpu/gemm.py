@@ -57,7 +57,10 @@ from typing import Callable, Sequence
 import numpy as np
 from llvmlite import ir
 
-from .llvm_util import masked_load_vector, masked_store_vector
+from slimc.ir.buffers import aligned_zeros
+
+from .common import smin
+from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
 from .target import CpuTarget, JitModule, jit_compile
 
 __all__ = [
@@ -67,7 +70,6 @@ __all__ = [
     "gemm_config",
     "packed_b_size",
     "pack_b",
-    "aligned_empty",
     "emit_gemm",
     "bias_epilogue",
     "relu",
@@ -79,7 +81,6 @@ F32 = ir.FloatType()
 I1 = ir.IntType(1)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
-PTR = ir.PointerType()
 VOID = ir.VoidType()
 
 
@@ -146,14 +147,6 @@ def packed_b_size(K: int, N: int, cfg_or_target=None) -> int:
     return -(-N // cfg.nr) * K * cfg.nr
 
 
-def aligned_empty(n: int, dtype=np.float32, align: int = 64) -> np.ndarray:
-    """A 1-D array of n elements whose data starts on an `align`-byte boundary."""
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(n * itemsize + align, dtype=np.uint8)
-    off = (-raw.ctypes.data) % align
-    return raw[off:off + n * itemsize].view(dtype)
-
-
 def pack_b(B: np.ndarray, cfg_or_target=None, *, trans_b: bool = False) -> np.ndarray:
     """Pack B[K, N] (or, with trans_b, B given as its transpose [N, K]) into NR-column panels:
     out[p, k, j] = B[k, p*NR + j] (zero past N). Returns a flat, 64-byte-aligned float32 array
@@ -165,7 +158,7 @@ def pack_b(B: np.ndarray, cfg_or_target=None, *, trans_b: bool = False) -> np.nd
     K, N = B.shape
     nr = cfg.nr
     npan = -(-N // nr)
-    out = aligned_empty(npan * K * nr)
+    out = aligned_zeros(npan * K * nr, np.float32)
     v = out.reshape(npan, K, nr)
     full = N // nr
     if full:
@@ -288,10 +281,6 @@ def _row_ptrs(b: ir.IRBuilder, base, ld, rows: int, tag: str) -> list:
         off = ld if r == 1 else b.mul(ld, _i64(r), name=f"{tag}.ld.x{r}")
         out.append(b.gep(base, [off], source_etype=F32, name=f"{tag}.row{r}"))
     return out
-
-
-def _smin(b, x, y, name):
-    return b.select(b.icmp_signed("<", x, y, name=name + ".lt"), x, y, name=name)
 
 
 class _Loop:
@@ -674,14 +663,14 @@ class _Gen:
             b.branch(ret)
             b.position_at_end(blocked)
             with _Loop(b, 0, npan, pan_blk, "jp") as jp:            # NC block of panels
-                jp_end = _smin(b, b.add(jp, _i64(pan_blk), name="jp.end0"), _i64(npan), "jp.end")
-                full_end = _smin(b, jp_end, _i64(nfull), "jp.full.end")
+                jp_end = smin(b, b.add(jp, _i64(pan_blk), name="jp.end0"), _i64(npan), "jp.end")
+                full_end = smin(b, jp_end, _i64(nfull), "jp.full.end")
                 with _Loop(b, 0, K, kc_blk, "pc") as pc:             # KC block
-                    kc = _smin(b, b.sub(_i64(K), pc, name="k.left"), _i64(kc_blk), "kc")
+                    kc = smin(b, b.sub(_i64(K), pc, name="k.left"), _i64(kc_blk), "kc")
                     first = b.icmp_signed("==", pc, _i64(0), name="first")
                     last = b.icmp_signed(">=", b.add(pc, kc, name="pc.end"), _i64(K), name="last")
                     with _Loop(b, m0, m1, cfg.mc, "ic") as ic:        # MC block of rows
-                        ic_end = _smin(b, b.add(ic, _i64(cfg.mc), name="ic.end0"), m1, "ic.end")
+                        ic_end = smin(b, b.add(ic, _i64(cfg.mc), name="ic.end0"), m1, "ic.end")
                         a_blk = b.gep(A, [pc], source_etype=F32, name="a.blk")
                         nrows = b.sub(ic_end, ic, name="ic.rows")
                         tiles_end = b.add(ic, b.mul(b.udiv(nrows, _i64(mr), name="ic.tiles"),
@@ -961,7 +950,7 @@ class CompiledGemm:
     def pack_runtime(self, B: np.ndarray, Bp: np.ndarray | None = None) -> np.ndarray:
         k = self.kernel
         if Bp is None:
-            Bp = aligned_empty(k.packed_size)
+            Bp = aligned_zeros(k.packed_size, np.float32)
         assert B.dtype == np.float32 and B.strides[1] == 4
         assert B.shape == ((k.N, k.K) if k.trans_b else (k.K, k.N))
         self._pack(_ptr(B), B.strides[0] // 4, _ptr(Bp))
@@ -976,7 +965,7 @@ class CompiledGemm:
         assert B.dtype == np.float32 and B.strides[1] == 4
         assert B.shape == ((k.N, k.K) if k.trans_b else (k.K, k.N))
         if ws is None:
-            ws = aligned_empty(k.packed_size)
+            ws = aligned_zeros(k.packed_size, np.float32)
         m1 = M if m1 is None else m1
         self._rt(_ptr(A), A.strides[0] // 4, _ptr(B), B.strides[0] // 4, _ptr(C),
                  C.strides[0] // 4, m0, m1, _ptr(ws),

@@ -19,17 +19,10 @@ from slimc.ir import InternalError, UnsupportedError, dtypes
 
 from . import gemm as gemm_kernels
 from .gen_linalg import _batch_index, _row_chunk, item_rows
-from .gen_nn import _emitter, _vload, _vstore
+from .common import emitter, numel, vload, vstore
 from .gen_norm import _Axis
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, PTR, const, i64
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _scores_epilogue(scale: float, mask_shape, N: int):
@@ -76,7 +69,7 @@ def attention(kb: KernelBuilder, node) -> None:
                                f"without empty dims only", node=node.label, op=node.op)
     b = kb.b
     name = llvm_name(out.name)
-    n_batch = _numel(batch)
+    n_batch = numel(batch)
     kb.cost = 2 * n_batch * M * N * (D + E) + 20 * n_batch * M * N
     rank = len(qs)
     mask_shape = None
@@ -112,7 +105,7 @@ def attention(kb: KernelBuilder, node) -> None:
     Q, K, V = kb.ptr(q), kb.ptr(k), kb.ptr(v)
     C = kb.ptr(kb.outputs[0])
     Mask = kb.ptr(mask) if mask is not None else None
-    e = _emitter(kb, dtypes.f32, name)
+    e = emitter(kb, dtypes.f32, name)
 
     with kb.loop(kb.begin, kb.end, name="item") as item:
         bi, m0, m1 = item_rows(b, item, chunks, rows_per_item, M)
@@ -142,7 +135,7 @@ def attention(kb: KernelBuilder, node) -> None:
                 return b.add(base, kb._ir(l), name="soff")
 
             def value(l, n):
-                return _vload(kb, scores, at(l), n, "s")
+                return vload(kb, scores, at(l), n, "s")
 
             axis = _Axis(kb, e, F32, N)
             top = axis.reduce(value, -math.inf, "max", "max")
@@ -151,7 +144,7 @@ def attention(kb: KernelBuilder, node) -> None:
 
             def exp_kept(l, n):
                 x = e.exp(e.sub(value(l, n), axis.bcast(top, n)))
-                _vstore(kb, x, scores, at(l), "e")
+                vstore(kb, x, scores, at(l), "e")
                 return x
 
             total = axis.reduce(exp_kept, 0.0, "sum", "sum")
@@ -160,7 +153,7 @@ def attention(kb: KernelBuilder, node) -> None:
                 p = e.fdiv(value(l, n), axis.bcast(total, n))
                 if zero_nan:
                     p = b.select(b.fcmp_unordered("uno", p, p), const(p.type, 0.0), p, name="p")
-                _vstore(kb, p, scores, at(l), "p")
+                vstore(kb, p, scores, at(l), "p")
 
             axis.foreach(normalize)
 

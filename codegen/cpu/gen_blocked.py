@@ -26,7 +26,7 @@ from llvmlite import ir
 from slimc.ir.errors import InternalError
 from slimc.ir.ops.nn import _window_params
 
-from .gen_nn import _entry_alloca, _smax, _smin, _store_result
+from .common import entry_alloca, smax, smin
 from .kernel import KernelBuilder, generator, index_map, llvm_name
 from .llvm_util import F32, i64, splat
 
@@ -67,7 +67,7 @@ def _fma(b: ir.IRBuilder, x, y, acc, name: str):
     return b.fadd(acc, b.fmul(x, y, flags=("contract",)), flags=("contract",), name=name)
 
 
-def _vload(b: ir.IRBuilder, base, offset, vt: ir.VectorType, name: str):
+def vload(b: ir.IRBuilder, base, offset, vt: ir.VectorType, name: str):
     p = b.gep(base, [offset], inbounds=True, name=name + ".p")
     return b.load(b.bitcast(p, ir.PointerType(vt)), align=4, name=name)
 
@@ -85,7 +85,7 @@ def _bias_vector(kb: KernelBuilder, bias, block_index, lanes: int, name: str):
     vt = ir.VectorType(F32, lanes)
     if bias is None:
         return ir.Constant(vt, None)
-    return _vload(kb.b, kb.ptr(bias), kb.b.mul(block_index, i64(lanes)), vt, name)
+    return vload(kb.b, kb.ptr(bias), kb.b.mul(block_index, i64(lanes)), vt, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
         n, cb, oy = kb.delinear(row, [N, CB, Ho])
         cb_ir = kb._ir(cb)
         wbase = b.mul(cb_ir, i64(kh * kw * B), name="w.base")
-        wv = [[_vload(b, Wt, b.add(wbase, i64((ky * kw + kx) * B)), vt, f"w{ky}{kx}")
+        wv = [[vload(b, Wt, b.add(wbase, i64((ky * kw + kx) * B)), vt, f"w{ky}{kx}")
                for kx in range(kw)] for ky in range(kh)]
         bv = _bias_vector(kb, bias, cb_ir, B, "bias")
         plane = b.mul(kb._ir(kb.iadd(kb.imul(n, CB), cb)), i64(H * W * B), name="plane")
@@ -124,7 +124,7 @@ def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
             iy = b.add(iy0, i64(ky * dh), name=f"iy{ky}")
             ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(H)),
                         name=f"iy{ky}.ok")
-            iyc = _smin(b, _smax(b, iy, i64(0), f"iy{ky}.c0"), i64(H - 1), f"iy{ky}.c")
+            iyc = smin(b, smax(b, iy, i64(0), f"iy{ky}.c0"), i64(H - 1), f"iy{ky}.c")
             rows.append(b.add(plane, b.mul(iyc, i64(W * B)), name=f"row{ky}"))
             row_ok.append(ok)
         all_rows = row_ok[0]
@@ -139,13 +139,13 @@ def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
                 if checked:
                     x_ok = b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(W)),
                                   name=f"ix{kx}.ok")
-                    ix = _smin(b, _smax(b, ix, i64(0), f"ix{kx}.c0"), i64(W - 1), f"ix{kx}.c")
+                    ix = smin(b, smax(b, ix, i64(0), f"ix{kx}.c0"), i64(W - 1), f"ix{kx}.c")
                 for ky in range(kh):
-                    v = _vload(b, X, b.add(rows[ky], b.mul(ix, i64(B))), vt, f"x{ky}{kx}")
+                    v = vload(b, X, b.add(rows[ky], b.mul(ix, i64(B))), vt, f"x{ky}{kx}")
                     if checked:
                         v = b.select(b.and_(row_ok[ky], x_ok), v, zero, name=f"x{ky}{kx}.z")
                     acc = _fma(b, v, wv[ky][kx], acc, "acc")
-            _store_result(kb, out, [n, cb, oy, ox, 0], acc)
+            kb.store_result(out, [n, cb, oy, ox, 0], acc)
 
         def run(lo_, hi_, checked, tag):
             if hi_ > lo_:
@@ -186,7 +186,7 @@ def _scale_weights(kb: KernelBuilder, W, wbase, S, sbase, dst, ocv, per_block, C
                     sv = b.load(b.gep(S, [b.add(sbase, b.add(b.mul(cib, i64(BI)), i64(ci)))],
                                       inbounds=True), name="s")
                     at = b.add(off, i64(ci * BO))
-                    v = _vload(b, W, b.add(wbase, at), vt, "w")
+                    v = vload(b, W, b.add(wbase, at), vt, "w")
                     p = b.gep(dst, [at], inbounds=True)
                     b.store(b.fmul(v, splat(b, sv, BO, "s")), b.bitcast(p, ir.PointerType(vt)),
                             align=4)
@@ -227,15 +227,15 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
     wstride_blk = CIB * kh * kw * BI * BO  # one output block's weights
     kb.parallel_extent = N * (COB // ocv) * nrows
     kb.cost = 2 * N * COB * BO * Ho * Wo * CIB * BI * kh * kw
-    accs = [[_entry_alloca(kb, vt, f"acc{j}.{t}") for t in range(T)] for j in range(ocv)]
+    accs = [[entry_alloca(kb, vt, f"acc{j}.{t}") for t in range(T)] for j in range(ocv)]
     if scale is not None:
         if ocv * wstride_blk > SCALED_WEIGHTS_MAX:
             raise InternalError(f"input scale on a conv with {wstride_blk} weights per output "
                                 f"block (the layout pass folds at most {SCALED_WEIGHTS_MAX // 3})",
                                 where=kb.fn.name)
-        scaled = b.bitcast(_entry_alloca(kb, ir.ArrayType(F32, ocv * wstride_blk), name + ".ws"),
+        scaled = b.bitcast(entry_alloca(kb, ir.ArrayType(F32, ocv * wstride_blk), name + ".ws"),
                            ir.PointerType(F32), name=name + ".wscaled")
-        last = _entry_alloca(kb, ir.IntType(64), name + ".ws.for")
+        last = entry_alloca(kb, ir.IntType(64), name + ".ws.for")
         b.store(i64(-1), last)
     with kb.loop(kb.begin, kb.end, name="item") as item:
         n, cop, r = kb.delinear(item, [N, COB // ocv, nrows])
@@ -253,7 +253,7 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
         biases = [_bias_vector(kb, bias, b.add(co0_ir, i64(j)), BO, f"bias{j}") for j in range(ocv)]
         if flat:
             p0 = b.mul(r_ir, i64(row_w), name="p0")
-            width = _smin(b, b.sub(i64(P), p0), i64(row_w), "width")
+            width = smin(b, b.sub(i64(P), p0), i64(row_w), "width")
             iy0 = None
         else:
             p0, width = None, i64(Wo)
@@ -286,7 +286,7 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
 
                             def body():
                                 for ci in range(BI):
-                                    wvs = [_vload(b, Wt, b.add(wkx, i64(j * wstride_blk + ci * BO)),
+                                    wvs = [vload(b, Wt, b.add(wkx, i64(j * wstride_blk + ci * BO)),
                                                   vt, f"w{j}") for j in range(ocv)]
                                     for t in range(t_count):
                                         at = b.add(xrow, b.add(b.mul(b.add(ix0, i64(t * sw)),
@@ -319,7 +319,7 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
                 else:
                     oy_, ox_ = r, ox
                 for j in range(ocv):
-                    _store_result(kb, out, [n, kb.iadd(co0, j), oy_, ox_, 0],
+                    kb.store_result(out, [n, kb.iadd(co0, j), oy_, ox_, 0],
                                   b.load(accs[j][t], name=f"y{j}.{t}"))
 
         if flat:

@@ -24,9 +24,8 @@ from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import (
     F32, I64, const, for_range, i64, llvm_type, OPAQUE_PTR, masked_load_vector,
     masked_store_vector, splat)
-from .gen_nn import (
-    _numel, _acc_dtype, _emitter, _cdiv, _stack_row, _smax, _smin, _vec_loop, _vload, _cvt,
-    _store_result, _Geom, _outer_taps, _accumulate_row)
+from .common import acc_dtype, cdiv, convert, emitter, numel, smax, smin, stack_row, vec_loop, vload
+from .gen_nn import Geom, accumulate_row, outer_taps
 
 # ----------------------------------------------------------------------------------------------
 # Convolution
@@ -46,16 +45,16 @@ def _conv_chunk(n: int, k: int, nr: int) -> int:
     target = max(4 * nr, CONV_CHUNK_FLOATS // max(1, k))
     if target >= n:
         return n
-    n0 = _cdiv(n, target)
+    n0 = cdiv(n, target)
 
     def padded(nc):
-        nb = _cdiv(n, nc)
-        tail = n - (_cdiv(n, nb) - 1) * nb
-        return (_cdiv(n, nb) - 1) * _cdiv(nb, nr) * nr + _cdiv(tail, nr) * nr
+        nb = cdiv(n, nc)
+        tail = n - (cdiv(n, nb) - 1) * nb
+        return (cdiv(n, nb) - 1) * cdiv(nb, nr) * nr + cdiv(tail, nr) * nr
 
-    cands = [nc for nc in range(max(1, _cdiv(n0, 4)), 2 * n0 + 1) if _cdiv(n, nc) >= nr]
+    cands = [nc for nc in range(max(1, cdiv(n0, 4)), 2 * n0 + 1) if cdiv(n, nc) >= nr]
     best = min(cands, key=lambda nc: (padded(nc), abs(nc - n0)))
-    return _cdiv(n, best)
+    return cdiv(n, best)
 
 
 @generator("conv", epilogue=True)
@@ -66,12 +65,12 @@ def conv(kb: KernelBuilder, node) -> None:
     nsp = len(xs) - 2
     group = int(kb.attrs(node)["group"])
     cig, cog = ws[1], ws[0] // group
-    K = cig * _numel(ws[2:])
-    if _numel(kb.shape(out)) == 0:  # an empty batch (or channels): nothing to compute
+    K = cig * numel(ws[2:])
+    if numel(kb.shape(out)) == 0:  # an empty batch (or channels): nothing to compute
         kb.b.ret_void()
         return None
     if (x.type.dtype == dtypes.f32 and nsp <= 2 and cog >= 4 and K >= 8
-            and _numel(kb.shape(out)[2:]) >= 4):
+            and numel(kb.shape(out)[2:]) >= 4):
         return _conv_gemm(kb, node)
     return _conv_direct(kb, node)
 
@@ -90,20 +89,20 @@ def _conv_direct(kb: KernelBuilder, node) -> None:
     cig, cout = ws[1], ws[0]
     cog = cout // group
     kernel = list(ws[2:])
-    g = _Geom(xs[2:], ys[2:], kernel, strides, pads, dil)
+    g = Geom(xs[2:], ys[2:], kernel, strides, pads, dil)
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     Wo = ys[-1]
     rows_shape = [ys[0], cout] + list(ys[2:-1])
-    kb.parallel_extent = _numel(rows_shape)
-    kb.cost = 2 * _numel(ys) * cig * _numel(kernel)
-    plane = _numel(xs[2:])
-    ktaps = _numel(kernel)
+    kb.parallel_extent = numel(rows_shape)
+    kb.cost = 2 * numel(ys) * cig * numel(kernel)
+    plane = numel(xs[2:])
+    ktaps = numel(kernel)
     X, Wt = kb.ptr(x), kb.ptr(w)
-    acc = _stack_row(kb, acc_t, Wo, name + ".acc")
+    acc = stack_row(kb, acc_t, Wo, name + ".acc")
     tables = [g.tap_tables(kb, i, name) for i in range(nsp - 1)]
     olo, ohi = g.out_tables(kb, nsp - 1, name)
     kstrides = KernelBuilder.strides(kernel)
@@ -112,7 +111,7 @@ def _conv_direct(kb: KernelBuilder, node) -> None:
         n_i, co, o_idx = ridx[0], ridx[1], ridx[2:]
         init = const(acc_t, 0.0)
         if bias is not None:
-            init = _cvt(e, b.load(b.gep(kb.ptr(bias), [kb._ir(co)], inbounds=True), name="bias"),
+            init = convert(e, b.load(b.gep(kb.ptr(bias), [kb._ir(co)], inbounds=True), name="bias"),
                         bias.type.dtype, adt)
         with kb.loop(0, Wo, name="init") as ox:
             b.store(init, b.gep(acc, [ox], inbounds=True))
@@ -131,23 +130,23 @@ def _conv_direct(kb: KernelBuilder, node) -> None:
 
                 def weight(kx):
                     wv = b.load(b.gep(Wt, [kb._ir(kb.iadd(woff, kx))], inbounds=True), name="w")
-                    return _cvt(e, wv, w.type.dtype, adt)
+                    return convert(e, wv, w.type.dtype, adt)
 
                 def value(ox, kx, wv):
                     at = b.add(b.add(row, b.mul(ox, i64(strides[-1]))),
                                kb._ir(kb.iadd(kb.imul(kx, dil[-1]), -pads[nsp - 1])), name="xi")
-                    return e.mul(wv, _cvt(e, b.load(b.gep(X, [at], inbounds=True), name="x"),
+                    return e.mul(wv, convert(e, b.load(b.gep(X, [at], inbounds=True), name="x"),
                                           dt, adt))
 
-                _accumulate_row(kb, g, acc, (olo, ohi), value, e.add, weight)
+                accumulate_row(kb, g, acc, (olo, ohi), value, e.add, weight)
 
-            _outer_taps(kb, g, tables, o_idx, row_taps, name)
+            outer_taps(kb, g, tables, o_idx, row_taps, name)
 
         def finish(ox, lanes):
-            v = _vload(kb, acc, ox, lanes, "acc")
-            _store_result(kb, out, [n_i, co] + list(o_idx) + [ox], _cvt(e, v, adt, dt))
+            v = vload(kb, acc, ox, lanes, "acc")
+            kb.store_result(out, [n_i, co] + list(o_idx) + [ox], convert(e, v, adt, dt))
 
-        _vec_loop(kb, 0, Wo, finish, "fin")
+        vec_loop(kb, 0, Wo, finish, "fin")
     b.ret_void()
 
 
@@ -188,25 +187,25 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
     pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and \
         H == Ho and W == Wo
     nb = _conv_chunk(HWo, K, nr)
-    nchunks = _cdiv(HWo, nb)
+    nchunks = cdiv(HWo, nb)
     tail = HWo - (nchunks - 1) * nb
     # Few chunks (batch 1, small images): split the output channels too, so that threads
     # have work; each row block redoes its chunk's im2col unless its item just did it.
     mblocks = 1
     base_tasks = N * group * nchunks
     if base_tasks < CONV_MIN_TASKS:
-        mblocks = max(1, min(_cdiv(CONV_MIN_TASKS, base_tasks), cog // (4 * mr)))
-    mbs = _cdiv(_cdiv(cog, mblocks), mr) * mr
-    mblocks = _cdiv(cog, mbs)
+        mblocks = max(1, min(cdiv(CONV_MIN_TASKS, base_tasks), cog // (4 * mr)))
+    mbs = cdiv(cdiv(cog, mblocks), mr) * mr
+    mblocks = cdiv(cog, mbs)
     tasks = base_tasks * mblocks
     items = min(tasks, CONV_MAX_ITEMS)
     direct = list(kb.outputs) == [out]
-    ldp = _cdiv(nb, nr) * nr  # im2col row length: whole panels, the GEMM reads it unpacked
+    ldp = cdiv(nb, nr) * nr  # im2col row length: whole panels, the GEMM reads it unpacked
     # a pointwise conv reads its input in place when every chunk is whole panels
     pw_direct = pointwise and nb % nr == 0 and tail % nr == 0
     col_floats = 0 if pointwise else K * ldp
     pack_floats = ldp * K if pointwise and not pw_direct else 0
-    c_floats = 0 if direct else _cdiv(cog * nb, 16) * 16
+    c_floats = 0 if direct else cdiv(cog * nb, 16) * 16
     slot = col_floats + pack_floats + c_floats
     ws_raw = kb.scratch(4 * slot * items, name + ".ws")
     ws_f = b.bitcast(ws_raw, ir.PointerType(F32), name=name + ".wsf")
@@ -254,7 +253,7 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
             else:            # im2col rows padded to whole panels
                 b_src, ldb, pstride = colbuf, ldp, nr
             m0 = b.mul(mb, i64(mbs), name="m0")
-            m1 = _smin(b, b.add(m0, i64(mbs)), i64(cog), "m1")
+            m1 = smin(b, b.add(m0, i64(mbs)), i64(cog), "m1")
             a_ptr = b.gep(Wt, [b.mul(gi, i64(cog * K))], inbounds=True, name="a")
             if direct:
                 row0 = b.add(b.mul(n_i, i64(cout)), b.mul(gi, i64(cog)), name="row0")
@@ -284,18 +283,18 @@ def _conv_copy_out(kb: KernelBuilder, out, cbuf, ld, n_i, gi, cog, m0, m1, c0, n
         crow = b.gep(cbuf, [b.mul(co, i64(ld))], inbounds=True, name="crow")
         with kb.loop(oy0, oy1, name="oy") as oy:
             rs = b.mul(oy, i64(Wo), name="rs")
-            xs_ = b.sub(_smax(b, c0, rs, "seg.s"), rs, name="xs")
-            xe = b.sub(_smin(b, c1, b.add(rs, i64(Wo)), "seg.e"), rs, name="xe")
+            xs_ = b.sub(smax(b, c0, rs, "seg.s"), rs, name="xs")
+            xe = b.sub(smin(b, c1, b.add(rs, i64(Wo)), "seg.e"), rs, name="xe")
             src = b.gep(crow, [b.sub(rs, c0)], name="src")
 
             def put(ox, lanes):
-                v = _vload(kb, src, ox, lanes, "y")
+                v = vload(kb, src, ox, lanes, "y")
                 sp = [oy, ox] if nsp == 2 else [ox]
-                _store_result(kb, out, [n_i, chan] + sp, v)
+                kb.store_result(out, [n_i, chan] + sp, v)
 
             # a row of one pixel has no vector along it (an override set at a vector of
             # lanes over a dim of size 1 would never be found by the epilogue's operands)
-            _vec_loop(kb, xs_, xe, put, "ox", lanes=None if Wo > 1 else 1)
+            vec_loop(kb, xs_, xe, put, "ox", lanes=None if Wo > 1 else 1)
 
 
 # ---- the shared runtime-size GEMM --------------------------------------------------------
@@ -437,18 +436,18 @@ def _emit_gemm_driver(m: ir.Module, cfg, ukrs) -> ir.Function:
     npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
     mc = cfg.mc
     with for_range(b, 0, K, GEMM_KC, "pc") as pc:
-        kc = _smin(b, b.sub(K, pc), i64(GEMM_KC), "kc")
+        kc = smin(b, b.sub(K, pc), i64(GEMM_KC), "kc")
         acc_in = b.icmp_signed("!=", pc, i64(0), name="acc.in")
         use_bias = b.and_(has_bias, b.not_(acc_in), name="use.bias")
         apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
         with for_range(b, m0, m1, mc, "ic") as ic:  # MC x KC block of A: L2-resident
-            ic_end = _smin(b, b.add(ic, i64(mc)), m1, "ic.end")
+            ic_end = smin(b, b.add(ic, i64(mc)), m1, "ic.end")
             rows = b.sub(ic_end, ic, name="rows")
             tiles_end = b.add(ic, b.mul(b.udiv(rows, i64(mr)), i64(mr)), name="tiles.end")
             rem = b.sub(ic_end, tiles_end, name="rows.left")
             with for_range(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
                 col = b.mul(p, i64(NR), name="col")
-                ncols = _smin(b, b.sub(N, col), i64(NR), "ncols")
+                ncols = smin(b, b.sub(N, col), i64(NR), "ncols")
                 bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
                              name="b.pan")
                 cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
@@ -544,16 +543,16 @@ def _emit_im2col(m: ir.Module) -> ir.Function:
                               b.sdiv(b.add(a0, b.sub(sw, i64(1))), sw), i64(0), name="lo")
                 h0 = b.sub(b.sub(W, i64(1)), xshift, name="hi.num")
                 hi = b.select(b.icmp_signed("<", h0, i64(0)), i64(0),
-                              _smin(b, b.add(b.sdiv(h0, sw), i64(1)), Wo, "hi0"), name="hi")
+                              smin(b, b.add(b.sdiv(h0, sw), i64(1)), Wo, "hi0"), name="hi")
                 with for_range(b, oy0, oy1, 1, "oy") as oy:
                     rs = b.mul(oy, Wo, name="rs")
-                    xs_ = b.sub(_smax(b, c0, rs, "seg.s"), rs, name="xs")
-                    xe = b.sub(_smin(b, c1, b.add(rs, Wo), "seg.e"), rs, name="xe")
+                    xs_ = b.sub(smax(b, c0, rs, "seg.s"), rs, name="xs")
+                    xe = b.sub(smin(b, c1, b.add(rs, Wo), "seg.e"), rs, name="xe")
                     iy = b.add(b.sub(b.mul(oy, sh), pt), b.mul(ky, dh), name="iy")
                     ok = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, H),
                                 name="row.ok")
-                    a = b.select(ok, _smin(b, _smax(b, lo, xs_, "a0"), xe, "a1"), xe, name="a")
-                    e_ = b.select(ok, _smin(b, _smax(b, hi, a, "e0"), xe, "e1"), xe, name="e")
+                    a = b.select(ok, smin(b, smax(b, lo, xs_, "a0"), xe, "a1"), xe, name="a")
+                    e_ = b.select(ok, smin(b, smax(b, hi, a, "e0"), xe, "e1"), xe, name="e")
                     dst = b.gep(dst_k, [b.sub(rs, c0)], source_etype=F32, name="dst.row")
                     src = b.gep(x_c, [b.add(b.mul(iy, W), xshift)], source_etype=F32,
                                 name="src.row")

@@ -21,7 +21,7 @@ from slimc.ir import dtypes
 from . import gemm as gemm_kernels
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, PTR, const, i64, llvm_type
-from .scalar_ops import Emitter, _convert
+from .scalar_ops import Emitter, convert
 
 
 def _norm_shapes(a_shape, b_shape, trans_a=False, trans_b=False):
@@ -293,22 +293,22 @@ def loop_matmul(kb: KernelBuilder, node) -> None:
                 bj = b.add(b.mul(j, i64(K)), k) if trans_b else b.add(b.mul(k, i64(N)), j)
                 x = b.load(b.gep(A, [kb._ir(kb.iadd(a_base, ai))]), name="a")
                 y = b.load(b.gep(B, [kb._ir(kb.iadd(b_base, bj))]), name="b")
-                x, y = _convert(e, x, a.type.dtype, acc_dt), _convert(e, y, bv.type.dtype, acc_dt)
+                x, y = convert(e, x, a.type.dtype, acc_dt), convert(e, y, bv.type.dtype, acc_dt)
                 b.store(e.add(b.load(acc), e.mul(x, y)), acc)
             r = b.load(acc, name="dot")
             if node.op == "gemm":
                 if float(attrs["alpha"]) != 1.0:
-                    r = e.mul(r, _convert(e, const(F32, attrs["alpha"]), dtypes.f32, acc_dt)
+                    r = e.mul(r, convert(e, const(F32, attrs["alpha"]), dtypes.f32, acc_dt)
                               if acc_dt.is_float else const(acc_t, attrs["alpha"]))
                 if c is not None and float(attrs["beta"]) != 0.0:
                     cs = list(kb.shape(c))
                     while len(cs) < 2:
                         cs = [1] + cs
                     cidx = kb.linear([0 if cs[0] == 1 else i, 0 if cs[1] == 1 else j], cs)
-                    cv = _convert(e, b.load(b.gep(kb.ptr(c), [kb._ir(cidx)])), c.type.dtype, acc_dt)
+                    cv = convert(e, b.load(b.gep(kb.ptr(c), [kb._ir(cidx)])), c.type.dtype, acc_dt)
                     if float(attrs["beta"]) != 1.0:
                         cv = e.mul(cv, const(acc_t, attrs["beta"]))
                     r = e.add(r, cv)
             flat = b.add(b.mul(row, i64(N)), j)
-            kb.store_result(out, kb.delinear(flat, kb.shape(out)), _convert(e, r, acc_dt, dt))
+            kb.store_result(out, kb.delinear(flat, kb.shape(out)), convert(e, r, acc_dt, dt))
     b.ret_void()

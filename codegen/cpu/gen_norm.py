@@ -16,10 +16,8 @@ from slimc.ir.errors import UnsupportedError
 
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import I64, const, i64, llvm_type, splat
-from .scalar_ops import Emitter, _convert
-from .gen_nn import (
-    _numel, _acc_dtype, _emitter, _smax, _smin, _vec_loop, _vload, _vstore, _cvt, _hreduce,
-    _store_result, _flat_index, _flat_epilogue_ok, _entry_alloca, _chan_param)
+from .scalar_ops import Emitter
+from .common import acc_dtype, chan_param, convert, emitter, entry_alloca, flat_epilogue_ok, flat_index, hreduce, numel, smax, smin, vec_loop, vload, vstore
 
 # ----------------------------------------------------------------------------------------------
 # Rows and spans: softmax family, normalizations, global pooling
@@ -47,15 +45,15 @@ class _Axis:
         kb, b = self.kb, self.kb.b
         if self.lanes is not None:
             t = ir.VectorType(self.acc_t, self.lanes) if self.lanes > 1 else self.acc_t
-            acc = _entry_alloca(kb, t, name)
+            acc = entry_alloca(kb, t, name)
             b.store(const(t, init), acc)
             with kb.loop(0, self.L, name=name + ".l") as l:
                 b.store(self._comb(op, b.load(acc), value(l, self.lanes)), acc)
             return b.load(acc, name=name)
         W = kb.vector_width
         vt = ir.VectorType(self.acc_t, W)
-        vacc = _entry_alloca(kb, vt, name + ".v")
-        sacc = _entry_alloca(kb, self.acc_t, name + ".s")
+        vacc = entry_alloca(kb, vt, name + ".v")
+        sacc = entry_alloca(kb, self.acc_t, name + ".s")
         b.store(const(vt, init), vacc)
         b.store(const(self.acc_t, init), sacc)
 
@@ -63,9 +61,9 @@ class _Axis:
             slot = vacc if n > 1 else sacc
             b.store(self._comb(op, b.load(slot), value(l, n)), slot)
 
-        _vec_loop(kb, 0, self.L, body, name)
+        vec_loop(kb, 0, self.L, body, name)
         if op in ("sum", "max"):
-            h = _hreduce(self.e, b.load(vacc), op)
+            h = hreduce(self.e, b.load(vacc), op)
             return self._comb(op, h, b.load(sacc))
         raise ValueError(op)
 
@@ -75,7 +73,7 @@ class _Axis:
             with kb.loop(0, self.L, name=name + ".l") as l:
                 body(l, self.lanes)
             return
-        _vec_loop(kb, 0, self.L, body, name)
+        vec_loop(kb, 0, self.L, body, name)
 
     def bcast(self, s, lanes):
         return splat(self.kb.b, s, lanes) if self.lanes is None else s
@@ -89,17 +87,17 @@ class _Span:
         shape = kb.shape(produced)
         self.kb = kb
         self.dims = list(shape[first:])
-        self.n = _numel(self.dims)
+        self.n = numel(self.dims)
         # vectors of a flat run lie along the last axis, as epilogue operands read them: not
         # when that axis is 1 (the run's lanes would be another axis)
         self.flat = (self.dims[-1:] != [1] or self.n == 1) and (
-            list(kb.outputs) == [produced] or _flat_epilogue_ok(kb, anchor, produced, first))
+            list(kb.outputs) == [produced] or flat_epilogue_ok(kb, anchor, produced, first))
 
     def index(self, prefix, f):
         if not self.dims:
             return list(prefix)
         if self.flat:
-            return list(prefix) + _flat_index(self.dims, f)
+            return list(prefix) + flat_index(self.dims, f)
         return list(prefix) + self.kb.delinear(f, self.dims)
 
     @property
@@ -115,14 +113,14 @@ def _line_loads(kb: KernelBuilder, e: Emitter, X, base, stride: int, dt, adt):
     def value(l, lanes):
         off = b.add(base, kb._ir(kb.imul(l, stride)), name="off") if stride != 1 else \
             b.add(base, kb._ir(l), name="off")
-        return _cvt(e, _vload(kb, X, off, lanes, "x"), dt, adt)
+        return convert(e, vload(kb, X, off, lanes, "x"), dt, adt)
 
     return value
 
 
 def _axis_layout(shape, axis):
     axis %= len(shape)
-    return _numel(shape[:axis]), shape[axis], _numel(shape[axis + 1:]), axis
+    return numel(shape[:axis]), shape[axis], numel(shape[axis + 1:]), axis
 
 
 @generator("softmax", "log_softmax", "hardmax", "lp_normalization", epilogue=True)
@@ -139,13 +137,13 @@ def softmax(kb: KernelBuilder, node) -> None:
         raise UnsupportedError(f"{kind} of a 0-d tensor", node=node.label, op=kind)
     outer, L, inner, axis = _axis_layout(shape, int(attrs["axis"]))
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
     kb.parallel_extent = outer
-    kb.cost = _numel(shape) * (20 if kind in ("softmax", "log_softmax") else 4)
-    if _numel(shape) == 0:
+    kb.cost = numel(shape) * (20 if kind in ("softmax", "log_softmax") else 4)
+    if numel(shape) == 0:
         b.ret_void()
         return
     span = _Span(kb, node, out, axis + 1) if inner > 1 else None
@@ -192,11 +190,11 @@ def softmax(kb: KernelBuilder, node) -> None:
             # exp once: kept in the output between the passes
             def exp_kept(l, n):
                 v = rnd(e.exp(shifted(l, n)))
-                _vstore(kb, v, Y, offset(l), "e")
+                vstore(kb, v, Y, offset(l), "e")
                 return v
 
             s = rnd(ax.reduce(exp_kept, 0.0, "sum", "sum"))
-            ax.foreach(lambda l, n: store(l, n, e.fdiv(_vload(kb, Y, offset(l), n, "e"),
+            ax.foreach(lambda l, n: store(l, n, e.fdiv(vload(kb, Y, offset(l), n, "e"),
                                                        ax.bcast(s, n))))
             return
         s = rnd(ax.reduce(lambda l, n: rnd(e.exp(shifted(l, n))), 0.0, "sum", "sum"))
@@ -214,23 +212,23 @@ def softmax(kb: KernelBuilder, node) -> None:
             trailing = [0] * (len(shape) - axis - 1)
 
             def store(l, n, v):
-                _store_result(kb, out, o_idx + [l] + trailing, _cvt(e, v, adt, dt))
+                kb.store_result(out, o_idx + [l] + trailing, convert(e, v, adt, dt))
 
             line(o_idx, base, _Axis(kb, e, acc_t, L), store)
         else:
             def block(j, n):
                 def store(l, nn, v):
-                    _store_result(kb, out, span.index(o_idx + [l], j), _cvt(e, v, adt, dt))
+                    kb.store_result(out, span.index(o_idx + [l], j), convert(e, v, adt, dt))
 
                 line(o_idx, b.add(base, j, name="col"), _Axis(kb, e, acc_t, L, n), store)
 
-            _vec_loop(kb, 0, inner, block, "j", lanes=None if span.flat else 1)
+            vec_loop(kb, 0, inner, block, "j", lanes=None if span.flat else 1)
     b.ret_void()
 
 
 def _round_to(e: Emitter, v, dt):
     """v (computed in f32) rounded to `dt` and back: per-operation rounding of halves."""
-    return _convert(e, _convert(e, v, dtypes.f32, dt), dt, dtypes.f32)
+    return convert(e, convert(e, v, dtypes.f32, dt), dt, dtypes.f32)
 
 
 def _sq(e: Emitter, v):
@@ -243,8 +241,8 @@ def _hardmax_line(kb: KernelBuilder, e: Emitter, ax: _Axis, value, store, acc_t)
     lanes = ax.lanes or 1
     vt = ir.VectorType(acc_t, lanes) if lanes > 1 else acc_t
     it = ir.VectorType(I64, lanes) if lanes > 1 else I64
-    best = _entry_alloca(kb, vt, "hm.best")
-    best_i = _entry_alloca(kb, it, "hm.idx")
+    best = entry_alloca(kb, vt, "hm.best")
+    best_i = entry_alloca(kb, it, "hm.idx")
     b.store(value(0, lanes), best)
     b.store(const(it, 0), best_i)
     with kb.loop(1, ax.L, name="hm.l") as l:
@@ -279,13 +277,13 @@ def global_pool(kb: KernelBuilder, node) -> None:
     shape = kb.shape(x)
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
-    plane = _numel(shape[2:])
+    plane = numel(shape[2:])
     kb.parallel_extent = shape[0] * shape[1]
-    kb.cost = _numel(shape)
+    kb.cost = numel(shape)
     p = int(kb.attrs(node).get("p", 2)) if kind == "global_lp_pool" else 2
     zeros = [0] * (len(shape) - 2)
     with kb.loop(kb.begin, kb.end, name="nc") as nc:
@@ -304,8 +302,8 @@ def global_pool(kb: KernelBuilder, node) -> None:
             r = ax.reduce(powed, 0.0, "sum", "sum")
             r = r if p == 1 else e.intrinsic("sqrt", [r]) if p == 2 else \
                 e.intrinsic("pow", [r, const(acc_t, 1.0 / p)])
-        _store_result(kb, out, [kb.idiv(nc, shape[1]), kb.imod(nc, shape[1])] + zeros,
-                        _cvt(e, r, adt, dt))
+        kb.store_result(out, [kb.idiv(nc, shape[1]), kb.imod(nc, shape[1])] + zeros,
+                        convert(e, r, adt, dt))
     b.ret_void()
 
 
@@ -330,26 +328,26 @@ def channel_norm(kb: KernelBuilder, node) -> None:
     shape = kb.shape(x)
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
     N, C = shape[0], shape[1]
     span = _Span(kb, node, out, 2)
     plane = span.n
     eps = float(attrs["epsilon"])
     kb.parallel_extent = N * C
-    kb.cost = _numel(shape) * (2 if kind == "batch_norm" else 4)
+    kb.cost = numel(shape) * (2 if kind == "batch_norm" else 4)
     with kb.loop(kb.begin, kb.end, name="nc") as nc:
         c = b.urem(nc, i64(C), name="c")
         n_i = b.udiv(nc, i64(C), name="n")
         base = b.mul(nc, i64(plane), name="base")
         value = _line_loads(kb, e, X, base, 1, dt, adt)
-        scale = _chan_param(kb, e, node.inputs[1], c, adt)
-        shift = _chan_param(kb, e, node.inputs[2], c, adt)
+        scale = chan_param(kb, e, node.inputs[1], c, adt)
+        shift = chan_param(kb, e, node.inputs[2], c, adt)
         if kind == "batch_norm":
-            mean = _chan_param(kb, e, node.inputs[3], c, adt)
-            var = _chan_param(kb, e, node.inputs[4], c, adt)
+            mean = chan_param(kb, e, node.inputs[3], c, adt)
+            var = chan_param(kb, e, node.inputs[4], c, adt)
             inv = e.fdiv(scale, e.intrinsic("sqrt", [e.add(var, const(acc_t, eps))]))
 
             def y(l, k):  # (x - mean) * inv + bias
@@ -364,9 +362,9 @@ def channel_norm(kb: KernelBuilder, node) -> None:
                 return e.add(e.mul(d, splat(b, scale, k)), splat(b, shift, k))
 
         def put(l, k):
-            _store_result(kb, out, span.index([n_i, c], l), _cvt(e, y(l, k), adt, dt))
+            kb.store_result(out, span.index([n_i, c], l), convert(e, y(l, k), adt, dt))
 
-        _vec_loop(kb, 0, plane, put, "y", lanes=None if span.flat else 1)
+        vec_loop(kb, 0, plane, put, "y", lanes=None if span.flat else 1)
     b.ret_void()
 
 
@@ -379,9 +377,9 @@ def group_norm(kb: KernelBuilder, node) -> None:
     shape = kb.shape(x)
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
     N, C = shape[0], shape[1]
     G = int(attrs["num_groups"])
@@ -390,7 +388,7 @@ def group_norm(kb: KernelBuilder, node) -> None:
     plane = span.n
     eps = float(attrs["epsilon"])
     kb.parallel_extent = N * G
-    kb.cost = _numel(shape) * 4
+    kb.cost = numel(shape) * 4
     with kb.loop(kb.begin, kb.end, name="ng") as ng:
         n_i = b.udiv(ng, i64(G), name="n")
         gi = b.urem(ng, i64(G), name="g")
@@ -400,16 +398,16 @@ def group_norm(kb: KernelBuilder, node) -> None:
                               acc_t)
         with kb.loop(0, cpg, name="cg") as cg:
             c = b.add(b.mul(gi, i64(cpg)), cg, name="c")
-            scale = _chan_param(kb, e, node.inputs[1], c, adt)
-            shift = _chan_param(kb, e, node.inputs[2], c, adt)
+            scale = chan_param(kb, e, node.inputs[1], c, adt)
+            shift = chan_param(kb, e, node.inputs[2], c, adt)
             cbase = b.mul(cg, i64(plane), name="cbase")
 
             def put(l, k):
                 d = e.mul(e.sub(value(b.add(cbase, l), k), splat(b, mean, k)), splat(b, inv, k))
                 yv = e.add(e.mul(d, splat(b, scale, k)), splat(b, shift, k))
-                _store_result(kb, out, span.index([n_i, c], l), _cvt(e, yv, adt, dt))
+                kb.store_result(out, span.index([n_i, c], l), convert(e, yv, adt, dt))
 
-            _vec_loop(kb, 0, plane, put, "y", lanes=None if span.flat else 1)
+            vec_loop(kb, 0, plane, put, "y", lanes=None if span.flat else 1)
     b.ret_void()
 
 
@@ -425,13 +423,13 @@ def _param_loader(kb: KernelBuilder, e: Emitter, v, dims, adt):
     s = [1] * (len(dims) - len(s)) + s
     P = kb.ptr(v)
     if s == list(dims):
-        return (lambda f, n, idx: _cvt(e, _vload(kb, P, f, n, "p"), v.type.dtype, adt)), True
-    if _numel(s) == 1:
-        return (lambda f, n, idx: splat(b, _cvt(e, b.load(P), v.type.dtype, adt), n)), True
+        return (lambda f, n, idx: convert(e, vload(kb, P, f, n, "p"), v.type.dtype, adt)), True
+    if numel(s) == 1:
+        return (lambda f, n, idx: splat(b, convert(e, b.load(P), v.type.dtype, adt), n)), True
 
     def by_index(f, n, idx):
         off = kb.linear([0 if d == 1 else i for d, i in zip(s, idx)], s)
-        return _cvt(e, _vload(kb, P, off, n, "p"), v.type.dtype, adt)
+        return convert(e, vload(kb, P, off, n, "p"), v.type.dtype, adt)
 
     return by_index, False
 
@@ -446,15 +444,15 @@ def layer_norm(kb: KernelBuilder, node) -> None:
     axis = int(attrs["axis"]) % rank if rank else 0
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
     dims = list(shape[axis:])
-    n = _numel(dims)
+    n = numel(dims)
     rows_shape = list(shape[:axis])
-    kb.parallel_extent = _numel(rows_shape)
-    kb.cost = _numel(shape) * 4
+    kb.parallel_extent = numel(rows_shape)
+    kb.cost = numel(shape) * 4
     scale, s_flat = _param_loader(kb, e, node.inputs[1], dims, adt)
     bias, b_flat = _param_loader(kb, e, node.inputs[2] if len(node.inputs) > 2 else None, dims,
                                  adt)
@@ -473,9 +471,9 @@ def layer_norm(kb: KernelBuilder, node) -> None:
             if bias is not None:
                 yv = e.add(yv, bias(f, k, idx))
             index = span.index(prefix, f) if flat else prefix + idx
-            _store_result(kb, out, index, _cvt(e, yv, adt, dt))
+            kb.store_result(out, index, convert(e, yv, adt, dt))
 
-        _vec_loop(kb, 0, n, put, "y", lanes=None if flat else 1)
+        vec_loop(kb, 0, n, put, "y", lanes=None if flat else 1)
     b.ret_void()
 
 
@@ -489,13 +487,13 @@ def layer_norm_stats(kb: KernelBuilder, node) -> None:
     rank = len(shape)
     axis = int(attrs["axis"]) % rank if rank else 0
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, llvm_name(mean_v.name))
-    n = _numel(shape[axis:])
+    e = emitter(kb, adt, llvm_name(mean_v.name))
+    n = numel(shape[axis:])
     rows_shape = list(shape[:axis])
-    kb.parallel_extent = _numel(rows_shape)
-    kb.cost = _numel(shape) * 3
+    kb.parallel_extent = numel(rows_shape)
+    kb.cost = numel(shape) * 3
     odt = mean_v.type.dtype
     with kb.loop(kb.begin, kb.end, name="row") as row:
         prefix = kb.delinear(row, rows_shape) if rows_shape else []
@@ -503,8 +501,8 @@ def layer_norm_stats(kb: KernelBuilder, node) -> None:
         mean, inv = _mean_inv(kb, e, _Axis(kb, e, acc_t, n), value, n, float(attrs["epsilon"]),
                               acc_t)
         index = prefix + [0] * (rank - axis)
-        kb.store_value(mean_v, index, _cvt(e, mean, adt, odt))
-        kb.store_value(inv_v, index, _cvt(e, inv, adt, odt))
+        kb.store_value(mean_v, index, convert(e, mean, adt, odt))
+        kb.store_value(inv_v, index, convert(e, inv, adt, odt))
     b.ret_void()
 
 
@@ -518,9 +516,9 @@ def lrn(kb: KernelBuilder, node) -> None:
     shape = kb.shape(x)
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
     N, C = shape[0], shape[1]
     span = _Span(kb, node, out, 2)
@@ -528,30 +526,30 @@ def lrn(kb: KernelBuilder, node) -> None:
     size = int(attrs["size"])
     lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
     kb.parallel_extent = N * C
-    kb.cost = _numel(shape) * (size + 20)
+    kb.cost = numel(shape) * (size + 20)
     alpha = float(attrs["alpha"]) / size
     with kb.loop(kb.begin, kb.end, name="nc") as nc:
         c = b.urem(nc, i64(C), name="c")
         n_i = b.udiv(nc, i64(C), name="n")
-        c_lo = _smax(b, b.sub(c, i64(lo)), i64(0), "c.lo")
-        c_hi = _smin(b, b.add(c, i64(hi + 1)), i64(C), "c.hi")
+        c_lo = smax(b, b.sub(c, i64(lo)), i64(0), "c.lo")
+        c_hi = smin(b, b.add(c, i64(hi + 1)), i64(C), "c.hi")
         base = b.mul(nc, i64(plane), name="base")
         nbase = b.mul(n_i, i64(C * plane), name="nbase")
 
         def put(f, k):
             t = ir.VectorType(acc_t, k) if k > 1 else acc_t
-            acc = _entry_alloca(kb, t, "sq")
+            acc = entry_alloca(kb, t, "sq")
             b.store(const(t, 0.0), acc)
             with kb.loop(c_lo, c_hi, name="cw") as cw:
                 off = b.add(b.add(nbase, b.mul(cw, i64(plane))), kb._ir(f))
-                v = _cvt(e, _vload(kb, X, off, k, "xw"), dt, adt)
+                v = convert(e, vload(kb, X, off, k, "xw"), dt, adt)
                 b.store(e.add(b.load(acc), _sq(e, v)), acc)
             den = e.add(const(t, float(attrs["bias"])), e.mul(const(t, alpha), b.load(acc)))
             den = e.intrinsic("pow", [den, const(t, float(attrs["beta"]))])
-            xv = _cvt(e, _vload(kb, X, b.add(base, kb._ir(f)), k, "x"), dt, adt)
-            _store_result(kb, out, span.index([n_i, c], f), _cvt(e, e.fdiv(xv, den), adt, dt))
+            xv = convert(e, vload(kb, X, b.add(base, kb._ir(f)), k, "x"), dt, adt)
+            kb.store_result(out, span.index([n_i, c], f), convert(e, e.fdiv(xv, den), adt, dt))
 
-        _vec_loop(kb, 0, plane, put, "y", lanes=None if span.flat else 1)
+        vec_loop(kb, 0, plane, put, "y", lanes=None if span.flat else 1)
     b.ret_void()
 
 
@@ -569,13 +567,13 @@ def mvn(kb: KernelBuilder, node) -> None:
     kept = [d for d in range(rank) if d not in axes]
     name = llvm_name(out.name)
     dt = x.type.dtype
-    adt = _acc_dtype(dt)
+    adt = acc_dtype(dt)
     acc_t = llvm_type(adt)
-    e = _emitter(kb, adt, name)
+    e = emitter(kb, adt, name)
     X = kb.ptr(x)
-    count = _numel([shape[d] for d in axes])
-    kb.parallel_extent = _numel([shape[d] for d in kept])
-    kb.cost = _numel(shape) * 4
+    count = numel([shape[d] for d in axes])
+    kb.parallel_extent = numel([shape[d] for d in kept])
+    kb.cost = numel(shape) * 4
     W = kb.vector_width
 
     def over_reduced(fixed, body):
@@ -586,7 +584,7 @@ def mvn(kb: KernelBuilder, node) -> None:
                 return
             d = axes[i]
             if d == rank - 1:
-                _vec_loop(kb, 0, shape[d], lambda j, n: body({**idx, d: j}, n), f"r{i}")
+                vec_loop(kb, 0, shape[d], lambda j, n: body({**idx, d: j}, n), f"r{i}")
                 return
             with kb.loop(0, shape[d], name=f"r{i}") as j:
                 nest(i + 1, {**idx, d: j})
@@ -599,29 +597,29 @@ def mvn(kb: KernelBuilder, node) -> None:
         kidx = kb.delinear(k, [shape[d] for d in kept]) if kept else []
         fixed = dict(zip(kept, kidx))
         vt = ir.VectorType(acc_t, W)
-        s1v, s2v = _entry_alloca(kb, vt, "s1.v"), _entry_alloca(kb, vt, "s2.v")
-        s1, s2 = _entry_alloca(kb, acc_t, "s1"), _entry_alloca(kb, acc_t, "s2")
+        s1v, s2v = entry_alloca(kb, vt, "s1.v"), entry_alloca(kb, vt, "s2.v")
+        s1, s2 = entry_alloca(kb, acc_t, "s1"), entry_alloca(kb, acc_t, "s2")
         for slot, t in ((s1v, vt), (s2v, vt), (s1, acc_t), (s2, acc_t)):
             b.store(const(t, 0.0), slot)
 
         def stats(idx, n):
-            v = _cvt(e, _vload(kb, X, offset(idx), n, "x"), dt, adt)
+            v = convert(e, vload(kb, X, offset(idx), n, "x"), dt, adt)
             a1, a2 = (s1v, s2v) if n > 1 else (s1, s2)
             b.store(e.add(b.load(a1), v), a1)
             b.store(e.add(b.load(a2), _sq(e, v)), a2)
 
         over_reduced(fixed, stats)
-        tot = e.add(_hreduce(e, b.load(s1v), "sum"), b.load(s1))
-        tot2 = e.add(_hreduce(e, b.load(s2v), "sum"), b.load(s2))
+        tot = e.add(hreduce(e, b.load(s1v), "sum"), b.load(s1))
+        tot2 = e.add(hreduce(e, b.load(s2v), "sum"), b.load(s2))
         mean = e.fdiv(tot, const(acc_t, float(count)))
         var = e.sub(e.fdiv(tot2, const(acc_t, float(count))), e.mul(mean, mean))
         var = b.select(b.fcmp_ordered("<", var, const(acc_t, 0.0)), const(acc_t, 0.0), var)
         den = e.add(e.intrinsic("sqrt", [var]), const(acc_t, float(attrs["epsilon"])))
 
         def put(idx, n):
-            v = _cvt(e, _vload(kb, X, offset(idx), n, "x"), dt, adt)
+            v = convert(e, vload(kb, X, offset(idx), n, "x"), dt, adt)
             yv = e.fdiv(e.sub(v, splat(b, mean, n)), splat(b, den, n))
-            _store_result(kb, out, [idx[d] for d in range(rank)], _cvt(e, yv, adt, dt))
+            kb.store_result(out, [idx[d] for d in range(rank)], convert(e, yv, adt, dt))
 
         over_reduced(fixed, put)
     b.ret_void()

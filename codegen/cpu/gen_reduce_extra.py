@@ -32,20 +32,14 @@ from slimc.ir.ops.linalg import parse_equation
 
 from .kernel import Index, KernelBuilder, generator, llvm_name
 from .llvm_util import I32, I64, const, elem_bytes, i64, llvm_type, splat, typed_ptr
-from .scalar_ops import Emitter, _convert
+from .common import numel
+from .scalar_ops import Emitter, convert
 
 COLUMN_BLOCK = 256  # last-axis columns per work item in the axis-wise ops
 DET_STACK_BYTES = 16384  # det copies a matrix this small to the stack, a larger one to the arena
 
 
 # ----- small helpers ------------------------------------------------------------------------
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
 
 def _work_dtype(dt):
     """Halves compute in f32 (the references' astype(float32)); everything else as is."""
@@ -146,10 +140,10 @@ class _AxisLoops:
         self.cols = self.shape[-1] if self.has_cols else 1
         self.block = max(1, min(self.cols, COLUMN_BLOCK))
         self.nblk = -(-self.cols // self.block)
-        self.extent = _numel(self.outer) * self.nblk
+        self.extent = numel(self.outer) * self.nblk
 
     def empty(self) -> bool:
-        return _numel(self.shape) == 0
+        return numel(self.shape) == 0
 
     def scratch(self, t: ir.Type, what: str) -> ir.Value:
         """A stack array of one entry per column of a block (in the entry block)."""
@@ -213,7 +207,7 @@ def arg_reduce(kb: KernelBuilder, node) -> None:
     name = llvm_name(out.name)
     loops = _AxisLoops(kb, shape, axis, name)
     kb.parallel_extent = loops.extent
-    kb.cost = _numel(shape)
+    kb.cost = numel(shape)
     if loops.empty():
         b.ret_void()
         return
@@ -258,7 +252,7 @@ def arg_reduce(kb: KernelBuilder, node) -> None:
         return b.or_(better, b.and_(same, earlier), name=name + ".lwins")
 
     def element(outer, i, lo, j):
-        return _convert(e, _load(kb, x, loops.index(outer, i, lo, j)), in_dt, wdt)
+        return convert(e, _load(kb, x, loops.index(outer, i, lo, j)), in_dt, wdt)
 
     with _work_items(kb, "w") as w:
         outer, lo, width = loops.work_item(w)
@@ -267,7 +261,7 @@ def arg_reduce(kb: KernelBuilder, node) -> None:
             def vec(i):
                 v = kb.value_at(x, list(outer) + [i], W)
                 kb.cache.clear()
-                return _convert(e, v, in_dt, wdt)
+                return convert(e, v, in_dt, wdt)
 
             b.store(vec(0), vbest)
             b.store(iota, vbest_ix)
@@ -355,13 +349,13 @@ def cumsum(kb: KernelBuilder, node) -> None:
 
             def step(j):
                 index = loops.index(outer, i, lo, j)
-                v = _convert(e, _load(kb, x, index), in_dt, acc_dt)
+                v = convert(e, _load(kb, x, index), in_dt, acc_dt)
                 ap = loops.elem(acc, j, name + ".acc.p")
                 a = b.load(ap, name=name + ".acc")
                 total = e.add(a, v)
                 total.name = name + ".sum"
                 b.store(total, ap)
-                kb.store_result(out, index, _convert(e, a if exclusive else total, acc_dt, out_dt))
+                kb.store_result(out, index, convert(e, a if exclusive else total, acc_dt, out_dt))
 
             loops.columns(width, step)
     b.ret_void()
@@ -400,9 +394,9 @@ def top_k(kb: KernelBuilder, node) -> None:
         raise InternalError(f"top_k {node.label!r} stores its two outputs itself: it cannot "
                             f"take a fused epilogue", where=kb.fn.name)
     rows = [d for a, d in enumerate(shape) if a != axis]
-    kb.parallel_extent = _numel(rows)
-    kb.cost = _numel(shape) * max(1, min(k, 32))  # insertion: O(n*k) at worst
-    if k == 0 or _numel(shape) == 0:
+    kb.parallel_extent = numel(rows)
+    kb.cost = numel(shape) * max(1, min(k, 32))  # insertion: O(n*k) at worst
+    if k == 0 or numel(shape) == 0:
         b.ret_void()
         return
     in_dt = x.type.dtype
@@ -411,7 +405,7 @@ def top_k(kb: KernelBuilder, node) -> None:
     cmp = _Cmp(b, wdt, name)
     in_list = id(indices_out) in wanted
     order = None if in_list else typed_ptr(
-        b, kb.scratch(8 * k * _numel(rows), name + ".order"), I64, name + ".order.i64")
+        b, kb.scratch(8 * k * numel(rows), name + ".order"), I64, name + ".order.i64")
 
     with _work_items(kb, "row") as r:
         row = _unflatten(kb, r, rows, name + ".row")
@@ -435,7 +429,7 @@ def top_k(kb: KernelBuilder, node) -> None:
                 b.store(ix, order_slot(j))
 
         def key(pos, nm):
-            return _convert(e, _load(kb, x, at(pos)), in_dt, wdt)
+            return convert(e, _load(kb, x, at(pos)), in_dt, wdt)
 
         def beats(v, u, nm):
             """True if v (a later index) goes before u in the output."""
@@ -574,8 +568,8 @@ def einsum(kb: KernelBuilder, node) -> None:
     e = Emitter(b, [acc_dt], acc_dt, kb.fast_math, name)
     is_bool = in_dt == dtypes.bool
     kb.parallel_extent = out_shape[0] if out_shape else 1
-    kb.cost = len(xs) * _numel([sizes[l] for l in out_labels + summed])
-    if _numel(out_shape) == 0:
+    kb.cost = len(xs) * numel([sizes[l] for l in out_labels + summed])
+    if numel(out_shape) == 0:
         b.ret_void()
         return
     acc = b.alloca(acc_t, name=name + ".acc")
@@ -599,7 +593,7 @@ def einsum(kb: KernelBuilder, node) -> None:
         p = None
         for x, labels, shape in zip(xs, operand_labels, shapes):
             index = [0 if d == 1 else env[l] for l, d in zip(labels, shape)]
-            v = _convert(e, _load(kb, x, index), in_dt, acc_dt)
+            v = convert(e, _load(kb, x, index), in_dt, acc_dt)
             if p is None:
                 p = v
             elif is_bool:
@@ -621,7 +615,7 @@ def einsum(kb: KernelBuilder, node) -> None:
             b.store(s, acc)
 
         nest(summed, env, accumulate)
-        result = _convert(e, b.load(acc, name=name + ".total"), acc_dt, out_dt)
+        result = convert(e, b.load(acc, name=name + ".total"), acc_dt, out_dt)
         kb.store_result(out, [env[l] for l in out_labels], result)
 
     if out_labels and kb.parallel_extent != 1:
@@ -650,16 +644,16 @@ def det(kb: KernelBuilder, node) -> None:
     cdt = _work_dtype(in_dt)
     ct = llvm_type(cdt)
     e = Emitter(b, [cdt], cdt, _no_reassoc(kb), name)
-    kb.parallel_extent = _numel(batch)
-    kb.cost = _numel(batch) * (2 * n ** 3 // 3 + n * n)
-    if _numel(batch) == 0:
+    kb.parallel_extent = numel(batch)
+    kb.cost = numel(batch) * (2 * n ** 3 // 3 + n * n)
+    if numel(batch) == 0:
         b.ret_void()
         return
     on_stack = n * n * elem_bytes(ct) <= DET_STACK_BYTES
     if on_stack:
         lu = b.alloca(ct, size=i64(max(1, n * n)), name=name + ".lu")
     else:  # a region per matrix, so that threads never share one
-        lu = typed_ptr(b, kb.scratch(n * n * elem_bytes(ct) * _numel(batch), name + ".lu"), ct,
+        lu = typed_ptr(b, kb.scratch(n * n * elem_bytes(ct) * numel(batch), name + ".lu"), ct,
                        name + ".lu")
     d = b.alloca(ct, name=name + ".det")
     piv_row = b.alloca(I64, name=name + ".pivrow")
@@ -680,7 +674,7 @@ def det(kb: KernelBuilder, node) -> None:
 
         with kb.loop(0, n, name="ci") as ci:
             with kb.loop(0, n, name="cj") as cj:
-                v = _convert(e, _load(kb, x, bidx + [ci, cj]), in_dt, cdt)
+                v = convert(e, _load(kb, x, bidx + [ci, cj]), in_dt, cdt)
                 b.store(v, cell(ci, cj, "a"))
         b.store(const(ct, 1.0), d)
         with kb.loop(0, n, name="k") as k:
@@ -723,6 +717,6 @@ def det(kb: KernelBuilder, node) -> None:
                     b.store(upd, aij)
             b.branch(done)
             b.position_at_end(done)
-        result = _convert(e, b.load(d, name=name + ".value"), cdt, out_dt)
+        result = convert(e, b.load(d, name=name + ".value"), cdt, out_dt)
         kb.store_result(out, bidx, result)
     b.ret_void()

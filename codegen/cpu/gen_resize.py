@@ -13,8 +13,8 @@ from slimc.ir.errors import UnsupportedError
 
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F64, const, i64, llvm_type
-from .scalar_ops import Emitter, _convert
-from .gen_nn import _numel, _table, _tload, _cvt, _store_result, _entry_alloca
+from .scalar_ops import Emitter
+from .common import const_table, convert, entry_alloca, numel, table_load
 
 # ----------------------------------------------------------------------------------------------
 # Resize
@@ -120,28 +120,28 @@ def resize(kb: KernelBuilder, node) -> None:
     ct = llvm_type(cdt)
     e = Emitter(b, [cdt], cdt, kb.fast_math, name)
     X = kb.ptr(x)
-    if rank == 0 or _numel(oshape) == 0:
+    if rank == 0 or numel(oshape) == 0:
         kb.parallel_extent = 1
         if rank == 0:
-            _store_result(kb, out, [], b.load(X))
+            kb.store_result(out, [], b.load(X))
         b.ret_void()
         return
     rows_shape = oshape[:-1]
-    kb.parallel_extent = _numel(rows_shape)
+    kb.parallel_extent = numel(rows_shape)
     taps = 1
     tables = {}
     for d, kind, data, outside in plan:
         if kind == "nearest":
-            tables[d] = (_table(kb, data.tolist(), f"{name}.src{d}"), None, 1)
+            tables[d] = (const_table(kb, data.tolist(), f"{name}.src{d}"), None, 1)
         else:
             idx, wts, T = data
             taps *= T
-            tables[d] = (_table(kb, idx.reshape(-1).tolist(), f"{name}.tap{d}"),
-                         _table(kb, wts.reshape(-1).tolist(), f"{name}.w{d}", F64), T)
+            tables[d] = (const_table(kb, idx.reshape(-1).tolist(), f"{name}.tap{d}"),
+                         const_table(kb, wts.reshape(-1).tolist(), f"{name}.w{d}", F64), T)
         if outside.any():
-            tables[d] = tables[d] + (_table(kb, outside.astype(np.int64).tolist(),
+            tables[d] = tables[d] + (const_table(kb, outside.astype(np.int64).tolist(),
                                             f"{name}.out{d}"),)
-    kb.cost = _numel(oshape) * taps * 2
+    kb.cost = numel(oshape) * taps * 2
     extrap = float(attrs["extrapolation_value"])
     order = [d for d, _, _, _ in plan]  # application order; the last applied is outermost
     kinds = {d: kind for d, kind, _, _ in plan}
@@ -150,26 +150,26 @@ def resize(kb: KernelBuilder, node) -> None:
         """The element after applying axes order[:len(order)-k] ... (the nested evaluation)."""
         if k == len(order):
             off = kb._ir(kb.linear([idx[j] for j in range(rank)], shape))
-            return _cvt(e, b.load(b.gep(X, [off], inbounds=True), name="x"), dt, cdt)
+            return convert(e, b.load(b.gep(X, [off], inbounds=True), name="x"), dt, cdt)
         d = order[len(order) - 1 - k]
         tab = tables[d]
         o = idx[d]
         if kinds[d] == "nearest":
-            src = _tload(kb, tab[0], o, f"src{d}")
+            src = table_load(kb, tab[0], o, f"src{d}")
             r = value(k + 1, {**idx, d: src})
         else:
             T = tab[2]
-            acc = _entry_alloca(kb, F64, f"acc{d}")
+            acc = entry_alloca(kb, F64, f"acc{d}")
             b.store(const(F64, 0.0), acc)
             with kb.loop(0, T, name=f"t{d}") as t:
                 at = b.add(b.mul(kb._ir(o), i64(T)), t, name=f"at{d}")
-                src = _tload(kb, tab[0], at, f"tap{d}")
-                wt = _tload(kb, tab[1], at, f"w{d}")
+                src = table_load(kb, tab[0], at, f"tap{d}")
+                wt = table_load(kb, tab[1], at, f"w{d}")
                 v = value(k + 1, {**idx, d: src})
-                b.store(b.fadd(b.load(acc), b.fmul(wt, _cvt(e, v, cdt, dtypes.f64))), acc)
-            r = _cvt(e, b.load(acc), dtypes.f64, cdt)
+                b.store(b.fadd(b.load(acc), b.fmul(wt, convert(e, v, cdt, dtypes.f64))), acc)
+            r = convert(e, b.load(acc), dtypes.f64, cdt)
         if len(tab) == 4:
-            flag = _tload(kb, tab[3], o, f"out{d}")
+            flag = table_load(kb, tab[3], o, f"out{d}")
             r = b.select(b.icmp_signed("!=", flag, i64(0)), const(ct, extrap), r)
         return r
 
@@ -180,7 +180,7 @@ def resize(kb: KernelBuilder, node) -> None:
             idx[rank - 1] = o
             v = value(0, idx)
             full = [idx[d] for d in range(rank)]
-            _store_result(kb, out, full, _resize_cast(e, v, cdt, dt))
+            kb.store_result(out, full, _resize_cast(e, v, cdt, dt))
     b.ret_void()
 
 
@@ -195,5 +195,5 @@ def _resize_cast(e: Emitter, v, src, dst):
         r = e.intrinsic("roundeven", [v])
         r = e.max(r, const(r.type, float(info.min)))
         r = e.min(r, const(r.type, float(info.max)))
-        return _convert(e, r, src, dst)
-    return _convert(e, v, src, dst)
+        return convert(e, r, src, dst)
+    return convert(e, v, src, dst)

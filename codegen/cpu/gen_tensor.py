@@ -37,19 +37,13 @@ from slimc.ir.ops.tensor import _pad_widths, _slice_args, slice_bounds
 
 from .kernel import KernelBuilder, generator, index_map, llvm_name
 from .llvm_util import I64, const, i64, llvm_type, load, splat, store
-from .scalar_ops import Emitter, _convert
+from .common import numel
+from .scalar_ops import Emitter, convert
 
 Index = Union[int, ir.Value]  # an index: folded in Python, or computed in the kernel
 
 
 # ----- small helpers --------------------------------------------------------------------------
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
 
 def _divmod(kb: KernelBuilder, a: Index, c: int, name: str) -> tuple:
     """(a // c, a % c) for a >= 0."""
@@ -76,7 +70,7 @@ def _as_i64(kb: KernelBuilder, x: ir.Value, dtype, name: str) -> ir.Value:
     if dtype == dtypes.i64 or dtype == dtypes.u64:
         return x
     e = Emitter(kb.b, [dtype], dtypes.i64, (), name)
-    return _convert(e, x, dtype, dtypes.i64)
+    return convert(e, x, dtype, dtypes.i64)
 
 
 def _wrap(kb: KernelBuilder, v: Index, dim: int, name: str) -> Index:
@@ -154,7 +148,7 @@ def _axis_loop(kb: KernelBuilder, lo: Index, hi: Index, body: Callable, name: st
 def _each_row(kb: KernelBuilder, shape: Sequence[int], name: str = "row"):
     """The work items are the rows of `shape` (every axis but the last): yields a row's index."""
     outer = list(shape[:-1])
-    kb.parallel_extent = max(1, _numel(outer))
+    kb.parallel_extent = max(1, numel(outer))
     with kb.loop(kb.begin, kb.end, name=name) as r:
         kb.cache.clear()
         yield kb.delinear(r, outer) if outer else []
@@ -164,7 +158,7 @@ def _fill(kb: KernelBuilder, out, value: Callable, name: str) -> None:
     """A generator body computing every element of `out` from its index: value(row, j, lanes)
     with `row` the index of every axis but the last and j the last one."""
     shape = kb.shape(out)
-    if _numel(shape) == 0:
+    if numel(shape) == 0:
         kb.b.ret_void()
         return
     if not shape:
@@ -424,7 +418,7 @@ def pad(kb: KernelBuilder, node) -> None:
     axes = _const_input(node, 3, "the padded axes")
     widths = _pad_widths(rank, _const_input(node, 1, "the pads"), axes)
     name = llvm_name(out.name)
-    if _numel(out_shape) == 0:
+    if numel(out_shape) == 0:
         b.ret_void()
         return
     if rank == 0:
@@ -538,8 +532,8 @@ def _pieces(kb: KernelBuilder, whole_shape, parts, axis: int, name: str, emit: C
     b = kb.b
     P = len(parts)
     outer_shape = list(whole_shape[:axis])
-    outer = _numel(outer_shape)
-    if outer == 0 or _numel(whole_shape) == 0:
+    outer = numel(outer_shape)
+    if outer == 0 or numel(whole_shape) == 0:
         b.ret_void()
         return
     kb.parallel_extent = outer * P
@@ -547,7 +541,7 @@ def _pieces(kb: KernelBuilder, whole_shape, parts, axis: int, name: str, emit: C
         kb.cache.clear()
         o, p = _divmod(kb, w, P, name + ".item")
         o_idx = kb.delinear(o, outer_shape) if outer_shape else []
-        live = [k for k in range(P) if _numel(kb.shape(parts[k])) > 0]
+        live = [k for k in range(P) if numel(kb.shape(parts[k])) > 0]
         if P == 1:
             if live:
                 emit(0, o_idx, o)
@@ -578,16 +572,16 @@ def concat(kb: KernelBuilder, node) -> None:
     for x in node.inputs:
         offsets.append(acc)
         acc += kb.shape(x)[axis]
-    row = _numel(shape[axis:])
+    row = numel(shape[axis:])
     plain = list(kb.outputs) == [out]
 
     def emit(k, o_idx, o):
         x = node.inputs[k]
         xs = kb.shape(x)
         if plain and _is_buffer(kb, x):
-            n = _numel(xs[axis:])
+            n = numel(xs[axis:])
             _flat_copy(kb, x, kb.imul(o, n, f"{name}.in{k}.base"), out,
-                       kb.iadd(kb.imul(o, row, f"{name}.out{k}.row"), offsets[k] * _numel(xs[axis + 1:]),
+                       kb.iadd(kb.imul(o, row, f"{name}.out{k}.row"), offsets[k] * numel(xs[axis + 1:]),
                             f"{name}.out{k}.base"), n, f"{name}.part{k}")
             return
 
@@ -612,7 +606,7 @@ def split(kb: KernelBuilder, node) -> None:
     for o in node.outputs:
         offsets.append(acc)
         acc += kb.shape(o)[axis]
-    row = _numel(shape[axis:])
+    row = numel(shape[axis:])
     written = {id(v) for v in kb.outputs}
 
     def emit(k, o_idx, o):
@@ -621,8 +615,8 @@ def split(kb: KernelBuilder, node) -> None:
             return
         ys = kb.shape(y)
         if _is_buffer(kb, x):
-            n = _numel(ys[axis:])
-            _flat_copy(kb, x, kb.iadd(kb.imul(o, row, f"{name}.in{k}.row"), offsets[k] * _numel(ys[axis + 1:]),
+            n = numel(ys[axis:])
+            _flat_copy(kb, x, kb.iadd(kb.imul(o, row, f"{name}.in{k}.row"), offsets[k] * numel(ys[axis + 1:]),
                                    f"{name}.in{k}.base"),
                        y, kb.imul(o, n, f"{name}.out{k}.base"), n, f"{name}.part{k}")
             return
@@ -643,7 +637,7 @@ def _copy(kb: KernelBuilder, src, dst, name: str) -> None:
     """dst = src (same shape): a flat copy from a buffer, else element by element."""
     shape = kb.shape(dst)
     if _is_buffer(kb, src):
-        _flat_copy(kb, src, 0, dst, 0, _numel(shape), name)
+        _flat_copy(kb, src, 0, dst, 0, numel(shape), name)
         return
     _nest(kb, shape, 0, [], lambda idx, lanes: kb.store_value(dst, idx, kb.value_at(src, idx, lanes)), name)
 
@@ -682,8 +676,8 @@ def scatter_nd(kb: KernelBuilder, node) -> None:
     kb.parallel_extent = 1  # updates apply in order: one work item
     _copy(kb, data, out, name + ".copy")
     lead = list(ishape[:-1])
-    if _numel(lead) and _numel(shape[k:]):
-        with kb.loop(0, _numel(lead), name=name + ".u") as u:
+    if numel(lead) and numel(shape[k:]):
+        with kb.loop(0, numel(lead), name=name + ".u") as u:
             kb.cache.clear()
             uidx = kb.delinear(u, lead) if lead else []
             tup = [_index_value(kb, indices, uidx + [m], shape[m], f"{name}.idx{m}") for m in range(k)]
@@ -704,7 +698,7 @@ def scatter_elements(kb: KernelBuilder, node) -> None:
     combine = None if reduction == "none" else _combiner(kb, reduction, out.type.dtype, name + ".op")
     kb.parallel_extent = 1
     _copy(kb, data, out, name + ".copy")
-    if _numel(ishape):
+    if numel(ishape):
         def level(a, idx):
             if a == len(ishape):
                 kb.cache.clear()
@@ -734,7 +728,7 @@ def range_(kb: KernelBuilder, node) -> None:
     e = Emitter(b, [dt], wide, (), name)
 
     def scalar(v):
-        return _convert(e, kb.value_at(v, [0] * len(kb.shape(v))), dt, wide)
+        return convert(e, kb.value_at(v, [0] * len(kb.shape(v))), dt, wide)
 
     s, d = scalar(start), scalar(delta)
 
@@ -748,7 +742,7 @@ def range_(kb: KernelBuilder, node) -> None:
         else:
             r = b.add(splat(b, s, lanes, name + ".start"), b.mul(i, splat(b, d, lanes, name + ".delta"),
                                                                   name=name + ".step"), name=name + ".wide")
-        return _convert(e, r, wide, dt)
+        return convert(e, r, wide, dt)
 
     _fill(kb, out, value, name)
 
@@ -836,5 +830,5 @@ def shape_(kb: KernelBuilder, node) -> None:
 @generator("size", inline_inputs=True, epilogue=True)
 def size_(kb: KernelBuilder, node) -> None:
     kb.parallel_extent = 1
-    kb.store_result(node.outputs[0], [], i64(_numel(kb.shape(node.inputs[0]))))
+    kb.store_result(node.outputs[0], [], i64(numel(kb.shape(node.inputs[0]))))
     kb.b.ret_void()

@@ -37,6 +37,9 @@ from slimc.ir.errors import UnsupportedError
 from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
 
 from . import gemm as gemm_kernels
+from slimc.ir.buffers import aligned_zeros
+
+from .common import cdiv
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I32, const, i64
 
@@ -48,21 +51,17 @@ MIN_TASKS = 4
 BLOCK_TILES = 64
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _skew(floats: int) -> int:
     """`floats` rounded up to whole cache lines, plus one line if that is 4 KB-aligned."""
-    lines = _cdiv(floats, 16)
+    lines = cdiv(floats, 16)
     return 16 * (lines + 1 if lines % 64 == 0 else lines)
 
 
 def block_rows(ntx: int, rows_total: int, block_tiles: int = BLOCK_TILES) -> int:
     """Tile rows per block: about `block_tiles` tiles, balanced so blocks are near-equal."""
     r = max(1, min(rows_total, round(block_tiles / ntx) or 1))
-    nblocks = _cdiv(rows_total, r)
-    return _cdiv(rows_total, nblocks)
+    nblocks = cdiv(rows_total, r)
+    return cdiv(rows_total, nblocks)
 
 
 class Plan:
@@ -78,25 +77,25 @@ class Plan:
         self.pt, self.pl, self.pb, self.pr = (int(p) for p in (pads or (0, 0, 0, 0)))
         self.Ho, self.Wo = out_dims(self.H, self.W, pads)
         self.vw, self.nr = vw, nr
-        self.nty, self.ntx = _cdiv(self.Ho, m), _cdiv(self.Wo, m)
+        self.nty, self.ntx = cdiv(self.Ho, m), cdiv(self.Wo, m)
         self.Wp = self.ntx * m + a - m              # strip width: every tile's columns
         self.rows_total = self.N * self.nty
         self.R = block_rows(self.ntx, self.rows_total, block_tiles)
-        self.nblocks = _cdiv(self.rows_total, self.R)
+        self.nblocks = cdiv(self.rows_total, self.R)
         self.Tb = self.R * self.ntx                 # tiles in a (full) block
         self.tiles = self.rows_total * self.ntx
-        self.ncb = _cdiv(self.Cin, vw)
+        self.ncb = cdiv(self.Cin, vw)
         self.cin_pad = self.ncb * vw
         # output channel ranges: whole NR panels of the packed U
-        npan = _cdiv(self.Cout, nr)
+        npan = cdiv(self.Cout, nr)
         split = 1
         if self.nblocks < min_tasks:
-            split = max(1, min(_cdiv(min_tasks, self.nblocks), npan))
-        pan_per = _cdiv(npan, split)
+            split = max(1, min(cdiv(min_tasks, self.nblocks), npan))
+        pan_per = cdiv(npan, split)
         self.cw = min(self.Cout, pan_per * nr)      # channels per range (the last may be less)
-        self.csplit = _cdiv(self.Cout, self.cw)
+        self.csplit = cdiv(self.Cout, self.cw)
         self.cw_last = self.Cout - (self.csplit - 1) * self.cw
-        self.cw_pad = _cdiv(self.cw, vw) * vw
+        self.cw_pad = cdiv(self.cw, vw) * vw
         self.tasks = self.nblocks * self.csplit
         self.items = min(self.tasks, MAX_ITEMS)
         self.strip = self.ncb * a * self.Wp * vw   # every channel block's strip
@@ -215,11 +214,6 @@ def transform_2d(b: ir.IRBuilder, left: np.ndarray, tiles: list, name: str) -> l
             for r in range(rows)]
 
 
-def _canon(kb: KernelBuilder, v, index) -> list:
-    """0 for the dims of size 1: the index form the epilogue's operand indexing uses."""
-    return [0 if d == 1 else i for d, i in zip(kb.shape(v), index)]
-
-
 def store_epilogue(kb: KernelBuilder, produced, index, x, width: int) -> None:
     """`kb.store_result` of the first `width` lanes of x at `index` (the last index is the
     first lane's): a full vector, or, at a row's end, pieces of 4, 2 and 1 lanes."""
@@ -266,7 +260,7 @@ def winograd_conv2d(kb: KernelBuilder, node) -> None:
     if not runtime_u:
         packed = np.concatenate([gemm_kernels.pack_b(u.data[xi], cfg) for xi in range(a * a)])
         Up = kb.substitute_constant(u, packed, name + ".upacked")
-    slot = _cdiv(P.strip + P.v_floats + P.m_floats + u_floats, 16) * 16
+    slot = cdiv(P.strip + P.v_floats + P.m_floats + u_floats, 16) * 16
     ws = b.bitcast(kb.scratch(4 * slot * P.items, name + ".ws"), F32P, name=name + ".wsf")
     kb.parallel_extent = P.items
     kb.cost = P.gemm_flops + 8 * a * a * P.tiles * (P.Cin + P.Cout)
@@ -462,7 +456,7 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
                     def emit_row():
                         for k in range(vw):
                             ch = b.add(co, i64(k), name="ch")
-                            index = _canon(kb, out, [n_i, ch, oy, ox0])
+                            index = [n_i, ch, oy, ox0]
                             if partial_ch:
                                 with b.if_then(b.icmp_signed("<", ch, c1)):
                                     store_epilogue(kb, out, index, chans[k], width)
@@ -479,7 +473,7 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
                 with kb.loop(0, nfull, name="grp") as gi:
                     group(b.mul(gi, i64(G)), G, vw)
             if rem:
-                group(i64(nfull * G), _cdiv(rem, m), rem)
+                group(i64(nfull * G), cdiv(rem, m), rem)
 
 
 def _bias_load(kb: KernelBuilder, Bias, co, full, P: Plan):
@@ -550,7 +544,7 @@ class _TimedKernel:
                 a = np.maximum(rng.standard_normal(v.type.shape), 0).astype(v.type.dtype.numpy)
             else:
                 a = np.zeros(v.type.shape, v.type.dtype.numpy)
-            self.buffers.append(gemm_kernels.aligned_empty(a.size, a.dtype))
+            self.buffers.append(aligned_zeros(a.size, a.dtype))
             self.buffers[-1][:] = a.reshape(-1)
         self.args = (ctypes.c_void_p * len(self.buffers))(*[a.ctypes.data for a in self.buffers])
         self.extent = k.parallel_extent
@@ -591,7 +585,7 @@ def measure(shapes, repeat: int = 5, target=None) -> list[dict]:
     return rows
 
 
-def _host_of(target) -> "wpass.Host":
+def _host_of(target):
     """`target` as the winograd pass's `Host`: what it is, and how to time kernels on it."""
     from slimc.passes import winograd as wpass
 
@@ -600,7 +594,7 @@ def _host_of(target) -> "wpass.Host":
                       measure=lambda shapes: measure(shapes, repeat=10, target=target))
 
 
-def cost_model(target) -> "wpass.CostModel":
+def cost_model(target):
     """The winograd pass's cost model for `target`: measured on this machine (once, then read
     from the cache folder) when this process runs the target's code; else the built-in
     coefficients at the target's vector width -- a cross-compile is priced for its target,

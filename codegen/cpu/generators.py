@@ -24,7 +24,7 @@ from slimc.ir import dtypes
 
 from .kernel import KernelBuilder, generator, index_map, llvm_name
 from .llvm_util import F32, F64, I64, const, i64, is_float, llvm_type, vector_of
-from .scalar_ops import Emitter, _convert
+from .scalar_ops import Emitter, convert
 
 
 # ----- index maps: reshape-like views and permutations ------------------------------------
@@ -181,7 +181,7 @@ def reduce(kb: KernelBuilder, node):
         def element(red):
             v = kb.value_at(x, full_index(red), lanes)
             kb.cache.clear()  # the index changes every iteration
-            return _convert(e, v, in_dt, acc_dt)
+            return convert(e, v, in_dt, acc_dt)
 
         if kind == "reduce_log_sum_exp":
             b.store(const(acc_t, -math.inf), mx)
@@ -223,7 +223,7 @@ def reduce(kb: KernelBuilder, node):
             m = b.load(mx)
             finite = b.fcmp_ordered("!=", m, const(acc_t, -math.inf))
             result = b.select(finite, e.add(m, e.log(result)), m)
-        result = _convert(e, result, acc_dt, out_dt)
+        result = convert(e, result, acc_dt, out_dt)
         out_index = []
         k = 0
         for d in range(rank):

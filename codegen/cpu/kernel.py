@@ -20,16 +20,16 @@ reductions) have *generators* that emit their own loops and hand each computed r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 from llvmlite import ir
 
-from slimc.ir import FusionKind, Node, Value, get_op
+from slimc.ir import Node, Value, get_op
 from slimc.ir.errors import InternalError, UnsupportedError
 
 from ..backend import Kernel as BaseKernel
-from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
+from .llvm_util import (I64, PTR, VOID, for_range, i64, llvm_type, load, masked_load,
                         splat, store, typed_ptr)
 from .scalar_ops import LOWERINGS, Emitter
 
@@ -299,7 +299,11 @@ class KernelBuilder:
         store(self.b, x, self.ptr(v), off, name=llvm_name(v.name))
 
     def store_result(self, produced: Value, index: Sequence[Index], x: ir.Value) -> None:
-        """A generator computed `produced` at `index`: apply the epilogue and store outputs."""
+        """A generator computed `produced` at `index`: apply the epilogue and store outputs.
+
+        The index is taken with 0 for the dims of size 1 (whatever the generator's loop
+        variable there): the form in which the epilogue's operands look `produced` up."""
+        index = [0 if d == 1 else i for d, i in zip(self.shape(produced), index)]
         lanes = x.type.count if isinstance(x.type, ir.VectorType) else 1
         self.overrides[(id(produced), self._key(index), lanes)] = x
         for out in self.outputs:

@@ -16,8 +16,7 @@ from slimc.ir import Graph, Node, Value
 
 from . import gen_conv, gen_linalg, gen_nn, gen_norm, gen_reduce_extra, gen_resize, gen_tensor, generators  # noqa: F401  (register lowerings)
 from . import gen_attention, gen_blocked, gen_winograd  # noqa: F401  (attention, blocked layout, winograd_conv2d)
-from .kernel import GENERATORS, INDEX_MAPS, Kernel, build_kernel, llvm_name
-from .scalar_ops import LOWERINGS
+from .kernel import Kernel, build_kernel, llvm_name
 from .target import CpuTarget
 
 

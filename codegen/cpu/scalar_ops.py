@@ -176,11 +176,11 @@ def _pow(e, a, _):
     x, y = a
     if is_float(x.type):
         if y.type != x.type:
-            y = _convert(e, y, e.in_dtypes[1], e.in_dtypes[0])
+            y = convert(e, y, e.in_dtypes[1], e.in_dtypes[0])
         return e.intrinsic("pow", [x, y])
-    fx = _convert(e, x, e.in_dtypes[0], dtypes.f64)
-    fy = _convert(e, y, e.in_dtypes[1], dtypes.f64)
-    return _convert(e, e.intrinsic("pow", [fx, fy]), dtypes.f64, e.in_dtypes[0])
+    fx = convert(e, x, e.in_dtypes[0], dtypes.f64)
+    fy = convert(e, y, e.in_dtypes[1], dtypes.f64)
+    return convert(e, e.intrinsic("pow", [fx, fy]), dtypes.f64, e.in_dtypes[0])
 
 
 def _mod(e, a, attrs):
@@ -281,7 +281,7 @@ def _logic(fn_name: str):
     return lower
 
 
-def _convert(e: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
+def convert(e: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     """Numeric conversion as numpy's astype does it (float -> int truncates)."""
     lanes = x.type.count if isinstance(x.type, ir.VectorType) else 1
     dt = vector_of(llvm_type(dst), lanes)
@@ -291,9 +291,9 @@ def _convert(e: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     # Half conversions other than f32<->f16 (which x86 does with F16C) would call compiler-rt
     # builtins (__truncdfhf2, __floatdihf, ...) that a JIT process does not have: go via f32.
     if src == dtypes.f16 and dst != dtypes.f32:
-        return _convert(e, _convert(e, x, src, dtypes.f32), dtypes.f32, dst)
+        return convert(e, convert(e, x, src, dtypes.f32), dtypes.f32, dst)
     if dst == dtypes.f16 and src != dtypes.f32:
-        return _convert(e, _convert(e, x, src, dtypes.f32), dtypes.f32, dst)
+        return convert(e, convert(e, x, src, dtypes.f32), dtypes.f32, dst)
     if dst == dtypes.bool:
         return e.from_bool(e.to_bool(x))
     if src == dtypes.bool:
@@ -313,7 +313,7 @@ def _convert(e: Emitter, x: ir.Value, src: DType, dst: DType) -> ir.Value:
 
 
 def _cast(e, a, attrs):
-    return _convert(e, a[0], e.in_dtypes[0], attrs["to"])
+    return convert(e, a[0], e.in_dtypes[0], attrs["to"])
 
 
 def _isinf(e, a, attrs):

@@ -18,9 +18,10 @@ from hypothesis import given, settings, HealthCheck, strategies as st
 from llvmlite import ir
 
 from slimc.codegen.cpu.gemm import (
-    CompiledGemm, GemmConfig, aligned_empty, bias_epilogue, compile_gemm, emit_gemm,
+    CompiledGemm, GemmConfig, bias_epilogue, compile_gemm, emit_gemm,
     gemm_config, pack_b, packed_b_size, relu,
 )
+from slimc.ir.buffers import aligned_zeros
 from slimc.codegen.cpu.target import CpuTarget, emit_assembly, emit_object, jit_compile
 
 HOST = CpuTarget.host()
@@ -233,7 +234,7 @@ def test_runtime_b(N, K, trans_b):
     Bsrc = np.ascontiguousarray(B.T) if trans_b else B
     # the LLVM packing routine gives the same layout as the numpy one
     np.testing.assert_array_equal(g.pack_runtime(Bsrc), pack_b(Bsrc, CFG, trans_b=trans_b))
-    ws = aligned_empty(g.kernel.packed_size)
+    ws = aligned_zeros(g.kernel.packed_size, np.float32)
     for M in (1, 2, 5, 6, 7, 30):  # < MR rows read B in place (trans_b=False)
         A = rand(M, K)
         check(g.run_rt(A, Bsrc, ws=ws), A, B)

@@ -1,0 +1,175 @@
+"""What the CPU code generators share: index arithmetic, vector loops and loads, constant
+tables, stack buffers, element-type rules. Generators import these by their public names;
+nothing here knows an op.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+from llvmlite import ir
+
+from slimc.ir import dtypes
+
+from .kernel import KernelBuilder, llvm_name
+from .llvm_util import I32, I64, const, i64, load, store
+from .scalar_ops import LOWERINGS, Emitter, convert
+
+__all__ = [
+    "acc_dtype", "cdiv", "chan_param", "const_table", "convert", "emitter", "entry_alloca",
+    "flat_epilogue_ok", "flat_index", "hreduce", "numel", "smax", "smin", "stack_row",
+    "table_load", "vec_loop", "vload", "vstore"
+]
+
+
+def numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def acc_dtype(dt):
+    """What a float op computes in: f64 stays, f16/f32 compute in f32; integers stay."""
+    if dt == dtypes.f64:
+        return dt
+    return dtypes.f32 if dt.is_float else dt
+
+
+def emitter(kb: KernelBuilder, dt, name: str) -> Emitter:
+    return Emitter(kb.b, [dt], dt, kb.fast_math, name)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def const_table(kb: KernelBuilder, values: Sequence, name: str, ty: ir.Type = I64) -> ir.Value:
+    """A constant table in the module (an internal global); returns a typed pointer to it."""
+    module = kb.module
+    values = list(values) or [0]
+    arr = ir.ArrayType(ty, len(values))
+    gv = ir.GlobalVariable(module, arr, name=module.get_unique_name(f"{kb.fn.name}.{name}"))
+    gv.global_constant = True
+    gv.linkage = "internal"
+    gv.initializer = ir.Constant(arr, [const(ty, v) for v in values])
+    return kb.b.bitcast(gv, ir.PointerType(ty), name=name)
+
+
+def table_load(kb: KernelBuilder, table: ir.Value, index, name: str) -> ir.Value:
+    return kb.b.load(kb.b.gep(table, [kb._ir(index)], inbounds=True, name=name + ".addr"),
+                     name=name)
+
+
+def stack_row(kb: KernelBuilder, ty: ir.Type, n: int, name: str) -> ir.Value:
+    """A per-call (so per-thread) stack buffer of n elements, allocated in the entry block."""
+    arr = kb.b.alloca(ir.ArrayType(ty, max(1, n)), name=name + ".buf")
+    arr.align = 64
+    return kb.b.bitcast(arr, ir.PointerType(ty), name=name)
+
+
+def smax(b: ir.IRBuilder, x, y, name: str):
+    return b.select(b.icmp_signed(">", x, y), x, y, name=name)
+
+
+def smin(b: ir.IRBuilder, x, y, name: str):
+    return b.select(b.icmp_signed("<", x, y), x, y, name=name)
+
+
+def vec_loop(kb: KernelBuilder, lo, hi, body: Callable, name: str, lanes: Optional[int] = None):
+    """body(i, n) for i in [lo, hi): vectors of `lanes` (the target's width), a scalar tail."""
+    W = kb.vector_width if lanes is None else lanes
+    b = kb.b
+    if isinstance(lo, int) and isinstance(hi, int):
+        vend = lo + (hi - lo) // W * W if W > 1 else lo
+        if vend > lo:
+            with kb.loop(lo, vend, W, name=name + "v") as i:
+                body(i, W)
+        if hi > vend:
+            with kb.loop(vend, hi, 1, name=name + "s") as i:
+                body(i, 1)
+        return
+    lo_v, hi_v = kb._ir(lo), kb._ir(hi)
+    if W > 1:
+        span = b.sub(hi_v, lo_v, name=name + ".span")
+        span = smax(b, span, i64(0), name + ".span0")
+        vend = b.add(lo_v, b.mul(b.udiv(span, i64(W)), i64(W)), name=name + ".vend")
+        with kb.loop(lo_v, vend, W, name=name + "v") as i:
+            body(i, W)
+        lo_v = vend
+    with kb.loop(lo_v, hi_v, 1, name=name + "s") as i:
+        body(i, 1)
+
+
+def vload(kb: KernelBuilder, ptr: ir.Value, index, lanes: int, name: str) -> ir.Value:
+    return load(kb.b, ptr, kb._ir(index), lanes, name=name)
+
+
+def vstore(kb: KernelBuilder, value: ir.Value, ptr: ir.Value, index, name: str) -> None:
+    store(kb.b, value, ptr, kb._ir(index), name=name)
+
+
+def hreduce(e: Emitter, v: ir.Value, op: str) -> ir.Value:
+    """Horizontal sum / max of a vector (a tree of shuffles: no reassoc flag needed)."""
+    b = e.b
+    if not isinstance(v.type, ir.VectorType):
+        return v
+    n = v.type.count
+    while n > 1:
+        half = n // 2
+        lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half))))
+        hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half, n))))
+        v = e.add(lo, hi) if op == "sum" else e.max(lo, hi)
+        n = half
+    return b.extract_element(v, I32(0))
+
+
+def flat_index(dims, f) -> list:
+    """Flat position f of a run over `dims` as an index: f on the last dim larger than 1 (all
+    later dims are 1, so its stride is 1), 0 elsewhere."""
+    big = [i for i, d in enumerate(dims) if d != 1]
+    if not big:
+        return [0] * len(dims)
+    return [f if i == big[-1] else 0 for i in range(len(dims))]
+
+
+def flat_epilogue_ok(kb: KernelBuilder, anchor, produced, first_dim: int) -> bool:
+    """True when the kernel's fused epilogue may be evaluated at "flat" indices
+    [..prefix.., 0, .., 0, f] over dims [first_dim, rank) of `produced`: every value it touches
+    is elementwise and either spans all of those dims (same sizes) or none of them."""
+    shape = kb.shape(produced)
+    rank = len(shape)
+    span = list(shape[first_dim:])
+    for n in kb.nodes:
+        if n is anchor:
+            continue
+        if n.op not in LOWERINGS:
+            return False
+        for v in list(n.inputs) + list(n.outputs):
+            if v is None:
+                continue
+            s = list(kb.shape(v))
+            s = [1] * (rank - len(s)) + s if len(s) < rank else s
+            if len(s) != rank:
+                return False
+            tail = s[first_dim:]
+            if tail != span and any(d != 1 for d in tail):
+                return False
+    return True
+
+
+def entry_alloca(kb: KernelBuilder, ty: ir.Type, name: str) -> ir.Value:
+    """An alloca in the entry block (so a loop body does not grow the stack)."""
+    b = kb.b
+    here = b.block
+    b.position_at_start(kb.fn.entry_basic_block)
+    slot = b.alloca(ty, name=name)
+    b.position_at_end(here)
+    return slot
+
+
+def chan_param(kb: KernelBuilder, e: Emitter, v, index, adt):
+    """Scalar v[index] in the compute type (a per-channel parameter)."""
+    b = kb.b
+    x = b.load(b.gep(kb.ptr(v), [kb._ir(index)], inbounds=True), name=llvm_name(v.name))
+    return convert(e, x, v.type.dtype, adt)
