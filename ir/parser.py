@@ -262,9 +262,13 @@ def parse(text: str) -> Graph:
     m = _HEADER.match(text)
     if not m:
         raise ParseError("not slimc IR: the text must start with '# slimc-ir v1'")
-    if int(m.group(1)) > FORMAT_VERSION:
-        raise ParseError(f"IR format v{m.group(1)} is newer than this slimc reads "
-                         f"(v{FORMAT_VERSION}); upgrade slimc")
+    version = int(m.group(1))
+    if version != FORMAT_VERSION:
+        what = "newer" if version > FORMAT_VERSION else "older"
+        todo = "upgrade slimc" if version > FORMAT_VERSION else \
+            "print it again from its source model with this slimc"
+        raise ParseError(f"IR format v{version} is {what} than the one this slimc reads "
+                         f"(v{FORMAT_VERSION}): {todo}")
     p = _Parser(text)
     graph = p.parse_graph()
     if p.peek()[0] != "eof":

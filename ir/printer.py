@@ -26,6 +26,12 @@ import numpy as np
 from .graph import Graph, Node, Value
 from .types import DType
 
+# The IR text's version, in its first line. It bumps when text this slimc writes would be
+# misread by the slimc before it, or text that one wrote would be read differently now: new
+# syntax (a new kind of literal, nested graphs for control flow), an op or attribute renamed
+# or removed, an attribute's meaning changed. A new op alone does not bump it: an older slimc
+# reads the text and names the op it does not know. `parse` refuses every other version and
+# names both. History: v1 (the first).
 FORMAT_VERSION = 1
 HEADER = f"# slimc-ir v{FORMAT_VERSION}"
 INLINE_LIMIT = 16

@@ -37,6 +37,11 @@ from slimc.ir.buffers import aligned_zeros
 
 from .native import ENTRY_TYPE, RUN_TYPE, NativeModule
 
+# The artifact's format, in manifest.json. It bumps when an artifact this slimc writes would
+# be misread by the slimc before it, or one that slimc wrote would be misread now: a manifest
+# field added that a loader must understand, renamed or removed; the entry's signature; the
+# weights blob's layout; the set of files. `load` refuses every other format and names both.
+# History: 1 (the first).
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
@@ -180,9 +185,11 @@ def load(path: str) -> LoadedModule:
         fmt = int(manifest["format"])
     except (ValueError, KeyError, TypeError) as e:
         raise ArtifactError(f"{mpath} is not a valid manifest: {e}") from None
-    if fmt > FORMAT_VERSION:
-        raise ArtifactError(f"artifact format {fmt} is newer than this slimc reads "
-                            f"({FORMAT_VERSION}); upgrade slimc")
+    if fmt != FORMAT_VERSION:
+        what, todo = ("newer", "upgrade slimc") if fmt > FORMAT_VERSION else \
+            ("older", "export it again with this slimc")
+        raise ArtifactError(f"artifact format {fmt} is {what} than the one this slimc reads "
+                            f"({FORMAT_VERSION}): {todo}")
     target = manifest.get("target") or {}
     arch = str(target.get("triple", "unknown")).split("-")[0]
     if arch != _host_arch():

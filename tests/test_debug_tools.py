@@ -49,11 +49,28 @@ def test_compare_finds_a_codegen_bug(monkeypatch):
     assert first.stage == "codegen" and first.op == "exp" and first.node == "head/exp"
 
 
+BISECT_GRAPH = """# slimc-ir v1
+graph @g(%x: f32[4,8]) -> (f32[4,8]) {
+  %i = identity(%x) : f32[4,8]
+  %t = transpose(%i) {perm=[1, 0]} : f32[8,4]
+  %u = transpose(%t) {perm=[1, 0]} : f32[4,8]
+  %c = exp(%u) : f32[4,8]
+  return %c
+}
+"""
+
+
 def test_opt_bisect_limits_pass_applications(monkeypatch):
-    g = parse(GRAPH)
-    monkeypatch.setenv("SLIMC_OPT_BISECT", "1")  # only infer_shapes runs
-    PassManager(standard_pipeline(2)).run(g)
-    assert [n.op for n in g.nodes] == ["add", "relu", "exp"]
-    monkeypatch.setenv("SLIMC_OPT_BISECT", "1000")
-    PassManager(standard_pipeline(2)).run(g)
-    assert [n.op for n in g.nodes] == ["add", "relu", "exp"]  # nothing to simplify: zero add stays
+    """Each limit lets exactly that many applications run: 1 is infer_shapes alone (nothing
+    simplified), a large limit simplifies everything, the ones between stop part-way."""
+    def ops_at(limit):
+        monkeypatch.setenv("SLIMC_OPT_BISECT", str(limit))
+        g = parse(BISECT_GRAPH)
+        PassManager(standard_pipeline(2)).run(g)
+        return [n.op for n in g.nodes]
+
+    assert ops_at(1) == ["identity", "transpose", "transpose", "exp"]
+    assert ops_at(1000) == ["exp"]
+    seen = [ops_at(n) for n in range(1, 12)]
+    assert all(len(a) >= len(b) for a, b in zip(seen, seen[1:])), seen  # monotone
+    assert any(2 <= len(s) <= 3 for s in seen), seen  # some limit stops between the rewrites

@@ -92,7 +92,11 @@ def test_newer_format_and_foreign_cpu_are_refused(exported, tmp_path):
     m = json.loads((copy / "manifest.json").read_text())
     m["format"] = 99
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(slimc.SlimcError, match="newer"):
+    with pytest.raises(slimc.SlimcError, match=r"format 99 is newer than the one this slimc reads \(1\)"):
+        slimc.load(str(copy))
+    m["format"] = 0
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(slimc.SlimcError, match=r"format 0 is older than the one this slimc reads \(1\)"):
         slimc.load(str(copy))
     m["format"] = 1
     m["target"]["features"] += ",+amx-tile,+avx512fp16"

@@ -53,8 +53,10 @@ def test_parse_errors_point_at_the_problem():
     with pytest.raises(ParseError, match="line 3.*undefined value %nope"):
         parse("# slimc-ir v1\ngraph @g(%x: f32[1]) -> (f32[1]) {\n  %y = relu(%nope) : f32[1]\n"
               "  return %y\n}\n")
-    with pytest.raises(ParseError, match="newer"):
+    with pytest.raises(ParseError, match=r"v99 is newer than the one this slimc reads \(v1\)"):
         parse("# slimc-ir v99\n")
+    with pytest.raises(ParseError, match=r"v0 is older than the one this slimc reads \(v1\)"):
+        parse("# slimc-ir v0\n")
 
 
 def test_verifier_catches_wrong_types_and_order():
