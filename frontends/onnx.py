@@ -23,7 +23,7 @@ from slimc.ir import Graph, ModelError, SlimcError, TensorType, UnsupportedError
 from slimc.ir.errors import InternalError
 
 from .onnx_functions import expand, function_body, has_function_body
-from .onnx_ops import ConvertContext, find_converter, onnx_dtype, onnx_elem_type
+from .onnx_ops import ConvertContext, find_converter, onnx_dtype, onnx_elem_type, tensor_to_numpy
 
 # Ops that need control flow, sequences, optionals or strings: refused with a reason.
 _OUT_OF_SCOPE = {
@@ -36,49 +36,6 @@ _OUT_OF_SCOPE = {
     "RegexFullMatch": "strings", "TfIdfVectorizer": "strings",
 }
 MIN_OPSET = 6  # opset 6 models are common (older PyTorch exports); see the legacy converters
-
-
-def tensor_to_numpy(t, where: str = "", base_dir: Optional[str] = None) -> np.ndarray:
-    """An ONNX TensorProto as a numpy array (external data read from `base_dir`)."""
-    import onnx
-    from onnx import numpy_helper
-
-    onnx_dtype(t.data_type, f" (tensor {t.name!r}{where and ' in ' + where})")
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        _load_external(t, base_dir)
-    try:
-        arr = numpy_helper.to_array(t)
-    except Exception as e:
-        raise ModelError(f"tensor {t.name!r} cannot be read: {e}", node=where or None) from e
-    # (np.ascontiguousarray would turn a 0-d scalar into shape (1,))
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
-
-
-def _load_external(t, base_dir: Optional[str]) -> None:
-    info = {e.key: e.value for e in t.external_data}
-    location = info.get("location", "")
-    if base_dir is None:
-        raise ModelError(f"tensor {t.name!r} has external data {location!r} but the model was "
-                         f"not loaded from a file, so there is no folder to find it in")
-    root = os.path.realpath(base_dir)
-    path = os.path.realpath(os.path.join(root, location))
-    if os.path.isabs(location) or os.path.commonpath([root, path]) != root:
-        raise ModelError(f"tensor {t.name!r}: external data location {location!r} leaves the "
-                         f"model's folder; refused")
-    if not os.path.isfile(path):
-        raise ModelError(f"tensor {t.name!r}: external data file {location!r} does not exist")
-    offset = int(info.get("offset", 0))
-    length = int(info["length"]) if "length" in info else None
-    with open(path, "rb") as f:
-        f.seek(offset)
-        raw = f.read() if length is None else f.read(length)
-    if length is not None and len(raw) != length:
-        raise ModelError(f"tensor {t.name!r}: external data file {location!r} is truncated")
-    t.raw_data = raw
-    del t.external_data[:]
-    import onnx
-
-    t.data_location = onnx.TensorProto.DEFAULT
 
 
 def read_model(model):

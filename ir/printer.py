@@ -21,10 +21,14 @@ import json
 import math
 import re
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .graph import Graph, Node, Value
 from .types import DType
+
+if TYPE_CHECKING:  # graph.py prints through this module
+    from .graph import Graph, Node, Value
 
 # The IR text's version, in its first line. It bumps when text this slimc writes would be
 # misread by the slimc before it, or text that one wrote would be read differently now: new

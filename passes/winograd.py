@@ -25,9 +25,9 @@ Zen 3 host; a machine with another CPU measures itself once, at first use (the d
 and both tiles on two layers, a few seconds), scales them to match (`calibrate`), and keeps the
 result in the compile cache folder (``$SLIMC_CACHE_DIR`` or ``~/.cache/slimc``, under
 ``winograd/``). ``SLIMC_WINOGRAD_CALIBRATE=0`` never measures, ``=1`` measures a host of the
-built-in kind too; ``python -m slimc.codegen.cpu.gen_winograd calibrate`` measures again now.
+built-in kind too; ``python -m slimc.codegen.cpu.winograd_cost calibrate`` measures again now.
 The measuring is the code generator's: the CPU backend builds this pass with its target's
-model (codegen/cpu/gen_winograd.py `cost_model`: `host_model` of a `Host` that can measure
+model (codegen/cpu/winograd_cost.py `cost_model`: `host_model` of a `Host` that can measure
 this machine, or the built-in coefficients for a machine it cannot run). Passes never import
 codegen, and nothing here is set by importing it. A `Winograd()` built without a model (by a
 user, or `slimc opt --passes winograd`) uses the built-in coefficients.
@@ -174,7 +174,7 @@ def features(path: str, L: Layer, vw: int = 8) -> np.ndarray:
 
 # Coefficients (seconds per unit of each feature) fitted by `fit` (non-negative least squares
 # on the relative error) to 53 layers (2x2 to 224x224 pixels, 1 to 1024 channels, batch 1 to
-# 16) measured with `gen_winograd.measure`, one thread, on the development host: an AMD EPYC
+# 16) measured with `winograd_cost.measure`, one thread, on the development host: an AMD EPYC
 # (Zen 3, AVX2; LLVM cpu znver3) shared with other work (load 4-7 on its 2 cores), each
 # value the fastest of many runs over up to three sweeps.
 PRIOR = {
@@ -217,7 +217,7 @@ def _layer_of_row(r: dict) -> Layer:
 def fit(rows: list, vw: int = 8) -> dict:
     """Coefficients per path from measurements ({"shape": [N, Cin, H, W], "cout": C, path:
     seconds}, pads 1): least squares on the relative error, coefficients >= 0. This is how
-    `PRIOR` was made; `python -m slimc.codegen.cpu.gen_winograd --sweep` measures rows."""
+    `PRIOR` was made; `python -m slimc.codegen.cpu.winograd_cost --sweep` measures rows."""
     coef = {}
     for path in PATHS:
         data = [(_layer_of_row(r), r[path]) for r in rows if path in r]

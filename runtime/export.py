@@ -91,11 +91,15 @@ def _linker(target) -> "str | None":
 
 
 def export(compiled, path: str) -> None:
-    """Write `compiled` (a runtime.compiled.CompiledModule or CrossCompiledModule) as an
-    artifact directory."""
+    """Write `compiled` (a runtime.compiled.CompiledModule) as an artifact directory."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import llvmlite
 
-    from slimc import __version__
+    try:
+        __version__ = version("slimc")  # the installed package's (runtime cannot import slimc/)
+    except PackageNotFoundError:
+        __version__ = "unknown"
 
     os.makedirs(path, exist_ok=True)
     t = compiled.target

@@ -12,7 +12,12 @@ from slimc.compiler import Module, compile
 from slimc.target import Target
 from slimc.runtime.export import load
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError as _NotInstalled, version as _version  # noqa: E402
+
+try:
+    __version__ = _version("slimc")  # one version: pyproject.toml's
+except _NotInstalled:  # a source tree on sys.path without `pip install -e .`
+    __version__ = "unknown"
 
 
 def register_op(name: str, *, reference, infer, lower=None, **options):

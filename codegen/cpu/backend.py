@@ -124,8 +124,8 @@ class CpuBackend(Backend):
                 Layout(block=self.target.vector_width)]
 
     def winograd_model(self):
-        """The Winograd cost model of this backend's target (see gen_winograd.cost_model)."""
-        from .gen_winograd import cost_model
+        """The Winograd cost model of this backend's target (see winograd_cost.cost_model)."""
+        from .winograd_cost import cost_model
 
         return cost_model(self.target)
 
