@@ -294,6 +294,21 @@ class Graph:
                 return v
         raise KeyError(name)
 
+    def to_networkx(self):
+        """The dataflow as a networkx MultiDiGraph, for passes that want graph algorithms
+        (dominators, paths, cuts): one vertex per node (the Node itself), one edge per value
+        a node reads from another, keyed by the reading node's input position; attribute
+        ``value`` is the Value. Graph inputs and constants are not vertices."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        g.add_nodes_from(self.nodes)
+        for n in self.nodes:
+            for i, v in enumerate(n.inputs):
+                if v is not None and v.producer is not None:
+                    g.add_edge(v.producer, n, key=i, value=v)
+        return g
+
     def find_nodes(self, op: str) -> list[Node]:
         return [n for n in self.nodes if n.op == op]
 

@@ -118,3 +118,24 @@ def test_interpreter_checks_inputs():
 def test_print_parse_print_is_a_fixed_point(g):
     verify(g)
     roundtrip(g)
+
+
+def test_to_networkx_is_the_dataflow():
+    import networkx as nx
+
+    g = parse("""# slimc-ir v1
+graph @g(%x: f32[4]) -> (f32[4]) {
+  %a = relu(%x) : f32[4]
+  %b = exp(%a) : f32[4]
+  %c = add(%a, %b) : f32[4]
+  %d = mul(%c, %c) : f32[4]
+  return %d
+}
+""")
+    a, b, c, d = g.nodes
+    nxg = g.to_networkx()
+    assert set(nxg.nodes) == {a, b, c, d}
+    assert sorted((u.op, v.op, k) for u, v, k in nxg.edges(keys=True)) == \
+        [("add", "mul", 0), ("add", "mul", 1), ("exp", "add", 1), ("relu", "add", 0),
+         ("relu", "exp", 0)]
+    assert list(nx.topological_sort(nxg))[0] is a and nx.immediate_dominators(nxg, a)[c] is a
