@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from slimc.ir import Graph, Node, Value, dtypes, get_op
+from slimc.ir.builder import add_op
 from slimc.ir.debug import log
 from slimc.ir.graph import constant_data
 from slimc.ir.ops.layout import block_array, block_conv_weights, block_depthwise_weights
@@ -79,12 +80,9 @@ def _window_attrs(node: Node) -> dict:
 
 
 def _add_node(graph: Graph, op: str, inputs, before: Node, name: str, **attrs) -> Value:
-    opdef = get_op(op)
-    resolved = opdef.resolve_attrs(attrs, name)
-    types = opdef.infer_types([v.type for v in inputs], resolved,
-                              [constant_data(v) for v in inputs], name)
-    node = graph.make_node(op, inputs, attrs, types, [name], name=before.name, before=before)
-    return node.outputs[0]
+    """A new `op` node just before `before`, in its source location, its output named `name`."""
+    return add_op(graph, op, inputs, attrs, name=before.name, output_name=name, before=before,
+                  label=before.label).outputs[0]
 
 
 def _const(graph: Graph, data: np.ndarray, name: str) -> Value:
@@ -202,11 +200,8 @@ def _sink(graph: Graph, node: Node) -> bool:
             log("layout", f"%{out.name} ({node.op}) stays NCHW: {why}")
             return False
         new_inputs.append(bv)
-    types = opdef.infer_types([None if v is None else v.type for v in new_inputs],
-                              opdef.resolve_attrs(node.attrs, node.label),
-                              [constant_data(v) for v in new_inputs], node.label)
-    yb = graph.make_node(node.op, new_inputs, dict(node.attrs), types,
-                         [f"{out.name}.nchw{block}c"], name=node.name, before=node).outputs[0]
+    yb = add_op(graph, node.op, new_inputs, node.attrs, name=node.name,
+                output_name=f"{out.name}.nchw{block}c", before=node, label=node.label).outputs[0]
     _replace_by_blocked(graph, node, yb, block)
     return True
 

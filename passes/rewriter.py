@@ -21,12 +21,13 @@ outputs, or None to decline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any as AnyType, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from slimc.ir import Graph, Node, TensorType, Value, get_op
+from slimc.ir import Graph, Node, Value, get_op
+from slimc.ir.builder import add_op
 from slimc.ir.debug import enabled, log
 from slimc.ir.errors import InternalError
 from slimc.ir.graph import constant_data
@@ -176,14 +177,10 @@ class Builder:
         """A new `op` node. Its outputs are named after the root's (or `value_name`), and it
         carries the root's source location, or that of `like`: the node it stands in for
         when a rule moves an op past another (its outputs then take `like`'s names)."""
-        opdef = get_op(op)
-        resolved = opdef.resolve_attrs(attrs, self.root.label)
-        types = opdef.infer_types([None if v is None else v.type for v in inputs], resolved,
-                                  [constant_data(v) for v in inputs], self.root.label)
         origin = like if like is not None else self.root
         base = value_name or origin.outputs[0].name
-        node = self.graph.make_node(op, inputs, attrs, types, [base] * len(types),
-                                    name=origin.name, before=self.root)
+        node = add_op(self.graph, op, inputs, attrs, name=origin.name, output_name=base,
+                      before=self.root, label=self.root.label)
         self.created.append(node)
         for v in node.outputs:
             self.wanted[id(v)] = base

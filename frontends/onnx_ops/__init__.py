@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from slimc.ir import Graph, ModelError, UnsupportedError, Value, dtypes, get_op
+from slimc.ir.builder import infer_op
 from slimc.ir.registry import InternalError, SlimcError
-from slimc.ir.types import TensorType
 
 # (domain, op_type) -> [(since_version, converter)], sorted by since.
 CONVERTERS: dict[tuple[str, str], list[tuple[int, Callable]]] = {}
@@ -164,12 +164,8 @@ class ConvertContext:
         opdef = get_op(op, self.label)
         while inputs and inputs[-1] is None and len(inputs) > opdef.num_inputs[0]:
             inputs = list(inputs)[:-1]
-        opdef.check_arity(len(inputs), self.label)
-        resolved = opdef.resolve_attrs(attrs, self.label)
-        types = [None if v is None else v.type for v in inputs]
-        consts = [v.data if v is not None and v.is_constant else None for v in inputs]
         try:
-            out_types = opdef.infer_types(types, resolved, consts, self.label)
+            out_types = infer_op(op, inputs, attrs, self.label)
         except SlimcError:
             raise
         except Exception as e:
