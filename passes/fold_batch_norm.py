@@ -14,7 +14,7 @@ import numpy as np
 
 from slimc.ir import Value
 
-from .rewriter import Any, Builder, Const, Match, Op, RewritePass, Rule
+from .rewriter import Any, Builder, Const, Match, Op, Opt, RewritePass, Rule
 
 
 def _affine(m: Match):
@@ -92,26 +92,22 @@ def _fold_mul_into_weights(m: Match, b: Builder) -> Value:
     return _new_conv(b, m, w * s.reshape((-1,) + (1,) * (w.ndim - 1)), bias * s)
 
 
-def _conv(with_bias: bool):
-    inputs = [Any("x"), Const("w")] + ([Const("b")] if with_bias else [])
-    return Op("conv", *inputs, name="conv")
+_CONV = Op("conv", Any("x"), Const("w"), Opt(Const("b")), name="conv")
 
 
 def _bn(x):
     return Op("batch_norm", x, Const("scale"), Const("bias"), Const("mean"), Const("var"), name="bn")
 
 
-RULES = []
-for _with_bias in (False, True):
-    RULES += [
-        Rule("fold_batch_norm_into_conv", _bn(_conv(_with_bias)), _fold_bn_into_conv),
-        Rule("fold_add_into_conv_bias", Op("add", _conv(_with_bias), Const("c"), commutative=True),
-             _fold_add_into_bias, where=_channel_const("c")),
-        Rule("fold_mul_into_conv_weights", Op("mul", _conv(_with_bias), Const("c"), commutative=True),
-             _fold_mul_into_weights, where=_channel_const("c")),
-    ]
-RULES.append(Rule("batch_norm_to_mul_add", _bn(Any("x")), _bn_to_mul_add,
-                  where=lambda m: True if m["x"].type.rank >= 2 else "the input has no channel axis"))
+RULES = [
+    Rule("fold_batch_norm_into_conv", _bn(_CONV), _fold_bn_into_conv),
+    Rule("fold_add_into_conv_bias", Op("add", _CONV, Const("c"), commutative=True),
+         _fold_add_into_bias, where=_channel_const("c")),
+    Rule("fold_mul_into_conv_weights", Op("mul", _CONV, Const("c"), commutative=True),
+         _fold_mul_into_weights, where=_channel_const("c")),
+    Rule("batch_norm_to_mul_add", _bn(Any("x")), _bn_to_mul_add,
+         where=lambda m: True if m["x"].type.rank >= 2 else "the input has no channel axis"),
+]
 
 
 class FoldBatchNorm(RewritePass):

@@ -32,7 +32,7 @@ import numpy as np
 from slimc.ir import dtypes, get_op
 from slimc.ir.graph import constant_data
 
-from .rewriter import Any, Const, Match, Op, RewritePass, Rule
+from .rewriter import Any, Const, Either, Match, Op, Opt, Product, RewritePass, Rule, Scalar
 
 
 def _suffix_axes(axes, rank) -> bool:
@@ -112,7 +112,7 @@ def _with_bias(m: Match, b):
     ln = m.node("ln")
     x = ln.inputs[0]
     axis = m.attrs("ln")["axis"] % x.type.rank
-    old = ln.inputs[2].data if len(ln.inputs) > 2 else 0
+    old = ln.inputs[2].data if len(ln.inputs) > 2 and ln.inputs[2] is not None else 0
     bias = np.broadcast_to(m.data("beta"), x.type.shape[axis:]) + old
     return b.op("layer_norm", [x, ln.inputs[1], b.const(bias.astype(x.type.dtype.numpy))], **ln.attrs)
 
@@ -123,84 +123,34 @@ _SQRT_HALF = 0.7071067811865476
 _SQRT_2_OVER_PI = 0.7978845608028654
 
 
-def _close(value: float, want: float, rtol: float = 1e-5) -> bool:
-    return abs(value - want) <= rtol * abs(want)
+def _one_plus(fn: str, argument) -> Op:
+    """1 + fn(argument), in either order."""
+    return Op("add", Scalar(1.0), Op(fn, argument), commutative=True)
 
 
-def _scalar(v) -> float | None:
-    data = constant_data(v)
-    if data is None or data.size != 1 or data.dtype.kind != "f":
-        return None
-    return float(data.reshape(()))
+# 0.5 * x * (1 + erf(x / sqrt 2)), and 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))),
+# each product in any order and association (x * 0.5 * (1 + e), (1 + e) * x / 2, ...)
+_GELU_ERF = Product(Any("x"), _one_plus("erf", Product(Any("x"), scale=_SQRT_HALF,
+                                                         what="x / sqrt(2)")),
+                    scale=0.5, name="erf_form", what="0.5 x (1 + erf(x / sqrt(2)))")
+_GELU_TANH = Product(
+    Any("x"),
+    _one_plus("tanh", Product(Op("add", Any("x"), Product(Any("x"), Any("x"), Any("x"),
+                                                          scale=0.044715, what="0.044715 x^3"),
+                                 commutative=True),
+                              scale=_SQRT_2_OVER_PI, what="sqrt(2/pi) (x + 0.044715 x^3)")),
+    scale=0.5, name="tanh_form", what="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
 
 
-def _factors(value, graph, nodes: list) -> tuple[float, list]:
-    """`value` as a product: (the product of its scalar constant factors, its other factors),
-    looking through muls and divisions by scalar constants that have no other use (their
-    nodes go into `nodes`: the rewrite removes them)."""
-    node = value.producer
-    inner = value is not None and node is not None and \
-        (len(value.uses) == 1 and value not in graph.outputs or not nodes)
-    if inner and node.op == "mul":
-        nodes.append(node)
-        c0, f0 = _factors(node.inputs[0], graph, nodes)
-        c1, f1 = _factors(node.inputs[1], graph, nodes)
-        return c0 * c1, f0 + f1
-    if inner and node.op == "div" and _scalar(node.inputs[1]) not in (None, 0.0):
-        nodes.append(node)
-        c, f = _factors(node.inputs[0], graph, nodes)
-        return c / _scalar(node.inputs[1]), f
-    c = _scalar(value)
-    return (c, []) if c is not None else (1.0, [value])
+def _gelu_types(m: Match):
+    x = m["x"]
+    if x.type != m.root.outputs[0].type or x.type.dtype.numpy.kind != "f":
+        return "x is not a floating-point tensor of the product's type"
+    return True
 
 
-def _one_plus(v, op: str, graph, nodes: list):
-    """If `v` is ``1 + op(t)`` (either order, one use): t, else None."""
-    node = v.producer
-    if node is None or node.op != "add" or len(v.uses) != 1 or v in graph.outputs:
-        return None
-    for a, b in (node.inputs, reversed(node.inputs)):
-        one, inner = _scalar(a), b.producer
-        if one == 1.0 and inner is not None and inner.op == op and len(b.uses) == 1:
-            nodes += [node, inner]
-            return inner.inputs[0]
-    return None
-
-
-def _gelu_form(m: Match):
-    """where-check: the product at the root is ``0.5 * x * (1 + erf(x/sqrt 2))`` or
-    ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``; binds x and the form."""
-    graph, nodes = m.graph, []
-    half, factors = _factors(m.root.outputs[0], graph, nodes)
-    if len(factors) != 2 or not _close(half, 0.5):
-        return "not a product of 0.5, x and one more factor"
-    for x, other in (factors, factors[::-1]):
-        if x.type != m.root.outputs[0].type or x.type.dtype.numpy.kind != "f":
-            continue
-        inner = _one_plus(other, "erf", graph, nodes)
-        if inner is not None:
-            scale, rest = _factors(inner, graph, nodes)
-            if rest == [x] and _close(scale, _SQRT_HALF):
-                m.values["x"], m.found["approximate"] = x, "none"
-                m.matched_nodes[:] = nodes
-                return True
-            return "the erf's argument is not x / sqrt(2)"
-        inner = _one_plus(other, "tanh", graph, nodes)
-        if inner is not None:
-            scale, rest = _factors(inner, graph, nodes)
-            s = rest[0].producer if len(rest) == 1 else None
-            if not _close(scale, _SQRT_2_OVER_PI) or s is None or s.op != "add" or \
-                    len(rest[0].uses) != 1:
-                return "the tanh's argument is not sqrt(2/pi) * (x + ...)"
-            nodes.append(s)
-            for a, b in (s.inputs, s.inputs[::-1]):
-                cube_scale, cube = _factors(b, graph, nodes)
-                if a is x and cube == [x, x, x] and _close(cube_scale, 0.044715):
-                    m.values["x"], m.found["approximate"] = x, "tanh"
-                    m.matched_nodes[:] = nodes
-                    return True
-            return "the tanh's argument is not sqrt(2/pi) * (x + 0.044715 x^3)"
-    return "no factor is 1 + erf(...) or 1 + tanh(...) of the other"
+def _gelu(m: Match, b):
+    return b.op("gelu", [m["x"]], approximate="none" if "erf_form" in m.values else "tanh")
 
 
 # --- softmax ---------------------------------------------------------------------------------
@@ -350,9 +300,7 @@ RULES = [
          where=_heads_swapped),
     Rule("attention_from_parts", Op("matmul", Any("p"), Any("v")), _attention,
          where=_is_attention),
-    Rule("gelu_from_parts", Op("mul", Any(), Any()),
-         lambda m, b: b.op("gelu", [m["x"]], approximate=m.found["approximate"]),
-         where=_gelu_form),
+    Rule("gelu_from_parts", Either(_GELU_ERF, _GELU_TANH), _gelu, where=_gelu_types),
     Rule("softmax_from_parts",
          Op("div", Op("exp", Any("z"), name="e", one_use=False),
             Op("reduce_sum", Op("exp", Any("z"), name="e", one_use=False), name="sum")),
@@ -360,9 +308,7 @@ RULES = [
     Rule("layer_norm_from_parts", _LAYER_NORM, _layer_norm, where=_is_layer_norm),
     Rule("layer_norm_scale", Op("mul", Op("layer_norm", Any(), Const(), name="ln"), Const("gamma"),
                                 commutative=True), _with_scale, where=_fits("gamma")),
-    Rule("layer_norm_bias", Op("add", Op("layer_norm", Any(), Const(), name="ln"), Const("beta"),
-                               commutative=True), _with_bias, where=_fits("beta")),
-    Rule("layer_norm_bias", Op("add", Op("layer_norm", Any(), Const(), Const(), name="ln"),
+    Rule("layer_norm_bias", Op("add", Op("layer_norm", Any(), Const(), Opt(Const()), name="ln"),
                                Const("beta"), commutative=True), _with_bias, where=_fits("beta")),
 ]
 

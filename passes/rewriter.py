@@ -7,11 +7,16 @@ A rule names a pattern over ops, attributes and uses, and a rewrite::
          lambda m, b: b.op("conv", [m["x"], m["w"], m["b"]], **m.node("conv").attrs),
          where=lambda m: is_per_channel(m["b"]))
 
-Patterns: ``Any(name)`` matches any value, ``Const(name, where=pred)`` a constant with data,
-``Op(op, *inputs, name=, attrs={k: value or predicate}, commutative=)`` a value produced by
-that op. Inner ``Op``s must have one use (else the rewrite would duplicate their work) unless
-``one_use=False``. Every failed match produces a *reason*; ``SLIMC_DEBUG=rewrite`` prints the
-reason for each node where a rule's root op matched but the rule did not fire, and
+Patterns: ``Any(name)`` matches any value, ``Const(name, where=pred)`` a constant with data
+(``Scalar(1.0)``: a one-element constant of that value), ``Op(op, *inputs, name=,
+attrs={k: value or predicate}, commutative=)`` a value produced by that op. Inner ``Op``s must
+have one use (else the rewrite would duplicate their work) unless ``one_use=False``.
+``Opt(p)`` as an op's trailing input also matches an absent input (conv without a bias);
+``Either(p, q, ...)`` the first alternative that matches; ``Product(*factors, scale=)`` a
+product written any way -- a tree of muls and of divisions by scalar constants, in any order
+and association -- whose non-constant factors match `factors` in some order and whose constant
+factors multiply to `scale`. Every failed match produces a *reason*; ``SLIMC_DEBUG=rewrite``
+prints the reason for each node where a rule's root op matched but the rule did not fire, and
 `explain(rule, graph)` returns them for tests and notebooks.
 
 The rewrite function gets the `Match` and a `Builder` that inserts new nodes just before the
@@ -50,6 +55,46 @@ class Const(Pattern):
     name: Optional[str] = None
     where: Optional[Callable[[np.ndarray], bool]] = None
     why: str = "the constant does not satisfy the rule's condition"
+
+
+def Scalar(value: float, name: Optional[str] = None, rtol: float = 1e-5) -> Const:
+    """A one-element floating-point constant equal to `value` (within `rtol`)."""
+    return Const(name, where=lambda d: d.size == 1 and d.dtype.kind == "f" and
+                 abs(float(d.reshape(())) - value) <= rtol * abs(value),
+                 why=f"it is not the scalar {value:g}")
+
+
+@dataclass
+class Opt(Pattern):
+    """An optional trailing input of an `Op`: absent, or matching `pattern`."""
+
+    pattern: Pattern = None
+
+    @property
+    def name(self):
+        return self.pattern.name
+
+
+class Either(Pattern):
+    """The first of several patterns that matches (its bindings are kept)."""
+
+    def __init__(self, *alternatives: Pattern, name: Optional[str] = None):
+        self.alternatives = alternatives
+        self.name = name
+
+
+class Product(Pattern):
+    """A product of `factors` (patterns, matched in any order) times constants whose product
+    is `scale` (within `rtol`); muls and divisions by scalar constants inside it must have
+    one use. The product's nodes count as matched (the rewrite replaces them)."""
+
+    def __init__(self, *factors: Pattern, scale: float = 1.0, rtol: float = 1e-5,
+                 name: Optional[str] = None, what: str = ""):
+        self.factors = factors
+        self.scale = scale
+        self.rtol = rtol
+        self.name = name
+        self.what = what  # the product in words, for the reasons ("x / sqrt(2)")
 
 
 class Op(Pattern):
@@ -99,10 +144,103 @@ def _bind(m: Match, pattern: Pattern, value: Value) -> Optional[str]:
     return None
 
 
+def _scalar(v: Value) -> Optional[float]:
+    data = constant_data(v)
+    if data is None or data.size != 1 or data.dtype.kind != "f":
+        return None
+    return float(data.reshape(()))
+
+
+def _product_terms(value: Value, graph: Graph, nodes: list, is_root: bool) -> tuple[float, list]:
+    """`value` as (the product of its scalar constant factors, its other factors), looking
+    through muls and divisions by nonzero scalar constants; their nodes go into `nodes`."""
+    node = value.producer
+    inner = node is not None and (is_root or (len(value.uses) == 1 and value not in graph.outputs))
+    if inner and node.op == "mul":
+        nodes.append(node)
+        c0, f0 = _product_terms(node.inputs[0], graph, nodes, False)
+        c1, f1 = _product_terms(node.inputs[1], graph, nodes, False)
+        return c0 * c1, f0 + f1
+    if inner and node.op == "div" and _scalar(node.inputs[1]) not in (None, 0.0):
+        nodes.append(node)
+        c, f = _product_terms(node.inputs[0], graph, nodes, False)
+        return c / _scalar(node.inputs[1]), f
+    c = _scalar(value)
+    return (c, []) if c is not None else (1.0, [value])
+
+
+def _trial(m: Match) -> Match:
+    t = Match(m.graph, m.root)
+    t.values, t.nodes, t.matched_nodes = dict(m.values), dict(m.nodes), list(m.matched_nodes)
+    t.found = dict(m.found)
+    return t
+
+
+def _adopt(m: Match, t: Match) -> None:
+    m.values, m.nodes, m.matched_nodes, m.found = t.values, t.nodes, t.matched_nodes, t.found
+
+
+def _match_product(pattern: Product, value: Value, m: Match, is_root: bool) -> Optional[str]:
+    import itertools
+
+    nodes: list = []
+    scale, terms = _product_terms(value, m.graph, nodes, is_root)
+    head = f"%{value.name} is not {pattern.what}: " if pattern.what else ""
+    if not nodes:
+        return f"{head}%{value.name} is not a product"
+    if len(terms) != len(pattern.factors):
+        return (f"{head}%{value.name} is a product of {len(terms)} non-constant factors, the "
+                f"rule needs {len(pattern.factors)}")
+    if abs(scale - pattern.scale) > pattern.rtol * abs(pattern.scale):
+        return (f"{head}the constant factors of %{value.name} multiply to {scale:g}, not "
+                f"{pattern.scale:g}")
+    best = None
+    for order in itertools.permutations(range(len(terms))):
+        t = _trial(m)
+        reason = None
+        for k, (p, i) in enumerate(zip(pattern.factors, order)):
+            r = _match(p, terms[i], t, False)
+            if r:
+                reason = (k, f"factor %{terms[i].name} of %{value.name}: {r}")
+                break
+        if reason is None:
+            _adopt(m, t)
+            m.matched_nodes.extend(n for n in nodes if n not in m.matched_nodes)
+            return _bind(m, pattern, value)
+        if best is None or reason[0] > best[0]:
+            best = reason
+    return best[1]
+
+
+def _root_ops(pattern: Pattern) -> frozenset:
+    if isinstance(pattern, Op):
+        return frozenset([pattern.op])
+    if isinstance(pattern, Product):
+        return frozenset(["mul", "div"])
+    if isinstance(pattern, Either):
+        return frozenset().union(*(_root_ops(p) for p in pattern.alternatives))
+    raise TypeError(f"a rule's pattern must be an Op, a Product or an Either, not {pattern!r}")
+
+
 def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[str]:
     """None if `value` matches `pattern` (bindings go into `m`), else the reason it does not."""
     if isinstance(pattern, Any):
         return _bind(m, pattern, value)
+    if isinstance(pattern, Opt):
+        return _match(pattern.pattern, value, m, is_root)
+    if isinstance(pattern, Either):
+        reasons = []
+        for alt in pattern.alternatives:
+            t = _trial(m)
+            r = _match(alt, value, t, is_root)
+            if r is None:
+                _adopt(m, t)
+                return _bind(m, pattern, value)
+            reasons.append(r)
+        # the nearest miss: the alternative that matched deepest before failing
+        return max(reasons, key=lambda r: r.count(": "))
+    if isinstance(pattern, Product):
+        return _match_product(pattern, value, m, is_root)
     if isinstance(pattern, Const):
         data = constant_data(value)
         if data is None:
@@ -128,20 +266,25 @@ def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[
                 return f"%{value.name} ({node.op}) has {k}={got!r}" + \
                     ("" if callable(want) else f", the rule needs {want!r}")
     if pattern.inputs:
-        present = [v for v in node.inputs]
-        if len(present) != len(pattern.inputs):
-            return f"%{value.name} ({node.op}) has {len(present)} inputs, the rule expects " \
-                   f"{len(pattern.inputs)}"
+        present = list(node.inputs)
+        required = len(pattern.inputs)
+        while required and isinstance(pattern.inputs[required - 1], Opt):
+            required -= 1
+        while len(present) > required and present[-1] is None:
+            present.pop()  # an absent trailing optional input
+        if not required <= len(present) <= len(pattern.inputs):
+            want = f"{required}" + (f" to {len(pattern.inputs)}" if required < len(pattern.inputs) else "")
+            return f"%{value.name} ({node.op}) has {len(present)} inputs, the rule expects {want}"
         orders = [list(range(len(present)))]
         if pattern.commutative and len(present) == 2:
             orders.append([1, 0])
         best = None  # (inputs matched before failing, reason): report the nearest miss
         for order in orders:
-            trial = Match(m.graph, m.root)
-            trial.values, trial.nodes = dict(m.values), dict(m.nodes)
-            trial.matched_nodes = list(m.matched_nodes)
+            trial = _trial(m)
             reason = None
             for i, (p, idx) in enumerate(zip(pattern.inputs, order)):
+                if idx >= len(present):
+                    break  # the optional inputs past the node's last are absent
                 v = present[idx]
                 r = f"input {idx} of %{value.name} ({node.op}) is absent" if v is None else \
                     _match(p, v, trial, False)
@@ -149,7 +292,7 @@ def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[
                     reason = (i, r if v is None else f"input {idx} of {node.op}: {r}")
                     break
             if reason is None:
-                m.values, m.nodes, m.matched_nodes = trial.values, trial.nodes, trial.matched_nodes
+                _adopt(m, trial)
                 best = None
                 break
             if best is None or reason[0] > best[0]:
@@ -193,10 +336,15 @@ class Builder:
 @dataclass
 class Rule:
     name: str
-    pattern: Op
+    pattern: Pattern  # an Op, a Product or an Either of them: what the root node computes
     rewrite: Callable[[Match, Builder], AnyType]
     where: Optional[Callable[[Match], Union[bool, str]]] = None
     doc: str = ""
+
+    @property
+    def root_ops(self) -> frozenset:
+        """The ops a node must have for this rule to be tried on it."""
+        return _root_ops(self.pattern)
 
     def match(self, graph: Graph, node: Node) -> Union[Match, str]:
         m = Match(graph, node)
@@ -214,7 +362,7 @@ def explain(rule: Rule, graph: Graph) -> list[tuple[Node, str]]:
     """For every node whose op is the rule's root op: why the rule does not match there."""
     out = []
     for node in graph.nodes:
-        if node.op == rule.pattern.op:
+        if node.op in rule.root_ops:
             r = rule.match(graph, node)
             if isinstance(r, str):
                 out.append((node, r))
@@ -276,7 +424,8 @@ class RewritePass(Pass):
         changed = False
         by_op: dict[str, list[Rule]] = {}
         for r in self.rules:
-            by_op.setdefault(r.pattern.op, []).append(r)
+            for op in sorted(r.root_ops):
+                by_op.setdefault(op, []).append(r)
         for _ in range(self.max_rounds):
             fired = False
             for node in list(graph.nodes):

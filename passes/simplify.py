@@ -22,7 +22,7 @@ import numpy as np
 
 from slimc.ir import Value
 
-from .rewriter import Any, Builder, Const, Match, Op, RewritePass, Rule
+from .rewriter import Any, Builder, Const, Match, Op, Opt, RewritePass, Rule
 
 
 def _not_graph_output(m: Match):
@@ -256,9 +256,7 @@ RULES = [
     Rule("scalar_through_matmul",
          Op("mul", Op("matmul", Any("a"), Any("b"), name="inner"), _SCALAR, commutative=True),
          _scalar_into_operand, where=_scalar_through_matmul),
-    Rule("scalar_into_gemm", Op("mul", Op("gemm", Any(), Any(), name="inner"), _SCALAR,
-                                commutative=True), _scalar_into_gemm, where=_scalar),
-    Rule("scalar_into_gemm", Op("mul", Op("gemm", Any(), Any(), Any(), name="inner"), _SCALAR,
+    Rule("scalar_into_gemm", Op("mul", Op("gemm", Any(), Any(), Opt(Any()), name="inner"), _SCALAR,
                                 commutative=True), _scalar_into_gemm, where=_scalar),
     Rule("avg_pool_to_global", Op("avg_pool", Any("x")),
          lambda m, b: b.op("global_avg_pool", [m["x"]]), where=_window_covers_input),

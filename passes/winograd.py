@@ -54,7 +54,7 @@ from slimc.ir.graph import constant_data
 from slimc.ir.ops.winograd import TILES, alpha_of, transform_filter
 
 from .pass_manager import Pass
-from .rewriter import Any, Builder, Const, Match, Op, Rule, apply_rule
+from .rewriter import Any, Builder, Const, Match, Op, Opt, Rule, apply_rule
 
 # max |error| / max |y| of one layer in float32: the stated bounds (measured values are 3-4x
 # below them; tests/test_winograd.py checks both the algorithm and the compiled kernel)
@@ -362,8 +362,8 @@ def host_model(host: Host) -> CostModel:
 # ----------------------------------------------------------------------------------------------
 
 
-def winograd_rules(tile_of: Callable[[Node], int]) -> list:
-    """The rewrite as rules (without and with bias): the conv becomes winograd_conv2d with
+def winograd_rule(tile_of: Callable[[Node], int]) -> Rule:
+    """The rewrite as a rule: the conv (with or without a bias) becomes winograd_conv2d with
     its filter transformed for the tile `tile_of(conv)` chose."""
 
     def rewrite(m: Match, b: Builder):
@@ -375,10 +375,8 @@ def winograd_rules(tile_of: Callable[[Node], int]) -> list:
         return b.op("winograd_conv2d", [m["x"], u] + bias, tile=tile, pads=pads)
 
     doc = "a chosen 3x3 conv becomes winograd_conv2d with its filter transformed at compile time"
-    return [Rule("winograd_conv2d", Op("conv", Any("x"), Const("w"), name="conv"), rewrite,
-                 doc=doc),
-            Rule("winograd_conv2d", Op("conv", Any("x"), Const("w"), Any("b"), name="conv"),
-                 rewrite, doc=doc)]
+    return Rule("winograd_conv2d", Op("conv", Any("x"), Const("w"), Opt(Any("b")), name="conv"),
+                rewrite, doc=doc)
 
 
 def _ms(s: float) -> str:
@@ -431,7 +429,7 @@ class Winograd(Pass):
     def run(self, graph: Graph) -> bool:
         changed = False
         chosen: dict = {}
-        plain, with_bias = winograd_rules(lambda conv: chosen[id(conv)])
+        rule = winograd_rule(lambda conv: chosen[id(conv)])
         for node in list(graph.nodes):
             if node.graph is not graph or not is_3x3_conv(node):
                 continue
@@ -441,8 +439,7 @@ class Winograd(Pass):
             if tile is None:
                 continue
             chosen[id(node)] = tile
-            has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-            changed |= apply_rule(graph, with_bias if has_bias else plain, node)
+            changed |= apply_rule(graph, rule, node)
         return changed
 
 
