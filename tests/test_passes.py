@@ -220,7 +220,8 @@ graph @g(%x: f32[1,2,4,4], %y: f32[3]) -> (f32[1,2,4,4], f32[1,2,4,4], f32[3], f
   %a = mul(%y, %two) : f32[3]
   %p = mul(%a, %y) : f32[3]
   %q = div(%p, %four) : f32[3]
-  %r = mul(%y, %a) : f32[3]
+  %a2 = mul(%two, %y) : f32[3]
+  %r = mul(%y, %a2) : f32[3]
   return %c1, %c2, %q, %r, %a
 }
 """)
@@ -229,7 +230,7 @@ graph @g(%x: f32[1,2,4,4], %y: f32[3]) -> (f32[1,2,4,4], f32[1,2,4,4], f32[3], f
     assert "b" not in conv.match(g, c1).values and conv.match(g, c2)["b"].name == "b"
     half_square = Rule("sq", Product(Any("v"), Any("v"), scale=0.5, what="y^2 / 2"),
                        lambda m, b: None)
-    q, r = g.nodes[4], g.nodes[5]
+    q, r = g.nodes[4], g.nodes[6]
     assert half_square.root_ops == {"mul", "div"}
     # %a is also returned: looking through it would compute it twice, so it is a factor
     why = half_square.match(g, q)
