@@ -5,20 +5,24 @@ nothing here knows an op.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence
 
 from llvmlite import ir
 
 from slimc.ir import dtypes
+from slimc.ir.errors import UnsupportedError
 
-from .kernel import KernelBuilder, llvm_name
+from .kernel import Index, KernelBuilder, llvm_name
 from .llvm_util import I32, I64, const, i64, load, store
 from .scalar_ops import LOWERINGS, Emitter, convert
 
 __all__ = [
     "acc_dtype", "cdiv", "chan_param", "const_table", "convert", "emitter", "entry_alloca",
     "flat_epilogue_ok", "flat_index", "hreduce", "numel", "smax", "smin", "stack_row",
-    "table_load", "vec_loop", "vload", "vstore"
+    "table_load", "vec_loop", "vload", "vstore",
+    "divmod_index", "const_input", "as_i64", "wrap_index", "index_value", "node_axis",
+    "ordered_fast_math", "unflatten", "work_items", "load_uncached",
 ]
 
 
@@ -173,3 +177,110 @@ def chan_param(kb: KernelBuilder, e: Emitter, v, index, adt):
     b = kb.b
     x = b.load(b.gep(kb.ptr(v), [kb._ir(index)], inbounds=True), name=llvm_name(v.name))
     return convert(e, x, v.type.dtype, adt)
+
+
+# ----- tensor indices ---------------------------------------------------------------------------
+
+def divmod_index(kb: KernelBuilder, a: Index, c: int, name: str) -> tuple:
+    """(a // c, a % c) for a >= 0."""
+    if isinstance(a, int):
+        return a // c, a % c
+    if c == 1:
+        return a, 0
+    return kb.b.udiv(a, i64(c), name=name + ".q"), kb.b.urem(a, i64(c), name=name + ".r")
+
+def const_input(node, i: int, what: str):
+    """The data of constant input i (None if the input is absent)."""
+    if len(node.inputs) <= i or node.inputs[i] is None:
+        return None
+    v = node.inputs[i]
+    if v.data is None:
+        raise UnsupportedError(f"{node.op} needs {what} (input {i}, %{v.name}) to be a constant "
+                               f"when compiled", node=node.label, op=node.op)
+    return v.data
+
+def as_i64(kb: KernelBuilder, x: ir.Value, dtype, name: str) -> ir.Value:
+    """An integer (or float, truncated) index value, scalar or vector, as i64."""
+    if dtype == dtypes.i64 or dtype == dtypes.u64:
+        return x
+    e = Emitter(kb.b, [dtype], dtypes.i64, (), name)
+    return convert(e, x, dtype, dtypes.i64)
+
+def wrap_index(kb: KernelBuilder, v: Index, dim: int, name: str) -> Index:
+    """A negative index counts from the end; one still out of [0, dim) becomes 0."""
+    if isinstance(v, int):
+        v = v + dim if v < 0 else v
+        return v if 0 <= v < dim else 0
+    b = kb.b
+    neg = b.icmp_signed("<", v, i64(0), name=name + ".neg")
+    w = b.select(neg, b.add(v, i64(dim), name=name + ".fromend"), v, name=name + ".wrapped")
+    ok = b.icmp_unsigned("<", w, i64(max(dim, 1)), name=name + ".inrange")
+    return b.select(ok, w, i64(0), name=name)
+
+def index_value(kb: KernelBuilder, indices, pos: Sequence[Index], dim: int, name: str) -> Index:
+    """indices[pos], wrapped for an axis of size dim; folded to an int for constant indices at
+    a constant position (a scalar index such as x[:, 0])."""
+    if indices.data is not None and all(isinstance(p, int) for p in pos):
+        if indices.data.size == 0:  # no indices: the result is empty, this code never runs
+            return 0
+        return wrap_index(kb, int(indices.data[tuple(pos)]), dim, name)
+    raw = kb.value_at(indices, list(pos))
+    return wrap_index(kb, as_i64(kb, raw, indices.type.dtype, name + ".raw"), dim, name)
+
+def node_axis(kb: KernelBuilder, node, rank: int) -> int:
+    a = int(kb.attrs(node)["axis"])
+    return a + rank if a < 0 else a
+
+
+# ----- work items and sequential loops -------------------------------------------------------
+
+def ordered_fast_math(kb: KernelBuilder) -> tuple:
+    """Fast-math flags without ``reassoc``: scans and LU keep their sequential order."""
+    return tuple(f for f in kb.fast_math if f != "reassoc")
+
+def unflatten(kb: KernelBuilder, flat: Index, shape: Sequence[int], name: str) -> list:
+    """Row-major multi-index of `flat` (< numel(shape)) in `shape`; size-1 axes give 0 and
+    the outermost non-trivial axis needs no remainder."""
+    b = kb.b
+    out: list = []
+    strides = kb.strides(shape)
+    outer = True
+    for k, (d, st) in enumerate(zip(shape, strides)):
+        if d == 1:
+            out.append(0)
+            continue
+        if isinstance(flat, int):
+            q = flat // st
+            out.append(q if outer else q % d)
+        else:
+            q = flat if st == 1 else b.udiv(flat, i64(st), name=f"{name}.q{k}")
+            out.append(q if outer else b.urem(q, i64(d), name=f"{name}.i{k}"))
+        outer = False
+    return out
+
+@contextlib.contextmanager
+def work_items(kb: KernelBuilder, name: str) -> Iterator[Index]:
+    """Loop over this call's work items [begin, end) of `kb.parallel_extent`.
+
+    With a single work item there is no loop, only a ``begin < end`` guard: a loop whose body
+    does not depend on its counter lets LLVM 22's loop vectorizer take time exponential in
+    the length of a fully unrolled inner scan (seconds for 16 elements of a 1-D arg_max).
+    """
+    b = kb.b
+    if kb.parallel_extent != 1:
+        with kb.loop(kb.begin, kb.end, name=name) as w:
+            yield w
+        return
+    body = b.function.append_basic_block(f"{name}.only")
+    done = b.function.append_basic_block(f"{name}.exit")
+    b.cbranch(b.icmp_signed("<", kb.begin, kb.end, name=f"{name}.any"), body, done)
+    b.position_at_end(body)
+    yield 0
+    b.branch(done)
+    b.position_at_end(done)
+
+def load_uncached(kb: KernelBuilder, v, index) -> ir.Value:
+    """`v` at a run-time index; the cache is dropped since the index changes per iteration."""
+    x = kb.value_at(v, index)
+    kb.cache.clear()
+    return x

@@ -1,4 +1,5 @@
-"""fp32 GEMM kernels generated as LLVM IR with explicit vector types.
+"""fp32 GEMM kernels generated as LLVM IR with explicit vector types. (One job over 600 lines:
+the register tile, its edges, the cache blocking and packing of one GEMM generator.)
 
     C[M, N] (+)= A[M, K] @ B[K, N]          (row-major, leading dimensions lda, ldc, ldb)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from slimc.ir.errors import InternalError
-from slimc.ir.ops.nn import _window_params
+from slimc.ir.ops.window import _window_params
 
 from .common import entry_alloca, smax, smin
 from .kernel import KernelBuilder, generator, index_map, llvm_name

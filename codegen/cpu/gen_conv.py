@@ -17,7 +17,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from slimc.ir import dtypes
-from slimc.ir.ops.nn import _window_params
+from slimc.ir.ops.window import _window_params
 
 from . import gemm as gemm_kernels
 from .kernel import KernelBuilder, generator, llvm_name

@@ -1,4 +1,7 @@
-"""matmul and gemm: float32 through the blocked GEMM kernels of gemm.py, other dtypes by loops.
+"""Linear algebra: matmul and gemm (float32 through the blocked GEMM kernels of gemm.py, other
+dtypes by loops), einsum (a plain loop nest over every label: output labels outside, summed
+labels inside, one accumulator per output element) and det (LU decomposition with partial
+pivoting on a stack copy of each matrix).
 
 float32 cases, by where B comes from:
 
@@ -14,14 +17,20 @@ gemm's alpha, beta and C are applied in the GEMM's store (its epilogue), not in 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from llvmlite import ir
 
 from slimc.ir import dtypes
+from slimc.ir.ops.linalg import parse_equation
 
 from . import gemm as gemm_kernels
+from .common import acc_dtype, load_uncached, numel, ordered_fast_math, unflatten, work_items
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I64, PTR, const, i64, llvm_type
+from .llvm_util import F32, I64, PTR, const, elem_bytes, i64, llvm_type, typed_ptr
 from .scalar_ops import Emitter, convert
+
+DET_STACK_BYTES = 16384  # det copies a matrix this small to the stack, a larger one to the arena
 
 
 def _norm_shapes(a_shape, b_shape, trans_a=False, trans_b=False):
@@ -311,4 +320,222 @@ def loop_matmul(kb: KernelBuilder, node) -> None:
                     r = e.add(r, cv)
             flat = b.add(b.mul(row, i64(N)), j)
             kb.store_result(out, kb.delinear(flat, kb.shape(out)), convert(e, r, acc_dt, dt))
+    b.ret_void()
+
+
+# ----- einsum ------------------------------------------------------------------------------------
+
+def _einsum_plan(equation: str, shapes: Sequence[tuple]):
+    """-> (per operand: its label per axis; output labels; label -> size).
+
+    The ellipsis becomes labels ``("...", r)`` counted right-aligned over the broadcast
+    ellipsis rank; an implicit output is the ellipsis then the labels used once, sorted.
+    """
+    ins, out = parse_equation(equation, len(shapes))
+    ell_rank = 0
+    for term, shape in zip(ins, shapes):
+        if "..." in term:
+            ell_rank = max(ell_rank, len(shape) - (len(term) - 1))
+    ell = [("...", r) for r in range(ell_rank)]
+    operand_labels = []
+    for term, shape in zip(ins, shapes):
+        labels = []
+        for l in term:
+            if l == "...":
+                n_ell = len(shape) - (len(term) - 1)
+                labels.extend(ell[ell_rank - n_ell:])
+            else:
+                labels.append(l)
+        operand_labels.append(labels)
+    if out is None:
+        counts: dict = {}
+        for term in ins:
+            for l in term:
+                if l != "...":
+                    counts[l] = counts.get(l, 0) + 1
+        out_labels = list(ell) + sorted(l for l, c in counts.items() if c == 1)
+    else:
+        out_labels = []
+        for l in out:
+            out_labels.extend(ell if l == "..." else [l])
+    sizes: dict = {}
+    for labels, shape in zip(operand_labels, shapes):
+        for l, d in zip(labels, shape):
+            sizes[l] = d if sizes.get(l, 1) == 1 else sizes[l]
+    return operand_labels, out_labels, sizes
+
+
+@generator("einsum")
+def einsum(kb: KernelBuilder, node) -> None:
+    """Work items over the output's first axis; loops over its other axes, then over every
+    summed label (first appearance order) around one multiply-accumulate. Halves compute in
+    f32, bools as and/or."""
+    b = kb.b
+    xs, out = list(node.inputs), node.outputs[0]
+    name = llvm_name(out.name)
+    shapes = [kb.shape(x) for x in xs]
+    operand_labels, out_labels, sizes = _einsum_plan(kb.attrs(node)["equation"], shapes)
+    summed = []
+    for labels in operand_labels:
+        for l in labels:
+            if l not in out_labels and l not in summed:
+                summed.append(l)
+    out_shape = kb.shape(out)
+    in_dt, out_dt = xs[0].type.dtype, out.type.dtype
+    acc_dt = acc_dtype(in_dt)
+    acc_t = llvm_type(acc_dt)
+    e = Emitter(b, [acc_dt], acc_dt, kb.fast_math, name)
+    is_bool = in_dt == dtypes.bool
+    kb.parallel_extent = out_shape[0] if out_shape else 1
+    kb.cost = len(xs) * numel([sizes[l] for l in out_labels + summed])
+    if numel(out_shape) == 0:
+        b.ret_void()
+        return
+    acc = b.alloca(acc_t, name=name + ".acc")
+
+    def label_name(l) -> str:
+        return l if isinstance(l, str) else f"e{l[1]}"
+
+    def nest(labels, env, body, first_bounds=None):
+        if not labels:
+            body(env)
+            return
+        l = labels[0]
+        lo, hi = first_bounds if first_bounds is not None else (0, sizes[l])
+        if hi == 1 and first_bounds is None:
+            nest(labels[1:], {**env, l: 0}, body)
+            return
+        with kb.loop(lo, hi, name=label_name(l)) as iv:
+            nest(labels[1:], {**env, l: iv}, body)
+
+    def product(env) -> ir.Value:
+        p = None
+        for x, labels, shape in zip(xs, operand_labels, shapes):
+            index = [0 if d == 1 else env[l] for l, d in zip(labels, shape)]
+            v = convert(e, load_uncached(kb, x, index), in_dt, acc_dt)
+            if p is None:
+                p = v
+            elif is_bool:
+                p = b.and_(p, v, name=name + ".and")
+            else:
+                p = e.mul(p, v)
+                p.name = name + ".prod"
+        return p
+
+    def element(env):
+        b.store(const(acc_t, 0), acc)
+
+        def accumulate(env2):
+            a = b.load(acc, name=name + ".acc")
+            p = product(env2)
+            s = b.or_(a, p, name=name + ".or") if is_bool else e.add(a, p)
+            if not is_bool:
+                s.name = name + ".sum"
+            b.store(s, acc)
+
+        nest(summed, env, accumulate)
+        result = convert(e, b.load(acc, name=name + ".total"), acc_dt, out_dt)
+        kb.store_result(out, [env[l] for l in out_labels], result)
+
+    if out_labels and kb.parallel_extent != 1:
+        nest(out_labels, {}, element, first_bounds=(kb.begin, kb.end))
+    else:
+        with work_items(kb, "w"):
+            nest(out_labels, {}, element)
+    b.ret_void()
+
+
+# ----- det ---------------------------------------------------------------------------------------
+
+@generator("det")
+def det(kb: KernelBuilder, node) -> None:
+    """Per matrix: copy to the stack (or to arena scratch when large), LU with partial
+    pivoting (the largest |a[i][k]| on or below the diagonal), det = sign * product of the
+    pivots. A zero pivot gives 0 and skips that step's elimination (LAPACK's getrf goes on
+    the same way)."""
+    b = kb.b
+    x, out = node.inputs[0], node.outputs[0]
+    shape = kb.shape(x)
+    n = shape[-1]
+    batch = shape[:-2]
+    name = llvm_name(out.name)
+    in_dt, out_dt = x.type.dtype, out.type.dtype
+    cdt = acc_dtype(in_dt)
+    ct = llvm_type(cdt)
+    e = Emitter(b, [cdt], cdt, ordered_fast_math(kb), name)
+    kb.parallel_extent = numel(batch)
+    kb.cost = numel(batch) * (2 * n ** 3 // 3 + n * n)
+    if numel(batch) == 0:
+        b.ret_void()
+        return
+    on_stack = n * n * elem_bytes(ct) <= DET_STACK_BYTES
+    if on_stack:
+        lu = b.alloca(ct, size=i64(max(1, n * n)), name=name + ".lu")
+    else:  # a region per matrix, so that threads never share one
+        lu = typed_ptr(b, kb.scratch(n * n * elem_bytes(ct) * numel(batch), name + ".lu"), ct,
+                       name + ".lu")
+    d = b.alloca(ct, name=name + ".det")
+    piv_row = b.alloca(I64, name=name + ".pivrow")
+    piv_abs = b.alloca(ct, name=name + ".pivabs")
+    fn = b.function
+
+    def fabs(v):
+        return e.intrinsic("fabs", [v])
+
+    with work_items(kb, "m") as m:
+        bidx = unflatten(kb, m, batch, name + ".b") if batch else []
+        a = lu if on_stack else b.gep(lu, [kb._ir(kb.imul(m, n * n))], inbounds=True,
+                                      name=name + ".lu.m")
+
+        def cell(i, j, nm):
+            off = b.add(b.mul(kb._ir(i), i64(n)), kb._ir(j), name=nm + ".off")
+            return b.gep(a, [off], inbounds=True, name=nm + ".p")
+
+        with kb.loop(0, n, name="ci") as ci:
+            with kb.loop(0, n, name="cj") as cj:
+                v = convert(e, load_uncached(kb, x, bidx + [ci, cj]), in_dt, cdt)
+                b.store(v, cell(ci, cj, "a"))
+        b.store(const(ct, 1.0), d)
+        with kb.loop(0, n, name="k") as k:
+            # pivot: the row with the largest magnitude in column k from row k down
+            b.store(k, piv_row)
+            b.store(fabs(b.load(cell(k, k, "akk"), name="akk")), piv_abs)
+            k1 = b.add(k, i64(1), name="k1")
+            with kb.loop(k1, n, name="pi") as pi:
+                mag = fabs(b.load(cell(pi, k, "aik"), name="aik"))
+                bigger = b.fcmp_ordered(">", mag, b.load(piv_abs, name="pivabs"), name="bigger")
+                b.store(b.select(bigger, mag, b.load(piv_abs)), piv_abs)
+                b.store(b.select(bigger, pi, b.load(piv_row)), piv_row)
+            p = b.load(piv_row, name="pivrow")
+            swap = fn.append_basic_block("det.swap")
+            after = fn.append_basic_block("det.swapped")
+            b.cbranch(b.icmp_signed("!=", p, k, name="needswap"), swap, after)
+            b.position_at_end(swap)
+            with kb.loop(0, n, name="sj") as sj:
+                pk, pp = cell(k, sj, "rk"), cell(p, sj, "rp")
+                tk, tp = b.load(pk, name="rk"), b.load(pp, name="rp")
+                b.store(tp, pk)
+                b.store(tk, pp)
+            b.store(b.fneg(b.load(d), name=name + ".negdet"), d)
+            b.branch(after)
+            b.position_at_end(after)
+            piv = b.load(cell(k, k, "piv"), name="piv")
+            prod = e.mul(b.load(d), piv)
+            prod.name = name + ".detacc"
+            b.store(prod, d)
+            elim = fn.append_basic_block("det.eliminate")
+            done = fn.append_basic_block("det.next")
+            b.cbranch(b.fcmp_unordered("!=", piv, const(ct, 0.0), name="pivnz"), elim, done)
+            b.position_at_end(elim)
+            with kb.loop(k1, n, name="ei") as ei:
+                f = b.fdiv(b.load(cell(ei, k, "aik"), name="aik"), piv, name="factor")
+                with kb.loop(k1, n, name="ej") as ej:
+                    aij = cell(ei, ej, "aij")
+                    upd = e.sub(b.load(aij, name="aij"), e.mul(f, b.load(cell(k, ej, "akj"), name="akj")))
+                    upd.name = "aij.new"
+                    b.store(upd, aij)
+            b.branch(done)
+            b.position_at_end(done)
+        result = convert(e, b.load(d, name=name + ".value"), cdt, out_dt)
+        kb.store_result(out, bidx, result)
     b.ret_void()

@@ -22,7 +22,7 @@ import numpy as np
 from llvmlite import ir
 
 from slimc.ir import dtypes
-from slimc.ir.ops.nn import _window_params
+from slimc.ir.ops.window import _window_params
 
 from .common import (acc_dtype, cdiv, chan_param, const_table, convert, emitter, numel, smax,
                      smin, stack_row, table_load, vec_loop, vload)

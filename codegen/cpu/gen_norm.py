@@ -2,6 +2,8 @@
 
 Per work item a few passes over one line with explicit vector accumulators and shuffle-tree
 horizontal reductions; along a non-last axis the vectors run across the inner lines instead.
+(One job over 600 lines: every op here is that loop shape, `_Axis` and `_Span`, with its own
+few passes.)
 """
 
 from __future__ import annotations

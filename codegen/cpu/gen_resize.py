@@ -34,7 +34,7 @@ def _resize_plan_tables(kb: KernelBuilder, node):
     """Per resized axis, in the order the reference applies them: (axis, kind, data) where
     data is the nearest source index per output position, or the taps (indices, float64
     weights) of the axis's interpolation matrix; plus which outputs lie outside the crop."""
-    from slimc.ir.ops.nn import _resize_axes, _resize_axis, _source_coords, resize_plan
+    from slimc.ir.ops.spatial import _resize_axes, _resize_axis, _source_coords, resize_plan
 
     attrs = kb.attrs(node)
     x = node.inputs[0]

@@ -1,18 +1,16 @@
-"""Data movement: the tensor family (ir/ops/tensor.py, plus depth_to_space / space_to_depth).
+"""Data movement with loops of its own: the generators of the tensor family (ir/ops/tensor.py
+and tensor_gen.py). The ops whose output element is one input element found by index
+arithmetic (slice, gathers, tile, depth/space shuffles, reverse_sequence) are index maps, in
+gen_views.py.
 
-Two kinds of lowering, as in generators.py:
-
-* **index maps** for the ops whose output element is one input element found by index
-  arithmetic: slice, gather, gather_elements, gather_nd, tile, depth_to_space,
-  space_to_depth, reverse_sequence. They cost nothing of their own: a chain such as
-  transpose -> slice -> reshape -> relu is one loop that loads each element where it lies.
-* **generators** for the rest. pad and trilu compute a value *or* a fill per element, which
-  an index map cannot say (it names a source element and nothing else), so they run their own
-  loops -- still reading operands through `kb.value_at` (producers are computed inline) and
-  storing through `kb.store_result` (elementwise consumers are applied before the store).
-  concat and split copy pieces; scatter_nd / scatter_elements copy, then update in order;
-  range, constant_of_shape, eye_like and one_hot compute values from indices; shape and size
-  write constants.
+pad and trilu compute a value *or* a fill per element, which an index map cannot say (it names
+a source element and nothing else), so they run their own loops -- still reading operands
+through `kb.value_at` (producers are computed inline) and storing through `kb.store_result`
+(elementwise consumers are applied before the store). concat and split copy pieces;
+scatter_nd / scatter_elements copy, then update in order; range, constant_of_shape, eye_like
+and one_hot compute values from indices; shape and size write constants. (One job over 600
+lines: every generator here is the same loop over rows of its output, vectorized along the
+last axis, with the helpers they share.)
 
 Every generator runs the last axis in vectors of `kb.vector_width` with a scalar tail, and its
 work items (`kb.parallel_extent`) are rows, or (outer index, piece) pairs for concat / split.
@@ -32,69 +30,17 @@ from typing import Callable, Sequence, Union
 from llvmlite import ir
 
 from slimc.ir import dtypes
-from slimc.ir.errors import UnsupportedError
-from slimc.ir.ops.tensor import _pad_widths, _slice_args, slice_bounds
+from slimc.ir.ops.tensor_gen import _pad_widths
 
-from .kernel import KernelBuilder, generator, index_map, llvm_name
+from .common import as_i64, const_input, divmod_index, index_value, node_axis, numel
+from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import I64, const, i64, llvm_type, load, splat, store
-from .common import numel
 from .scalar_ops import Emitter, convert
 
 Index = Union[int, ir.Value]  # an index: folded in Python, or computed in the kernel
 
 
 # ----- small helpers --------------------------------------------------------------------------
-
-def _divmod(kb: KernelBuilder, a: Index, c: int, name: str) -> tuple:
-    """(a // c, a % c) for a >= 0."""
-    if isinstance(a, int):
-        return a // c, a % c
-    if c == 1:
-        return a, 0
-    return kb.b.udiv(a, i64(c), name=name + ".q"), kb.b.urem(a, i64(c), name=name + ".r")
-
-
-def _const_input(node, i: int, what: str):
-    """The data of constant input i (None if the input is absent)."""
-    if len(node.inputs) <= i or node.inputs[i] is None:
-        return None
-    v = node.inputs[i]
-    if v.data is None:
-        raise UnsupportedError(f"{node.op} needs {what} (input {i}, %{v.name}) to be a constant "
-                               f"when compiled", node=node.label, op=node.op)
-    return v.data
-
-
-def _as_i64(kb: KernelBuilder, x: ir.Value, dtype, name: str) -> ir.Value:
-    """An integer (or float, truncated) index value, scalar or vector, as i64."""
-    if dtype == dtypes.i64 or dtype == dtypes.u64:
-        return x
-    e = Emitter(kb.b, [dtype], dtypes.i64, (), name)
-    return convert(e, x, dtype, dtypes.i64)
-
-
-def _wrap(kb: KernelBuilder, v: Index, dim: int, name: str) -> Index:
-    """A negative index counts from the end; one still out of [0, dim) becomes 0."""
-    if isinstance(v, int):
-        v = v + dim if v < 0 else v
-        return v if 0 <= v < dim else 0
-    b = kb.b
-    neg = b.icmp_signed("<", v, i64(0), name=name + ".neg")
-    w = b.select(neg, b.add(v, i64(dim), name=name + ".fromend"), v, name=name + ".wrapped")
-    ok = b.icmp_unsigned("<", w, i64(max(dim, 1)), name=name + ".inrange")
-    return b.select(ok, w, i64(0), name=name)
-
-
-def _index_value(kb: KernelBuilder, indices, pos: Sequence[Index], dim: int, name: str) -> Index:
-    """indices[pos], wrapped for an axis of size dim; folded to an int for constant indices at
-    a constant position (a scalar index such as x[:, 0])."""
-    if indices.data is not None and all(isinstance(p, int) for p in pos):
-        if indices.data.size == 0:  # no indices: the result is empty, this code never runs
-            return 0
-        return _wrap(kb, int(indices.data[tuple(pos)]), dim, name)
-    raw = kb.value_at(indices, list(pos))
-    return _wrap(kb, _as_i64(kb, raw, indices.type.dtype, name + ".raw"), dim, name)
-
 
 def _lane_ids(kb: KernelBuilder, j: Index, lanes: int, name: str) -> ir.Value:
     """j, j+1, ..., j+lanes-1 as an i64 vector (or j as an i64 scalar)."""
@@ -211,161 +157,6 @@ def _is_buffer(kb: KernelBuilder, v) -> bool:
     return id(v) not in kb.produced and id(v) in kb.ptrs
 
 
-# ----- index maps -----------------------------------------------------------------------------
-
-def _slice_starts(kb: KernelBuilder, node) -> list[tuple[int, int]]:
-    """(start, step) per input axis (0, 1 where the slice leaves the axis alone)."""
-    x = node.inputs[0]
-    shape = kb.shape(x)
-    args = [_const_input(node, i, what) for i, what in
-            ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps"))]
-    starts, ends, axes, steps = _slice_args(len(shape), *args)
-    out = [(0, 1)] * len(shape)
-    for a, s, e, st in zip(axes, starts, ends, steps):
-        a = a + len(shape) if a < 0 else a
-        out[a] = (slice_bounds(s, e, st, shape[a])[0], st)
-    return out
-
-
-@index_map("slice")
-def slice_map(kb: KernelBuilder, node, out, index):
-    name = llvm_name(out.name)
-    src = []
-    for a, ((start, step), i) in enumerate(zip(_slice_starts(kb, node), index)):
-        src.append(kb.iadd(start, kb.imul(i, step, f"{name}.step{a}"), f"{name}.src{a}"))
-    return node.inputs[0], src
-
-
-slice_map.keeps_last_axis = lambda kb, node: _slice_starts(kb, node)[-1][1] == 1
-
-
-def _axis(kb: KernelBuilder, node, rank: int) -> int:
-    a = int(kb.attrs(node)["axis"])
-    return a + rank if a < 0 else a
-
-
-@index_map("gather")
-def gather(kb: KernelBuilder, node, out, index):
-    data, indices = node.inputs
-    shape = kb.shape(data)
-    axis = _axis(kb, node, len(shape))
-    q = len(kb.shape(indices))
-    k = _index_value(kb, indices, index[axis:axis + q], shape[axis], llvm_name(out.name) + ".idx")
-    return data, list(index[:axis]) + [k] + list(index[axis + q:])
-
-
-# The last output axis is data's last axis unless the gather is along it.
-gather.keeps_last_axis = lambda kb, node: _axis(kb, node, len(kb.shape(node.inputs[0]))) < \
-    len(kb.shape(node.inputs[0])) - 1
-
-
-@index_map("gather_elements")
-def gather_elements(kb: KernelBuilder, node, out, index):
-    data, indices = node.inputs
-    shape = kb.shape(data)
-    axis = _axis(kb, node, len(shape))
-    src = list(index)
-    src[axis] = _index_value(kb, indices, index, shape[axis], llvm_name(out.name) + ".idx")
-    return data, src
-
-
-# Each lane reads its own index: never contiguous.
-gather_elements.keeps_last_axis = lambda kb, node: False
-
-
-@index_map("gather_nd")
-def gather_nd(kb: KernelBuilder, node, out, index):
-    data, indices = node.inputs
-    shape, ishape = kb.shape(data), kb.shape(indices)
-    bd = int(kb.attrs(node)["batch_dims"])
-    k = ishape[-1]
-    lead = list(index[:len(ishape) - 1])  # batch dims, then the index tuple's position
-    name = llvm_name(out.name)
-    tup = [_index_value(kb, indices, lead + [m], shape[bd + m], f"{name}.idx{m}") for m in range(k)]
-    return data, list(index[:bd]) + tup + list(index[len(ishape) - 1:])
-
-
-gather_nd.keeps_last_axis = lambda kb, node: (
-    int(kb.attrs(node)["batch_dims"]) + kb.shape(node.inputs[1])[-1] < len(kb.shape(node.inputs[0])))
-
-
-def _repeats(kb: KernelBuilder, node) -> list[int]:
-    return [int(r) for r in _const_input(node, 1, "the repeats").reshape(-1)]
-
-
-@index_map("tile")
-def tile(kb: KernelBuilder, node, out, index):
-    shape = kb.shape(node.inputs[0])
-    name = llvm_name(out.name)
-    src = []
-    for a, (i, d, r) in enumerate(zip(index, shape, _repeats(kb, node))):
-        src.append(i if r == 1 else 0 if d <= 1 else _divmod(kb, i, d, f"{name}.tile{a}")[1])
-    return node.inputs[0], src
-
-
-tile.keeps_last_axis = lambda kb, node: _repeats(kb, node)[-1] == 1
-
-
-@index_map("depth_to_space")
-def depth_to_space(kb: KernelBuilder, node, out, index):
-    attrs = kb.attrs(node)
-    bs, mode = int(attrs["blocksize"]), attrs["mode"]
-    c_out = kb.shape(out)[1]
-    n, c, y, x = index
-    name = llvm_name(out.name)
-    h, b1 = _divmod(kb, y, bs, name + ".y")
-    w, b2 = _divmod(kb, x, bs, name + ".x")
-    blk = kb.iadd(kb.imul(b1, bs, name + ".b1"), b2, name + ".blk")
-    if mode == "DCR":  # channel = (b1 * bs + b2) * C' + c
-        ch = kb.iadd(kb.imul(blk, c_out, name + ".blkc"), c, name + ".ch")
-    else:  # CRD: channel = c * bs * bs + b1 * bs + b2
-        ch = kb.iadd(kb.imul(c, bs * bs, name + ".cb"), blk, name + ".ch")
-    return node.inputs[0], [n, ch, h, w]
-
-
-@index_map("space_to_depth")
-def space_to_depth(kb: KernelBuilder, node, out, index):
-    attrs = kb.attrs(node)
-    bs, mode = int(attrs["blocksize"]), attrs["mode"]
-    c_in = kb.shape(node.inputs[0])[1]
-    n, oc, hh, ww = index
-    name = llvm_name(out.name)
-    if mode == "DCR":  # out channel = (b1 * bs + b2) * C + c
-        blk, c = _divmod(kb, oc, c_in, name + ".oc")
-    else:  # CRD: out channel = c * bs * bs + b1 * bs + b2
-        c, blk = _divmod(kb, oc, bs * bs, name + ".oc")
-    b1, b2 = _divmod(kb, blk, bs, name + ".blk")
-    y = kb.iadd(kb.imul(hh, bs, name + ".hh"), b1, name + ".y")
-    x = kb.iadd(kb.imul(ww, bs, name + ".ww"), b2, name + ".x")
-    return node.inputs[0], [n, c, y, x]
-
-
-depth_to_space.keeps_last_axis = space_to_depth.keeps_last_axis = \
-    lambda kb, node: int(kb.attrs(node)["blocksize"]) == 1
-
-
-@index_map("reverse_sequence")
-def reverse_sequence(kb: KernelBuilder, node, out, index):
-    x, lens = node.inputs
-    attrs = kb.attrs(node)
-    ba, ta = int(attrs["batch_axis"]), int(attrs["time_axis"])
-    T = kb.shape(x)[ta]
-    b = kb.b
-    name = llvm_name(out.name)
-    t = kb._ir(index[ta])
-    n = _as_i64(kb, kb.value_at(lens, [index[ba]]), lens.type.dtype, name + ".len")
-    n = b.select(b.icmp_signed("<", n, i64(0)), i64(0), n, name=name + ".len.lo")
-    n = b.select(b.icmp_signed(">", n, i64(T)), i64(T), n, name=name + ".len.hi")
-    rev = b.sub(b.sub(n, i64(1)), t, name=name + ".rev")
-    src = list(index)
-    src[ta] = b.select(b.icmp_signed("<", t, n), rev, t, name=name + ".t")
-    return x, src
-
-
-# The last axis is the batch or time axis only for rank 2 (lanes then read different rows).
-reverse_sequence.keeps_last_axis = lambda kb, node: len(kb.shape(node.inputs[0])) > 2
-
-
 # ----- pad and trilu: a value or a fill per element -------------------------------------------
 
 def _pad_source(kb: KernelBuilder, mode: str, o: Index, width, d: int, name: str):
@@ -415,8 +206,8 @@ def pad(kb: KernelBuilder, node) -> None:
     mode = kb.attrs(node)["mode"]
     in_shape, out_shape = kb.shape(x), kb.shape(out)
     rank = len(in_shape)
-    axes = _const_input(node, 3, "the padded axes")
-    widths = _pad_widths(rank, _const_input(node, 1, "the pads"), axes)
+    axes = const_input(node, 3, "the padded axes")
+    widths = _pad_widths(rank, const_input(node, 1, "the pads"), axes)
     name = llvm_name(out.name)
     if numel(out_shape) == 0:
         b.ret_void()
@@ -510,7 +301,7 @@ def trilu(kb: KernelBuilder, node) -> None:
     elif kv.data is not None:
         k = int(kv.data.reshape(-1)[0])
     else:  # a run-time k: loaded once, in the entry block
-        k = _as_i64(kb, kb.value_at(kv, [0] * len(kb.shape(kv))), kv.type.dtype, name + ".k")
+        k = as_i64(kb, kb.value_at(kv, [0] * len(kb.shape(kv))), kv.type.dtype, name + ".k")
     zero = const(llvm_type(out.type.dtype), 0)
 
     def value(row, j, lanes):
@@ -539,7 +330,7 @@ def _pieces(kb: KernelBuilder, whole_shape, parts, axis: int, name: str, emit: C
     kb.parallel_extent = outer * P
     with kb.loop(kb.begin, kb.end, name=name + ".item") as w:
         kb.cache.clear()
-        o, p = _divmod(kb, w, P, name + ".item")
+        o, p = divmod_index(kb, w, P, name + ".item")
         o_idx = kb.delinear(o, outer_shape) if outer_shape else []
         live = [k for k in range(P) if numel(kb.shape(parts[k])) > 0]
         if P == 1:
@@ -566,7 +357,7 @@ def concat(kb: KernelBuilder, node) -> None:
     buffer and nothing is fused after the concat, else index by index through value_at."""
     out = node.outputs[0]
     shape = kb.shape(out)
-    axis = _axis(kb, node, len(shape))
+    axis = node_axis(kb, node, len(shape))
     name = llvm_name(out.name)
     offsets, acc = [], 0
     for x in node.inputs:
@@ -600,7 +391,7 @@ def split(kb: KernelBuilder, node) -> None:
     """Each output is a slab of the input (outputs nobody reads are skipped)."""
     x = node.inputs[0]
     shape = kb.shape(x)
-    axis = _axis(kb, node, len(shape))
+    axis = node_axis(kb, node, len(shape))
     name = llvm_name(x.name) + ".split"
     offsets, acc = [], 0
     for o in node.outputs:
@@ -680,7 +471,7 @@ def scatter_nd(kb: KernelBuilder, node) -> None:
         with kb.loop(0, numel(lead), name=name + ".u") as u:
             kb.cache.clear()
             uidx = kb.delinear(u, lead) if lead else []
-            tup = [_index_value(kb, indices, uidx + [m], shape[m], f"{name}.idx{m}") for m in range(k)]
+            tup = [index_value(kb, indices, uidx + [m], shape[m], f"{name}.idx{m}") for m in range(k)]
             _nest(kb, shape[k:], 0, [], lambda rest, lanes: _scatter_store(
                 kb, out, tup + rest, kb.value_at(updates, uidx + rest, lanes), combine), name + ".slice")
     kb.b.ret_void()
@@ -693,7 +484,7 @@ def scatter_elements(kb: KernelBuilder, node) -> None:
     out = node.outputs[0]
     name = llvm_name(out.name)
     shape, ishape = kb.shape(data), kb.shape(indices)
-    axis = _axis(kb, node, len(shape))
+    axis = node_axis(kb, node, len(shape))
     reduction = kb.attrs(node)["reduction"]
     combine = None if reduction == "none" else _combiner(kb, reduction, out.type.dtype, name + ".op")
     kb.parallel_extent = 1
@@ -703,7 +494,7 @@ def scatter_elements(kb: KernelBuilder, node) -> None:
             if a == len(ishape):
                 kb.cache.clear()
                 tgt = list(idx)
-                tgt[axis] = _index_value(kb, indices, idx, shape[axis], name + ".idx")
+                tgt[axis] = index_value(kb, indices, idx, shape[axis], name + ".idx")
                 _scatter_store(kb, out, tgt, kb.value_at(updates, idx), combine)
                 return
             with kb.loop(0, ishape[a], name=f"{name}.p{a}") as i:
@@ -789,15 +580,15 @@ def one_hot(kb: KernelBuilder, node) -> None:
     out = node.outputs[0]
     name = llvm_name(out.name)
     rank = len(kb.shape(out))
-    axis = _axis(kb, node, rank)
-    depth = int(_const_input(node, 1, "the depth").reshape(-1)[0])
+    axis = node_axis(kb, node, rank)
+    depth = int(const_input(node, 1, "the depth").reshape(-1)[0])
     vrank = len(kb.shape(values))
     off = kb.value_at(values, [0] * (vrank - 1) + [0])  # entry block: dominates every row
     on = kb.value_at(values, [0] * (vrank - 1) + [1])
     idt = indices.type.dtype
 
     def hot(v, lanes):
-        v = _as_i64(kb, v, idt, name + ".idx")
+        v = as_i64(kb, v, idt, name + ".idx")
         neg = b.icmp_signed("<", v, splat(b, i64(0), lanes), name=name + ".neg")
         return b.select(neg, b.add(v, splat(b, i64(depth), lanes)), v, name=name + ".hot")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from slimc.ir import dtypes
-from slimc.ir.ops.tensor import PAD_MODES, even_split
+from slimc.ir.ops.tensor import even_split
+from slimc.ir.ops.tensor_gen import PAD_MODES
 
 from . import ConvertContext, converter, onnx_dtype, simple
 

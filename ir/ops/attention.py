@@ -26,7 +26,7 @@ from ..infer import broadcast_shapes
 from ..registry import FusionKind, InferContext, register_op
 from ..types import TensorType
 from .linalg import matmul
-from .nn import _softmax
+from .norm import _softmax
 
 
 def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0):

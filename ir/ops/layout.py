@@ -32,7 +32,8 @@ import numpy as np
 
 from ..registry import FusionKind, InferContext, register_op
 from ..types import TensorType
-from .nn import _conv, _float_input, _window_params, _check_out_dims, window_out_dim
+from .conv import _conv
+from .window import _check_out_dims, _float_input, _window_params, window_out_dim
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import slimc
 from slimc.ir import Graph, TensorType, dtypes, interpret
 from slimc.ir.errors import UnsupportedError
-from slimc.ir.ops.nn import window_out_dim
+from slimc.ir.ops.window import window_out_dim
 from slimc.ir.registry import infer_node
 from slimc.passes.pipeline import PASSES
 

@@ -8,7 +8,7 @@ import slimc
 from slimc.ir import Graph, TensorType, dtypes, interpret
 from slimc.ir.registry import infer_node
 
-from slimc.codegen.cpu.generators import REDUCTIONS
+from slimc.codegen.cpu.gen_reduce import REDUCTIONS
 
 
 def reduce_graph(op, shape, axes, keepdims, dtype=dtypes.f32):

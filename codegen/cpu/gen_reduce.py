@@ -1,75 +1,25 @@
-"""Index maps and generators for the ops that are not plain elementwise math.
+"""The reduction generator: reduce_sum, _mean, _max, _min, _prod, _l1, _l2, _log_sum,
+_log_sum_exp and _sum_square over any axes, reading operands inline and applying epilogues.
 
-Two ways to lower an op (see kernel.py):
-
-* an **index map** (``@index_map``) for injective ops: given the output index, say which input
-  element it is. The op then costs nothing of its own -- it is folded into whatever reads it.
-  Set ``fn.keeps_last_axis(kb, node) -> bool`` when consecutive output elements along the last
-  axis are consecutive input elements, so vector loads stay vector loads.
-* a **generator** (``@generator``) for ops with their own loop nest (reductions, matmul,
-  convolution, pooling, ...): emit loops with ``kb.loop``, read operands with
-  ``kb.value_at`` (which also computes any fused producer inline), and hand each result to
-  ``kb.store_result`` (which applies the fused epilogue and stores). Set
-  ``kb.parallel_extent`` to the number of independent work items and loop over
-  ``[kb.begin, kb.end)`` of them.
+A generator (``@generator``, kernel.py) emits its own loops with ``kb.loop``, reads operands
+with ``kb.value_at`` (which computes any fused producer inline) and hands each result to
+``kb.store_result`` (which applies the fused epilogue and stores); ``kb.parallel_extent`` is
+its number of independent work items, of which it runs ``[kb.begin, kb.end)``.
 """
 
 from __future__ import annotations
 
 import math
 
+
 from llvmlite import ir
 
 from slimc.ir import dtypes
 
-from .kernel import KernelBuilder, generator, index_map, llvm_name
-from .llvm_util import F32, F64, I64, const, i64, is_float, llvm_type, vector_of
+
+from .kernel import KernelBuilder, generator, llvm_name
+from .llvm_util import const, is_float, llvm_type, vector_of
 from .scalar_ops import Emitter, convert
-
-
-# ----- index maps: reshape-like views and permutations ------------------------------------
-
-@index_map("reshape", "flatten", "squeeze", "unsqueeze")
-def same_order(kb: KernelBuilder, node, out, index):
-    """Views that keep the row-major order: output element k is input element k."""
-    src = node.inputs[0]
-    flat = kb.linear(index, kb.shape(out))
-    return src, kb.delinear(flat, kb.shape(src))
-
-
-def _same_order_keeps_last_axis(kb: KernelBuilder, node) -> bool:
-    """The input's last dim is a multiple of the output's (equal, or split as attention's
-    [.., 192] -> [.., 3, 64] is): every run along the output's last axis lies inside one row of
-    the input, wherever it starts. (A merge, [.., 3, 64] -> [.., 192], keeps runs contiguous
-    only when they do not cross 64: that depends on where a vector starts, which the map
-    does not know.)"""
-    out, src = kb.shape(node.outputs[0]), kb.shape(node.inputs[0])
-    return bool(out) and bool(src) and out[-1] > 0 and src[-1] % out[-1] == 0
-
-
-same_order.keeps_last_axis = _same_order_keeps_last_axis
-
-
-@index_map("transpose")
-def transpose(kb: KernelBuilder, node, out, index):
-    perm = kb.attrs(node)["perm"]
-    src_index = [0] * len(perm)
-    for i, p in enumerate(perm):
-        src_index[p] = index[i]
-    return node.inputs[0], src_index
-
-
-transpose.keeps_last_axis = lambda kb, node: kb.attrs(node)["perm"][-1] == len(kb.attrs(node)["perm"]) - 1
-
-
-@index_map("expand")
-def expand(kb: KernelBuilder, node, out, index):
-    src = node.inputs[0]
-    return src, kb._operand_index(kb.shape(out), kb.shape(src), index)
-
-
-expand.keeps_last_axis = lambda kb, node: (
-    bool(kb.shape(node.inputs[0])) and kb.shape(node.inputs[0])[-1] == kb.shape(node.outputs[0])[-1])
 
 
 # ----- reductions ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import slimc
-import slimc.codegen.cpu.gen_reduce_extra  # noqa: F401  (registers the generators)
+import slimc.codegen.cpu.gen_scan  # noqa: F401  (registers the generators)
 from slimc.ir import Graph, TensorType, dtypes, interpret
 from slimc.ir.registry import infer_node
 
