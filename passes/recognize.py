@@ -30,7 +30,6 @@ from __future__ import annotations
 import numpy as np
 
 from slimc.ir import dtypes, get_op
-from slimc.ir.graph import constant_data
 
 from .rewriter import Any, Const, Either, Match, Op, Opt, Product, RewritePass, Rule, Scalar
 
@@ -191,73 +190,35 @@ def _softmax(m: Match, b):
 
 # --- attention -------------------------------------------------------------------------------
 
-def _used_only_by(v, graph, count: int) -> bool:
-    return len(v.uses) == count and v not in graph.outputs
-
-
-def _producer(v, op: str):
-    node = v.producer
-    return node if node is not None and node.op == op else None
+# q @ k_t, optionally times a scalar, optionally plus a mask; its softmax; optionally PyTorch's
+# Where(IsNaN(P), 0, P) guard; then the product by v. Each intermediate has one use, but the
+# guarded probabilities, which the guard reads twice.
+_QK = Op("matmul", Any("q"), Any("k"), name="qk")
+_SCALED = Either(Op("mul", _QK, Const("scale", where=lambda d: d.size == 1,
+                                      why="the scale is not a scalar"), commutative=True), _QK,
+                 name="scaled")
+_SCORES = Either(Op("add", _SCALED, Any("mask"), commutative=True), _SCALED, name="scores")
+_PROBS = Op("softmax", _SCORES, name="softmax")
+_SHARED_PROBS = Op("softmax", _SCORES, name="softmax", one_use=False)
+_GUARDED = Op("where", Op("isnan", _SHARED_PROBS), Scalar(0.0), _SHARED_PROBS, name="guard")
+_ATTENTION = Op("matmul", Either(_GUARDED, _PROBS), Any("v"))
 
 
 def _is_attention(m: Match):
-    """where-check: the root ``P @ v`` multiplies the softmax (over the last axis) of
-    ``q @ k_t``, optionally times a scalar and plus a mask, optionally with PyTorch's
-    ``Where(IsNaN(P), 0, P)`` guard; every intermediate used only inside the chain."""
-    graph, nodes = m.graph, [m.root]
-    p, v = m["p"], m["v"]
-    zero_nan = 0
-    guard = _producer(p, "where")
-    if guard is not None:
-        cond, zero, probs = guard.inputs
-        isnan = _producer(cond, "isnan")
-        zero_data = constant_data(zero)
-        if isnan is None or isnan.inputs[0] is not probs or zero_data is None or \
-                zero_data.size != 1 or float(zero_data.reshape(())) != 0.0:
-            return "the multiplier of v is a where() that is not Where(IsNaN(P), 0, P)"
-        if not (_used_only_by(p, graph, 1) and _used_only_by(cond, graph, 1)
-                and _used_only_by(probs, graph, 2)):
-            return "the guarded probabilities are used outside the attention"
-        nodes += [guard, isnan]
-        p, zero_nan = probs, 1
-    elif not _used_only_by(p, graph, 1):
-        return "the probabilities are used outside the attention"
-    softmax = _producer(p, "softmax")
-    if softmax is None:
-        return "the multiplier of v is not a softmax"
-    scores = softmax.inputs[0]
+    """where-check: what the pattern cannot say -- the softmax is over the last axis, the
+    guarded probabilities have no use outside the guard, a mask is added to the full scores,
+    and the kernel's case: float32, static and non-empty shapes, shared batch dims."""
+    softmax = m.node("softmax")
+    scores, probs = m["scores"], softmax.outputs[0]
     rank = scores.type.rank
     if int(softmax.attrs.get("axis", -1)) % max(rank, 1) != rank - 1:
         return "the softmax is not over the last axis"
-    nodes.append(softmax)
-    mask = None
-    add = _producer(scores, "add")
-    if add is not None:
-        if not _used_only_by(scores, graph, 1):
-            return "the masked scores are used outside the attention"
-        for a, b in (add.inputs, add.inputs[::-1]):
-            if (_producer(a, "matmul") or _producer(a, "mul")) and a.type.shape == scores.type.shape:
-                scores, mask = a, b
-                nodes.append(add)
-                break
-    scale = 1.0
-    mul = _producer(scores, "mul")
-    if mul is not None:
-        if not _used_only_by(scores, graph, 1):
-            return "the scaled scores are used outside the attention"
-        for a, b in (mul.inputs, mul.inputs[::-1]):
-            c = constant_data(b)
-            if _producer(a, "matmul") and c is not None and c.size == 1:
-                scores, scale = a, float(c.reshape(()))
-                nodes.append(mul)
-                break
-    qk = _producer(scores, "matmul")
-    if qk is None:
-        return "the softmax's input is not q @ k_t (times a scalar, plus a mask)"
-    if not _used_only_by(scores, graph, 1):
-        return "the scores are used outside the attention"
-    nodes.append(qk)
-    q, k = qk.inputs
+    if "guard" in m.nodes and (len(probs.uses) != 2 or probs in m.graph.outputs):
+        return "the guarded probabilities are used outside the attention"
+    mask = m.values.get("mask")
+    if mask is not None and m["scaled"].type.shape != scores.type.shape:
+        return "the mask is not added to the full scores"
+    q, k, v = m["q"], m["k"], m["v"]
     values = [q, k, v] + ([mask] if mask is not None else [])
     if any(x.type.dtype != dtypes.f32 or not x.type.is_static for x in values):
         return "not float32 with static shapes (the attention kernel's case)"
@@ -268,16 +229,14 @@ def _is_attention(m: Match):
         return "q, k_t and v do not share their batch dims (a broadcast matmul)"
     if mask is not None and mask.type.rank > rank:
         return "the mask has more dims than the scores"
-    m.values["q"], m.values["k"] = q, k
-    m.found.update(mask=mask, scale=scale, zero_nan=zero_nan)
-    m.matched_nodes[:] = nodes
     return True
 
 
 def _attention(m: Match, b):
-    mask = m.found["mask"]
+    mask = m.values.get("mask")
     inputs = [m["q"], m["k"], m["v"]] + ([mask] if mask is not None else [])
-    return b.op("attention", inputs, scale=m.found["scale"], zero_nan=m.found["zero_nan"])
+    scale = float(m.data("scale").reshape(())) if "scale" in m.values else 1.0
+    return b.op("attention", inputs, scale=scale, zero_nan=int("guard" in m.nodes))
 
 
 def _heads_swapped(m: Match):
@@ -298,8 +257,7 @@ RULES = [
          lambda m, b: b.op("attention", list(m.node("attn").inputs),
                            **{**m.node("attn").attrs, "heads_last": 1}),
          where=_heads_swapped),
-    Rule("attention_from_parts", Op("matmul", Any("p"), Any("v")), _attention,
-         where=_is_attention),
+    Rule("attention_from_parts", _ATTENTION, _attention, where=_is_attention),
     Rule("gelu_from_parts", Either(_GELU_ERF, _GELU_TANH), _gelu, where=_gelu_types),
     Rule("softmax_from_parts",
          Op("div", Op("exp", Any("z"), name="e", one_use=False),

@@ -237,8 +237,10 @@ def _match(pattern: Pattern, value: Value, m: Match, is_root: bool) -> Optional[
                 _adopt(m, t)
                 return _bind(m, pattern, value)
             reasons.append(r)
-        # the nearest miss: the alternative that matched deepest before failing
-        return max(reasons, key=lambda r: r.count(": "))
+        # the nearest miss: an alternative whose own op matched, then the deepest failure
+        own_op_missed = (f"%{value.name} comes from ", f"%{value.name} is a graph input",
+                         f"%{value.name} is a constant, not")
+        return max(reasons, key=lambda r: (not r.startswith(own_op_missed), r.count(": ")))
     if isinstance(pattern, Product):
         return _match_product(pattern, value, m, is_root)
     if isinstance(pattern, Const):

@@ -241,3 +241,38 @@ graph @g(%x: f32[1,2,4,4], %y: f32[3]) -> (f32[1,2,4,4], f32[1,2,4,4], f32[3], f
     assert "multiply to 2, not 0.5" in half_square.match(g, r)
     assert "is not the scalar 3" in Rule("s", Op("mul", Any(), Scalar(3.0)),
                                          lambda m, b: None).match(g, g.nodes[2])
+
+
+ATTENTION = """# slimc-ir v1
+graph @g(%q: f32[2,4,8], %k: f32[2,8,4], %v: f32[2,4,8], %mask: f32[4]) -> (f32[2,4,8]) {
+  const %scale: f32[] = [0.35355338]
+  const %zero: f32[] = [0.0]
+  %s = matmul(%q, %k) : f32[2,4,4]
+  %ss = mul(%scale, %s) : f32[2,4,4]
+  %sm = add(%mask, %ss) : f32[2,4,4]
+  %p = softmax(%sm) {axis=AXIS} : f32[2,4,4]
+  %nan = isnan(%p) : bool[2,4,4]
+  %pg = where(%nan, %zero, %p) : f32[2,4,4]
+  %o = matmul(%pg, %v) : f32[2,4,8]
+  return %o
+}
+"""
+
+
+def test_attention_with_every_option_is_one_op_and_near_misses_say_why():
+    """Scale and mask in the other operand order and the NaN guard: one attention op, and
+    the interpreter agrees before and after; a softmax over another axis is refused, saying so."""
+    g = parse(ATTENTION.replace("AXIS", "-1"))
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs]
+    want = slimc.interpret(g, *xs)
+    assert make_pass("recognize").run(g)
+    make_pass("dce").run(g)
+    (att,) = [n for n in g.nodes if n.op == "attention"]
+    assert [n.op for n in g.nodes] == ["attention"]
+    assert att.attrs["zero_nan"] == 1 and abs(att.attrs["scale"] - 0.35355338) < 1e-7
+    assert [v.name for v in att.inputs] == ["q", "k", "v", "mask"]
+    np.testing.assert_allclose(slimc.interpret(g, *xs)[0], want[0], rtol=1e-5, atol=1e-6)
+    g, reasons = _recognize_reasons(ATTENTION.replace("AXIS", "1"))
+    assert "the softmax is not over the last axis" in reasons, reasons
+    assert not make_pass("recognize").run(g)
