@@ -8,7 +8,9 @@ slimc, changing a weight, or moving to another CPU misses. Entries are export ar
 inspected. Compiles with user passes are not cached: slimc cannot know what a user pass does.
 
 The folder is ``$SLIMC_CACHE_DIR``, else ``~/.cache/slimc``; ``SLIMC_CACHE_DIR=off`` disables
-the cache.
+the cache. It is bounded: after each store, the least recently used entries (a hit counts as a
+use) are removed until the entries together take at most ``$SLIMC_CACHE_MAX`` (bytes, or
+with a K/M/G suffix; default 1G). The entry just stored is always kept.
 """
 
 from __future__ import annotations
@@ -107,20 +109,62 @@ class CachedModule(LoadedModule):
         shutil.copytree(self.path, path, dirs_exist_ok=True)
 
 
+DEFAULT_MAX_BYTES = 1 << 30
+
+
 def lookup(key: str) -> Optional[CachedModule]:
     folder = cache_dir()
     if folder is None:
         return None
     path = os.path.join(folder, key)
-    if not os.path.isfile(os.path.join(path, "manifest.json")):
+    manifest = os.path.join(path, "manifest.json")
+    if not os.path.isfile(manifest):
         return None
     try:
         loaded = load(path)
     except Exception:
         shutil.rmtree(path, ignore_errors=True)  # a damaged entry is rebuilt, never trusted
         return None
+    try:
+        os.utime(manifest)  # a use: the entry is now the most recently used
+    except OSError:
+        pass
     loaded.__class__ = CachedModule
     return loaded
+
+
+def _entries(folder: str) -> list[tuple[float, int, str]]:
+    """(last use, bytes, path) of every complete entry in the cache folder."""
+    out = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        manifest = os.path.join(path, "manifest.json")
+        if name.startswith(".") or not os.path.isfile(manifest):
+            continue  # a temporary folder being written, or not an entry (winograd/)
+        try:
+            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+                       for f in files)
+            out.append((os.path.getmtime(manifest), size, path))
+        except OSError:
+            continue  # removed by another process meanwhile
+    return out
+
+
+def evict(folder: str, keep: str, max_bytes: int) -> list[str]:
+    """Remove the least recently used entries until they take at most `max_bytes` together,
+    never the entry `keep`; returns the paths removed."""
+    entries = sorted(_entries(folder))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in entries:
+        if total <= max_bytes:
+            break
+        if os.path.basename(path) == keep:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def store(key: str, compiled) -> None:
@@ -139,3 +183,8 @@ def store(key: str, compiled) -> None:
         os.rename(tmp, os.path.join(folder, key))
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process stored it first, or no room
+        return
+    from .limits import env_bytes
+
+    limit = env_bytes("SLIMC_CACHE_MAX")
+    evict(folder, key, DEFAULT_MAX_BYTES if limit is None else limit)

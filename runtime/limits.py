@@ -17,15 +17,25 @@ from slimc.ir.errors import ResourceError, SlimcError
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def env_bytes(name: str) -> Optional[int]:
+    """The environment variable `name` as a byte count ("512M", "8G", "1000"), or None if it
+    is unset; a clear error naming it when it is not a size."""
+    raw = os.environ.get(name, "")
+    text = raw.strip().upper().removesuffix("B")
+    if not text:
+        return None
+    unit = text[-1] if text[-1] in _SUFFIX else ""
+    try:
+        return int(float(text[:len(text) - len(unit)]) * _SUFFIX[unit])
+    except ValueError:
+        raise SlimcError(f"{name}={raw!r}: expected bytes, optionally with a K, M, G or T "
+                         f"suffix") from None
+
+
 def memory_limit() -> int:
-    text = os.environ.get("SLIMC_MEMORY_LIMIT", "").strip().upper().removesuffix("B")
-    if text:
-        unit = text[-1] if text[-1] in _SUFFIX else ""
-        try:
-            return int(float(text[:len(text) - len(unit)]) * _SUFFIX[unit])
-        except ValueError:
-            raise SlimcError(f"SLIMC_MEMORY_LIMIT={os.environ['SLIMC_MEMORY_LIMIT']!r}: expected "
-                             f"bytes, optionally with a K, M, G or T suffix") from None
+    limit = env_bytes("SLIMC_MEMORY_LIMIT")
+    if limit is not None:
+        return limit
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

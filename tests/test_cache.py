@@ -95,3 +95,30 @@ def test_cache_can_be_turned_off(fresh_cache, monkeypatch):
     slimc.compile(graph())
     mod = slimc.compile(graph())
     assert not isinstance(mod._current(), cache.CachedModule)
+
+
+def test_cache_is_bounded_least_recently_used_first(fresh_cache, monkeypatch):
+    def entries():
+        return {p.name for p in fresh_cache.iterdir()
+                if not p.name.startswith(".") and (p / "manifest.json").exists()}
+
+    def size(name):
+        return sum(f.stat().st_size for f in (fresh_cache / name).rglob("*") if f.is_file())
+
+    slimc.compile(graph(0))
+    (e0,) = entries()
+    monkeypatch.setenv("SLIMC_CACHE_MAX", str(int(2.5 * size(e0))))
+    slimc.compile(graph(1))
+    (e1,) = entries() - {e0}
+    time.sleep(0.01)
+    slimc.compile(graph(0))  # a hit: e0 is now more recently used than e1
+    slimc.compile(graph(2))  # three entries do not fit: the least recently used one goes
+    left = entries()
+    assert e1 not in left and e0 in left and len(left) == 2, (e0, e1, left)
+    # the entry just stored stays even when it alone is over the limit
+    monkeypatch.setenv("SLIMC_CACHE_MAX", "1")
+    slimc.compile(graph(3))
+    assert len(entries()) == 1
+    monkeypatch.setenv("SLIMC_CACHE_MAX", "lots")
+    with pytest.raises(slimc.SlimcError, match="SLIMC_CACHE_MAX='lots': expected bytes"):
+        slimc.compile(graph(4))
