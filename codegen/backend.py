@@ -95,6 +95,7 @@ class Executable:
     entry: Optional[Callable] = None
     run: Optional[Callable] = None
     code_bytes: int = 0
+    times: dict = {}  # seconds of the backend's own stages ("llvm_opt", "machine_code", ...)
 
     def not_runnable(self) -> Exception:
         return NotImplementedError("this module cannot run in this process")

@@ -11,7 +11,7 @@ import os
 import sys
 
 # topic -> the ladder level that turns it on
-TOPICS = {"passes": 1, "compile": 1, "rewrite": 2, "fusion": 2, "winograd": 2, "memory": 2,
+TOPICS = {"passes": 1, "compile": 1, "time": 1, "rewrite": 2, "fusion": 2, "winograd": 2, "memory": 2,
           "ir": 3, "codegen": 4}
 
 

@@ -76,6 +76,7 @@ class CompiledModule(NativeModule):
         self.threads = threads
         self.memory = memory
         self.compile_seconds = compile_seconds
+        self.compile_times: dict = {}  # stage -> seconds (slimc/driver.py fills it)
         self.executable = executable
 
     @property

@@ -2,7 +2,7 @@
 
     slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
     slimc run model.onnx [--inputs inputs.npz] [--shape ...]
-    slimc compile model.onnx -o model.slimc [--target aarch64] [--shape ...]   (export)
+    slimc compile model.onnx -o model.slimc [--target aarch64] [--shape ...] [--time]  (export)
     slimc opt graph.slimc --passes fold_constants,cse      (replays a pass on a dump)
     slimc demo
 """
@@ -86,9 +86,21 @@ def cmd_compile(args) -> int:
 
     import slimc
 
-    graph = _load_graph(args.model, _shapes(args.shape))
-    mod = slimc.compile(graph, target=args.target, opt_level=args.opt_level, threads=args.threads)
+    if args.time and not args.model.endswith(".slimc"):
+        mod = slimc.compile(args.model, target=args.target, opt_level=args.opt_level,
+                            threads=args.threads, input_shapes=_shapes(args.shape) or None)
+    else:
+        graph = _load_graph(args.model, _shapes(args.shape))
+        mod = slimc.compile(graph, target=args.target, opt_level=args.opt_level,
+                            threads=args.threads)
     mod.export(args.output)
+    if args.time:
+        times = mod.compile_times
+        total = sum(times.values()) or 1.0
+        print(f"{'stage':<14} {'seconds':>8} {'share':>6}")
+        for stage, s in times.items():
+            print(f"{stage:<14} {s:>8.3f} {100 * s / total:>5.1f}%")
+        print(f"{'total':<14} {total:>8.3f}")
     print(f"slimc: compiled {args.model} for {args.target}; wrote {args.output}/: "
           f"{', '.join(sorted(os.listdir(args.output)))}")
     return 0
@@ -140,6 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--opt-level", type=int, default=2)
     p.add_argument("--threads", type=int, help="at most this many threads (default: all)")
     p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.add_argument("--time", action="store_true",
+                   help="print where the compile time went, stage by stage")
     p.set_defaults(fn=cmd_compile)
     p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
     p.add_argument("graph")

@@ -8,6 +8,7 @@ and caches another specialization, as torch.compile's guards do.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -61,8 +62,9 @@ class Module:
 
     def __init__(self, graph: Graph, target: "str | Target", opt_level: int, passes,
                  disable_passes, dump_dir: Optional[str], threads: Optional[int],
-                 denormals: str = "flush"):
+                 denormals: str = "flush", import_seconds: float = 0.0):
         self.source_graph = graph
+        self._import_seconds = import_seconds  # reported with the first specialization
         self.target = Target.of(target)
         self.opt_level = opt_level
         self.user_passes = list(passes)
@@ -89,6 +91,9 @@ class Module:
             compiled = self._specializations.get(shapes)
             if compiled is not None:
                 return compiled
+        start = time.perf_counter()
+        times = {"import": self._import_seconds} if self._import_seconds else {}
+        self._import_seconds = 0.0
         graph = _bind(self.source_graph, shapes)
         backend = self.target.backend
         options = CompileOptions(opt_level=self.opt_level, threads=self.threads,
@@ -103,12 +108,19 @@ class Module:
                                    "threads": self.threads, "denormals": self.denormals})
             compiled = cache.lookup(key)
             if compiled is not None:
+                times["cache_load"] = time.perf_counter() - start
+                compiled.compile_times = _report_times(times, self.source_graph.name)
                 with self._lock:
                     self._specializations[shapes] = compiled
                 return compiled
+        clock = time.perf_counter()
         passes = pipeline(self.target, self.opt_level, self.user_passes, self.disable_passes)
+        times["cost_models"] = time.perf_counter() - clock  # a first calibration measures here
+        clock = time.perf_counter()
         PassManager(passes, dump_dir=self.dump_dir).run(graph)
-        compiled = build(graph, backend, options)
+        times["passes"] = time.perf_counter() - clock
+        compiled = build(graph, backend, options, times)
+        _report_times(times, self.source_graph.name)
         if key is not None:
             cache.store(key, compiled)
         with self._lock:
@@ -165,6 +177,12 @@ class Module:
     def memory(self):
         return self._current().memory
 
+    @property
+    def compile_times(self) -> dict:
+        """Seconds per compile stage of the current specialization: import, cost_models,
+        passes, fusion, codegen, memory_plan, llvm_opt, machine_code, link (or cache_load)."""
+        return dict(getattr(self._current(), "compile_times", {}))
+
     def profile(self, *arrays, repeat: int = 20, **named):
         """Median time per kernel on these inputs, as a table (`print(mod.profile(x))`)."""
         self._check_runnable()
@@ -176,6 +194,16 @@ class Module:
         self._current().export(path)
 
 
+def _report_times(times: dict, name: str) -> dict:
+    """`times`, also printed with ``SLIMC_DEBUG=time``."""
+    from slimc.ir.debug import log
+
+    total = sum(times.values())
+    log("time", f"compile @{name}: {total:.3f} s: " +
+        ", ".join(f"{stage} {s:.3f}" for stage, s in times.items()))
+    return times
+
+
 def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
@@ -184,6 +212,7 @@ def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: 
     string such as "x86", "x86-64-v3", "aarch64", or a `slimc.Target`)."""
     from slimc.frontends.onnx import from_onnx
 
+    import_seconds = 0.0
     if isinstance(model, Graph):
         graph = model.clone()
         if input_shapes:
@@ -194,5 +223,8 @@ def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: 
                 by_name[name].type = by_name[name].type.with_shape(tuple(shape))
             InferShapes().run(graph)
     else:
+        start = time.perf_counter()
         graph = from_onnx(model, input_shapes=input_shapes)
-    return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals)
+        import_seconds = time.perf_counter() - start
+    return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals,
+                  import_seconds=import_seconds)

@@ -9,6 +9,10 @@
     backend.link               the entry over those buffers, compiled: an Executable
     CompiledModule             what the user calls (runtime/compiled.py)
 
+Each stage's seconds go into the module's `compile_times` (with the frontend's and the
+passes', added by slimc/compiler.py); ``SLIMC_DEBUG=time`` prints them and ``slimc compile
+--time`` shows them as a table.
+
 This is the only code that knows the order; backends know only their own steps.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Optional
 
 from slimc.codegen.backend import Backend, CompileOptions
 from slimc.codegen.fusion import plan_fusion
@@ -36,8 +41,20 @@ def check_lowerable(graph: Graph, backend: Backend) -> None:
                                "\n".join(lines))
 
 
-def build(graph: Graph, backend: Backend, options: CompileOptions) -> CompiledModule:
-    start = time.perf_counter()
+def build(graph: Graph, backend: Backend, options: CompileOptions,
+          times: Optional[dict] = None) -> CompiledModule:
+    """`times`, if given, gets the seconds of each stage (fusion, codegen, memory_plan, link;
+    and the backend's own, such as llvm_opt and machine_code); the module keeps them as
+    `compile_times`."""
+    times = {} if times is None else times
+    start = clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        times[stage] = times.get(stage, 0.0) + now - clock
+        clock = now
+
     threads = backend.threads(options.threads)
     limits.check_values(graph)
     check_lowerable(graph, backend)
@@ -46,11 +63,21 @@ def build(graph: Graph, backend: Backend, options: CompileOptions) -> CompiledMo
         os.makedirs(options.dump_dir, exist_ok=True)
         with open(os.path.join(options.dump_dir, "fusion.txt"), "w") as f:
             f.write(plan.report + "\n")
+    lap("fusion")
     lowered = backend.lower(graph, plan.groups, options)
+    lap("codegen")
     placement, memory, weights, buffers = place_buffers(graph, lowered.kernels)
     limits.check_total([("arena", memory.arena_bytes), ("weights", int(weights.nbytes)),
                         ("outputs", sum(v.type.nbytes for v in graph.outputs))])
+    lap("memory_plan")
     executable = backend.link(graph, lowered, placement, options)
+    lap("link")
+    # the backend's own stages happened inside link: report them instead of its total
+    inside = sum(executable.times.values())
+    times["link"] = max(0.0, times["link"] - inside)
+    times.update(executable.times)
     report = MemoryReport(memory, int(weights.nbytes), executable.code_bytes, buffers)
-    return CompiledModule(graph, getattr(backend, "target", None), lowered.kernels, executable,
-                          placement, report, weights, time.perf_counter() - start, threads)
+    module = CompiledModule(graph, getattr(backend, "target", None), lowered.kernels, executable,
+                            placement, report, weights, time.perf_counter() - start, threads)
+    module.compile_times = times
+    return module

@@ -187,3 +187,33 @@ def test_custom_op_with_its_lowering_in_one_call():
     mod = slimc.compile(g)
     assert [k.ops for k in mod.kernels] == [["test_swish", "relu"]]  # fused like any elementwise op
     np.testing.assert_allclose(mod(x)[0], interpret(g, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_times_account_for_the_compile(tmp_path, monkeypatch, capsys):
+    """Every stage is reported, none is negative, together they are the compile's wall time
+    (within what is not timed: binding shapes, the cache key); the CLI prints them."""
+    import time
+
+    from onnx import helper
+
+    from slimc.cli import main
+
+    from .oracle import make_model
+
+    monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
+    x = np.zeros((2, 16), np.float32)
+    model = make_model([helper.make_node("Relu", ["x"], ["r"]),
+                        helper.make_node("MatMul", ["r", "w"], ["y"])], {"x": x}, ["y"],
+                       {"w": np.ones((16, 8), np.float32)})
+    start = time.perf_counter()
+    mod = slimc.compile(model)
+    wall = time.perf_counter() - start
+    times = mod.compile_times
+    assert list(times) == ["import", "cost_models", "passes", "fusion", "codegen", "memory_plan",
+                           "link", "llvm_opt", "machine_code"]
+    assert all(s >= 0 for s in times.values()) and 0.5 * wall <= sum(times.values()) <= wall
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert main(["compile", str(path), "-o", str(tmp_path / "out"), "--time"]) == 0
+    out = capsys.readouterr().out
+    assert "llvm_opt" in out and "machine_code" in out and "total" in out

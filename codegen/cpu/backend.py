@@ -33,8 +33,10 @@ class CpuExecutable(Executable):
     def __init__(self, target: CpuTarget, llvm_module, llvm_opt_level: int):
         self.target = target
         self._llvm_module = llvm_module
+        self.times: dict = {}
         if target.is_host:
-            self._jit = jit_compile(str(llvm_module), target, opt_level=llvm_opt_level)
+            self._jit = jit_compile(str(llvm_module), target, opt_level=llvm_opt_level,
+                                    times=self.times)
             self.entry = self._jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_void_p)
             self.run = self._jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p,
@@ -45,7 +47,8 @@ class CpuExecutable(Executable):
         else:
             self._jit = None
             self._optimized_ir, self._object = aot_compile(str(llvm_module), target,
-                                                           opt_level=llvm_opt_level)
+                                                           opt_level=llvm_opt_level,
+                                                           times=self.times)
             self.code_bytes = len(self._object)
 
     def not_runnable(self) -> TargetError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass, field
 
 import llvmlite.binding as llvm
@@ -323,18 +324,24 @@ class JitModule:
 
 
 def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *,
-                opt_level: int = 3) -> JitModule:
+                opt_level: int = 3, times: dict | None = None) -> JitModule:
     """Parse, optimize (new pass manager, O<opt_level>) and MCJIT-compile IR for `target`
-    (default: host). The target must be runnable in this process."""
+    (default: host). The target must be runnable in this process. `times`, if given, gets
+    the seconds of "llvm_opt" (parsing and the pass pipeline) and "machine_code"."""
     target = target or CpuTarget.host()
     if not target.is_host:
         raise ValueError(f"cannot JIT code for target {target.name} ({target.triple}, "
                          f"{target.cpu}) on this host")
+    t0 = time.perf_counter()
     mod = parse_module(ir_text_or_module, target)
     optimize(mod, target, opt_level)
+    t1 = time.perf_counter()
     tm = target.create_target_machine(opt=3)  # fresh: the engine takes ownership
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
+    if times is not None:
+        times["llvm_opt"] = t1 - t0
+        times["machine_code"] = time.perf_counter() - t1
     return JitModule(engine, mod, target)
 
 
@@ -352,14 +359,21 @@ def emit_assembly(ir_text_or_module, target: CpuTarget, *, opt_level: int = 3) -
     return target.create_target_machine(aot=True).emit_assembly(mod)
 
 
-def aot_compile(ir_text_or_module, target: CpuTarget, *, opt_level: int = 3) -> tuple[str, bytes]:
+def aot_compile(ir_text_or_module, target: CpuTarget, *, opt_level: int = 3,
+                times: dict | None = None) -> tuple[str, bytes]:
     """Optimize once for `target` and compile ahead of time: (optimized IR text, ELF object).
 
     This is the path of a target this process cannot run (no JIT for a foreign CPU). The IR
     text is taken before code generation, which rewrites the module in place (CodeGenPrepare),
     so `emit_assembly(ir_text, target, opt_level=0)` shows exactly the code of the object.
     """
+    t0 = time.perf_counter()
     mod = parse_module(ir_text_or_module, target)
     optimize(mod, target, opt_level)
     text = str(mod)
-    return text, target.create_target_machine(aot=True).emit_object(mod)
+    t1 = time.perf_counter()
+    obj = target.create_target_machine(aot=True).emit_object(mod)
+    if times is not None:
+        times["llvm_opt"] = t1 - t0
+        times["machine_code"] = time.perf_counter() - t1
+    return text, obj
