@@ -25,6 +25,10 @@ Design (tile and block sizes measured with llvmlite 0.50 / LLVM 22 on Zen 3 and 
 * Fewer than MR rows in all (batch-1 transformer rows): no cache blocking (each B panel is
   streamed once over all of K), no A packing; with runtime B (not transposed) B is read in
   place instead of packed.
+* Shapes known only at run time (every GEMM convolution: N = output pixels of a chunk, K =
+  Cin*kh*kw) go through `emit_runtime_gemm`: one driver per module with N and K as
+  arguments, over the same micro-kernels with the columns of the last panel a run-time
+  argument (masked C), so there is one GEMM generator to extend (int8 adds dtypes here).
 * Epilogue hook: a Python callback gets an `EpilogueContext` (builder, absolute row and column
   of the vector, lane mask, extra kernel arguments) and the accumulator vector (already
   including C when accumulating) and returns the vector to store. It runs only on the last
@@ -76,6 +80,7 @@ __all__ = [
     "relu",
     "CompiledGemm",
     "compile_gemm",
+    "emit_runtime_gemm",
 ]
 
 F32 = ir.FloatType()
@@ -262,6 +267,16 @@ def _mask_const(vw: int, nlanes: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I1, vw), [1 if i < nlanes else 0 for i in range(vw)])
 
 
+def _lane_mask(b: ir.IRBuilder, vw: int, start: int, limit: ir.Value, name: str) -> ir.Value:
+    """<vw x i1>: lane j is (start + j < limit), for a run-time limit."""
+    ids = ir.Constant(ir.VectorType(I64, vw), [start + j for j in range(vw)])
+    lim = b.insert_element(ir.Constant(ir.VectorType(I64, vw), ir.Undefined), limit,
+                           ir.Constant(I32, 0), name=name + ".l0")
+    lim = b.shuffle_vector(lim, ir.Constant(ir.VectorType(I64, vw), ir.Undefined),
+                           ir.Constant(ir.VectorType(I32, vw), [0] * vw), name=name + ".l")
+    return b.icmp_signed("<", ids, lim, name=name)
+
+
 def _fma(b, module, x, y, acc, vw, name):
     vt = _vec(vw)
     fn = _intrinsic(module, f"llvm.fma.v{vw}f32", ir.FunctionType(vt, [vt, vt, vt]))
@@ -404,18 +419,25 @@ class _Gen:
             s *= 2
         return s
 
-    def ukr(self, mr: int, ncols: int, packed_a: bool = False,
+    def ukr(self, mr: int, ncols: int | None, packed_a: bool = False,
             b_direct: bool = False) -> ir.Function:
         """Micro-kernel for an mr x ncols tile of C. With packed_a, A points at a packed
         tile (k-major, mr floats per k step) and lda is ignored. B points at a packed panel
         (k-major, NR floats per k step; ldb ignored) or, with b_direct, into an unpacked
-        row-major B (k step = ldb floats; the partial last vector is loaded masked)."""
+        row-major B (k step = ldb floats; the partial last vector is loaded masked).
+
+        ncols None: the columns are a run-time argument ``ncols`` (at most NR, after `col`):
+        C is read and written under run-time lane masks, and B must be readable for all NR
+        columns (packed, or padded with zeros). The run-time-shape GEMM uses it."""
         key = (mr, ncols, packed_a, b_direct)
         if key in self.ukrs:
             return self.ukrs[key]
         cfg, m = self.cfg, self.m
         vw, nr = cfg.vw, cfg.nr
         vt = _vec(vw)
+        runtime_cols = ncols is None
+        if runtime_cols:
+            ncols = nr
         nvec = -(-ncols // vw)
         tail_lanes = ncols - (nvec - 1) * vw  # valid lanes of the last vector
         S = self.chains_for(mr)
@@ -424,22 +446,23 @@ class _Gen:
         U = cfg.k_unroll if mr == cfg.mr else max(2, S)
 
         arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I1, I1, I64, I64] + \
-            [t for _, t in self.extra]
+            ([I64] if runtime_cols else []) + [t for _, t in self.extra]
         suffix = ("p" if packed_a else "") + ("d" if b_direct else "")
         fn = ir.Function(m, ir.FunctionType(VOID, arg_tys),
-                         f"{self.name}.ukr_{mr}x{ncols}{suffix}")
+                         f"{self.name}.ukr_{mr}x{'N' if runtime_cols else ncols}{suffix}")
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
         if not cfg.inline_ukr:
             fn.attributes.add("noinline")
         names = ["A", "lda", "B", "ldb", "C", "ldc", "kc", "first", "last", "row", "col"] + \
-                [n for n, _ in self.extra]
+                (["ncols"] if runtime_cols else []) + [n for n, _ in self.extra]
         for a, n in zip(fn.args, names):
             a.name = n
         A, lda, Bp, ldb, C, ldc, kc, first, last, row, col = fn.args[:11]
         for a in (A, Bp, C):
             a.add_attribute("noalias")
-        extra = {n: a for (n, _), a in zip(self.extra, fn.args[11:])}
+        first_extra = 12 if runtime_cols else 11
+        extra = {n: a for (n, _), a in zip(self.extra, fn.args[first_extra:])}
 
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         if packed_a:
@@ -469,7 +492,7 @@ class _Gen:
             for v in range(nvec):
                 off = bbase if v == 0 else bld.add(bbase, _i64(v * vw), name=f"b.off{tag}.{v}")
                 p = bld.gep(Bp, [off], source_etype=F32, name=f"b.ptr{tag}.{v}")
-                if b_direct and v == nvec - 1 and tail_lanes < vw:
+                if b_direct and not runtime_cols and v == nvec - 1 and tail_lanes < vw:
                     bv.append(masked_load_vector(bld, p, _vec(vw), _mask_const(vw, tail_lanes),
                                                   f"b{tag}.{v}"))
                 else:
@@ -548,14 +571,19 @@ class _Gen:
                 final.append(t)
 
         addc = _i1(True) if self.accumulate else b.not_(first, name="add.c")
+        lane_masks = [_lane_mask(b, vw, v * vw, fn.args[11], f"mask.v{v}")
+                      for v in range(nvec)] if runtime_cols else None
         cptrs, masks = [], []
         for r in range(mr):
             crow = crows[r]
             for v in range(nvec):
                 cptrs.append(crow if v == 0 else
                              b.gep(crow, [_i64(v * vw)], source_etype=F32, name=f"c.ptr.r{r}.v{v}"))
-                masks.append(_mask_const(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw)
-                             else None)
+                if runtime_cols:
+                    masks.append(lane_masks[v])
+                else:
+                    masks.append(_mask_const(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw)
+                                 else None)
 
         def load_c(i, r, v):
             if masks[i] is None:
@@ -903,6 +931,143 @@ def emit_gemm(module: ir.Module, name: str, N: int, K: int, target: CpuTarget | 
         rt_fn = g.emit_rt(gemm_fn, pack_fn, trans_b)
         k.pack_fn, k.rt_fn = pack_fn.name, rt_fn.name
     return k
+
+
+# --------------------------------------------------------------------------------------------
+# The run-time-shape GEMM: N and K are arguments (one copy serves every convolution)
+# --------------------------------------------------------------------------------------------
+
+RUNTIME_KC = 256  # K block: a KC x NR panel of B stays in L1 across the row tiles
+
+
+def _row_bias(ctx: EpilogueContext, v: ir.Value) -> ir.Value:
+    """Epilogue of the run-time GEMM: + bias[row] when has_bias (without one, the bias
+    pointer may be null: a zero constant is read instead, and the sum is not taken, so -0.0
+    stays -0.0)."""
+    b, m = ctx.builder, ctx.module
+    bias, has_bias = ctx.args["bias"], ctx.args["has_bias"]
+    zero = m.globals.get("slimc_gemm_rt.no_bias")
+    if zero is None:
+        zero = ir.GlobalVariable(m, F32, name="slimc_gemm_rt.no_bias")
+        zero.global_constant = True
+        zero.linkage = "internal"
+        zero.initializer = ir.Constant(F32, 0.0)
+    p = b.select(has_bias, b.gep(bias, [ctx.row], source_etype=F32, name="bias.p"), zero,
+                 name="bias.src")
+    plus = b.fadd(v, ctx.splat(b.load(p, typ=F32, name="bias"), "bias.v"), name="acc.bias")
+    return b.select(has_bias, plus, v, name="acc.out")
+
+
+def emit_runtime_gemm(module: ir.Module, target: CpuTarget | None = None,
+                      cfg: GemmConfig | None = None) -> tuple[ir.Function, ir.Function]:
+    """(gemm, pack) for shapes known only at run time, emitted once per module:
+
+        void slimc_gemm_rt(float* A, i64 lda, float* B, i64 ldb, i64 pstride, i64 K, i64 N,
+                           float* C, i64 ldc, i64 m0, i64 m1, float* bias, i1 has_bias)
+            rows [m0, m1) of C = A[:, :K] @ B (+ bias[row]). B in panels of NR columns: panel
+            p starts at B + p*pstride, its rows ldb apart -- packed (ldb = NR, pstride = K*NR)
+            or row-major with the columns padded to a multiple of NR (ldb, pstride = NR).
+        void slimc_pack_rt(float* B, i64 ldb, i64 K, i64 N, float* Bp)
+            Bp[p][k][0:NR] = B[k, p*NR : p*NR+NR], zero past N.
+
+    The micro-kernels are the compile-time GEMM's (`_Gen.ukr`, with the columns a run-time
+    argument): the same register tile, k-split and summation order. A is read in place."""
+    target = target or CpuTarget.host()
+    cfg = cfg or gemm_config(target)
+    existing = module.globals.get("slimc_gemm_rt")
+    if existing is not None:
+        return existing, module.globals["slimc_pack_rt"]
+    g = _Gen(module, "slimc_gemm_rt", 0, 0, cfg, target, False, _row_bias,
+             [("bias", PTR), ("has_bias", I1)])
+    ukrs = {r: g.ukr(r, None, b_direct=True) for r in range(1, cfg.mr + 1)}
+    return _emit_runtime_driver(module, cfg, ukrs), _emit_runtime_pack(module, cfg)
+
+
+def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder]:
+    fn = ir.Function(m, ir.FunctionType(VOID, args), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for a, n in zip(fn.args, names):
+        a.name = n
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _emit_runtime_driver(m: ir.Module, cfg: GemmConfig, ukrs: dict) -> ir.Function:
+    mr, NR = cfg.mr, cfg.nr
+    fn, b = _fn(m, "slimc_gemm_rt",
+                [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, I64, PTR, I1],
+                ["A", "lda", "B", "ldb", "pstride", "K", "N", "C", "ldc", "m0", "m1", "bias",
+                 "has_bias"])
+    A, lda, B, ldb, pstride, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
+    npan = b.udiv(b.add(N, _i64(NR - 1)), _i64(NR), name="npan")
+    with _Loop(b, 0, K, RUNTIME_KC, "pc") as pc:
+        kc = smin(b, b.sub(K, pc), _i64(RUNTIME_KC), "kc")
+        first = b.icmp_signed("==", pc, _i64(0), name="first")
+        last = b.icmp_signed(">=", b.add(pc, kc, name="pc.end"), K, name="last")
+        apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
+        with _Loop(b, m0, m1, cfg.mc, "ic") as ic:  # MC x KC block of A: L2-resident
+            ic_end = smin(b, b.add(ic, _i64(cfg.mc)), m1, "ic.end")
+            rows = b.sub(ic_end, ic, name="rows")
+            tiles_end = b.add(ic, b.mul(b.udiv(rows, _i64(mr)), _i64(mr)), name="tiles.end")
+            rem = b.sub(ic_end, tiles_end, name="rows.left")
+            with _Loop(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
+                col = b.mul(p, _i64(NR), name="col")
+                ncols = smin(b, b.sub(N, col), _i64(NR), "ncols")
+                bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
+                             name="b.pan")
+                cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
+
+                def call(ukr, i):
+                    a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
+                    c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
+                    b.call(ukr, [a, lda, bpan, ldb, c, ldc, kc, first, last, i, col, ncols,
+                                 bias, has_bias])
+
+                with _Loop(b, ic, tiles_end, mr, "i") as i:
+                    call(ukrs[mr], i)
+                done = fn.append_basic_block("rows.done")
+                sw = b.switch(rem, done)
+                for r in range(1, mr):
+                    blk = fn.append_basic_block(f"rows.{r}")
+                    sw.add_case(_i64(r), blk)
+                    b.position_at_end(blk)
+                    call(ukrs[r], tiles_end)
+                    b.branch(done)
+                b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _emit_runtime_pack(m: ir.Module, cfg: GemmConfig) -> ir.Function:
+    vw, nv, NR = cfg.vw, cfg.nv, cfg.nr
+    vt = _vec(vw)
+    fn, b = _fn(m, "slimc_pack_rt", [PTR, I64, I64, I64, PTR], ["B", "ldb", "K", "N", "Bp"])
+    B, ldb, K, N, Bp = fn.args
+    B.add_attribute("noalias")
+    Bp.add_attribute("noalias")
+    npan = b.udiv(b.add(N, _i64(NR - 1)), _i64(NR), name="npan")
+    with _Loop(b, 0, npan, 1, "p") as p:
+        col = b.mul(p, _i64(NR), name="col")
+        full = b.icmp_signed(">=", b.sub(N, col), _i64(NR), name="full")
+        masks = [_lane_mask(b, vw, 0, b.sub(N, b.add(col, _i64(v * vw))), f"m{v}")
+                 for v in range(nv)]
+        src0 = b.gep(B, [col], source_etype=F32, name="src.pan")
+        dst0 = b.gep(Bp, [b.mul(p, b.mul(K, _i64(NR)))], source_etype=F32, name="dst.pan")
+        with b.if_else(full) as (whole, part):
+            for masked, blk in ((False, whole), (True, part)):
+                with blk:
+                    with _Loop(b, 0, K, 1, "k" + ("m" if masked else "")) as k:
+                        src = b.gep(src0, [b.mul(k, ldb)], source_etype=F32, name="src")
+                        dst = b.gep(dst0, [b.mul(k, _i64(NR))], source_etype=F32, name="dst")
+                        for v in range(nv):
+                            sp = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"s{v}")
+                            if masked:
+                                x = masked_load_vector(b, sp, vt, masks[v], name=f"x{v}")
+                            else:
+                                x = b.load(sp, typ=vt, align=4, name=f"x{v}")
+                            b.store(x, b.gep(dst, [_i64(v * vw)], source_etype=F32), align=4)
+    b.ret_void()
+    return fn
 
 
 # --------------------------------------------------------------------------------------------

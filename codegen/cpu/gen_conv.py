@@ -2,9 +2,9 @@
 
 * **direct** (depthwise, N-d, non-f32 convs): gen_nn.py's sliding-window rows.
 * **convolution as GEMM** (float32, 1-D and 2-D): per (image, group, chunk of output
-  columns) im2col into scratch, then a runtime-size GEMM emitted once per module
-  (`_shared_gemm`, so a model's convolutions add no GEMM compile each) with the weights
-  [Cout, K] as A. 1x1 stride-1 convolutions multiply their input in place. The bias is added
+  columns) im2col into scratch, then gemm.py's run-time-shape GEMM, emitted once per module
+  (`emit_runtime_gemm`: a model's convolutions add no GEMM compile each; its micro-kernels are
+  those of every other GEMM) with the weights [Cout, K] as A. 1x1 stride-1 convolutions multiply their input in place. The bias is added
   in the GEMM; a fused epilogue runs in a vectorized copy-out of the chunk.
 
 The `layout` pass sends most float32 2-D convolutions of a CNN to gen_blocked.py instead;
@@ -20,12 +20,10 @@ from slimc.ir import dtypes
 from slimc.ir.ops.window import _window_params
 
 from . import gemm as gemm_kernels
-from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import (
-    F32, I64, const, for_range, i64, llvm_type, OPAQUE_PTR, masked_load_vector,
-    masked_store_vector, splat)
 from .common import acc_dtype, cdiv, convert, emitter, numel, smax, smin, stack_row, vec_loop, vload
 from .gen_nn import Geom, accumulate_row, outer_taps
+from .kernel import KernelBuilder, generator, llvm_name
+from .llvm_util import F32, I64, OPAQUE_PTR, const, for_range, i64, llvm_type
 
 # ----------------------------------------------------------------------------------------------
 # Convolution
@@ -297,37 +295,21 @@ def _conv_copy_out(kb: KernelBuilder, out, cbuf, ld, n_i, gi, cog, m0, m1, c0, n
             vec_loop(kb, xs_, xe, put, "ox", lanes=None if Wo > 1 else 1)
 
 
-# ---- the shared runtime-size GEMM --------------------------------------------------------
+# ---- the GEMM and im2col every GEMM convolution calls --------------------------------------
 
 OPQ = OPAQUE_PTR
-GEMM_KC = 256  # K block: a KC x NR panel of B stays in L1 across the row tiles
 
 
 def _shared_gemm(kb: KernelBuilder):
-    """(gemm, pack, cfg): functions emitted once per module and called by every GEMM conv.
-
-        void slimc_nn_gemm(float* A, i64 lda, float* B, i64 ldb, i64 pstride, i64 K, i64 N,
-                           float* C, i64 ldc, i64 m0, i64 m1, float* bias, i1 has_bias)
-            rows [m0, m1) of C = A[:, :K] @ B (+ bias[row]). B in panels of NR columns: panel
-            p starts at B + p*pstride, its rows ldb apart -- packed (ldb = NR, pstride = K*NR)
-            or row-major with the columns padded to a multiple of NR (ldb, pstride = NR).
-        void slimc_nn_pack(float* B, i64 ldb, i64 K, i64 N, float* Bp)
-            Bp[p][k][0:NR] = B[k, p*NR : p*NR+NR], zero past N.
-
-    N and K are run-time values, so one copy serves every convolution (gemm.py specializes on
-    them, which costs a compile per shape). Register tile MR x NR and block sizes from gemm.py's
-    config; loop order KC block, MC block of rows (in L2), B panel (in L1), row tile. A is read
-    in place (weights rows, K apart), not packed."""
+    """(gemm, pack, cfg): gemm.py's run-time-shape GEMM (`emit_runtime_gemm`: N and K are
+    arguments, so one copy in the module serves every convolution, which adds no GEMM compile
+    each) and the im2col that feeds it."""
     m = kb.module
     cfg = gemm_kernels.gemm_config(kb.target)
-    gemm = m.globals.get("slimc_nn_gemm")
-    if gemm is None:
-        use_fma = kb.target.has_fma or kb.target.arch == "aarch64"
-        ukrs = {r: _emit_ukr(m, cfg, r, use_fma) for r in range(1, cfg.mr + 1)}
-        gemm = _emit_gemm_driver(m, cfg, ukrs)
-        _emit_pack(m, cfg)
+    gemm, pack = gemm_kernels.emit_runtime_gemm(m, kb.target, cfg)
+    if m.globals.get("slimc_nn_im2col") is None:
         _emit_im2col(m)
-    return gemm, m.globals["slimc_nn_pack"], cfg
+    return gemm, pack, cfg
 
 
 def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder]:
@@ -337,173 +319,6 @@ def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder
     for a, n in zip(fn.args, names):
         a.name = n
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
-
-
-def _intrinsic(m: ir.Module, name: str, ret, args) -> ir.Function:
-    fn = m.globals.get(name)
-    return fn if fn is not None else ir.Function(m, ir.FunctionType(ret, args), name=name)
-
-
-def _lane_mask(b: ir.IRBuilder, vw: int, start, limit, name: str):
-    """<vw x i1>: lane j is (start + j < limit)."""
-    ids = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
-    pos = b.add(splat(b, start, vw, name + ".s"), ids, name=name + ".pos")
-    return b.icmp_signed("<", pos, splat(b, limit, vw, name + ".l"), name=name)
-
-
-def _emit_ukr(m: ir.Module, cfg, r: int, use_fma: bool) -> ir.Function:
-    """C[0:r, 0:ncols] (+)= A[0:r, 0:kc] @ B[0:kc, 0:NR] (rows ldb apart; columns past ncols
-    must be readable): r x NV vector accumulators, C stores masked past ncols."""
-    vw, nv = cfg.vw, cfg.nv
-    NR = vw * nv
-    vt = ir.VectorType(F32, vw)
-    I1 = ir.IntType(1)
-    fn, b = _fn(m, f"slimc_nn_ukr{r}", [OPQ, I64, OPQ, I64, I64, OPQ, I64, I64, I1, I1, OPQ],
-                ["A", "lda", "B", "ldb", "kc", "C", "ldc", "ncols", "acc_in", "has_bias", "bias"])
-    A, lda, B, ldb, kc, C, ldc, ncols, acc_in, has_bias, bias = fn.args
-    for a in (A, B, C):
-        a.add_attribute("noalias")
-    fma = _intrinsic(m, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
-    accs = [[b.alloca(vt, name=f"acc{i}.{v}") for v in range(nv)] for i in range(r)]
-    arow = [A if i == 0 else b.gep(A, [b.mul(lda, i64(i))], source_etype=F32, name=f"a.row{i}")
-            for i in range(r)]
-    crow = [C if i == 0 else b.gep(C, [b.mul(ldc, i64(i))], source_etype=F32, name=f"c.row{i}")
-            for i in range(r)]
-    full = b.icmp_signed("==", ncols, i64(NR), name="full")
-    masks = [_lane_mask(b, vw, i64(v * vw), ncols, f"mask{v}") for v in range(nv)]
-
-    def cptr(i, v):
-        return b.gep(crow[i], [i64(v * vw)], source_etype=F32, name=f"c{i}.{v}")
-
-    with b.if_else(acc_in) as (load_c, fresh):
-        with load_c:
-            for i in range(r):
-                for v in range(nv):
-                    x = masked_load_vector(b, cptr(i, v), vt, masks[v],
-                               name=f"c{i}.{v}.in")
-                    b.store(x, accs[i][v])
-        with fresh:
-            with b.if_else(has_bias) as (with_bias, no_bias):
-                with with_bias:
-                    for i in range(r):
-                        bv = b.load(b.gep(bias, [i64(i)], source_etype=F32, name=f"bias{i}.p"),
-                                    typ=F32, name=f"bias{i}")
-                        sv = splat(b, bv, vw, f"bias{i}")
-                        for v in range(nv):
-                            b.store(sv, accs[i][v])
-                with no_bias:
-                    for i in range(r):
-                        for v in range(nv):
-                            b.store(ir.Constant(vt, None), accs[i][v])
-    with for_range(b, 0, kc, 1, "k") as k:
-        brow = b.gep(B, [b.mul(k, ldb)], source_etype=F32, name="b.k")
-        bvs = [b.load(b.gep(brow, [i64(v * vw)], source_etype=F32, name=f"b{v}.p"), typ=vt,
-                      align=4, name=f"b{v}") for v in range(nv)]
-        for i in range(r):
-            a = b.load(b.gep(arow[i], [k], source_etype=F32, name=f"a{i}.p"), typ=F32,
-                       name=f"a{i}")
-            av = splat(b, a, vw, f"a{i}")
-            for v in range(nv):
-                acc = b.load(accs[i][v])
-                if use_fma:
-                    nxt = b.call(fma, [av, bvs[v], acc], name=f"acc{i}.{v}")
-                else:
-                    nxt = b.fadd(acc, b.fmul(av, bvs[v], flags=("contract",)),
-                                 flags=("contract",), name=f"acc{i}.{v}")
-                b.store(nxt, accs[i][v])
-    with b.if_else(full) as (whole, part):
-        with whole:
-            for i in range(r):
-                for v in range(nv):
-                    b.store(b.load(accs[i][v]), cptr(i, v), align=4)
-        with part:
-            for i in range(r):
-                for v in range(nv):
-                    masked_store_vector(b, b.load(accs[i][v]), cptr(i, v), masks[v])
-    b.ret_void()
-    return fn
-
-
-def _emit_gemm_driver(m: ir.Module, cfg, ukrs) -> ir.Function:
-    vw, nv, mr = cfg.vw, cfg.nv, cfg.mr
-    NR = vw * nv
-    I1 = ir.IntType(1)
-    fn, b = _fn(m, "slimc_nn_gemm",
-                [OPQ, I64, OPQ, I64, I64, I64, I64, OPQ, I64, I64, I64, OPQ, I1],
-                ["A", "lda", "B", "ldb", "pstride", "K", "N", "C", "ldc", "m0", "m1", "bias",
-                 "has_bias"])
-    A, lda, B, ldb, pstride, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
-    npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
-    mc = cfg.mc
-    with for_range(b, 0, K, GEMM_KC, "pc") as pc:
-        kc = smin(b, b.sub(K, pc), i64(GEMM_KC), "kc")
-        acc_in = b.icmp_signed("!=", pc, i64(0), name="acc.in")
-        use_bias = b.and_(has_bias, b.not_(acc_in), name="use.bias")
-        apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
-        with for_range(b, m0, m1, mc, "ic") as ic:  # MC x KC block of A: L2-resident
-            ic_end = smin(b, b.add(ic, i64(mc)), m1, "ic.end")
-            rows = b.sub(ic_end, ic, name="rows")
-            tiles_end = b.add(ic, b.mul(b.udiv(rows, i64(mr)), i64(mr)), name="tiles.end")
-            rem = b.sub(ic_end, tiles_end, name="rows.left")
-            with for_range(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
-                col = b.mul(p, i64(NR), name="col")
-                ncols = smin(b, b.sub(N, col), i64(NR), "ncols")
-                bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
-                             name="b.pan")
-                cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
-
-                def call(ukr, i):
-                    a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
-                    c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
-                    bi = b.gep(bias, [i], source_etype=F32, name="bias.tile")
-                    b.call(ukr, [a, lda, bpan, ldb, kc, c, ldc, ncols, acc_in, use_bias, bi])
-
-                with for_range(b, ic, tiles_end, mr, "i") as i:
-                    call(ukrs[mr], i)
-                done = fn.append_basic_block("rows.done")
-                sw = b.switch(rem, done)
-                for r in range(1, mr):
-                    blk = fn.append_basic_block(f"rows.{r}")
-                    sw.add_case(i64(r), blk)
-                    b.position_at_end(blk)
-                    call(ukrs[r], tiles_end)
-                    b.branch(done)
-                b.position_at_end(done)
-    b.ret_void()
-    return fn
-
-
-def _emit_pack(m: ir.Module, cfg) -> ir.Function:
-    vw, nv = cfg.vw, cfg.nv
-    NR = vw * nv
-    vt = ir.VectorType(F32, vw)
-    fn, b = _fn(m, "slimc_nn_pack", [OPQ, I64, I64, I64, OPQ], ["B", "ldb", "K", "N", "Bp"])
-    B, ldb, K, N, Bp = fn.args
-    B.add_attribute("noalias")
-    Bp.add_attribute("noalias")
-    npan = b.udiv(b.add(N, i64(NR - 1)), i64(NR), name="npan")
-    with for_range(b, 0, npan, 1, "p") as p:
-        col = b.mul(p, i64(NR), name="col")
-        full = b.icmp_signed(">=", b.sub(N, col), i64(NR), name="full")
-        masks = [_lane_mask(b, vw, b.add(col, i64(v * vw)), N, f"m{v}") for v in range(nv)]
-        src0 = b.gep(B, [col], source_etype=F32, name="src.pan")
-        dst0 = b.gep(Bp, [b.mul(p, b.mul(K, i64(NR)))], source_etype=F32, name="dst.pan")
-        with b.if_else(full) as (whole, part):
-            for masked, blk in ((False, whole), (True, part)):
-                with blk:
-                    with for_range(b, 0, K, 1, "k" + ("m" if masked else "")) as k:
-                        src = b.gep(src0, [b.mul(k, ldb)], source_etype=F32, name="src")
-                        dst = b.gep(dst0, [b.mul(k, i64(NR))], source_etype=F32, name="dst")
-                        for v in range(nv):
-                            sp = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"s{v}")
-                            if masked:
-                                x = masked_load_vector(b, sp, vt, masks[v],
-                                           name=f"x{v}")
-                            else:
-                                x = b.load(sp, typ=vt, align=4, name=f"x{v}")
-                            b.store(x, b.gep(dst, [i64(v * vw)], source_etype=F32), align=4)
-    b.ret_void()
-    return fn
 
 
 def _emit_im2col(m: ir.Module) -> ir.Function:
