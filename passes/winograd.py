@@ -21,11 +21,16 @@ inside -O2's tolerance (rtol 1e-3 / atol 1e-4 against onnxruntime; numbers at
 The cost model prices what each path does -- multiply-adds, elements the transforms (or
 im2col) move, weights streamed, a fixed cost -- with coefficients fitted to measurements of the
 CPU kernels (`features`, `fit`, `PRIOR`). The built-in coefficients were measured on an AMD
-Zen 3 host; a machine with another CPU measures itself once, at first use (the direct path
-and both tiles on two layers, a few seconds), scales them to match (`calibrate`), and keeps the
-result in the compile cache folder (``$SLIMC_CACHE_DIR`` or ``~/.cache/slimc``, under
-``winograd/``). ``SLIMC_WINOGRAD_CALIBRATE=0`` never measures, ``=1`` measures a host of the
-built-in kind too; ``python -m slimc.codegen.cpu.winograd_cost calibrate`` measures again now.
+Zen 3 host; the other kinds of machine slimc runs on have per-path factors shipped
+(`SHIPPED_FACTORS`), so they measure nothing either. A machine of an unknown kind measures
+itself once, at first use (the direct path and both tiles on two layers, a few seconds),
+scales the coefficients to match (`calibrate`), and keeps the result in the compile cache
+folder (``$SLIMC_CACHE_DIR`` or ``~/.cache/slimc``, under ``winograd/``).
+``SLIMC_WINOGRAD_CALIBRATE=0`` never measures, ``=1`` measures a host of a known kind too;
+``python -m slimc.codegen.cpu.winograd_cost calibrate`` measures again now.
+``SLIMC_COST_MODEL=fixed`` uses only the shipped tables (no measurement, no stored
+calibration: two machines of one kind emit the same code); ``=builtin`` uses the built-in
+coefficients everywhere.
 The measuring is the code generator's: the CPU backend builds this pass with its target's
 model (codegen/cpu/winograd_cost.py `cost_model`: `host_model` of a `Host` that can measure
 this machine, or the built-in coefficients for a machine it cannot run). Passes never import
@@ -50,6 +55,7 @@ import numpy as np
 
 from slimc.ir import Graph, Node, dtypes
 from slimc.ir.debug import log
+from slimc.ir.errors import SlimcError
 from slimc.ir.graph import constant_data
 from slimc.ir.ops.winograd import TILES, alpha_of, transform_filter
 
@@ -184,6 +190,16 @@ PRIOR = {
 }
 PRIOR_CPU, PRIOR_VW = "znver3", 8
 PRIOR_HOST = "AMD EPYC Zen 3 (znver3, AVX2), one thread"
+
+# Per-path factors on the built-in coefficients for the other kinds of machine slimc runs on,
+# each measured with ``python -m slimc.codegen.cpu.winograd_cost calibrate`` on an idle
+# machine of that kind: a compile there uses them and measures nothing, and two machines of
+# one kind make the same choices. (cpu, floats a vector) -> factors.
+SHIPPED_FACTORS = {
+    # AMD EPYC Zen 4, 2026-12-06: the medians of three calibrations (direct 0.640-0.657,
+    # F2 0.704-0.749, F4 0.612-0.718)
+    ("znver4", 16): {"direct": 0.648, "F2": 0.705, "F4": 0.638},
+}
 
 
 def nnls(a: np.ndarray, b: np.ndarray, iters: int = 100) -> np.ndarray:
@@ -322,10 +338,37 @@ def _calibration_wanted(host: Host) -> bool:
     return (host.cpu, host.vector_width) != (PRIOR_CPU, PRIOR_VW)
 
 
+def table_model(cpu: str, vector_width: int) -> CostModel:
+    """The model of a kind of machine without measuring: its shipped factors, or the built-in
+    coefficients (exact for the kind they were fitted on) at its vector width."""
+    factors = SHIPPED_FACTORS.get((cpu, vector_width))
+    if factors is not None:
+        return CostModel(factor=dict(factors), vw=vector_width,
+                         source=f"built-in, with the factors shipped for {cpu}")
+    return CostModel(vw=vector_width)
+
+
+def cost_model_mode() -> str:
+    """``SLIMC_COST_MODEL``: "auto" (default: a stored calibration of this machine, else the
+    table of its kind, else a new calibration of an unknown CPU), "fixed" (the table of its
+    kind, never a measurement or a stored calibration: every machine of a kind compiles the
+    same code), or "builtin" (the built-in coefficients everywhere, as the tests use)."""
+    mode = os.environ.get("SLIMC_COST_MODEL", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "fixed", "builtin"):
+        raise SlimcError(f"SLIMC_COST_MODEL={mode!r}: expected auto, fixed or builtin")
+    return mode
+
+
 def host_model(host: Host) -> CostModel:
-    """The cost model of the machine `host` measures, memoized per process: its calibration
-    stored in the cache folder; else, at first use, a new calibration when wanted (see
-    `_calibration_wanted`) and there is a cache folder to keep it; else the built-in model."""
+    """The cost model of the machine `host` measures, memoized per process (see
+    `cost_model_mode`): its calibration stored in the cache folder; else its kind's shipped
+    factors; else, at first use, a new calibration when wanted (`_calibration_wanted`) and
+    there is a cache folder to keep it; else the built-in model."""
+    mode = cost_model_mode()
+    if mode == "builtin":
+        return CostModel(vw=host.vector_width)
+    if mode == "fixed":
+        return table_model(host.cpu, host.vector_width)
     key = host.key
     if key in _models:
         return _models[key]
@@ -338,6 +381,10 @@ def host_model(host: Host) -> CostModel:
                 model = CostModel.from_json(json.load(f))
         except (OSError, ValueError, KeyError, TypeError):
             model = None  # unreadable: measure again
+    if model is None and (host.cpu, host.vector_width) in SHIPPED_FACTORS and \
+            os.environ.get("SLIMC_WINOGRAD_CALIBRATE", "auto").lower() not in \
+            ("1", "on", "yes", "true", "force"):
+        model = table_model(host.cpu, host.vector_width)
     if model is None and path and _calibration_wanted(host):
         model = calibrate(host)
         try:

@@ -7,6 +7,7 @@ os.environ.setdefault("SLIMC_VERIFY", "1")
 # The Winograd cost model uses its built-in coefficients: which layers get Winograd must not
 # depend on timings taken while the tests load the machine.
 os.environ.setdefault("SLIMC_WINOGRAD_CALIBRATE", "0")
+os.environ.setdefault("SLIMC_COST_MODEL", "builtin")
 
 # Tests compile into a fresh cache folder of their own, never the user's.
 import tempfile  # noqa: E402

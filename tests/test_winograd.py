@@ -276,6 +276,7 @@ def test_calibration_is_measured_once_and_stored(monkeypatch, tmp_path):
     def fresh_process(cpu, vw=8, **env):
         monkeypatch.setattr(wpass, "_models", {})
         monkeypatch.delenv("SLIMC_WINOGRAD_CALIBRATE", raising=False)
+        monkeypatch.setenv("SLIMC_COST_MODEL", "auto")
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         return wpass.host_model(wpass.Host(f"test|{cpu}", cpu, vw, measure))
@@ -298,6 +299,17 @@ def test_calibration_is_measured_once_and_stored(monkeypatch, tmp_path):
     assert fresh_process("third", SLIMC_WINOGRAD_CALIBRATE="0").factor["F2"] == 1.0
     assert fresh_process("third", SLIMC_CACHE_DIR="off").factor["F2"] == 1.0
     assert len(calls) == 2
+    # a kind with shipped factors measures nothing and uses them
+    monkeypatch.setitem(wpass.SHIPPED_FACTORS, ("shipped", 8), {"direct": 3.0, "F2": 1.5, "F4": 2.0})
+    assert fresh_process("shipped").factor == {"direct": 3.0, "F2": 1.5, "F4": 2.0}
+    assert len(calls) == 2
+    # fixed: the tables only, never the calibration stored for othercpu; builtin: 1 everywhere
+    assert fresh_process("othercpu", SLIMC_COST_MODEL="fixed").factor["F2"] == 1.0
+    assert fresh_process("shipped", SLIMC_COST_MODEL="fixed").factor["F4"] == 2.0
+    assert fresh_process("shipped", SLIMC_COST_MODEL="builtin").factor["F4"] == 1.0
+    assert len(calls) == 2
+    with pytest.raises(slimc.SlimcError, match="SLIMC_COST_MODEL='often'"):
+        fresh_process("othercpu", SLIMC_COST_MODEL="often")
 
 
 def test_pass_keeps_semantics_and_names():

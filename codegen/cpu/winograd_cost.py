@@ -119,9 +119,9 @@ def cost_model(target):
 
     if target.is_host:
         return wpass.host_model(_host_of(target))
-    return wpass.CostModel(vw=target.vector_width,
-                           source=f"built-in, fitted on {wpass.PRIOR_HOST} (target "
-                                  f"{target.name} is not this machine: not measured)")
+    model = wpass.table_model(target.cpu, target.vector_width)
+    model.source += f" (target {target.name} is not this machine: not measured)"
+    return model
 
 
 def main(argv=None) -> int:
