@@ -339,6 +339,21 @@ class _Loop:
         return False
 
 
+def _leftover_rows(b: ir.IRBuilder, rem: ir.Value, mr: int, call_rows: Callable) -> None:
+    """The rows left after the full MR-row tiles: `call_rows(r)` for the run-time count r in
+    1..mr-1 (a switch: one micro-kernel per row count), then on."""
+    fn = b.function
+    done = fn.append_basic_block("rows.left.done")
+    sw = b.switch(rem, done)
+    for r in range(1, mr):
+        blk = fn.append_basic_block(f"rows.left.{r}")
+        sw.add_case(_i64(r), blk)
+        b.position_at_end(blk)
+        call_rows(r)
+        b.branch(done)
+    b.position_at_end(done)
+
+
 def _if(b: ir.IRBuilder, cond: ir.Value, name: str):
     """Context manager: code inside runs when cond is true; continues after."""
 
@@ -789,17 +804,8 @@ class _Gen:
         if not skip_tiles:
             with _Loop(b, ic, tiles_end, mr, "ir") as irow:
                 call(ukrs[mr], irow, ap is not None)
-        rem = b.sub(ic_end, tiles_end, name="rows.left")
-        fn = b.function
-        endb = fn.append_basic_block("rows.left.done")
-        sw = b.switch(rem, endb)
-        for r in range(1, mr):
-            blk = fn.append_basic_block(f"rows.left.{r}")
-            sw.add_case(_i64(r), blk)
-            b.position_at_end(blk)
-            call(ukrs[r], tiles_end, False)
-            b.branch(endb)
-        b.position_at_end(endb)
+        _leftover_rows(b, b.sub(ic_end, tiles_end, name="rows.left"), mr,
+                       lambda r: call(ukrs[r], tiles_end, False))
 
     # ---- packing and runtime-B entry ---------------------------------------------------
 
@@ -1025,15 +1031,7 @@ def _emit_runtime_driver(m: ir.Module, cfg: GemmConfig, ukrs: dict) -> ir.Functi
 
                 with _Loop(b, ic, tiles_end, mr, "i") as i:
                     call(ukrs[mr], i)
-                done = fn.append_basic_block("rows.done")
-                sw = b.switch(rem, done)
-                for r in range(1, mr):
-                    blk = fn.append_basic_block(f"rows.{r}")
-                    sw.add_case(_i64(r), blk)
-                    b.position_at_end(blk)
-                    call(ukrs[r], tiles_end)
-                    b.branch(done)
-                b.position_at_end(done)
+                _leftover_rows(b, rem, mr, lambda r: call(ukrs[r], tiles_end))
     b.ret_void()
     return fn
 
