@@ -25,7 +25,8 @@ never imports runtime: what a backend hands back is an `Executable`, a plain obj
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional, Sequence
 
 from slimc.ir import FusionKind, Graph, Node, get_op
 
@@ -95,7 +96,9 @@ class Executable:
     entry: Optional[Callable] = None
     run: Optional[Callable] = None
     code_bytes: int = 0
-    times: dict = {}  # seconds of the backend's own stages ("llvm_opt", "machine_code", ...)
+    # seconds of the backend's own stages ("llvm_opt", "machine_code", ...); a backend that
+    # times nothing keeps this empty, read-only default
+    times: Mapping[str, float] = MappingProxyType({})
 
     def not_runnable(self) -> Exception:
         return NotImplementedError("this module cannot run in this process")

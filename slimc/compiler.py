@@ -79,10 +79,6 @@ class Module:
         if all(v.type.is_static for v in graph.inputs):
             self._last = self._specialize(tuple(v.type.shape for v in graph.inputs))
 
-    @property
-    def target_name(self) -> str:
-        return self.target.name
-
     def _specialize(self, shapes: tuple):
         from slimc.driver import build
         from slimc.runtime import cache
