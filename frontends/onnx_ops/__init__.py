@@ -213,7 +213,7 @@ def simple(onnx_op: str, slimc_op: str, since: int = 1, attrs: Sequence[tuple] =
 
 
 # Importing the families registers their converters.
-from . import elementwise, linalg, nn, reduce, tensor  # noqa: E402,F401
+from . import elementwise, linalg, nn, quant, reduce, tensor  # noqa: E402,F401
 
 
 # ----- tensors ---------------------------------------------------------------------------------
