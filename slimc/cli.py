@@ -1,8 +1,11 @@
-"""The command line: ``slimc ir``, ``slimc run``, ``slimc compile``, ``slimc opt``, ``slimc demo``.
+"""The command line: ``slimc ir``, ``slimc run``, ``slimc compile``, ``slimc quantize``,
+``slimc opt``, ``slimc demo``.
 
     slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
     slimc run model.onnx [--inputs inputs.npz] [--shape ...]
     slimc compile model.onnx -o model.slimc [--target aarch64] [--shape ...] [--time]  (export)
+    slimc quantize model.onnx --calibration inputs.npz [--dynamic] [--method entropy] -o out
+                                                (writes out.slimc + out.npz, prints the report)
     slimc opt graph.slimc --passes fold_constants,cse      (replays a pass on a dump)
     slimc demo
 """
@@ -106,6 +109,46 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _calibration_samples(graph, path: str) -> list:
+    """The samples of a calibration .npz: arrays named like the graph's inputs, each either
+    one sample (the input's rank) or a stack of samples along a new first axis."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    missing = [v.name for v in graph.inputs if v.name not in arrays]
+    if missing:
+        raise SystemExit(f"slimc: {path} has no array for input(s) {missing}; it holds "
+                         f"{sorted(arrays)}")
+    stacked = {v.name: arrays[v.name].ndim == v.type.rank + 1 for v in graph.inputs}
+    if not any(stacked.values()):
+        return [tuple(arrays[v.name] for v in graph.inputs)]
+    counts = {len(arrays[n]) for n, s in stacked.items() if s}
+    if len(counts) != 1 or not all(stacked.values()):
+        raise SystemExit(f"slimc: {path}: every input needs the same number of samples along "
+                         f"a leading axis (or none), got shapes "
+                         f"{ {n: list(a.shape) for n, a in arrays.items()} }")
+    return [tuple(arrays[v.name][i] for v in graph.inputs) for i in range(counts.pop())]
+
+
+def cmd_quantize(args) -> int:
+    """Quantize to int8 and write the graph as slimc IR (OUT.slimc and its weights OUT.npz,
+    which `slimc compile OUT.slimc` and `slimc.ir.load` read), printing the report."""
+    import slimc
+    from slimc.ir import save
+
+    graph = _load_graph(args.model, _shapes(args.shape))
+    samples = _calibration_samples(graph, args.calibration) if args.calibration else None
+    qgraph, report = slimc.quantize(graph, samples, mode="dynamic" if args.dynamic else "static",
+                                    method=args.method, percentile=args.percentile,
+                                    per_channel=not args.per_tensor,
+                                    exclude=args.exclude.split(",") if args.exclude else (),
+                                    keep_sensitive=args.keep_sensitive, report=True)
+    save(qgraph, args.output)
+    print(report)
+    base = args.output[:-len(".slimc")] if args.output.endswith(".slimc") else args.output
+    print(f"slimc: wrote {base}.slimc and {base}.npz")
+    return 0
+
+
 def cmd_opt(args) -> int:
     import slimc
     from slimc.compiler import pipeline
@@ -155,6 +198,21 @@ def main(argv=None) -> int:
     p.add_argument("--time", action="store_true",
                    help="print where the compile time went, stage by stage")
     p.set_defaults(fn=cmd_compile)
+    p = sub.add_parser("quantize", help="quantize a model to int8 and write it as slimc IR")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="OUT: writes OUT.slimc and OUT.npz")
+    p.add_argument("--calibration", help=".npz with arrays named like the inputs (a leading "
+                   "axis of samples allowed); static mode needs it")
+    p.add_argument("--dynamic", action="store_true",
+                   help="quantize matmul/gemm activations per row at run time")
+    p.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer")
+    p.add_argument("--exclude", help="layers to keep float, by name: a,b,c")
+    p.add_argument("--keep-sensitive", type=float, metavar="DB",
+                   help="keep float the layers whose SQNR quantized alone is below DB")
+    p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.set_defaults(fn=cmd_quantize)
     p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
     p.add_argument("graph")
     p.add_argument("--passes", required=True)
