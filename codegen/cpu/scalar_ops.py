@@ -353,6 +353,31 @@ def _clip(e, a, _):
     return x
 
 
+def _quantize(e, a, _):
+    """saturate(roundeven(x / scale) + zp) in f32, as the `quantize` reference computes it;
+    maxnum/minnum clamp NaN to the lowest value, as the reference defines."""
+    x, scale = a[0], a[1]
+    src = e.in_dtypes[0]
+    if src != dtypes.f32:
+        x = convert(e, x, src, dtypes.f32)
+        scale = convert(e, scale, e.in_dtypes[1], dtypes.f32)
+    q = e.intrinsic("roundeven", [e.b.fdiv(x, scale, name=e.name + ".scaled")])
+    if len(a) > 2 and a[2] is not None:
+        q = e.b.fadd(q, convert(e, a[2], e.in_dtypes[2], dtypes.f32), name=e.name + ".zp")
+    lo, hi = (0.0, 255.0) if e.out_dtype == dtypes.u8 else (-128.0, 127.0)
+    q = e.intrinsic("minnum", [e.intrinsic("maxnum", [q, e.c(q, lo)]), e.c(q, hi)])
+    return convert(e, convert(e, q, dtypes.f32, dtypes.i32), dtypes.i32, e.out_dtype)
+
+
+def _dequantize(e, a, _):
+    """f32(x - zp) * scale: the subtraction exact in i32, one rounding in the product."""
+    x = convert(e, a[0], e.in_dtypes[0], dtypes.i32)
+    if len(a) > 2 and a[2] is not None:
+        x = e.b.sub(x, convert(e, a[2], e.in_dtypes[2], dtypes.i32), name=e.name + ".centered")
+    f = convert(e, x, dtypes.i32, dtypes.f32)
+    return e.b.fmul(f, a[1], name=e.name + ".dequant")
+
+
 def _f(fn):
     """Adapter for one-operand lambdas."""
     return lambda e, a, attrs: fn(e, a[0], attrs)
@@ -435,6 +460,8 @@ LOWERINGS: dict[str, Callable] = {
     "mean": _mean,
     "clip": _clip,
     "cast": _cast,
+    "quantize": _quantize,
+    "dequantize": _dequantize,
 }
 
 
