@@ -1,7 +1,9 @@
 """The standard pipelines, by optimization level, and lookup of passes by name.
 
     -O0  infer_shapes
-    -O1  + fold_constants, simplify (views and no-ops, transposes across unit reshapes,
+    -O1  + fold_qdq (dequantize -> float conv/matmul/gemm becomes the integer op; before
+         fold_constants, which would turn a dequantized int8 weight back into float32),
+         fold_constants, simplify (views and no-ops, transposes across unit reshapes,
          scalar multiplies into constant weights), recognize (layer norm, GELU, softmax and
          attention written out op by op), fold_batch_norm (BN, bias and scale folded into
          convolutions), cse, dce; and fusion in code generation
@@ -25,6 +27,7 @@ from slimc.ir.errors import SlimcError
 
 from .basic import CommonSubexpressionElimination, DeadCodeElimination, FoldConstants, InferShapes
 from .fold_batch_norm import FoldBatchNorm
+from .fold_qdq import FoldQDQ
 from .layout import Layout
 from .pass_manager import Pass
 from .recognize import Recognize
@@ -35,6 +38,7 @@ from .winograd import Winograd
 PASSES: dict[str, Callable[[], Pass]] = {
     "infer_shapes": InferShapes,
     "fold_constants": FoldConstants,
+    "fold_qdq": FoldQDQ,
     "simplify": Simplify,
     "recognize": Recognize,
     "fold_batch_norm": FoldBatchNorm,
@@ -44,8 +48,8 @@ PASSES: dict[str, Callable[[], Pass]] = {
     "layout": Layout,
 }
 
-_SIMPLIFY = ["infer_shapes", "fold_constants", "simplify", "recognize", "fold_batch_norm",
-             "fold_constants", "cse", "dce"]
+_SIMPLIFY = ["infer_shapes", "fold_qdq", "fold_constants", "simplify", "recognize",
+             "fold_batch_norm", "fold_constants", "cse", "dce"]
 # level -> the passes before the user's (the target's come after them)
 _LEVELS = {0: ["infer_shapes"], 1: _SIMPLIFY, 2: _SIMPLIFY, 3: _SIMPLIFY}
 
