@@ -133,7 +133,8 @@ def test_quantize_and_dequantize_per_axis(axis, dtype):
 @pytest.mark.parametrize("opset", [10, 13, 19, 21])
 @pytest.mark.parametrize("dtype,zp", QZP + [(np.int32, 0)])
 def test_dequantize_linear(opset, dtype, zp):
-    x = _q(dtype, (2, 6)) if dtype != np.int32 else RNG.integers(-10 ** 6, 10 ** 6, (2, 6)).astype(np.int32)
+    x = _q(dtype, (2, 6)) if dtype != np.int32 else \
+        RNG.integers(-10 ** 6, 10 ** 6, (2, 6)).astype(np.int32)
     inits = {"s": np.float32(0.037), "z": np.asarray(zp, dtype)}
     m = make_model([helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"])],
                    {"x": x}, ["y"], inits, opset=opset)
@@ -219,7 +220,8 @@ def test_conv_integer(pads, strides, group, xzp):
 def _qlinear_matmul(ta, tb, per_column, shape_a, opset=10):
     a, b = _q(ta, shape_a), _q(tb, (shape_a[-1], 6))
     inits = {"sa": np.float32(0.023), "za": np.asarray(11, ta), "b": b,
-             "sb": (RNG.random(6) * 0.02 + 0.005).astype(np.float32) if per_column else np.float32(0.017),
+             "sb": (RNG.random(6) * 0.02 + 0.005).astype(np.float32) if per_column
+             else np.float32(0.017),
              "zb": np.zeros(6 if per_column else (), tb) if tb == np.int8 else np.asarray(130, tb),
              "sy": np.float32(0.09), "zy": np.asarray(100 if ta == np.uint8 else -3, ta)}
     node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "b", "sb", "zb", "sy", "zy"], ["y"])
@@ -237,13 +239,15 @@ def test_qlinear_matmul(ta, tb, per_column, shape_a):
 @pytest.mark.parametrize("wdt", [np.int8, np.uint8])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("pads,strides,group", [([1, 1, 1, 1], [1, 1], 1), ([0, 1, 0, 1], [2, 2], 2)])
+@pytest.mark.parametrize("pads,strides,group", [([1, 1, 1, 1], [1, 1], 1),
+                                                ([0, 1, 0, 1], [2, 2], 2)])
 def test_qlinear_conv(wdt, per_channel, bias, pads, strides, group):
     m_out, c = 4, 4
     x = _q(np.uint8, (1, c, 7, 6))
     w = _q(wdt, (m_out, c // group, 3, 3))
     inits = {"sx": np.float32(0.02), "zx": np.uint8(128), "w": w,
-             "sw": (RNG.random(m_out) * 0.01 + 0.002).astype(np.float32) if per_channel else np.float32(0.004),
+             "sw": (RNG.random(m_out) * 0.01 + 0.002).astype(np.float32) if per_channel
+             else np.float32(0.004),
              "zw": np.asarray(0 if wdt == np.int8 else 120, wdt),
              "sy": np.float32(0.15), "zy": np.uint8(60)}
     names = ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy"]
@@ -347,7 +351,8 @@ def test_fold_qdq_matmul_and_gemm(op, trans_b, alpha, beta, zp):
 def test_fold_qdq_refuses_a_weight_quantized_along_the_wrong_axis():
     m = _qdq_dense_model("MatMul")
     m.graph.node[2].attribute[0].i = 0  # per row of the [K, N] weight: not per output column
-    m.graph.initializer[3].CopyFrom(onnx.numpy_helper.from_array(np.full(8, 0.01, np.float32), "sw"))
+    sw = onnx.numpy_helper.from_array(np.full(8, 0.01, np.float32), "sw")
+    m.graph.initializer[3].CopyFrom(sw)
     m.graph.initializer[4].CopyFrom(onnx.numpy_helper.from_array(np.zeros(8, np.int8), "zw"))
     g = slimc.from_onnx(m)
     lines = explain_qdq(g)
@@ -367,7 +372,8 @@ def _float_cnn():
              "shape": np.array([1, -1], np.int64)}
     nodes = [helper.make_node("Conv", ["x", "c1", "b1"], ["h1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["h1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "c2", "b2"], ["h2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["r1", "c2", "b2"], ["h2"], pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
              helper.make_node("Relu", ["h2"], ["r2"]),
              helper.make_node("Reshape", ["r2", "shape"], ["f"]),
              helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1)]
@@ -380,8 +386,10 @@ def _float_mlp():
              "b1": RNG.standard_normal(32).astype(np.float32) * 0.1,
              "w2": (RNG.standard_normal((32, 8)) * 0.2).astype(np.float32),
              "b2": RNG.standard_normal(8).astype(np.float32) * 0.1}
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
-             helper.make_node("Relu", ["a1"], ["r1"]), helper.make_node("MatMul", ["r1", "w2"], ["m2"]),
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]),
+             helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["m2"]),
              helper.make_node("Add", ["m2", "b2"], ["y"])]
     return make_model(nodes, {"x": np.zeros((4, 16), np.float32)}, ["y"], inits, opset=13), (4, 16)
 
