@@ -110,7 +110,8 @@ def _gemm_layer(node) -> "Layer | str":
     cd = _const(c)
     if c is not None and cd is None:
         return f"its bias %{c.name} is not a constant"
-    bias = None if cd is None else (cd.astype(np.float64) * attrs.get("beta", 1.0)).astype(np.float32)
+    beta = attrs.get("beta", 1.0)
+    bias = None if cd is None else (cd.astype(np.float64) * beta).astype(np.float32)
     return Layer(node.label, "gemm", a.name, node.output.name, w.astype(np.float32), bias)
 
 

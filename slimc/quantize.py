@@ -295,8 +295,8 @@ def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "stat
         return (graph, rep) if report else graph
     if mode == "static" and not samples:
         raise SlimcError("quantize: mode='static' needs calibration data (an iterable of input "
-                         "tuples or {name: array} dicts), and got none; give some, or use "
-                         "mode='dynamic'")
+                         "tuples or {name: array} dicts), and got none; give some (CLI: "
+                         "--calibration inputs.npz), or use mode='dynamic' (--dynamic)")
     stats = _collect(graph, layers, samples) if mode == "static" else {}
     plans = [_plan(layer, mode, stats, method, percentile, per_channel) for layer in layers]
     alone = _measure_alone(graph, plans, samples) if samples else None
