@@ -145,6 +145,11 @@ class Backend:
         storing it; else why not (a phrase, for the fusion report)."""
         return ""
 
+    def epilogue_changes_dtype(self, anchor: Node) -> bool:
+        """True if `anchor`'s epilogue may store another element type than its own result
+        (an int8 GEMM storing the dequantized float, or the next layer's u8)."""
+        return False
+
     def unsupported(self, graph: Graph) -> dict:
         """op -> labels of the nodes this backend cannot lower (empty: it lowers them all)."""
         missing: dict = {}

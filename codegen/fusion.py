@@ -75,7 +75,8 @@ def _why_not(backend: Backend, p: Node, target: Group, users: list) -> Optional[
     if target.root.outputs[0].type.shape != p.outputs[0].type.shape:
         return (f"the consumer's result {target.root.outputs[0].type} has another shape than "
                 f"{p.outputs[0].type}")
-    if target.root.outputs[0].type.dtype != p.outputs[0].type.dtype:
+    if target.root.outputs[0].type.dtype != p.outputs[0].type.dtype and \
+            not backend.epilogue_changes_dtype(p):
         # GEMM-based generators store the epilogue's value where their accumulator would go
         return (f"the consumer's result is {target.root.outputs[0].type.dtype.name}, not "
                 f"{p.outputs[0].type.dtype.name}: epilogues keep the heavy op's element type")

@@ -149,6 +149,9 @@ class CpuBackend(Backend):
         epilogue = getattr(gen, "epilogue", False)
         return epilogue(anchor) if callable(epilogue) else (None if epilogue else "")
 
+    def epilogue_changes_dtype(self, anchor: Node) -> bool:
+        return bool(getattr(GENERATORS.get(anchor.op), "epilogue_any_dtype", False))
+
     # ---- lowering and linking ---------------------------------------------------------------
     def threads(self, requested: Optional[int]) -> int:
         """`threads=None` is every core of this host, or, for a machine this process does not

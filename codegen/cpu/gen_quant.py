@@ -71,7 +71,7 @@ def _gemm_plan(kb: KernelBuilder, node):
     return (M, K, N, rows), None
 
 
-@generator("matmul_integer", epilogue=True)
+@generator("matmul_integer", epilogue=True, epilogue_any_dtype=True)
 def matmul_integer(kb: KernelBuilder, node) -> None:
     plan, why = _gemm_plan(kb, node)
     if plan is None:

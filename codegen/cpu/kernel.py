@@ -42,7 +42,8 @@ GENERATORS: dict[str, Callable] = {}
 INDEX_MAPS: dict[str, Callable] = {}
 
 
-def generator(*ops: str, inline_inputs: bool = False, epilogue=False):
+def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
+              epilogue_any_dtype: bool = False):
     """Register a generator for `ops`. Two promises the fusion planner relies on:
 
     inline_inputs -- it reads its operands only through `kb.value_at`, so elementwise and
@@ -50,11 +51,14 @@ def generator(*ops: str, inline_inputs: bool = False, epilogue=False):
     epilogue      -- it hands every result to `kb.store_result`, so elementwise consumers of
                      its (first) output can be applied before the store. A function of the
                      node instead of True: None where it does, else why not (a phrase).
+    epilogue_any_dtype -- the epilogue's result may have another element type than the
+                     op's output (the generator stores whatever type the kernel outputs).
     """
 
     def wrap(fn):
         fn.inline_inputs = inline_inputs
         fn.epilogue = epilogue
+        fn.epilogue_any_dtype = epilogue_any_dtype
         for op in ops:
             GENERATORS[op] = fn
         return fn
