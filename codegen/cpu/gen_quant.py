@@ -31,7 +31,7 @@ from .common import const_table, stack_row
 from .gemm import EpilogueContext
 from .gen_linalg import _batch_index, _norm_shapes, _out_batch
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I8, I32, const, i64, masked_store_vector, splat, vector_of
+from .llvm_util import F32, I8, I32, I64, const, i64, masked_store_vector, splat, vector_of
 from .scalar_ops import LOWERINGS, Emitter
 
 ITEMS = 8  # work items to aim for: blocks of rows x blocks of panels
@@ -372,3 +372,282 @@ def _hreduce_minmax(e: Emitter, v, which: str):
         v = e.intrinsic(which, [lo, hi])
         n = half
     return b.extract_element(v, I32(0))
+
+
+# ----- conv_integer ------------------------------------------------------------------------------
+#
+# A 2-D conv_integer with constant weights is a GEMM per (image, group): rows are the output
+# channels (the weights, the signed row side, prepacked with k ordered (ky, kx, channel) and the
+# channels padded to the k group), columns the output pixels (the unsigned panel side). A work
+# item is a block of output rows of one image and group; it first copies the input rows it
+# reads into its scratch slot as padded NHWC bytes (borders and padded channels hold the
+# activation zero point), so that every k group of a pixel is g adjacent bytes, then packs
+# NR pixels at a time into a panel and runs the row tiles over it. The accumulator vectors run
+# along pixels, which NCHW stores contiguously, so the epilogue (dequantize, bias, relu, the
+# next quantize) is the matmul's.
+
+CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
+
+
+def _conv_plan(kb: KernelBuilder, node):
+    """The conv's geometry when the int8 tiles take it, else (None, why)."""
+    from slimc.ir.ops.window import _window_params
+
+    x, w = node.inputs[0], node.inputs[1]
+    x_zp = node.inputs[2] if len(node.inputs) > 2 else None
+    w_zp = node.inputs[3] if len(node.inputs) > 3 else None
+    xs, ws = kb.shape(x), kb.shape(w)
+    if len(xs) != 4:
+        return None, f"the conv is {len(xs) - 2}-D (the tiles take 2-D)"
+    if _const(w) is None:
+        return None, "the weights are computed at run time"
+    if x_zp is not None and _const(x_zp) is None:
+        return None, "the input's zero point is computed at run time"
+    if w_zp is not None and _const(w_zp) is None:
+        return None, "the weights' zero point is computed at run time"
+    attrs = kb.attrs(node)
+    strides, pads, dil = _window_params(attrs, 2)
+    group = int(attrs["group"])
+    M, Cg, kh, kw = ws
+    Mg = M // group
+    zs = np.zeros(M, np.int64) if w_zp is None else \
+        np.broadcast_to(np.asarray(w_zp.data).reshape(-1).astype(np.int64), (M,))
+    _, zs_norm = q8.to_s8_side(np.zeros(1, w.type.dtype.numpy), zs)
+    if np.any(zs_norm != 0):
+        return None, "the weights have a zero point other than 0 (int8) or 128 (uint8)"
+    if Mg < 4 or Cg * kh * kw < 8:
+        return None, f"{Mg} output and {Cg * kh * kw} input values per group are too few " \
+                     f"for a GEMM (depthwise)"
+    return dict(strides=strides, pads=pads, dil=dil, group=group), None
+
+
+@generator("conv_integer", epilogue=True, epilogue_any_dtype=True)
+def conv_integer(kb: KernelBuilder, node) -> None:
+    plan, why = _conv_plan(kb, node)
+    if plan is None:
+        _debug(f"{node.label}: conv_integer by exact loops: {why}")
+        return conv_integer_loops(kb, node)
+    path = q8.int8_path(kb.target)
+    g, NR = path.group, path.nr
+    x, w = node.inputs[0], node.inputs[1]
+    x_zp = node.inputs[2] if len(node.inputs) > 2 else None
+    out = node.outputs[0]
+    b = kb.b
+    name = llvm_name(out.name)
+    N, C, H, W = kb.shape(x)
+    M, Cg, kh, kw = kb.shape(w)
+    _, _, OH, OW = kb.shape(out)
+    (sh, sw), (dh, dw) = plan["strides"], plan["dil"]
+    pt, pl, pb, pr = plan["pads"]
+    G = plan["group"]
+    Mg = M // G
+    Cp = -(-Cg // g) * g
+    K = kh * kw * Cp
+    P = OH * OW
+    Wp = W + pl + pr
+    _debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: {q8.why_path(kb.target)}")
+    kb.cost = 2 * N * M * P * Cg * kh * kw
+
+    # weights: [M, ky, kx, Cp] signed, the zero-point term per output channel
+    Ws, _ = q8.to_s8_side(w.data, 0)
+    Wk = np.zeros((M, kh, kw, Cp), np.int8)
+    Wk[..., :Cg] = Ws.transpose(0, 2, 3, 1)
+    Wk = Wk.reshape(M, K)
+    x_signed = x.type.dtype == dtypes.i8
+    zu = (int(np.asarray(x_zp.data).reshape(())) if x_zp is not None else 0) + (128 if x_signed else 0)
+    row_term = -zu * Wk.astype(np.int64).sum(axis=1)
+    _check_i32(row_term, node)
+    Wc = b.bitcast(kb.substitute_constant(w, Wk.reshape(-1), name + ".packed"), ir.PointerType(I8))
+    row_table = const_table(kb, row_term, "zp.rows", I32)
+
+    # work items: images x groups x blocks of output rows
+    n_rb = max(1, min(OH, -(-CONV_ITEMS // (N * G))))
+    ORB = -(-OH // n_rb)
+    n_rb = -(-OH // ORB)
+    kb.parallel_extent = items = N * G * n_rb
+    in_rows = (ORB - 1) * sh + (kh - 1) * dh + 1
+    nhwc_bytes = -(-in_rows * Wp * Cp // 64) * 64
+    panel_bytes = K * NR
+    slot = nhwc_bytes + panel_bytes
+    ws_raw = kb.scratch(slot * items, name + ".ws")
+    offs = stack_row(kb, I64, NR, name + ".pix")
+    epilogue, extra, values = kb.gemm_epilogue(out, P)
+    args = {nm: v for (nm, _), v in zip(extra, values)}
+    dst = kb.ptr(kb.outputs[0])
+    dst_dt = kb.outputs[0].type.dtype
+    X = b.bitcast(kb.ptr(x), ir.PointerType(I8))
+    dot = q8.DotStep(b, path, row_is_u8=False)
+    last_rows = OH - (n_rb - 1) * ORB
+
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        rb = b.urem(item, i64(n_rb), name="rb")
+        ng = b.udiv(item, i64(n_rb), name="ng")
+        n = b.udiv(ng, i64(G), name="n")
+        gi = b.urem(ng, i64(G), name="gi")
+        slot_p = b.gep(ws_raw, [b.mul(item, i64(slot))], inbounds=True, name="slot")
+        nhwc = slot_p
+        panel = b.gep(slot_p, [i64(nhwc_bytes)], inbounds=True, name="panel")
+        oh0 = b.mul(rb, i64(ORB), name="oh0")
+        ih0 = b.sub(b.mul(oh0, i64(sh)), i64(pt), name="ih0")
+        xbase = b.mul(b.add(b.mul(n, i64(C)), b.mul(gi, i64(Cg))), i64(H * W), name="xbase")
+        rowbase = b.add(b.mul(n, i64(M)), b.mul(gi, i64(Mg)), name="rowbase")
+
+        def variant(nrows, tag):
+            rows_in = (nrows - 1) * sh + (kh - 1) * dh + 1
+            _fill_nhwc(kb, X, xbase, nhwc, ih0, rows_in, H, W, Wp, pl, Cg, Cp, zu, x_signed, tag)
+            npix = nrows * OW
+            pix0 = b.mul(oh0, i64(OW), name=tag + ".pix0")
+
+            def store(bb, m, col, acc, mask, nlanes):
+                row = bb.add(rowbase, m, name="row")
+                t = bb.load(bb.gep(row_table, [bb.add(b.mul(gi, i64(Mg)), m)]), name="zp.row")
+                v = bb.add(acc, splat(bb, t, acc.type.count), name="acc.zp")
+                if epilogue is not None:
+                    ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, acc.type.count, args)
+                    v = epilogue(ctx, v)
+                _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
+
+            def one_panel(q0, ncols, ptag):
+                _pack_pixels(kb, nhwc, panel, offs, q0, ncols, OW, sh, sw, dh, dw, Wp, kh, kw, Cp, path,
+                             ptag)
+                col0 = b.add(pix0, q0, name=ptag + ".col0")
+                q8.emit_row_tiles(b, dot, lambda m: b.gep(Wc, [b.mul(b.add(b.mul(gi, i64(Mg)), m), i64(K))],
+                                                          inbounds=True, name="w.row"),
+                                  i64(0), i64(Mg), panel, col0, K, ncols, store, ptag)
+
+            nfull, lastc = divmod(npix, NR)
+            if nfull:
+                with kb.loop(0, nfull * NR, NR, name=tag + ".q") as q0:
+                    one_panel(q0, NR, tag + ".pf")
+            if lastc:
+                one_panel(i64(nfull * NR), lastc, tag + ".pl")
+
+        if last_rows == ORB:
+            variant(ORB, "blk")
+        else:
+            is_last = b.icmp_unsigned("==", rb, i64(n_rb - 1), name="is.last")
+            with b.if_else(is_last) as (then, other):
+                with then:
+                    variant(last_rows, "last")
+                with other:
+                    variant(ORB, "blk")
+    b.ret_void()
+
+
+def _fill_nhwc(kb, X, xbase, dst, ih0, rows_in: int, H, W, Wp, pl, Cg, Cp, zu: int, flip: bool, tag):
+    """dst[r, iwp, c] = x[ih0 + r, iwp - pl, c] of this image and group (as the unsigned side),
+    the zero point outside the image and in the padded channels."""
+    b = kb.b
+    zpb = ir.Constant(I8, zu & 0xFF)
+    with kb.loop(0, rows_in, name=tag + ".fr") as r:
+        ih = b.add(ih0, r, name="ih")
+        inside_h = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
+        row_dst = b.gep(dst, [b.mul(r, i64(Wp * Cp))], inbounds=True)
+        with b.if_else(inside_h) as (then, other):
+            with then:
+                with kb.loop(0, Cp, name=tag + ".fc") as c:
+                    real = b.icmp_signed("<", c, i64(Cg))
+                    src_row = b.add(xbase, b.add(b.mul(c, i64(H * W)), b.mul(ih, i64(W))))
+                    with kb.loop(0, Wp, name=tag + ".fw") as iwp:
+                        iw = b.sub(iwp, i64(pl))
+                        ok = b.and_(real, b.and_(b.icmp_signed(">=", iw, i64(0)),
+                                                 b.icmp_signed("<", iw, i64(W))))
+                        src = b.select(ok, b.add(src_row, iw), i64(0))
+                        v = b.load(b.gep(X, [src]))
+                        if flip:
+                            v = b.xor(v, ir.Constant(I8, 0x80))
+                        v = b.select(ok, v, zpb)
+                        b.store(v, b.gep(row_dst, [b.add(b.mul(iwp, i64(Cp)), c)]))
+            with other:
+                with kb.loop(0, Wp * Cp, name=tag + ".fz") as i:
+                    b.store(zpb, b.gep(row_dst, [i]))
+
+
+def _pack_pixels(kb, nhwc, panel, offs, q0, ncols: int, OW, sh, sw, dh, dw, Wp, kh, kw, Cp, path, tag):
+    """panel[kg, j, :] = the g bytes of k group kg of pixel q0 + j (relative to the item's
+    first output row), for j < ncols; pixels past ncols repeat pixel q0 (never stored)."""
+    b = kb.b
+    g, NR = path.group, path.nr
+    wt = ir.IntType(8 * g)
+    with kb.loop(0, NR, name=tag + ".o") as j:
+        p = b.add(q0, b.select(b.icmp_signed("<", j, i64(ncols)), j, i64(0)))
+        oh = b.udiv(p, i64(OW))
+        ow = b.urem(p, i64(OW))
+        off = b.mul(b.add(b.mul(b.mul(oh, i64(sh)), i64(Wp)), b.mul(ow, i64(sw))), i64(Cp))
+        b.store(off, b.gep(offs, [j]))
+    src_w = b.bitcast(nhwc, ir.PointerType(I8))
+    dst_w = b.bitcast(panel, ir.PointerType(wt))
+    groups = Cp // g
+    with kb.loop(0, kh, name=tag + ".ky") as ky:
+        with kb.loop(0, kw, name=tag + ".kx") as kx:
+            kbase = b.mul(b.add(b.mul(ky, i64(dh * Wp)), b.mul(kx, i64(dw))), i64(Cp))
+            kg0 = b.mul(b.add(b.mul(ky, i64(kw)), kx), i64(groups))
+            with kb.loop(0, groups, name=tag + ".cg") as cg:
+                base = b.add(kbase, b.mul(cg, i64(g)))
+                row = b.mul(b.add(kg0, cg), i64(NR))
+                with kb.loop(0, NR, name=tag + ".j") as j:
+                    src = b.gep(src_w, [b.add(base, b.load(b.gep(offs, [j])))])
+                    v = b.load(b.bitcast(src, ir.PointerType(wt)), align=1)
+                    b.store(v, b.gep(dst_w, [b.add(row, j)]), align=1)
+
+
+def conv_integer_loops(kb: KernelBuilder, node) -> None:
+    """Any conv_integer (N-d, grouped, depthwise), one exact int32 sum per output element."""
+    from slimc.ir.ops.window import _window_params
+
+    x, w = node.inputs[0], node.inputs[1]
+    x_zp = node.inputs[2] if len(node.inputs) > 2 else None
+    w_zp = node.inputs[3] if len(node.inputs) > 3 else None
+    out = node.outputs[0]
+    xs, ws, ys = kb.shape(x), kb.shape(w), kb.shape(out)
+    nsp = len(xs) - 2
+    attrs = kb.attrs(node)
+    strides, pads, dil = _window_params(attrs, nsp)
+    G = int(attrs["group"])
+    M, Cg = ws[0], ws[1]
+    Mg = M // G
+    kernel = ws[2:]
+    b = kb.b
+    X, Wt = kb.ptr(x), kb.ptr(w)
+    kb.parallel_extent = xs[0] * M
+    kb.cost = 2 * int(np.prod(ys)) * Cg * int(np.prod(kernel))
+
+    def ext(v, dt):
+        return b.sext(v, I32) if dt == dtypes.i8 else b.zext(v, I32)
+
+    acc = b.alloca(I32, name=llvm_name(out.name) + ".acc")
+    with kb.loop(kb.begin, kb.end, name="nm") as nm:
+        n = b.udiv(nm, i64(M))
+        m = b.urem(nm, i64(M))
+        gi = b.udiv(m, i64(Mg))
+        zu = I32(0) if x_zp is None else ext(b.load(b.gep(kb.ptr(x_zp), [i64(0)])), x_zp.type.dtype)
+        zs = I32(0)
+        if w_zp is not None:
+            idx = i64(0) if w_zp.type.numel == 1 else m
+            zs = ext(b.load(b.gep(kb.ptr(w_zp), [idx])), w_zp.type.dtype)
+        out_sp = ys[2:]
+        npix = int(np.prod(out_sp))
+        with kb.loop(0, npix, name="pix") as pix:
+            o = kb.delinear(pix, out_sp)
+            b.store(I32(0), acc)
+            with kb.loop(0, Cg, name="c") as c:
+                ch = b.add(b.mul(gi, i64(Cg)), c)
+                nk = int(np.prod(kernel))
+                with kb.loop(0, nk, name="kk") as kk:
+                    kidx = kb.delinear(kk, kernel)
+                    inside = ir.Constant(ir.IntType(1), 1)
+                    pos = []
+                    for d in range(nsp):
+                        p = b.sub(b.add(b.mul(kb._ir(o[d]), i64(strides[d])),
+                                        b.mul(kb._ir(kidx[d]), i64(dil[d]))), i64(pads[d]))
+                        inside = b.and_(inside, b.and_(b.icmp_signed(">=", p, i64(0)),
+                                                       b.icmp_signed("<", p, i64(xs[2 + d]))))
+                        pos.append(b.select(inside, p, i64(0)))
+                    xi = kb.linear([n, ch] + pos, xs)
+                    xv = b.sub(ext(b.load(b.gep(X, [kb._ir(xi)])), x.type.dtype), zu)
+                    xv = b.select(inside, xv, I32(0))
+                    wi = kb.linear([m, c] + kidx, ws)
+                    wv = b.sub(ext(b.load(b.gep(Wt, [kb._ir(wi)])), w.type.dtype), zs)
+                    b.store(b.add(b.load(acc), b.mul(xv, wv)), acc)
+            kb.store_result(out, [n, m] + list(o), b.load(acc, name="dot"))
+    b.ret_void()
