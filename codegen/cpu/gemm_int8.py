@@ -236,10 +236,14 @@ class DotStep:
 
 
 def emit_tile(b: ir.IRBuilder, dot: DotStep, rows: Sequence[ir.Value], panel: ir.Value, K: int,
-              nvec: int, name: str) -> list[list[ir.Value]]:
+              nvec: int, name: str, koffsets: ir.Value | None = None,
+              poffsets: ir.Value | None = None) -> list[list[ir.Value]]:
     """acc[r][v] for len(rows) rows (i8* to each row's first byte, K bytes in place) against
     `nvec` vectors of one packed panel (i8* to its first k group). Returns the int32
-    accumulator vectors after the whole K."""
+    accumulator vectors after the whole K. `koffsets` (i64*, one per k group; K a multiple
+    of g) gives where each k group sits in a row, for rows that are not contiguous;
+    `poffsets` likewise for the panel side (a convolution's input read in place: pixel runs
+    of its k groups at offsets from the run's first pixel), instead of kg * panel_bytes."""
     p = dot.path
     g = p.group
     kfull = K // g
@@ -261,7 +265,7 @@ def emit_tile(b: ir.IRBuilder, dot: DotStep, rows: Sequence[ir.Value], panel: ir
     b.cbranch(b.icmp_signed("<", kg, i64(kfull), name=name + ".k.cond"), body, done)
 
     b.position_at_end(body)
-    accs = _k_step(b, dot, rows, panel, kg, g, nvec, phis, name)
+    accs = _k_step(b, dot, rows, panel, kg, g, nvec, phis, name, koffsets, poffsets)
     nxt = b.add(kg, i64(1), name=name + ".kg.next")
     kg.add_incoming(nxt, b.block)
     for row_phis, row_accs in zip(phis, accs):
@@ -272,21 +276,50 @@ def emit_tile(b: ir.IRBuilder, dot: DotStep, rows: Sequence[ir.Value], panel: ir
     b.position_at_end(done)
     accs = [list(r) for r in phis]
     if tail:
-        accs = _k_step(b, dot, rows, panel, i64(kfull), tail, nvec, accs, name + ".tail")
+        accs = _k_step(b, dot, rows, panel, i64(kfull), tail, nvec, accs, name + ".tail",
+                       koffsets, poffsets)
     return accs
 
 
-def _k_step(b, dot: DotStep, rows, panel, kg, nbytes: int, nvec: int, accs, name):
+def _k_step(b, dot: DotStep, rows, panel, kg, nbytes: int, nvec: int, accs, name, koffsets=None,
+            poffsets=None):
     p = dot.path
-    pbase = b.gep(panel, [b.mul(kg, i64(p.panel_bytes))], inbounds=True, name=name + ".pk")
+    poff = b.mul(kg, i64(p.panel_bytes)) if poffsets is None else \
+        b.load(b.gep(poffsets, [kg], inbounds=True), name=name + ".pko")
+    pbase = b.gep(panel, [poff], inbounds=True, name=name + ".pk")
     pv = [dot.panel_vector(b.gep(pbase, [i64(v * p.vw * p.group)], inbounds=True), f"{name}.p{v}")
           for v in range(nvec)]
-    koff = b.mul(kg, i64(p.group), name=name + ".k")
+    if koffsets is None:
+        koff = b.mul(kg, i64(p.group), name=name + ".k")
+    else:
+        koff = b.load(b.gep(koffsets, [kg], inbounds=True), name=name + ".k")
     out = []
     for r, row in enumerate(rows):
         rv = dot.row_value(b.gep(row, [koff], inbounds=True), nbytes, f"{name}.a{r}")
         out.append([dot.step(accs[r][v], rv, pv[v], f"{name}.acc.r{r}.v{v}") for v in range(nvec)])
     return out
+
+
+def transpose(b: ir.IRBuilder, rows: Sequence[ir.Value], name: str) -> list[ir.Value]:
+    """The n x n transpose of n vectors of n lanes (n a power of two): log2(n) stages of
+    two-source shuffles that swap h x h blocks (h = n/2, ..., 1)."""
+    rows = list(rows)
+    n = len(rows)
+    h = n // 2
+    while h >= 1:
+        lo = [l if (l // h) % 2 == 0 else n + l - h for l in range(n)]
+        hi = [l + h if (l // h) % 2 == 0 else n + l for l in range(n)]
+        mlo = ir.Constant(ir.VectorType(I32, n), lo)
+        mhi = ir.Constant(ir.VectorType(I32, n), hi)
+        new = list(rows)
+        for i in range(n):
+            if (i // h) % 2 == 0:
+                a, c = rows[i], rows[i + h]
+                new[i] = b.shuffle_vector(a, c, mlo, name=f"{name}.h{h}.{i}")
+                new[i + h] = b.shuffle_vector(a, c, mhi, name=f"{name}.h{h}.{i + h}")
+        rows = new
+        h //= 2
+    return rows
 
 
 def lane_mask(vw: int, nlanes: int) -> ir.Constant | None:
@@ -301,7 +334,7 @@ Store = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, "ir.Constant | Non
 
 def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], ir.Value],
                    r0: ir.Value, r1: ir.Value, panel: ir.Value, col0: ir.Value, K: int,
-                   ncols: int, store: Store, name: str) -> None:
+                   ncols: int, store: Store, name: str, poffsets: ir.Value | None = None) -> None:
     """Rows [r0, r1) of one panel whose first `ncols` (<= NR) columns are real: MR-row tiles,
     then single rows. `store(b, row, col, acc, mask, nlanes)` takes each accumulator vector."""
     from .llvm_util import for_range
@@ -312,7 +345,7 @@ def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], 
 
     def tile(r, nrows, tag):
         rows = [row_ptr(r if i == 0 else b.add(r, i64(i), name=f"{tag}.r{i}")) for i in range(nrows)]
-        accs = emit_tile(b, dot, rows, panel, K, nvec, tag)
+        accs = emit_tile(b, dot, rows, panel, K, nvec, tag, poffsets=poffsets)
         for i in range(nrows):
             ri = r if i == 0 else b.add(r, i64(i))
             for v in range(nvec):
@@ -329,4 +362,4 @@ def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], 
 
 __all__ = ["Int8Path", "PATHS", "int8_path", "why_path", "padded_k", "panel_count",
            "packed_panel_size", "pack_panels", "to_u8_side", "to_s8_side", "DotStep",
-           "emit_tile", "emit_row_tiles", "lane_mask", "PTR"]
+           "emit_tile", "emit_row_tiles", "transpose", "lane_mask", "PTR"]

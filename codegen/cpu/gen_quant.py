@@ -376,15 +376,16 @@ def _hreduce_minmax(e: Emitter, v, which: str):
 
 # ----- conv_integer ------------------------------------------------------------------------------
 #
-# A 2-D conv_integer with constant weights is a GEMM per (image, group): rows are the output
-# channels (the weights, the signed row side, prepacked with k ordered (ky, kx, channel) and the
-# channels padded to the k group), columns the output pixels (the unsigned panel side). A work
-# item is a block of output rows of one image and group; it first copies the input rows it
-# reads into its scratch slot as padded NHWC bytes (borders and padded channels hold the
-# activation zero point), so that every k group of a pixel is g adjacent bytes, then packs
-# NR pixels at a time into a panel and runs the row tiles over it. The accumulator vectors run
-# along pixels, which NCHW stores contiguously, so the epilogue (dequantize, bias, relu, the
-# next quantize) is the matmul's.
+# A 2-D conv_integer with constant weights runs directly on the int8 tiles, without an im2col:
+# rows are output channels (the weights, signed, k ordered (ky, kx, channel group), each k group
+# broadcast from memory), columns are runs of output pixels along an output row (the unsigned
+# side). A work item, a block of output rows of one image and group, first copies the input rows
+# it reads into its scratch slot as [channel group][row][column phase][column][g channels] bytes
+# (borders and padded channels hold the activation zero point; the phase is the column modulo
+# the stride): then the g bytes of k group (ky, kx, channels) of vw consecutive output pixels
+# are one contiguous vector at an offset (`poffsets`) from the run's first pixel. The
+# accumulator vectors run along output pixels, which NCHW stores contiguously, so the fused
+# epilogue (dequantize, bias, relu, the next quantize) is the matmul's.
 
 CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
 
@@ -428,7 +429,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         _debug(f"{node.label}: conv_integer by exact loops: {why}")
         return conv_integer_loops(kb, node)
     path = q8.int8_path(kb.target)
-    g, NR = path.group, path.nr
+    vw, g, NR = path.vw, path.group, path.nr
     x, w = node.inputs[0], node.inputs[1]
     x_zp = node.inputs[2] if len(node.inputs) > 2 else None
     out = node.outputs[0]
@@ -441,14 +442,26 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     pt, pl, pb, pr = plan["pads"]
     G = plan["group"]
     Mg = M // G
-    Cp = -(-Cg // g) * g
+    cgroups = -(-Cg // g)
+    Cp = cgroups * g
     K = kh * kw * Cp
     P = OH * OW
-    Wp = W + pl + pr
+    Wq = -(-(W + pl + pr) // sw)  # columns per phase
     _debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: {q8.why_path(kb.target)}")
     kb.cost = 2 * N * M * P * Cg * kh * kw
 
-    # weights: [M, ky, kx, Cp] signed, the zero-point term per output channel
+    # work items: images x groups x blocks of output rows
+    n_rb = max(1, min(OH, -(-CONV_ITEMS // (N * G))))
+    ORB = -(-OH // n_rb)
+    n_rb = -(-OH // ORB)
+    kb.parallel_extent = items = N * G * n_rb
+    in_rows = (ORB - 1) * sh + (kh - 1) * dh + 1
+    plane = in_rows * sw * Wq * g  # bytes of one channel group
+    slot = -(-(cgroups * plane + NR * g) // 64) * 64  # + one run read past the end (masked)
+    ws_raw = kb.scratch(slot * items, name + ".ws")
+
+    # weights [M, ky, kx, Cp] as the signed row side; the zero-point term per output channel;
+    # where each k group of a pixel run sits, from the run's first pixel
     Ws, _ = q8.to_s8_side(w.data, 0)
     Wk = np.zeros((M, kh, kw, Cp), np.int8)
     Wk[..., :Cg] = Ws.transpose(0, 2, 3, 1)
@@ -458,19 +471,11 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     row_term = -zu * Wk.astype(np.int64).sum(axis=1)
     _check_i32(row_term, node)
     Wc = b.bitcast(kb.substitute_constant(w, Wk.reshape(-1), name + ".packed"), ir.PointerType(I8))
-    row_table = const_table(kb, row_term, "zp.rows", I32)
+    chan_table = const_table(kb, row_term, "zp.chan", I32)
+    poffs = [cgi * plane + ((ky * dh * sw + (kx * dw) % sw) * Wq + (kx * dw) // sw) * g
+             for ky in range(kh) for kx in range(kw) for cgi in range(cgroups)]
+    poff_table = const_table(kb, poffs, "koff", I64)
 
-    # work items: images x groups x blocks of output rows
-    n_rb = max(1, min(OH, -(-CONV_ITEMS // (N * G))))
-    ORB = -(-OH // n_rb)
-    n_rb = -(-OH // ORB)
-    kb.parallel_extent = items = N * G * n_rb
-    in_rows = (ORB - 1) * sh + (kh - 1) * dh + 1
-    nhwc_bytes = -(-in_rows * Wp * Cp // 64) * 64
-    panel_bytes = K * NR
-    slot = nhwc_bytes + panel_bytes
-    ws_raw = kb.scratch(slot * items, name + ".ws")
-    offs = stack_row(kb, I64, NR, name + ".pix")
     epilogue, extra, values = kb.gemm_epilogue(out, P)
     args = {nm: v for (nm, _), v in zip(extra, values)}
     dst = kb.ptr(kb.outputs[0])
@@ -484,43 +489,46 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         ng = b.udiv(item, i64(n_rb), name="ng")
         n = b.udiv(ng, i64(G), name="n")
         gi = b.urem(ng, i64(G), name="gi")
-        slot_p = b.gep(ws_raw, [b.mul(item, i64(slot))], inbounds=True, name="slot")
-        nhwc = slot_p
-        panel = b.gep(slot_p, [i64(nhwc_bytes)], inbounds=True, name="panel")
+        scratch = b.gep(ws_raw, [b.mul(item, i64(slot))], inbounds=True, name="nchwc")
         oh0 = b.mul(rb, i64(ORB), name="oh0")
         ih0 = b.sub(b.mul(oh0, i64(sh)), i64(pt), name="ih0")
         xbase = b.mul(b.add(b.mul(n, i64(C)), b.mul(gi, i64(Cg))), i64(H * W), name="xbase")
-        rowbase = b.add(b.mul(n, i64(M)), b.mul(gi, i64(Mg)), name="rowbase")
+        chan0 = b.mul(gi, i64(Mg), name="chan0")
+        rowbase = b.add(b.mul(n, i64(M)), chan0, name="rowbase")
+
+        def store(bb, m, col, acc, mask, nlanes):
+            row = bb.add(rowbase, m, name="row")
+            t = bb.load(bb.gep(chan_table, [bb.add(chan0, m)]), name="zp.chan")
+            v = bb.add(acc, splat(bb, t, vw), name="acc.zp")
+            if epilogue is not None:
+                ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, vw, args)
+                v = epilogue(ctx, v)
+            _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
+
+        def row_ptr(m):
+            return b.gep(Wc, [b.mul(b.add(chan0, m), i64(K))], inbounds=True, name="w.row")
 
         def variant(nrows, tag):
             rows_in = (nrows - 1) * sh + (kh - 1) * dh + 1
-            _fill_nhwc(kb, X, xbase, nhwc, ih0, rows_in, H, W, Wp, pl, Cg, Cp, zu, x_signed, tag)
-            npix = nrows * OW
-            pix0 = b.mul(oh0, i64(OW), name=tag + ".pix0")
+            _fill_nchwc(kb, X, xbase, scratch, ih0, rows_in, in_rows, H, W, Wq, pl, sw, Cg, g,
+                        zu, x_signed, slot, tag)
+            with kb.loop(0, nrows, name=tag + ".oh") as oh:
+                row_base = b.mul(oh, i64(sh * sw * Wq * g))
+                pix_row = b.mul(b.add(oh0, oh), i64(OW), name=tag + ".pixrow")
 
-            def store(bb, m, col, acc, mask, nlanes):
-                row = bb.add(rowbase, m, name="row")
-                t = bb.load(bb.gep(row_table, [bb.add(b.mul(gi, i64(Mg)), m)]), name="zp.row")
-                v = bb.add(acc, splat(bb, t, acc.type.count), name="acc.zp")
-                if epilogue is not None:
-                    ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, acc.type.count, args)
-                    v = epilogue(ctx, v)
-                _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
+                def run(ow0, ncols, rtag):
+                    panel = b.gep(scratch, [b.add(row_base, b.mul(ow0, i64(g)))], inbounds=True,
+                                  name=rtag + ".px")
+                    col0 = b.add(pix_row, ow0, name=rtag + ".col0")
+                    q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(Mg), panel, col0, K, ncols,
+                                      store, rtag, poffsets=poff_table)
 
-            def one_panel(q0, ncols, ptag):
-                _pack_pixels(kb, nhwc, panel, offs, q0, ncols, OW, sh, sw, dh, dw, Wp, kh, kw, Cp, path,
-                             ptag)
-                col0 = b.add(pix0, q0, name=ptag + ".col0")
-                q8.emit_row_tiles(b, dot, lambda m: b.gep(Wc, [b.mul(b.add(b.mul(gi, i64(Mg)), m), i64(K))],
-                                                          inbounds=True, name="w.row"),
-                                  i64(0), i64(Mg), panel, col0, K, ncols, store, ptag)
-
-            nfull, lastc = divmod(npix, NR)
-            if nfull:
-                with kb.loop(0, nfull * NR, NR, name=tag + ".q") as q0:
-                    one_panel(q0, NR, tag + ".pf")
-            if lastc:
-                one_panel(i64(nfull * NR), lastc, tag + ".pl")
+                full = OW - OW % NR
+                if full:
+                    with kb.loop(0, full, NR, name=tag + ".ow") as ow0:
+                        run(ow0, NR, tag + ".r")
+                if OW % NR:
+                    run(i64(full), OW % NR, tag + ".rt")
 
         if last_rows == ORB:
             variant(ORB, "blk")
@@ -534,61 +542,75 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     b.ret_void()
 
 
-def _fill_nhwc(kb, X, xbase, dst, ih0, rows_in: int, H, W, Wp, pl, Cg, Cp, zu: int, flip: bool, tag):
-    """dst[r, iwp, c] = x[ih0 + r, iwp - pl, c] of this image and group (as the unsigned side),
-    the zero point outside the image and in the padded channels."""
+def _memset(b: ir.IRBuilder, dst: ir.Value, byte: int, nbytes: int) -> None:
+    from .llvm_util import OPAQUE_PTR
+
+    m = b.module
+    fn = m.globals.get("llvm.memset.p0.i64")
+    if fn is None:
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [OPAQUE_PTR, I8, I64, ir.IntType(1)]),
+                         "llvm.memset.p0.i64")
+    b.call(fn, [b.bitcast(dst, OPAQUE_PTR), ir.Constant(I8, byte & 0xFF), i64(nbytes),
+                ir.Constant(ir.IntType(1), 0)])
+
+
+def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl, sw, Cg, g,
+                zu: int, flip: bool, slot: int, tag):
+    """dst[cg, r, phase, wq, t] = x[cg*g + t, ih0 + r, wq*sw + phase - pl] of this image and
+    group (as the unsigned side); the zero point outside the image and in padded channels.
+    With stride 1 and whole channel groups, g rows of 16 pixels are interleaved in
+    registers and stored as one vector."""
     b = kb.b
-    zpb = ir.Constant(I8, zu & 0xFF)
+    _memset(b, dst, zu, slot)
+    plane = in_rows * sw * Wq * g
+    vec = sw == 1 and Cg % g == 0 and W >= 16
+    W16 = W - W % 16 if vec else 0
+    v16 = ir.VectorType(I8, 16)
+    inter = ir.Constant(ir.VectorType(I32, 16 * g), [16 * t + j for j in range(16) for t in range(g)])
     with kb.loop(0, rows_in, name=tag + ".fr") as r:
         ih = b.add(ih0, r, name="ih")
-        inside_h = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
-        row_dst = b.gep(dst, [b.mul(r, i64(Wp * Cp))], inbounds=True)
-        with b.if_else(inside_h) as (then, other):
-            with then:
-                with kb.loop(0, Cp, name=tag + ".fc") as c:
-                    real = b.icmp_signed("<", c, i64(Cg))
-                    src_row = b.add(xbase, b.add(b.mul(c, i64(H * W)), b.mul(ih, i64(W))))
-                    with kb.loop(0, Wp, name=tag + ".fw") as iwp:
-                        iw = b.sub(iwp, i64(pl))
-                        ok = b.and_(real, b.and_(b.icmp_signed(">=", iw, i64(0)),
-                                                 b.icmp_signed("<", iw, i64(W))))
-                        src = b.select(ok, b.add(src_row, iw), i64(0))
-                        v = b.load(b.gep(X, [src]))
+        inside = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
+        with b.if_then(inside):
+            src0 = b.add(xbase, b.mul(ih, i64(W)))
+            if W16:
+                with kb.loop(0, Cg // g, name=tag + ".fg") as cg:
+                    row_dst = b.gep(dst, [b.add(b.mul(cg, i64(plane)),
+                                                b.mul(b.add(b.mul(r, i64(Wq)), i64(pl)), i64(g)))],
+                                    inbounds=True)
+                    with kb.loop(0, W16, 16, name=tag + ".fw") as iw:
+                        vs = []
+                        for t in range(g):
+                            src = b.add(src0, b.add(b.mul(b.add(b.mul(cg, i64(g)), i64(t)), i64(H * W)), iw))
+                            vs.append(b.load(b.bitcast(b.gep(X, [src]), ir.PointerType(v16)), align=1))
+                        allv = _concat(b, vs)
+                        if g > 1:
+                            allv = b.shuffle_vector(allv, ir.Constant(allv.type, ir.Undefined), inter)
+                        if flip:
+                            allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (16 * g)))
+                        p = b.gep(row_dst, [b.mul(iw, i64(g))])
+                        b.store(allv, b.bitcast(p, ir.PointerType(allv.type)), align=1)
+            if W16 < W:
+                with kb.loop(0, Cg, name=tag + ".fc") as c:
+                    src_row = b.add(src0, b.mul(c, i64(H * W)))
+                    cbase = b.add(b.mul(b.udiv(c, i64(g)), i64(plane)), b.urem(c, i64(g)))
+                    with kb.loop(W16, W, name=tag + ".fs") as iw:
+                        v = b.load(b.gep(X, [b.add(src_row, iw)]))
                         if flip:
                             v = b.xor(v, ir.Constant(I8, 0x80))
-                        v = b.select(ok, v, zpb)
-                        b.store(v, b.gep(row_dst, [b.add(b.mul(iwp, i64(Cp)), c)]))
-            with other:
-                with kb.loop(0, Wp * Cp, name=tag + ".fz") as i:
-                    b.store(zpb, b.gep(row_dst, [i]))
+                        iwp = b.add(iw, i64(pl))
+                        phase, wq = b.urem(iwp, i64(sw)), b.udiv(iwp, i64(sw))
+                        at = b.add(b.mul(b.add(b.mul(b.add(b.mul(r, i64(sw)), phase), i64(Wq)), wq),
+                                         i64(g)), cbase)
+                        b.store(v, b.gep(dst, [at]))
 
 
-def _pack_pixels(kb, nhwc, panel, offs, q0, ncols: int, OW, sh, sw, dh, dw, Wp, kh, kw, Cp, path, tag):
-    """panel[kg, j, :] = the g bytes of k group kg of pixel q0 + j (relative to the item's
-    first output row), for j < ncols; pixels past ncols repeat pixel q0 (never stored)."""
-    b = kb.b
-    g, NR = path.group, path.nr
-    wt = ir.IntType(8 * g)
-    with kb.loop(0, NR, name=tag + ".o") as j:
-        p = b.add(q0, b.select(b.icmp_signed("<", j, i64(ncols)), j, i64(0)))
-        oh = b.udiv(p, i64(OW))
-        ow = b.urem(p, i64(OW))
-        off = b.mul(b.add(b.mul(b.mul(oh, i64(sh)), i64(Wp)), b.mul(ow, i64(sw))), i64(Cp))
-        b.store(off, b.gep(offs, [j]))
-    src_w = b.bitcast(nhwc, ir.PointerType(I8))
-    dst_w = b.bitcast(panel, ir.PointerType(wt))
-    groups = Cp // g
-    with kb.loop(0, kh, name=tag + ".ky") as ky:
-        with kb.loop(0, kw, name=tag + ".kx") as kx:
-            kbase = b.mul(b.add(b.mul(ky, i64(dh * Wp)), b.mul(kx, i64(dw))), i64(Cp))
-            kg0 = b.mul(b.add(b.mul(ky, i64(kw)), kx), i64(groups))
-            with kb.loop(0, groups, name=tag + ".cg") as cg:
-                base = b.add(kbase, b.mul(cg, i64(g)))
-                row = b.mul(b.add(kg0, cg), i64(NR))
-                with kb.loop(0, NR, name=tag + ".j") as j:
-                    src = b.gep(src_w, [b.add(base, b.load(b.gep(offs, [j])))])
-                    v = b.load(b.bitcast(src, ir.PointerType(wt)), align=1)
-                    b.store(v, b.gep(dst_w, [b.add(row, j)]), align=1)
+def _concat(b, vs):
+    """Concatenate equal vectors (a power-of-two count) into one."""
+    while len(vs) > 1:
+        n = vs[0].type.count
+        mask = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
+        vs = [b.shuffle_vector(vs[i], vs[i + 1], mask) for i in range(0, len(vs), 2)]
+    return vs[0]
 
 
 def conv_integer_loops(kb: KernelBuilder, node) -> None:
