@@ -176,3 +176,63 @@ def test_paths_by_target():
     host = CpuTarget.host()
     if "avx512vnni" in host.feature_set:
         assert gemm_int8.int8_path(host).name == "vnni"
+
+
+CONV_CASES = [  # N, C, H, W, M, k, stride, pad, dilation, group, x dtype, w dtype, x_zp, w_zp
+    (1, 3, 9, 9, 8, 3, 1, 1, 1, 1, np.uint8, np.int8, None, None),
+    (2, 16, 7, 6, 32, 3, 2, 1, 1, 1, np.uint8, np.int8, 7, None),
+    (1, 16, 8, 8, 24, 1, 1, 0, 1, 1, np.uint8, np.int8, 200, None),
+    (1, 8, 11, 10, 70, 3, 1, 2, 2, 1, np.int8, np.int8, -5, None),
+    (1, 16, 5, 5, 16, 3, 1, 1, 1, 2, np.uint8, np.int8, 3, None),
+    (1, 8, 6, 6, 8, 3, 1, 1, 1, 8, np.uint8, np.int8, 3, None),      # depthwise: loops
+    (1, 6, 6, 6, 8, 3, 1, 0, 1, 1, np.uint8, np.uint8, 1, 128),      # u8 weights, zp 128
+    (1, 6, 6, 6, 8, 3, 1, 0, 1, 1, np.uint8, np.uint8, 1, 100),      # other zp: loops
+    (1, 16, 20, 37, 24, 3, 2, 1, 1, 1, np.uint8, np.int8, 9, None),  # stride 2, wide rows
+    (2, 8, 17, 33, 20, 3, 1, 2, 2, 1, np.int8, np.int8, -5, None),   # i8 input, vector fill
+    (1, 32, 19, 18, 32, 5, 1, 2, 1, 4, np.uint8, np.int8, 1, None),
+    (1, 3, 32, 32, 16, 7, 2, 3, 1, 1, np.uint8, np.int8, 128, None),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_conv_integer_exact(target):
+    rng = np.random.default_rng(8)
+    for N, C, H, W, M, k, s, p, d, grp, xdt, wdt, zx, zw in CONV_CASES:
+        g = Graph("conv")
+        x = g.add_input("x", TensorType(dtypes.from_numpy(np.dtype(xdt)), (N, C, H, W)))
+        ins = [x, g.add_constant("w", _ints(rng, wdt, (M, C // grp, k, k)))]
+        if zx is not None or zw is not None:
+            ins.append(g.add_constant("zx", np.asarray(zx or 0, xdt)))
+        if zw is not None:
+            ins.append(g.add_constant("zw", np.asarray(zw, wdt)))
+        attrs = dict(strides=[s, s], pads=[p] * 4, dilations=[d, d], group=grp)
+        g.outputs = [add_op(g, "conv_integer", ins, attrs).outputs[0]]
+        xv = _ints(rng, xdt, (N, C, H, W))
+        np.testing.assert_array_equal(_run(g, xv, target=target)[0], slimc.interpret(g, xv)[0],
+                                      err_msg=f"{target} conv {N, C, H, W, M, k, s, p, d, grp}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_conv_integer_fused_requantization_and_threads(target):
+    """conv_integer -> dequantize (per channel) -> + bias -> relu -> quantize, one kernel,
+    at 1, 2 and 3 threads; saturating extremes in input and weights."""
+    rng = np.random.default_rng(9)
+    g = Graph("qconv")
+    x = g.add_input("x", TensorType(dtypes.u8, (1, 32, 23, 21)))
+    w = g.add_constant("w", _ints(rng, np.int8, (40, 32, 3, 3), extreme=True))
+    acc = add_op(g, "conv_integer", [x, w, g.add_constant("zx", np.uint8(0))],
+                 dict(pads=[1, 1, 1, 1])).outputs[0]
+    sc = g.add_constant("s", (rng.random((40, 1, 1)) * 1e-4 + 1e-5).astype(np.float32))
+    y = add_op(g, "dequantize", [acc, sc]).outputs[0]
+    y = add_op(g, "add", [y, g.add_constant("b", rng.standard_normal((40, 1, 1)).astype(np.float32))]).outputs[0]
+    y = add_op(g, "relu", [y]).outputs[0]
+    g.outputs = [add_op(g, "quantize", [y, g.add_constant("sy", np.float32(0.05)),
+                                        g.add_constant("zy", np.uint8(0))]).outputs[0]]
+    xv = _ints(rng, np.uint8, (1, 32, 23, 21), extreme=True)
+    ref = slimc.interpret(g, xv)[0]
+    for threads in (1, 2, 3):
+        mod = slimc.compile(g, target=target, threads=threads)
+        assert len(mod.kernels) == 1
+        out = mod(xv)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
