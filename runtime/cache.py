@@ -97,6 +97,16 @@ class CachedModule(LoadedModule):
             return f.read()
 
     @property
+    def assembly(self) -> str:
+        """The machine code listing, made on demand from the cached LLVM IR for the target
+        the manifest names (the cache keeps the IR, not the listing)."""
+        from slimc.codegen.cpu.target import CpuTarget, emit_assembly
+
+        t = self.manifest["target"]
+        target = CpuTarget.from_parts(t["name"], t["triple"], t["cpu"], t["features"])
+        return emit_assembly(self.llvm_ir, target)
+
+    @property
     def kernels(self) -> list:
         """Each kernel's name and the ops it contains (its code is in `llvm_ir`)."""
         return [KernelInfo(k["name"], k["ops"]) for k in self.manifest["kernels"]]
