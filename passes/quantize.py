@@ -330,12 +330,14 @@ def rewrite(graph: Graph, plans: Sequence[Plan]) -> bool:
     """Replace each planned layer by its quantized chain; the new output takes the old one's
     name, so the graph's outputs and later nodes read as before."""
     producers = {v.name: n for n in graph.nodes for v in n.outputs}
-    values = {v.name: v for v in graph.values()}
     cache: dict = {}
     for plan in plans:
         node = producers[plan.layer.out]
         old = node.output
-        new = emit_layer(graph, plan, values[plan.layer.x], node, cache)
+        # the input as the node reads it now: an earlier rewrite may have replaced it (a
+        # quantized layer feeding this one) by its new value of the same name
+        x = next(v for v in node.inputs if v is not None and v.name == plan.layer.x)
+        new = emit_layer(graph, plan, x, node, cache)
         old.replace_all_uses_with(new)
         graph.remove_node(node)
         graph.rename(new, old.name)

@@ -127,6 +127,24 @@ def test_static_depthwise_and_pointwise_conv():
     assert cos >= 0.99 and top1 >= 0.9
 
 
+def test_quantized_layer_feeding_a_quantized_layer():
+    """conv -> relu -> conv -> conv (MobileNetV2's linear bottleneck: a conv's output straight
+    into the next conv): the second rewrite must read the first one's new value."""
+    rng = np.random.default_rng(5)
+    init = {"w1": _he(rng, (8, 3, 3, 3), 27), "w2": _he(rng, (8, 8, 1, 1), 8),
+            "w3": _he(rng, (16, 8, 1, 1), 8)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["b"], name="c2"),
+             helper.make_node("Conv", ["b", "w3"], ["y"], name="c3")]
+    model = make_model(nodes, {"x": np.zeros((4, 3, 16, 16), np.float32)}, ["y"], init)
+    graph = slimc.quantize(model, _images(1, 4))
+    assert _ops(graph).count("conv_integer") == 3
+    ref = slimc.interpret(slimc.from_onnx(model), _images(2, 1)[0][0])[0]
+    out = slimc.compile(graph)(_images(2, 1)[0][0])[0]
+    assert _cosine(ref, out) >= 0.99
+
+
 def test_dynamic_mlp():
     model = mlp()
     graph, report = slimc.quantize(model, mode="dynamic", report=True)
