@@ -416,10 +416,14 @@ def _conv_plan(kb: KernelBuilder, node):
     _, zs_norm = q8.to_s8_side(np.zeros(1, w.type.dtype.numpy), zs)
     if np.any(zs_norm != 0):
         return None, "the weights have a zero point other than 0 (int8) or 128 (uint8)"
-    if Mg < 4 or Cg * kh * kw < 8:
+    if Cg == 1:
+        kind = "depthwise"
+    elif Mg < 4 or Cg * kh * kw < 8:
         return None, f"{Mg} output and {Cg * kh * kw} input values per group are too few " \
-                     f"for a GEMM (depthwise)"
-    return dict(strides=strides, pads=pads, dil=dil, group=group), None
+                     f"for a GEMM"
+    else:
+        kind = "gemm"
+    return dict(strides=strides, pads=pads, dil=dil, group=group, kind=kind), None
 
 
 @generator("conv_integer", epilogue=True, epilogue_any_dtype=True)
@@ -429,6 +433,9 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         _debug(f"{node.label}: conv_integer by exact loops: {why}")
         return conv_integer_loops(kb, node)
     path = q8.int8_path(kb.target)
+    depthwise = plan["kind"] == "depthwise"
+    if depthwise:  # one input channel per group: bytes widened to int32 lanes, no k groups
+        path = q8.Int8Path("depthwise", path.vw, 1, 1, path.nv)
     vw, g, NR = path.vw, path.group, path.nr
     x, w = node.inputs[0], node.inputs[1]
     x_zp = node.inputs[2] if len(node.inputs) > 2 else None
@@ -447,7 +454,11 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     K = kh * kw * Cp
     P = OH * OW
     Wq = -(-(W + pl + pr) // sw)  # columns per phase
-    _debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: {q8.why_path(kb.target)}")
+    if depthwise:
+        _debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
+    else:
+        _debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: "
+               f"{q8.why_path(kb.target)}")
     kb.cost = 2 * N * M * P * Cg * kh * kw
 
     # work items: images x groups x blocks of output rows
@@ -475,6 +486,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     poffs = [cgi * plane + ((ky * dh * sw + (kx * dw) % sw) * Wq + (kx * dw) // sw) * g
              for ky in range(kh) for kx in range(kw) for cgi in range(cgroups)]
     poff_table = const_table(kb, poffs, "koff", I64)
+    w_taps = const_table(kb, Wk.astype(np.int64).reshape(-1), "w.taps", I32) if depthwise else None
 
     epilogue, extra, values = kb.gemm_epilogue(out, P)
     args = {nm: v for (nm, _), v in zip(extra, values)}
@@ -515,6 +527,10 @@ def conv_integer(kb: KernelBuilder, node) -> None:
             with kb.loop(0, nrows, name=tag + ".oh") as oh:
                 row_base = b.mul(oh, i64(sh * sw * Wq * g))
                 pix_row = b.mul(b.add(oh0, oh), i64(OW), name=tag + ".pixrow")
+                if depthwise:
+                    _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg, OW, vw,
+                                   poffs, store, tag)
+                    return
 
                 def run(ow0, ncols, rtag):
                     panel = b.gep(scratch, [b.add(row_base, b.mul(ow0, i64(g)))], inbounds=True,
@@ -540,6 +556,35 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                 with other:
                     variant(ORB, "blk")
     b.ret_void()
+
+
+def _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg: int, OW: int, vw: int,
+                   poffs, store, tag) -> None:
+    """One output row of each of the group's Mg channels: vw pixels at a time, each tap a
+    vector of input bytes (contiguous at its offset in the channel's plane) widened to int32
+    and multiplied by the tap's weight."""
+    b = kb.b
+    vb = ir.VectorType(I8, vw)
+    vi = ir.VectorType(I32, vw)
+    taps = len(poffs)
+
+    def run(ow0, nlanes, m, rtag):
+        acc = ir.Constant(vi, None)
+        wrow = b.mul(b.add(chan0, m), i64(taps))
+        for t, off in enumerate(poffs):
+            p = b.gep(scratch, [b.add(row_base, b.add(ow0, i64(off)))], inbounds=True)
+            u = b.zext(b.load(b.bitcast(p, ir.PointerType(vb)), align=1), vi)
+            wt = b.load(b.gep(w_taps, [b.add(wrow, i64(t))], inbounds=True), name=f"{rtag}.w{t}")
+            acc = b.add(acc, b.mul(u, splat(b, wt, vw)), name=f"{rtag}.acc{t}")
+        store(b, m, b.add(pix_row, ow0), acc, q8.lane_mask(vw, nlanes), nlanes)
+
+    with kb.loop(0, Mg, name=tag + ".m") as m:
+        full = OW - OW % vw
+        if full:
+            with kb.loop(0, full, vw, name=tag + ".ow") as ow0:
+                run(ow0, vw, m, tag + ".v")
+        if OW % vw:
+            run(i64(full), OW % vw, m, tag + ".vt")
 
 
 def _memset(b: ir.IRBuilder, dst: ir.Value, byte: int, nbytes: int) -> None:

@@ -184,13 +184,18 @@ CONV_CASES = [  # N, C, H, W, M, k, stride, pad, dilation, group, x dtype, w dty
     (1, 16, 8, 8, 24, 1, 1, 0, 1, 1, np.uint8, np.int8, 200, None),
     (1, 8, 11, 10, 70, 3, 1, 2, 2, 1, np.int8, np.int8, -5, None),
     (1, 16, 5, 5, 16, 3, 1, 1, 1, 2, np.uint8, np.int8, 3, None),
-    (1, 8, 6, 6, 8, 3, 1, 1, 1, 8, np.uint8, np.int8, 3, None),      # depthwise: loops
+    (1, 8, 6, 6, 8, 3, 1, 1, 1, 8, np.uint8, np.int8, 3, None),      # depthwise, narrow
+    (1, 8, 6, 6, 8, 1, 1, 0, 1, 2, np.uint8, np.int8, 3, None),      # too few per group: loops
     (1, 6, 6, 6, 8, 3, 1, 0, 1, 1, np.uint8, np.uint8, 1, 128),      # u8 weights, zp 128
     (1, 6, 6, 6, 8, 3, 1, 0, 1, 1, np.uint8, np.uint8, 1, 100),      # other zp: loops
     (1, 16, 20, 37, 24, 3, 2, 1, 1, 1, np.uint8, np.int8, 9, None),  # stride 2, wide rows
     (2, 8, 17, 33, 20, 3, 1, 2, 2, 1, np.int8, np.int8, -5, None),   # i8 input, vector fill
     (1, 32, 19, 18, 32, 5, 1, 2, 1, 4, np.uint8, np.int8, 1, None),
     (1, 3, 32, 32, 16, 7, 2, 3, 1, 1, np.uint8, np.int8, 128, None),
+    (1, 32, 20, 37, 32, 3, 1, 1, 1, 32, np.uint8, np.int8, 9, None),  # depthwise kernel
+    (2, 16, 21, 19, 16, 3, 2, 1, 1, 16, np.uint8, np.int8, 200, None),
+    (1, 8, 17, 33, 16, 5, 1, 2, 1, 8, np.int8, np.int8, -3, None),    # channel multiplier 2
+    (1, 8, 12, 12, 8, 3, 2, 1, 2, 8, np.uint8, np.int8, 0, None),
 ]
 
 
