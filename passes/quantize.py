@@ -212,6 +212,10 @@ def entropy_threshold(stats: ActivationStats, levels: int) -> float:
     bins = len(hist)
     if stats.top == 0 or hist.sum() == 0 or bins <= levels:
         return stats.top
+    if np.count_nonzero(hist) <= levels:
+        # fewer distinct magnitudes than levels (an image's 17 grey values): clipping gains
+        # nothing, and a threshold past the first spike would score a perfect KL of 0
+        return stats.top
     best, best_i = np.inf, bins
     suffix = np.cumsum(hist[::-1])[::-1]
     for i in range(levels, bins + 1):
@@ -219,6 +223,8 @@ def entropy_threshold(stats: ActivationStats, levels: int) -> float:
         if i < bins:
             p[-1] += suffix[i]
         nz = p > 0
+        if np.count_nonzero(nz) < 2:
+            continue  # one bin: P and Q agree trivially, whatever is clipped
         groups = np.minimum((np.arange(i) * levels) // i, levels - 1)
         sums = np.bincount(groups, weights=hist[:i], minlength=levels)
         counts = np.bincount(groups, weights=(hist[:i] > 0), minlength=levels)
@@ -228,7 +234,7 @@ def entropy_threshold(stats: ActivationStats, levels: int) -> float:
             continue
         pn, qn = p[nz] / ps, q[nz] / qs
         kl = np.inf if (qn == 0).any() else float(np.sum(pn * np.log(pn / qn)))
-        if kl < best:
+        if kl <= best:  # ties go to the wider range: it clips less
             best, best_i = kl, i
     return best_i * stats.top / bins
 

@@ -346,6 +346,19 @@ def test_activation_range_holds_zero_exactly(lo, hi, method):
         assert abs(a - np.float32(lo)) < 1e-4 and abs(b - np.float32(hi)) < 1e-4
 
 
+def test_entropy_keeps_the_range_of_few_distinct_values():
+    """An 8x8 digit image has 17 grey levels: KL over their spikes must not clip the range
+    (a threshold past the first spike scored KL 0 and cut [-1, 1] to +-0.13)."""
+    from slimc.passes.quantize import entropy_threshold
+
+    stats = ActivationStats()
+    values = np.linspace(-1, 1, 17).astype(np.float32)
+    stats.add(np.random.default_rng(0).choice(values, size=(64, 64)))
+    assert entropy_threshold(stats, 128) == pytest.approx(stats.top)
+    lo, hi = activation_range(stats, "entropy")
+    assert lo <= -0.99 and hi >= 0.99
+
+
 def test_histogram_grows_without_losing_counts():
     stats = ActivationStats()
     stats.add(np.full(100, 0.5, np.float32))
