@@ -603,42 +603,53 @@ def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl
                 zu: int, flip: bool, slot: int, tag):
     """dst[cg, r, phase, wq, t] = x[cg*g + t, ih0 + r, wq*sw + phase - pl] of this image and
     group (as the unsigned side); the zero point outside the image and in padded channels.
-    With stride 1 and whole channel groups, g rows of 16 pixels are interleaved in
-    registers and stored as one vector."""
+    With stride 1 or 2 and whole channel groups, 16*stride pixels of g channels are loaded,
+    interleaved in registers (and split into even and odd columns for stride 2) and stored
+    as vectors; the rest (other strides, the last columns) byte by byte."""
     b = kb.b
     _memset(b, dst, zu, slot)
     plane = in_rows * sw * Wq * g
-    vec = sw == 1 and Cg % g == 0 and W >= 16
-    W16 = W - W % 16 if vec else 0
-    v16 = ir.VectorType(I8, 16)
-    inter = ir.Constant(ir.VectorType(I32, 16 * g), [16 * t + j for j in range(16) for t in range(g)])
+    block = 16 * sw
+    vec = sw in (1, 2) and Cg % g == 0 and W >= block
+    Wv = W - W % block if vec else 0
+    vin = ir.VectorType(I8, block)
+    inter = ir.Constant(ir.VectorType(I32, block * g),
+                        [block * t + j for j in range(block) for t in range(g)])
+    phases = [ir.Constant(ir.VectorType(I32, 16 * g),
+                          [(sw * m + k) * g + t for m in range(16) for t in range(g)])
+              for k in range(sw)]
     with kb.loop(0, rows_in, name=tag + ".fr") as r:
         ih = b.add(ih0, r, name="ih")
         inside = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
         with b.if_then(inside):
             src0 = b.add(xbase, b.mul(ih, i64(W)))
-            if W16:
+            if Wv:
                 with kb.loop(0, Cg // g, name=tag + ".fg") as cg:
-                    row_dst = b.gep(dst, [b.add(b.mul(cg, i64(plane)),
-                                                b.mul(b.add(b.mul(r, i64(Wq)), i64(pl)), i64(g)))],
-                                    inbounds=True)
-                    with kb.loop(0, W16, 16, name=tag + ".fw") as iw:
+                    with kb.loop(0, Wv, block, name=tag + ".fw") as iw:
                         vs = []
                         for t in range(g):
                             src = b.add(src0, b.add(b.mul(b.add(b.mul(cg, i64(g)), i64(t)), i64(H * W)), iw))
-                            vs.append(b.load(b.bitcast(b.gep(X, [src]), ir.PointerType(v16)), align=1))
+                            vs.append(b.load(b.bitcast(b.gep(X, [src]), ir.PointerType(vin)), align=1))
                         allv = _concat(b, vs)
                         if g > 1:
                             allv = b.shuffle_vector(allv, ir.Constant(allv.type, ir.Undefined), inter)
                         if flip:
-                            allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (16 * g)))
-                        p = b.gep(row_dst, [b.mul(iw, i64(g))])
-                        b.store(allv, b.bitcast(p, ir.PointerType(allv.type)), align=1)
-            if W16 < W:
+                            allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (block * g)))
+                        for k in range(sw):  # pixels iw + sw*m + k: one column phase each
+                            part = allv if sw == 1 else b.shuffle_vector(
+                                allv, ir.Constant(allv.type, ir.Undefined), phases[k])
+                            iwp = b.add(iw, i64(pl + k))
+                            phase = (pl + k) % sw
+                            wq = b.udiv(iwp, i64(sw)) if sw > 1 else iwp
+                            at = b.add(b.mul(cg, i64(plane)),
+                                       b.mul(b.add(b.mul(b.add(b.mul(r, i64(sw)), i64(phase)), i64(Wq)), wq),
+                                             i64(g)))
+                            b.store(part, b.bitcast(b.gep(dst, [at]), ir.PointerType(part.type)), align=1)
+            if Wv < W:
                 with kb.loop(0, Cg, name=tag + ".fc") as c:
                     src_row = b.add(src0, b.mul(c, i64(H * W)))
                     cbase = b.add(b.mul(b.udiv(c, i64(g)), i64(plane)), b.urem(c, i64(g)))
-                    with kb.loop(W16, W, name=tag + ".fs") as iw:
+                    with kb.loop(Wv, W, name=tag + ".fs") as iw:
                         v = b.load(b.gep(X, [b.add(src_row, iw)]))
                         if flip:
                             v = b.xor(v, ir.Constant(I8, 0x80))
