@@ -29,7 +29,7 @@ from slimc.ir import Node, Value, get_op
 from slimc.ir.errors import InternalError, UnsupportedError
 
 from ..backend import Kernel as BaseKernel
-from .llvm_util import (I64, PTR, VOID, for_range, i64, llvm_type, load, masked_load,
+from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
                         splat, store, typed_ptr)
 from .scalar_ops import LOWERINGS, Emitter
 
@@ -233,12 +233,25 @@ class KernelBuilder:
     def load_buffer(self, v: Value, index: Sequence[Index], lanes: int) -> ir.Value:
         shape = self.shape(v)
         name = llvm_name(v.name)
+        scalar = self._constant_scalar(v)
+        if scalar is not None:
+            return splat(self.b, scalar, lanes, name)
         if lanes > 1 and shape and shape[-1] == 1:
             return splat(self.b, self.load_buffer(v, index, 1), lanes, name)
         off = self._ir(self.linear(index, shape))
         if lanes > 1 and self.mask is not None:
             return masked_load(self.b, self.ptr(v), off, self.mask, name=name)
         return load(self.b, self.ptr(v), off, lanes, name=name)
+
+    @staticmethod
+    def _constant_scalar(v: Value) -> Optional[ir.Constant]:
+        """A one-element constant as an LLVM constant: scales, zero points and clip bounds
+        become immediates that fold (a zero point of 0 disappears) instead of loads that
+        LLVM cannot hoist past the kernel's stores."""
+        data = v.data if v.is_constant else None
+        if data is None or data.size != 1 or v.type.dtype.name in ("f16", "bf16"):
+            return None
+        return const(llvm_type(v.type.dtype), data.reshape(()).item())
 
     def value_at(self, v: Value, index: Sequence[Index], lanes: int = 1) -> ir.Value:
         """The value of `v` at `index` (a vector of `lanes` along the last axis if lanes > 1)."""
@@ -472,7 +485,10 @@ class KernelBuilder:
             numel *= d
         if node is None:
             if numel == 1:
-                result = splat(self.b, load(self.b, self.ptr(v), i64(0), 1, llvm_name(v.name)), lanes)
+                scalar = self._constant_scalar(v)
+                if scalar is None:
+                    scalar = load(self.b, self.ptr(v), i64(0), 1, llvm_name(v.name))
+                result = splat(self.b, scalar, lanes)
             else:
                 result = load(self.b, self.ptr(v), self._ir(flat), lanes, llvm_name(v.name))
         else:
