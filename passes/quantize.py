@@ -352,6 +352,70 @@ def rewrite(graph: Graph, plans: Sequence[Plan]) -> bool:
     return bool(plans)
 
 
+# ----- embedding tables ------------------------------------------------------------------------
+
+EMBEDDING_MIN_SIZE = 1 << 16  # smaller tables stay float (too small to matter in the artifact)
+
+
+def find_embeddings(graph: Graph, min_size: int = EMBEDDING_MIN_SIZE) -> list:
+    """`gather` nodes reading rows of a constant float32 table [V, D] of at least `min_size`
+    values: a transformer's token and position embeddings, most of its weights by size."""
+    found = []
+    for node in graph.nodes:
+        if node.op != "gather" or int(node.attrs.get("axis", 0)) != 0:
+            continue
+        table = _const(node.inputs[0])
+        if table is not None and table.ndim == 2 and table.dtype == np.float32 and \
+                table.size >= min_size:
+            found.append(node)
+    return found
+
+
+def quantize_embeddings(graph: Graph, nodes: Sequence) -> list:
+    """Weight-only int8 for each embedding gather: ``dequantize(gather(table_i8, ids),
+    gather(row_scales, ids))``, symmetric per row (the rows are what a gather reads, so each
+    looked-up vector carries its own scale). Returns (node name, (min, max) scale, output
+    name) per table. The
+    float table goes once nothing else reads it (a tied LM head quantizes its own copy)."""
+    done = []
+    for node in nodes:
+        table = node.inputs[0]
+        ids = node.inputs[1]
+        q, scale = quantize_weight(table.data, 0)
+        name = node.name or node.output.name
+        base = node.output.name
+        tq = graph.add_constant(f"{table.name}.i8", q)
+        ts = graph.add_constant(f"{table.name}.row_scale", scale.reshape(-1, 1))
+        rows = add_op(graph, "gather", [tq, ids], {"axis": 0}, name=name,
+                      output_name=f"{base}.q", before=node).output
+        scales = add_op(graph, "gather", [ts, ids], {"axis": 0}, name=name,
+                        output_name=f"{base}.scale", before=node).output
+        new = add_op(graph, "dequantize", [rows, scales], name=name, output_name=f"{base}.deq",
+                     before=node).output
+        old = node.output
+        old.replace_all_uses_with(new)
+        graph.remove_node(node)
+        graph.rename(new, old.name)
+        if not table.uses and table not in graph.outputs:
+            graph.remove_constant(table)
+        done.append((name, (float(scale.min()), float(scale.max())), old.name))
+    return done
+
+
+class QuantizeEmbeddings(Pass):
+    """`quantize_embeddings` on every table `find_embeddings` finds; `done` lists them."""
+
+    name = "quantize_embeddings"
+
+    def __init__(self, min_size: int = EMBEDDING_MIN_SIZE):
+        self.min_size = min_size
+        self.done: list = []
+
+    def run(self, graph: Graph) -> bool:
+        self.done = quantize_embeddings(graph, find_embeddings(graph, self.min_size))
+        return bool(self.done)
+
+
 class Quantize(Pass):
     """The rewrite as a pass, for a PassManager (verification, dumps): its plans come from
     `slimc.quantize`'s calibration."""

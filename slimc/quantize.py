@@ -26,8 +26,8 @@ from slimc.ir.debug import log
 from slimc.ir.interpreter import check_arrays, input_specs, order_inputs
 from slimc.passes import PassManager, standard_pipeline
 from slimc.passes.quantize import (METHODS, ActivationStats, Layer, Plan, Quantize,
-                                   activation_range, emit_layer, find_layers, quantize_weight,
-                                   uint8_params)
+                                   QuantizeEmbeddings, activation_range, emit_layer, find_layers,
+                                   quantize_weight, uint8_params)
 
 MODES = ("static", "dynamic")
 
@@ -270,7 +270,7 @@ def _layer_report(plan: Plan, alone: Optional[_Sqnr]) -> LayerReport:
 def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "static",
              method: str = "percentile", percentile: float = 99.99, per_channel: bool = True,
              exclude: Sequence[str] = (), keep_sensitive: Optional[float] = None,
-             report: bool = False):
+             embeddings: bool = True, report: bool = False):
     """Quantize a float model to int8: a `slimc.Graph` of explicit quantize / integer-op /
     dequantize nodes (with ``report=True``, ``(graph, QuantizationReport)``).
 
@@ -279,7 +279,10 @@ def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "stat
     ranges by `method`: "minmax", "percentile" of ``|x|`` or "entropy"), ``mode="dynamic"``
     quantizes matmul / gemm activations per row at run time and uses calibration data only to
     measure. Layers named in `exclude`, and with `keep_sensitive` (dB) those whose SQNR when
-    quantized alone is below it, stay float32; the report says why for each."""
+    quantized alone is below it, stay float32; the report says why for each. With
+    `embeddings`, large embedding tables (gathers of constant rows) are stored as int8 with a
+    scale per row, dequantized as they are read (weight-only: their lookups stay exact
+    up to the rounding of the table)."""
     _check_options(mode, method, percentile, keep_sensitive, calibration)
     graph = _float_graph(model)
     samples = _samples(graph, calibration)
@@ -304,15 +307,21 @@ def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "stat
     if keep_sensitive is not None:
         plans = _keep_sensitive(plans, reports, keep_sensitive)
     quantized = graph.clone()
-    PassManager([Quantize(plans)], verify=True).run(quantized)
+    emb = QuantizeEmbeddings()
+    PassManager([Quantize(plans)] + ([emb] if embeddings else []), verify=True).run(quantized)
+    emb_reports = {out: LayerReport(name, "gather", True, weight_scale=ws)
+                   for (name, ws), out in ((d[:2], d[2]) for d in emb.done)}
+    reports.update(emb_reports)
     if samples:
-        names = [layer.out for layer in layers] + [v.name for v in graph.outputs]
+        names = [layer.out for layer in layers] + list(emb_reports) + \
+            [v.name for v in graph.outputs]
         measured = _measure_graph(graph, quantized, list(dict.fromkeys(names)), samples)
         for out, r in reports.items():
             r.sqnr = measured.db(out)
         rep.outputs = {v.name: measured.db(v.name) for v in graph.outputs}
     order = {(it.name if isinstance(it, Layer) else it[0]): i for i, it in enumerate(found)}
-    rep.layers = sorted(kept + list(reports.values()), key=lambda r: order[r.name])
+    rep.layers = sorted(kept + [r for o, r in reports.items() if o not in emb_reports],
+                        key=lambda r: order[r.name]) + list(emb_reports.values())
     for r in rep.layers:
         log("quant", _row(r).strip())
     return (quantized, rep) if report else quantized

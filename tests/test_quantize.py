@@ -145,6 +145,30 @@ def test_quantized_layer_feeding_a_quantized_layer():
     assert _cosine(ref, out) >= 0.99
 
 
+def test_embedding_tables_become_int8_rows():
+    """A token embedding (gather of a 4096 x 32 table) then a linear layer: the table is
+    stored as int8 with a scale per row; lookups compile to one kernel that matches the
+    interpreter, and the output stays within int8 rounding of float32."""
+    rng = np.random.default_rng(7)
+    init = {"emb": (rng.standard_normal((4096, 32)) * 0.05).astype(np.float32),
+            "w": _he(rng, (32, 16), 32)}
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="tok_emb"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="proj")]
+    ids = rng.integers(0, 4096, (2, 9)).astype(np.int64)
+    model = make_model(nodes, {"ids": ids}, ["y"], init)
+    graph, report = slimc.quantize(model, [(ids,)], mode="dynamic", report=True)
+    assert "emb" not in graph.constants  # the float table is gone
+    tables = [c for c in graph.constants.values() if c.data is not None and c.data.dtype == np.int8]
+    assert any(c.data.shape == (4096, 32) for c in tables)
+    assert [r.op for r in report.layers if r.quantized] == ["matmul", "gather"]
+    ref = slimc.interpret(slimc.from_onnx(model), ids)[0]
+    got = slimc.interpret(graph, ids)[0]
+    assert _cosine(ref, got) >= 0.999
+    np.testing.assert_allclose(slimc.compile(graph)(ids)[0], got, rtol=1e-5, atol=1e-6)
+    plain = slimc.quantize(model, [(ids,)], mode="dynamic", embeddings=False)
+    assert "emb" in plain.constants
+
+
 def test_dynamic_mlp():
     model = mlp()
     graph, report = slimc.quantize(model, mode="dynamic", report=True)

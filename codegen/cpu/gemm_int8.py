@@ -172,7 +172,8 @@ class DotStep:
 
     def _splat_i32(self, x: ir.Value, name: str) -> ir.Value:
         b, vw = self.b, self.path.vw
-        ins = b.insert_element(ir.Constant(self.acc_type, ir.Undefined), x, I32(0), name=name + ".ins")
+        undef = ir.Constant(self.acc_type, ir.Undefined)
+        ins = b.insert_element(undef, x, I32(0), name=name + ".ins")
         return b.shuffle_vector(ins, ir.Constant(self.acc_type, ir.Undefined),
                                 ir.Constant(ir.VectorType(I32, vw), [0] * vw), name=name)
 
@@ -219,7 +220,8 @@ class DotStep:
         m = b.module
         if p.name == "vnni":
             vb = ir.VectorType(I8, 4 * p.vw)
-            fn = _intrinsic(m, "llvm.x86.avx512.vpdpbusd.512", self.acc_type, [self.acc_type, vb, vb])
+            fn = _intrinsic(m, "llvm.x86.avx512.vpdpbusd.512", self.acc_type,
+                            [self.acc_type, vb, vb])
             u, s = (row, panel) if self.row_is_u8 else (panel, row)
             return b.call(fn, [acc, u, s], name=name)
         if p.group == 2:
@@ -326,7 +328,8 @@ def lane_mask(vw: int, nlanes: int) -> ir.Constant | None:
     """<vw x i1> of the first nlanes lanes, or None for a full vector."""
     if nlanes >= vw:
         return None
-    return ir.Constant(ir.VectorType(ir.IntType(1), vw), [1 if j < nlanes else 0 for j in range(vw)])
+    bits = [1 if j < nlanes else 0 for j in range(vw)]
+    return ir.Constant(ir.VectorType(ir.IntType(1), vw), bits)
 
 
 Store = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, "ir.Constant | None", int], None]
@@ -344,7 +347,8 @@ def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], 
     masks = [lane_mask(p.vw, ncols - v * p.vw) for v in range(nvec)]
 
     def tile(r, nrows, tag):
-        rows = [row_ptr(r if i == 0 else b.add(r, i64(i), name=f"{tag}.r{i}")) for i in range(nrows)]
+        rows = [row_ptr(r if i == 0 else b.add(r, i64(i), name=f"{tag}.r{i}"))
+                for i in range(nrows)]
         accs = emit_tile(b, dot, rows, panel, K, nvec, tag, poffsets=poffsets)
         for i in range(nrows):
             ri = r if i == 0 else b.add(r, i64(i))

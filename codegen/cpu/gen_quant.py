@@ -341,7 +341,8 @@ def dynamic_quantize(kb: KernelBuilder, node) -> None:
         scale = b.select(b.fcmp_ordered("==", scale, const(F32, 0.0)), const(F32, 1.0), scale,
                          name="scale.nz")
         zpf = e.intrinsic("roundeven", [b.fsub(const(F32, 0.0), b.fdiv(lo, scale))])
-        zpf = e.intrinsic("minnum", [e.intrinsic("maxnum", [zpf, const(F32, 0.0)]), const(F32, 255.0)])
+        zpf = e.intrinsic("maxnum", [zpf, const(F32, 0.0)])
+        zpf = e.intrinsic("minnum", [zpf, const(F32, 255.0)])
         zpi = b.trunc(b.fptosi(zpf, I32), I8, name="zp")
         if id(sc) in outs:
             b.store(scale, b.gep(kb.ptr(sc), [r if per_row else i64(0)]))
@@ -478,7 +479,8 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     Wk[..., :Cg] = Ws.transpose(0, 2, 3, 1)
     Wk = Wk.reshape(M, K)
     x_signed = x.type.dtype == dtypes.i8
-    zu = (int(np.asarray(x_zp.data).reshape(())) if x_zp is not None else 0) + (128 if x_signed else 0)
+    zu = int(np.asarray(x_zp.data).reshape(())) if x_zp is not None else 0
+    zu += 128 if x_signed else 0
     row_term = -zu * Wk.astype(np.int64).sum(axis=1)
     _check_i32(row_term, node)
     Wc = b.bitcast(kb.substitute_constant(w, Wk.reshape(-1), name + ".packed"), ir.PointerType(I8))
@@ -628,23 +630,26 @@ def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl
                     with kb.loop(0, Wv, block, name=tag + ".fw") as iw:
                         vs = []
                         for t in range(g):
-                            src = b.add(src0, b.add(b.mul(b.add(b.mul(cg, i64(g)), i64(t)), i64(H * W)), iw))
-                            vs.append(b.load(b.bitcast(b.gep(X, [src]), ir.PointerType(vin)), align=1))
+                            chan = b.add(b.mul(cg, i64(g)), i64(t))
+                            src = b.add(src0, b.add(b.mul(chan, i64(H * W)), iw))
+                            p = b.bitcast(b.gep(X, [src]), ir.PointerType(vin))
+                            vs.append(b.load(p, align=1))
                         allv = _concat(b, vs)
+                        undef = ir.Constant(allv.type, ir.Undefined)
                         if g > 1:
-                            allv = b.shuffle_vector(allv, ir.Constant(allv.type, ir.Undefined), inter)
+                            allv = b.shuffle_vector(allv, undef, inter)
                         if flip:
                             allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (block * g)))
                         for k in range(sw):  # pixels iw + sw*m + k: one column phase each
-                            part = allv if sw == 1 else b.shuffle_vector(
-                                allv, ir.Constant(allv.type, ir.Undefined), phases[k])
+                            part = allv if sw == 1 else b.shuffle_vector(allv, undef, phases[k])
                             iwp = b.add(iw, i64(pl + k))
                             phase = (pl + k) % sw
                             wq = b.udiv(iwp, i64(sw)) if sw > 1 else iwp
+                            prow = b.add(b.mul(r, i64(sw)), i64(phase))  # row of the phase planes
                             at = b.add(b.mul(cg, i64(plane)),
-                                       b.mul(b.add(b.mul(b.add(b.mul(r, i64(sw)), i64(phase)), i64(Wq)), wq),
-                                             i64(g)))
-                            b.store(part, b.bitcast(b.gep(dst, [at]), ir.PointerType(part.type)), align=1)
+                                       b.mul(b.add(b.mul(prow, i64(Wq)), wq), i64(g)))
+                            p = b.bitcast(b.gep(dst, [at]), ir.PointerType(part.type))
+                            b.store(part, p, align=1)
             if Wv < W:
                 with kb.loop(0, Cg, name=tag + ".fc") as c:
                     src_row = b.add(src0, b.mul(c, i64(H * W)))

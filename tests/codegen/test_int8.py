@@ -21,7 +21,8 @@ def _runnable(name: str) -> bool:
     return CpuTarget.from_name(name).is_host
 
 
-TARGETS = [pytest.param(t, marks=pytest.mark.skipif(not _runnable(t), reason=f"host cannot run {t}"))
+TARGETS = [pytest.param(t, marks=pytest.mark.skipif(not _runnable(t),
+                                                    reason=f"host cannot run {t}"))
            for t in ("x86", "x86-64-v4", "x86-64-v3")]
 
 
@@ -37,7 +38,8 @@ def _ints(rng, dt, shape, extreme=False):
     return rng.integers(info.min, int(info.max) + 1, shape).astype(dt)
 
 
-def _matmul_integer_graph(rng, M, K, N, adt, bdt, za, zb, batch=(), extreme=False, za_per_row=False):
+def _matmul_integer_graph(rng, M, K, N, adt, bdt, za, zb, batch=(), extreme=False,
+                          za_per_row=False):
     g = Graph("mmi")
     a = g.add_input("a", TensorType(dtypes.from_numpy(np.dtype(adt)), batch + (M, K)))
     w = g.add_constant("w", _ints(rng, bdt, (K, N), extreme))
@@ -104,8 +106,10 @@ def test_fused_requantizing_epilogue(target):
     a = g.add_input("a", TensorType(dtypes.u8, (M, K)))
     w = g.add_constant("w", _ints(rng, np.int8, (K, N)))
     acc = add_op(g, "matmul_integer", [a, w, g.add_constant("za", np.uint8(131))]).outputs[0]
-    y = add_op(g, "dequantize", [acc, g.add_constant("s", (rng.random(N) * 1e-3 + 1e-4).astype(np.float32))]).outputs[0]
-    y = add_op(g, "add", [y, g.add_constant("bias", rng.standard_normal(N).astype(np.float32))]).outputs[0]
+    scale = (rng.random(N) * 1e-3 + 1e-4).astype(np.float32)
+    y = add_op(g, "dequantize", [acc, g.add_constant("s", scale)]).outputs[0]
+    bias = rng.standard_normal(N).astype(np.float32)
+    y = add_op(g, "add", [y, g.add_constant("bias", bias)]).outputs[0]
     y = add_op(g, "relu", [y]).outputs[0]
     q = add_op(g, "quantize", [y, g.add_constant("sy", np.float32(0.02)),
                                g.add_constant("zy", np.uint8(0))]).outputs[0]
@@ -229,7 +233,8 @@ def test_conv_integer_fused_requantization_and_threads(target):
                  dict(pads=[1, 1, 1, 1])).outputs[0]
     sc = g.add_constant("s", (rng.random((40, 1, 1)) * 1e-4 + 1e-5).astype(np.float32))
     y = add_op(g, "dequantize", [acc, sc]).outputs[0]
-    y = add_op(g, "add", [y, g.add_constant("b", rng.standard_normal((40, 1, 1)).astype(np.float32))]).outputs[0]
+    bias = rng.standard_normal((40, 1, 1)).astype(np.float32)
+    y = add_op(g, "add", [y, g.add_constant("b", bias)]).outputs[0]
     y = add_op(g, "relu", [y]).outputs[0]
     g.outputs = [add_op(g, "quantize", [y, g.add_constant("sy", np.float32(0.05)),
                                         g.add_constant("zy", np.uint8(0))]).outputs[0]]
