@@ -337,7 +337,8 @@ Store = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, "ir.Constant | Non
 
 def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], ir.Value],
                    r0: ir.Value, r1: ir.Value, panel: ir.Value, col0: ir.Value, K: int,
-                   ncols: int, store: Store, name: str, poffsets: ir.Value | None = None) -> None:
+                   ncols: int, store: Store, name: str, poffsets: ir.Value | None = None,
+                   koffsets: ir.Value | None = None) -> None:
     """Rows [r0, r1) of one panel whose first `ncols` (<= NR) columns are real: MR-row tiles,
     then single rows. `store(b, row, col, acc, mask, nlanes)` takes each accumulator vector."""
     from .llvm_util import for_range
@@ -349,7 +350,7 @@ def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], 
     def tile(r, nrows, tag):
         rows = [row_ptr(r if i == 0 else b.add(r, i64(i), name=f"{tag}.r{i}"))
                 for i in range(nrows)]
-        accs = emit_tile(b, dot, rows, panel, K, nvec, tag, poffsets=poffsets)
+        accs = emit_tile(b, dot, rows, panel, K, nvec, tag, koffsets=koffsets, poffsets=poffsets)
         for i in range(nrows):
             ri = r if i == 0 else b.add(r, i64(i))
             for v in range(nvec):

@@ -455,18 +455,31 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     K = kh * kw * Cp
     P = OH * OW
     Wq = -(-(W + pl + pr) // sw)  # columns per phase
+    # Output rows narrower than a vector (ResNet's 7x7 layers): pixels become the rows of the
+    # tiles and output channels the vectors, each result stored on its own (the epilogue
+    # costs little against K = Cin*kh*kw products per result).
+    pixel_rows = not depthwise and OW < vw
     if depthwise:
         _debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
+    elif pixel_rows:
+        _debug(f"{node.label}: int8 conv as {N * G} GEMMs {P}x{K} @ {K}x{Mg} (pixels as rows: "
+               f"output rows of {OW} < {vw} lanes): {q8.why_path(kb.target)}")
     else:
         _debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: "
                f"{q8.why_path(kb.target)}")
     kb.cost = 2 * N * M * P * Cg * kh * kw
 
-    # work items: images x groups x blocks of output rows
-    n_rb = max(1, min(OH, -(-CONV_ITEMS // (N * G))))
+    # work items: images x groups x blocks of output rows (x blocks of channel panels)
+    npan = -(-Mg // NR)
+    if pixel_rows:
+        n_rb, n_pb = 1, min(npan, max(1, -(-CONV_ITEMS // (N * G))))
+    else:
+        n_rb, n_pb = max(1, min(OH, -(-CONV_ITEMS // (N * G)))), 1
     ORB = -(-OH // n_rb)
     n_rb = -(-OH // ORB)
-    kb.parallel_extent = items = N * G * n_rb
+    PB = -(-npan // n_pb)
+    n_pb = -(-npan // PB)
+    kb.parallel_extent = items = N * G * n_rb * n_pb
     in_rows = (ORB - 1) * sh + (kh - 1) * dh + 1
     plane = in_rows * sw * Wq * g  # bytes of one channel group
     slot = -(-(cgroups * plane + NR * g) // 64) * 64  # + one run read past the end (masked)
@@ -483,7 +496,13 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     zu += 128 if x_signed else 0
     row_term = -zu * Wk.astype(np.int64).sum(axis=1)
     _check_i32(row_term, node)
-    Wc = b.bitcast(kb.substitute_constant(w, Wk.reshape(-1), name + ".packed"), ir.PointerType(I8))
+    if pixel_rows:  # the weights as panels of output channels (the matmul layout)
+        packed = np.concatenate([q8.pack_panels(Wk[gi * Mg:(gi + 1) * Mg].T, path)
+                                 for gi in range(G)])
+    else:
+        packed = Wk.reshape(-1)
+    group_bytes = packed.size // G
+    Wc = b.bitcast(kb.substitute_constant(w, packed, name + ".packed"), ir.PointerType(I8))
     chan_table = const_table(kb, row_term, "zp.chan", I32)
     poffs = [cgi * plane + ((ky * dh * sw + (kx * dw) % sw) * Wq + (kx * dw) // sw) * g
              for ky in range(kh) for kx in range(kw) for cgi in range(cgroups)]
@@ -499,8 +518,10 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     last_rows = OH - (n_rb - 1) * ORB
 
     with kb.loop(kb.begin, kb.end, name="item") as item:
-        rb = b.urem(item, i64(n_rb), name="rb")
-        ng = b.udiv(item, i64(n_rb), name="ng")
+        pbk = b.urem(item, i64(n_pb), name="pb")
+        rest = b.udiv(item, i64(n_pb), name="rest")
+        rb = b.urem(rest, i64(n_rb), name="rb")
+        ng = b.udiv(rest, i64(n_rb), name="ng")
         n = b.udiv(ng, i64(G), name="n")
         gi = b.urem(ng, i64(G), name="gi")
         scratch = b.gep(ws_raw, [b.mul(item, i64(slot))], inbounds=True, name="nchwc")
@@ -511,13 +532,21 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         rowbase = b.add(b.mul(n, i64(M)), chan0, name="rowbase")
 
         def store(bb, m, col, acc, mask, nlanes):
+            lanes = acc.type.count if isinstance(acc.type, ir.VectorType) else 1
             row = bb.add(rowbase, m, name="row")
             t = bb.load(bb.gep(chan_table, [bb.add(chan0, m)]), name="zp.chan")
-            v = bb.add(acc, splat(bb, t, vw), name="acc.zp")
+            v = bb.add(acc, splat(bb, t, lanes), name="acc.zp")
             if epilogue is not None:
-                ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, vw, args)
+                ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, lanes, args)
                 v = epilogue(ctx, v)
             _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
+
+        def store_pixel(bb, p, m0, acc, mask, nlanes):
+            """A vector of output channels at one pixel: each result stored on its own."""
+            for j in range(nlanes):
+                m = bb.add(m0, i64(j)) if j else m0
+                store(bb, m, bb.add(b.mul(oh0, i64(OW)), p), bb.extract_element(acc, I32(j)),
+                      None, 1)
 
         def row_ptr(m):
             return b.gep(Wc, [b.mul(b.add(chan0, m), i64(K))], inbounds=True, name="w.row")
@@ -526,6 +555,10 @@ def conv_integer(kb: KernelBuilder, node) -> None:
             rows_in = (nrows - 1) * sh + (kh - 1) * dh + 1
             _fill_nchwc(kb, X, xbase, scratch, ih0, rows_in, in_rows, H, W, Wq, pl, sw, Cg, g,
                         zu, x_signed, slot, tag)
+            if pixel_rows:
+                _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes, pbk, PB, npan, Mg, K,
+                                  nrows * OW, OW, sh * sw * Wq * g, g, poff_table, store_pixel, tag)
+                return
             with kb.loop(0, nrows, name=tag + ".oh") as oh:
                 row_base = b.mul(oh, i64(sh * sw * Wq * g))
                 pix_row = b.mul(b.add(oh0, oh), i64(OW), name=tag + ".pixrow")
@@ -558,6 +591,39 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                 with other:
                     variant(ORB, "blk")
     b.ret_void()
+
+
+def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int, npan: int,
+                      Mg: int, K: int, npix: int, OW: int, row_pitch: int, g: int, koff_table,
+                      store, tag) -> None:
+    """Panels [pbk*PB, ...) of the group's output channels against all `npix` pixels of the
+    item, pixels as the tile rows (read in place from the input copy, k groups at
+    `koff_table` offsets from each pixel's window corner)."""
+    b = kb.b
+    NR = path.nr
+    dot = q8.DotStep(b, path, row_is_u8=True)
+    wgroup = b.gep(Wc, [b.mul(gi, i64(group_bytes))], inbounds=True, name="w.group")
+
+    def row_ptr(p):
+        oh, ow = b.udiv(p, i64(OW)), b.urem(p, i64(OW))
+        off = b.add(b.mul(oh, i64(row_pitch)), b.mul(ow, i64(g)))
+        return b.gep(scratch, [off], inbounds=True, name="px")
+
+    def panels(lo, hi, ncols, ptag):
+        with kb.loop(lo, hi, name=ptag) as q:
+            panel = b.gep(wgroup, [b.mul(q, i64(K * NR))], inbounds=True, name=ptag + ".w")
+            q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(npix), panel,
+                              b.mul(q, i64(NR), name=ptag + ".m0"), K, ncols, store, ptag,
+                              koffsets=koff_table)
+
+    p0 = b.mul(pbk, i64(PB), name="p0")
+    p1 = _min(b, b.add(p0, i64(PB)), i64(npan), "p1")
+    nfull = Mg // NR
+    if nfull:
+        panels(p0, _min(b, p1, i64(nfull), "p1.full"), NR, tag + ".pan")
+    if Mg % NR:
+        with b.if_then(b.icmp_signed("==", p1, i64(npan))):
+            panels(i64(nfull), i64(npan), Mg % NR, tag + ".pan.last")
 
 
 def _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg: int, OW: int, vw: int,

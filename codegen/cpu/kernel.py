@@ -368,7 +368,8 @@ class KernelBuilder:
                 flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), col)
                 index = self.delinear(flat, self.shape(produced))
                 self.overrides[(id(produced), self._key(index), ctx.vw)] = acc
-                if not index or self.shape(produced)[-1] == 1:
+                if (not index or self.shape(produced)[-1] == 1) and \
+                        isinstance(acc.type, ir.VectorType):
                     # one column (N == 1): consumers read it as a scalar and broadcast it
                     # over the lanes (`_elementwise`), so lane 0 is the value under lanes=1
                     self.overrides[(id(produced), self._key(index), 1)] = \
