@@ -389,6 +389,7 @@ def _hreduce_minmax(e: Emitter, v, which: str):
 # epilogue (dequantize, bias, relu, the next quantize) is the matmul's.
 
 CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
+PIXEL_ROWS_MIN_K = 1024  # see `pixel_rows` in conv_integer
 
 
 def _conv_plan(kb: KernelBuilder, node):
@@ -456,9 +457,10 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     P = OH * OW
     Wq = -(-(W + pl + pr) // sw)  # columns per phase
     # Output rows narrower than a vector (ResNet's 7x7 layers): pixels become the rows of the
-    # tiles and output channels the vectors, each result stored on its own (the epilogue
-    # costs little against K = Cin*kh*kw products per result).
-    pixel_rows = not depthwise and OW < vw
+    # tiles and output channels the vectors, each result stored on its own -- worth it where
+    # the K = Cin*kh*kw products per result outweigh a scalar epilogue (~20 instructions)
+    # more than the idle lanes of pixel runs cost.
+    pixel_rows = not depthwise and OW < vw and K >= PIXEL_ROWS_MIN_K
     if depthwise:
         _debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
     elif pixel_rows:
@@ -517,6 +519,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     dot = q8.DotStep(b, path, row_is_u8=False)
     last_rows = OH - (n_rb - 1) * ORB
 
+    lane_buf = b.alloca(ir.VectorType(I32, vw), name="lanes") if pixel_rows else None
     with kb.loop(kb.begin, kb.end, name="item") as item:
         pbk = b.urem(item, i64(n_pb), name="pb")
         rest = b.udiv(item, i64(n_pb), name="rest")
@@ -542,11 +545,13 @@ def conv_integer(kb: KernelBuilder, node) -> None:
             _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
 
         def store_pixel(bb, p, m0, acc, mask, nlanes):
-            """A vector of output channels at one pixel: each result stored on its own."""
-            for j in range(nlanes):
-                m = bb.add(m0, i64(j)) if j else m0
-                store(bb, m, bb.add(b.mul(oh0, i64(OW)), p), bb.extract_element(acc, I32(j)),
-                      None, 1)
+            """A vector of output channels at one pixel: spilled to the stack, then each
+            result through the (scalar) epilogue in a loop, one copy of its code."""
+            bb.store(acc, lane_buf)
+            lanes = bb.bitcast(lane_buf, ir.PointerType(I32))
+            with kb.loop(0, nlanes, name="lane") as j:
+                v = bb.load(bb.gep(lanes, [j], inbounds=True), name="acc.lane")
+                store(bb, bb.add(m0, j), p, v, None, 1)
 
         def row_ptr(m):
             return b.gep(Wc, [b.mul(b.add(chan0, m), i64(K))], inbounds=True, name="w.row")

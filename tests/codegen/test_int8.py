@@ -202,8 +202,9 @@ CONV_CASES = [  # N, C, H, W, M, k, stride, pad, dilation, group, x dtype, w dty
     (1, 8, 12, 12, 8, 3, 2, 1, 2, 8, np.uint8, np.int8, 0, None),
     (1, 16, 9, 70, 16, 3, 2, 1, 1, 16, np.uint8, np.int8, 5, None),  # dw stride 2, vector copy
     (1, 8, 9, 65, 24, 1, 2, 0, 1, 1, np.int8, np.int8, 5, None),     # 1x1 stride 2
-    (1, 64, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),    # narrow rows: pixel rows
-    (2, 32, 9, 9, 70, 3, 2, 1, 1, 1, np.int8, np.int8, 3, None),     # ... partial channel panel
+    (1, 128, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),   # narrow rows, K >= 1024:
+    (2, 128, 9, 9, 70, 3, 2, 1, 1, 1, np.int8, np.int8, 3, None),    # pixel rows; partial panel
+    (1, 64, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),    # narrow rows, small K
     (1, 32, 3, 3, 24, 3, 1, 0, 1, 2, np.uint8, np.int8, 7, None),    # 1x1 output
 ]
 
@@ -227,14 +228,14 @@ def test_conv_integer_exact(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("hw", [(23, 21), (7, 7)], ids=["pixel-runs", "pixel-rows"])
-def test_conv_integer_fused_requantization_and_threads(target, hw):
+@pytest.mark.parametrize("c,hw", [(32, (23, 21)), (128, (7, 7))], ids=["pixel-runs", "pixel-rows"])
+def test_conv_integer_fused_requantization_and_threads(target, c, hw):
     """conv_integer -> dequantize (per channel) -> + bias -> relu -> quantize, one kernel,
     at 1, 2 and 3 threads; saturating extremes in input and weights."""
     rng = np.random.default_rng(9)
     g = Graph("qconv")
-    x = g.add_input("x", TensorType(dtypes.u8, (1, 32) + hw))
-    w = g.add_constant("w", _ints(rng, np.int8, (40, 32, 3, 3), extreme=True))
+    x = g.add_input("x", TensorType(dtypes.u8, (1, c) + hw))
+    w = g.add_constant("w", _ints(rng, np.int8, (40, c, 3, 3), extreme=True))
     acc = add_op(g, "conv_integer", [x, w, g.add_constant("zx", np.uint8(0))],
                  dict(pads=[1, 1, 1, 1])).outputs[0]
     sc = g.add_constant("s", (rng.random((40, 1, 1)) * 1e-4 + 1e-5).astype(np.float32))
@@ -244,7 +245,7 @@ def test_conv_integer_fused_requantization_and_threads(target, hw):
     y = add_op(g, "relu", [y]).outputs[0]
     g.outputs = [add_op(g, "quantize", [y, g.add_constant("sy", np.float32(0.05)),
                                         g.add_constant("zy", np.uint8(0))]).outputs[0]]
-    xv = _ints(rng, np.uint8, (1, 32) + hw, extreme=True)
+    xv = _ints(rng, np.uint8, (1, c) + hw, extreme=True)
     ref = slimc.interpret(g, xv)[0]
     for threads in (1, 2, 3):
         mod = slimc.compile(g, target=target, threads=threads)
