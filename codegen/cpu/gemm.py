@@ -190,6 +190,9 @@ class EpilogueContext:
     mask:   <vw x i1> constant of valid lanes, or None when all vw lanes are inside N.
     nlanes: number of valid lanes (vw unless this is the last, partial vector of a row).
     args:   the kernel's extra arguments by name (e.g. a bias pointer).
+    index:  optional: lane 0's index in the kernel's output tensor, when the caller knows it
+            (a convolution knows image, channel, row and column); else it is recovered from
+            row and col by division.
     """
 
     builder: ir.IRBuilder
@@ -200,6 +203,7 @@ class EpilogueContext:
     nlanes: int
     vw: int
     args: dict
+    index: list | None = None
 
     @property
     def vec_type(self) -> ir.VectorType:

@@ -509,7 +509,15 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     poffs = [cgi * plane + ((ky * dh * sw + (kx * dw) % sw) * Wq + (kx * dw) // sw) * g
              for ky in range(kh) for kx in range(kw) for cgi in range(cgroups)]
     poff_table = const_table(kb, poffs, "koff", I64)
-    w_taps = const_table(kb, Wk.astype(np.int64).reshape(-1), "w.taps", I32) if depthwise else None
+    w_taps = None
+    quads = depthwise and q8.int8_path(kb.target).name == "vnni"
+    if quads:  # 4 taps' weights per dword, zero-padded: one vpdpbusd per 4 taps
+        t4 = -(-K // 4) * 4
+        wq = np.zeros((M, t4), np.int8)
+        wq[:, :K] = Wk
+        w_taps = const_table(kb, wq.view(np.int32).astype(np.int64).reshape(-1), "w.quads", I32)
+    elif depthwise:
+        w_taps = const_table(kb, Wk.astype(np.int64).reshape(-1), "w.taps", I32)
 
     epilogue, extra, values = kb.gemm_epilogue(out, P)
     args = {nm: v for (nm, _), v in zip(extra, values)}
@@ -534,13 +542,16 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         chan0 = b.mul(gi, i64(Mg), name="chan0")
         rowbase = b.add(b.mul(n, i64(M)), chan0, name="rowbase")
 
-        def store(bb, m, col, acc, mask, nlanes):
+        def store(bb, m, col, acc, mask, nlanes, pos=None):
+            """`pos`: (output row, column) of lane 0 when known, so the epilogue's operands
+            are indexed without dividing `col` back into them."""
             lanes = acc.type.count if isinstance(acc.type, ir.VectorType) else 1
             row = bb.add(rowbase, m, name="row")
             t = bb.load(bb.gep(chan_table, [bb.add(chan0, m)]), name="zp.chan")
             v = bb.add(acc, splat(bb, t, lanes), name="acc.zp")
             if epilogue is not None:
-                ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, lanes, args)
+                index = None if pos is None else [n, bb.add(chan0, m), pos[0], pos[1]]
+                ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, lanes, args, index)
                 v = epilogue(ctx, v)
             _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
 
@@ -566,10 +577,15 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                 return
             with kb.loop(0, nrows, name=tag + ".oh") as oh:
                 row_base = b.mul(oh, i64(sh * sw * Wq * g))
-                pix_row = b.mul(b.add(oh0, oh), i64(OW), name=tag + ".pixrow")
+                oh_abs = b.add(oh0, oh, name=tag + ".ohabs")
+                pix_row = b.mul(oh_abs, i64(OW), name=tag + ".pixrow")
+
+                def store_run(bb, m, col, acc, mask, nlanes):
+                    store(bb, m, col, acc, mask, nlanes, pos=(oh_abs, bb.sub(col, pix_row)))
+
                 if depthwise:
                     _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg, OW, vw,
-                                   poffs, store, tag)
+                                   poffs, store_run, tag, quads)
                     return
 
                 def run(ow0, ncols, rtag):
@@ -577,7 +593,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                                   name=rtag + ".px")
                     col0 = b.add(pix_row, ow0, name=rtag + ".col0")
                     q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(Mg), panel, col0, K, ncols,
-                                      store, rtag, poffsets=poff_table)
+                                      store_run, rtag, poffsets=poff_table)
 
                 full = OW - OW % NR
                 if full:
@@ -632,23 +648,43 @@ def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int,
 
 
 def _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg: int, OW: int, vw: int,
-                   poffs, store, tag) -> None:
+                   poffs, store, tag, quads: bool = False) -> None:
     """One output row of each of the group's Mg channels: vw pixels at a time, each tap a
-    vector of input bytes (contiguous at its offset in the channel's plane) widened to int32
-    and multiplied by the tap's weight."""
+    vector of input bytes (contiguous at its offset in the channel's plane). With `quads`
+    (VNNI), four taps' vectors are interleaved into one dword per pixel and multiplied by the
+    four weights in one vpdpbusd; otherwise each tap is widened to int32 and multiplied."""
     b = kb.b
     vb = ir.VectorType(I8, vw)
     vi = ir.VectorType(I32, vw)
     taps = len(poffs)
+    groups = -(-taps // 4)
+    inter = ir.Constant(ir.VectorType(I32, 4 * vw),
+                        [vw * t + j for j in range(vw) for t in range(4)])
+
+    def tap(ow0, t):
+        off = poffs[t] if t < taps else poffs[0]  # padding taps: any bytes, weight 0
+        p = b.gep(scratch, [b.add(row_base, b.add(ow0, i64(off)))], inbounds=True)
+        return b.load(b.bitcast(p, ir.PointerType(vb)), align=1)
 
     def run(ow0, nlanes, m, rtag):
         acc = ir.Constant(vi, None)
-        wrow = b.mul(b.add(chan0, m), i64(taps))
-        for t, off in enumerate(poffs):
-            p = b.gep(scratch, [b.add(row_base, b.add(ow0, i64(off)))], inbounds=True)
-            u = b.zext(b.load(b.bitcast(p, ir.PointerType(vb)), align=1), vi)
-            wt = b.load(b.gep(w_taps, [b.add(wrow, i64(t))], inbounds=True), name=f"{rtag}.w{t}")
-            acc = b.add(acc, b.mul(u, splat(b, wt, vw)), name=f"{rtag}.acc{t}")
+        if quads:
+            wrow = b.mul(b.add(chan0, m), i64(groups))
+            vbb = ir.VectorType(I8, 4 * vw)
+            dp = q8._intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", vi, [vi, vbb, vbb])
+            for q in range(groups):
+                u = _concat(b, [tap(ow0, 4 * q + t) for t in range(4)])
+                u = b.shuffle_vector(u, ir.Constant(u.type, ir.Undefined), inter)
+                wq = b.load(b.gep(w_taps, [b.add(wrow, i64(q))], inbounds=True),
+                            name=f"{rtag}.w{q}")
+                acc = b.call(dp, [acc, u, b.bitcast(splat(b, wq, vw), vbb)], name=f"{rtag}.acc{q}")
+        else:
+            wrow = b.mul(b.add(chan0, m), i64(taps))
+            for t in range(taps):
+                u = b.zext(tap(ow0, t), vi)
+                wt = b.load(b.gep(w_taps, [b.add(wrow, i64(t))], inbounds=True),
+                            name=f"{rtag}.w{t}")
+                acc = b.add(acc, b.mul(u, splat(b, wt, vw)), name=f"{rtag}.acc{t}")
         store(b, m, b.add(pix_row, ow0), acc, q8.lane_mask(vw, nlanes), nlanes)
 
     with kb.loop(0, Mg, name=tag + ".m") as m:

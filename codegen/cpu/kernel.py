@@ -365,8 +365,11 @@ class KernelBuilder:
             try:
                 row = ctx.builder.add(ctx.row, ctx.args["row0"]) if row_offset else ctx.row
                 col = ctx.builder.add(ctx.col, ctx.args["col0"]) if col_offset else ctx.col
-                flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), col)
-                index = self.delinear(flat, self.shape(produced))
+                if ctx.index is not None:
+                    index = [0 if d == 1 else i for d, i in zip(self.shape(produced), ctx.index)]
+                else:
+                    flat = ctx.builder.add(ctx.builder.mul(row, i64(N)), col)
+                    index = self.delinear(flat, self.shape(produced))
                 self.overrides[(id(produced), self._key(index), ctx.vw)] = acc
                 if (not index or self.shape(produced)[-1] == 1) and \
                         isinstance(acc.type, ir.VectorType):
