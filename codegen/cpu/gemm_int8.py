@@ -41,7 +41,7 @@ from llvmlite import ir
 
 from slimc.ir.buffers import aligned_zeros
 
-from .llvm_util import I8, I32, I64, OPAQUE_PTR as PTR, i64
+from .llvm_util import I8, I32, I64, i64
 
 I16 = ir.IntType(16)
 
@@ -302,28 +302,6 @@ def _k_step(b, dot: DotStep, rows, panel, kg, nbytes: int, nvec: int, accs, name
     return out
 
 
-def transpose(b: ir.IRBuilder, rows: Sequence[ir.Value], name: str) -> list[ir.Value]:
-    """The n x n transpose of n vectors of n lanes (n a power of two): log2(n) stages of
-    two-source shuffles that swap h x h blocks (h = n/2, ..., 1)."""
-    rows = list(rows)
-    n = len(rows)
-    h = n // 2
-    while h >= 1:
-        lo = [l if (l // h) % 2 == 0 else n + l - h for l in range(n)]
-        hi = [l + h if (l // h) % 2 == 0 else n + l for l in range(n)]
-        mlo = ir.Constant(ir.VectorType(I32, n), lo)
-        mhi = ir.Constant(ir.VectorType(I32, n), hi)
-        new = list(rows)
-        for i in range(n):
-            if (i // h) % 2 == 0:
-                a, c = rows[i], rows[i + h]
-                new[i] = b.shuffle_vector(a, c, mlo, name=f"{name}.h{h}.{i}")
-                new[i + h] = b.shuffle_vector(a, c, mhi, name=f"{name}.h{h}.{i + h}")
-        rows = new
-        h //= 2
-    return rows
-
-
 def lane_mask(vw: int, nlanes: int) -> ir.Constant | None:
     """<vw x i1> of the first nlanes lanes, or None for a full vector."""
     if nlanes >= vw:
@@ -367,4 +345,4 @@ def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], 
 
 __all__ = ["Int8Path", "PATHS", "int8_path", "why_path", "padded_k", "panel_count",
            "packed_panel_size", "pack_panels", "to_u8_side", "to_s8_side", "DotStep",
-           "emit_tile", "emit_row_tiles", "transpose", "lane_mask", "PTR"]
+           "emit_tile", "emit_row_tiles", "lane_mask"]
