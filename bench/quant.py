@@ -141,16 +141,11 @@ def preprocess_onnxruntime(path: str, dst: str) -> str:
         return f"ORT pre-processing without symbolic shapes ({timing._error(e, 80)})"
 
 
-def quantize_onnxruntime(path: str, mode: str, calibration: list, out_dir: str) -> str:
+def ort_static(path: str, dst: str, calibration: list, method: str = "MinMax") -> str:
+    """onnxruntime's `quantize_static`: QDQ, per channel, u8 activations, s8 weights,
+    calibrated on `calibration` (feed dicts) by `method` (a CalibrationMethod name)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                          QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-
-    stem = os.path.splitext(os.path.basename(path))[0]
-    dst = os.path.join(out_dir, f"{stem}.ort-{mode}.onnx")
-    if mode == "dynamic":
-        quantize_dynamic(path, dst, weight_type=QuantType.QInt8)
-        return dst
+                                          QuantFormat, QuantType, quantize_static)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -161,8 +156,19 @@ def quantize_onnxruntime(path: str, mode: str, calibration: list, out_dir: str) 
 
     quantize_static(path, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=getattr(CalibrationMethod, method))
     return dst
+
+
+def quantize_onnxruntime(path: str, mode: str, calibration: list, out_dir: str) -> str:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    dst = os.path.join(out_dir, f"{stem}.ort-{mode}.onnx")
+    if mode == "dynamic":
+        quantize_dynamic(path, dst, weight_type=QuantType.QInt8)
+        return dst
+    return ort_static(path, dst, calibration)
 
 
 def quantize_slimc(path: str, mode: str, calibration: list):

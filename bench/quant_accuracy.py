@@ -55,6 +55,7 @@ import zipfile
 import numpy as np
 
 from . import models, timing
+from .quant import ort_static, preprocess_onnxruntime
 
 BATCH = 50  # digits: images per compiled call (the test split is 450 = 9 x 50)
 CALIBRATION = 100  # digits: training images used for calibration
@@ -163,31 +164,9 @@ def _log(msg: str) -> None:
 # ----- onnxruntime's quantizer ----------------------------------------------------------------
 
 def ort_preprocess(path: str, dst: str) -> str:
-    """onnxruntime.quantization's pre-processing (its shape inference and graph optimizer), as
-    its documentation asks before quantizing; returns dst."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        quant_pre_process(path, dst)
-    except Exception:
-        quant_pre_process(path, dst, skip_symbolic_shape=True)
-    return dst
-
-
-def ort_static(path: str, dst: str, calibration: list, method: str) -> str:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                          QuantFormat, QuantType, quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.data = iter(calibration)
-
-        def get_next(self):
-            return next(self.data, None)
-
-    quantize_static(path, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method))
+    """onnxruntime.quantization's pre-processing (bench/quant.py's), as its documentation
+    asks before quantizing; returns dst."""
+    preprocess_onnxruntime(path, dst)
     return dst
 
 

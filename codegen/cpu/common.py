@@ -114,7 +114,8 @@ def vstore(kb: KernelBuilder, value: ir.Value, ptr: ir.Value, index, name: str) 
 
 
 def hreduce(e: Emitter, v: ir.Value, op: str) -> ir.Value:
-    """Horizontal sum / max of a vector (a tree of shuffles: no reassoc flag needed)."""
+    """Horizontal reduction of a vector (a tree of shuffles: no reassoc flag needed): "sum",
+    "max" (NaN-propagating), or "minnum" / "maxnum" (NaN-ignoring, LLVM's intrinsics)."""
     b = e.b
     if not isinstance(v.type, ir.VectorType):
         return v
@@ -123,7 +124,12 @@ def hreduce(e: Emitter, v: ir.Value, op: str) -> ir.Value:
         half = n // 2
         lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half))))
         hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half, n))))
-        v = e.add(lo, hi) if op == "sum" else e.max(lo, hi)
+        if op == "sum":
+            v = e.add(lo, hi)
+        elif op == "max":
+            v = e.max(lo, hi)
+        else:
+            v = e.intrinsic(op, [lo, hi])
         n = half
     return b.extract_element(v, I32(0))
 

@@ -150,7 +150,8 @@ def to_s8_side(x: np.ndarray, zp):
 # --------------------------------------------------------------------------------------------
 
 
-def _intrinsic(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+def intrinsic(module: ir.Module, name: str, ret: ir.Type,
+              args: Sequence[ir.Type]) -> ir.Function:
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, ir.FunctionType(ret, list(args)), name)
@@ -220,14 +221,14 @@ class DotStep:
         m = b.module
         if p.name == "vnni":
             vb = ir.VectorType(I8, 4 * p.vw)
-            fn = _intrinsic(m, "llvm.x86.avx512.vpdpbusd.512", self.acc_type,
+            fn = intrinsic(m, "llvm.x86.avx512.vpdpbusd.512", self.acc_type,
                             [self.acc_type, vb, vb])
             u, s = (row, panel) if self.row_is_u8 else (panel, row)
             return b.call(fn, [acc, u, s], name=name)
         if p.group == 2:
             vh = ir.VectorType(I16, 2 * p.vw)
             intr = "llvm.x86.avx512.pmaddw.d.512" if p.vw == 16 else "llvm.x86.avx2.pmadd.wd"
-            fn = _intrinsic(m, intr, self.acc_type, [vh, vh])
+            fn = intrinsic(m, intr, self.acc_type, [vh, vh])
             return b.add(acc, b.call(fn, [row, panel], name=name + ".pairs"), name=name)
         return b.add(acc, b.mul(row, panel, name=name + ".prod"), name=name)
 
@@ -345,4 +346,4 @@ def emit_row_tiles(b: ir.IRBuilder, dot: DotStep, row_ptr: Callable[[ir.Value], 
 
 __all__ = ["Int8Path", "PATHS", "int8_path", "why_path", "padded_k", "panel_count",
            "packed_panel_size", "pack_panels", "to_u8_side", "to_s8_side", "DotStep",
-           "emit_tile", "emit_row_tiles", "lane_mask"]
+           "emit_tile", "emit_row_tiles", "lane_mask", "intrinsic"]

@@ -16,7 +16,8 @@ matmul_integer(a, b, a_zp, b_zp) with a constant 2-D b (a quantized layer's weig
 * Work items are blocks of rows x blocks of panels, about ITEMS of them, so two threads
   share a batch-1 layer (few rows) as well as a long sequence.
 
-SLIMC_DEBUG=quant prints, per layer, the path the target gave it and why.
+SLIMC_DEBUG=quant prints, per layer, the path the target gave it and why. conv_integer, on the
+same tiles, is in gen_qconv.py.
 """
 
 from __future__ import annotations
@@ -25,27 +26,25 @@ import numpy as np
 from llvmlite import ir
 
 from slimc.ir import dtypes
+from slimc.ir.graph import constant_data
 
 from . import gemm_int8 as q8
-from .common import const_table, stack_row
+from .common import const_table, hreduce, smin, stack_row
 from .gemm import EpilogueContext
 from .gen_linalg import _batch_index, _norm_shapes, _out_batch
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I8, I32, I64, const, i64, masked_store_vector, splat, vector_of
+from .llvm_util import F32, I8, I32, const, i64, masked_store_vector, splat, vector_of
 from .scalar_ops import LOWERINGS, Emitter
 
 ITEMS = 8  # work items to aim for: blocks of rows x blocks of panels
 
 
-def _debug(message: str) -> None:
+def debug(message: str) -> None:
+    """SLIMC_DEBUG=quant: which kernel a quantized layer got and why."""
     from slimc.ir import debug
 
     if debug.enabled("quant"):
         debug.log("quant", message)
-
-
-def _const(v):
-    return None if v is None else (v.data if v.is_constant and v.data is not None else None)
 
 
 def _gemm_plan(kb: KernelBuilder, node):
@@ -54,11 +53,11 @@ def _gemm_plan(kb: KernelBuilder, node):
     a_zp = node.inputs[2] if len(node.inputs) > 2 else None
     b_zp = node.inputs[3] if len(node.inputs) > 3 else None
     a_shape, b_shape = kb.shape(a), kb.shape(b)
-    if _const(b) is None:
+    if constant_data(b) is None:
         return None, "b is computed at run time (the tiles pack constant weights)"
     if len(b_shape) > 2:
         return None, f"b has batch axes {list(b_shape[:-2])}"
-    if b_zp is not None and _const(b_zp) is None:
+    if b_zp is not None and constant_data(b_zp) is None:
         return None, "b's zero point is computed at run time"
     batch_a, M, K, _, N = _norm_shapes(a_shape, b_shape)
     if K == 0:
@@ -75,11 +74,11 @@ def _gemm_plan(kb: KernelBuilder, node):
 def matmul_integer(kb: KernelBuilder, node) -> None:
     plan, why = _gemm_plan(kb, node)
     if plan is None:
-        _debug(f"{node.label}: matmul_integer by exact loops: {why}")
+        debug(f"{node.label}: matmul_integer by exact loops: {why}")
         return matmul_integer_loops(kb, node)
     M, K, N, R = plan
     path = q8.int8_path(kb.target)
-    _debug(f"{node.label}: int8 GEMM {R}x{K} @ {K}x{N}: {q8.why_path(kb.target)}")
+    debug(f"{node.label}: int8 GEMM {R}x{K} @ {K}x{N}: {q8.why_path(kb.target)}")
     a, bw = node.inputs[0], node.inputs[1]
     a_zp = node.inputs[2] if len(node.inputs) > 2 else None
     b_zp = node.inputs[3] if len(node.inputs) > 3 else None
@@ -100,7 +99,7 @@ def matmul_integer(kb: KernelBuilder, node) -> None:
     cc[:N] = colsum - K * zb
     a_signed = a.type.dtype == dtypes.i8
     za_shift = 128 if a_signed else 0
-    za_const = _const(a_zp) if a_zp is not None else np.zeros((), np.int64)
+    za_const = constant_data(a_zp) if a_zp is not None else np.zeros((), np.int64)
     packed = q8.pack_panels(Bs, path)
     Bp = bld.bitcast(kb.substitute_constant(bw, packed, name + ".packed"), ir.PointerType(I8))
     if za_const is not None and np.asarray(za_const).size == 1:
@@ -108,7 +107,7 @@ def matmul_integer(kb: KernelBuilder, node) -> None:
         col_term, za_runtime = -za * cc, None
     else:
         col_term, za_runtime = cc, a_zp
-    _check_i32(col_term, node)
+    check_i32(col_term, node)
     col_table = const_table(kb, col_term.astype(np.int64), "zp.cols", I32)
     has_zb = bool(np.any(zb != 0))
     zb_table = None
@@ -141,9 +140,9 @@ def matmul_integer(kb: KernelBuilder, node) -> None:
         rb = bld.udiv(item, i64(n_pb), name="rb")
         pb = bld.urem(item, i64(n_pb), name="pb")
         r0 = bld.mul(rb, i64(RB), name="r0")
-        r1 = _min(bld, bld.add(r0, i64(RB)), i64(R), "r1")
+        r1 = smin(bld, bld.add(r0, i64(RB)), i64(R), "r1")
         p0 = bld.mul(pb, i64(PB), name="p0")
-        p1 = _min(bld, bld.add(p0, i64(PB)), i64(npan), "p1")
+        p1 = smin(bld, bld.add(p0, i64(PB)), i64(npan), "p1")
         if has_zb:
             _row_sums(kb, A, K, r0, r1, rowsum, a_signed)
 
@@ -165,7 +164,7 @@ def matmul_integer(kb: KernelBuilder, node) -> None:
             if epilogue is not None:
                 ctx = EpilogueContext(b, kb.module, row, col, mask, nlanes, vt.count, args)
                 v = epilogue(ctx, v)
-            _store(b, v, dst, b.add(b.mul(row, i64(N)), col), mask, dst_dt)
+            store_vector(b, v, dst, b.add(b.mul(row, i64(N)), col), mask, dst_dt)
 
         def panels(lo, hi, ncols, tag):
             with kb.loop(lo, hi, name=tag) as p:
@@ -175,7 +174,7 @@ def matmul_integer(kb: KernelBuilder, node) -> None:
                 q8.emit_row_tiles(bld, dot, row_ptr, r0, r1, panel, col0, K, ncols, store, tag)
 
         if nfull:
-            panels(p0, _min(bld, p1, i64(nfull), "p1.full"), path.nr, "pan")
+            panels(p0, smin(bld, p1, i64(nfull), "p1.full"), path.nr, "pan")
         if last_cols:
             has_last = bld.icmp_signed("==", p1, i64(npan), name="has.last")
             with bld.if_then(has_last):
@@ -183,16 +182,13 @@ def matmul_integer(kb: KernelBuilder, node) -> None:
     bld.ret_void()
 
 
-def _check_i32(x: np.ndarray, node) -> None:
+def check_i32(x: np.ndarray, node) -> None:
+    """Compile-time zero-point terms must fit the int32 accumulators."""
     if np.abs(x).max(initial=0) >= 2 ** 31:
         from slimc.ir import UnsupportedError
 
         raise UnsupportedError("zero-point compensation overflows int32 (K too large)",
                                node=node.label, op=node.op)
-
-
-def _min(b, x, y, name):
-    return b.select(b.icmp_signed("<", x, y), x, y, name=name)
 
 
 def _vec_load(b, table, col, vt, name):
@@ -201,7 +197,8 @@ def _vec_load(b, table, col, vt, name):
     return b.load(p, align=4, name=name)
 
 
-def _store(b, v, dst, index, mask, dt):
+def store_vector(b, v, dst, index, mask, dt):
+    """Store a kernel's result (any dtype, scalar or vector, masked when partial)."""
     p = b.gep(dst, [index], inbounds=True)
     if mask is None:
         b.store(v, b.bitcast(p, ir.PointerType(v.type)), align=max(1, dt.itemsize))
@@ -325,8 +322,8 @@ def dynamic_quantize(kb: KernelBuilder, node) -> None:
                 v = ld(i, W)
                 b.store(e.intrinsic("minnum", [b.load(lo_acc), v]), lo_acc)
                 b.store(e.intrinsic("maxnum", [b.load(hi_acc), v]), hi_acc)
-        lo = _hreduce_minmax(e, b.load(lo_acc), "minnum")
-        hi = _hreduce_minmax(e, b.load(hi_acc), "maxnum")
+        lo = hreduce(e, b.load(lo_acc), "minnum")
+        hi = hreduce(e, b.load(hi_acc), "maxnum")
         if vend < L:
             lo_s = b.alloca(F32)
             hi_s = b.alloca(F32)
@@ -360,484 +357,4 @@ def dynamic_quantize(kb: KernelBuilder, node) -> None:
                     y = LOWERINGS["quantize"](qe, [ld(i, lanes), sv, zv], {})
                     p = b.gep(Q, [b.add(base, i)], inbounds=True)
                     b.store(y, b.bitcast(p, ir.PointerType(y.type)) if lanes > 1 else p, align=1)
-    b.ret_void()
-
-
-def _hreduce_minmax(e: Emitter, v, which: str):
-    b = e.b
-    n = v.type.count
-    while n > 1:
-        half = n // 2
-        lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half))))
-        hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, half), list(range(half, n))))
-        v = e.intrinsic(which, [lo, hi])
-        n = half
-    return b.extract_element(v, I32(0))
-
-
-# ----- conv_integer ------------------------------------------------------------------------------
-#
-# A 2-D conv_integer with constant weights runs directly on the int8 tiles, without an im2col:
-# rows are output channels (the weights, signed, k ordered (ky, kx, channel group), each k group
-# broadcast from memory), columns are runs of output pixels along an output row (the unsigned
-# side). A work item, a block of output rows of one image and group, first copies the input rows
-# it reads into its scratch slot as [channel group][row][column phase][column][g channels] bytes
-# (borders and padded channels hold the activation zero point; the phase is the column modulo
-# the stride): then the g bytes of k group (ky, kx, channels) of vw consecutive output pixels
-# are one contiguous vector at an offset (`poffsets`) from the run's first pixel. The
-# accumulator vectors run along output pixels, which NCHW stores contiguously, so the fused
-# epilogue (dequantize, bias, relu, the next quantize) is the matmul's.
-
-CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
-PIXEL_ROWS_MIN_K = 1024  # see `pixel_rows` in conv_integer
-
-
-def _conv_plan(kb: KernelBuilder, node):
-    """The conv's geometry when the int8 tiles take it, else (None, why)."""
-    from slimc.ir.ops.window import _window_params
-
-    x, w = node.inputs[0], node.inputs[1]
-    x_zp = node.inputs[2] if len(node.inputs) > 2 else None
-    w_zp = node.inputs[3] if len(node.inputs) > 3 else None
-    xs, ws = kb.shape(x), kb.shape(w)
-    if len(xs) != 4:
-        return None, f"the conv is {len(xs) - 2}-D (the tiles take 2-D)"
-    if _const(w) is None:
-        return None, "the weights are computed at run time"
-    if x_zp is not None and _const(x_zp) is None:
-        return None, "the input's zero point is computed at run time"
-    if w_zp is not None and _const(w_zp) is None:
-        return None, "the weights' zero point is computed at run time"
-    attrs = kb.attrs(node)
-    strides, pads, dil = _window_params(attrs, 2)
-    group = int(attrs["group"])
-    M, Cg, kh, kw = ws
-    Mg = M // group
-    zs = np.zeros(M, np.int64) if w_zp is None else \
-        np.broadcast_to(np.asarray(w_zp.data).reshape(-1).astype(np.int64), (M,))
-    _, zs_norm = q8.to_s8_side(np.zeros(1, w.type.dtype.numpy), zs)
-    if np.any(zs_norm != 0):
-        return None, "the weights have a zero point other than 0 (int8) or 128 (uint8)"
-    if Cg == 1:
-        kind = "depthwise"
-    elif Mg < 4 or Cg * kh * kw < 8:
-        return None, f"{Mg} output and {Cg * kh * kw} input values per group are too few " \
-                     f"for a GEMM"
-    else:
-        kind = "gemm"
-    return dict(strides=strides, pads=pads, dil=dil, group=group, kind=kind), None
-
-
-@generator("conv_integer", epilogue=True, epilogue_any_dtype=True)
-def conv_integer(kb: KernelBuilder, node) -> None:
-    plan, why = _conv_plan(kb, node)
-    if plan is None:
-        _debug(f"{node.label}: conv_integer by exact loops: {why}")
-        return conv_integer_loops(kb, node)
-    path = q8.int8_path(kb.target)
-    depthwise = plan["kind"] == "depthwise"
-    if depthwise:  # one input channel per group: bytes widened to int32 lanes, no k groups
-        path = q8.Int8Path("depthwise", path.vw, 1, 1, path.nv)
-    vw, g, NR = path.vw, path.group, path.nr
-    x, w = node.inputs[0], node.inputs[1]
-    x_zp = node.inputs[2] if len(node.inputs) > 2 else None
-    out = node.outputs[0]
-    b = kb.b
-    name = llvm_name(out.name)
-    N, C, H, W = kb.shape(x)
-    M, Cg, kh, kw = kb.shape(w)
-    _, _, OH, OW = kb.shape(out)
-    (sh, sw), (dh, dw) = plan["strides"], plan["dil"]
-    pt, pl, pb, pr = plan["pads"]
-    G = plan["group"]
-    Mg = M // G
-    cgroups = -(-Cg // g)
-    Cp = cgroups * g
-    K = kh * kw * Cp
-    P = OH * OW
-    Wq = -(-(W + pl + pr) // sw)  # columns per phase
-    # Output rows narrower than a vector (ResNet's 7x7 layers): pixels become the rows of the
-    # tiles and output channels the vectors, each result stored on its own -- worth it where
-    # the K = Cin*kh*kw products per result outweigh a scalar epilogue (~20 instructions)
-    # more than the idle lanes of pixel runs cost.
-    pixel_rows = not depthwise and OW < vw and K >= PIXEL_ROWS_MIN_K
-    if depthwise:
-        _debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
-    elif pixel_rows:
-        _debug(f"{node.label}: int8 conv as {N * G} GEMMs {P}x{K} @ {K}x{Mg} (pixels as rows: "
-               f"output rows of {OW} < {vw} lanes): {q8.why_path(kb.target)}")
-    else:
-        _debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: "
-               f"{q8.why_path(kb.target)}")
-    kb.cost = 2 * N * M * P * Cg * kh * kw
-
-    # work items: images x groups x blocks of output rows (x blocks of channel panels)
-    npan = -(-Mg // NR)
-    if pixel_rows:
-        n_rb, n_pb = 1, min(npan, max(1, -(-CONV_ITEMS // (N * G))))
-    else:
-        n_rb, n_pb = max(1, min(OH, -(-CONV_ITEMS // (N * G)))), 1
-    ORB = -(-OH // n_rb)
-    n_rb = -(-OH // ORB)
-    PB = -(-npan // n_pb)
-    n_pb = -(-npan // PB)
-    kb.parallel_extent = items = N * G * n_rb * n_pb
-    in_rows = (ORB - 1) * sh + (kh - 1) * dh + 1
-    plane = in_rows * sw * Wq * g  # bytes of one channel group
-    slot = -(-(cgroups * plane + NR * g) // 64) * 64  # + one run read past the end (masked)
-    ws_raw = kb.scratch(slot * items, name + ".ws")
-
-    # weights [M, ky, kx, Cp] as the signed row side; the zero-point term per output channel;
-    # where each k group of a pixel run sits, from the run's first pixel
-    Ws, _ = q8.to_s8_side(w.data, 0)
-    Wk = np.zeros((M, kh, kw, Cp), np.int8)
-    Wk[..., :Cg] = Ws.transpose(0, 2, 3, 1)
-    Wk = Wk.reshape(M, K)
-    x_signed = x.type.dtype == dtypes.i8
-    zu = int(np.asarray(x_zp.data).reshape(())) if x_zp is not None else 0
-    zu += 128 if x_signed else 0
-    row_term = -zu * Wk.astype(np.int64).sum(axis=1)
-    _check_i32(row_term, node)
-    if pixel_rows:  # the weights as panels of output channels (the matmul layout)
-        packed = np.concatenate([q8.pack_panels(Wk[gi * Mg:(gi + 1) * Mg].T, path)
-                                 for gi in range(G)])
-    else:
-        packed = Wk.reshape(-1)
-    group_bytes = packed.size // G
-    Wc = b.bitcast(kb.substitute_constant(w, packed, name + ".packed"), ir.PointerType(I8))
-    chan_table = const_table(kb, row_term, "zp.chan", I32)
-    poffs = [cgi * plane + ((ky * dh * sw + (kx * dw) % sw) * Wq + (kx * dw) // sw) * g
-             for ky in range(kh) for kx in range(kw) for cgi in range(cgroups)]
-    poff_table = const_table(kb, poffs, "koff", I64)
-    w_taps = None
-    quads = depthwise and q8.int8_path(kb.target).name == "vnni"
-    if quads:  # 4 taps' weights per dword, zero-padded: one vpdpbusd per 4 taps
-        t4 = -(-K // 4) * 4
-        wq = np.zeros((M, t4), np.int8)
-        wq[:, :K] = Wk
-        w_taps = const_table(kb, wq.view(np.int32).astype(np.int64).reshape(-1), "w.quads", I32)
-    elif depthwise:
-        w_taps = const_table(kb, Wk.astype(np.int64).reshape(-1), "w.taps", I32)
-
-    epilogue, extra, values = kb.gemm_epilogue(out, P)
-    args = {nm: v for (nm, _), v in zip(extra, values)}
-    dst = kb.ptr(kb.outputs[0])
-    dst_dt = kb.outputs[0].type.dtype
-    X = b.bitcast(kb.ptr(x), ir.PointerType(I8))
-    dot = q8.DotStep(b, path, row_is_u8=False)
-    last_rows = OH - (n_rb - 1) * ORB
-
-    lane_buf = b.alloca(ir.VectorType(I32, vw), name="lanes") if pixel_rows else None
-    with kb.loop(kb.begin, kb.end, name="item") as item:
-        pbk = b.urem(item, i64(n_pb), name="pb")
-        rest = b.udiv(item, i64(n_pb), name="rest")
-        rb = b.urem(rest, i64(n_rb), name="rb")
-        ng = b.udiv(rest, i64(n_rb), name="ng")
-        n = b.udiv(ng, i64(G), name="n")
-        gi = b.urem(ng, i64(G), name="gi")
-        scratch = b.gep(ws_raw, [b.mul(item, i64(slot))], inbounds=True, name="nchwc")
-        oh0 = b.mul(rb, i64(ORB), name="oh0")
-        ih0 = b.sub(b.mul(oh0, i64(sh)), i64(pt), name="ih0")
-        xbase = b.mul(b.add(b.mul(n, i64(C)), b.mul(gi, i64(Cg))), i64(H * W), name="xbase")
-        chan0 = b.mul(gi, i64(Mg), name="chan0")
-        rowbase = b.add(b.mul(n, i64(M)), chan0, name="rowbase")
-
-        def store(bb, m, col, acc, mask, nlanes, pos=None):
-            """`pos`: (output row, column) of lane 0 when known, so the epilogue's operands
-            are indexed without dividing `col` back into them."""
-            lanes = acc.type.count if isinstance(acc.type, ir.VectorType) else 1
-            row = bb.add(rowbase, m, name="row")
-            t = bb.load(bb.gep(chan_table, [bb.add(chan0, m)]), name="zp.chan")
-            v = bb.add(acc, splat(bb, t, lanes), name="acc.zp")
-            if epilogue is not None:
-                index = None if pos is None else [n, bb.add(chan0, m), pos[0], pos[1]]
-                ctx = EpilogueContext(bb, kb.module, row, col, mask, nlanes, lanes, args, index)
-                v = epilogue(ctx, v)
-            _store(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
-
-        def store_pixel(bb, p, m0, acc, mask, nlanes):
-            """A vector of output channels at one pixel: spilled to the stack, then each
-            result through the (scalar) epilogue in a loop, one copy of its code."""
-            bb.store(acc, lane_buf)
-            lanes = bb.bitcast(lane_buf, ir.PointerType(I32))
-            with kb.loop(0, nlanes, name="lane") as j:
-                v = bb.load(bb.gep(lanes, [j], inbounds=True), name="acc.lane")
-                store(bb, bb.add(m0, j), p, v, None, 1)
-
-        def row_ptr(m):
-            return b.gep(Wc, [b.mul(b.add(chan0, m), i64(K))], inbounds=True, name="w.row")
-
-        def variant(nrows, tag):
-            rows_in = (nrows - 1) * sh + (kh - 1) * dh + 1
-            _fill_nchwc(kb, X, xbase, scratch, ih0, rows_in, in_rows, H, W, Wq, pl, sw, Cg, g,
-                        zu, x_signed, slot, tag)
-            if pixel_rows:
-                _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes, pbk, PB, npan, Mg, K,
-                                  nrows * OW, OW, sh * sw * Wq * g, g, poff_table, store_pixel, tag)
-                return
-            with kb.loop(0, nrows, name=tag + ".oh") as oh:
-                row_base = b.mul(oh, i64(sh * sw * Wq * g))
-                oh_abs = b.add(oh0, oh, name=tag + ".ohabs")
-                pix_row = b.mul(oh_abs, i64(OW), name=tag + ".pixrow")
-
-                def store_run(bb, m, col, acc, mask, nlanes):
-                    store(bb, m, col, acc, mask, nlanes, pos=(oh_abs, bb.sub(col, pix_row)))
-
-                if depthwise:
-                    _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg, OW, vw,
-                                   poffs, store_run, tag, quads)
-                    return
-
-                def run(ow0, ncols, rtag):
-                    panel = b.gep(scratch, [b.add(row_base, b.mul(ow0, i64(g)))], inbounds=True,
-                                  name=rtag + ".px")
-                    col0 = b.add(pix_row, ow0, name=rtag + ".col0")
-                    q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(Mg), panel, col0, K, ncols,
-                                      store_run, rtag, poffsets=poff_table)
-
-                full = OW - OW % NR
-                if full:
-                    with kb.loop(0, full, NR, name=tag + ".ow") as ow0:
-                        run(ow0, NR, tag + ".r")
-                if OW % NR:
-                    run(i64(full), OW % NR, tag + ".rt")
-
-        if last_rows == ORB:
-            variant(ORB, "blk")
-        else:
-            is_last = b.icmp_unsigned("==", rb, i64(n_rb - 1), name="is.last")
-            with b.if_else(is_last) as (then, other):
-                with then:
-                    variant(last_rows, "last")
-                with other:
-                    variant(ORB, "blk")
-    b.ret_void()
-
-
-def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int, npan: int,
-                      Mg: int, K: int, npix: int, OW: int, row_pitch: int, g: int, koff_table,
-                      store, tag) -> None:
-    """Panels [pbk*PB, ...) of the group's output channels against all `npix` pixels of the
-    item, pixels as the tile rows (read in place from the input copy, k groups at
-    `koff_table` offsets from each pixel's window corner)."""
-    b = kb.b
-    NR = path.nr
-    dot = q8.DotStep(b, path, row_is_u8=True)
-    wgroup = b.gep(Wc, [b.mul(gi, i64(group_bytes))], inbounds=True, name="w.group")
-
-    def row_ptr(p):
-        oh, ow = b.udiv(p, i64(OW)), b.urem(p, i64(OW))
-        off = b.add(b.mul(oh, i64(row_pitch)), b.mul(ow, i64(g)))
-        return b.gep(scratch, [off], inbounds=True, name="px")
-
-    def panels(lo, hi, ncols, ptag):
-        with kb.loop(lo, hi, name=ptag) as q:
-            panel = b.gep(wgroup, [b.mul(q, i64(K * NR))], inbounds=True, name=ptag + ".w")
-            q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(npix), panel,
-                              b.mul(q, i64(NR), name=ptag + ".m0"), K, ncols, store, ptag,
-                              koffsets=koff_table)
-
-    p0 = b.mul(pbk, i64(PB), name="p0")
-    p1 = _min(b, b.add(p0, i64(PB)), i64(npan), "p1")
-    nfull = Mg // NR
-    if nfull:
-        panels(p0, _min(b, p1, i64(nfull), "p1.full"), NR, tag + ".pan")
-    if Mg % NR:
-        with b.if_then(b.icmp_signed("==", p1, i64(npan))):
-            panels(i64(nfull), i64(npan), Mg % NR, tag + ".pan.last")
-
-
-def _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg: int, OW: int, vw: int,
-                   poffs, store, tag, quads: bool = False) -> None:
-    """One output row of each of the group's Mg channels: vw pixels at a time, each tap a
-    vector of input bytes (contiguous at its offset in the channel's plane). With `quads`
-    (VNNI), four taps' vectors are interleaved into one dword per pixel and multiplied by the
-    four weights in one vpdpbusd; otherwise each tap is widened to int32 and multiplied."""
-    b = kb.b
-    vb = ir.VectorType(I8, vw)
-    vi = ir.VectorType(I32, vw)
-    taps = len(poffs)
-    groups = -(-taps // 4)
-    inter = ir.Constant(ir.VectorType(I32, 4 * vw),
-                        [vw * t + j for j in range(vw) for t in range(4)])
-
-    def tap(ow0, t):
-        off = poffs[t] if t < taps else poffs[0]  # padding taps: any bytes, weight 0
-        p = b.gep(scratch, [b.add(row_base, b.add(ow0, i64(off)))], inbounds=True)
-        return b.load(b.bitcast(p, ir.PointerType(vb)), align=1)
-
-    def run(ow0, nlanes, m, rtag):
-        acc = ir.Constant(vi, None)
-        if quads:
-            wrow = b.mul(b.add(chan0, m), i64(groups))
-            vbb = ir.VectorType(I8, 4 * vw)
-            dp = q8._intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", vi, [vi, vbb, vbb])
-            for q in range(groups):
-                u = _concat(b, [tap(ow0, 4 * q + t) for t in range(4)])
-                u = b.shuffle_vector(u, ir.Constant(u.type, ir.Undefined), inter)
-                wq = b.load(b.gep(w_taps, [b.add(wrow, i64(q))], inbounds=True),
-                            name=f"{rtag}.w{q}")
-                acc = b.call(dp, [acc, u, b.bitcast(splat(b, wq, vw), vbb)], name=f"{rtag}.acc{q}")
-        else:
-            wrow = b.mul(b.add(chan0, m), i64(taps))
-            for t in range(taps):
-                u = b.zext(tap(ow0, t), vi)
-                wt = b.load(b.gep(w_taps, [b.add(wrow, i64(t))], inbounds=True),
-                            name=f"{rtag}.w{t}")
-                acc = b.add(acc, b.mul(u, splat(b, wt, vw)), name=f"{rtag}.acc{t}")
-        store(b, m, b.add(pix_row, ow0), acc, q8.lane_mask(vw, nlanes), nlanes)
-
-    with kb.loop(0, Mg, name=tag + ".m") as m:
-        full = OW - OW % vw
-        if full:
-            with kb.loop(0, full, vw, name=tag + ".ow") as ow0:
-                run(ow0, vw, m, tag + ".v")
-        if OW % vw:
-            run(i64(full), OW % vw, m, tag + ".vt")
-
-
-def _memset(b: ir.IRBuilder, dst: ir.Value, byte: int, nbytes: int) -> None:
-    from .llvm_util import OPAQUE_PTR
-
-    m = b.module
-    fn = m.globals.get("llvm.memset.p0.i64")
-    if fn is None:
-        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [OPAQUE_PTR, I8, I64, ir.IntType(1)]),
-                         "llvm.memset.p0.i64")
-    b.call(fn, [b.bitcast(dst, OPAQUE_PTR), ir.Constant(I8, byte & 0xFF), i64(nbytes),
-                ir.Constant(ir.IntType(1), 0)])
-
-
-def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl, sw, Cg, g,
-                zu: int, flip: bool, slot: int, tag):
-    """dst[cg, r, phase, wq, t] = x[cg*g + t, ih0 + r, wq*sw + phase - pl] of this image and
-    group (as the unsigned side); the zero point outside the image and in padded channels.
-    With stride 1 or 2 and whole channel groups, 16*stride pixels of g channels are loaded,
-    interleaved in registers (and split into even and odd columns for stride 2) and stored
-    as vectors; the rest (other strides, the last columns) byte by byte."""
-    b = kb.b
-    _memset(b, dst, zu, slot)
-    plane = in_rows * sw * Wq * g
-    block = 16 * sw
-    vec = sw in (1, 2) and Cg % g == 0 and W >= block
-    Wv = W - W % block if vec else 0
-    vin = ir.VectorType(I8, block)
-    inter = ir.Constant(ir.VectorType(I32, block * g),
-                        [block * t + j for j in range(block) for t in range(g)])
-    phases = [ir.Constant(ir.VectorType(I32, 16 * g),
-                          [(sw * m + k) * g + t for m in range(16) for t in range(g)])
-              for k in range(sw)]
-    with kb.loop(0, rows_in, name=tag + ".fr") as r:
-        ih = b.add(ih0, r, name="ih")
-        inside = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
-        with b.if_then(inside):
-            src0 = b.add(xbase, b.mul(ih, i64(W)))
-            if Wv:
-                with kb.loop(0, Cg // g, name=tag + ".fg") as cg:
-                    with kb.loop(0, Wv, block, name=tag + ".fw") as iw:
-                        vs = []
-                        for t in range(g):
-                            chan = b.add(b.mul(cg, i64(g)), i64(t))
-                            src = b.add(src0, b.add(b.mul(chan, i64(H * W)), iw))
-                            p = b.bitcast(b.gep(X, [src]), ir.PointerType(vin))
-                            vs.append(b.load(p, align=1))
-                        allv = _concat(b, vs)
-                        undef = ir.Constant(allv.type, ir.Undefined)
-                        if g > 1:
-                            allv = b.shuffle_vector(allv, undef, inter)
-                        if flip:
-                            allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (block * g)))
-                        for k in range(sw):  # pixels iw + sw*m + k: one column phase each
-                            part = allv if sw == 1 else b.shuffle_vector(allv, undef, phases[k])
-                            iwp = b.add(iw, i64(pl + k))
-                            phase = (pl + k) % sw
-                            wq = b.udiv(iwp, i64(sw)) if sw > 1 else iwp
-                            prow = b.add(b.mul(r, i64(sw)), i64(phase))  # row of the phase planes
-                            at = b.add(b.mul(cg, i64(plane)),
-                                       b.mul(b.add(b.mul(prow, i64(Wq)), wq), i64(g)))
-                            p = b.bitcast(b.gep(dst, [at]), ir.PointerType(part.type))
-                            b.store(part, p, align=1)
-            if Wv < W:
-                with kb.loop(0, Cg, name=tag + ".fc") as c:
-                    src_row = b.add(src0, b.mul(c, i64(H * W)))
-                    cbase = b.add(b.mul(b.udiv(c, i64(g)), i64(plane)), b.urem(c, i64(g)))
-                    with kb.loop(Wv, W, name=tag + ".fs") as iw:
-                        v = b.load(b.gep(X, [b.add(src_row, iw)]))
-                        if flip:
-                            v = b.xor(v, ir.Constant(I8, 0x80))
-                        iwp = b.add(iw, i64(pl))
-                        phase, wq = b.urem(iwp, i64(sw)), b.udiv(iwp, i64(sw))
-                        at = b.add(b.mul(b.add(b.mul(b.add(b.mul(r, i64(sw)), phase), i64(Wq)), wq),
-                                         i64(g)), cbase)
-                        b.store(v, b.gep(dst, [at]))
-
-
-def _concat(b, vs):
-    """Concatenate equal vectors (a power-of-two count) into one."""
-    while len(vs) > 1:
-        n = vs[0].type.count
-        mask = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
-        vs = [b.shuffle_vector(vs[i], vs[i + 1], mask) for i in range(0, len(vs), 2)]
-    return vs[0]
-
-
-def conv_integer_loops(kb: KernelBuilder, node) -> None:
-    """Any conv_integer (N-d, grouped, depthwise), one exact int32 sum per output element."""
-    from slimc.ir.ops.window import _window_params
-
-    x, w = node.inputs[0], node.inputs[1]
-    x_zp = node.inputs[2] if len(node.inputs) > 2 else None
-    w_zp = node.inputs[3] if len(node.inputs) > 3 else None
-    out = node.outputs[0]
-    xs, ws, ys = kb.shape(x), kb.shape(w), kb.shape(out)
-    nsp = len(xs) - 2
-    attrs = kb.attrs(node)
-    strides, pads, dil = _window_params(attrs, nsp)
-    G = int(attrs["group"])
-    M, Cg = ws[0], ws[1]
-    Mg = M // G
-    kernel = ws[2:]
-    b = kb.b
-    X, Wt = kb.ptr(x), kb.ptr(w)
-    kb.parallel_extent = xs[0] * M
-    kb.cost = 2 * int(np.prod(ys)) * Cg * int(np.prod(kernel))
-
-    def ext(v, dt):
-        return b.sext(v, I32) if dt == dtypes.i8 else b.zext(v, I32)
-
-    acc = b.alloca(I32, name=llvm_name(out.name) + ".acc")
-    with kb.loop(kb.begin, kb.end, name="nm") as nm:
-        n = b.udiv(nm, i64(M))
-        m = b.urem(nm, i64(M))
-        gi = b.udiv(m, i64(Mg))
-        zu = I32(0) if x_zp is None else ext(b.load(b.gep(kb.ptr(x_zp), [i64(0)])), x_zp.type.dtype)
-        zs = I32(0)
-        if w_zp is not None:
-            idx = i64(0) if w_zp.type.numel == 1 else m
-            zs = ext(b.load(b.gep(kb.ptr(w_zp), [idx])), w_zp.type.dtype)
-        out_sp = ys[2:]
-        npix = int(np.prod(out_sp))
-        with kb.loop(0, npix, name="pix") as pix:
-            o = kb.delinear(pix, out_sp)
-            b.store(I32(0), acc)
-            with kb.loop(0, Cg, name="c") as c:
-                ch = b.add(b.mul(gi, i64(Cg)), c)
-                nk = int(np.prod(kernel))
-                with kb.loop(0, nk, name="kk") as kk:
-                    kidx = kb.delinear(kk, kernel)
-                    inside = ir.Constant(ir.IntType(1), 1)
-                    pos = []
-                    for d in range(nsp):
-                        p = b.sub(b.add(b.mul(kb._ir(o[d]), i64(strides[d])),
-                                        b.mul(kb._ir(kidx[d]), i64(dil[d]))), i64(pads[d]))
-                        inside = b.and_(inside, b.and_(b.icmp_signed(">=", p, i64(0)),
-                                                       b.icmp_signed("<", p, i64(xs[2 + d]))))
-                        pos.append(b.select(inside, p, i64(0)))
-                    xi = kb.linear([n, ch] + pos, xs)
-                    xv = b.sub(ext(b.load(b.gep(X, [kb._ir(xi)])), x.type.dtype), zu)
-                    xv = b.select(inside, xv, I32(0))
-                    wi = kb.linear([m, c] + kidx, ws)
-                    wv = b.sub(ext(b.load(b.gep(Wt, [kb._ir(wi)])), w.type.dtype), zs)
-                    b.store(b.add(b.load(acc), b.mul(xv, wv)), acc)
-            kb.store_result(out, [n, m] + list(o), b.load(acc, name="dot"))
     b.ret_void()
