@@ -10,6 +10,7 @@ from slimc.ir import register_op as _register_ir_op
 from slimc.frontends.onnx import from_onnx
 from slimc.compiler import Module, compile
 from slimc.quantize import quantize
+from slimc import prune
 from slimc.target import Target
 from slimc.runtime.export import load
 
@@ -52,5 +53,5 @@ def _register_cpu_lowering(name, fn):
 # backend kind -> how it takes a custom op's lowering (the CUDA backend adds its own)
 _LOWERING_REGISTRARS = {"cpu": _register_cpu_lowering}
 
-__all__ = ["compile", "quantize", "load", "Module", "Target", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
+__all__ = ["compile", "quantize", "prune", "load", "Module", "Target", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
            "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError", "TargetError"]

@@ -200,27 +200,40 @@ def _report_times(times: dict, name: str) -> dict:
     return times
 
 
+def import_model(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Graph:
+    """Anything `compile` takes as a model, as a slimc Graph of its own (a Graph is cloned, so
+    the caller's stays untouched). `compile`, `quantize` and `prune` all start here."""
+    from slimc.frontends.onnx import from_onnx
+
+    if not isinstance(model, Graph):
+        return from_onnx(model, input_shapes=input_shapes)
+    graph = model.clone()
+    if input_shapes:
+        by_name = {v.name: v for v in graph.inputs}
+        for name, shape in input_shapes.items():
+            if name not in by_name:
+                raise SlimcError(f"input_shapes names {name!r}, which is not an input")
+            by_name[name].type = by_name[name].type.with_shape(tuple(shape))
+        InferShapes().run(graph)
+    return graph
+
+
+def simplified_graph(model) -> Graph:
+    """The model imported and run through the target-neutral standard pipeline (folding,
+    batch norms in the conv weights, recognition): what `quantize` and `prune` rewrite."""
+    graph = import_model(model)
+    PassManager(standard_pipeline(2)).run(graph)
+    return graph
+
+
 def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             denormals: str = "flush") -> Module:
     """Compile a model (ONNX path, bytes or ModelProto, or a slimc Graph) for `target` (a
     string such as "x86", "x86-64-v3", "aarch64", or a `slimc.Target`)."""
-    from slimc.frontends.onnx import from_onnx
-
-    import_seconds = 0.0
-    if isinstance(model, Graph):
-        graph = model.clone()
-        if input_shapes:
-            by_name = {v.name: v for v in graph.inputs}
-            for name, shape in input_shapes.items():
-                if name not in by_name:
-                    raise SlimcError(f"input_shapes names {name!r}, which is not an input")
-                by_name[name].type = by_name[name].type.with_shape(tuple(shape))
-            InferShapes().run(graph)
-    else:
-        start = time.perf_counter()
-        graph = from_onnx(model, input_shapes=input_shapes)
-        import_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    graph = import_model(model, input_shapes=input_shapes)
+    import_seconds = 0.0 if isinstance(model, Graph) else time.perf_counter() - start
     return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals,
                   import_seconds=import_seconds)

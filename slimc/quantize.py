@@ -24,7 +24,8 @@ import numpy as np
 from slimc.ir import Graph, InputError, SlimcError, interpret
 from slimc.ir.debug import log
 from slimc.ir.interpreter import check_arrays, input_specs, order_inputs
-from slimc.passes import PassManager, standard_pipeline
+from slimc.compiler import simplified_graph
+from slimc.passes import PassManager
 from slimc.passes.quantize import (METHODS, ActivationStats, Layer, Plan, Quantize,
                                    QuantizeEmbeddings, activation_range, emit_layer, find_layers,
                                    quantize_weight, uint8_params)
@@ -168,16 +169,6 @@ class _Sqnr:
 
 # ----- the steps ------------------------------------------------------------------------------
 
-def _float_graph(model) -> Graph:
-    """The model imported as `compile` imports it and run through the float pipeline up to
-    folding (no target passes: the quantized graph is target-neutral)."""
-    from slimc.frontends.onnx import from_onnx
-
-    graph = model.clone() if isinstance(model, Graph) else from_onnx(model)
-    PassManager(standard_pipeline(2)).run(graph)
-    return graph
-
-
 def _collect(graph: Graph, layers: Sequence[Layer], samples: list) -> dict:
     """Each layer input's statistics over the calibration data."""
     names = list(dict.fromkeys(layer.x for layer in layers))
@@ -284,7 +275,7 @@ def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "stat
     scale per row, dequantized as they are read (weight-only: their lookups stay exact
     up to the rounding of the table)."""
     _check_options(mode, method, percentile, keep_sensitive, calibration)
-    graph = _float_graph(model)
+    graph = simplified_graph(model)
     samples = _samples(graph, calibration)
     found = find_layers(graph)
     layers, kept = _select(found, mode, set(exclude))
