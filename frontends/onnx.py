@@ -8,7 +8,7 @@ built and says everything that is wrong at once:
 2. scan: every node's op and opset is looked up in the converter table; everything missing is
    reported in one `UnsupportedError` with counts and the first node names;
 3. convert: graph inputs (symbolic dimensions bound by ``input_shapes``), initializers as
-   constants, then one converter call per node in order.
+   constants (sparse ones densified), then one converter call per node in order.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from slimc.ir.errors import InternalError
 
 from .onnx_functions import expand, function_body, has_function_body
 from .onnx_ops import ConvertContext, find_converter, onnx_dtype, onnx_elem_type, tensor_to_numpy
+from .onnx_ops.tensor import sparse_to_numpy
 
 # Ops that need control flow, sequences, optionals or strings: refused with a reason.
 _OUT_OF_SCOPE = {
@@ -157,11 +158,10 @@ def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
         if unknown:
             raise ModelError(f"{what} names {sorted(unknown)}, which are not model inputs "
                              f"(inputs: {sorted(known_inputs)})")
-    all_names = {n for node in g.node for n in list(node.output)} | known_inputs | \
-        {t.name for t in g.initializer}
+    initializers = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
+    all_names = {n for node in g.node for n in list(node.output)} | known_inputs | initializers
     graph.reserve(all_names - {""})
     env: dict[str, Value] = {}
-    initializers = {t.name for t in g.initializer}
     symbol_values = _symbol_binding(g, initializers, input_shapes)
     for vi in g.input:
         if vi.name in initializers:
@@ -179,6 +179,9 @@ def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
         env[vi.name] = graph.add_input(vi.name, t)
     for t in g.initializer:
         env[t.name] = graph.add_constant(t.name, tensor_to_numpy(t, "", base_dir), unique=False)
+    for t in g.sparse_initializer:  # densified: slimc's constants are dense
+        name = t.values.name
+        env[name] = graph.add_constant(name, sparse_to_numpy(t, "", base_dir), unique=False)
     for node in g.node:
         _convert_node(graph, node, env, opsets)
     outputs = []

@@ -1,11 +1,13 @@
 """The command line: ``slimc ir``, ``slimc run``, ``slimc compile``, ``slimc quantize``,
-``slimc opt``, ``slimc demo``.
+``slimc prune``, ``slimc opt``, ``slimc demo``.
 
     slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
     slimc run model.onnx [--inputs inputs.npz] [--shape ...]
     slimc compile model.onnx -o model.slimc [--target aarch64] [--shape ...] [--time]  (export)
     slimc quantize model.onnx --calibration inputs.npz [--dynamic] [--method entropy] -o out
                                                 (writes out.slimc + out.npz, prints the report)
+    slimc prune model.onnx --sparsity 0.9 [--pattern block:1x8] [--scope global] -o out
+                                                (magnitude pruning; writes and prints as quantize)
     slimc opt graph.slimc --passes fold_constants,cse      (replays a pass on a dump)
     slimc demo
 """
@@ -149,6 +151,23 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    """Magnitude-prune and write the graph as quantize does (OUT.slimc and OUT.npz), printing
+    the report."""
+    import slimc
+    from slimc.ir import save
+
+    graph = _load_graph(args.model, _shapes(args.shape))
+    pruned, report = slimc.prune.magnitude(graph, args.sparsity, pattern=args.pattern,
+                                           layers=args.layers.split(",") if args.layers else None,
+                                           scope=args.scope, report=True)
+    save(pruned, args.output)
+    print(report)
+    base = args.output[:-len(".slimc")] if args.output.endswith(".slimc") else args.output
+    print(f"slimc: wrote {base}.slimc and {base}.npz")
+    return 0
+
+
 def cmd_opt(args) -> int:
     import slimc
     from slimc.compiler import pipeline
@@ -213,6 +232,17 @@ def main(argv=None) -> int:
                    help="keep float the layers whose SQNR quantized alone is below DB")
     p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
     p.set_defaults(fn=cmd_quantize)
+    p = sub.add_parser("prune", help="zero the smallest weights and write the model as slimc IR")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="OUT: writes OUT.slimc and OUT.npz")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of weights zeroed")
+    p.add_argument("--pattern", default="unstructured",
+                   help="unstructured (default), block:RxC (e.g. block:1x8) or n:m:N:M")
+    p.add_argument("--scope", default="layer", choices=["layer", "global"],
+                   help="one threshold per layer (default) or over all layers")
+    p.add_argument("--layers", help="prune only these layers, by name: a,b,c")
+    p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.set_defaults(fn=cmd_prune)
     p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
     p.add_argument("graph")
     p.add_argument("--passes", required=True)

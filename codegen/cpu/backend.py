@@ -1,6 +1,7 @@
 """The CPU backend: x86-64 (the host, or portable x86-64-v3 / v4) and AArch64 through LLVM.
 
-What it adds to the pipeline: the Winograd rewrite (with the cost model of its target: this
+What it adds to the pipeline: sparse kernels for mostly-zero weights (priced by timing both
+forms on this host, sparse_cost.py), the Winograd rewrite (with the cost model of its target: this
 host's calibration, or the built-in coefficients for a machine it cannot measure) and the
 blocked NCHW[b]c layout (b = the target's vector width). What it fuses: ops with a scalar
 lowering (scalar_ops.py) or an index map are computed inline; generators (kernel.py's
@@ -119,12 +120,20 @@ class CpuBackend(Backend):
     # ---- the pipeline -------------------------------------------------------------------------
     def pipeline_passes(self, opt_level: int) -> list:
         from slimc.passes.layout import Layout
+        from slimc.passes.sparsify import Sparsify
         from slimc.passes.winograd import Winograd
 
         if opt_level < 2:
             return []
-        return [Winograd(opt_level=opt_level, model=self.winograd_model()),
+        return [Sparsify(model=self.sparse_model()),
+                Winograd(opt_level=opt_level, model=self.winograd_model()),
                 Layout(block=self.target.vector_width)]
+
+    def sparse_model(self):
+        """The sparsify pass's cost model of this backend's target (sparse_cost.py)."""
+        from .sparse_cost import SparseCostModel
+
+        return SparseCostModel(self.target)
 
     def winograd_model(self):
         """The Winograd cost model of this backend's target (see winograd_cost.cost_model)."""

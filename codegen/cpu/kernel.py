@@ -516,8 +516,12 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
     for n in nodes:
         if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
             raise UnsupportedError(f"the CPU backend has no lowering for {n.op}", node=n.label, op=n.op)
+    from .gen_transpose import emit_tiled_transpose, tiled_transpose_applies
+
     if anchors:
         GENERATORS[anchors[0].op](kb, anchors[0])
+    elif tiled_transpose_applies(kb):
+        emit_tiled_transpose(kb)
     else:
         kb.elementwise_loops()
     cost = kb.cost or sum(v.type.numel for v in outputs)

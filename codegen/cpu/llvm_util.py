@@ -140,6 +140,16 @@ def masked_intrinsic(module: ir.Module, kind: str, vt: ir.VectorType) -> ir.Func
     return fn
 
 
+def vector_gep(b: ir.IRBuilder, ptr: ir.Value, index: ir.Value, elem: ir.Type,
+               name: str = "") -> ir.Value:
+    """One pointer per lane, ptr + index[lane] elements (for llvm.masked.gather): a scalar
+    base with a vector of i32 indices, the form x86 turns into vgatherdps. llvmlite types a
+    gep's result as one pointer; the instruction's text is right, so its type is set here."""
+    g = b.gep(ptr, [index], inbounds=True, name=name, source_etype=elem)
+    g.type = ir.VectorType(OPAQUE_PTR, index.type.count)
+    return g
+
+
 def masked_load_vector(b: ir.IRBuilder, addr: ir.Value, vt: ir.VectorType, mask: ir.Value,
                        name: str = "") -> ir.Value:
     """The lanes of `mask` of a `vt` vector at `addr`; other lanes read as zero and touch no

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimc.ir import dtypes
+from slimc.ir import ModelError, dtypes
 from slimc.ir.ops.tensor import even_split
 from slimc.ir.ops.tensor_gen import PAD_MODES
 
@@ -282,20 +282,66 @@ def unique(ctx: ConvertContext):
     return outs[:len(ctx.node.output)]
 
 
-# ----- Constant -------------------------------------------------------------------------------
+# ----- Constant and sparse tensors ------------------------------------------------------------
+def sparse_to_numpy(sp, where: str = "", base_dir=None) -> np.ndarray:
+    """An ONNX SparseTensorProto (a sparse initializer, or a Constant's sparse_value) as a
+    dense array: slimc has no sparse tensor type, and the `sparsify` pass finds the zeros
+    again in the dense weight. Indices are linear ([NNZ]) or coordinates ([NNZ, rank]); one out
+    of range, repeated, or a count that does not match the values is a ModelError naming the
+    tensor."""
+    from . import tensor_to_numpy  # defined after the converter families are imported
+
+    name = sp.values.name or where or "<unnamed>"
+
+    def bad(why: str):
+        raise ModelError(f"sparse tensor {name!r}: {why}", node=where or None)
+
+    dims = tuple(int(d) for d in sp.dims)
+    if any(d < 0 for d in dims):
+        bad(f"dims {list(dims)} are negative")
+    values = tensor_to_numpy(sp.values, where, base_dir).reshape(-1)
+    dense = np.zeros(dims, values.dtype)
+    nnz = values.size
+    if not sp.HasField("indices"):
+        if nnz:
+            bad(f"{nnz} value(s) but no indices")
+        return dense
+    idx = tensor_to_numpy(sp.indices, where, base_dir)
+    if idx.dtype.kind not in "iu":
+        bad(f"indices are {idx.dtype}, not integers")
+    if dims and idx.shape == (nnz, len(dims)):
+        for axis, d in enumerate(dims):
+            if nnz and (idx[:, axis].min() < 0 or idx[:, axis].max() >= d):
+                bad(f"an index along axis {axis} is outside 0..{d - 1} (dims {list(dims)})")
+        flat = np.ravel_multi_index(tuple(idx.T.astype(np.int64)), dims)
+    elif idx.shape == (nnz,):
+        if nnz and (idx.min() < 0 or idx.max() >= dense.size):
+            bad(f"a linear index is outside 0..{dense.size - 1} (dims {list(dims)})")
+        flat = idx.astype(np.int64)
+    else:
+        bad(f"{nnz} value(s) but indices of shape {list(idx.shape)}; expected [{nnz}] (linear) "
+            f"or [{nnz}, {len(dims)}] (coordinates)")
+    if np.unique(flat).size != nnz:
+        bad("an index appears twice")
+    dense.reshape(-1)[flat] = values
+    return dense
+
+
 @converter("Constant", since=1)
 def constant(ctx: ConvertContext):
     name = ctx.node.output[0] if ctx.node.output else ""
-    for refused in ("value_string", "value_strings", "sparse_value"):
+    for refused in ("value_string", "value_strings"):
         if ctx.has_attr(refused):
-            ctx.unsupported(f"a Constant with {refused} is not supported "
-                            f"({'strings' if 'string' in refused else 'sparse tensors'} are "
-                            f"not slimc tensors)")
+            ctx.unsupported(f"a Constant with {refused} is not supported (strings are not "
+                            f"slimc tensors)")
     forms = {"value": None, "value_float": np.float32, "value_floats": np.float32,
-             "value_int": np.int64, "value_ints": np.int64}
+             "value_int": np.int64, "value_ints": np.int64, "sparse_value": None}
     given = [k for k in forms if ctx.has_attr(k)]
     if len(given) != 1:
         ctx.fail(f"a Constant needs exactly one value attribute, got {given or 'none'}")
+    if given[0] == "sparse_value":
+        return ctx.const(sparse_to_numpy(ctx.attr("sparse_value", kind="sparse_tensor"),
+                                         ctx.label), name=name)
     kind = {"value": "tensor", "value_float": "float", "value_floats": "floats",
             "value_int": "int", "value_ints": "ints"}[given[0]]
     data = np.asarray(ctx.attr(given[0], kind=kind), dtype=forms[given[0]])

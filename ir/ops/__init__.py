@@ -2,4 +2,4 @@
 
 from . import conv, elementwise, linalg, norm, pool, reduce, spatial  # noqa: F401
 from . import gather_scatter, tensor, tensor_gen  # noqa: F401
-from . import attention, layout, quant, winograd  # noqa: F401
+from . import attention, layout, quant, sparse, winograd  # noqa: F401

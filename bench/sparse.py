@@ -1,0 +1,160 @@
+"""The sparse kernel sweep: slimc's sparse kernels against slimc's dense ones, per layer.
+
+    python -m bench.sparse [--threads 1] [--quick] [--layers ...] [--sparsity 0.5,0.7,...]
+
+For BERT-sized matmuls (x[M, K] @ W[K, N] at M = 1 and 128) and ResNet-sized 1x1
+convolutions, each weight is pruned with numpy to each sparsity, unstructured and in 1x8
+blocks (eight consecutive outputs at one input: the pattern `slimc.prune.magnitude`'s
+"block:1x8" makes), and timed four ways in one process: dense (``disable_passes=
+["sparsify"]``), each sparse form forced (CSR; 1x8 blocks, for the block-pruned weight), and
+what the `sparsify` pass chooses by itself (``auto``: it must never be slower than dense).
+Median latency of a call (bench/timing.py's interleaved turns); results are checked against
+numpy before timing. Nothing is asserted: the table is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import timing
+
+MATMULS = [(256, 1024), (1024, 256), (768, 3072)]  # (K, N)
+CONVS = [(56, 64, 256), (7, 512, 2048)]  # (H = W, Cin, Cout)
+
+
+def prune(w: np.ndarray, sparsity: float, block: int, rng) -> np.ndarray:
+    """Zero `sparsity` of w [K, N] (of its 1 x block groups along N, by L1 norm)."""
+    w = w.copy()
+    k, n = w.shape
+    nb = -(-n // block)
+    padded = np.zeros((k, nb * block), np.float32)
+    padded[:, :n] = np.abs(w)
+    score = padded.reshape(k, nb, block).sum(axis=2)
+    drop = int(round(sparsity * score.size))
+    order = np.argsort(score, axis=None, kind="stable")[:drop]
+    mask = np.ones(score.size, bool)
+    mask[order] = False
+    keep = np.repeat(mask.reshape(k, nb), block, axis=1)[:, :n]
+    return w * keep
+
+
+def matmul_graph(m: int, w: np.ndarray):
+    from slimc.ir import Graph, TensorType, dtypes
+
+    g = Graph("matmul")
+    x = g.add_input("x", TensorType(dtypes.f32, (m, w.shape[0])))
+    node = g.make_node("matmul", [x, g.add_constant("w", w)], {},
+                       [TensorType(dtypes.f32, (m, w.shape[1]))], ["y"])
+    g.outputs.append(node.outputs[0])
+    return g
+
+
+def conv_graph(hw: int, w: np.ndarray):
+    from slimc.ir import Graph, TensorType, dtypes
+
+    cout, cin = w.shape
+    g = Graph("conv1x1")
+    x = g.add_input("x", TensorType(dtypes.f32, (1, cin, hw, hw)))
+    node = g.make_node("conv", [x, g.add_constant("w", w.reshape(cout, cin, 1, 1))], {},
+                       [TensorType(dtypes.f32, (1, cout, hw, hw))], ["y"])
+    g.outputs.append(node.outputs[0])
+    return g
+
+
+def compiled(graph, threads: int, force=None, sparse=True):
+    """slimc.compile's pipeline, with the sparsify pass forced to a form, left to choose
+    (force None) or off (sparse False)."""
+    import slimc
+    from slimc.passes.sparsify import Sparsify
+
+    if not sparse:
+        return slimc.compile(graph, threads=threads, disable_passes=["sparsify"])
+    if force is None:
+        return slimc.compile(graph, threads=threads)
+    return slimc.compile(graph, threads=threads, disable_passes=["sparsify"],
+                         passes=[Sparsify(force=force)])
+
+
+def chosen(mod) -> str:
+    ops = [n for n in mod.graph.nodes if n.op == "sparse_matmul"]
+    if not ops:
+        return "dense"
+    block = int(ops[0].attrs.get("block", 1))
+    return "CSR" if block == 1 else f"1x{block}"
+
+
+def layer_rows(label, graph, x, reference, args, settings, rng, block_sizes):
+    rows = []
+    forms = {"dense": dict(sparse=False), "auto": {}}
+    for b in block_sizes:
+        forms["CSR" if b == 1 else f"1x{b}"] = dict(force=b)
+    mods = {name: compiled(graph, args.threads, **kw) for name, kw in forms.items()}
+    for name, mod in mods.items():
+        got = mod(x)[0]
+        err = np.abs(got - reference).max() / max(1e-6, np.abs(reference).max())
+        if err > 1e-4:
+            raise SystemExit(f"{label} {name}: wrong result (relative error {err:.2e})")
+    names = list(mods)
+    secs = timing.interleave([lambda m=mods[n]: m(x) for n in names], settings)
+    med = {n: float(np.median(s)) for n, s in zip(names, secs)}
+    row = {"layer": label, "dense_ms": med["dense"] * 1e3, "auto": chosen(mods["auto"]),
+           "auto_x": med["dense"] / med["auto"]}
+    for n in names[2:]:
+        row[n + "_x"] = med["dense"] / med[n]
+    rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.sparse")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sparsity", default="0.5,0.7,0.8,0.9,0.95")
+    ap.add_argument("--quick", action="store_true", help="short timings (noisy)")
+    ap.add_argument("--only", default="", help="substring of the layer labels to run")
+    args = ap.parse_args(argv)
+    settings = timing.QUICK if args.quick else timing.Settings(min_runs=10, budget_s=1.0)
+    sparsities = [float(s) for s in args.sparsity.split(",")]
+    rng = np.random.default_rng(0)
+    print(f"slimc sparse / dense speedup (dense time / sparse time), {args.threads} thread(s); "
+          f"auto = what the sparsify pass chose")
+    print(f"{'layer':<34} {'dense ms':>9} {'CSR':>6} {'1x8':>6} {'auto':>6} {'auto x':>7}")
+    cases = []
+    for k, n in MATMULS:
+        for m in (1, 128):
+            cases.append((f"matmul {m}x{k} @ {k}x{n}", "mm", m, k, n))
+    for hw, cin, cout in CONVS:
+        cases.append((f"conv1x1 {hw}x{hw} {cin}->{cout}", "conv", hw, cin, cout))
+    for label, kind, a, b, c in cases:
+        if args.only and args.only not in label:
+            continue
+        if kind == "mm":
+            w0 = (rng.standard_normal((b, c)) / np.sqrt(b)).astype(np.float32)
+        else:
+            w0 = (rng.standard_normal((b, c)) / np.sqrt(b)).astype(np.float32)  # [Cin, Cout]
+        for sp in sparsities:
+            for pattern, blocks in (("unstr", (1,)), ("1x8", (8,))):
+                w = prune(w0, sp, 1 if pattern == "unstr" else 8, rng)
+                if kind == "mm":
+                    x = rng.standard_normal((a, b)).astype(np.float32)
+                    graph, ref = matmul_graph(a, w), x @ w
+                else:
+                    x = rng.standard_normal((1, b, a, a)).astype(np.float32)
+                    wt = np.ascontiguousarray(w.T)  # [Cout, Cin]
+                    graph = conv_graph(a, wt)
+                    ref = np.einsum("oc,nchw->nohw", wt, x)
+                lab = f"{label} {sp:.0%} {pattern}"
+                (row,) = layer_rows(lab, graph, x, ref, args, settings, rng, blocks)
+                csr = row.get("CSR_x")
+                b8 = row.get("1x8_x")
+                print(f"{lab:<34} {row['dense_ms']:9.3f} "
+                      f"{'' if csr is None else f'{csr:.2f}':>6} "
+                      f"{'' if b8 is None else f'{b8:.2f}':>6} {row['auto']:>6} "
+                      f"{row['auto_x']:7.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

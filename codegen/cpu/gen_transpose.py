@@ -1,0 +1,104 @@
+"""A kernel that is only a transpose of the last two axes, in register tiles.
+
+Lowered as an index map (gen_views.py), such a kernel reads one element per output lane: a
+gather of `vw` scalars per vector. When the transpose is its own kernel (nothing fused into
+it: a sparse_matmul's transposed input, an attention head split feeding a matmul), this
+loads `vw` rows of a `vw` x `vw` tile as vectors, transposes them in registers
+(`transpose_square`) and stores `vw` vectors: two memory operations per `vw` elements.
+Edges narrower than a tile go element by element. Work items: the batch entries x strips
+of `vw` input rows.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .kernel import KernelBuilder
+from .llvm_util import I32, i64, llvm_type
+
+
+def transpose_square(b: ir.IRBuilder, vecs: list) -> list:
+    """n vectors of n lanes (n a power of two), rows -> columns: log2(n) rounds, each
+    swapping the off-diagonal d x d blocks of every 2d x 2d block with one two-input
+    shuffle per vector (LLVM picks unpack / permute instructions for them)."""
+    n = len(vecs)
+    vecs = list(vecs)
+    d = 1
+    while d < n:
+        lo = [l if not l & d else n + l - d for l in range(n)]
+        hi = [l + d if not l & d else n + l for l in range(n)]
+        lo_mask = ir.Constant(ir.VectorType(I32, n), lo)
+        hi_mask = ir.Constant(ir.VectorType(I32, n), hi)
+        for i in range(n):
+            if i & d:
+                continue
+            a, c = vecs[i], vecs[i + d]
+            vecs[i] = b.shuffle_vector(a, c, lo_mask, name=f"tr.lo{d}")
+            vecs[i + d] = b.shuffle_vector(a, c, hi_mask, name=f"tr.hi{d}")
+        d *= 2
+    return vecs
+
+
+def tiled_transpose_applies(kb: KernelBuilder) -> bool:
+    """The kernel is one transpose swapping the last two axes of 4-byte elements, each of the
+    two at least a vector long."""
+    if len(kb.nodes) != 1 or kb.nodes[0].op != "transpose":
+        return False
+    node = kb.nodes[0]
+    perm = list(kb.attrs(node)["perm"])
+    r = len(perm)
+    if r < 2 or perm != list(range(r - 2)) + [r - 1, r - 2]:
+        return False
+    if node.inputs[0].type.dtype.itemsize != 4 or kb.outputs != [node.outputs[0]]:
+        return False
+    shape = kb.shape(node.inputs[0])
+    return shape[-2] >= kb.vector_width and shape[-1] >= kb.vector_width
+
+
+def emit_tiled_transpose(kb: KernelBuilder) -> None:
+    node = kb.nodes[0]
+    src, dst = node.inputs[0], node.outputs[0]
+    shape = kb.shape(src)
+    A, B = shape[-2], shape[-1]
+    batch = 1
+    for d in shape[:-2]:
+        batch *= d
+    vw = kb.vector_width
+    b = kb.b
+    et = llvm_type(src.type.dtype)
+    vt = ir.VectorType(et, vw)
+    X, Y = kb.ptr(src), kb.ptr(dst)
+    strips = -(-A // vw)
+    a_full, b_full = A // vw * vw, B // vw * vw
+    kb.parallel_extent = batch * strips
+    kb.cost = batch * A * B
+
+    def elements(i0, i1, j0, j1, base):
+        with kb.loop(i0, i1, name="ei") as i:
+            with kb.loop(j0, j1, name="ej") as j:
+                x = b.load(b.gep(X, [b.add(base, b.add(b.mul(i, i64(B)), j))], inbounds=True))
+                b.store(x, b.gep(Y, [b.add(base, b.add(b.mul(j, i64(A)), i))], inbounds=True))
+
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        n = b.udiv(item, i64(strips), name="n")
+        strip = b.urem(item, i64(strips), name="strip")
+        base = b.mul(n, i64(A * B), name="base")
+        i0 = b.mul(strip, i64(vw), name="i0")
+        full = b.icmp_signed("<", i0, i64(a_full), name="full.strip")
+        with b.if_else(full) as (then, otherwise):
+            with then:
+                with kb.loop(0, b_full, step=vw, name="j0") as j0:
+                    rows = []
+                    for i in range(vw):
+                        at = b.add(base, b.add(b.mul(b.add(i0, i64(i)), i64(B)), j0))
+                        p = b.bitcast(b.gep(X, [at], inbounds=True), ir.PointerType(vt))
+                        rows.append(b.load(p, align=4, name=f"row{i}"))
+                    for j, col in enumerate(transpose_square(b, rows)):
+                        at = b.add(base, b.add(b.mul(b.add(j0, i64(j)), i64(A)), i0))
+                        p = b.bitcast(b.gep(Y, [at], inbounds=True), ir.PointerType(vt))
+                        b.store(col, p, align=4)
+                if b_full < B:
+                    elements(i0, b.add(i0, i64(vw)), i64(b_full), i64(B), base)
+            with otherwise:  # the last strip, fewer than vw rows
+                elements(i0, i64(A), i64(0), i64(B), base)
+    b.ret_void()
