@@ -45,6 +45,7 @@ from slimc.ir.registry import FusionKind
 from .pass_manager import Pass
 
 BLOCKED_CONVS = ("conv2d_nchwc", "depthwise_conv2d_nchwc")
+NCHW_CONVS = ("winograd_conv2d", "sparse_conv")  # kernels on NCHW images: their regions stay
 
 
 def conv_plan(node: Node, block: int):
@@ -347,14 +348,15 @@ class Layout(Pass):
     def run(self, graph: Graph) -> bool:
         changed = False
         regions = image_regions(graph)
-        nchw_regions = {regions[id(n)]: n for n in graph.nodes if n.op == "winograd_conv2d"}
+        nchw_regions = {regions[id(n)]: n for n in graph.nodes if n.op in NCHW_CONVS}
         for node in list(graph.nodes):
             if node.graph is not graph or node.op != "conv":
                 continue
-            wino = nchw_regions.get(regions[id(node)])
-            if wino is not None:
+            keeper = nchw_regions.get(regions[id(node)])
+            if keeper is not None:
+                kind = "Winograd" if keeper.op == "winograd_conv2d" else "sparse 1x1"
                 log("layout", f"%{node.outputs[0].name} (conv) stays NCHW: its layers include "
-                              f"Winograd convolutions (%{wino.outputs[0].name}), whose kernels "
+                              f"{kind} convolutions (%{keeper.outputs[0].name}), whose kernels "
                               f"are NCHW; blocking the others would convert between them")
                 continue
             plan = conv_plan(node, self.block)

@@ -11,10 +11,12 @@ target's cost model (`Backend.sparse_model`: measured on this machine, or the ru
     matmul(x, W)        ->  sparse_matmul(transpose(x), A = W^T) {transpose_out}
     gemm(x, W, c)       ->  the same, alpha folded into A, + beta * c (fused into the
                             sparse kernel's store)
-    conv1x1(x, W, b)    ->  reshape(sparse_matmul(reshape(x, [N, C, H*W]), A = W) + b)
+    conv1x1(x, W, b)    ->  sparse_conv(x, A = W[O, C]) + b
 
 (a matmul of one row transposes nothing: x^T is a reshape). The IR says what was
-chosen: ``sparse_matmul {rows, block}`` with its compressed arrays as constants.
+chosen: ``sparse_matmul`` / ``sparse_conv {rows, block}`` with its compressed arrays as
+constants. A sparse convolution runs on NCHW images: the layout pass keeps the convolutions
+around it NCHW rather than converting to and from the blocked layout at each one.
 `SLIMC_DEBUG=sparsify` says, per layer, what the count found and why a layer stayed dense.
 Results: the sparse kernel sums the nonzeros in another order than the dense kernel, so they
 differ by float rounding (the bound of a length-K dot product), not bitwise.
@@ -105,27 +107,41 @@ class Choice:
         return self.block is not None
 
 
-# The rule without measurements: relative cost per stored value slot (one FMA over the
-# columns), and of the dense kernel per weight. CSR loads b once per FMA; blocks reuse each
-# load `block` times and approach the dense kernel's FMA rate. A transposed form also pays
-# a pass over x and over the result. Measured on Zen 4 with bench.sparse (see its doc).
-SLOT_COST = {1: 1.0, 4: 0.5, 8: 0.4, 16: 0.38}
-DENSE_COST = 0.3
-TRANSPOSE_COST = 1.5
+# The rule without measurements: the cost of a stored value slot (one FMA per column of b)
+# relative to a dense weight, by block and by whether b's columns fill vectors ("tile") or
+# not ("row": a matmul of one token, memory-bound). CSR loads b once per FMA; blocks reuse
+# each load `block` times and approach the dense kernel's FMA rate; one token gathers b.
+# A transposed form also pays a pass over x. From bench.sparse on Zen 4 (AVX-512), 1 thread:
+# CSR 90% at M = 128 runs a slot in 2.3x a dense weight's time, 1x8 blocks in 1.4x; at M = 1,
+# CSR in 10x (gathers), 1x8 blocks in about 2x (their rows' stores count at that size).
+SLOT_COST = {"tile": {1: 2.3, 4: 1.6, 8: 1.4, 16: 1.3},
+             "row": {1: 10.0, 4: 3.0, 8: 2.0, 16: 1.8}}
+TRANSPOSE_COST = 4.0  # per element of x, in dense-weight units per column
+MIN_GAIN = 1.2  # the rule's margin: a predicted gain below this keeps the layer dense
+
+
+def regime(layer: "Layer") -> str:
+    return "row" if int(layer.b_shape[-1]) < 8 else "tile"
 
 
 def rule_choice(layer: Layer) -> Choice:
     """The cheapest format by the fixed cost table (no measurement)."""
     s = layer.info
-    dense = s.rows * s.cols * DENSE_COST
-    extra = (s.rows + s.cols) * TRANSPOSE_COST if layer.transposed else 0.0
-    costs = {b: s.stored[b] * b * SLOT_COST[b] + extra for b in BLOCKS}
+    costs = slot_costs(layer)
     best = min(costs, key=costs.get)
-    gain = dense / costs[best]
-    if gain >= 1.2:
+    gain = s.rows * s.cols / costs[best]
+    if gain >= MIN_GAIN:
         return Choice(best, f"{_fmt(best)}: predicted {gain:.1f}x faster than dense")
     return Choice(None, f"dense: {_fmt(best)}, the best sparse form, is predicted "
-                        f"{gain:.2f}x of dense (needs 1.2x)")
+                        f"{gain:.2f}x of dense (needs {MIN_GAIN}x)")
+
+
+def slot_costs(layer: Layer) -> dict:
+    """Predicted cost of each sparse form, in dense-weight units (dense = rows * cols)."""
+    s = layer.info
+    table = SLOT_COST[regime(layer)]
+    extra = s.cols * TRANSPOSE_COST if layer.transposed else 0.0
+    return {b: s.stored[b] * b * table[b] + extra for b in BLOCKS}
 
 
 def _fmt(block: Optional[int]) -> str:
@@ -191,18 +207,23 @@ def _shape_const(b: Builder, shape, name: str):
     return b.const(np.asarray(shape, np.int64), name + ".shape")
 
 
-def _rewrite_rows(b: Builder, x, a, block, name, bias=None):
+def _rewrite_rows(b: Builder, x, a, block, name, bias=None, transposes=None):
     """x [..., M, K] @ A^T (+ bias [N]): the sparse product of transpose(x), stored
-    transposed back by the kernel (a single row needs only a reshape)."""
+    transposed back by the kernel (a single row needs only a reshape). `transposes` keeps
+    the transposes made so far by input, so the Q, K and V projections of one x share one."""
     shape = x.type.shape
     m, k = shape[-2], shape[-1]
     lead = tuple(shape[:-2])
     if m == 1:
         xt = b.op("reshape", [x, _shape_const(b, lead + (k, 1), name + ".xt")],
                   value_name=name + ".xt")
+    elif transposes is not None and id(x) in transposes:
+        xt = transposes[id(x)]
     else:
         perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
         xt = b.op("transpose", [x], perm=perm, value_name=name + ".xt")
+        if transposes is not None:
+            transposes[id(x)] = xt
     y = _sparse_core(b, xt, a, block, name, transpose_out=1)
     if bias is not None:
         y = b.op("add", [y, bias], value_name=name + ".biased")
@@ -251,6 +272,7 @@ class Sparsify(Pass):
 
     def rules(self) -> list:
         chosen: dict = {}
+        transposes: dict = {}
 
         def where(op, eligible):
             def check(m: Match):
@@ -269,7 +291,7 @@ class Sparsify(Pass):
         def matmul(m: Match, b: Builder):
             node = m.node("matmul")
             return _rewrite_rows(b, m["x"], _weight_of(m, "matmul"), chosen[id(node)],
-                                 node.outputs[0].name)
+                                 node.outputs[0].name, transposes=transposes)
 
         def gemm(m: Match, b: Builder):
             node = m.node("gemm")
@@ -285,26 +307,26 @@ class Sparsify(Pass):
                 else:
                     return None
             return _rewrite_rows(b, m["x"], _weight_of(m, "gemm"), chosen[id(node)],
-                                 node.outputs[0].name, bias)
+                                 node.outputs[0].name, bias, transposes)
 
         def conv(m: Match, b: Builder):
             node = m.node("conv")
             x = m["x"]
-            n, c, h, w = x.type.shape
             name = node.outputs[0].name
-            xr = b.op("reshape", [x, _shape_const(b, (n, c, h * w), name + ".x")],
-                      value_name=name + ".x2d")
             a = _weight_of(m, "conv")
-            y = _sparse_core(b, xr, a, chosen[id(node)], name)
+            values, indices, offsets = compress(a, chosen[id(node)])
+            y = b.op("sparse_conv", [x, b.const(values, name + ".values"),
+                                     b.const(indices, name + ".indices"),
+                                     b.const(offsets, name + ".offsets")],
+                     rows=int(a.shape[0]), block=int(chosen[id(node)]))
             if "bias" in m.values:
-                bias = m["bias"]
-                data = constant_data(bias)
-                col = b.const(data.reshape(-1, 1).astype(np.float32), bias.name + ".col") \
-                    if data is not None else None
-                if col is None:
+                data = constant_data(m["bias"])
+                if data is None:
                     return None
+                shape = (-1,) + (1,) * (x.type.rank - 2)
+                col = b.const(data.reshape(shape).astype(np.float32), m["bias"].name + ".col")
                 y = b.op("add", [y, col], value_name=name + ".biased")
-            return b.op("reshape", [y, _shape_const(b, (n, a.shape[0], h, w), name + ".y")])
+            return y
 
         return [
             Rule("sparse_matmul", Op("matmul", Any("x"), Const("w", where=_f32_const),
@@ -331,7 +353,70 @@ class Sparsify(Pass):
                 if node.op in rule.root_ops and node.outputs[0].type.dtype == dtypes.f32:
                     changed |= apply_rule(graph, rule, node)
                     break
+        if changed:
+            for node in list(graph.nodes):
+                if node.graph is graph and node.op == "transpose":
+                    sink_transpose(graph, node)
         return changed
+
+
+def _swaps_last_two(node: Node) -> bool:
+    perm = list(node.attrs.get("perm") or [])
+    r = len(perm)
+    return r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2]
+
+
+def _transposed_constant(data: np.ndarray, rank: int) -> Optional[np.ndarray]:
+    """A constant operand of an elementwise op, re-broadcast for the transposed result."""
+    if data.ndim < 2:
+        full = data.reshape((1,) * (rank - data.ndim) + data.shape)
+        return np.ascontiguousarray(np.swapaxes(full, -1, -2)) if data.size > 1 else data
+    return np.ascontiguousarray(np.swapaxes(data, -1, -2))
+
+
+def sink_transpose(graph: Graph, t: Node) -> bool:
+    """transpose(elementwise chain(sparse_matmul {transpose_out=1})) -> the chain on the
+    untransposed product: the sparse kernel then stores in the order the transpose wanted
+    (a sparse FFN's hidden layer comes out as the next layer's transposed input, with its
+    bias and GELU fused into the store) and the transpose is gone."""
+    from slimc.ir import get_op
+    from slimc.ir.registry import FusionKind
+
+    if not _swaps_last_two(t):
+        return False
+    chain, v = [], t.inputs[0]
+    while True:
+        if len(v.uses) != 1 or v in graph.outputs or v.producer is None:
+            return False
+        node = v.producer
+        if node.op == "sparse_matmul" and int(node.attrs.get("transpose_out", 0)):
+            break
+        if get_op(node.op).fusion > FusionKind.BROADCAST or len(node.outputs) != 1:
+            return False
+        live = [x for x in node.inputs if x is not None and constant_data(x) is None]
+        if len(live) != 1:
+            return False
+        chain.append(node)
+        v = live[0]
+    sm = node
+    rank = len(t.outputs[0].type.shape)
+    for n in chain:
+        for i, x in enumerate(n.inputs):
+            data = constant_data(x) if x is not None else None
+            if data is not None and data.size > 1:
+                if data.ndim > rank:
+                    return False
+                n.set_input(i, graph.add_constant(x.name + ".t", _transposed_constant(data, rank)))
+    sm.attrs["transpose_out"] = 0
+    from .basic import InferShapes
+
+    result = t.inputs[0]
+    t.outputs[0].replace_all_uses_with(result)
+    graph.remove_node(t)
+    InferShapes().run(graph)
+    log("sparsify", f"%{sm.outputs[0].name}: stored untransposed, the transpose after "
+                    f"{len(chain)} elementwise op(s) removed")
+    return True
 
 
 def _one_op_graph(node: Node) -> Graph:

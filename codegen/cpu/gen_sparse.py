@@ -1,4 +1,5 @@
-"""sparse_matmul: a constant block-sparse A [R, K] times a dense b [..., K, C].
+"""sparse_matmul and sparse_conv: a constant block-sparse A [R, K] times a dense b [..., K, C]
+(a 1x1 convolution's image [N, K, H, W] is b [N, K, H*W]).
 
 The kernel runs along b's columns (ir/ops/sparse.py says why the sparse side is on the left):
 
@@ -87,15 +88,18 @@ def carried_loop(b: ir.IRBuilder, lo, hi, init: list, body, name: str) -> list:
     return list(phis)
 
 
-@generator("sparse_matmul", epilogue=True)
+@generator("sparse_matmul", "sparse_conv", epilogue=True)
 def sparse_matmul(kb: KernelBuilder, node) -> None:
     bm, values, indices, offsets = node.inputs
     attrs = kb.attrs(node)
     R, block = int(attrs["rows"]), int(attrs["block"])
-    transposed = bool(attrs["transpose_out"])
+    transposed = bool(attrs.get("transpose_out", 0))
     shape = kb.shape(bm)
-    K, C = shape[-2], shape[-1]
-    batch = int(np.prod(shape[:-2], dtype=np.int64))
+    if node.op == "sparse_conv":  # x [N, K, *spatial]: b [N, K, H*W]
+        batch, K, C = shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
+    else:
+        K, C = shape[-2], shape[-1]
+        batch = int(np.prod(shape[:-2], dtype=np.int64))
     off = np.asarray(constant_data(offsets), np.int64)
     nnz = int(off[-1])
     out = node.outputs[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .kernel import KernelBuilder
+from .kernel import GROUP_KERNELS, KernelBuilder
 from .llvm_util import I32, i64, llvm_type
 
 
@@ -102,3 +102,6 @@ def emit_tiled_transpose(kb: KernelBuilder) -> None:
             with otherwise:  # the last strip, fewer than vw rows
                 elements(i0, i64(A), i64(0), i64(B), base)
     b.ret_void()
+
+
+GROUP_KERNELS.append((tiled_transpose_applies, emit_tiled_transpose))

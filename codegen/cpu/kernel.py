@@ -66,6 +66,11 @@ def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
     return wrap
 
 
+# (applies(kb) -> bool, emit(kb)) for groups of index maps and elementwise ops that have a
+# better loop nest than `elementwise_loops` (gen_transpose.py's register-tiled transpose)
+GROUP_KERNELS: list = []
+
+
 def index_map(*ops: str):
     def wrap(fn):
         for op in ops:
@@ -516,14 +521,14 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
     for n in nodes:
         if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
             raise UnsupportedError(f"the CPU backend has no lowering for {n.op}", node=n.label, op=n.op)
-    from .gen_transpose import emit_tiled_transpose, tiled_transpose_applies
-
     if anchors:
         GENERATORS[anchors[0].op](kb, anchors[0])
-    elif tiled_transpose_applies(kb):
-        emit_tiled_transpose(kb)
     else:
-        kb.elementwise_loops()
+        special = next((emit for applies, emit in GROUP_KERNELS if applies(kb)), None)
+        if special is not None:
+            special(kb)
+        else:
+            kb.elementwise_loops()
     cost = kb.cost or sum(v.type.numel for v in outputs)
     return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent,
                   kb.scratch_values, function=kb.fn, cost=cost)

@@ -90,10 +90,10 @@ class SparseCostModel:
 
 
 def _best_sparse_block(layer) -> int:
-    from slimc.passes.sparsify import BLOCKS, SLOT_COST
+    from slimc.passes.sparsify import slot_costs
 
-    s = layer.info
-    return min(BLOCKS, key=lambda b: s.stored[b] * b * SLOT_COST[b])
+    costs = slot_costs(layer)
+    return min(costs, key=costs.get)
 
 
 def _us(t: float) -> str:

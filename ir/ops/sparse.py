@@ -12,6 +12,13 @@
   transposed, [..., C, rows]: a matmul ``x @ W`` is ``sparse_matmul(transpose(x), A = W^T)``
   with no transpose after it (the kernel transposes its result tiles in registers).
 
+* ``sparse_conv(x, values, indices, offsets) {rows, block}`` -- a 1x1 convolution (stride 1,
+  no padding, one group) of ``x`` [N, K, *spatial] by the same compressed ``A`` [rows, K]:
+  ``sparse_matmul`` on ``x`` seen as [N, K, prod(spatial)], the result [N, rows, *spatial].
+  An op of its own, rather than reshapes around a sparse_matmul, so the image stays an image:
+  the layout pass sees a convolution's neighbours, and elementwise producers and consumers
+  fuse into it.
+
 Why ``A @ b`` with the sparse matrix on the left: the kernel then runs along the columns of
 ``b`` (the pixels of an NCHW image, the tokens of a transposed activation), so each nonzero
 multiplies a contiguous vector. The `sparsify` pass writes a matmul ``x @ W`` as
@@ -62,14 +69,23 @@ def sparse_matmul(b, values, indices, offsets, rows=None, block=1, transpose_out
 
 
 def _infer(ctx: InferContext) -> TensorType:
+    b = ctx[0]
+    rows = ctx.attrs["rows"]
+    if b.rank < 2:
+        ctx.fail(f"b must be an f32 matrix [..., K, C], got {b}")
+    _check_compressed(ctx, rows, ctx.attrs["block"])
+    tail = (b.shape[-1], rows) if ctx.attrs["transpose_out"] else (rows, b.shape[-1])
+    return TensorType(b.dtype, tuple(b.shape[:-2]) + tail)
+
+
+def _check_compressed(ctx: InferContext, rows, block) -> None:
     b, values, indices, offsets = ctx[0], ctx[1], ctx[2], ctx[3]
-    rows, block = ctx.attrs["rows"], ctx.attrs["block"]
     if not isinstance(rows, int) or rows < 1:
         ctx.fail(f"rows must be a positive integer, got {rows!r}")
     if not isinstance(block, int) or block < 1:
         ctx.fail(f"block must be a positive integer, got {block!r}")
-    if b.dtype != dtypes.f32 or b.rank < 2:
-        ctx.fail(f"b must be an f32 matrix [..., K, C], got {b}")
+    if b.dtype != dtypes.f32:
+        ctx.fail(f"the dense operand must be f32, got {b}")
     if values.dtype != dtypes.f32 or values.rank != 1:
         ctx.fail(f"values must be an f32 vector, got {values}")
     for name, t in (("indices", indices), ("offsets", offsets)):
@@ -82,8 +98,20 @@ def _infer(ctx: InferContext) -> TensorType:
     if isinstance(nnz, int) and isinstance(values.shape[0], int) and \
             values.shape[0] != nnz * block:
         ctx.fail(f"values {values} must hold {block} per block ({nnz} blocks)")
-    tail = (b.shape[-1], rows) if ctx.attrs["transpose_out"] else (rows, b.shape[-1])
-    return TensorType(b.dtype, tuple(b.shape[:-2]) + tail)
+
+
+def sparse_conv(x, values, indices, offsets, rows=None, block=1):
+    n, k = x.shape[:2]
+    y = sparse_matmul(x.reshape(n, k, -1), values, indices, offsets, rows=rows, block=block)
+    return y.reshape((n, int(rows)) + x.shape[2:])
+
+
+def _infer_conv(ctx: InferContext) -> TensorType:
+    x = ctx[0]
+    if x.rank < 3:
+        ctx.fail(f"x must be [N, C, *spatial], got {x}")
+    _check_compressed(ctx, ctx.attrs["rows"], ctx.attrs["block"])
+    return TensorType(x.dtype, (x.shape[0], ctx.attrs["rows"]) + tuple(x.shape[2:]))
 
 
 register_op("sparse_matmul", reference=sparse_matmul, infer=_infer,
@@ -92,3 +120,8 @@ register_op("sparse_matmul", reference=sparse_matmul, infer=_infer,
             doc="sparse_matmul(b[..., K, C], values, indices, offsets) {rows, block, "
                 "transpose_out}: A @ b (transposed: [..., C, rows]), A a constant [rows, K] "
                 "matrix in block-compressed rows (blocks of block x 1)")
+register_op("sparse_conv", reference=sparse_conv, infer=_infer_conv,
+            attrs={"rows": REQUIRED, "block": 1}, fusion=FusionKind.OUT_FUSABLE,
+            num_inputs=(4, 4),
+            doc="sparse_conv(x[N, K, *S], values, indices, offsets) {rows, block}: 1x1 "
+                "convolution by a constant [rows, K] matrix in block-compressed rows")

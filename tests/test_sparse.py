@@ -1,0 +1,277 @@
+"""Sparse weights: the compressed format, the sparse kernels, the `sparsify` pass.
+
+Oracles: numpy (A @ b on the dense matrix the test built itself, never slimc's `densify`)
+and onnxruntime on ONNX models whose weights the test pruned with numpy. Sparse kernels sum
+in another order than the dense ones, so results agree to float rounding, not bitwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import slimc
+from slimc.codegen.cpu.target import CpuTarget
+from slimc.ir import Graph, TensorType, dtypes
+from slimc.ir.ops.sparse import compress, densify
+from slimc.passes.sparsify import Sparsify, structure
+
+from .oracle import make_model, run_onnxruntime
+
+RNG = np.random.default_rng(7)
+
+
+def _runnable(target: str) -> bool:
+    return CpuTarget.parse(target).is_host if hasattr(CpuTarget, "parse") else True
+
+
+def _targets():
+    out = ["x86-64-v3"]
+    host = CpuTarget.host()
+    if "avx512f" in host.feature_set or "+avx512f" in host.features:
+        out.append("x86-64-v4")
+    return out
+
+
+def sparse_matrix(rows: int, cols: int, density: float, block: int = 1, empty_rows=(),
+                  empty_cols=()) -> np.ndarray:
+    """A random [rows, cols] matrix whose nonzeros come in blocks of `block` rows x 1."""
+    a = RNG.standard_normal((rows, cols)).astype(np.float32)
+    nb = -(-rows // block)
+    keep = RNG.random((nb, cols)) < density
+    a *= np.repeat(keep, block, axis=0)[:rows]
+    a[list(empty_rows)] = 0
+    a[:, list(empty_cols)] = 0
+    return a
+
+
+# ----- the format -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+@pytest.mark.parametrize("density", [0.0, 0.15, 1.0])
+def test_compress_round_trip(block, density):
+    a = sparse_matrix(37, 23, density, block, empty_rows=[3], empty_cols=[5])
+    values, indices, offsets = compress(a, block)
+    assert values.dtype == np.float32 and indices.dtype == np.int32
+    assert offsets[0] == 0 and offsets[-1] == len(indices) == values.size // block
+    assert np.array_equal(densify(values, indices, offsets, 37, block, 23), a)
+    info = structure(a)
+    assert info.nnz == np.count_nonzero(a)
+    assert info.empty_rows == int((~a.any(axis=1)).sum())
+    assert info.empty_cols == int((~a.any(axis=0)).sum())
+
+
+# ----- the kernels ------------------------------------------------------------------------------
+
+def _sparse_graph(a, b_shape, block, op="sparse_matmul", transpose_out=0, relu=False,
+                  bias=None):
+    g = Graph("sparse")
+    x = g.add_input("x", TensorType(dtypes.f32, b_shape))
+    v, i, o = compress(a, block)
+    consts = [g.add_constant(n, d) for n, d in (("w.values", v), ("w.indices", i),
+                                                ("w.offsets", o))]
+    rows = a.shape[0]
+    if op == "sparse_conv":
+        shape, attrs = (b_shape[0], rows) + tuple(b_shape[2:]), {"rows": rows, "block": block}
+    else:
+        tail = (b_shape[-1], rows) if transpose_out else (rows, b_shape[-1])
+        shape = tuple(b_shape[:-2]) + tail
+        attrs = {"rows": rows, "block": block, "transpose_out": transpose_out}
+    t = TensorType(dtypes.f32, shape)
+    y = g.make_node(op, [x] + consts, attrs, [t], ["y"]).outputs[0]
+    if bias is not None:
+        y = g.make_node("add", [y, g.add_constant("bias", bias)], {}, [t], ["biased"]).outputs[0]
+    if relu:
+        y = g.make_node("relu", [y], {}, [t], ["r"]).outputs[0]
+    g.outputs.append(y)
+    return g
+
+
+def _expected(a, b, transpose_out=0, relu=False, bias=None):
+    y = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    if transpose_out:
+        y = np.swapaxes(y, -1, -2)
+    if bias is not None:
+        y = y + bias
+    return np.maximum(y, 0) if relu else y
+
+
+def _close(got, want, k):
+    scale = np.sqrt(k) * 1e-6 * max(1.0, np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=scale * 10)
+
+
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+@pytest.mark.parametrize("transpose_out", [0, 1])
+@pytest.mark.parametrize("cols", [1, 3, 8, 40, 70])
+def test_sparse_matmul_kernel(target, block, transpose_out, cols):
+    a = sparse_matrix(37, 29, 0.3, block, empty_rows=[0, 20], empty_cols=[28])
+    b = RNG.standard_normal((2, 29, cols)).astype(np.float32)
+    bias = RNG.standard_normal(37 if transpose_out else (37, 1)).astype(np.float32)
+    g = _sparse_graph(a, b.shape, block, transpose_out=transpose_out, relu=True, bias=bias)
+    got = slimc.compile(g, target=target)(b)[0]
+    _close(got, _expected(a, b, transpose_out, True, bias), 29)
+    # the interpreter (the op's reference) says the same
+    _close(slimc.interpret(g, b)[0], _expected(a, b, transpose_out, True, bias), 29)
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0])
+@pytest.mark.parametrize("block", [1, 16])
+def test_sparse_matmul_extreme_densities(density, block):
+    a = sparse_matrix(33, 17, density, block)
+    for cols in (1, 20):
+        b = RNG.standard_normal((17, cols)).astype(np.float32)
+        for t in (0, 1):
+            got = slimc.compile(_sparse_graph(a, b.shape, block, transpose_out=t))(b)[0]
+            _close(got, _expected(a, b, t), 17)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sparse_kernels_threads(threads):
+    a = sparse_matrix(300, 64, 0.1, 1)
+    a[100:180] = 0  # uneven work: the parts must still cover every row once
+    b = RNG.standard_normal((64, 50)).astype(np.float32)
+    for t in (0, 1):
+        g = _sparse_graph(a, b.shape, 1, transpose_out=t)
+        _close(slimc.compile(g, threads=threads)(b)[0], _expected(a, b, t), 64)
+    x = RNG.standard_normal((2, 64, 5, 7)).astype(np.float32)
+    g = _sparse_graph(a, x.shape, 1, op="sparse_conv")
+    want = np.einsum("ok,nkhw->nohw", a.astype(np.float64), x)
+    _close(slimc.compile(g, threads=threads)(x)[0], want, 64)
+
+
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("shape", [(40, 29), (2, 3, 37, 45), (16, 16), (5, 9), (64, 130)])
+def test_tiled_transpose(target, shape):
+    g = Graph("t")
+    x = g.add_input("x", TensorType(dtypes.f32, shape))
+    r = len(shape)
+    perm = list(range(r - 2)) + [r - 1, r - 2]
+    out = TensorType(dtypes.f32, tuple(shape[p] for p in perm))
+    g.outputs.append(g.make_node("transpose", [x], {"perm": perm}, [out], ["y"]).outputs[0])
+    a = RNG.standard_normal(shape).astype(np.float32)
+    assert np.array_equal(slimc.compile(g, target=target)(a)[0], np.swapaxes(a, -1, -2))
+
+
+# ----- the pass ---------------------------------------------------------------------------------
+
+def _matmul_model(m, k, n, w, bias=None, gelu_ffn=None):
+    """x[m, k] @ w (+ bias) (-> Gelu -> @ w2 when gelu_ffn is given)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])]
+    inits = {"w": w}
+    last = "h"
+    if bias is not None:
+        nodes.append(helper.make_node("Add", ["h", "bias"], ["hb"]))
+        inits["bias"] = bias
+        last = "hb"
+    if gelu_ffn is not None:
+        nodes += [helper.make_node("Gelu", [last], ["g"], domain=""),
+                  helper.make_node("MatMul", ["g", "w2"], ["y"])]
+        inits["w2"] = gelu_ffn
+        last = "y"
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    opset = 20 if gelu_ffn is not None else 17
+    return make_model(nodes, {"x": x}, [last], inits, opset=opset), {"x": x}
+
+
+def _ops(mod) -> list:
+    return [n.op for n in mod.graph.nodes]
+
+
+def test_dense_model_untouched():
+    w = RNG.standard_normal((64, 48)).astype(np.float32)
+    w[RNG.random(w.shape) < 0.3] = 0  # 70% dense: not a candidate
+    model, feeds = _matmul_model(32, 64, 48, w)
+    mod = slimc.compile(model)
+    assert "sparse_matmul" not in _ops(mod) and "matmul" in " ".join(_ops(mod))
+    np.testing.assert_allclose(mod(**feeds)[0], run_onnxruntime(model, feeds)[0], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_pruned_matmul_goes_sparse_and_agrees_with_onnxruntime():
+    w = sparse_matrix(192, 256, 0.1).T.copy()  # [K, N]
+    bias = RNG.standard_normal(192).astype(np.float32)
+    model, feeds = _matmul_model(64, 256, 192, w, bias)
+    mod = slimc.compile(model)
+    assert "sparse_matmul" in _ops(mod)
+    np.testing.assert_allclose(mod(**feeds)[0], run_onnxruntime(model, feeds)[0], rtol=1e-4,
+                               atol=1e-4)
+    dense = slimc.compile(model, disable_passes=["sparsify"])
+    assert "sparse_matmul" not in _ops(dense)
+
+
+def test_sparse_ffn_sinks_the_transpose():
+    """matmul -> bias -> gelu -> matmul, both 90% sparse: the first product is stored
+    untransposed (it is the second one's transposed input), so one transpose is left (x's)."""
+    w1 = sparse_matrix(128, 96, 0.1).T.copy()
+    w2 = sparse_matrix(96, 128, 0.1).T.copy()
+    bias = RNG.standard_normal(128).astype(np.float32)
+    model, feeds = _matmul_model(48, 96, 128, w1, bias, gelu_ffn=w2)
+    mod = slimc.compile(model)
+    ops = _ops(mod)
+    assert ops.count("sparse_matmul") == 2 and ops.count("transpose") == 1, ops
+    outs = [n for n in mod.graph.nodes if n.op == "sparse_matmul"]
+    assert [int(n.attrs["transpose_out"]) for n in outs] == [0, 1]
+    np.testing.assert_allclose(mod(**feeds)[0], run_onnxruntime(model, feeds)[0], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_one_token_csr_stays_dense_and_says_why(capfd, monkeypatch):
+    monkeypatch.setenv("SLIMC_DEBUG", "sparsify")
+    w = sparse_matrix(128, 96, 0.1).T.copy()
+    model, feeds = _matmul_model(1, 96, 128, w)
+    mod = slimc.compile(model)
+    err = capfd.readouterr().err
+    assert "density 10.0%" in err and "dense:" in err
+    assert "sparse_matmul" not in _ops(mod)
+    forced = slimc.compile(model, disable_passes=["sparsify"], passes=[Sparsify(force=1)])
+    assert "sparse_matmul" in _ops(forced)
+    np.testing.assert_allclose(forced(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_sparse_gemm(trans_b):
+    w = sparse_matrix(80, 64, 0.1, block=8)  # [N, K]: 1x8 blocks along N
+    b = w if trans_b else w.T.copy()
+    c = RNG.standard_normal(80).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "b", "c"], ["y"], alpha=0.5, beta=2.0, transB=trans_b)
+    x = RNG.standard_normal((24, 64)).astype(np.float32)
+    model = make_model([node], {"x": x}, ["y"], {"b": b, "c": c})
+    mod = slimc.compile(model)
+    assert "sparse_matmul" in _ops(mod)
+    np.testing.assert_allclose(mod(x=x)[0], run_onnxruntime(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_sparse_conv1x1_keeps_its_region_nchw(capfd, monkeypatch):
+    """conv3x3 -> relu -> 1x1 conv (85% zeros) -> relu -> depthwise 3x3: the 1x1 becomes
+    sparse_conv and its neighbours stay NCHW (no layout conversions around it)."""
+    monkeypatch.setenv("SLIMC_DEBUG", "layout")
+    c = 32
+    w1 = (RNG.standard_normal((c, 8, 3, 3)) * 0.2).astype(np.float32)
+    w2 = sparse_matrix(c, c, 0.15).reshape(c, c, 1, 1)
+    b2 = RNG.standard_normal(c).astype(np.float32)
+    wd = (RNG.standard_normal((c, 1, 3, 3)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w2", "b2"], ["p"]),
+             helper.make_node("Relu", ["p"], ["pr"]),
+             helper.make_node("Conv", ["pr", "wd"], ["y"], pads=[1, 1, 1, 1], group=c)]
+    x = RNG.standard_normal((1, 8, 20, 20)).astype(np.float32)
+    model = make_model(nodes, {"x": x}, ["y"], {"w1": w1, "w2": w2, "b2": b2, "wd": wd})
+    mod = slimc.compile(model)
+    ops = _ops(mod)
+    assert "sparse_conv" in ops and "to_blocked" not in ops and "from_blocked" not in ops, ops
+    assert "sparse 1x1 convolutions" in capfd.readouterr().err
+    np.testing.assert_allclose(mod(x=x)[0], run_onnxruntime(model, {"x": x})[0], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_sparse_graph_prints_and_parses_back():
+    w = sparse_matrix(48, 64, 0.1).T.copy()
+    model, _ = _matmul_model(16, 64, 48, w)
+    mod = slimc.compile(model)
+    text = str(mod.graph)
+    assert "sparse_matmul(" in text and "rows=48" in text
