@@ -8,8 +8,10 @@ blocks (eight consecutive outputs at one input: the pattern `slimc.prune.magnitu
 "block:1x8" makes), and timed four ways in one process: dense (``disable_passes=
 ["sparsify"]``), each sparse form forced (CSR; 1x8 blocks, for the block-pruned weight), and
 what the `sparsify` pass chooses by itself (``auto``: it must never be slower than dense).
-Median latency of a call (bench/timing.py's interleaved turns); results are checked against
-numpy before timing. Nothing is asserted: the table is the result.
+Median latency of a call (bench/timing.py's interleaved turns; with ``--cold``, each call
+after the caches are emptied, as a layer of a model bigger than the caches meets its
+weights); results are checked against numpy before timing. Nothing is asserted: the table
+is the result. ``--models bert,mobilenetv2`` runs the end-to-end comparison instead.
 """
 
 from __future__ import annotations
@@ -86,6 +88,29 @@ def chosen(mod) -> str:
     return "CSR" if block == 1 else f"1x{block}"
 
 
+_EVICT = None
+
+
+def cold_times(fns, rounds: int) -> list:
+    """Seconds per call with the caches emptied before each one (a 64 MB buffer rewritten):
+    a layer of a model too big for the caches, whose weights come from memory every call."""
+    import time
+
+    global _EVICT
+    if _EVICT is None:
+        _EVICT = np.ones(16 << 20, np.float32)
+    out = [[] for _ in fns]
+    for f in fns:
+        f()
+    for _ in range(rounds):
+        for i, f in enumerate(fns):
+            _EVICT += 1.0
+            t = time.perf_counter()
+            f()
+            out[i].append(time.perf_counter() - t)
+    return out
+
+
 def layer_rows(label, graph, x, reference, args, settings, rng, block_sizes):
     rows = []
     forms = {"dense": dict(sparse=False), "auto": {}}
@@ -98,7 +123,10 @@ def layer_rows(label, graph, x, reference, args, settings, rng, block_sizes):
         if err > 1e-4:
             raise SystemExit(f"{label} {name}: wrong result (relative error {err:.2e})")
     names = list(mods)
-    secs = timing.interleave([lambda m=mods[n]: m(x) for n in names], settings)
+    if args.cold:
+        secs = cold_times([lambda m=mods[n]: m(x) for n in names], 15 if args.quick else 40)
+    else:
+        secs = timing.interleave([lambda m=mods[n]: m(x) for n in names], settings)
     med = {n: float(np.median(s)) for n, s in zip(names, secs)}
     row = {"layer": label, "dense_ms": med["dense"] * 1e3, "auto": chosen(mods["auto"]),
            "auto_x": med["dense"] / med["auto"]}
@@ -197,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads-e2e", default="1,2", help="thread counts for --models")
     ap.add_argument("--sparsity", default="0.5,0.7,0.8,0.9,0.95")
     ap.add_argument("--quick", action="store_true", help="short timings (noisy)")
+    ap.add_argument("--cold", action="store_true",
+                    help="empty the caches before every call (weights streamed from memory)")
     ap.add_argument("--only", default="", help="substring of the layer labels to run")
     args = ap.parse_args(argv)
     settings = timing.QUICK if args.quick else timing.Settings(min_runs=10, budget_s=1.0)
@@ -206,8 +236,9 @@ def main(argv=None) -> int:
         return 0
     sparsities = [float(s) for s in args.sparsity.split(",")]
     rng = np.random.default_rng(0)
-    print(f"slimc sparse / dense speedup (dense time / sparse time), {args.threads} thread(s); "
-          f"auto = what the sparsify pass chose")
+    print(f"slimc sparse / dense speedup (dense time / sparse time), {args.threads} thread(s)"
+          f"{', caches emptied before each call' if args.cold else ''}; auto = what the "
+          f"sparsify pass chose")
     print(f"{'layer':<34} {'dense ms':>9} {'CSR':>6} {'1x8':>6} {'auto':>6} {'auto x':>7}")
     cases = []
     for k, n in MATMULS:

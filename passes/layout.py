@@ -14,7 +14,8 @@ Three steps, each shown by ``SLIMC_DEBUG=layout`` with its reason:
    (group = Cin = Cout, a multiple of b). Winograd convolutions (the `winograd` pass runs
    first) keep NCHW, and so does every conv connected to one through 4-D tensors
    (`image_regions`): a ResNet whose 3x3 layers take Winograd stays NCHW throughout rather
-   than converting around each of them.
+   than converting around each of them. A sparse 1x1 convolution (`sparsify`: its kernel
+   runs along an NCHW image's pixels) keeps its region NCHW the same way.
 2. Conversions sink through elementwise ops: ``f(from_blocked(a), c)`` becomes
    ``from_blocked(f(a, blocked(c)))`` when every other operand is a constant (repacked here),
    a scalar, or a per-channel runtime vector [N, C, 1, 1] (a squeeze-and-excite scale, which

@@ -245,10 +245,11 @@ class Sparsify(Pass):
     def _decide(self, m: Match, op: str) -> Optional[Choice]:
         root = m.node(op)
         out = root.outputs[0]
+        w = m.data("w")
+        if np.count_nonzero(w) > self.max_density * w.size:
+            return None  # the common case: a dense layer costs this one count, nothing more
         a = _weight_of(m, op)
         info = structure(a)
-        if info.density > self.max_density:
-            return None  # the common case: a dense layer, nothing to say or price
         x = m["x"].type.shape
         if op == "conv":
             b_shape = (x[0], x[1], int(np.prod(x[2:], dtype=np.int64)))

@@ -153,11 +153,11 @@ def test_numpy_backend_refuses_what_it_cannot_lower():
 
 
 def test_cpu_pipeline_passes_are_the_cpu_backends():
-    """The target decides its passes: the numpy backend adds none, the CPU adds its two."""
+    """The target decides its passes: the numpy backend adds none, the CPU adds its three."""
     from slimc.compiler import pipeline
 
     numpy_names = [p.name for p in pipeline("numpy-test", 2)]
     cpu_names = [p.name for p in pipeline("x86", 2)]
-    assert "winograd" not in numpy_names and "layout" not in numpy_names
-    assert cpu_names[-3:] == ["winograd", "layout", "dce"]
-    assert cpu_names[:-3] == numpy_names
+    assert not {"sparsify", "winograd", "layout"} & set(numpy_names)
+    assert cpu_names[-4:] == ["sparsify", "winograd", "layout", "dce"]
+    assert cpu_names[:-4] == numpy_names

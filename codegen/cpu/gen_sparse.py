@@ -468,8 +468,10 @@ def _sliced_rows(kb: KernelBuilder, node, R: int, K: int, batch: int, off) -> No
     epilogue, extra, evalues = kb.gemm_epilogue(out, R)
     args = {nm: v for (nm, _), v in zip(extra, evalues)}
     k = _Kernel(kb, node, R, 1, K, 1, True, epilogue, args, kb.ptr(offsets))
+    narrow = K <= 1 << 16  # columns fit 16 bits: a third less memory per stored value
     V = kb.substitute_constant(values, sv, name + ".sliced.values")
-    IDX = kb.substitute_constant(indices, si, name + ".sliced.indices")
+    IDX = kb.substitute_constant(indices, si.astype(np.uint16) if narrow else si,
+                                 name + ".sliced.indices")
     T = kb.substitute_constant(offsets, table, name + ".sliced.table")
     nslices = len(starts) - 1
     bounds = _parts(starts, vw, min(ITEMS, nslices))
@@ -480,6 +482,7 @@ def _sliced_rows(kb: KernelBuilder, node, R: int, K: int, batch: int, off) -> No
     k.OFF = T  # the slices' first steps come first in the table
     vt = ir.VectorType(F32, vw)
     it = ir.VectorType(I32, vw)
+    idx_t = ir.VectorType(ir.IntType(16) if narrow else I32, vw)
     gather = _gather_intrinsic(bld.module, vt)
     lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), vw), list(range(vw)))
 
@@ -501,10 +504,11 @@ def _sliced_rows(kb: KernelBuilder, node, R: int, K: int, batch: int, off) -> No
                 w = bld.load(bld.bitcast(bld.gep(V, [at], inbounds=True), ir.PointerType(vt)),
                              align=4, name="w")
                 kk = bld.load(bld.bitcast(bld.gep(IDX, [at], inbounds=True),
-                                          ir.PointerType(it)), align=4, name="kv")
+                                          ir.PointerType(idx_t)), align=2, name="kv")
+                kk = bld.zext(kk, it) if narrow else kk
                 live = bld.icmp_signed("<", splat(bld, bld.trunc(bld.sub(t, t0), I32), vw),
                                        lens, name="live")
-                ptrs = vector_gep(bld, b_n, bld.sext(kk, ir.VectorType(ir.IntType(64), vw)),
+                ptrs = vector_gep(bld, b_n, bld.zext(kk, ir.VectorType(ir.IntType(64), vw)),
                                   F32, "xp")
                 x = bld.call(gather, [ptrs, I32(4), live, ir.Constant(vt, None)], name="x")
                 return [_fma(bld, w, x, accs[0])]
