@@ -81,7 +81,7 @@ def compiled(graph, threads: int, force=None, sparse=True):
 
 
 def chosen(mod) -> str:
-    ops = [n for n in mod.graph.nodes if n.op == "sparse_matmul"]
+    ops = [n for n in mod.graph.nodes if n.op in ("sparse_matmul", "sparse_conv")]
     if not ops:
         return "dense"
     block = int(ops[0].attrs.get("block", 1))
@@ -111,6 +111,12 @@ def cold_times(fns, rounds: int) -> list:
     return out
 
 
+def _kernel_ms(mod, x) -> float:
+    heavy = ("conv", "conv2d_nchwc", "sparse_conv", "sparse_matmul", "matmul")
+    prof = mod.profile(x, repeat=20)
+    return sum(ms for _, ops, ms in prof.rows if any(op in heavy for op in ops))
+
+
 def layer_rows(label, graph, x, reference, args, settings, rng, block_sizes):
     rows = []
     forms = {"dense": dict(sparse=False), "auto": {}}
@@ -130,6 +136,10 @@ def layer_rows(label, graph, x, reference, args, settings, rng, block_sizes):
     med = {n: float(np.median(s)) for n, s in zip(names, secs)}
     row = {"layer": label, "dense_ms": med["dense"] * 1e3, "auto": chosen(mods["auto"]),
            "auto_x": med["dense"] / med["auto"]}
+    if label.startswith("conv"):  # the layer's own kernel, without the layout conversions a
+        # lone blocked conv pays at its ends (in a network they cancel between layers)
+        kernel = {n: _kernel_ms(mods[n], x) for n in names}
+        row["kernel_x"] = {n: kernel["dense"] / kernel[n] for n in names[2:]}
     for n in names[2:]:
         row[n + "_x"] = med["dense"] / med[n]
     rows.append(row)
@@ -271,7 +281,9 @@ def main(argv=None) -> int:
                 print(f"{lab:<34} {row['dense_ms']:9.3f} "
                       f"{'' if csr is None else f'{csr:.2f}':>6} "
                       f"{'' if b8 is None else f'{b8:.2f}':>6} {row['auto']:>6} "
-                      f"{row['auto_x']:7.2f}", flush=True)
+                      f"{row['auto_x']:7.2f}"
+                      + ("" if "kernel_x" not in row else "   conv kernel alone: " + ", ".join(
+                          f"{k} {v:.2f}x" for k, v in row["kernel_x"].items())), flush=True)
     return 0
 
 
