@@ -8,6 +8,7 @@ from slimc.ir import (Graph, InputError, InternalError, ModelError, SlimcError, 
                       TensorType, UnsupportedError, dtypes, interpret, parse)
 from slimc.ir import register_op as _register_ir_op
 from slimc.frontends.onnx import from_onnx
+from slimc.frontends.torch import from_torch
 from slimc.compiler import Module, compile
 from slimc.quantize import quantize
 from slimc import prune
@@ -53,5 +54,5 @@ def _register_cpu_lowering(name, fn):
 # backend kind -> how it takes a custom op's lowering (the CUDA backend adds its own)
 _LOWERING_REGISTRARS = {"cpu": _register_cpu_lowering}
 
-__all__ = ["compile", "quantize", "prune", "load", "Module", "Target", "from_onnx", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
+__all__ = ["compile", "quantize", "prune", "load", "Module", "Target", "from_onnx", "from_torch", "interpret", "parse", "register_op", "Graph", "TensorType", "dtypes",
            "SlimcError", "ModelError", "UnsupportedError", "InternalError", "InputError", "TargetError"]

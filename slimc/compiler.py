@@ -200,11 +200,22 @@ def _report_times(times: dict, name: str) -> dict:
     return times
 
 
-def import_model(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Graph:
+def import_model(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                 example_inputs=None, dynamic_shapes=None) -> Graph:
     """Anything `compile` takes as a model, as a slimc Graph of its own (a Graph is cloned, so
-    the caller's stays untouched). `compile`, `quantize` and `prune` all start here."""
+    the caller's stays untouched). `compile`, `quantize` and `prune` all start here. A
+    torch.nn.Module is captured on `example_inputs` (torch.export's `dynamic_shapes` make
+    dims symbolic)."""
     from slimc.frontends.onnx import from_onnx
+    from slimc.frontends.torch import from_torch, is_torch_module
 
+    if is_torch_module(model):
+        if example_inputs is None:
+            raise InputError("a torch.nn.Module compiles with example_inputs=(...): the "
+                             "tensors its forward takes")
+        return from_torch(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    if example_inputs is not None or dynamic_shapes is not None:
+        raise InputError("example_inputs / dynamic_shapes are for torch.nn.Module models")
     if not isinstance(model, Graph):
         return from_onnx(model, input_shapes=input_shapes)
     graph = model.clone()
@@ -229,11 +240,14 @@ def simplified_graph(model) -> Graph:
 def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-            denormals: str = "flush") -> Module:
-    """Compile a model (ONNX path, bytes or ModelProto, or a slimc Graph) for `target` (a
-    string such as "x86", "x86-64-v3", "aarch64", or a `slimc.Target`)."""
+            denormals: str = "flush", example_inputs=None, dynamic_shapes=None) -> Module:
+    """Compile a model (ONNX path, bytes or ModelProto, a slimc Graph, or a torch.nn.Module
+    with `example_inputs`, a tuple of its forward's tensors) for `target` (a string such as
+    "x86", "x86-64-v3", "aarch64", or a `slimc.Target`). A module's `dynamic_shapes`
+    (torch.export's) leave dims symbolic: the Module then compiles once per input shape."""
     start = time.perf_counter()
-    graph = import_model(model, input_shapes=input_shapes)
+    graph = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs,
+                         dynamic_shapes=dynamic_shapes)
     import_seconds = 0.0 if isinstance(model, Graph) else time.perf_counter() - start
     return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals,
                   import_seconds=import_seconds)
