@@ -69,6 +69,8 @@ class CpuExecutable(Executable):
 
     def object_code(self) -> bytes:
         """A position-independent ELF object of the model, for export."""
+        if self._object is None and self._jit is not None:
+            self._object = self._jit.object_code  # the object the JIT loaded: no second compile
         if self._object is None:
             self._object = emit_object(str(self._llvm_module), self.target)
         return self._object

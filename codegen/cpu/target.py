@@ -296,11 +296,14 @@ class JitModule:
     ctypes. Keep this object referenced as long as any address or wrapper is used.
     """
 
-    def __init__(self, engine: llvm.ExecutionEngine, mod: llvm.ModuleRef, target: CpuTarget):
+    def __init__(self, engine: llvm.ExecutionEngine, mod: llvm.ModuleRef, target: CpuTarget,
+                 ir_text: str = None, object_code: bytes = None):
         self._engine = engine
         self._mod = mod
         self.target = target
         self._cache: dict[str, int] = {}
+        self._ir_text = ir_text
+        self.object_code = object_code  # the position-independent ELF the engine loaded
 
     def address(self, name: str) -> int:
         addr = self._cache.get(name)
@@ -317,7 +320,7 @@ class JitModule:
     @property
     def llvm_ir(self) -> str:
         """The optimized IR that was compiled."""
-        return str(self._mod)
+        return self._ir_text if self._ir_text is not None else str(self._mod)
 
     def function_names(self) -> list[str]:
         return [f.name for f in self._mod.functions if not f.is_declaration]
@@ -335,14 +338,21 @@ def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *,
     t0 = time.perf_counter()
     mod = parse_module(ir_text_or_module, target)
     optimize(mod, target, opt_level)
+    text = str(mod)  # before code generation rewrites the module (CodeGenPrepare)
     t1 = time.perf_counter()
-    tm = target.create_target_machine(opt=3)  # fresh: the engine takes ownership
-    engine = llvm.create_mcjit_compiler(mod, tm)
+    # One code generation serves the JIT, the compile cache and export: the engine loads the
+    # position-independent object that `cc -shared` links, instead of compiling its own.
+    obj = target.create_target_machine(aot=True).emit_object(mod)
+    empty = llvm.parse_assembly("")
+    empty.triple = mod.triple
+    empty.data_layout = mod.data_layout
+    engine = llvm.create_mcjit_compiler(empty, target.create_target_machine(opt=3))
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     if times is not None:
         times["llvm_opt"] = t1 - t0
         times["machine_code"] = time.perf_counter() - t1
-    return JitModule(engine, mod, target)
+    return JitModule(engine, mod, target, ir_text=text, object_code=obj)
 
 
 def emit_object(ir_text_or_module, target: CpuTarget, *, opt_level: int = 3) -> bytes:
