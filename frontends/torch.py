@@ -79,6 +79,24 @@ def decomposition_table() -> dict:
     return table
 
 
+def aot_decompositions():
+    """(context, table) for AOTAutograd, so a torch.compile graph reaches slimc with the ops
+    `from_torch` sees. AOTAutograd decomposes CompositeImplicitAutograd ops (matmul, linear,
+    softmax, layer norm, attention...) while it traces, whatever its table says; torch.export
+    keeps them by overriding their decompositions during tracing, and so does `context`.
+    Without torch's private helper for it, the context does nothing (correct, less fused)."""
+    import contextlib
+
+    table = decomposition_table()
+    try:
+        from torch.export.exported_program import (
+            _override_composite_implicit_decomp, _split_decomp_table_to_cia_and_python_decomp)
+    except ImportError:  # pragma: no cover - another torch version
+        return contextlib.nullcontext(), table
+    keep, rest = _split_decomp_table_to_cia_and_python_decomp(table.materialize())
+    return _override_composite_implicit_decomp(keep), rest
+
+
 # ----- checks before capture -----------------------------------------------------------------
 
 def _dtype_problem(dtype) -> Optional[str]:
@@ -107,18 +125,22 @@ def check_module(module, example_inputs: Sequence) -> None:
                          f"call module.eval() first")
     flat = torch.utils._pytree.tree_leaves(example_inputs)
     for i, t in enumerate(flat):
-        if not isinstance(t, torch.Tensor):
-            continue
-        if t.requires_grad:
+        if isinstance(t, torch.Tensor) and t.requires_grad:
             raise InputError(f"example input {i} requires grad: slimc compiles inference; pass "
                              f"a tensor without requires_grad (x.detach())")
+    check_dtypes((f"example input {i} (shape {tuple(t.shape)})", t) for i, t in enumerate(flat)
+                 if isinstance(t, torch.Tensor))
+    check_dtypes((f"parameter/buffer {name!r}", t) for name, t in
+                 list(module.named_parameters()) + list(module.named_buffers()))
+
+
+def check_dtypes(named_tensors) -> None:
+    """Raise one UnsupportedError naming the first (what, tensor) whose dtype slimc lacks
+    (float64, complex): refused up front rather than failing deep inside conversion."""
+    for what, t in named_tensors:
         problem = _dtype_problem(t.dtype)
         if problem:
-            raise UnsupportedError(f"example input {i} (shape {tuple(t.shape)}): {problem}")
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        problem = _dtype_problem(t.dtype)
-        if problem:
-            raise UnsupportedError(f"parameter/buffer {name!r}: {problem}")
+            raise UnsupportedError(f"{what}: {problem}")
 
 
 # ----- from_torch ----------------------------------------------------------------------------
@@ -268,6 +290,8 @@ REFUSED = {
     "aten.masked_select": "the result's shape depends on the data",
     "aten.masked_scatter": "the result's shape depends on the data",
     "aten.native_dropout": "dropout in training mode (call module.eval())",
+    "aten._native_batch_norm_legit_functional": "batch norm with batch statistics: the module "
+                                                "is in training mode (module.eval())",
     "aten._fft": "FFTs compute complex tensors",
     "aten.as_strided": "views of raw storage (as_strided)",
     **{f"aten.{r}": "random numbers" for r in (
@@ -454,13 +478,14 @@ def _op_name(target) -> str:
     return name
 
 
-_DYNAMO_ROOT = re.compile(r"^L\['self'\]\.?")
+_DYNAMO_ROOT = re.compile(r"^L\['(?:self|fn)'\]\.?")
 _DYNAMO_ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
 
 
 def module_path(node) -> str:
     """The innermost module path of the node (``layer1.0.conv1``); "" at the top level.
-    Dynamo's spelling (``L['self'].layer1[0].conv1``) reads the same."""
+    Dynamo's spelling (``L['self'].layer1[0].conv1``; ``L['fn']`` for a compiled
+    ``nn.Sequential``) reads the same."""
     stack = node.meta.get("nn_module_stack") or {}
     for path, _ in reversed(list(stack.values())):
         if isinstance(path, str) and not path.startswith("_"):

@@ -14,8 +14,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from slimc.codegen.backend import CompileOptions
-from slimc.ir import Graph, InputError, SlimcError
-from slimc.ir.interpreter import order_inputs
+from slimc.ir import Graph, InputError, ModelError, SlimcError
+from slimc.ir.interpreter import order_inputs, run_node
 from slimc.passes import PassManager, standard_pipeline
 from slimc.passes.basic import InferShapes
 
@@ -38,7 +38,43 @@ def _bind(graph: Graph, shapes: Sequence[tuple]) -> Graph:
                                      f"input but {s} here")
         v.type = v.type.with_shape(shape)
     InferShapes().run(g)
+    _fold_bound_sizes(g)
     return g
+
+
+def _fold_bound_sizes(graph: Graph, limit: int = 1 << 16) -> None:
+    """Turn sizes computed from bound shapes into constants, to a fixed point: InferShapes
+    alone leaves ``shape -> slice/range/expand/reshape`` chains (ONNX Shape ops, sizes of
+    torch.export's symbolic dims) with unknown dims, which the CPU backend cannot compile.
+    Only what depends on a bound size folds (small results only): a general FoldConstants
+    here would fold a dequantized int8 weight back to float before FoldQDQ sees it."""
+    bound: set = set()
+    infer, changed = InferShapes(), True
+    while changed:
+        changed = False
+        for node in list(graph.nodes):
+            ins, out = [v for v in node.inputs if v is not None], node.outputs[0]
+            if node.op in ("shape", "size") and ins[0].type.is_static:
+                x = ins[0].type
+                datas = [np.broadcast_to(np.zeros((), x.dtype.numpy), x.shape)]
+            elif any(id(v) in bound for v in ins) and all(v.data is not None for v in ins):
+                datas = [None if v is None else v.data for v in node.inputs]
+            else:
+                continue
+            if len(node.outputs) > 1 or out in graph.outputs or not out.type.is_static \
+                    or out.type.numel > limit:
+                continue
+            try:
+                [data] = run_node(node, datas)
+            except ModelError:
+                continue  # it fails at run time too, and reports there
+            const = graph.add_constant(out.name + ".bound", data, out.type)
+            bound.add(id(const))
+            out.replace_all_uses_with(const)
+            graph.remove_node(node)
+            graph.rename(const, out.name)
+            changed = True
+        changed = infer.run(graph) or changed
 
 
 # Stages of code generation that disable_passes= can name besides the graph passes.

@@ -512,9 +512,6 @@ def test_dynamic_batch_and_sequence_transformer_interpreted():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="compiler._bind binds input shapes but does not fold "
-                   "the sizes computed from them (shape -> slice/range/expand inputs), so "
-                   "the CPU backend sees unknown dims; ONNX models with Shape ops alike")
 def test_dynamic_transformer_compiles_per_shape():
     pytest.importorskip("transformers")
     module, args, dynamic = _bert_dynamic()

@@ -200,6 +200,9 @@ def instance_norm(ctx):
 def _softmax(op: str):
     def convert(ctx):
         x = ctx.tensor("self", ctx.out_dtype)
+        if x.type.rank == 0:  # PyTorch takes a 0-d tensor as one element
+            one = ctx.emit(op, [ctx.emit("reshape", [x, ctx.const([1], np.int64)])], axis=0)
+            return ctx.emit("reshape", [one, ctx.const(np.zeros(0, np.int64))])
         return ctx.emit(op, [x], axis=int(ctx["dim"]))
 
     return convert
