@@ -111,7 +111,8 @@ class Executable:
     def assembly(self) -> str:
         return ""
 
-    def object_code(self) -> bytes:
+    def objects(self) -> list:
+        """The compiled code as relocatable objects, linked into the exported library."""
         raise NotImplementedError("this backend does not export object code")
 
 

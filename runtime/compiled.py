@@ -92,9 +92,9 @@ class CompiledModule(NativeModule):
     def assembly(self) -> str:
         return self.executable.assembly
 
-    def object_code(self) -> bytes:
-        """A position-independent object of the model, for export."""
-        return self.executable.object_code()
+    def objects(self) -> list:
+        """The model's position-independent objects, for export."""
+        return self.executable.objects()
 
     def __call__(self, *arrays, **named):
         if not self.runnable:

@@ -103,17 +103,23 @@ def export(compiled, path: str) -> None:
 
     os.makedirs(path, exist_ok=True)
     t = compiled.target
-    obj = compiled.object_code()
+    objects = compiled.objects()
     libraries = ["m"] + (["gomp"] if "GOMP_parallel" in compiled.llvm_ir else [])
     foreign = t.arch != _host_arch()
     lib_path = os.path.join(path, LIBRARY)
     with tempfile.TemporaryDirectory() as tmp:
-        obj_path = os.path.join(path if foreign else tmp, OBJECT)
-        with open(obj_path, "wb") as f:
-            f.write(obj)
+        if foreign and len(objects) != 1:
+            raise SlimcError(f"an artifact for another machine holds one object; this module "
+                             f"has {len(objects)}")
+        obj_paths = []
+        for i, obj in enumerate(objects):
+            obj_paths.append(os.path.join(path if foreign else tmp, OBJECT if i == 0 else
+                                          f"part{i}.o"))
+            with open(obj_paths[-1], "wb") as f:
+                f.write(obj)
         cc = _linker(t)
         if cc is not None:
-            cmd = [cc, "-shared", "-o", lib_path, obj_path] + [f"-l{x}" for x in libraries]
+            cmd = [cc, "-shared", "-o", lib_path] + obj_paths + [f"-l{x}" for x in libraries]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SlimcError(f"linking the artifact failed ({' '.join(cmd)}):\n{done.stderr}")

@@ -212,7 +212,9 @@ class Module:
     @property
     def compile_times(self) -> dict:
         """Seconds per compile stage of the current specialization: import, cost_models,
-        passes, fusion, codegen, memory_plan, llvm_opt, machine_code, link (or cache_load)."""
+        passes, fusion, codegen, memory_plan, ir_text (printing the LLVM IR and cutting it into
+        parts), llvm_opt, machine_code (the parts compile in parallel: wall seconds), link (or
+        cache_load)."""
         return dict(getattr(self._current(), "compile_times", {}))
 
     def profile(self, *arrays, repeat: int = 20, **named):

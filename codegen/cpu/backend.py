@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from typing import Optional
 
 from slimc.ir import Graph, Node
@@ -24,56 +25,60 @@ from .entry import RUNTIME_THREADS, build_entry
 from .kernel import GENERATORS, INDEX_MAPS
 from .lower import lower_graph
 from .scalar_ops import LOWERINGS
-from .target import CpuTarget, aot_compile, emit_assembly, emit_object, jit_compile
+from .parts import cut
+from .target import CpuTarget, JitModule, compile_parts, emit_assembly
 
 
 class CpuExecutable(Executable):
-    """The linked LLVM module: JIT-compiled here (`entry` and `run` are its functions), or
-    compiled ahead of time for another machine (`entry` is None; `object_code` is the ELF)."""
+    """The linked LLVM module, compiled in parts (parts.py): JIT-compiled here (`entry` and
+    `run` are its functions), or, for another machine, compiled ahead of time into one object
+    (`entry` is None)."""
 
-    def __init__(self, target: CpuTarget, llvm_module, llvm_opt_level: int):
+    def __init__(self, target: CpuTarget, llvm_module, llvm_opt_level: int, kernels, jobs: int):
         self.target = target
-        self._llvm_module = llvm_module
-        self.times: dict = {}
+        # SLIMC_PIPELINE=O3 gives every kernel the full pipeline (to compare run times)
+        every = os.environ.get("SLIMC_PIPELINE")
+        pipelines = {k.name: every or k.pipeline for k in kernels}
+        t0 = time.perf_counter()
+        parts, self.duplicates = cut(llvm_module, lambda name: pipelines.get(name, "O3"), jobs)
+        t1 = time.perf_counter()
+        compiled = compile_parts(parts, target, opt_level=llvm_opt_level, jobs=jobs,
+                                 one_object=not target.is_host)
+        self.times = {"ir_text": t1 - t0, **compiled.times}
+        self.parts = [(p.pipeline, p.functions) for p in parts]
+        self._objects = compiled.objects
+        self._optimized_ir = compiled.llvm_ir
+        self._jit = None
         if target.is_host:
-            self._jit = jit_compile(str(llvm_module), target, opt_level=llvm_opt_level,
-                                    times=self.times)
+            t1 = time.perf_counter()
+            self._jit = JitModule(target, compiled.objects, compiled.llvm_ir)
             self.entry = self._jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_void_p)
             self.run = self._jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_int64)
-            self._optimized_ir, self._object = None, None
-            self.code_bytes = len(self._jit.llvm_ir)
-        else:
-            self._jit = None
-            self._optimized_ir, self._object = aot_compile(str(llvm_module), target,
-                                                           opt_level=llvm_opt_level,
-                                                           times=self.times)
-            self.code_bytes = len(self._object)
+            self.times["machine_code"] += time.perf_counter() - t1
+        self.code_bytes = sum(len(o) for o in self._objects)
+        self._ir_texts = compiled.ir_texts
 
     def not_runnable(self) -> TargetError:
         return foreign_target_error(self.target)
 
     @property
     def llvm_ir(self) -> str:
-        """The optimized LLVM IR of every kernel and the entry function (for a cross target:
-        as optimized for that target)."""
-        return self._jit.llvm_ir if self._jit is not None else self._optimized_ir
+        """The optimized LLVM IR of every kernel and the entry function, part by part (for a
+        cross target: as optimized for that target)."""
+        return self._optimized_ir
 
     @property
     def assembly(self) -> str:
-        if self._jit is not None:
-            return emit_assembly(str(self._llvm_module), self.target)
-        return emit_assembly(self._optimized_ir, self.target, opt_level=0)
+        return "\n".join(emit_assembly(text, self.target, opt_level=0)
+                         for text in self._ir_texts)
 
-    def object_code(self) -> bytes:
-        """A position-independent ELF object of the model, for export."""
-        if self._object is None and self._jit is not None:
-            self._object = self._jit.object_code  # the object the JIT loaded: no second compile
-        if self._object is None:
-            self._object = emit_object(str(self._llvm_module), self.target)
-        return self._object
+    def objects(self) -> list[bytes]:
+        """Position-independent ELF objects of the model (the ones the JIT loaded), for
+        export: `cc -shared` links them into one library."""
+        return list(self._objects)
 
 
 def foreign_target_error(target: CpuTarget) -> TargetError:
@@ -108,6 +113,24 @@ def _load_threading_runtime() -> None:
 
 
 _gomp_loaded = False
+
+
+def compile_jobs() -> int:
+    """Threads LLVM compiles in: the cores this process may use (SLIMC_COMPILE_JOBS sets
+    it)."""
+    env = os.environ.get("SLIMC_COMPILE_JOBS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise SlimcError(f"SLIMC_COMPILE_JOBS must be a number of threads, got {env!r}")
+    return host_cores()
+
+
+def host_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
 
 
 class CpuBackend(Backend):
@@ -170,8 +193,7 @@ class CpuBackend(Backend):
         if requested is None:
             if not self.target.is_host:
                 return RUNTIME_THREADS
-            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else os.cpu_count()
+            return host_cores()
         if requested < 1:
             raise SlimcError(f"threads must be None or at least 1, got {requested}")
         return requested
@@ -190,7 +212,8 @@ class CpuBackend(Backend):
         if self.target.is_host and threads > 1 and \
                 any(k.parallel_extent > 1 for k in lowered.kernels):
             _load_threading_runtime()
-        return CpuExecutable(self.target, lowered.state, 3 if options.opt_level >= 1 else 0)
+        return CpuExecutable(self.target, lowered.state, 3 if options.opt_level >= 1 else 0,
+                             lowered.kernels, jobs=compile_jobs())
 
     def not_runnable_here(self) -> Optional[TargetError]:
         return None if self.target.is_host else foreign_target_error(self.target)

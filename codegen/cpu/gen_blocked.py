@@ -93,7 +93,7 @@ def _bias_vector(kb: KernelBuilder, bias, block_index, lanes: int, name: str):
 # ----------------------------------------------------------------------------------------------
 
 
-@generator("depthwise_conv2d_nchwc", epilogue=True)
+@generator("depthwise_conv2d_nchwc", epilogue=True, vector_code=True)
 def depthwise_conv2d_nchwc(kb: KernelBuilder, node) -> None:
     b = kb.b
     x, w = node.inputs[0], node.inputs[1]
@@ -200,7 +200,7 @@ def _register_tile(cob: int, nregs: int) -> tuple[int, int]:
     return ocv, max(1, min(14, budget // ocv))
 
 
-@generator("conv2d_nchwc", epilogue=True)
+@generator("conv2d_nchwc", epilogue=True, vector_code=True)
 def conv2d_nchwc(kb: KernelBuilder, node) -> None:
     b = kb.b
     x, w = node.inputs[0], node.inputs[1]

@@ -104,7 +104,7 @@ def _transpose_copy(kb: KernelBuilder, src, rows, cols, dst_i8, name):
     return dst
 
 
-@generator("matmul", "gemm", epilogue=True)
+@generator("matmul", "gemm", epilogue=True, vector_code=True)
 def matmul(kb: KernelBuilder, node) -> None:
     a, bv = node.inputs[0], node.inputs[1]
     c = node.inputs[2] if len(node.inputs) > 2 else None
@@ -115,6 +115,7 @@ def matmul(kb: KernelBuilder, node) -> None:
     batch_a, M, K, batch_b, N = _norm_shapes(a_shape, b_shape, trans_a, trans_b)
     # The GEMM kernels need K >= 1; with K == 0 every dot product is an empty sum (0).
     if K == 0 or any(v is not None and v.type.dtype != dtypes.f32 for v in (a, bv, c, out)):
+        kb.pipeline = "O3"  # scalar loops
         return loop_matmul(kb, node)
     out_batch = _out_batch(kb.shape(out), a_shape, b_shape)
     b_ = kb.b
@@ -162,6 +163,7 @@ def matmul(kb: KernelBuilder, node) -> None:
         b_.ret_void()
         return
     # runtime (or batched, or broadcast) B: work items are (batch entry, block of rows)
+    kb.pipeline = "O3"  # B's packing is a scalar loop
     if n_batch == 0 or M == 0:  # an empty result: nothing to compute
         b_.ret_void()
         return

@@ -88,7 +88,7 @@ def carried_loop(b: ir.IRBuilder, lo, hi, init: list, body, name: str) -> list:
     return list(phis)
 
 
-@generator("sparse_matmul", "sparse_conv", epilogue=True)
+@generator("sparse_matmul", "sparse_conv", epilogue=True, vector_code=True)
 def sparse_matmul(kb: KernelBuilder, node) -> None:
     bm, values, indices, offsets = node.inputs
     attrs = kb.attrs(node)

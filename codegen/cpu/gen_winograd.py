@@ -233,7 +233,7 @@ def store_epilogue(kb: KernelBuilder, produced, index, x, width: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-@generator("winograd_conv2d", epilogue=True)
+@generator("winograd_conv2d", epilogue=True, vector_code=True)
 def winograd_conv2d(kb: KernelBuilder, node) -> None:
     x, u = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None

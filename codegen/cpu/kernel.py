@@ -43,7 +43,7 @@ INDEX_MAPS: dict[str, Callable] = {}
 
 
 def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
-              epilogue_any_dtype: bool = False):
+              epilogue_any_dtype: bool = False, vector_code: bool = False):
     """Register a generator for `ops`. Two promises the fusion planner relies on:
 
     inline_inputs -- it reads its operands only through `kb.value_at`, so elementwise and
@@ -53,12 +53,16 @@ def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
                      node instead of True: None where it does, else why not (a phrase).
     epilogue_any_dtype -- the epilogue's result may have another element type than the
                      op's output (the generator stores whatever type the kernel outputs).
+    vector_code   -- it writes explicit vector code: its kernels get the light "vector"
+                     pipeline instead of O3 (parts.py); a generator may still set
+                     `kb.pipeline = "O3"` for a kernel of scalar loops.
     """
 
     def wrap(fn):
         fn.inline_inputs = inline_inputs
         fn.epilogue = epilogue
         fn.epilogue_any_dtype = epilogue_any_dtype
+        fn.vector_code = vector_code
         for op in ops:
             GENERATORS[op] = fn
         return fn
@@ -93,6 +97,7 @@ class Kernel(BaseKernel):
 
     function: Optional[ir.Function] = None
     cost: int = 0  # rough work (flops or elements), to decide if splitting across threads pays
+    pipeline: str = "O3"  # the LLVM pipeline its function gets (parts.py)
 
 
 class KernelBuilder:
@@ -130,6 +135,7 @@ class KernelBuilder:
         self.mask: Optional[ir.Value] = None  # lanes valid in the vector being computed
         self.parallel_extent = 1
         self.cost = 0  # generators with heavy inner loops set this (e.g. 2*M*N*K for a matmul)
+        self.pipeline = "O3"  # "vector" for explicit vector code (see `generator`)
 
     # ----- shapes and buffers ------------------------------------------------------------
     @staticmethod
@@ -522,7 +528,9 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
         if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
             raise UnsupportedError(f"the CPU backend has no lowering for {n.op}", node=n.label, op=n.op)
     if anchors:
-        GENERATORS[anchors[0].op](kb, anchors[0])
+        gen = GENERATORS[anchors[0].op]
+        kb.pipeline = "vector" if gen.vector_code else "O3"
+        gen(kb, anchors[0])
     else:
         special = next((emit for applies, emit in GROUP_KERNELS if applies(kb)), None)
         if special is not None:
@@ -531,4 +539,4 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
             kb.elementwise_loops()
     cost = kb.cost or sum(v.type.numel for v in outputs)
     return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent,
-                  kb.scratch_values, function=kb.fn, cost=cost)
+                  kb.scratch_values, function=kb.fn, cost=cost, pipeline=kb.pipeline)

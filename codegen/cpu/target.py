@@ -31,6 +31,7 @@ __all__ = [
     "parse_module",
     "optimize",
     "jit_compile",
+    "compile_parts",
     "emit_object",
     "emit_assembly",
     "aot_compile",
@@ -270,9 +271,12 @@ def parse_module(ir_text_or_module, target: CpuTarget) -> llvm.ModuleRef:
 
 
 def optimize(mod: llvm.ModuleRef, target: CpuTarget, level: int = 3, *,
-             loop_unrolling: bool = True, inlining_threshold: int | None = None) -> llvm.ModuleRef:
-    """Run the new-pass-manager O<level> pipeline on `mod` in place (loop and SLP
-    vectorization on). level 0 does nothing. Returns `mod`."""
+             loop_unrolling: bool = True, inlining_threshold: int | None = None,
+             pipeline: str = "O3") -> llvm.ModuleRef:
+    """Run `pipeline` on `mod` in place and return it. "O3": the new-pass-manager
+    O<level> pipeline (loop and SLP vectorization on); "vector", for modules of explicit
+    vector code: SROA, instcombine and CFG simplification only (the rest of O3 gains such code
+    nothing and costs seconds). level 0 does nothing."""
     if level <= 0:
         return mod
     tm = target.create_target_machine(opt=min(level, 3))
@@ -284,26 +288,39 @@ def optimize(mod: llvm.ModuleRef, target: CpuTarget, level: int = 3, *,
     if inlining_threshold is not None:
         pto.inlining_threshold = inlining_threshold
     pb = llvm.create_pass_builder(tm, pto)
-    pm = pb.getModulePassManager()
+    if pipeline == "vector":
+        pm = llvm.create_new_module_pass_manager()
+        pm.add_sroa_pass()
+        pm.add_instruction_combine_pass()
+        pm.add_simplify_cfg_pass()
+    elif pipeline == "O3":
+        pm = pb.getModulePassManager()
+    else:
+        raise ValueError(f"unknown pipeline {pipeline!r}")
     pm.run(mod, pb)
     return mod
 
 
 class JitModule:
-    """A JIT-compiled module. Keeps the execution engine (and thus the code) alive.
+    """JIT-compiled code: one object or several (a model compiled in parts), loaded into one
+    engine that links them. Keeps the engine (and thus the code) alive.
 
     `address(name)` gives a function's address; `cfunc(name, restype, *argtypes)` wraps it in
     ctypes. Keep this object referenced as long as any address or wrapper is used.
     """
 
-    def __init__(self, engine: llvm.ExecutionEngine, mod: llvm.ModuleRef, target: CpuTarget,
-                 ir_text: str = None, object_code: bytes = None):
-        self._engine = engine
-        self._mod = mod
+    def __init__(self, target: CpuTarget, objects: list, ir_text: str):
+        empty = llvm.parse_assembly("")
+        empty.triple = target.triple
+        empty.data_layout = target.data_layout
+        self._engine = llvm.create_mcjit_compiler(empty, target.create_target_machine(opt=3))
+        for obj in objects:
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self._engine.finalize_object()
         self.target = target
         self._cache: dict[str, int] = {}
-        self._ir_text = ir_text
-        self.object_code = object_code  # the position-independent ELF the engine loaded
+        self.llvm_ir = ir_text  # the optimized IR that was compiled
+        self.objects = list(objects)  # the position-independent ELF objects it loaded
 
     def address(self, name: str) -> int:
         addr = self._cache.get(name)
@@ -318,12 +335,11 @@ class JitModule:
         return ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
 
     @property
-    def llvm_ir(self) -> str:
-        """The optimized IR that was compiled."""
-        return self._ir_text if self._ir_text is not None else str(self._mod)
-
-    def function_names(self) -> list[str]:
-        return [f.name for f in self._mod.functions if not f.is_declaration]
+    def object_code(self) -> bytes:
+        """The object, for code compiled as one module."""
+        if len(self.objects) != 1:
+            raise ValueError(f"this code is {len(self.objects)} objects")
+        return self.objects[0]
 
 
 def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *,
@@ -332,27 +348,83 @@ def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *,
     (default: host). The target must be runnable in this process. `times`, if given, gets
     the seconds of "llvm_opt" (parsing and the pass pipeline) and "machine_code"."""
     target = target or CpuTarget.host()
+    _check_runnable(target)
+    text, obj = aot_compile(ir_text_or_module, target, opt_level=opt_level, times=times)
+    # One code generation serves the JIT, the compile cache and export: the engine loads the
+    # position-independent object that `cc -shared` links, instead of compiling its own.
+    t0 = time.perf_counter()
+    jit = JitModule(target, [obj], text)
+    if times is not None:
+        times["machine_code"] += time.perf_counter() - t0
+    return jit
+
+
+def _check_runnable(target: CpuTarget) -> None:
     if not target.is_host:
         raise ValueError(f"cannot JIT code for target {target.name} ({target.triple}, "
                          f"{target.cpu}) on this host")
-    t0 = time.perf_counter()
-    mod = parse_module(ir_text_or_module, target)
-    optimize(mod, target, opt_level)
-    text = str(mod)  # before code generation rewrites the module (CodeGenPrepare)
-    t1 = time.perf_counter()
-    # One code generation serves the JIT, the compile cache and export: the engine loads the
-    # position-independent object that `cc -shared` links, instead of compiling its own.
-    obj = target.create_target_machine(aot=True).emit_object(mod)
-    empty = llvm.parse_assembly("")
-    empty.triple = mod.triple
-    empty.data_layout = mod.data_layout
-    engine = llvm.create_mcjit_compiler(empty, target.create_target_machine(opt=3))
-    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-    engine.finalize_object()
-    if times is not None:
-        times["llvm_opt"] = t1 - t0
-        times["machine_code"] = time.perf_counter() - t1
-    return JitModule(engine, mod, target, ir_text=text, object_code=obj)
+
+
+@dataclass
+class CompiledParts:
+    """A module compiled in parts: one object and one optimized IR text per part."""
+
+    objects: list
+    ir_texts: list
+    times: dict
+
+    @property
+    def llvm_ir(self) -> str:
+        return "\n".join(self.ir_texts)
+
+
+def compile_parts(parts, target: CpuTarget, *, opt_level: int = 3, jobs: int = 1,
+                  one_object: bool = False) -> CompiledParts:
+    """Each part (parts.Part: text, pipeline) parsed, optimized with its pipeline and compiled
+    to a position-independent object, `jobs` parts at a time in threads (llvmlite's calls
+    into LLVM release the GIL). `one_object`: the optimized parts are linked into one module
+    and compiled to one object instead (an artifact for another machine holds one). The
+    times are wall seconds, "llvm_opt" and "machine_code" in the proportion the parts spent
+    in each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ensure_llvm_initialized(all_targets=not target.is_host)
+    target.data_layout  # noqa: B018  (computed once, before the threads)
+
+    def one(i: int):
+        part = parts[i]
+        t0 = time.perf_counter()
+        mod = parse_module(part.text, target)
+        optimize(mod, target, opt_level, pipeline=part.pipeline)
+        text = part.header(i, len(parts)) + "\n" + str(mod)
+        t1 = time.perf_counter()
+        if one_object:
+            return mod, text, t1 - t0, 0.0
+        obj = target.create_target_machine(aot=True).emit_object(mod)
+        return obj, text, t1 - t0, time.perf_counter() - t1
+
+    start = time.perf_counter()
+    order = sorted(range(len(parts)), key=lambda i: -parts[i].size)
+    if jobs > 1 and len(parts) > 1:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="slimc-llvm") as pool:
+            done = dict(zip(order, pool.map(one, order)))
+    else:
+        done = {i: one(i) for i in order}
+    results = [done[i] for i in range(len(parts))]
+    objects = [r[0] for r in results]
+    if one_object:
+        t1 = time.perf_counter()
+        linked = objects[0]
+        for mod in objects[1:]:
+            linked.link_in(mod)
+        objects = [target.create_target_machine(aot=True).emit_object(linked)]
+        return CompiledParts(objects, [r[1] for r in results],
+                             {"llvm_opt": t1 - start, "machine_code": time.perf_counter() - t1})
+    wall = time.perf_counter() - start
+    opt, mc = sum(r[2] for r in results), sum(r[3] for r in results)
+    share = opt / (opt + mc) if opt + mc > 0 else 0.0
+    return CompiledParts(objects, [r[1] for r in results],
+                         {"llvm_opt": wall * share, "machine_code": wall * (1 - share)})
 
 
 def emit_object(ir_text_or_module, target: CpuTarget, *, opt_level: int = 3) -> bytes:
