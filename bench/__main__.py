@@ -1,4 +1,4 @@
-"""python -m bench [MODEL.onnx ...] [--models a,b] [--threads 1,2] [--batch 1,8] [--quick]
+"""python -m bench [MODEL.onnx ...] [--models a,b] [--threads 1,2] [--batch 1,8] [--quick] [--torch]
 
 Times slimc against onnxruntime (and OpenVINO when installed) on the benchmark's own models,
 or on the ONNX files given. See bench/__init__.py.
@@ -46,6 +46,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                     help="folder for the JSON and PNG files (default bench/results/)")
     ap.add_argument("--list", action="store_true", help="list the models and exit")
+    ap.add_argument("--torch", action="store_true",
+                    help="the PyTorch section instead: eager, torch.compile with inductor and "
+                         "with backend='slimc' (bench/pytorch.py)")
     return ap.parse_args(argv)
 
 
@@ -80,6 +83,12 @@ def _meta(args, peers) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.torch:
+        from . import pytorch
+
+        return pytorch.main((["--models", args.models] if args.models else []) +
+                            ["--threads", ",".join(map(str, args.threads))] +
+                            (["--quick"] if args.quick else []))
     if args.files:
         benches = [models.user_bench(f, dict(args.dim)) for f in args.files]
     else:
