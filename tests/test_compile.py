@@ -210,7 +210,7 @@ def test_compile_times_account_for_the_compile(tmp_path, monkeypatch, capsys):
     wall = time.perf_counter() - start
     times = mod.compile_times
     assert list(times) == ["import", "cost_models", "passes", "fusion", "codegen", "memory_plan",
-                           "link", "llvm_opt", "machine_code"]
+                           "link", "ir_text", "llvm_opt", "machine_code"]
     assert all(s >= 0 for s in times.values()) and 0.5 * wall <= sum(times.values()) <= wall
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
