@@ -100,11 +100,13 @@ class CachedModule(LoadedModule):
     def assembly(self) -> str:
         """The machine code listing, made on demand from the cached LLVM IR for the target
         the manifest names (the cache keeps the IR, not the listing)."""
+        from slimc.codegen.cpu.parts import part_texts
         from slimc.codegen.cpu.target import CpuTarget, emit_assembly
 
         t = self.manifest["target"]
         target = CpuTarget.from_parts(t["name"], t["triple"], t["cpu"], t["features"])
-        return emit_assembly(self.llvm_ir, target)
+        return "\n".join(emit_assembly(text, target, opt_level=0)
+                         for text in part_texts(self.llvm_ir))
 
     @property
     def kernels(self) -> list:

@@ -140,7 +140,7 @@ def export(compiled, path: str) -> None:
         "outputs": [_spec(*s) for s in compiled._outputs],
         "output_sources": [list(s) for s in compiled._sources],
         "arena_bytes": compiled._arena_bytes,
-        "kernels": [{"name": k.name, "ops": k.ops} for k in compiled.kernels],
+        "kernels": [_kernel_entry(k) for k in compiled.kernels],
         "memory": {"arena_bytes": compiled.memory.arena_bytes,
                    "intermediates_bytes": compiled.memory.intermediates_bytes,
                    "weights_bytes": compiled.memory.weights_bytes,
@@ -149,6 +149,23 @@ def export(compiled, path: str) -> None:
     }
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
+
+
+# The attributes that record a choice a cost model or the target made (a Winograd tile, a
+# sparse format, the blocked layout's block): an artifact says how its code was chosen.
+CHOICES = {"winograd_conv2d": ("tile",), "sparse_matmul": ("block", "transpose_out"),
+           "sparse_conv": ("block",), "to_blocked": ("block",)}
+
+
+def _kernel_entry(kernel) -> dict:
+    entry = {"name": kernel.name, "ops": kernel.ops}
+    if getattr(kernel, "pipeline", None):
+        entry["pipeline"] = kernel.pipeline
+    chosen = [{"op": n.op, "node": n.name, **{a: n.attrs.get(a) for a in CHOICES[n.op]}}
+              for n in getattr(kernel, "nodes", ()) if n.op in CHOICES]
+    if chosen:
+        entry["choices"] = chosen
+    return entry
 
 
 def _host_flags() -> set:

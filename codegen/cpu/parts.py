@@ -52,8 +52,18 @@ class Part:
 
     def header(self, index: int, count: int) -> str:
         names = ", ".join(self.functions[:6]) + (" ..." if len(self.functions) > 6 else "")
-        return (f"; ---- part {index + 1} of {count}: {self.pipeline} pipeline, "
+        return (f"{PART_HEADER}{index + 1} of {count}: {self.pipeline} pipeline, "
                 f"{len(self.functions)} function(s): {names}")
+
+
+PART_HEADER = "; ---- part "
+
+
+def part_texts(llvm_ir: str) -> list[str]:
+    """The modules of a compiled model's optimized IR (`mod.llvm_ir`, which gives them one
+    after another, each under its `Part.header` line)."""
+    pieces = llvm_ir.split("\n" + PART_HEADER)
+    return [pieces[0]] + [PART_HEADER + p for p in pieces[1:]]
 
 
 @dataclass

@@ -141,3 +141,29 @@ def test_model_in_parts_matches_onnxruntime(monkeypatch, tmp_path):
     np.testing.assert_allclose(mod(x)[0], want, rtol=1e-4, atol=1e-4)
     mod.export(str(tmp_path / "art"))
     np.testing.assert_allclose(slimc.load(str(tmp_path / "art"))(x)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_cached_parts_give_assembly_and_the_manifest_records_choices(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMC_COMPILE_JOBS", "2")
+    monkeypatch.setattr(parts, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(parts, "MIN_PART_BYTES", 1)
+    model = _repeated_blocks(blocks=2)
+    first = slimc.compile(model)
+    assert first.llvm_ir.count(parts.PART_HEADER) >= 2
+    again = slimc.compile(model)  # from the cache: the IR of every part, read back
+    assert again.llvm_ir == first.llvm_ir
+    listing = again.assembly
+    for k in first.kernels:
+        assert k.name in listing
+    first.export(str(tmp_path / "art"))
+    with open(tmp_path / "art" / "manifest.json") as f:
+        kernels = json.load(f)["kernels"]
+    assert {k["pipeline"] for k in kernels} <= set(parts.PIPELINES)
+    assert any("winograd_conv2d" in k["ops"] for k in kernels)
+    for k in kernels:
+        convs = [op for op in k["ops"] if op == "winograd_conv2d"]
+        got = [c for c in k.get("choices", []) if c["op"] == "winograd_conv2d"]
+        assert len(got) == len(convs) and all(c["tile"] in (2, 4) for c in got), k
