@@ -328,4 +328,4 @@ class TorchContext:
 
 
 # Importing the families registers their converters.
-from . import elementwise, indexing, nn, reduce, tensor  # noqa: E402,F401
+from . import elementwise, indexing, nn, pool, reduce, tensor  # noqa: E402,F401

@@ -177,6 +177,8 @@ _COMPOSITE_UNARY = {
     aten.hardsigmoid.default: lambda c, x: c.emit("hard_sigmoid", [x], alpha=1 / 6, beta=0.5),
     aten.relu6.default: lambda c, x: c.emit("clip", [x, _k(c, x, 0), _k(c, x, 6)]),
     aten.square.default: lambda c, x: c.emit("mul", [x, x]),
+    aten.exp2.default: lambda c, x: c.emit("pow", [_k(c, x, 2), x]),
+    aten.erfc.default: lambda c, x: c.emit("sub", [_k(c, x, 1), c.emit("erf", [x])]),
 }
 for _op, _build in _COMPOSITE_UNARY.items():
     converter(_op)(_composite(_build))
@@ -212,14 +214,16 @@ def elu(ctx):
 
 @converter(aten.softplus.default)
 def softplus(ctx):
-    # slimc's softplus is log(1 + e^x) computed stably, which equals PyTorch's above the
-    # threshold (where PyTorch returns x) to float precision.
+    # slimc's softplus is log(1 + e^x) computed stably; PyTorch returns x where beta * x is
+    # above the threshold, the same to float precision unless the threshold is small.
     x = ctx.tensor("self")
-    beta = float(ctx["beta"])
-    if beta == 1:
-        return ctx.emit("softplus", [x])
-    y = ctx.emit("softplus", [ctx.emit("mul", [x, _k(ctx, x, beta)])])
-    return ctx.emit("div", [y, _k(ctx, x, beta)])
+    beta, threshold = float(ctx["beta"]), float(ctx["threshold"])
+    bx = x if beta == 1 else ctx.emit("mul", [x, _k(ctx, x, beta)])
+    y = ctx.emit("softplus", [bx])
+    y = y if beta == 1 else ctx.emit("div", [y, _k(ctx, x, beta)])
+    if threshold >= 20:  # log1p(exp(-20)) is below float32's resolution of 20
+        return y
+    return ctx.emit("where", [ctx.emit("greater", [bx, _k(ctx, x, threshold)]), x, y])
 
 
 @converter(aten.hardtanh.default)
@@ -330,3 +334,41 @@ def copy(ctx):
 @converter(aten.scalar_tensor.default)
 def scalar_tensor(ctx):
     return ctx.const(np.asarray(ctx["s"]), ctx.out_dtype)
+
+
+@converter(aten.fmax.default, aten.fmin.default)
+def fmax(ctx):
+    """max / min where a NaN loses to a number (NaN only where both are NaN)."""
+    dt = ctx.out_dtype
+    a, b = ctx.tensor("self", dt), ctx.tensor("other", dt)
+    m = ctx.emit("max" if ctx.node.target == aten.fmax.default else "min", [a, b])
+    if not dt.is_float:
+        return m
+    m = ctx.emit("where", [ctx.emit("isnan", [a]), b, m])
+    return ctx.emit("where", [ctx.emit("isnan", [b]), a, m])
+
+
+@converter(aten.hypot.default)
+def hypot(ctx):
+    dt = ctx.out_dtype
+    a, b = ctx.tensor("self", dt), ctx.tensor("other", dt)
+    return ctx.emit("sqrt", [ctx.emit("add", [ctx.emit("mul", [a, a]),
+                                               ctx.emit("mul", [b, b])])])
+
+
+@converter(aten.round.decimals)
+def round_decimals(ctx):
+    """PyTorch's own formula: round(x * 10^d) / 10^d, or round(x / 10^-d) * 10^-d."""
+    x, d = ctx.tensor("self"), int(ctx["decimals"])
+    if not x.type.dtype.is_float:
+        return x
+    scale = _k(ctx, x, 10.0 ** abs(d))
+    inward, outward = ("mul", "div") if d > 0 else ("div", "mul")
+    return ctx.emit(outward, [ctx.emit("round", [ctx.emit(inward, [x, scale])]), scale])
+
+
+@converter(aten.ldexp.Tensor)
+def ldexp(ctx):
+    dt = ctx.out_dtype
+    x, e = ctx.tensor("self", dt), ctx.tensor("other", dt)
+    return ctx.emit("mul", [x, ctx.emit("pow", [ctx.const(2.0, dt), e])])

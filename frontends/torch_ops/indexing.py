@@ -106,14 +106,20 @@ def index_put(ctx):
     x = ctx.tensor("self")
     indices = ctx["indices"]
     positions = [i for i, t in enumerate(indices) if t is not None]
-    adjacent = positions == list(range(positions[0], positions[-1] + 1))
-    if not adjacent or (positions[0] != 0 and len(positions) > 1):
-        ctx.unsupported("index_put with index tensors that are not leading or adjacent")
     xt, rest = _front(ctx, x, positions)
     idx = _stacked_indices(ctx, [indices[p] for p in positions])
-    block = ctx.emit("concat", [ctx.shape_of(idx, end=-1),
-                                ctx.shape_of(xt, start=len(positions))], axis=0)
-    values = ctx.emit("expand", [ctx.tensor("values", x.type.dtype), block])
+    p0, nb = positions[0], idx.type.rank - 1
+    if positions != list(range(p0, positions[-1] + 1)):
+        p0 = 0  # indexed dims apart: x[indices] has the index dims first
+    # values broadcast to x[indices]'s shape (index dims at p0), then laid out as xt
+    shape = ctx.emit("concat", [ctx.shape_of(xt, len(positions), len(positions) + p0),
+                                ctx.shape_of(idx, end=-1),
+                                ctx.shape_of(xt, start=len(positions) + p0)], axis=0)
+    values = ctx.emit("expand", [ctx.tensor("values", x.type.dtype), shape])
+    if p0:
+        perm = list(range(p0, p0 + nb)) + list(range(p0)) + \
+            list(range(p0 + nb, values.type.rank))
+        values = ctx.emit("transpose", [values], perm=perm)
     out = ctx.emit("scatter_nd", [xt, idx, values],
                    reduction="add" if ctx["accumulate"] else "none")
     if xt is x:
@@ -153,28 +159,58 @@ _REDUCTIONS = {"sum": "add", "add": "add", "prod": "mul", "multiply": "mul", "am
 def _refuse_scatter_reduce(node):
     kw = dict(zip(["self", "dim", "index", "src", "reduce", "include_self"], node.args))
     kw.update(node.kwargs)
-    if kw.get("reduce") not in _REDUCTIONS:
+    if kw.get("reduce") not in _REDUCTIONS and kw.get("reduce") != "mean":
         return f"scatter_reduce with reduce={kw.get('reduce')!r}"
-    if not kw.get("include_self", True):
-        return "scatter_reduce with include_self=False"
+    if kw.get("reduce") == "mean" and not node.meta["val"].dtype.is_floating_point:
+        return "scatter_reduce mean of integers"
     return None
 
 
-@converter(aten.scatter.src, aten.scatter.value, aten.scatter_add.default)
+@converter(aten.scatter.src, aten.scatter.value, aten.scatter_add.default,
+           aten.scatter.reduce, aten.scatter.value_reduce)
 @converter(aten.scatter_reduce.two, refuse=_refuse_scatter_reduce)
 def scatter(ctx):
     x, index = ctx.tensor("self"), ctx.tensor("index", dtypes.i64)
+    scalar = x.type.rank == 0  # PyTorch scatters into a 0-d tensor as into one element
+    if scalar:
+        x, index = (ctx.emit("reshape", [v, ctx.const([1], np.int64)]) for v in (x, index))
     axis = _axis(ctx["dim"], x.type.rank)
     if "src" in ctx.raw:
-        src = _fit_to_index(ctx, ctx.tensor("src", x.type.dtype), index)
+        src = ctx.tensor("src", x.type.dtype)
+        if src.type.rank == 0 and scalar:
+            src = ctx.emit("reshape", [src, ctx.const([1], np.int64)])
+        src = _fit_to_index(ctx, src, index)
     else:
         src = ctx.emit("expand", [ctx.tensor("value", x.type.dtype), ctx.shape_of(index)])
-    reduction = "none"
+    y = _scatter(ctx, x, index, src, axis)
+    return ctx.emit("reshape", [y, ctx.const(np.zeros(0, np.int64))]) if scalar else y
+
+
+def _scatter(ctx, x, index, src, axis):
+    def put(data, updates, reduction="none"):
+        return ctx.emit("scatter_elements", [data, index, updates], axis=axis,
+                        reduction=reduction)
+
+    def fill(value):  # a constant where each update goes
+        return ctx.emit("expand", [ctx.const(value, x.type.dtype), ctx.shape_of(index)])
+
+    reduce = ctx.raw.get("reduce")
     if ctx.node.target == aten.scatter_add.default:
-        reduction = "add"
-    elif "reduce" in ctx.raw:
-        reduction = _REDUCTIONS[ctx["reduce"]]
-    return ctx.emit("scatter_elements", [x, index, src], axis=axis, reduction=reduction)
+        return put(x, src, "add")
+    if reduce is None:
+        return put(x, src)
+    include_self = ctx.node.target != aten.scatter_reduce.two or ctx["include_self"]
+    if reduce == "mean":  # sums over counts; a place nothing reaches keeps x (x / 1)
+        ones = ctx.emit("expand", [ctx.const(1, x.type.dtype), ctx.shape_of(x)])
+        total = put(x if include_self else put(x, fill(0)), src, "add")
+        count = put(ones if include_self else put(ones, fill(0)), fill(1), "add")
+        return ctx.emit("div", [total, count])
+    reduction = _REDUCTIONS[reduce]
+    if not include_self:  # the places updates reach start from the reduction's identity
+        dt = x.type.dtype
+        big = np.inf if dt.is_float else np.iinfo(dt.numpy).max
+        x = put(x, fill({"add": 0, "mul": 1, "max": -big, "min": big}[reduction]))
+    return put(x, src, reduction)
 
 
 @converter(aten.slice_scatter.default)
@@ -219,3 +255,45 @@ def _write_slice(ctx, x, src, axis, start, end, step):
     shape[axis] = len(positions)
     index = np.broadcast_to(positions.reshape(shape), src.type.shape)
     return ctx.emit("scatter_elements", [x, ctx.const(index, np.int64), src], axis=axis)
+
+
+# ----- searching -----------------------------------------------------------------------------
+
+def _insertion_points(ctx, seq, values, right: bool):
+    """How many elements of each sorted row of `seq` come before each value (<, or <= when
+    `right`): a comparison against the whole row, counted (the rows are short here, and a
+    count needs no data-dependent control flow)."""
+    if values.type.dtype != seq.type.dtype:
+        values = ctx.cast(values, seq.type.dtype)
+    v = ctx.emit("unsqueeze", [values, ctx.axes_const([-1])])
+    s = seq if seq.type.rank == 1 else ctx.emit("unsqueeze", [seq, ctx.axes_const([-2])])
+    before = ctx.emit("less_equal" if right else "less", [s, v])
+    count = ctx.emit("reduce_sum", [ctx.cast(before, dtypes.i64)], axes=[-1], keepdims=0)
+    return ctx.cast(count, ctx.out_dtype)
+
+
+@converter(aten.searchsorted.Tensor, aten.searchsorted.Scalar)
+def searchsorted(ctx):
+    seq = ctx.tensor("sorted_sequence")
+    if ctx.raw.get("sorter") is not None:
+        seq = ctx.emit("gather_elements", [seq, ctx.tensor("sorter", dtypes.i64)], axis=-1)
+    right = bool(ctx["right"]) or ctx["side"] == "right"
+    return _insertion_points(ctx, seq, ctx.tensor("self", seq.type.dtype), right)
+
+
+@converter(aten.bucketize.Tensor, aten.bucketize.Scalar)
+def bucketize(ctx):
+    seq = ctx.tensor("boundaries")
+    return _insertion_points(ctx, seq, ctx.tensor("self", seq.type.dtype), bool(ctx["right"]))
+
+
+@converter(aten.put.default)
+def put(ctx):
+    """x.put(index, source): a scatter into x flattened (indices may be negative)."""
+    x = ctx.tensor("self")
+    flat = ctx.emit("reshape", [x, ctx.const([-1], np.int64)])
+    index = ctx.emit("reshape", [ctx.tensor("index", dtypes.i64), ctx.const([-1, 1], np.int64)])
+    src = ctx.emit("reshape", [ctx.tensor("source", x.type.dtype), ctx.const([-1], np.int64)])
+    out = ctx.emit("scatter_nd", [flat, index, src],
+                   reduction="add" if ctx["accumulate"] else "none")
+    return ctx.emit("reshape", [out, ctx.shape_of(x)])

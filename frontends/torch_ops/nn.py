@@ -1,10 +1,10 @@
 """Neural-network ATen ops: convolution, linear algebra, normalization, softmax, attention,
-pooling, padding, resizing, embedding.
+padding, resizing, embedding (pooling is in pool.py).
 
 Most map onto one slimc op each; what differs is spelling: PyTorch gives symmetric padding per
 spatial dim where slimc takes [begins..., ends...], and pads the last dim first in
-``constant_pad_nd``. Outputs PyTorch computes only for training (batch norm's saved mean, a max
-pool's indices) are refused when something reads them.
+``constant_pad_nd``. Outputs PyTorch computes only for training (batch norm's saved mean) are
+refused when something reads them.
 """
 
 from __future__ import annotations
@@ -94,6 +94,31 @@ def addmm(ctx):
     return ctx.emit("gemm", [a, b, c], alpha=float(ctx["alpha"]), beta=float(ctx["beta"]))
 
 
+def _scaled_sum(ctx, c, product):
+    """beta * c + alpha * product (c left out when beta is 0: PyTorch ignores its NaNs)."""
+    alpha, beta = float(ctx["alpha"]), float(ctx["beta"])
+    dt = product.type.dtype
+    if alpha != 1:
+        product = ctx.emit("mul", [product, ctx.const(alpha, dt)])
+    if beta == 0:  # (c broadcasts to the product's shape: it cannot change it)
+        return product
+    return ctx.emit("add", [ctx.emit("mul", [c, ctx.const(beta, dt)]) if beta != 1 else c,
+                            product])
+
+
+@converter(aten.addmv.default)
+def addmv(ctx):
+    return _scaled_sum(ctx, ctx.tensor("self"),
+                       ctx.emit("matmul", [ctx.tensor("mat"), ctx.tensor("vec")]))
+
+
+@converter(aten.addbmm.default)
+def addbmm(ctx):
+    batches = ctx.emit("matmul", [ctx.tensor("batch1"), ctx.tensor("batch2")])
+    return _scaled_sum(ctx, ctx.tensor("self"),
+                       ctx.emit("reduce_sum", [batches], axes=[0], keepdims=0))
+
+
 @converter(aten.mm.default, aten.bmm.default, aten.matmul.default)
 def matmul(ctx):
     return ctx.emit("matmul", [ctx.tensor("self"), ctx.tensor(list(ctx.raw)[1])])
@@ -161,9 +186,29 @@ def layer_norm(ctx):
     return ctx.emit("layer_norm", [x, scale, bias], axis=axis, epsilon=float(ctx["eps"]))
 
 
-@converter(aten.native_layer_norm.default, refuse=_only_first_output_used)
+def _stats_used(node) -> bool:
+    return _only_first_output_used(node) is not None
+
+
+def _mean_rstd(ctx, x, axes, eps: float):
+    """The saved statistics of a normalization: the mean and 1 / sqrt(biased var + eps)."""
+    mean = ctx.emit("reduce_mean", [x], axes=axes, keepdims=1)
+    var = ctx.emit("reduce_mean", [ctx.emit("mul", [ctx.emit("sub", [x, mean])] * 2)],
+                   axes=axes, keepdims=1)
+    eps_c = ctx.const(eps, x.type.dtype)
+    return mean, ctx.emit("reciprocal", [ctx.emit("sqrt", [ctx.emit("add", [var, eps_c])])])
+
+
+@converter(aten.native_layer_norm.default)
 def native_layer_norm(ctx):
-    return [layer_norm(ctx), None, None]
+    """layer_norm, and its mean and rstd (over the normalized dims, kept as 1s) if read."""
+    if not _stats_used(ctx.node):
+        return [layer_norm(ctx), None, None]
+    x = ctx.tensor("input")
+    n = len(ctx.ints("normalized_shape"))
+    return [layer_norm(ctx)] + list(_mean_rstd(ctx, x, list(range(x.type.rank - n,
+                                                                   x.type.rank)),
+                                               float(ctx["eps"])))
 
 
 @converter(aten.group_norm.default)
@@ -175,13 +220,21 @@ def group_norm(ctx):
                     num_groups=int(ctx["num_groups"]), epsilon=float(ctx["eps"]))
 
 
-@converter(aten.native_group_norm.default, refuse=_only_first_output_used)
+@converter(aten.native_group_norm.default)
 def native_group_norm(ctx):
+    """group_norm, and its mean and rstd ([N, groups]) if read."""
     x = ctx.tensor("input")
-    c = x.type.shape[1]
-    return [ctx.emit("group_norm", [x, _param(ctx, "weight", c, 1.0, x),
-                                    _param(ctx, "bias", c, 0.0, x)],
-                     num_groups=int(ctx["group"]), epsilon=float(ctx["eps"])), None, None]
+    c, groups = x.type.shape[1], int(ctx["group"])
+    y = ctx.emit("group_norm", [x, _param(ctx, "weight", c, 1.0, x),
+                                _param(ctx, "bias", c, 0.0, x)],
+                 num_groups=groups, epsilon=float(ctx["eps"]))
+    if not _stats_used(ctx.node):
+        return [y, None, None]
+    rest = x.type.shape[1:]  # (a static row length: -1 beside a batch of 0 is ambiguous)
+    row = int(np.prod(rest)) // groups if all(isinstance(d, int) for d in rest) else -1
+    rows = ctx.emit("reshape", [x, ctx.shape_value([ctx.dim_size(x, 0), groups, row])])
+    stats = _mean_rstd(ctx, rows, [2], float(ctx["eps"]))
+    return [y] + [ctx.emit("squeeze", [v, ctx.axes_const([2])]) for v in stats]
 
 
 @converter(aten.instance_norm.default)
@@ -257,118 +310,6 @@ def _causal_mask(ctx, q, k, dt):
                               ctx.const(0.0, dt), ctx.const(-np.inf, dt)])
 
 
-# ----- pooling ----------------------------------------------------------------------------------
-
-def _indices_unused(node):
-    for user in node.users:
-        if user.args[1] != 0 and user.users:
-            return "the indices of a max pool are used (slimc gives the pooled values only)"
-    return None
-
-
-@converter(aten.max_pool2d_with_indices.default, aten.max_pool3d_with_indices.default,
-           refuse=_indices_unused)
-def max_pool_with_indices(ctx):
-    return [max_pool(ctx), None]
-
-
-@converter(aten.max_pool1d.default, aten.max_pool2d.default, aten.max_pool3d.default)
-def max_pool(ctx):
-    x = ctx.tensor("self")
-    nsp = x.type.rank - 2
-    kernel = _expand_list(ctx.ints("kernel_size"), nsp, [])
-    return ctx.emit("max_pool", [x], kernel_shape=kernel,
-                    strides=_expand_list(ctx.ints("stride"), nsp, kernel),
-                    pads=_pads(ctx.ints("padding"), nsp),
-                    dilations=_expand_list(ctx.ints("dilation"), nsp, [1]),
-                    ceil_mode=int(bool(ctx["ceil_mode"])))
-
-
-def _refuse_divisor(node):
-    if len(node.args) > 6 and node.args[6] is not None or node.kwargs.get("divisor_override"):
-        return "avg_pool with divisor_override"
-    return None
-
-
-@converter(aten.avg_pool1d.default, aten.avg_pool2d.default, aten.avg_pool3d.default,
-           refuse=_refuse_divisor)
-def avg_pool(ctx):
-    x = ctx.tensor("self")
-    nsp = x.type.rank - 2
-    kernel = _expand_list(ctx.ints("kernel_size"), nsp, [])
-    return ctx.emit("avg_pool", [x], kernel_shape=kernel,
-                    strides=_expand_list(ctx.ints("stride"), nsp, kernel),
-                    pads=_pads(ctx.ints("padding"), nsp), ceil_mode=int(bool(ctx["ceil_mode"])),
-                    count_include_pad=int(bool(ctx["count_include_pad"])))
-
-
-def _adaptive_refusal(node):
-    val, out = node.args[0].meta.get("val"), list(node.args[1])
-    sizes = list(val.shape[2:])
-    if all(o == 1 for o in out):
-        return None
-    if not all(isinstance(s, int) for s in sizes):
-        return "adaptive pooling of symbolic sizes"
-    if node.target in _ADAPTIVE_MAX and any(s % o for s, o in zip(sizes, out)):
-        return f"adaptive max pooling of {sizes} to {out} (only sizes that divide evenly)"
-    return None
-
-
-def _refuse_adaptive(node):
-    why = _adaptive_refusal(node)
-    if why is None and node.target in _ADAPTIVE_MAX:
-        why = _indices_unused(node)
-    return why
-
-
-def _averaging_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in]: PyTorch's adaptive windows [floor(i*n/o), ceil((i+1)*n/o)), averaged."""
-    a = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-        a[i, lo:hi] = 1.0 / (hi - lo)
-    return a
-
-
-def _adaptive(kind: str):
-    """Global pooling; a plain one when each output cell covers an equal input window; else
-    (average) one matmul per spatial axis with PyTorch's averaging windows: a window's mean
-    is the product of its per-axis means."""
-
-    def convert(ctx):
-        x = ctx.tensor("self")
-        out = ctx.ints("output_size")
-        sizes = x.type.shape[2:]
-        if all(o == 1 for o in out):
-            y = ctx.emit(f"global_{kind}_pool", [x])
-        elif all(s % o == 0 for s, o in zip(sizes, out)):
-            kernel = [s // o for s, o in zip(sizes, out)]
-            y = ctx.emit(f"{kind}_pool", [x], kernel_shape=kernel, strides=kernel)
-        else:
-            y = x
-            for i, (s, o) in enumerate(zip(sizes, out)):
-                axis = 2 + i
-                last = axis == x.type.rank - 1
-                perm = list(range(x.type.rank))
-                perm[axis], perm[-1] = perm[-1], perm[axis]
-                if not last:
-                    y = ctx.emit("transpose", [y], perm=perm)
-                weights = ctx.const(_averaging_matrix(s, o).T, x.type.dtype)
-                y = ctx.emit("matmul", [y, weights])
-                if not last:
-                    y = ctx.emit("transpose", [y], perm=perm)
-        return [y, None] if kind == "max" else y
-
-    return convert
-
-
-_ADAPTIVE_MAX = (aten.adaptive_max_pool2d.default, aten.adaptive_max_pool3d.default,
-                 aten.adaptive_max_pool1d.default)
-converter(aten._adaptive_avg_pool2d.default, aten._adaptive_avg_pool3d.default,
-          aten.adaptive_avg_pool1d.default, refuse=_refuse_adaptive)(_adaptive("avg"))
-converter(*_ADAPTIVE_MAX, refuse=_refuse_adaptive)(_adaptive("max"))
-
-
 # ----- padding and resizing ---------------------------------------------------------------------
 
 @converter(aten.constant_pad_nd.default)
@@ -430,6 +371,14 @@ def resize(ctx):
                                 list(ctx["output_size"]))
         return ctx.emit("resize", [x, None, None, sizes], **attrs)
     scales = [1.0, 1.0] + [float(s) for s in ctx["scale_factors"]]
+    if ctm == "align_corners":
+        # PyTorch maps corners through the integer output size, (in - 1) / (out - 1); ONNX's
+        # align_corners with scales uses the fractional in * scale: give the size instead
+        out = list(ctx.meta().shape[2:])
+        if not all(isinstance(d, int) for d in out):
+            ctx.unsupported("align_corners with scale factors needs a static output size")
+        sizes = ctx.shape_value([ctx.dim_size(x, 0), ctx.dim_size(x, 1)] + out)
+        return ctx.emit("resize", [x, None, None, sizes], **attrs)
     return ctx.emit("resize", [x, None, ctx.const(scales, np.float32)], **attrs)
 
 

@@ -30,17 +30,35 @@ def _same_dim(size, d) -> bool:
     return isinstance(size, SymInt) and size.dim is not None and size.dim == d
 
 
-@converter(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+@converter(aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+           aten.view_copy.default)
 def view(ctx):
-    """A symbolic size equal to the input's dim at the same place becomes 0 (keep it)."""
+    """A symbolic size equal to the input's dim at the same place becomes 0 (keep it); a
+    size that is 0 (an empty tensor) stays 0 (allowzero)."""
     x = ctx.tensor("self")
     sizes = list(ctx["size"] if "size" in ctx.raw else ctx["shape"])
+    if any(isinstance(s, int) and s == 0 for s in sizes):
+        return ctx.emit("reshape", [x, ctx.shape_value(sizes)], allowzero=1)
     sizes = [0 if i < x.type.rank and _same_dim(s, x.type.shape[i]) else s
              for i, s in enumerate(sizes)]
     return ctx.emit("reshape", [x, ctx.shape_value(sizes)])
 
 
-@converter(aten.permute.default)
+@converter(aten.narrow_copy.default)
+def narrow_copy(ctx):
+    x = ctx.tensor("self")
+    axis = _axis(ctx["dim"], x.type.rank)
+    start, length = ctx.ints("start")[0], ctx.ints("length")[0]
+    n = x.type.shape[axis]
+    if start < 0:
+        if not isinstance(n, int):
+            ctx.unsupported("narrow from the end of a symbolic dimension")
+        start += n
+    return ctx.emit("slice", [x, ctx.const([start], np.int64),
+                              ctx.const([start + length], np.int64), ctx.axes_const([axis])])
+
+
+@converter(aten.permute.default, aten.permute_copy.default)
 def permute(ctx):
     x = ctx.tensor("self")
     perm = [_axis(d, x.type.rank) for d in ctx.ints("dims")]
@@ -73,6 +91,8 @@ def squeeze(ctx):
     """Only dims of size 1 go (PyTorch leaves others alone, where slimc's squeeze refuses)."""
     x = ctx.tensor("self")
     shape = list(ctx.meta("self").shape)
+    if not shape:  # a 0-d tensor squeezes to itself
+        return x
     dims = ctx.raw.get("dim", ctx.raw.get("dims"))
     dims = range(len(shape)) if dims is None else dims if isinstance(dims, (list, tuple)) \
         else [dims]
@@ -187,8 +207,9 @@ def full(ctx):
     return _fill(ctx, ctx.shape_value(ctx["size"]), ctx["fill_value"])
 
 
-@converter(aten.empty.memory_format, aten.empty_strided.default, aten.zeros.default)
-def zeros(ctx):
+@converter(aten.empty.memory_format, aten.empty_strided.default, aten.empty_permuted.default,
+           aten.new_empty_strided.default, aten.zeros.default)
+def zeros(ctx):  # (empty's values are undefined: zeros are as good as any)
     return _fill(ctx, ctx.shape_value(ctx["size"]), 0)
 
 
@@ -279,3 +300,24 @@ def getitem(ctx):
         ctx.unsupported(f"output {i} of {ctx.node.args[0].target} is not supported")
     return items[i]
 
+
+
+def _refuse_unfold(node):
+    val, dim = node.args[0].meta["val"], node.args[1]
+    if val.dim() == 0:
+        return "unfold of a 0-d tensor"
+    return None if isinstance(val.shape[dim], int) else "unfold of a symbolic dimension"
+
+
+@converter(aten.unfold.default, refuse=_refuse_unfold)
+def unfold(ctx):
+    """Windows of `size` every `step` along a dim: one gather of a constant [windows, size]
+    index, then the window's own axis moved last."""
+    x = ctx.tensor("self")
+    axis = _axis(ctx["dimension"], x.type.rank)
+    size, step = int(ctx["size"]), int(ctx["step"])
+    starts = np.arange((x.type.shape[axis] - size) // step + 1) * step
+    index = starts[:, None] + np.arange(size)[None, :]
+    y = ctx.emit("gather", [x, ctx.const(index, np.int64)], axis=axis)
+    perm = [d for d in range(y.type.rank) if d != axis + 1] + [axis + 1]
+    return ctx.emit("transpose", [y], perm=perm)
