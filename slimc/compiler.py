@@ -98,8 +98,10 @@ class Module:
 
     def __init__(self, graph: Graph, target: "str | Target", opt_level: int, passes,
                  disable_passes, dump_dir: Optional[str], threads: Optional[int],
-                 denormals: str = "flush", import_seconds: float = 0.0):
+                 denormals: str = "flush", import_seconds: float = 0.0,
+                 buckets: Optional[Mapping[str, Sequence[int]]] = None):
         self.source_graph = graph
+        self.buckets = Buckets(graph, buckets) if buckets else None
         self._import_seconds = import_seconds  # reported with the first specialization
         self.target = Target.of(target)
         self.opt_level = opt_level
@@ -160,11 +162,15 @@ class Module:
         return compiled
 
     def specialization(self, *arrays, **named):
+        """(the compiled specialization for these inputs, the arrays to give it: padded to
+        their buckets when the module has `buckets`)."""
         names = [v.name for v in self.source_graph.inputs]
         arrays = order_inputs(names, arrays, named)
         if len(arrays) != len(names):
             raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}), "
                              f"got {len(arrays)}")
+        if self.buckets is not None:
+            arrays, _ = self.buckets.pad(arrays)
         shapes = tuple(tuple(np.shape(a)) for a in arrays)
         self._last = self._specialize(shapes)
         return self._last, arrays
@@ -180,6 +186,12 @@ class Module:
 
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
         self._check_runnable()
+        if self.buckets is not None:
+            names = [v.name for v in self.source_graph.inputs]
+            arrays = order_inputs(names, arrays, named)
+            padded, _ = self.buckets.pad(arrays)
+            compiled, padded = self.specialization(*padded)  # (already padded: as they are)
+            return self.buckets.trim(compiled(*padded), arrays)
         compiled, arrays = self.specialization(*arrays, **named)
         return compiled(*arrays)
 
@@ -226,6 +238,62 @@ class Module:
     def export(self, path: str) -> None:
         """Write the current specialization as an artifact directory (see `slimc.load`)."""
         self._current().export(path)
+
+
+class Buckets:
+    """`compile(..., buckets={"sequence": [64, 128, 256, 512]})`: a call whose symbolic dim
+    `sequence` is 75 runs the specialization for 128, its inputs padded with zeros along that
+    dim and its outputs cut back to the shapes the model gives at 75, so lengths 1 to 512
+    cost four compiles, not 512.
+
+    Exact only for a model that ignores what it reads past the real length: a BERT-style
+    encoder, whose attention mask is 0 (masked) there and whose every other op works token by
+    token, or a causal decoder (no real token attends to a later one). The user declares that
+    by asking for buckets. A size above the largest bucket compiles for its own size."""
+
+    def __init__(self, graph: Graph, buckets: Mapping[str, Sequence[int]]):
+        self.sizes = {str(name): sorted({int(n) for n in sizes})
+                      for name, sizes in buckets.items()}
+        self.axes = [[(d, str(dim)) for d, dim in enumerate(v.type.shape)
+                      if isinstance(dim, str) and dim in self.sizes] for v in graph.inputs]
+        found = {name for axes in self.axes for _, name in axes}
+        missing = sorted(set(self.sizes) - found)
+        if missing:
+            dims = sorted({str(d) for v in graph.inputs for d in v.type.shape
+                           if isinstance(d, str)})
+            raise InputError(f"buckets name {missing}, which no input has as a symbolic dim "
+                             f"(the inputs' symbolic dims: {dims or 'none'})")
+        if any(n < 1 for sizes in self.sizes.values() for n in sizes):
+            raise InputError(f"bucket sizes must be positive: {self.sizes}")
+        self.graph = graph
+        self._out_shapes: dict = {}  # real input shapes -> the outputs' shapes
+
+    def pad(self, arrays: Sequence) -> tuple[list, dict]:
+        """(the arrays padded with zeros to their buckets, {dim: the real size})."""
+        real: dict = {}
+        for a, axes in zip(arrays, self.axes):
+            for d, name in axes:
+                real.setdefault(name, np.shape(a)[d])
+        target = {name: next((b for b in self.sizes[name] if b >= n), n)
+                  for name, n in real.items()}
+        out = []
+        for a, axes in zip(arrays, self.axes):
+            widths = [(0, 0)] * np.ndim(a)
+            for d, name in axes:
+                widths[d] = (0, max(0, target[name] - np.shape(a)[d]))
+            out.append(np.pad(np.asarray(a), widths) if any(w[1] for w in widths) else a)
+        return out, real
+
+    def trim(self, outputs: Sequence, arrays: Sequence) -> list:
+        """The outputs of the padded call cut to the shapes the model gives for `arrays`
+        (shape inference on the model bound to their shapes: milliseconds, once a shape)."""
+        shapes = tuple(tuple(np.shape(a)) for a in arrays)
+        want = self._out_shapes.get(shapes)
+        if want is None:
+            want = [v.type.shape for v in _bind(self.graph, shapes).outputs]
+            self._out_shapes[shapes] = want
+        return [y[tuple(slice(0, n) for n in shape)] if tuple(y.shape) != tuple(shape) else y
+                for y, shape in zip(outputs, want)]
 
 
 def _report_times(times: dict, name: str) -> dict:
@@ -278,14 +346,17 @@ def simplified_graph(model) -> Graph:
 def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: Optional[int] = None,
             passes: Sequence = (), disable_passes: Sequence[str] = (), dump_dir: Optional[str] = None,
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-            denormals: str = "flush", example_inputs=None, dynamic_shapes=None) -> Module:
+            denormals: str = "flush", example_inputs=None, dynamic_shapes=None,
+            buckets: Optional[Mapping[str, Sequence[int]]] = None) -> Module:
     """Compile a model (ONNX path, bytes or ModelProto, a slimc Graph, or a torch.nn.Module
     with `example_inputs`, a tuple of its forward's tensors) for `target` (a string such as
     "x86", "x86-64-v3", "aarch64", or a `slimc.Target`). A module's `dynamic_shapes`
-    (torch.export's) leave dims symbolic: the Module then compiles once per input shape."""
+    (torch.export's) leave dims symbolic: the Module then compiles once per input shape, or,
+    with `buckets={dim: sizes}`, once per bucket (see `Buckets`: for models that mask what
+    lies past the real length)."""
     start = time.perf_counter()
     graph = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs,
                          dynamic_shapes=dynamic_shapes)
     import_seconds = 0.0 if isinstance(model, Graph) else time.perf_counter() - start
     return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals,
-                  import_seconds=import_seconds)
+                  import_seconds=import_seconds, buckets=buckets)
