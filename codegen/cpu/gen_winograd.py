@@ -341,17 +341,18 @@ def _input_transform(kb: KernelBuilder, P: Plan, BT, X, strip, V, q0, q1) -> Non
             nvalid = P.Cin - (P.ncb - 1) * vw  # channels in the last block
             last_cb = b.icmp_unsigned("==", cb, i64(P.ncb - 1), name="last.cb")
             cstrip = b.gep(strip, [b.mul(cb, i64(a * P.Wp * vw))], inbounds=True, name="cstrip")
-            # the strip: alpha rows of Wp channel vectors, zero outside the input
-            for i in range(a):
-                iy = b.sub(b.add(b.mul(ty, i64(m)), i64(i)), i64(P.pt), name=f"iy{i}")
-                srow = b.gep(cstrip, [i64(i * P.Wp * vw)], inbounds=True, name=f"strip{i}")
+            # the strip: alpha rows of Wp channel vectors, zero outside the input (a loop over
+            # the rows, not unrolled: each row's code is a VW x VW transpose per VW columns)
+            with kb.loop(0, a, name="srow") as i:
+                iy = b.sub(b.add(b.mul(ty, i64(m)), i), i64(P.pt), name="iy")
+                srow = b.gep(cstrip, [b.mul(i, i64(P.Wp * vw))], inbounds=True, name="strip.row")
                 inside = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(P.H)))
                 with b.if_else(inside) as (then, other):
                     with then:
                         for col in list(range(P.pl)) + list(range(P.pl + P.W, P.Wp)):
                             _vstore(b, zero, srow, col * vw)
                         xrow = b.gep(X, [b.add(img, b.mul(iy, i64(P.W)))], inbounds=True,
-                                     name=f"xrow{i}")
+                                     name="xrow")
 
                         def chunk(x0, width):
                             if nvalid == vw:
@@ -364,12 +365,12 @@ def _input_transform(kb: KernelBuilder, P: Plan, BT, X, strip, V, q0, q1) -> Non
                                         _chunk(kb, P, xrow, srow, x0, width, vw)
 
                         if nfull:
-                            with kb.loop(0, nfull, name=f"xc{i}") as xc:
+                            with kb.loop(0, nfull, name="xc") as xc:
                                 chunk(b.mul(xc, i64(vw)), vw)
                         if tail:
                             chunk(i64(nfull * vw), tail)
                     with other:
-                        with kb.loop(0, P.Wp, name=f"zr{i}") as col:
+                        with kb.loop(0, P.Wp, name="zr") as col:
                             _vstore(b, zero, srow, b.mul(col, i64(vw)))
         # every tile of the row, all channels: B^T d B into V (whole rows of V[xi])
         with kb.loop(0, P.ntx, name="tx") as tx:
