@@ -11,6 +11,12 @@ The folder is ``$SLIMC_CACHE_DIR``, else ``~/.cache/slimc``; ``SLIMC_CACHE_DIR=o
 the cache. It is bounded: after each store, the least recently used entries (a hit counts as a
 use) are removed until the entries together take at most ``$SLIMC_CACHE_MAX`` (bytes, or
 with a K/M/G suffix; default 1G). The entry just stored is always kept.
+
+Besides whole models it keeps compiled *parts* (``part-<key>``: one object and its optimized
+IR per part of a model's LLVM module, codegen/cpu/parts.py), keyed by the part's own text: a
+model of the same architecture with other weights (a fine-tuned one, a re-export) misses the
+model cache but finds its kernels here, and LLVM compiles nothing again. `slimc cache` shows
+the folder's entries and `--clear` empties it.
 """
 
 from __future__ import annotations
@@ -143,6 +149,96 @@ def lookup(key: str) -> Optional[CachedModule]:
         pass
     loaded.__class__ = CachedModule
     return loaded
+
+
+PART_PREFIX = "part-"
+
+
+def part_key(text: str, pipeline: str, target_identity: str, opt_level: int) -> str:
+    """The key of one compiled part: its LLVM IR, its pipeline, the target, LLVM's version
+    and slimc's source (which holds the pipelines' definitions)."""
+    import llvmlite
+
+    h = hashlib.sha256(text.encode())
+    for item in (pipeline, target_identity, str(opt_level), llvmlite.__version__,
+                 source_hash()):
+        h.update(b"\0" + item.encode())
+    return PART_PREFIX + h.hexdigest()[:32]
+
+
+def lookup_part(key: str) -> Optional[tuple[bytes, str]]:
+    """(object, optimized IR) of a compiled part, or None."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    path = os.path.join(folder, key)
+    manifest = os.path.join(path, "manifest.json")
+    try:
+        with open(os.path.join(path, "object.o"), "rb") as f:
+            obj = f.read()
+        with open(os.path.join(path, "optimized.ll")) as f:
+            text = f.read()
+        os.utime(manifest)
+    except OSError:
+        return None
+    return obj, text
+
+
+def store_part(key: str, obj: bytes, text: str) -> None:
+    folder = cache_dir()
+    if folder is None:
+        return
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{key}.", dir=folder)
+    try:
+        with open(os.path.join(tmp, "object.o"), "wb") as f:
+            f.write(obj)
+        with open(os.path.join(tmp, "optimized.ll"), "w") as f:
+            f.write(text)
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            f.write('{"kind": "compiled part"}\n')
+        os.rename(tmp, os.path.join(folder, key))
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    from .limits import env_bytes
+
+    limit = env_bytes("SLIMC_CACHE_MAX")
+    evict(folder, key, DEFAULT_MAX_BYTES if limit is None else limit)
+
+
+def summary() -> dict:
+    """What `slimc cache` shows: the folder, its entries by kind, their bytes, the limit."""
+    from .limits import env_bytes
+
+    folder = cache_dir()
+    limit = env_bytes("SLIMC_CACHE_MAX")
+    out = {"folder": folder, "models": 0, "parts": 0, "bytes": 0,
+           "limit": DEFAULT_MAX_BYTES if limit is None else limit}
+    if folder is None or not os.path.isdir(folder):
+        return out
+    for _, size, path in _entries(folder):
+        out["parts" if os.path.basename(path).startswith(PART_PREFIX) else "models"] += 1
+        out["bytes"] += size
+    return out
+
+
+def clear() -> int:
+    """Empty the cache folder (entries and cost-model measurements); returns bytes freed."""
+    folder = cache_dir()
+    if folder is None or not os.path.isdir(folder):
+        return 0
+    freed = 0
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        for d, _, files in os.walk(path):
+            freed += sum(os.path.getsize(os.path.join(d, f)) for f in files)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            freed += os.path.getsize(path)
+            os.remove(path)
+    return freed
 
 
 def _entries(folder: str) -> list[tuple[float, int, str]]:

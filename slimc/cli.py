@@ -1,5 +1,5 @@
 """The command line: ``slimc ir``, ``slimc run``, ``slimc compile``, ``slimc quantize``,
-``slimc prune``, ``slimc opt``, ``slimc demo``.
+``slimc prune``, ``slimc opt``, ``slimc cache``, ``slimc demo``.
 
     slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
     slimc run model.onnx [--inputs inputs.npz] [--shape ...]
@@ -9,6 +9,7 @@
     slimc prune model.onnx --sparsity 0.9 [--pattern block:1x8] [--scope global] -o out
                                                 (magnitude pruning; writes and prints as quantize)
     slimc opt graph.slimc --passes fold_constants,cse      (replays a pass on a dump)
+    slimc cache [--clear]                       (the compile cache: its entries and size)
     slimc demo
 """
 
@@ -183,6 +184,22 @@ def cmd_opt(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from slimc.runtime import cache
+
+    info = cache.summary()
+    if info["folder"] is None:
+        print("the compile cache is off (SLIMC_CACHE_DIR=off)")
+        return 0
+    if args.clear:
+        print(f"cleared {info['folder']}: {cache.clear() / 1e6:.1f} MB freed")
+        return 0
+    print(f"{info['folder']}: {info['models']} compiled model(s), {info['parts']} compiled "
+          f"part(s), {info['bytes'] / 1e6:.1f} MB of {info['limit'] / 1e6:.0f} MB "
+          f"(SLIMC_CACHE_MAX; least recently used entries go first)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main
 
@@ -248,6 +265,9 @@ def main(argv=None) -> int:
     p.add_argument("--passes", required=True)
     p.add_argument("--target", default="x86", help="configures target passes (winograd, layout)")
     p.set_defaults(fn=cmd_opt)
+    p = sub.add_parser("cache", help="show the compile cache (or --clear it)")
+    p.add_argument("--clear", action="store_true", help="remove every entry")
+    p.set_defaults(fn=cmd_cache)
     p = sub.add_parser("demo", help="build, import, optimize and run a small CNN")
     p.set_defaults(fn=cmd_demo)
     args = parser.parse_args(argv)

@@ -42,16 +42,22 @@ class CpuExecutable(Executable):
         t0 = time.perf_counter()
         parts, self.duplicates = cut(llvm_module, lambda name: pipelines.get(name, "O3"), jobs)
         t1 = time.perf_counter()
-        compiled = compile_parts(parts, target, opt_level=llvm_opt_level, jobs=jobs,
-                                 one_object=not target.is_host)
-        self.times = {"ir_text": t1 - t0, **compiled.times}
         self.parts = [(p.pipeline, p.functions) for p in parts]
-        self._objects = compiled.objects
-        self._optimized_ir = compiled.llvm_ir
+        if target.is_host:
+            self._objects, self._ir_texts, self.times, self.cached_parts = _compile_host(
+                parts, target, llvm_opt_level, jobs)
+        else:  # one object, compiled from every part (no part cache for another machine)
+            compiled = compile_parts(parts, target, opt_level=llvm_opt_level, jobs=jobs,
+                                     one_object=True)
+            self._objects, self._ir_texts, self.times = (compiled.objects, compiled.ir_texts,
+                                                         dict(compiled.times))
+            self.cached_parts = 0
+        self.times = {"ir_text": t1 - t0, **self.times}
+        self._optimized_ir = "\n".join(self._ir_texts)
         self._jit = None
         if target.is_host:
             t1 = time.perf_counter()
-            self._jit = JitModule(target, compiled.objects, compiled.llvm_ir)
+            self._jit = JitModule(target, self._objects, self._optimized_ir)
             self.entry = self._jit.cfunc("slimc_main", None, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_void_p)
             self.run = self._jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p,
@@ -59,7 +65,6 @@ class CpuExecutable(Executable):
                                        ctypes.c_int64)
             self.times["machine_code"] += time.perf_counter() - t1
         self.code_bytes = sum(len(o) for o in self._objects)
-        self._ir_texts = compiled.ir_texts
 
     def not_runnable(self) -> TargetError:
         return foreign_target_error(self.target)
@@ -79,6 +84,29 @@ class CpuExecutable(Executable):
         """Position-independent ELF objects of the model (the ones the JIT loaded), for
         export: `cc -shared` links them into one library."""
         return list(self._objects)
+
+
+def _compile_host(parts, target: CpuTarget, opt_level: int, jobs: int) -> tuple:
+    """(objects, optimized IR texts, times, parts found in the compile cache): the parts
+    the cache holds are read from it, the others compiled and stored. A module in one part
+    (a small model) is left to the model cache: its part would repeat that entry."""
+    from slimc.runtime import cache
+
+    keys, found = [], {}
+    if cache.cache_dir() is not None and len(parts) > 1:
+        identity = f"{target.triple}|{target.cpu}|{target.features}"
+        keys = [cache.part_key(p.text, p.pipeline, identity, opt_level) for p in parts]
+        found = {i: cache.lookup_part(k) for i, k in enumerate(keys)}
+        found = {i: hit for i, hit in found.items() if hit is not None}
+    todo = [i for i in range(len(parts)) if i not in found]
+    compiled = compile_parts([parts[i] for i in todo], target, opt_level=opt_level, jobs=jobs)
+    for i, obj, text in zip(todo, compiled.objects, compiled.ir_texts):
+        found[i] = (obj, text)
+        if keys:
+            cache.store_part(keys[i], obj, text)
+    results = [found[i] for i in range(len(parts))]
+    return ([obj for obj, _ in results], [text for _, text in results], dict(compiled.times),
+            len(parts) - len(todo))
 
 
 def foreign_target_error(target: CpuTarget) -> TargetError:

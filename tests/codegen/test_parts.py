@@ -167,3 +167,29 @@ def test_cached_parts_give_assembly_and_the_manifest_records_choices(monkeypatch
         convs = [op for op in k["ops"] if op == "winograd_conv2d"]
         got = [c for c in k.get("choices", []) if c["op"] == "winograd_conv2d"]
         assert len(got) == len(convs) and all(c["tile"] in (2, 4) for c in got), k
+
+
+def test_part_cache_serves_a_model_with_other_weights(monkeypatch, tmp_path):
+    """Same architecture, other weights: the model cache misses, every part is found."""
+    from slimc.cli import main
+
+    monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(parts, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(parts, "MIN_PART_BYTES", 1)
+    first_model = _repeated_blocks(blocks=2)
+    other = _repeated_blocks(blocks=2)
+    for init in other.graph.initializer:  # other weights: the model cache misses
+        init.raw_data = (np.frombuffer(init.raw_data, np.float32) * -0.5).tobytes()
+    first = slimc.compile(first_model)
+    assert first._last.executable.cached_parts == 0
+    second = slimc.compile(other)
+    executable = second._last.executable
+    assert executable.cached_parts == len(executable.parts) >= 2
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(2).standard_normal((1, 16, 20, 20)).astype(np.float32)
+    want = ort.InferenceSession(other.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(second(x)[0], want, rtol=1e-4, atol=1e-4)
+    assert main(["cache"]) == 0
+    assert main(["cache", "--clear"]) == 0
+    assert not any((tmp_path / "cache").iterdir())
