@@ -383,8 +383,11 @@ _HEADER = """\
 """
 
 
-def read_expected(path: str = EXPECTED_FILE) -> dict:
-    """{name: (status or None, reason)} from expected_failures.txt."""
+def read_listing(path: str, name_pattern: str, sep: str = "#",
+                 statuses: tuple = STATUSES) -> dict:
+    """{name: (status or None, reason)} from a strict expected-failures file: one
+    `name<sep>status: reason` line per entry (`reason` keeps its status), blank lines and
+    `#` comments skipped; a malformed or repeated name is an error naming the line."""
     out: dict = {}
     if not os.path.exists(path):
         return out
@@ -393,15 +396,20 @@ def read_expected(path: str = EXPECTED_FILE) -> dict:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            name, _, reason = line.partition("#")
+            name, _, reason = line.partition(sep)
             name, reason = name.strip(), reason.strip()
-            if not re.fullmatch(r"test_\w+", name):
-                raise ValueError(f"{path}:{n}: not `test_name  # reason`: {raw.rstrip()}")
+            if not re.fullmatch(name_pattern, name):
+                raise ValueError(f"{path}:{n}: not `name{sep}status: reason`: {raw.rstrip()}")
             if name in out:
                 raise ValueError(f"{path}:{n}: {name} is listed twice")
             status = reason.split(":", 1)[0].strip()
-            out[name] = (status if status in STATUSES else None, reason)
+            out[name] = (status if status in statuses else None, reason)
     return out
+
+
+def read_expected(path: str = EXPECTED_FILE) -> dict:
+    """{name: (status or None, reason)} from expected_failures.txt."""
+    return read_listing(path, r"test_\w+")
 
 
 def expected_line(res: dict) -> str:

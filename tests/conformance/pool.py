@@ -47,6 +47,12 @@ def _worker(conn, runner_name: str, threads: Optional[int], env: Mapping[str, st
     import slimc  # noqa: F401  (imported before 'ready': the timeout is for the case alone)
     import slimc.testing  # noqa: F401
 
+    serve(conn, lambda case: C.run_case(runner, case))
+
+
+def serve(conn, handle: Callable) -> None:
+    """A worker's side of the protocol: "ready", then handle(case) for each case received
+    (a result dict sent back), until None or a closed pipe."""
     conn.send("ready")
     while True:
         try:
@@ -55,7 +61,7 @@ def _worker(conn, runner_name: str, threads: Optional[int], env: Mapping[str, st
             return
         if case is None:
             return
-        conn.send(C.run_case(runner, case))
+        conn.send(handle(case))
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -80,10 +86,14 @@ def _death(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
+def _kind(case) -> Optional[str]:
+    return getattr(case, "kind", None)
+
+
 class _Slot:
-    def __init__(self, ctx, args):
+    def __init__(self, ctx, target, args):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child,) + args, daemon=True)
+        self.proc = ctx.Process(target=target, args=(child,) + args, daemon=True)
         self.proc.start()
         child.close()
         self.ready = False
@@ -108,15 +118,20 @@ class _Slot:
 
 
 class Pool:
-    """Run cases in `workers` processes with `runner` ('compiled' or 'interpreter')."""
+    """Run cases in `workers` processes with `runner` ('compiled' or 'interpreter').
+
+    Another suite brings its own `worker(conn, *worker_args)`: it sends "ready", then answers
+    each case it receives with a result dict (name, status, reason, seconds), until None."""
 
     def __init__(self, runner: str = "compiled", workers: int = 2, timeout: float = 60.0,
                  threads: Optional[int] = 1, env: Optional[Mapping[str, str]] = None,
-                 method: str = "spawn", start_timeout: float = 120.0, wall_factor: float = 4.0):
+                 method: str = "spawn", start_timeout: float = 120.0, wall_factor: float = 4.0,
+                 worker: Optional[Callable] = None, worker_args: tuple = ()):
         if method not in ("spawn", "forkserver"):
             raise ValueError("workers start with 'spawn' or 'forkserver', never 'fork'")
         self.ctx = mp.get_context(method)
-        self.args = (runner, threads, {**DEFAULT_ENV, **(env or {})})
+        self.target = worker or _worker
+        self.args = worker_args if worker else (runner, threads, {**DEFAULT_ENV, **(env or {})})
         self.workers = max(1, workers)
         self.timeout = timeout
         self.wall_factor = wall_factor
@@ -140,7 +155,7 @@ class Pool:
     def start(self) -> "Pool":
         """Start the workers now (they import slimc while the caller loads cases)."""
         if not self.slots:
-            self.slots = [_Slot(self.ctx, self.args) for _ in range(self.workers)]
+            self.slots = [_Slot(self.ctx, self.target, self.args) for _ in range(self.workers)]
         return self
 
     def close(self) -> None:
@@ -169,7 +184,7 @@ class Pool:
 
         def replace(k):
             slots[k].stop(kill=True)
-            slots[k] = _Slot(self.ctx, self.args)
+            slots[k] = _Slot(self.ctx, self.target, self.args)
             self.restarts += 1
 
         try:
@@ -199,7 +214,8 @@ class Pool:
                     elif dead:
                         s.proc.join(1)
                         if s.case is not None:
-                            record(s.case, dict(name=s.case.name, kind=s.case.kind, status="crash",
+                            record(s.case, dict(name=s.case.name, kind=_kind(s.case),
+                                                status="crash",
                                                 reason=f"worker died: {_death(s.proc.exitcode)}",
                                                 error_type="WorkerCrash",
                                                 seconds=round(now - s.t0, 3)))
@@ -212,7 +228,8 @@ class Pool:
                         replace(k)
                     elif s.case is not None and self._overdue(s, now):
                         limit = self.limit(s.case)
-                        record(s.case, dict(name=s.case.name, kind=s.case.kind, status="hang",
+                        record(s.case, dict(name=s.case.name, kind=_kind(s.case),
+                                            status="hang",
                                             reason=f"no result after {limit:g} s of CPU or "
                                                    f"{limit * self.wall_factor:g} s; worker killed",
                                             error_type="Timeout", seconds=round(now - s.t0, 3)))
