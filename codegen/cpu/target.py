@@ -257,13 +257,14 @@ def _host_arch() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_module(ir_text_or_module, target: CpuTarget) -> llvm.ModuleRef:
-    """Parse IR text or an llvmlite.ir.Module into a verified ModuleRef for `target`."""
+def parse_module(ir_text_or_module, target: CpuTarget, context=None) -> llvm.ModuleRef:
+    """Parse IR text or an llvmlite.ir.Module into a verified ModuleRef for `target`, in
+    `context` (default LLVM's global one; a thread needs a context of its own)."""
     ensure_llvm_initialized(all_targets=not target.is_host)
     if isinstance(ir_text_or_module, llvm.ModuleRef):
         mod = ir_text_or_module
     else:
-        mod = llvm.parse_assembly(str(ir_text_or_module))
+        mod = llvm.parse_assembly(str(ir_text_or_module), context=context)
     mod.triple = target.triple
     mod.data_layout = target.data_layout
     mod.verify()
@@ -392,16 +393,15 @@ def compile_parts(parts, target: CpuTarget, *, opt_level: int = 3, jobs: int = 1
     target.data_layout  # noqa: B018  (computed once, before the threads)
 
     def one(i: int):
-        part = parts[i]
+        # an LLVM context is not thread-safe: each part gets its own
+        part, context = parts[i], llvm.create_context()
         t0 = time.perf_counter()
-        mod = parse_module(part.text, target)
+        mod = parse_module(part.text, target, context)
         optimize(mod, target, opt_level, pipeline=part.pipeline)
-        text = part.header(i, len(parts)) + "\n" + str(mod)
+        text = str(mod)
         t1 = time.perf_counter()
-        if one_object:
-            return mod, text, t1 - t0, 0.0
-        obj = target.create_target_machine(aot=True).emit_object(mod)
-        return obj, text, t1 - t0, time.perf_counter() - t1
+        obj = None if one_object else target.create_target_machine(aot=True).emit_object(mod)
+        return obj, part.header(i, len(parts)) + "\n" + text, t1 - t0, time.perf_counter() - t1
 
     start = time.perf_counter()
     order = sorted(range(len(parts)), key=lambda i: -parts[i].size)
@@ -412,12 +412,13 @@ def compile_parts(parts, target: CpuTarget, *, opt_level: int = 3, jobs: int = 1
         done = {i: one(i) for i in order}
     results = [done[i] for i in range(len(parts))]
     objects = [r[0] for r in results]
-    if one_object:
+    if one_object:  # the optimized parts, parsed again into one context, linked
         t1 = time.perf_counter()
-        linked = objects[0]
-        for mod in objects[1:]:
-            linked.link_in(mod)
-        objects = [target.create_target_machine(aot=True).emit_object(linked)]
+        context = llvm.create_context()
+        mods = [parse_module(r[1], target, context) for r in results]
+        for mod in mods[1:]:
+            mods[0].link_in(mod)
+        objects = [target.create_target_machine(aot=True).emit_object(mods[0])]
         return CompiledParts(objects, [r[1] for r in results],
                              {"llvm_opt": t1 - start, "machine_code": time.perf_counter() - t1})
     wall = time.perf_counter() - start
