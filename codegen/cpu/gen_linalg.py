@@ -113,8 +113,9 @@ def matmul(kb: KernelBuilder, node) -> None:
     trans_a, trans_b = bool(attrs.get("trans_a", 0)), bool(attrs.get("trans_b", 0))
     a_shape, b_shape = kb.shape(a), kb.shape(bv)
     batch_a, M, K, batch_b, N = _norm_shapes(a_shape, b_shape, trans_a, trans_b)
-    # The GEMM kernels need K >= 1; with K == 0 every dot product is an empty sum (0).
-    if K == 0 or any(v is not None and v.type.dtype != dtypes.f32 for v in (a, bv, c, out)):
+    # The GEMM kernels need N, K >= 1; with K == 0 every dot product is an empty sum (0), with
+    # N == 0 the result is empty.
+    if K == 0 or N == 0 or any(v is not None and v.type.dtype != dtypes.f32 for v in (a, bv, c, out)):
         kb.pipeline = "O3"  # scalar loops
         return loop_matmul(kb, node)
     out_batch = _out_batch(kb.shape(out), a_shape, b_shape)
