@@ -70,6 +70,9 @@ class CompileOptions:
     denormals: str = "flush"  # or "keep"
     fusion: bool = True
     dump_dir: Optional[str] = None
+    # Where compiled pieces of code may be kept between compiles (runtime/cache.py's
+    # PartCache: key(text, *identity), lookup(key), store(key, obj, text)); None: nowhere.
+    part_cache: Optional[object] = None
 
     @property
     def fast_math(self) -> tuple:

@@ -207,6 +207,23 @@ def store_part(key: str, obj: bytes, text: str) -> None:
     evict(folder, key, DEFAULT_MAX_BYTES if limit is None else limit)
 
 
+class PartCache:
+    """The compile cache's part entries, as code generation sees them (codegen may not
+    import runtime: the compiler hands it this object in CompileOptions.part_cache)."""
+
+    @staticmethod
+    def key(text: str, pipeline: str, target_identity: str, opt_level: int) -> str:
+        return part_key(text, pipeline, target_identity, opt_level)
+
+    @staticmethod
+    def lookup(key: str) -> Optional[tuple[bytes, str]]:
+        return lookup_part(key)
+
+    @staticmethod
+    def store(key: str, obj: bytes, text: str) -> None:
+        store_part(key, obj, text)
+
+
 def summary() -> dict:
     """What `slimc cache` shows: the folder, its entries by kind, their bytes, the limit."""
     from .limits import env_bytes

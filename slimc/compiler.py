@@ -133,7 +133,8 @@ class Module:
         options = CompileOptions(opt_level=self.opt_level, threads=self.threads,
                                  denormals=self.denormals,
                                  fusion="fusion" not in self.disable_passes and self.opt_level >= 1,
-                                 dump_dir=self.dump_dir)
+                                 dump_dir=self.dump_dir,
+                                 part_cache=cache.PartCache() if cache.cache_dir() else None)
         key = None
         if not self.user_passes and not self.dump_dir and backend.cache_identity is not None:
             key = cache.cache_key(graph, backend.cache_identity,

@@ -34,7 +34,8 @@ class CpuExecutable(Executable):
     `run` are its functions), or, for another machine, compiled ahead of time into one object
     (`entry` is None)."""
 
-    def __init__(self, target: CpuTarget, llvm_module, llvm_opt_level: int, kernels, jobs: int):
+    def __init__(self, target: CpuTarget, llvm_module, llvm_opt_level: int, kernels, jobs: int,
+                 part_cache=None):
         self.target = target
         # SLIMC_PIPELINE=O3 gives every kernel the full pipeline (to compare run times)
         every = os.environ.get("SLIMC_PIPELINE")
@@ -45,7 +46,7 @@ class CpuExecutable(Executable):
         self.parts = [(p.pipeline, p.functions) for p in parts]
         if target.is_host:
             self._objects, self._ir_texts, self.times, self.cached_parts = _compile_host(
-                parts, target, llvm_opt_level, jobs)
+                parts, target, llvm_opt_level, jobs, part_cache)
         else:  # one object, compiled from every part (no part cache for another machine)
             compiled = compile_parts(parts, target, opt_level=llvm_opt_level, jobs=jobs,
                                      one_object=True)
@@ -86,24 +87,23 @@ class CpuExecutable(Executable):
         return list(self._objects)
 
 
-def _compile_host(parts, target: CpuTarget, opt_level: int, jobs: int) -> tuple:
-    """(objects, optimized IR texts, times, parts found in the compile cache): the parts
-    the cache holds are read from it, the others compiled and stored. A module in one part
-    (a small model) is left to the model cache: its part would repeat that entry."""
-    from slimc.runtime import cache
-
+def _compile_host(parts, target: CpuTarget, opt_level: int, jobs: int, cache) -> tuple:
+    """(objects, optimized IR texts, times, parts found in `cache`): the parts the cache
+    (CompileOptions.part_cache) holds are read from it, the others compiled and stored. A
+    module in one part (a small model) is left to the model cache: its part would repeat
+    that entry."""
     keys, found = [], {}
-    if cache.cache_dir() is not None and len(parts) > 1:
+    if cache is not None and len(parts) > 1:
         identity = f"{target.triple}|{target.cpu}|{target.features}"
-        keys = [cache.part_key(p.text, p.pipeline, identity, opt_level) for p in parts]
-        found = {i: cache.lookup_part(k) for i, k in enumerate(keys)}
+        keys = [cache.key(p.text, p.pipeline, identity, opt_level) for p in parts]
+        found = {i: cache.lookup(k) for i, k in enumerate(keys)}
         found = {i: hit for i, hit in found.items() if hit is not None}
     todo = [i for i in range(len(parts)) if i not in found]
     compiled = compile_parts([parts[i] for i in todo], target, opt_level=opt_level, jobs=jobs)
     for i, obj, text in zip(todo, compiled.objects, compiled.ir_texts):
         found[i] = (obj, text)
         if keys:
-            cache.store_part(keys[i], obj, text)
+            cache.store(keys[i], obj, text)
     results = [found[i] for i in range(len(parts))]
     return ([obj for obj, _ in results], [text for _, text in results], dict(compiled.times),
             len(parts) - len(todo))
@@ -241,7 +241,8 @@ class CpuBackend(Backend):
                 any(k.parallel_extent > 1 for k in lowered.kernels):
             _load_threading_runtime()
         return CpuExecutable(self.target, lowered.state, 3 if options.opt_level >= 1 else 0,
-                             lowered.kernels, jobs=compile_jobs())
+                             lowered.kernels, jobs=compile_jobs(),
+                             part_cache=options.part_cache)
 
     def not_runnable_here(self) -> Optional[TargetError]:
         return None if self.target.is_host else foreign_target_error(self.target)
