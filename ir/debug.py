@@ -12,7 +12,7 @@ import sys
 
 # topic -> the ladder level that turns it on
 TOPICS = {"passes": 1, "compile": 1, "time": 1, "rewrite": 2, "fusion": 2, "winograd": 2, "memory": 2,
-          "quant": 2,
+          "quant": 2, "parts": 2,
           "ir": 3, "codegen": 4}
 
 

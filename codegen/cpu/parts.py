@@ -79,7 +79,7 @@ class _Global:
 def cut(module: ir.Module, pipeline_of: Callable[[str], str], jobs: int) -> tuple[list, dict]:
     """The parts to compile `module` in, and {duplicate function: the function it repeats}.
 
-    `pipeline_of(name)` gives a defined function's pipeline ("O3" for anything not a kernel);
+    `pipeline_of(name)` gives a kernel's pipeline (None for other functions: see _pipeline);
     `jobs` is how many parts of one pipeline may compile at once."""
     globals_ = _globals(module)
     rename, aliases = _deduplicate(globals_)
@@ -91,10 +91,7 @@ def cut(module: ir.Module, pipeline_of: Callable[[str], str], jobs: int) -> tupl
     else:
         groups: dict = {}
         for g in kept:
-            name = _name(g.ref)
-            pipeline = pipeline_of(name)
-            if pipeline not in PIPELINES:
-                raise ValueError(f"function {name}: unknown pipeline {pipeline!r}")
+            pipeline = _pipeline(g, kept, pipeline_of)
             groups.setdefault(pipeline, []).append(g)
     parts = []
     for pipeline, members in groups.items():
@@ -105,7 +102,33 @@ def cut(module: ir.Module, pipeline_of: Callable[[str], str], jobs: int) -> tupl
             f'target datalayout = "{module.data_layout}"', ""]
     for part in parts:
         part.text = _part_text(part, globals_, rename, aliases, head, common)
+    _explain(parts, rename, aliases, total)
     return parts, {_name(d): _name(r) for d, r in aliases.items()}
+
+
+def _explain(parts: list, rename: dict, aliases: dict, total: int) -> None:
+    """SLIMC_DEBUG=parts: how the module was cut, and what was merged."""
+    from slimc.ir.debug import enabled, log
+
+    if not enabled("parts"):
+        return
+    why = "" if total >= MIN_SPLIT_BYTES else f" (under {MIN_SPLIT_BYTES} bytes: one O3 part)"
+    log("parts", f"{total} bytes of IR in {len(parts)} part(s){why}")
+    for i, p in enumerate(parts):
+        log("parts", f"part {i + 1}: {p.pipeline}, {len(p.text)} bytes, {p.functions}")
+    for dup, rep in list(aliases.items()) + list(rename.items()):
+        log("parts", f"{_name(dup)} repeats {_name(rep)}: compiled once")
+
+
+def _pipeline(g: "_Global", kept: list, pipeline_of: Callable) -> str:
+    """A kernel's own pipeline; O3 for every other function (the entry, and helpers such as
+    the blocked GEMM a Winograd kernel calls: with the vector pipeline ResNet-18 ran 2%
+    slower, 22.4 vs 22.0 ms, for 0.3 s less compile)."""
+    name = _name(g.ref)
+    pipeline = pipeline_of(name) or "O3"
+    if pipeline not in PIPELINES:
+        raise ValueError(f"function {name}: unknown pipeline {pipeline!r}")
+    return pipeline
 
 
 # ----- the module's global values ----------------------------------------------------------
