@@ -41,7 +41,7 @@ class CpuExecutable(Executable):
         every = os.environ.get("SLIMC_PIPELINE")
         pipelines = {k.name: every or k.pipeline for k in kernels}
         t0 = time.perf_counter()
-        parts, self.duplicates = cut(llvm_module, lambda name: pipelines.get(name, "O3"), jobs)
+        parts, self.duplicates = cut(llvm_module, pipelines.get, jobs)
         t1 = time.perf_counter()
         self.parts = [(p.pipeline, p.functions) for p in parts]
         if target.is_host:
