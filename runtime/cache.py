@@ -185,26 +185,15 @@ def lookup_part(key: str) -> Optional[tuple[bytes, str]]:
 
 
 def store_part(key: str, obj: bytes, text: str) -> None:
-    folder = cache_dir()
-    if folder is None:
-        return
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{key}.", dir=folder)
-    try:
-        with open(os.path.join(tmp, "object.o"), "wb") as f:
+    def write(folder: str) -> None:
+        with open(os.path.join(folder, "object.o"), "wb") as f:
             f.write(obj)
-        with open(os.path.join(tmp, "optimized.ll"), "w") as f:
+        with open(os.path.join(folder, "optimized.ll"), "w") as f:
             f.write(text)
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        with open(os.path.join(folder, "manifest.json"), "w") as f:
             f.write('{"kind": "compiled part"}\n')
-        os.rename(tmp, os.path.join(folder, key))
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    from .limits import env_bytes
 
-    limit = env_bytes("SLIMC_CACHE_MAX")
-    evict(folder, key, DEFAULT_MAX_BYTES if limit is None else limit)
+    _store_entry(key, write)
 
 
 class PartCache:
@@ -226,12 +215,8 @@ class PartCache:
 
 def summary() -> dict:
     """What `slimc cache` shows: the folder, its entries by kind, their bytes, the limit."""
-    from .limits import env_bytes
-
     folder = cache_dir()
-    limit = env_bytes("SLIMC_CACHE_MAX")
-    out = {"folder": folder, "models": 0, "parts": 0, "bytes": 0,
-           "limit": DEFAULT_MAX_BYTES if limit is None else limit}
+    out = {"folder": folder, "models": 0, "parts": 0, "bytes": 0, "limit": _max_bytes()}
     if folder is None or not os.path.isdir(folder):
         return out
     for _, size, path in _entries(folder):
@@ -293,23 +278,35 @@ def evict(folder: str, keep: str, max_bytes: int) -> list[str]:
 
 
 def store(key: str, compiled) -> None:
-    """Write an entry atomically (a half-written entry is never visible)."""
+    def write(folder: str) -> None:
+        compiled.export(folder)
+        with open(os.path.join(folder, "graph.slimc"), "w") as f:
+            f.write(str(compiled.graph))
+        with open(os.path.join(folder, "llvm.ll"), "w") as f:
+            f.write(compiled.llvm_ir)
+
+    _store_entry(key, write)
+
+
+def _store_entry(key: str, write) -> None:
+    """Write an entry atomically (`write(folder)` fills a temporary folder, renamed into
+    place: a half-written entry is never visible), then evict down to the size limit."""
     folder = cache_dir()
     if folder is None:
         return
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{key}.", dir=folder)
     try:
-        compiled.export(tmp)
-        with open(os.path.join(tmp, "graph.slimc"), "w") as f:
-            f.write(str(compiled.graph))
-        with open(os.path.join(tmp, "llvm.ll"), "w") as f:
-            f.write(compiled.llvm_ir)
+        write(tmp)
         os.rename(tmp, os.path.join(folder, key))
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process stored it first, or no room
         return
+    evict(folder, key, _max_bytes())
+
+
+def _max_bytes() -> int:
     from .limits import env_bytes
 
     limit = env_bytes("SLIMC_CACHE_MAX")
-    evict(folder, key, DEFAULT_MAX_BYTES if limit is None else limit)
+    return DEFAULT_MAX_BYTES if limit is None else limit

@@ -171,7 +171,7 @@ class Module:
             raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}), "
                              f"got {len(arrays)}")
         if self.buckets is not None:
-            arrays, _ = self.buckets.pad(arrays)
+            arrays = self.buckets.pad(arrays)
         shapes = tuple(tuple(np.shape(a)) for a in arrays)
         self._last = self._specialize(shapes)
         return self._last, arrays
@@ -188,10 +188,8 @@ class Module:
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
         self._check_runnable()
         if self.buckets is not None:
-            names = [v.name for v in self.source_graph.inputs]
-            arrays = order_inputs(names, arrays, named)
-            padded, _ = self.buckets.pad(arrays)
-            compiled, padded = self.specialization(*padded)  # (already padded: as they are)
+            arrays = order_inputs([v.name for v in self.source_graph.inputs], arrays, named)
+            compiled, padded = self.specialization(*arrays)
             return self.buckets.trim(compiled(*padded), arrays)
         compiled, arrays = self.specialization(*arrays, **named)
         return compiled(*arrays)
@@ -269,8 +267,8 @@ class Buckets:
         self.graph = graph
         self._out_shapes: dict = {}  # real input shapes -> the outputs' shapes
 
-    def pad(self, arrays: Sequence) -> tuple[list, dict]:
-        """(the arrays padded with zeros to their buckets, {dim: the real size})."""
+    def pad(self, arrays: Sequence) -> list:
+        """The arrays padded with zeros to their buckets."""
         real: dict = {}
         for a, axes in zip(arrays, self.axes):
             for d, name in axes:
@@ -283,7 +281,7 @@ class Buckets:
             for d, name in axes:
                 widths[d] = (0, max(0, target[name] - np.shape(a)[d]))
             out.append(np.pad(np.asarray(a), widths) if any(w[1] for w in widths) else a)
-        return out, real
+        return out
 
     def trim(self, outputs: Sequence, arrays: Sequence) -> list:
         """The outputs of the padded call cut to the shapes the model gives for `arrays`

@@ -94,8 +94,7 @@ def _compile_host(parts, target: CpuTarget, opt_level: int, jobs: int, cache) ->
     that entry."""
     keys, found = [], {}
     if cache is not None and len(parts) > 1:
-        identity = f"{target.triple}|{target.cpu}|{target.features}"
-        keys = [cache.key(p.text, p.pipeline, identity, opt_level) for p in parts]
+        keys = [cache.key(p.text, p.pipeline, target.identity, opt_level) for p in parts]
         found = {i: cache.lookup(k) for i, k in enumerate(keys)}
         found = {i: hit for i, hit in found.items() if hit is not None}
     todo = [i for i in range(len(parts)) if i not in found]
@@ -249,5 +248,4 @@ class CpuBackend(Backend):
 
     @property
     def cache_identity(self) -> Optional[str]:
-        t = self.target
-        return f"{t.triple}|{t.cpu}|{t.features}" if t.is_host else None
+        return self.target.identity if self.target.is_host else None

@@ -46,7 +46,8 @@ class Part:
     """One LLVM module to compile: `text`, the `pipeline` it gets, the kernels it defines."""
 
     pipeline: str
-    functions: list[str] = field(default_factory=list)
+    functions: list[str] = field(default_factory=list)  # the names of the definitions it owns
+    refs: list[str] = field(default_factory=list)  # the same, as IR refers to them
     size: int = 0
     text: str = ""
 
@@ -91,11 +92,11 @@ def cut(module: ir.Module, pipeline_of: Callable[[str], str], jobs: int) -> tupl
     else:
         groups: dict = {}
         for g in kept:
-            pipeline = _pipeline(g, kept, pipeline_of)
+            pipeline = _pipeline(g, pipeline_of)
             groups.setdefault(pipeline, []).append(g)
     parts = []
     for pipeline, members in groups.items():
-        parts += _pack(pipeline, members, globals_, jobs)
+        parts += _pack(pipeline, members, jobs)
     common = [t.get_declaration() for t in module.get_identified_types().values()]
     common += module._get_metadata_lines()
     head = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
@@ -120,7 +121,7 @@ def _explain(parts: list, rename: dict, aliases: dict, total: int) -> None:
         log("parts", f"{_name(dup)} repeats {_name(rep)}: compiled once")
 
 
-def _pipeline(g: "_Global", kept: list, pipeline_of: Callable) -> str:
+def _pipeline(g: "_Global", pipeline_of: Callable) -> str:
     """A kernel's own pipeline; O3 for every other function (the entry, and helpers such as
     the blocked GEMM a Winograd kernel calls: with the vector pipeline ResNet-18 ran 2%
     slower, 22.4 vs 22.0 ms, for 0.3 s less compile)."""
@@ -221,7 +222,7 @@ def _closure(g: _Global, globals_: dict, rename: dict) -> set:
     return need
 
 
-def _pack(pipeline: str, members: list, globals_: dict, jobs: int) -> list:
+def _pack(pipeline: str, members: list, jobs: int) -> list:
     """`members` in at most `jobs` parts of about equal size (largest first, each to the
     smallest part), none under MIN_PART_BYTES unless it is the only one."""
     total = sum(len(g.text) for g in members)
@@ -230,13 +231,14 @@ def _pack(pipeline: str, members: list, globals_: dict, jobs: int) -> list:
     for g in sorted(members, key=lambda g: -len(g.text)):
         part = min(parts, key=lambda p: p.size)
         part.functions.append(_name(g.ref))
+        part.refs.append(g.ref)
         part.size += len(g.text)
     return [p for p in parts if p.functions]
 
 
 def _part_text(part: Part, globals_: dict, rename: dict, aliases: dict, head: list,
                common: list) -> str:
-    own = [globals_["@" + _quote(n)] for n in part.functions]
+    own = [globals_[ref] for ref in part.refs]
     need: set = set()
     for g in own:
         need |= _closure(g, globals_, rename)
@@ -255,10 +257,6 @@ def _part_text(part: Part, globals_: dict, rename: dict, aliases: dict, head: li
         elif dup in need:
             lines.append(_declaration(globals_[rep]).replace(rep, dup, 1))
     return "\n".join(lines + common) + "\n"
-
-
-def _quote(name: str) -> str:
-    return '"' + name + '"'
 
 
 def _renamed(text: str, rename: dict) -> str:

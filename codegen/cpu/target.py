@@ -194,6 +194,11 @@ class CpuTarget:
         return self.triple.split("-")[0]
 
     @property
+    def identity(self) -> str:
+        """What decides the machine code: triple, CPU and features (a cache key's part)."""
+        return f"{self.triple}|{self.cpu}|{self.features}"
+
+    @property
     def feature_set(self) -> frozenset[str]:
         return frozenset(_feature_set(self.features))
 
@@ -321,7 +326,6 @@ class JitModule:
         self.target = target
         self._cache: dict[str, int] = {}
         self.llvm_ir = ir_text  # the optimized IR that was compiled
-        self.objects = list(objects)  # the position-independent ELF objects it loaded
 
     def address(self, name: str) -> int:
         addr = self._cache.get(name)
@@ -334,13 +338,6 @@ class JitModule:
 
     def cfunc(self, name: str, restype, *argtypes):
         return ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
-
-    @property
-    def object_code(self) -> bytes:
-        """The object, for code compiled as one module."""
-        if len(self.objects) != 1:
-            raise ValueError(f"this code is {len(self.objects)} objects")
-        return self.objects[0]
 
 
 def jit_compile(ir_text_or_module, target: CpuTarget | None = None, *,
