@@ -143,8 +143,8 @@ def test_model_in_parts_matches_onnxruntime(monkeypatch, tmp_path):
     np.testing.assert_allclose(slimc.load(str(tmp_path / "art"))(x)[0], want, rtol=1e-4, atol=1e-4)
 
 
-def test_cached_parts_give_assembly_and_the_manifest_records_choices(monkeypatch, tmp_path):
-    import json
+def test_cached_parts_give_their_assembly(monkeypatch, tmp_path):
+    from slimc.runtime.cache import CachedModule
 
     monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("SLIMC_COMPILE_JOBS", "2")
@@ -154,19 +154,32 @@ def test_cached_parts_give_assembly_and_the_manifest_records_choices(monkeypatch
     first = slimc.compile(model)
     assert first.llvm_ir.count(parts.PART_HEADER) >= 2
     again = slimc.compile(model)  # from the cache: the IR of every part, read back
+    assert isinstance(again._current(), CachedModule)
     assert again.llvm_ir == first.llvm_ir
     listing = again.assembly
     for k in first.kernels:
         assert k.name in listing
-    first.export(str(tmp_path / "art"))
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_the_manifest_records_each_kernels_choices(tmp_path, monkeypatch, tile):
+    """The Winograd tile forced (not the host's cost model, which differs by CPU kind)."""
+    import json
+
+    from slimc.passes.winograd import Winograd
+
+    monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
+    mod = slimc.compile(_repeated_blocks(blocks=2), passes=[Winograd(force=tile)],
+                        disable_passes=["winograd"])
+    mod.export(str(tmp_path / "art"))
     with open(tmp_path / "art" / "manifest.json") as f:
         kernels = json.load(f)["kernels"]
     assert {k["pipeline"] for k in kernels} <= set(parts.PIPELINES)
-    assert any("winograd_conv2d" in k["ops"] for k in kernels)
-    for k in kernels:
-        convs = [op for op in k["ops"] if op == "winograd_conv2d"]
-        got = [c for c in k.get("choices", []) if c["op"] == "winograd_conv2d"]
-        assert len(got) == len(convs) and all(c["tile"] in (2, 4) for c in got), k
+    convs = [k for k in kernels if "winograd_conv2d" in k["ops"]]
+    assert len(convs) == 2, kernels
+    for k in convs:
+        assert k["pipeline"] == "vector"
+        assert [(c["op"], c["tile"]) for c in k["choices"]] == [("winograd_conv2d", tile)], k
 
 
 def test_part_cache_serves_a_model_with_other_weights(monkeypatch, tmp_path):
