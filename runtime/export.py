@@ -33,7 +33,7 @@ import numpy as np
 
 from slimc.ir.errors import SlimcError
 
-from slimc.ir.buffers import aligned_zeros
+from slimc.ir.buffers import aligned_zeros, small_pages
 
 from .native import ENTRY_TYPE, RUN_TYPE, NativeModule
 
@@ -90,8 +90,10 @@ def _linker(target) -> "str | None":
     return shutil.which(os.environ.get("SLIMC_CROSS_CC") or f"{target.arch}-linux-gnu-gcc")
 
 
-def export(compiled, path: str) -> None:
-    """Write `compiled` (a runtime.compiled.CompiledModule) as an artifact directory."""
+def export(compiled, path: str, checksums: bool = True) -> None:
+    """Write `compiled` (a runtime.compiled.CompiledModule) as an artifact directory. Without
+    `checksums` (the compile cache's own entries: hashing the weights cost 0.1 s per 160 MB)
+    the manifest lists the files with no digest, and only `load(verify=False)` reads it."""
     from importlib.metadata import PackageNotFoundError, version
 
     import llvmlite
@@ -145,7 +147,9 @@ def export(compiled, path: str) -> None:
                    "intermediates_bytes": compiled.memory.intermediates_bytes,
                    "weights_bytes": compiled.memory.weights_bytes,
                    "code_bytes": os.path.getsize(os.path.join(path, files[0]))},
-        "files": {name: _sha256(os.path.join(path, name)) for name in files},
+        "files": {name: _sha256(os.path.join(path, name)) if checksums else None
+                  for name in files},
+        "file_bytes": {name: os.path.getsize(os.path.join(path, name)) for name in files},
     }
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
@@ -179,6 +183,15 @@ def _host_flags() -> set:
     return set()
 
 
+def _map_weights(path: str) -> np.ndarray:
+    """The weights blob, mapped copy-on-write: a page-aligned start (the kernels' 64-byte
+    alignment), nothing read before a kernel touches it, and the page cache shared by every
+    process that loads the same artifact."""
+    if os.path.getsize(path) == 0:
+        return aligned_zeros(0)
+    return np.memmap(path, dtype=np.uint8, mode="c")
+
+
 def _host_arch() -> str:
     m = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
@@ -201,8 +214,15 @@ class LoadedModule(NativeModule):
         self._library = library  # keeps the code mapped
 
 
-def load(path: str) -> LoadedModule:
-    """Load an artifact written by `Module.export`. Only load artifacts you trust."""
+def load(path: str, verify: bool = True) -> LoadedModule:
+    """Load an artifact written by `Module.export`. Only load artifacts you trust. The weights
+    file is mapped, not read (copy-on-write: the file never changes); `verify=False` skips the
+    checksums (the compile cache, whose entries appear by an atomic rename)."""
+    with small_pages():  # see there
+        return _load(path, verify)
+
+
+def _load(path: str, verify: bool) -> LoadedModule:
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isfile(mpath):
         raise ArtifactError(f"{path!r} is not a slimc artifact: {MANIFEST} is missing")
@@ -227,7 +247,14 @@ def load(path: str) -> LoadedModule:
         fpath = os.path.join(path, name)
         if os.path.basename(name) != name or not os.path.isfile(fpath):
             raise ArtifactError(f"artifact file {name!r} is missing")
-        if _sha256(fpath) != digest:
+        size = os.path.getsize(fpath)
+        if size != manifest.get("file_bytes", {}).get(name, size):
+            raise ArtifactError(f"artifact file {name!r} is not the size its manifest gives: "
+                                f"the artifact is damaged; refused")
+        if verify and digest is None:
+            raise ArtifactError(f"artifact file {name!r} has no checksum (a compile-cache "
+                                f"entry?): refused; write artifacts with Module.export")
+        if verify and _sha256(fpath) != digest:
             raise ArtifactError(f"artifact file {name!r} does not match its checksum: the "
                                 f"artifact is corrupt or was modified; refused")
     if set(manifest.get("files", {})) != {LIBRARY, WEIGHTS}:
@@ -238,8 +265,6 @@ def load(path: str) -> LoadedModule:
     if flags and missing:
         raise ArtifactError(f"the artifact was built for CPU {target['cpu']!r} and uses "
                             f"{', '.join(missing)}, which this CPU lacks; recompile it here")
-    raw = np.fromfile(os.path.join(path, WEIGHTS), dtype=np.uint8)
-    weights = aligned_zeros(raw.nbytes)
-    weights[:] = raw
+    weights = _map_weights(os.path.join(path, WEIGHTS))
     library = ctypes.CDLL(os.path.abspath(os.path.join(path, LIBRARY)))
     return LoadedModule(path, manifest, library, weights)

@@ -92,6 +92,32 @@ def test_damaged_entry_is_rebuilt(fresh_cache):
     assert not isinstance(mod._current(), cache.CachedModule)
 
 
+def test_entries_are_not_artifacts(fresh_cache):
+    """Cache entries carry sizes, not checksums (the cache loads them unverified, mapped): a
+    verified load, which is what `slimc.load` does, refuses one rather than trust it."""
+    from slimc.runtime.export import ArtifactError, load
+
+    slimc.compile(graph())
+    (entry,) = [p for p in fresh_cache.iterdir() if not p.name.startswith(".")]
+    with pytest.raises(ArtifactError, match="no checksum"):
+        load(str(entry))
+
+
+def test_compile_leaves_numpy_huge_pages_as_they_were(fresh_cache):
+    """Compiling turns numpy's huge-page advice off for its own allocations only."""
+    from slimc.ir.buffers import small_pages
+
+    multiarray = pytest.importorskip("numpy._core.multiarray")
+    before = multiarray._get_madvise_hugepage()
+    with small_pages():
+        with small_pages():
+            assert multiarray._get_madvise_hugepage() is False
+        assert multiarray._get_madvise_hugepage() is False
+    assert multiarray._get_madvise_hugepage() == before
+    slimc.compile(graph())
+    assert multiarray._get_madvise_hugepage() == before
+
+
 def test_cache_can_be_turned_off(fresh_cache, monkeypatch):
     monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
     slimc.compile(graph())
