@@ -337,6 +337,8 @@ def compile_forced(g, tile, **kw):
     (4, 2, 17, 33, 13, 11, {"relu": True, "residual": True}),      # batch 2, fused epilogue
     (2, 2, 17, 33, 13, 11, {"bias": False, "relu": True}),
     (4, 1, 24, 40, 10, 6, {"threads": 2}),                         # channel ranges, 2 threads
+    (4, 1, 9, 20, 10, 21, {"relu": True, "residual": True}),       # whole groups, then a part
+    (2, 1, 9, 20, 7, 37, {"relu": True, "residual": True}),
 ])
 def test_compiled_matches_interpreter(tile, n, cin, cout, h, w, kw):
     kw = dict(kw)

@@ -189,6 +189,7 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
     run = ir.Function(module, ir.FunctionType(VOID, tables + [I64, I64]), name="slimc_run")
     for a, n in zip(run.args, ("inputs", "outputs", "arena", "weights", "first", "last")):
         a.name = n
+    run.attributes.add("noinline")  # slimc_main calls it: one copy of the steps, not two
     b = ir.IRBuilder(run.append_basic_block("entry"))
     inputs, outputs, arena, weights, first, last = run.args
     call_fp = I32(0)

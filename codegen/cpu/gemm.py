@@ -358,6 +358,23 @@ def _leftover_rows(b: ir.IRBuilder, rem: ir.Value, mr: int, call_rows: Callable)
     b.position_at_end(done)
 
 
+def _shared_ukrs(module: ir.Module) -> dict:
+    """The module's micro-kernels by what decides their code (tile, A and B access, the
+    config): every GEMM of a module calls the same ones."""
+    if not hasattr(module, "_slimc_ukrs"):
+        module._slimc_ukrs = {}
+    return module._slimc_ukrs
+
+
+def _unique(module: ir.Module, name: str) -> str:
+    """`name`, or `name.2`, `name.3`... if the module has it already (another config)."""
+    out, n = name, 1
+    while out in module.globals:
+        n += 1
+        out = f"{name}.{n}"
+    return out
+
+
 def _if(b: ir.IRBuilder, cond: ir.Value, name: str):
     """Context manager: code inside runs when cond is true; continues after."""
 
@@ -418,7 +435,7 @@ class _Gen:
         self.accumulate = accumulate
         self.epilogue = epilogue
         self.extra = list(extra_args)
-        self.ukrs: dict[tuple, ir.Function] = {}
+        self.epis: dict = {}
 
     # ---- micro-kernel -----------------------------------------------------------------
 
@@ -448,10 +465,11 @@ class _Gen:
         ncols None: the columns are a run-time argument ``ncols`` (at most NR, after `col`):
         C is read and written under run-time lane masks, and B must be readable for all NR
         columns (packed, or padded with zeros). The run-time-shape GEMM uses it."""
-        key = (mr, ncols, packed_a, b_direct)
-        if key in self.ukrs:
-            return self.ukrs[key]
         cfg, m = self.cfg, self.m
+        key = (mr, ncols, packed_a, b_direct, self.accumulate, self.use_fma, cfg)
+        shared = _shared_ukrs(m)
+        if key in shared:
+            return shared[key]
         vw, nr = cfg.vw, cfg.nr
         vt = _vec(vw)
         runtime_cols = ncols is None
@@ -464,24 +482,22 @@ class _Gen:
         # kernels one step per chain (at least 2), which keeps the module small
         U = cfg.k_unroll if mr == cfg.mr else max(2, S)
 
-        arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I1, I1, I64, I64] + \
-            ([I64] if runtime_cols else []) + [t for _, t in self.extra]
-        suffix = ("p" if packed_a else "") + ("d" if b_direct else "")
-        fn = ir.Function(m, ir.FunctionType(VOID, arg_tys),
-                         f"{self.name}.ukr_{mr}x{'N' if runtime_cols else ncols}{suffix}")
+        arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I1] + ([I64] if runtime_cols else [])
+        suffix = ("p" if packed_a else "") + ("d" if b_direct else "") + \
+            ("a" if self.accumulate else "")
+        fn = ir.Function(m, ir.FunctionType(VOID, arg_tys), _unique(
+            m, f"slimc_ukr_{mr}x{'N' if runtime_cols else ncols}{suffix}"))
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
         if not cfg.inline_ukr:
             fn.attributes.add("noinline")
-        names = ["A", "lda", "B", "ldb", "C", "ldc", "kc", "first", "last", "row", "col"] + \
-                (["ncols"] if runtime_cols else []) + [n for n, _ in self.extra]
+        names = ["A", "lda", "B", "ldb", "C", "ldc", "kc", "first"] + \
+                (["ncols"] if runtime_cols else [])
         for a, n in zip(fn.args, names):
             a.name = n
-        A, lda, Bp, ldb, C, ldc, kc, first, last, row, col = fn.args[:11]
+        A, lda, Bp, ldb, C, ldc, kc, first = fn.args[:8]
         for a in (A, Bp, C):
             a.add_attribute("noalias")
-        first_extra = 12 if runtime_cols else 11
-        extra = {n: a for (n, _), a in zip(self.extra, fn.args[first_extra:])}
 
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         if packed_a:
@@ -590,7 +606,7 @@ class _Gen:
                 final.append(t)
 
         addc = _i1(True) if self.accumulate else b.not_(first, name="add.c")
-        lane_masks = [_lane_mask(b, vw, v * vw, fn.args[11], f"mask.v{v}")
+        lane_masks = [_lane_mask(b, vw, v * vw, fn.args[8], f"mask.v{v}")
                       for v in range(nvec)] if runtime_cols else None
         cptrs, masks = [], []
         for r in range(mr):
@@ -635,27 +651,77 @@ class _Gen:
             ph.add_incoming(summed[i], with_c)
             vals.append(ph)
 
-        if self.epilogue is not None:
-            epi_blk = fn.append_basic_block("epilogue")
-            plain_blk = fn.append_basic_block("store.plain")
-            b.cbranch(last, epi_blk, plain_blk)
-            b.position_at_end(epi_blk)
-            for r in range(mr):
-                rowr = row if r == 0 else b.add(row, _i64(r), name=f"row.{r}")
-                for v in range(nvec):
-                    i = r * nvec + v
-                    colv = col if v == 0 else b.add(col, _i64(v * vw), name=f"col.{v}")
-                    ctx = EpilogueContext(b, m, rowr, colv, masks[i],
-                                          tail_lanes if masks[i] is not None else vw, vw, extra)
-                    store_c(i, self.epilogue(ctx, vals[i]))
-            b.ret_void()
-            b.position_at_end(plain_blk)
         for i, val in enumerate(vals):
             store_c(i, val)
         b.ret_void()
 
-        self.ukrs[key] = fn
+        shared[key] = fn
         return fn
+
+    def epilogue_fn(self, ncols: int | None) -> ir.Function:
+        """The kernel's epilogue over a finished tile of `nrows` rows and `ncols` columns (None:
+        a run-time argument): each row's vectors loaded back from C (L1), finished, stored.
+
+        It lives apart from the micro-kernels so that they depend on the tile shape alone and
+        one serves every kernel of a module (`_shared_ukrs`); in them, a GELU epilogue was 24
+        erf polynomials per 6-row micro-kernel (5 MB of BERT's 15 MB of IR). The values the
+        epilogue sees are the micro-kernel's, bit for bit."""
+        key = ncols
+        if key in self.epis:
+            return self.epis[key]
+        vw = self.cfg.vw
+        runtime_cols = ncols is None
+        width = self.cfg.nr if runtime_cols else ncols
+        nvec = -(-width // vw)
+        tail_lanes = width - (nvec - 1) * vw
+        arg_tys = [PTR, I64, I64, I64, I64] + ([I64] if runtime_cols else []) + \
+            [t for _, t in self.extra]
+        fn = ir.Function(self.m, ir.FunctionType(VOID, arg_tys),
+                         f"{self.name}.epilogue_{'N' if runtime_cols else ncols}")
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        names = ["C", "ldc", "nrows", "row", "col"] + (["ncols"] if runtime_cols else []) + \
+            [n for n, _ in self.extra]
+        for a, n in zip(fn.args, names):
+            a.name = n
+        C, ldc, nrows, row, col = fn.args[:5]
+        C.add_attribute("noalias")
+        extra = {n: a for (n, _), a in zip(self.extra, fn.args[len(fn.args) - len(self.extra):])}
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if runtime_cols:
+            masks = [_lane_mask(b, vw, v * vw, fn.args[5], f"mask.v{v}") for v in range(nvec)]
+        else:
+            masks = [_mask_const(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw) else None
+                     for v in range(nvec)]
+        with _Loop(b, 0, nrows, 1, "r") as r:
+            crow = b.gep(C, [b.mul(r, ldc)], source_etype=F32, name="c.row")
+            rowr = b.add(row, r, name="row.r")
+            for v in range(nvec):
+                ptr = crow if v == 0 else b.gep(crow, [_i64(v * vw)], source_etype=F32,
+                                                name=f"c.v{v}")
+                colv = col if v == 0 else b.add(col, _i64(v * vw), name=f"col.{v}")
+                lanes = tail_lanes if masks[v] is not None else vw
+                ctx = EpilogueContext(b, self.m, rowr, colv, masks[v], lanes, vw, extra)
+                if masks[v] is None:
+                    value = b.load(ptr, typ=_vec(vw), align=4, name=f"c.r.v{v}")
+                    b.store(self.epilogue(ctx, value), ptr, align=4)
+                else:
+                    value = masked_load_vector(b, ptr, _vec(vw), masks[v], f"c.r.v{v}")
+                    masked_store_vector(b, self.epilogue(ctx, value), ptr, masks[v])
+        b.ret_void()
+        self.epis[key] = fn
+        return fn
+
+    def call_ukr(self, b, ukr, ncols, args, nrows, last, row, col, extra) -> None:
+        """A micro-kernel on one tile (`args`: A, lda, B, ldb, C, ldc, kc, first[, ncols]),
+        then, after the last K block, the epilogue on its `nrows` rows."""
+        b.call(ukr, args)
+        if self.epilogue is None:
+            return
+        epi = self.epilogue_fn(ncols)
+        cols = [args[8]] if ncols is None else []
+        with _if(b, last, "epi"):
+            b.call(epi, [args[4], args[5], nrows, row, col] + cols + list(extra))
 
     # ---- driver -----------------------------------------------------------------------
 
@@ -732,11 +798,11 @@ class _Gen:
                                    tiles_end=tiles_end, ap=ap, extra=extra)
                         if nfull:
                             with _Loop(b, jp, full_end, 1, "p") as p:    # B micro-panels
-                                self.emit_row_tiles(b, p, full_ukrs, **blk)
+                                self.emit_row_tiles(b, p, full_ukrs, nr, **blk)
                         if tail:
                             has_tail = b.icmp_signed("==", jp_end, _i64(npan), name="has.tail")
                             with _if(b, has_tail, "tail"):
-                                self.emit_row_tiles(b, _i64(nfull), tail_ukrs, **blk)
+                                self.emit_row_tiles(b, _i64(nfull), tail_ukrs, tail, **blk)
         b.branch(ret)
         b.position_at_end(ret)
         b.ret_void()
@@ -756,10 +822,10 @@ class _Gen:
         if nfull:
             ukrs = {r: self.ukr(r, nr, b_direct=direct) for r in range(1, mr)}
             with _Loop(b, 0, nfull, 1, "sp") as p:
-                self.emit_row_tiles(b, p, ukrs, skip_tiles=True, **blk)
+                self.emit_row_tiles(b, p, ukrs, nr, skip_tiles=True, **blk)
         if tail:
             ukrs = {r: self.ukr(r, tail, b_direct=direct) for r in range(1, mr)}
-            self.emit_row_tiles(b, _i64(nfull), ukrs, skip_tiles=True, **blk)
+            self.emit_row_tiles(b, _i64(nfull), ukrs, tail, skip_tiles=True, **blk)
 
     def emit_pack_a(self, b, a_blk, lda, ic, tiles_end, kc, ap):
         """ap[(ir-ic)*kc + k*MR + r] = A[ir + r, pc + k] for the full MR-row tiles."""
@@ -779,10 +845,10 @@ class _Gen:
                     b.store(x, d if r == 0 else
                             b.gep(d, [_i64(r)], source_etype=F32, name=f"pa.d{r}"), align=4)
 
-    def emit_row_tiles(self, b, p, ukrs, *, a_blk, lda, Bp, ldb, C, ldc, pc, kc, first, last,
-                       ic, ic_end, tiles_end, ap, extra, skip_tiles=False):
-        """Micro-kernels over rows [ic, ic_end) of B panel p: full MR-row tiles (from the
-        packed A block when ap is given), then the leftover rows."""
+    def emit_row_tiles(self, b, p, ukrs, ncols, *, a_blk, lda, Bp, ldb, C, ldc, pc, kc, first,
+                       last, ic, ic_end, tiles_end, ap, extra, skip_tiles=False):
+        """Micro-kernels (of `ncols` columns) over rows [ic, ic_end) of B panel p: full MR-row
+        tiles (from the packed A block when ap is given), then the leftover rows."""
         cfg, K = self.cfg, self.K
         mr, nr = cfg.mr, cfg.nr
         col = b.mul(p, _i64(nr), name="col")
@@ -795,7 +861,7 @@ class _Gen:
         bptr = b.gep(Bp, [b_off], source_etype=F32, name="b.pan")
         cblk = b.gep(C, [col], source_etype=F32, name="c.col")
 
-        def call(ukr, irow, packed):
+        def call(ukr, irow, packed, nrows):
             if packed:
                 aptr = b.gep(ap, [b.mul(b.sub(irow, ic, name="a.rel"), kc, name="a.poff")],
                              source_etype=F32, name="a.ptile")
@@ -803,13 +869,14 @@ class _Gen:
                 aptr = b.gep(a_blk, [b.mul(irow, lda, name="a.roff")], source_etype=F32,
                              name="a.tile")
             cptr = b.gep(cblk, [b.mul(irow, ldc, name="c.roff")], source_etype=F32, name="c.tile")
-            b.call(ukr, [aptr, lda, bptr, ldb, cptr, ldc, kc, first, last, irow, col] + extra)
+            self.call_ukr(b, ukr, ncols, [aptr, lda, bptr, ldb, cptr, ldc, kc, first], nrows,
+                          last, irow, col, extra)
 
         if not skip_tiles:
             with _Loop(b, ic, tiles_end, mr, "ir") as irow:
-                call(ukrs[mr], irow, ap is not None)
+                call(ukrs[mr], irow, ap is not None, _i64(mr))
         _leftover_rows(b, b.sub(ic_end, tiles_end, name="rows.left"), mr,
-                       lambda r: call(ukrs[r], tiles_end, False))
+                       lambda r: call(ukrs[r], tiles_end, False, _i64(r)))
 
     # ---- packing and runtime-B entry ---------------------------------------------------
 
@@ -990,7 +1057,7 @@ def emit_runtime_gemm(module: ir.Module, target: CpuTarget | None = None,
     g = _Gen(module, "slimc_gemm_rt", 0, 0, cfg, target, False, _row_bias,
              [("bias", PTR), ("has_bias", I1)])
     ukrs = {r: g.ukr(r, None, b_direct=True) for r in range(1, cfg.mr + 1)}
-    return _emit_runtime_driver(module, cfg, ukrs), _emit_runtime_pack(module, cfg)
+    return _emit_runtime_driver(module, g, ukrs), _emit_runtime_pack(module, cfg)
 
 
 def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder]:
@@ -1002,7 +1069,8 @@ def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
 
-def _emit_runtime_driver(m: ir.Module, cfg: GemmConfig, ukrs: dict) -> ir.Function:
+def _emit_runtime_driver(m: ir.Module, g: _Gen, ukrs: dict) -> ir.Function:
+    cfg = g.cfg
     mr, NR = cfg.mr, cfg.nr
     fn, b = _fn(m, "slimc_gemm_rt",
                 [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, I64, PTR, I1],
@@ -1027,15 +1095,15 @@ def _emit_runtime_driver(m: ir.Module, cfg: GemmConfig, ukrs: dict) -> ir.Functi
                              name="b.pan")
                 cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
 
-                def call(ukr, i):
+                def call(ukr, i, nrows):
                     a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
                     c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
-                    b.call(ukr, [a, lda, bpan, ldb, c, ldc, kc, first, last, i, col, ncols,
-                                 bias, has_bias])
+                    g.call_ukr(b, ukr, None, [a, lda, bpan, ldb, c, ldc, kc, first, ncols],
+                               nrows, last, i, col, [bias, has_bias])
 
                 with _Loop(b, ic, tiles_end, mr, "i") as i:
-                    call(ukrs[mr], i)
-                _leftover_rows(b, rem, mr, lambda r: call(ukrs[r], tiles_end))
+                    call(ukrs[mr], i, _i64(mr))
+                _leftover_rows(b, rem, mr, lambda r: call(ukrs[r], tiles_end, _i64(r)))
     b.ret_void()
     return fn
 

@@ -19,7 +19,8 @@ Layout (VW = the target's floats per vector; lanes run over channels inside the 
   group of VW/m horizontally adjacent tiles, A^T M A (+ bias) gives m x m channel vectors per
   tile; a VW x VW transpose per output row turns them into VW consecutive outputs of one
   channel, which go through `kb.store_result` (the fused elementwise consumers, then the
-  store) -- in pieces of 4, 2 and 1 at the right border, skipped past the bottom one.
+  store) -- from a stack copy, in pieces of 8, 4, 2 and 1, at the right border (see
+  _output_transform), skipped past the bottom one.
 
 A task whose block is the one its item just transformed (channel ranges of one block run one
 after another) reuses V. `U` computed at run time is packed by each work item into its slot.
@@ -37,7 +38,7 @@ from slimc.ir.errors import UnsupportedError
 from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
 
 from . import gemm as gemm_kernels
-from .common import cdiv
+from .common import cdiv, entry_alloca, smin
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I32, const, i64
 
@@ -143,14 +144,6 @@ def _vstore(b: ir.IRBuilder, v, p, off) -> None:
     b.store(v, addr, align=4)
 
 
-def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
-    """Lanes [start, start + n) of vector v (a scalar for n == 1)."""
-    if n == 1:
-        return b.extract_element(v, I32(start), name=name)
-    return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(start, start + n))),
-                            name=name)
-
-
 def transpose(b: ir.IRBuilder, rows: Sequence[ir.Value], name: str = "tr") -> list:
     """Transpose n vectors of n lanes (n a power of two): out[j] lane i = rows[i] lane j.
 
@@ -210,22 +203,6 @@ def transform_2d(b: ir.IRBuilder, left: np.ndarray, tiles: list, name: str) -> l
     rows = len(tmp[0])
     return [apply_matrix(b, left, [tmp[j][r] for j in range(cols)], f"{name}.r{r}")
             for r in range(rows)]
-
-
-def store_epilogue(kb: KernelBuilder, produced, index, x, width: int) -> None:
-    """`kb.store_result` of the first `width` lanes of x at `index` (the last index is the
-    first lane's): a full vector, or, at a row's end, pieces of 4, 2 and 1 lanes."""
-    vw = x.type.count
-    if width == vw:
-        kb.store_result(produced, index, x)
-        return
-    start = 0
-    while start < width:
-        n = 1 << ((width - start).bit_length() - 1)
-        piece = _lanes(kb.b, x, start, n, "tail")
-        last = index[-1]
-        kb.store_result(produced, list(index[:-1]) + [kb.iadd(last, start)], piece)
-        start += n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,7 +382,13 @@ def _chunk(kb: KernelBuilder, P: Plan, xrow, srow, x0, width: int, nchan: int) -
 
 def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, c1) -> None:
     """Y = A^T M A (+ bias) for tile rows [q0, q1) and channels [c0, c1), stored through the
-    epilogue in rows of VW outputs."""
+    epilogue in rows of VW outputs.
+
+    Groups of VW/m tiles, the last one partial when VW does not divide the row: its code is
+    the others' (tiles past the row's end read the last tile again, and are not stored) but
+    for the stores, which go through a stack buffer and a loop over the channels. The partial
+    group's own copy of the transform, and its VW channels' stores in pieces, unrolled, were a
+    third of the kernel's code."""
     b = kb.b
     vw, m, a = P.vw, P.m, P.a
     G = vw // m                       # tiles per group of vw output columns
@@ -413,6 +396,7 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
     rem = P.Wo - nfull * vw
     partial_rows = P.Ho % m           # valid rows of the last tile row (0: all)
     partial_ch = P.Cout % vw != 0 or P.cw % vw != 0
+    spill = entry_alloca(kb, ir.ArrayType(_vt(vw), vw), "out.spill") if rem else None
     with kb.loop(q0, q1, name="oq") as q:
         n_i = b.udiv(q, i64(P.nty), name="on")
         ty = b.urem(q, i64(P.nty), name="oty")
@@ -429,13 +413,37 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
                 else:
                     bv = _bias_load(kb, Bias, co, full, P)
 
-            def group(g0, ntiles: int, width: int):
+            def stores(chans, index, full_group):
+                """Row `index` of the group: VW channels of VW (or `rem`) outputs."""
+                def whole():
+                    for k in range(vw):
+                        ch = b.add(co, i64(k), name="ch")
+                        idx = [index[0], ch] + index[1:]
+                        if partial_ch:
+                            with b.if_then(b.icmp_signed("<", ch, c1)):
+                                kb.store_result(out, idx, chans[k])
+                        else:
+                            kb.store_result(out, idx, chans[k])
+
+                if spill is None:
+                    whole()
+                    return
+                with b.if_else(full_group) as (then, other):
+                    with then:
+                        whole()
+                    with other:
+                        _store_partial(kb, P, spill, chans, out, co, c1, index, rem)
+
+            with kb.loop(0, nfull + (1 if rem else 0), name="grp") as gi:
+                g0 = b.mul(gi, i64(G), name="g0")
+                full_group = b.icmp_unsigned("<", gi, i64(nfull), name="full.grp") if rem \
+                    else None
                 ys = []
                 for k in range(G):
-                    if k >= ntiles:
-                        ys.append(None)
-                        continue
-                    t = b.add(t_row, g0 if k == 0 else b.add(g0, i64(k)), name="t")
+                    tx = g0 if k == 0 else b.add(g0, i64(k))
+                    if rem:  # the partial group's tiles past the row: read the last one
+                        tx = smin(b, tx, i64(P.ntx - 1), "tx")
+                    t = b.add(t_row, tx, name="t")
                     moff = b.add(b.mul(t, i64(P.cw_pad)), mcol, name="m.off")
                     mt = [[_vload(b, M, b.add(moff, i64((r * a + c) * P.m_stride)), vw,
                                   f"m{r}{c}") for c in range(a)] for r in range(a)]
@@ -445,34 +453,42 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
                     ys.append(y)
                 ox0 = b.mul(g0, i64(m), name="ox0")
                 for i in range(m):
-                    cols = []
-                    for k in range(G):
-                        for j in range(m):
-                            cols.append(ys[k][i][j] if ys[k] is not None else _zero(vw))
+                    cols = [ys[k][i][j] for k in range(G) for j in range(m)]
                     chans = transpose(b, cols, "otr")
                     oy = b.add(b.mul(ty, i64(m)), i64(i), name="oy")
-
-                    def emit_row():
-                        for k in range(vw):
-                            ch = b.add(co, i64(k), name="ch")
-                            index = [n_i, ch, oy, ox0]
-                            if partial_ch:
-                                with b.if_then(b.icmp_signed("<", ch, c1)):
-                                    store_epilogue(kb, out, index, chans[k], width)
-                            else:
-                                store_epilogue(kb, out, index, chans[k], width)
-
                     if partial_rows and i >= partial_rows:
                         with b.if_then(b.icmp_signed("<", oy, i64(P.Ho))):
-                            emit_row()
+                            stores(chans, [n_i, oy, ox0], full_group)
                     else:
-                        emit_row()
+                        stores(chans, [n_i, oy, ox0], full_group)
 
-            if nfull:
-                with kb.loop(0, nfull, name="grp") as gi:
-                    group(b.mul(gi, i64(G)), G, vw)
-            if rem:
-                group(i64(nfull * G), cdiv(rem, m), rem)
+
+def _store_partial(kb: KernelBuilder, P: Plan, spill, chans, out, co, c1, index, width: int):
+    """The first `width` outputs of each of VW channel rows: the row's end, where VW does not
+    divide it. The vectors go to the stack, and a loop over the channels stores each one's
+    `width` lanes in pieces of 8, 4, 2 and 1 (`width` is known: at most four pieces)."""
+    b = kb.b
+    vw = P.vw
+    for k in range(vw):
+        b.store(chans[k], b.gep(spill, [i64(0), I32(k)], inbounds=True))
+    nch = smin(b, b.sub(c1, co), i64(vw), "spill.ch")
+    with kb.loop(0, nch, name="pk") as k:
+        ch = b.add(co, k, name="ch")
+        row = b.load(b.gep(spill, [i64(0), k], inbounds=True), name="spilled")
+        start = 0
+        while start < width:
+            n = 1 << ((width - start).bit_length() - 1)
+            piece = _lanes(b, row, start, n, "piece")
+            kb.store_result(out, [index[0], ch, index[1], b.add(index[2], i64(start))], piece)
+            start += n
+
+
+def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
+    """Lanes [start, start + n) of vector v (a scalar for n == 1)."""
+    if n == 1:
+        return b.extract_element(v, I32(start), name=name)
+    return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(start, start + n))),
+                            name=name)
 
 
 def _bias_load(kb: KernelBuilder, Bias, co, full, P: Plan):

@@ -170,7 +170,9 @@ def _deduplicate(globals_: dict) -> tuple[dict, dict]:
     def canonical(g: _Global) -> str:
         def global_name(m):
             r = m.group(0)
-            return "@.self" if r == g.ref else rename.get(r, r)
+            if r == g.ref:
+                return "@.self"
+            return rename.get(r) or aliases.get(r, r)  # kernels calling repeated helpers
 
         numbering: dict = {}
         text = GLOBAL_REF.sub(global_name, g.text)
