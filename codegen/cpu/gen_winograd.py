@@ -428,6 +428,9 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
                 if spill is None:
                     whole()
                     return
+                if nfull == 0:  # rows narrower than a vector: every group is partial
+                    _store_partial(kb, P, spill, chans, out, co, c1, index, rem)
+                    return
                 with b.if_else(full_group) as (then, other):
                     with then:
                         whole()
