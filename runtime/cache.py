@@ -26,6 +26,8 @@ from collections import namedtuple
 import os
 import shutil
 import tempfile
+import threading
+import warnings
 from functools import lru_cache
 from typing import Optional
 
@@ -134,6 +136,7 @@ def lookup(key: str) -> Optional[CachedModule]:
     folder = cache_dir()
     if folder is None:
         return None
+    wait(key)
     path = os.path.join(folder, key)
     manifest = os.path.join(path, "manifest.json")
     if not os.path.isfile(manifest):
@@ -215,6 +218,7 @@ class PartCache:
 
 def summary() -> dict:
     """What `slimc cache` shows: the folder, its entries by kind, their bytes, the limit."""
+    wait()
     folder = cache_dir()
     out = {"folder": folder, "models": 0, "parts": 0, "bytes": 0, "limit": _max_bytes()}
     if folder is None or not os.path.isdir(folder):
@@ -227,6 +231,7 @@ def summary() -> dict:
 
 def clear() -> int:
     """Empty the cache folder (entries and cost-model measurements); returns bytes freed."""
+    wait()
     folder = cache_dir()
     if folder is None or not os.path.isdir(folder):
         return 0
@@ -278,6 +283,10 @@ def evict(folder: str, keep: str, max_bytes: int) -> list[str]:
 
 
 def store(key: str, compiled) -> None:
+    """Store a compiled model under `key`, in a thread of its own: `compile` returns without
+    waiting (writing ResNet-18's 160 MB of Winograd-ready weights took 1.2 s here). A lookup
+    of the same key, `wait`, `summary` and `clear` wait for it; the interpreter waits for it
+    at exit (the thread is not a daemon)."""
     def write(folder: str) -> None:
         export(compiled, folder, checksums=False)  # written atomically: see _store_entry
         with open(os.path.join(folder, "graph.slimc"), "w") as f:
@@ -285,13 +294,43 @@ def store(key: str, compiled) -> None:
         with open(os.path.join(folder, "llvm.ll"), "w") as f:
             f.write(compiled.llvm_ir)
 
-    _store_entry(key, write)
+    folder, limit = cache_dir(), _max_bytes()  # as they are now, not when the thread runs
+    if folder is None:
+        return
+
+    def run() -> None:
+        try:
+            _store_entry(key, write, folder, limit)
+        except Exception as e:  # noqa: BLE001  (the module works; only the cache lacks it)
+            warnings.warn(f"slimc: the compile cache could not store {key}: "
+                          f"{type(e).__name__}: {e}", RuntimeWarning, stacklevel=1)
+        finally:
+            with _pending_lock:
+                _pending.pop(key, None)
+
+    thread = threading.Thread(target=run, name=f"slimc-cache-{key[:12]}")
+    with _pending_lock:
+        _pending[key] = thread
+    thread.start()
 
 
-def _store_entry(key: str, write) -> None:
+_pending: dict = {}  # key -> the thread storing it
+_pending_lock = threading.Lock()
+
+
+def wait(key: Optional[str] = None) -> None:
+    """Wait until the entry `key` (every entry, without one) being stored is in place."""
+    with _pending_lock:
+        threads = [t for k, t in _pending.items() if key is None or k == key]
+    for t in threads:
+        t.join()
+
+
+def _store_entry(key: str, write, folder: Optional[str] = None,
+                 limit: Optional[int] = None) -> None:
     """Write an entry atomically (`write(folder)` fills a temporary folder, renamed into
     place: a half-written entry is never visible), then evict down to the size limit."""
-    folder = cache_dir()
+    folder = folder or cache_dir()
     if folder is None:
         return
     os.makedirs(folder, exist_ok=True)
@@ -299,10 +338,12 @@ def _store_entry(key: str, write) -> None:
     try:
         write(tmp)
         os.rename(tmp, os.path.join(folder, key))
-    except OSError:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # another process stored it first, or no room
-        return
-    evict(folder, key, _max_bytes())
+        if isinstance(e, OSError):
+            return
+        raise
+    evict(folder, key, _max_bytes() if limit is None else limit)
 
 
 def _max_bytes() -> int:

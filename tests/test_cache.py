@@ -86,6 +86,7 @@ def test_other_cpu_features_miss(fresh_cache):
 
 def test_damaged_entry_is_rebuilt(fresh_cache):
     slimc.compile(graph())
+    cache.wait()  # the entry is written in the background
     (entry,) = [p for p in fresh_cache.iterdir() if not p.name.startswith(".")]
     (entry / "weights.bin").write_bytes(b"garbage")
     mod = slimc.compile(graph())
@@ -98,6 +99,7 @@ def test_entries_are_not_artifacts(fresh_cache):
     from slimc.runtime.export import ArtifactError, load
 
     slimc.compile(graph())
+    cache.wait()  # the entry is written in the background
     (entry,) = [p for p in fresh_cache.iterdir() if not p.name.startswith(".")]
     with pytest.raises(ArtifactError, match="no checksum"):
         load(str(entry))
@@ -127,6 +129,7 @@ def test_cache_can_be_turned_off(fresh_cache, monkeypatch):
 
 def test_cache_is_bounded_least_recently_used_first(fresh_cache, monkeypatch):
     def entries():
+        cache.wait()
         return {p.name for p in fresh_cache.iterdir()
                 if not p.name.startswith(".") and (p / "manifest.json").exists()}
 
