@@ -1,6 +1,5 @@
-"""The compile cache: a hit is much faster and identical; any change to the key misses."""
+"""The compile cache: a hit is identical; any change to the key misses."""
 
-import time
 
 import numpy as np
 import pytest
@@ -34,23 +33,17 @@ def fresh_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def timed_compile(g, **kw):
-    t = time.perf_counter()
-    mod = slimc.compile(g, **kw)
-    return mod, time.perf_counter() - t
-
-
-def test_second_compile_hits_and_is_faster(fresh_cache):
+def test_second_compile_hits(fresh_cache):
+    """(How much faster a hit is, bench.compile_time measures; tests assert no times.)"""
     x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
-    first, cold = timed_compile(graph())
-    second, warm = timed_compile(graph())
+    first = slimc.compile(graph())
+    second = slimc.compile(graph())
     assert isinstance(second._current(), cache.CachedModule)
     assert not isinstance(first._current(), cache.CachedModule)
     np.testing.assert_array_equal(first(x)[0], second(x)[0])
     assert "tanh" in second.llvm_ir and "%e = sub" in str(second.graph)
     # a hit still answers every inspection a fresh compile does (the listing made on demand)
     assert second.kernels and "ret" in second.assembly and ".text" in second.assembly
-    assert cold / warm >= 3, (cold, warm)  # the README/issue figure (>= 10x) is measured in bench
 
 
 @pytest.mark.parametrize("change", ["weights", "opt_level", "threads", "denormals", "source"])

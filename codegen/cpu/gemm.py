@@ -66,6 +66,7 @@ from slimc.ir.buffers import aligned_zeros
 
 from .common import smin
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
+from .llvm_util import shared_functions, unique_name
 from .target import CpuTarget, JitModule, jit_compile
 
 __all__ = [
@@ -358,23 +359,6 @@ def _leftover_rows(b: ir.IRBuilder, rem: ir.Value, mr: int, call_rows: Callable)
     b.position_at_end(done)
 
 
-def _shared_ukrs(module: ir.Module) -> dict:
-    """The module's micro-kernels by what decides their code (tile, A and B access, the
-    config): every GEMM of a module calls the same ones."""
-    if not hasattr(module, "_slimc_ukrs"):
-        module._slimc_ukrs = {}
-    return module._slimc_ukrs
-
-
-def _unique(module: ir.Module, name: str) -> str:
-    """`name`, or `name.2`, `name.3`... if the module has it already (another config)."""
-    out, n = name, 1
-    while out in module.globals:
-        n += 1
-        out = f"{name}.{n}"
-    return out
-
-
 def _if(b: ir.IRBuilder, cond: ir.Value, name: str):
     """Context manager: code inside runs when cond is true; continues after."""
 
@@ -466,8 +450,8 @@ class _Gen:
         C is read and written under run-time lane masks, and B must be readable for all NR
         columns (packed, or padded with zeros). The run-time-shape GEMM uses it."""
         cfg, m = self.cfg, self.m
-        key = (mr, ncols, packed_a, b_direct, self.accumulate, self.use_fma, cfg)
-        shared = _shared_ukrs(m)
+        key = ("gemm.ukr", mr, ncols, packed_a, b_direct, self.accumulate, self.use_fma, cfg)
+        shared = shared_functions(m)
         if key in shared:
             return shared[key]
         vw, nr = cfg.vw, cfg.nr
@@ -485,7 +469,7 @@ class _Gen:
         arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I1] + ([I64] if runtime_cols else [])
         suffix = ("p" if packed_a else "") + ("d" if b_direct else "") + \
             ("a" if self.accumulate else "")
-        fn = ir.Function(m, ir.FunctionType(VOID, arg_tys), _unique(
+        fn = ir.Function(m, ir.FunctionType(VOID, arg_tys), unique_name(
             m, f"slimc_ukr_{mr}x{'N' if runtime_cols else ncols}{suffix}"))
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
@@ -663,7 +647,7 @@ class _Gen:
         a run-time argument): each row's vectors loaded back from C (L1), finished, stored.
 
         It lives apart from the micro-kernels so that they depend on the tile shape alone and
-        one serves every kernel of a module (`_shared_ukrs`); in them, a GELU epilogue was 24
+        one serves every kernel of a module (`shared_functions`); in them, a GELU epilogue was 24
         erf polynomials per 6-row micro-kernel (5 MB of BERT's 15 MB of IR). The values the
         epilogue sees are the micro-kernel's, bit for bit."""
         key = ncols

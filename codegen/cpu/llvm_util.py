@@ -210,3 +210,21 @@ def float_bits_constant(x: float) -> str:
     """The exact hex spelling LLVM IR text needs for a float32 constant (a decimal that is
     not exactly representable fails to parse)."""
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(x))))[0]
+
+
+def shared_functions(module: ir.Module) -> dict:
+    """The module's functions by what decides their code (a GEMM micro-kernel's tile, a
+    Winograd transform's size): a kernel asks here before it generates one, so every kernel
+    of the module calls the same function, generated, printed and compiled once."""
+    if not hasattr(module, "_slimc_shared"):
+        module._slimc_shared = {}
+    return module._slimc_shared
+
+
+def unique_name(module: ir.Module, name: str) -> str:
+    """`name`, or `name.2`, `name.3`... if the module has it already."""
+    out, n = name, 1
+    while out in module.globals:
+        n += 1
+        out = f"{name}.{n}"
+    return out
