@@ -1,5 +1,6 @@
 """The compile cache: a hit is identical; any change to the key misses."""
 
+import time
 
 import numpy as np
 import pytest

@@ -40,7 +40,7 @@ from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
 from . import gemm as gemm_kernels
 from .common import cdiv, entry_alloca, smin
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I32, const, i64
+from .llvm_util import F32, I32, I64, const, i64, shared_functions, unique_name
 
 # At most this many work items (each has a scratch slot).
 MAX_ITEMS = 16
@@ -350,18 +350,15 @@ def _input_transform(kb: KernelBuilder, P: Plan, BT, X, strip, V, q0, q1) -> Non
                         with kb.loop(0, P.Wp, name="zr") as col:
                             _vstore(b, zero, srow, b.mul(col, i64(vw)))
         # every tile of the row, all channels: B^T d B into V (whole rows of V[xi])
+        tile_in = _input_tile_fn(kb.module, m, vw, BT)
         with kb.loop(0, P.ntx, name="tx") as tx:
             voff0 = b.mul(b.add(t_row, tx), i64(P.cin_pad), name="v.row")
             toff = b.mul(tx, i64(m * vw), name="s.col")
             with kb.loop(0, P.ncb, name="tcb") as cb:
                 sbase = b.add(b.mul(cb, i64(a * P.Wp * vw)), toff, name="s.off")
-                d = [[_vload(b, strip, b.add(sbase, i64((i * P.Wp + j) * vw)), vw, f"d{i}{j}")
-                      for j in range(a)] for i in range(a)]
-                v = transform_2d(b, BT, d, "bt")
                 voff = b.add(voff0, b.mul(cb, i64(vw)), name="v.off")
-                for r in range(a):
-                    for c in range(a):
-                        _vstore(b, v[r][c], V, b.add(voff, i64((r * a + c) * P.v_stride)))
+                b.call(tile_in, [b.gep(strip, [sbase], inbounds=True), i64(P.Wp * vw),
+                                 b.gep(V, [voff], inbounds=True), i64(P.v_stride)])
 
 
 def _chunk(kb: KernelBuilder, P: Plan, xrow, srow, x0, width: int, nchan: int) -> None:
@@ -384,106 +381,80 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
     """Y = A^T M A (+ bias) for tile rows [q0, q1) and channels [c0, c1), stored through the
     epilogue in rows of VW outputs.
 
-    Groups of VW/m tiles, the last one partial when VW does not divide the row: its code is
-    the others' (tiles past the row's end read the last tile again, and are not stored) but
-    for the stores, which go through a stack buffer and a loop over the channels. The partial
-    group's own copy of the transform, and its VW channels' stores in pieces, unrolled, were a
-    third of the kernel's code."""
+    Per group of VW/m tiles, `_output_group_fn` (one function for every kernel of the module)
+    leaves m rows of VW channel vectors on the stack; loops over the rows and the channels
+    store them through the epilogue: whole vectors, or at the row's end, where VW does not
+    divide it, the first `rem` lanes in pieces of 8, 4, 2 and 1. The epilogue's code is there
+    once or a few times, not m x VW times."""
     b = kb.b
-    vw, m, a = P.vw, P.m, P.a
+    vw, m = P.vw, P.m
     G = vw // m                       # tiles per group of vw output columns
     nfull = P.Wo // vw
     rem = P.Wo - nfull * vw
-    partial_rows = P.Ho % m           # valid rows of the last tile row (0: all)
-    partial_ch = P.Cout % vw != 0 or P.cw % vw != 0
-    spill = entry_alloca(kb, ir.ArrayType(_vt(vw), vw), "out.spill") if rem else None
+    group_fn = _output_group_fn(kb.module, m, vw, AT, Bias is not None)
+    rows = b.bitcast(entry_alloca(kb, ir.ArrayType(_vt(vw), m * vw), "y.rows"),
+                     ir.PointerType(_vt(vw)), name="y.rows.v")
+    bias_slot = entry_alloca(kb, _vt(vw), "bias.slot") if Bias is not None else None
     with kb.loop(q0, q1, name="oq") as q:
         n_i = b.udiv(q, i64(P.nty), name="on")
         ty = b.urem(q, i64(P.nty), name="oty")
         t_row = b.mul(b.sub(q, q0), i64(P.ntx), name="ot.row")
         with kb.loop(c0, c1, vw, name="co") as co:
             mcol = b.sub(co, c0, name="m.col")
-            bv = None
+            nch = smin(b, b.sub(c1, co), i64(vw), "nch")
+            extra = []
             if Bias is not None:
-                left = b.sub(c1, co)
-                full = b.icmp_signed(">=", left, i64(vw))
                 # bias lanes past c1 are never stored; read them only where they exist
                 if P.Cout % vw == 0:
                     bv = _vload(b, Bias, co, vw, "bias")
                 else:
-                    bv = _bias_load(kb, Bias, co, full, P)
-
-            def stores(chans, index, full_group):
-                """Row `index` of the group: VW channels of VW (or `rem`) outputs."""
-                def whole():
-                    for k in range(vw):
-                        ch = b.add(co, i64(k), name="ch")
-                        idx = [index[0], ch] + index[1:]
-                        if partial_ch:
-                            with b.if_then(b.icmp_signed("<", ch, c1)):
-                                kb.store_result(out, idx, chans[k])
-                        else:
-                            kb.store_result(out, idx, chans[k])
-
-                if spill is None:
-                    whole()
-                    return
-                if nfull == 0:  # rows narrower than a vector: every group is partial
-                    _store_partial(kb, P, spill, chans, out, co, c1, index, rem)
-                    return
-                with b.if_else(full_group) as (then, other):
-                    with then:
-                        whole()
-                    with other:
-                        _store_partial(kb, P, spill, chans, out, co, c1, index, rem)
-
+                    bv = _bias_load(kb, Bias, co, b.icmp_signed(">=", nch, i64(vw)), P)
+                b.store(bv, bias_slot)
+                extra = [b.bitcast(bias_slot, ir.PointerType(F32))]
             with kb.loop(0, nfull + (1 if rem else 0), name="grp") as gi:
                 g0 = b.mul(gi, i64(G), name="g0")
-                full_group = b.icmp_unsigned("<", gi, i64(nfull), name="full.grp") if rem \
-                    else None
-                ys = []
-                for k in range(G):
-                    tx = g0 if k == 0 else b.add(g0, i64(k))
-                    if rem:  # the partial group's tiles past the row: read the last one
-                        tx = smin(b, tx, i64(P.ntx - 1), "tx")
-                    t = b.add(t_row, tx, name="t")
-                    moff = b.add(b.mul(t, i64(P.cw_pad)), mcol, name="m.off")
-                    mt = [[_vload(b, M, b.add(moff, i64((r * a + c) * P.m_stride)), vw,
-                                  f"m{r}{c}") for c in range(a)] for r in range(a)]
-                    y = transform_2d(b, AT, mt, "at")
-                    if bv is not None:
-                        y = [[b.fadd(v, bv, name="y.bias") for v in row] for row in y]
-                    ys.append(y)
+                valid = smin(b, b.sub(i64(P.ntx), g0), i64(G), "tiles")
+                m0 = b.add(b.mul(b.add(t_row, g0), i64(P.cw_pad)), mcol, name="m.off")
+                b.call(group_fn, [b.gep(M, [m0], inbounds=True), i64(P.cw_pad), i64(P.m_stride),
+                                  valid] + extra + [b.bitcast(rows, ir.PointerType(F32))])
                 ox0 = b.mul(g0, i64(m), name="ox0")
-                for i in range(m):
-                    cols = [ys[k][i][j] for k in range(G) for j in range(m)]
-                    chans = transpose(b, cols, "otr")
-                    oy = b.add(b.mul(ty, i64(m)), i64(i), name="oy")
-                    if partial_rows and i >= partial_rows:
-                        with b.if_then(b.icmp_signed("<", oy, i64(P.Ho))):
-                            stores(chans, [n_i, oy, ox0], full_group)
-                    else:
-                        stores(chans, [n_i, oy, ox0], full_group)
+                with kb.loop(0, m, name="orow") as i:
+                    oy = b.add(b.mul(ty, i64(m)), i, name="oy")
+                    inside = b.icmp_signed("<", oy, i64(P.Ho), name="oy.in")
+
+                    def row_stores(width):
+                        with kb.loop(0, nch, name="och") as k:
+                            ch = b.add(co, k, name="ch")
+                            y = b.load(b.gep(rows, [b.add(b.mul(i, i64(vw)), k)], inbounds=True),
+                                       name="y")
+                            _store_lanes(kb, out, [n_i, ch, oy, ox0], y, width)
+
+                    with b.if_then(inside):
+                        if not rem:
+                            row_stores(vw)
+                        elif not nfull:
+                            row_stores(rem)
+                        else:
+                            whole = b.icmp_unsigned("<", gi, i64(nfull), name="whole.grp")
+                            with b.if_else(whole) as (then, other):
+                                with then:
+                                    row_stores(vw)
+                                with other:
+                                    row_stores(rem)
 
 
-def _store_partial(kb: KernelBuilder, P: Plan, spill, chans, out, co, c1, index, width: int):
-    """The first `width` outputs of each of VW channel rows: the row's end, where VW does not
-    divide it. The vectors go to the stack, and a loop over the channels stores each one's
-    `width` lanes in pieces of 8, 4, 2 and 1 (`width` is known: at most four pieces)."""
-    b = kb.b
-    vw = P.vw
-    for k in range(vw):
-        b.store(chans[k], b.gep(spill, [i64(0), I32(k)], inbounds=True))
-    nch = smin(b, b.sub(c1, co), i64(vw), "spill.ch")
-    with kb.loop(0, nch, name="pk") as k:
-        ch = b.add(co, k, name="ch")
-        row = b.load(b.gep(spill, [i64(0), k], inbounds=True), name="spilled")
-        start = 0
-        while start < width:
-            n = 1 << ((width - start).bit_length() - 1)
-            piece = _lanes(b, row, start, n, "piece")
-            kb.store_result(out, [index[0], ch, index[1], b.add(index[2], i64(start))], piece)
-            start += n
+def _store_lanes(kb: KernelBuilder, out, index, y, width: int) -> None:
+    """The first `width` lanes of y through the epilogue at index (its last entry: lane 0's
+    column): the vector, or pieces of 8, 4, 2 and 1 lanes."""
+    if width == y.type.count:
+        kb.store_result(out, index, y)
+        return
+    start = 0
+    while start < width:
+        n = 1 << ((width - start).bit_length() - 1)
+        piece = _lanes(kb.b, y, start, n, "piece")
+        kb.store_result(out, index[:-1] + [kb.b.add(index[-1], i64(start))], piece)
+        start += n
 
 
 def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
@@ -492,6 +463,83 @@ def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
         return b.extract_element(v, I32(start), name=name)
     return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(start, start + n))),
                             name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# The transforms: functions of the tile size and vector width only, one per module
+# ----------------------------------------------------------------------------------------------
+
+
+def _transform_fn(module: ir.Module, key: tuple, name: str, arg_names: list):
+    """(the shared function for `key`, None) when the module has it, else (a new internal
+    function of float* / i64 arguments named `arg_names`, its entry builder)."""
+    shared = shared_functions(module)
+    if key in shared:
+        return shared[key], None
+    F32P = ir.PointerType(F32)
+    types = [I64 if n.startswith(("n", "stride", "valid")) else F32P for n in arg_names]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), unique_name(module, name))
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    for arg, n in zip(fn.args, arg_names):
+        arg.name = n
+        if isinstance(arg.type, ir.PointerType):
+            arg.add_attribute("noalias")
+    shared[key] = fn
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _input_tile_fn(module: ir.Module, m: int, vw: int, BT) -> ir.Function:
+    """void (float* src, i64 stride_src, float* dst, i64 stride_dst): one tile's B^T d B for
+    VW channels -- d[i][j] the vector at src[(i * stride_src + j * VW)], result (r, c) to
+    dst[(r * alpha + c) * stride_dst]."""
+    fn, b = _transform_fn(module, ("winograd.in", m, vw), f"slimc_winograd_in_{m}x{vw}",
+                          ["src", "stride_src", "dst", "stride_dst"])
+    if b is None:
+        return fn
+    src, row, dst, stride = fn.args
+    a = alpha_of(m)
+    d = [[_vload(b, src, b.add(b.mul(row, i64(i)), i64(j * vw)), vw, f"d{i}{j}")
+          for j in range(a)] for i in range(a)]
+    v = transform_2d(b, BT, d, "bt")
+    for r in range(a):
+        for c in range(a):
+            _vstore(b, v[r][c], dst, b.mul(stride, i64(r * a + c)))
+    b.ret_void()
+    return fn
+
+
+def _output_group_fn(module: ir.Module, m: int, vw: int, AT, bias: bool) -> ir.Function:
+    """void (float* M, i64 stride_tile, i64 stride_xi, i64 valid[, float* bias], float* rows):
+    A^T M A (+ the bias vector) for the VW/m tiles of a group (tile k's M[xi] vector at
+    M[k * stride_tile + xi * stride_xi]; tiles past `valid` read the last valid one), each
+    of its m rows transposed into VW channel vectors of VW columns: rows[(i * VW + ch) * VW]."""
+    names = ["M", "stride_tile", "stride_xi", "valid"] + (["bias"] if bias else []) + ["rows"]
+    fn, b = _transform_fn(module, ("winograd.out", m, vw, bias),
+                          f"slimc_winograd_out_{m}x{vw}{'_bias' if bias else ''}", names)
+    if b is None:
+        return fn
+    M, stride_tile, stride_xi, valid = fn.args[:4]
+    rows = fn.args[-1]
+    a, G = alpha_of(m), vw // m
+    bv = _vload(b, fn.args[4], i64(0), vw, "bias") if bias else None
+    ys = []
+    for k in range(G):
+        kk = smin(b, i64(k), b.sub(valid, i64(1)), f"tile{k}") if k else i64(0)
+        base = b.mul(kk, stride_tile, name=f"t{k}.off")
+        mt = [[_vload(b, M, b.add(base, b.mul(stride_xi, i64(r * a + c))), vw, f"m{r}{c}")
+               for c in range(a)] for r in range(a)]
+        y = transform_2d(b, AT, mt, "at")
+        if bv is not None:
+            y = [[b.fadd(v, bv, name="y.bias") for v in row] for row in y]
+        ys.append(y)
+    for i in range(m):
+        chans = transpose(b, [ys[k][i][j] for k in range(G) for j in range(m)], "otr")
+        for ch in range(vw):
+            _vstore(b, chans[ch], rows, i64((i * vw + ch) * vw))
+    b.ret_void()
+    return fn
 
 
 def _bias_load(kb: KernelBuilder, Bias, co, full, P: Plan):
