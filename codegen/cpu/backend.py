@@ -23,9 +23,10 @@ from slimc.ir.errors import SlimcError, TargetError
 from ..backend import Backend, CompileOptions, Executable, Lowered
 from .entry import RUNTIME_THREADS, build_entry
 from .kernel import GENERATORS, INDEX_MAPS
+from .llvm_util import shared_pipelines
 from .lower import lower_graph
-from .scalar_ops import LOWERINGS
 from .parts import cut
+from .scalar_ops import LOWERINGS
 from .target import CpuTarget, JitModule, compile_parts, emit_assembly
 
 
@@ -40,6 +41,8 @@ class CpuExecutable(Executable):
         # SLIMC_PIPELINE=O3 gives every kernel the full pipeline (to compare run times)
         every = os.environ.get("SLIMC_PIPELINE")
         pipelines = {k.name: every or k.pipeline for k in kernels}
+        pipelines.update({name: every or pipeline
+                          for name, pipeline in shared_pipelines(llvm_module).items()})
         t0 = time.perf_counter()
         parts, self.duplicates = cut(llvm_module, pipelines.get, jobs)
         t1 = time.perf_counter()

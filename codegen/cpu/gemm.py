@@ -66,7 +66,7 @@ from slimc.ir.buffers import aligned_zeros
 
 from .common import smin
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
-from .llvm_util import shared_functions, unique_name
+from .llvm_util import new_shared_function, shared_functions, unique_name
 from .target import CpuTarget, JitModule, jit_compile
 
 __all__ = [
@@ -469,12 +469,13 @@ class _Gen:
         arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I1] + ([I64] if runtime_cols else [])
         suffix = ("p" if packed_a else "") + ("d" if b_direct else "") + \
             ("a" if self.accumulate else "")
-        fn = ir.Function(m, ir.FunctionType(VOID, arg_tys), unique_name(
-            m, f"slimc_ukr_{mr}x{'N' if runtime_cols else ncols}{suffix}"))
-        fn.linkage = "internal"
-        fn.attributes.add("nounwind")
-        if not cfg.inline_ukr:
-            fn.attributes.add("noinline")
+        name = f"slimc_ukr_{mr}x{'N' if runtime_cols else ncols}{suffix}"
+        if cfg.inline_ukr:  # internal: in every part that calls it, for LLVM to inline
+            fn = ir.Function(m, ir.FunctionType(VOID, arg_tys), unique_name(m, name))
+            fn.linkage = "internal"
+            fn.attributes.add("nounwind")
+        else:
+            fn = new_shared_function(m, key, name, ir.FunctionType(VOID, arg_tys))
         names = ["A", "lda", "B", "ldb", "C", "ldc", "kc", "first"] + \
                 (["ncols"] if runtime_cols else [])
         for a, n in zip(fn.args, names):

@@ -40,7 +40,7 @@ from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
 from . import gemm as gemm_kernels
 from .common import cdiv, entry_alloca, smin
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I32, I64, const, i64, shared_functions, unique_name
+from .llvm_util import F32, I32, I64, const, i64, new_shared_function, shared_functions
 
 # At most this many work items (each has a scratch slot).
 MAX_ITEMS = 16
@@ -471,22 +471,18 @@ def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
 
 
 def _transform_fn(module: ir.Module, key: tuple, name: str, arg_names: list):
-    """(the shared function for `key`, None) when the module has it, else (a new internal
+    """(the shared function for `key`, None) when the module has it, else (a new shared
     function of float* / i64 arguments named `arg_names`, its entry builder)."""
     shared = shared_functions(module)
     if key in shared:
         return shared[key], None
     F32P = ir.PointerType(F32)
     types = [I64 if n.startswith(("n", "stride", "valid")) else F32P for n in arg_names]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), unique_name(module, name))
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
+    fn = new_shared_function(module, key, name, ir.FunctionType(ir.VoidType(), types))
     for arg, n in zip(fn.args, arg_names):
         arg.name = n
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
-    shared[key] = fn
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
 

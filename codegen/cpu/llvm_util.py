@@ -221,6 +221,28 @@ def shared_functions(module: ir.Module) -> dict:
     return module._slimc_shared
 
 
+def new_shared_function(module: ir.Module, key: tuple, name: str, fnty: ir.FunctionType,
+                        vector_code: bool = True) -> ir.Function:
+    """A function for `shared_functions(module)[key]`: noinline, and not internal, so that
+    parts.cut places it in one part, which compiles it once (an internal one is copied into
+    every part that calls it), with the vector pipeline when it is explicit vector code (see
+    `shared_pipelines`)."""
+    fn = ir.Function(module, fnty, unique_name(module, name))
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    if vector_code:
+        shared_pipelines(module)[fn.name] = "vector"
+    shared_functions(module)[key] = fn
+    return fn
+
+
+def shared_pipelines(module: ir.Module) -> dict:
+    """{shared function name: its pipeline} (parts.py), beside the kernels' own."""
+    if not hasattr(module, "_slimc_pipelines"):
+        module._slimc_pipelines = {}
+    return module._slimc_pipelines
+
+
 def unique_name(module: ir.Module, name: str) -> str:
     """`name`, or `name.2`, `name.3`... if the module has it already."""
     out, n = name, 1
