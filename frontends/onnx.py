@@ -39,6 +39,29 @@ _OUT_OF_SCOPE = {
 MIN_OPSET = 6  # opset 6 models are common (older PyTorch exports); see the legacy converters
 
 
+def model_files(path: str) -> list[str]:
+    """The model file and every external data file its tensors (subgraphs' included) name:
+    what a compile of `path` read, for the compile cache to notice a change to any of them."""
+    import onnx
+
+    proto, base = read_model(path)
+    found = set()
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for a in node.attribute:
+                yield from ([a.t] if a.HasField("t") else []) + list(a.tensors)
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from tensors(g)
+
+    for t in tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in t.external_data}.get("location", "")
+            found.add(os.path.join(base, location))
+    return [path] + sorted(found)
+
+
 def read_model(model):
     """Returns (ModelProto, folder for external data or None)."""
     import onnx

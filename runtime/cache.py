@@ -22,8 +22,9 @@ the folder's entries and `--clear` empties it.
 from __future__ import annotations
 
 import hashlib
-from collections import namedtuple
+import json
 import os
+from collections import namedtuple
 import shutil
 import tempfile
 import threading
@@ -84,6 +85,63 @@ def cache_key(graph, target_identity: str, options: dict) -> str:
     h.update(llvmlite.__version__.encode())
     h.update(source_hash().encode())
     return h.hexdigest()[:32]
+
+
+FILE_PREFIX = "file-"
+
+
+def file_key(path: str, target_identity: str, options: dict) -> str:
+    """The key of a model *file* compiled with `options` (see `lookup_by_file`)."""
+    import llvmlite
+
+    h = hashlib.sha256(os.path.realpath(path).encode())
+    for item in (target_identity, repr(sorted(options.items())), llvmlite.__version__,
+                 source_hash()):
+        h.update(b"\0" + item.encode())
+    return FILE_PREFIX + h.hexdigest()[:32]
+
+
+def file_stamps(paths) -> dict:
+    """{real path: [bytes, mtime_ns, ctime_ns, inode, device]}: any write to a file changes
+    its ctime, which no one can set back."""
+    out = {}
+    for p in paths:
+        st = os.stat(p)
+        out[os.path.realpath(p)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                    st.st_dev]
+    return out
+
+
+def lookup_by_file(key: str) -> Optional[CachedModule]:
+    """The compiled model a file index entry (`store_by_file`) points to, if every file it
+    was compiled from (the .onnx and its external data) is as it was then: a hit reads no
+    model, hashes no weights (BERT's 45 MB: 0.12 s, against 0.07 s for onnxruntime to open
+    a session)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    try:
+        with open(os.path.join(folder, key, "manifest.json")) as f:
+            entry = json.load(f)
+        if file_stamps(entry["files"]) != entry["files"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return lookup(entry["model"])
+
+
+def store_by_file(key: str, model_key: str, paths) -> None:
+    """Point `key` (a model file and compile options) at the compiled model `model_key`."""
+    entry = {"kind": "model file", "model": model_key, "files": file_stamps(paths)}
+
+    def write(folder: str) -> None:
+        with open(os.path.join(folder, "manifest.json"), "w") as f:
+            json.dump(entry, f)
+
+    try:
+        _store_entry(key, write)
+    except OSError:
+        pass
 
 
 KernelInfo = namedtuple("KernelInfo", "name ops")
@@ -223,8 +281,12 @@ def summary() -> dict:
     out = {"folder": folder, "models": 0, "parts": 0, "bytes": 0, "limit": _max_bytes()}
     if folder is None or not os.path.isdir(folder):
         return out
+    out["files"] = 0
     for _, size, path in _entries(folder):
-        out["parts" if os.path.basename(path).startswith(PART_PREFIX) else "models"] += 1
+        name = os.path.basename(path)
+        kind = "parts" if name.startswith(PART_PREFIX) else \
+            "files" if name.startswith(FILE_PREFIX) else "models"
+        out[kind] += 1
         out["bytes"] += size
     return out
 

@@ -7,6 +7,7 @@ and caches another specialization, as torch.compile's guards do.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Mapping, Optional, Sequence
@@ -101,7 +102,10 @@ class Module:
                  disable_passes, dump_dir: Optional[str], threads: Optional[int],
                  denormals: str = "flush", import_seconds: float = 0.0,
                  buckets: Optional[Mapping[str, Sequence[int]]] = None):
-        self.source_graph = graph
+        self._source_graph = graph
+        self._load_source = None
+        self.input_names = [v.name for v in graph.inputs]
+        self._cache_keys: dict = {}  # shapes -> the compile cache's key for them
         self.buckets = Buckets(graph, buckets) if buckets else None
         self._import_seconds = import_seconds  # reported with the first specialization
         self.target = Target.of(target)
@@ -117,6 +121,33 @@ class Module:
         self._runnable = False  # set by the first call that finds the target is this host
         if all(v.type.is_static for v in graph.inputs):
             self._last = self._specialize(tuple(v.type.shape for v in graph.inputs))
+
+    @classmethod
+    def _from_cache(cls, compiled, load_source, target, opt_level, disable_passes, threads,
+                    denormals) -> "Module":
+        """A Module whose one specialization came from the cache by file (`compile`): the
+        source graph is imported only if something asks for it (`load_source()`)."""
+        self = cls.__new__(cls)
+        self._source_graph, self._load_source = None, load_source
+        self.input_names = list(compiled.input_names)
+        self._cache_keys, self.buckets, self._import_seconds = {}, None, 0.0
+        self.target = Target.of(target)
+        self.opt_level, self.user_passes = opt_level, []
+        self.disable_passes, self.dump_dir = list(disable_passes), None
+        self.threads, self.denormals = threads, denormals
+        shapes = tuple(tuple(spec[2]) for spec in compiled._inputs)
+        self._specializations = {shapes: compiled}
+        self._lock = threading.Lock()
+        self._last = compiled
+        self._runnable = False
+        return self
+
+    @property
+    def source_graph(self) -> Graph:
+        """The model as imported, before any pass."""
+        if self._source_graph is None:
+            self._source_graph = self._load_source()
+        return self._source_graph
 
     def _specialize(self, shapes: tuple):
         with small_pages():  # see there: faster to compile and load, faster to run
@@ -146,6 +177,7 @@ class Module:
                                   {"opt_level": self.opt_level,
                                    "disable": sorted(self.disable_passes),
                                    "threads": self.threads, "denormals": self.denormals})
+            self._cache_keys[shapes] = key
             compiled = cache.lookup(key)
             if compiled is not None:
                 times["cache_load"] = time.perf_counter() - start
@@ -170,7 +202,7 @@ class Module:
     def specialization(self, *arrays, **named):
         """(the compiled specialization for these inputs, the arrays to give it: padded to
         their buckets when the module has `buckets`)."""
-        names = [v.name for v in self.source_graph.inputs]
+        names = self.input_names
         arrays = order_inputs(names, arrays, named)
         if len(arrays) != len(names):
             raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}), "
@@ -193,7 +225,7 @@ class Module:
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
         self._check_runnable()
         if self.buckets is not None:
-            arrays = order_inputs([v.name for v in self.source_graph.inputs], arrays, named)
+            arrays = order_inputs(self.input_names, arrays, named)
             compiled, padded = self.specialization(*arrays)
             return self.buckets.trim(compiled(*padded), arrays)
         compiled, arrays = self.specialization(*arrays, **named)
@@ -359,8 +391,63 @@ def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: 
     with `buckets={dim: sizes}`, once per bucket (see `Buckets`: for models that mask what
     lies past the real length)."""
     start = time.perf_counter()
+    by_file = None
+    if (isinstance(model, (str, os.PathLike)) and not passes and dump_dir is None
+            and buckets is None):
+        by_file = _FileCache(os.fspath(model), target, opt_level, disable_passes, threads,
+                             denormals, input_shapes)
+        hit = by_file.lookup(start)
+        if hit is not None:
+            return hit
     graph = import_model(model, input_shapes=input_shapes, example_inputs=example_inputs,
                          dynamic_shapes=dynamic_shapes)
     import_seconds = 0.0 if isinstance(model, Graph) else time.perf_counter() - start
-    return Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads, denormals,
-                  import_seconds=import_seconds, buckets=buckets)
+    module = Module(graph, target, opt_level, passes, disable_passes, dump_dir, threads,
+                    denormals, import_seconds=import_seconds, buckets=buckets)
+    if by_file is not None:
+        by_file.store(module)
+    return module
+
+
+class _FileCache:
+    """`compile` of an ONNX file that the compile cache has seen: the file's path, size and
+    stamps (and its external data's) lead to the compiled model without importing the file
+    or hashing its weights (runtime/cache.py: `lookup_by_file`)."""
+
+    def __init__(self, path, target, opt_level, disable_passes, threads, denormals,
+                 input_shapes):
+        from slimc.runtime import cache
+
+        self.path, self.target = path, target
+        self.args = (opt_level, disable_passes, threads, denormals)
+        self.input_shapes = input_shapes
+        identity = Target.of(target).backend.cache_identity
+        self.key = None
+        if identity is not None and cache.cache_dir() is not None and os.path.isfile(path):
+            options = {"opt_level": opt_level, "disable": sorted(disable_passes),
+                       "threads": threads, "denormals": denormals,
+                       "input_shapes": sorted((input_shapes or {}).items())}
+            self.key = cache.file_key(path, identity, options)
+
+    def lookup(self, start: float) -> Optional[Module]:
+        from slimc.runtime import cache
+
+        compiled = cache.lookup_by_file(self.key) if self.key else None
+        if compiled is None:
+            return None
+        compiled.compile_times = _report_times({"cache_load": time.perf_counter() - start},
+                                               os.path.basename(self.path))
+        return Module._from_cache(
+            compiled, lambda: import_model(self.path, input_shapes=self.input_shapes),
+            self.target, *self.args)
+
+    def store(self, module: Module) -> None:
+        """Remember the file's specialization (a model of static shapes has one, made by
+        `Module`; it has a cache key when the cache took it)."""
+        from slimc.frontends.onnx import model_files
+        from slimc.runtime import cache
+
+        if self.key is None or len(module._cache_keys) != 1:
+            return
+        (model_key,) = module._cache_keys.values()
+        cache.store_by_file(self.key, model_key, model_files(self.path))

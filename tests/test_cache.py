@@ -147,3 +147,64 @@ def test_cache_is_bounded_least_recently_used_first(fresh_cache, monkeypatch):
     monkeypatch.setenv("SLIMC_CACHE_MAX", "lots")
     with pytest.raises(slimc.SlimcError, match="SLIMC_CACHE_MAX='lots': expected bytes"):
         slimc.compile(graph(4))
+
+
+def _mul_model(w):
+    """y = x * w, w an initializer: an ONNX file whose weights the tests change."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "mul",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 256])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 256])],
+                          [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_model_file_seen_before_is_not_read_again(fresh_cache, tmp_path, monkeypatch):
+    import onnx
+
+    from slimc import compiler
+
+    rng = np.random.default_rng(3)
+    w, x = rng.standard_normal(256).astype(np.float32), rng.standard_normal((4, 256)).astype(
+        np.float32)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(_mul_model(w), path)
+    slimc.compile(path)
+
+    def no_import(*a, **k):
+        raise AssertionError("the file was imported again")
+
+    with monkeypatch.context() as m:
+        m.setattr(compiler, "import_model", no_import)
+        mod = slimc.compile(path)
+        np.testing.assert_array_equal(mod(x)[0], x * w)
+    assert isinstance(mod._current(), cache.CachedModule)
+    assert [v.name for v in mod.source_graph.inputs] == ["x"]  # imported when asked for
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_a_changed_model_file_misses(fresh_cache, tmp_path, external):
+    """New weights of the same size, in the .onnx or, with the .onnx untouched, in its
+    external data file: the stamps differ (ctime changes on every write), the file is
+    compiled again."""
+    import onnx
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    path, data = str(tmp_path / "m.onnx"), tmp_path / "m.data"
+    w = rng.standard_normal(256).astype(np.float32)
+    if external:
+        onnx.save(_mul_model(w), path, save_as_external_data=True, location="m.data",
+                  size_threshold=0)
+    else:
+        onnx.save(_mul_model(w), path)
+    np.testing.assert_array_equal(slimc.compile(path)(x)[0], x * w)
+    w = rng.standard_normal(256).astype(np.float32)
+    if external:
+        assert data.stat().st_size == w.nbytes
+        with open(data, "r+b") as f:  # in place: same file, same size
+            f.write(w.tobytes())
+    else:
+        onnx.save(_mul_model(w), path)
+    np.testing.assert_array_equal(slimc.compile(path)(x)[0], x * w)
