@@ -9,9 +9,10 @@ llvmlite), both allocate through here.
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import numpy as np
+
+from .process_settings import HeldSetting
 
 ALIGN = 64
 
@@ -24,12 +25,15 @@ def aligned_zeros(n: int, dtype=np.uint8, align: int = ALIGN) -> np.ndarray:
     return raw[off:off + n * itemsize].view(dtype)
 
 
-_small_pages_lock = threading.Lock()
-_small_pages_depth = 0
-_small_pages_saved = None
+def _numpy_huge_pages():
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
+    return getattr(multiarray, "_set_madvise_hugepage", None)  # None: another numpy
 
 
-@contextlib.contextmanager
+_huge_pages = _numpy_huge_pages()
+_small_pages = HeldSetting(lambda: _huge_pages(False), lambda saved: _huge_pages(saved))
+
+
 def small_pages():
     """numpy asks the kernel for transparent huge pages for every large array; inside this
     block it does not (`NUMPY_MADVISE_HUGEPAGE=0` for the block only).
@@ -37,23 +41,5 @@ def small_pages():
     Compiling and loading a model allocate and first-touch hundreds of MB (Winograd-expanded
     weights, packing, the weights blob): on the 2-core Zen 4 VMs here a huge-page first touch
     cost 1.2 s per 160 MB against 0.09 s for 4 KB pages, and ResNet-18 ran 14 ms instead of
-    21 ms with its weights and arena on 4 KB pages (`python -m bench.compile_time`, README).
-    Nests, and is safe from several threads: the first to enter saves numpy's setting and the
-    last to leave restores it."""
-    global _small_pages_depth, _small_pages_saved
-    setter = getattr(getattr(np, "_core", None), "multiarray", None)
-    setter = getattr(setter, "_set_madvise_hugepage", None)
-    if setter is None:  # another numpy: nothing to change
-        yield
-        return
-    with _small_pages_lock:
-        if _small_pages_depth == 0:
-            _small_pages_saved = setter(False)
-        _small_pages_depth += 1
-    try:
-        yield
-    finally:
-        with _small_pages_lock:
-            _small_pages_depth -= 1
-            if _small_pages_depth == 0:
-                setter(_small_pages_saved)
+    21 ms with its weights and arena on 4 KB pages (`python -m bench.compile_time`, README)."""
+    return _small_pages.held() if _huge_pages is not None else contextlib.nullcontext()

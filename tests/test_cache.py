@@ -114,6 +114,39 @@ def test_compile_leaves_numpy_huge_pages_as_they_were(fresh_cache):
     assert multiarray._get_madvise_hugepage() == before
 
 
+def test_a_held_setting_is_restored_by_the_last_holder():
+    """Nested and concurrent holders share one change; the last to leave restores."""
+    import threading
+
+    from slimc.ir.process_settings import HeldSetting
+
+    state = {"value": "user's"}
+    changes = []
+
+    def change():
+        changes.append(1)
+        saved, state["value"] = state["value"], "slimc's"
+        return saved
+
+    setting = HeldSetting(change, lambda saved: state.update(value=saved))
+    inside = threading.Barrier(3)
+
+    def holder():
+        with setting.held():
+            inside.wait()  # all three hold it at once
+            assert state["value"] == "slimc's"
+
+    threads = [threading.Thread(target=holder) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["value"] == "user's" and len(changes) == 1
+    with setting.held(), setting.held():
+        assert state["value"] == "slimc's"
+    assert state["value"] == "user's"
+
+
 def test_cache_can_be_turned_off(fresh_cache, monkeypatch):
     monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
     slimc.compile(graph())
