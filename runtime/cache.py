@@ -28,6 +28,7 @@ from collections import namedtuple
 import shutil
 import tempfile
 import threading
+import time
 import warnings
 from functools import lru_cache
 from typing import Optional
@@ -329,10 +330,11 @@ def _entries(folder: str) -> list[tuple[float, int, str]]:
 
 def evict(folder: str, keep: str, max_bytes: int) -> list[str]:
     """Remove the least recently used entries until they take at most `max_bytes` together,
-    never the entry `keep`; returns the paths removed."""
+    never the entry `keep`; returns the paths removed. Temporary folders older than
+    STALE_SECONDS (a store that a killed process left half-written) go too."""
+    removed = _remove_stale_temporaries(folder)
     entries = sorted(_entries(folder))
     total = sum(size for _, size, _ in entries)
-    removed = []
     for _, size, path in entries:
         if total <= max_bytes:
             break
@@ -341,6 +343,24 @@ def evict(folder: str, keep: str, max_bytes: int) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         total -= size
         removed.append(path)
+    return removed
+
+
+STALE_SECONDS = 3600
+
+
+def _remove_stale_temporaries(folder: str) -> list[str]:
+    removed = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        try:
+            stale = name.startswith(".") and os.path.isdir(path) and \
+                time.time() - os.path.getmtime(path) > STALE_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 

@@ -147,6 +147,21 @@ def test_a_held_setting_is_restored_by_the_last_holder():
     assert state["value"] == "user's"
 
 
+def test_a_store_left_half_written_is_removed_later(fresh_cache):
+    """A killed process leaves its temporary folder; the next store removes it once stale."""
+    import os
+
+    old, young = fresh_cache / ".deadbeef.old", fresh_cache / ".cafe.young"
+    for d in (old, young):
+        d.mkdir()
+        (d / "weights.bin").write_bytes(b"x" * 100)
+    hours_ago = time.time() - 2 * cache.STALE_SECONDS
+    os.utime(old, (hours_ago, hours_ago))
+    slimc.compile(graph())
+    cache.wait()
+    assert not old.exists() and young.exists()  # a store under way elsewhere is left alone
+
+
 def test_cache_can_be_turned_off(fresh_cache, monkeypatch):
     monkeypatch.setenv("SLIMC_CACHE_DIR", "off")
     slimc.compile(graph())
