@@ -359,6 +359,23 @@ def test_compiled_matches_interpreter(tile, n, cin, cout, h, w, kw):
 
 
 @pytest.mark.parametrize("tile", TILES)
+def test_compiled_with_avx2_vectors_matches_interpreter(tile):
+    """The shared transforms at 8 lanes (groups of 8/m tiles), whatever the host's width."""
+    from slimc.codegen.cpu.target import CpuTarget
+
+    if not CpuTarget.from_name("x86-64-v3").is_host:
+        pytest.skip("this host cannot run x86-64-v3 code")
+    g = conv_graph(1, 9, 20, 10, 21, relu=True, residual=True)
+    feeds = [relu_activations((1, 9, 10, 21))] + \
+        [RNG.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs[1:]]
+    mod = compile_forced(g, tile, target="x86-64-v3")
+    assert "winograd_conv2d" in kernel_ops(mod)
+    got = mod(*feeds)[0]
+    ref = interpret(g, *feeds)[0]
+    assert rel_err(got, ref.astype(np.float64)) <= ERROR_BOUND[tile]
+
+
+@pytest.mark.parametrize("tile", TILES)
 def test_compiled_error_bound_on_realistic_layer(tile):
     """The kernel's float32 error on a He-initialized layer fed ReLU activations."""
     rng = np.random.default_rng(7)
