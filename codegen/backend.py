@@ -50,6 +50,7 @@ class Kernel:
     outputs: list  # Values written to buffers
     parallel_extent: int = 1  # work items the entry may split over threads
     scratch: list = field(default_factory=list)  # u8 Values: arena space for this call only
+    codegen_seconds: float = 0.0  # generating its code (`slimc compile --time` lists them)
 
     @property
     def buffers(self) -> list:

@@ -107,9 +107,32 @@ def cmd_compile(args) -> int:
         for stage, s in times.items():
             print(f"{stage:<14} {s:>8.3f} {100 * s / total:>5.1f}%")
         print(f"{'total':<14} {total:>8.3f}")
+        _print_compile_details(mod._current())
     print(f"slimc: compiled {args.model} for {args.target}; wrote {args.output}/: "
           f"{', '.join(sorted(os.listdir(args.output)))}")
     return 0
+
+
+def _print_compile_details(compiled, top: int = 8) -> None:
+    """`--time`, per kernel and per LLVM part: the kernels that took longest to generate, and
+    each part's size and seconds (the parts compile in parallel, so their seconds add up to
+    more than the stages' wall time)."""
+    executable = getattr(compiled, "executable", None)
+    if executable is None:
+        print("(loaded from the compile cache: SLIMC_CACHE_DIR=off for a cold compile)")
+        return
+    kernels = sorted(compiled.kernels, key=lambda k: -k.codegen_seconds)
+    print(f"\nslowest kernels to generate (of {len(kernels)}):")
+    for k in kernels[:top]:
+        print(f"  {k.codegen_seconds:7.3f} s  {k.name}  ({' '.join(k.ops)})")
+    report = getattr(executable, "part_report", [])
+    if report:
+        print("LLVM parts:")
+    for i, (pipeline, functions, size, seconds) in enumerate(report):
+        how = (f"optimize {seconds[0]:.3f} s, machine code {seconds[1]:.3f} s" if seconds
+               else "from the part cache")
+        print(f"  part {i + 1}: {pipeline:<6} {functions:4d} functions {size / 1e3:7.0f} KB "
+              f"of IR, {how}")
 
 
 def _calibration_samples(graph, path: str) -> list:

@@ -217,3 +217,7 @@ def test_compile_times_account_for_the_compile(tmp_path, monkeypatch, capsys):
     assert main(["compile", str(path), "-o", str(tmp_path / "out"), "--time"]) == 0
     out = capsys.readouterr().out
     assert "llvm_opt" in out and "machine_code" in out and "total" in out
+    # per kernel (the model's two: relu+matmul fused or not) and per LLVM part
+    kernel_lines = [line for line in out.splitlines() if " s  k" in line]
+    assert kernel_lines and all("matmul" in line or "relu" in line for line in kernel_lines)
+    assert "part 1:" in out and "KB of IR" in out

@@ -57,6 +57,8 @@ class CpuExecutable(Executable):
                                                          dict(compiled.times))
             self.cached_parts = 0
         self.times = {"ir_text": t1 - t0, **self.times}
+        # (pipeline, functions, IR bytes, (optimize, machine code) seconds or () if cached)
+        self.part_report = [(p.pipeline, len(p.functions), p.size, p.seconds) for p in parts]
         self._optimized_ir = "\n".join(self._ir_texts)
         self._jit = None
         if target.is_host:

@@ -20,6 +20,7 @@ reductions) have *generators* that emit their own loops and hand each computed r
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -522,6 +523,7 @@ class KernelBuilder:
 def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
                  outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)) -> Kernel:
     """Lower a group of nodes to one kernel function in `module` for `target` (a CpuTarget)."""
+    start = time.perf_counter()
     kb = KernelBuilder(module, name, nodes, inputs, outputs, target, fast_math)
     anchors = [n for n in nodes if n.op in GENERATORS]
     if len(anchors) > 1:
@@ -543,4 +545,5 @@ def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Se
             kb.elementwise_loops()
     cost = kb.cost or sum(v.type.numel for v in outputs)
     return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent,
-                  kb.scratch_values, function=kb.fn, cost=cost, pipeline=kb.pipeline)
+                  kb.scratch_values, codegen_seconds=time.perf_counter() - start,
+                  function=kb.fn, cost=cost, pipeline=kb.pipeline)

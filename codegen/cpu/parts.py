@@ -50,6 +50,7 @@ class Part:
     refs: list[str] = field(default_factory=list)  # the same, as IR refers to them
     size: int = 0
     text: str = ""
+    seconds: tuple = ()  # (parse and optimize, machine code) once compiled; () from the cache
 
     def header(self, index: int, count: int) -> str:
         names = ", ".join(self.functions[:6]) + (" ..." if len(self.functions) > 6 else "")

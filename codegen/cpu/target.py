@@ -436,6 +436,8 @@ def compile_parts(parts, target: CpuTarget, *, opt_level: int = 3, jobs: int = 1
         return CompiledParts(objects, [r[1] for r in results],
                              {"llvm_opt": t1 - start, "machine_code": time.perf_counter() - t1})
     wall = time.perf_counter() - start
+    for part, r in zip(parts, results):
+        part.seconds = (r[2], r[3])
     opt, mc = sum(r[2] for r in results), sum(r[3] for r in results)
     share = opt / (opt + mc) if opt + mc > 0 else 0.0
     return CompiledParts(objects, [r[1] for r in results],
