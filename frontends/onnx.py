@@ -14,8 +14,8 @@ built and says everything that is wrong at once:
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
-from typing import Mapping, Optional, Sequence, Union
+from collections import defaultdict
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -159,8 +159,6 @@ def from_onnx(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
     constants: the way to give integer inputs that decide shapes (a Reshape's target, the K of
     TopK, reduction axes), which makes the graph specialized to those values.
     """
-    import onnx
-
     input_shapes = dict(input_shapes or {})
     input_values = {k: np.asarray(v) for k, v in (input_values or {}).items()}
     proto, base_dir = read_model(model)

@@ -218,7 +218,8 @@ def cmd_cache(args) -> int:
         print(f"cleared {info['folder']}: {cache.clear() / 1e6:.1f} MB freed")
         return 0
     print(f"{info['folder']}: {info['models']} compiled model(s), {info['parts']} compiled "
-          f"part(s), {info['files']} model file(s), {info['bytes'] / 1e6:.1f} MB of {info['limit'] / 1e6:.0f} MB "
+          f"part(s), {info['files']} model file(s), {info['bytes'] / 1e6:.1f} MB of "
+          f"{info['limit'] / 1e6:.0f} MB "
           f"(SLIMC_CACHE_MAX; least recently used entries go first)")
     return 0
 

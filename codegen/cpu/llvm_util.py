@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 from llvmlite import ir
 
-from slimc.ir import DType, dtypes
+from slimc.ir import DType
 from slimc.ir.errors import UnsupportedError
 
 I1 = ir.IntType(1)
