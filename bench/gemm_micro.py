@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402  (after the thread limits)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slimc.codegen.cpu.gemm import compile_gemm  # noqa: E402
+from slimc.codegen.cpu.gemm_jit import compile_gemm  # noqa: E402
 from slimc.ir.buffers import aligned_zeros  # noqa: E402
 from slimc.codegen.cpu.target import CpuTarget  # noqa: E402
 

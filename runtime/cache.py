@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import namedtuple
 import shutil
 import tempfile
 import threading
 import time
 import warnings
+from collections import namedtuple
 from functools import lru_cache
 from typing import Optional
 
@@ -279,10 +279,10 @@ def summary() -> dict:
     """What `slimc cache` shows: the folder, its entries by kind, their bytes, the limit."""
     wait()
     folder = cache_dir()
-    out = {"folder": folder, "models": 0, "parts": 0, "bytes": 0, "limit": _max_bytes()}
+    out = {"folder": folder, "models": 0, "parts": 0, "files": 0, "bytes": 0,
+           "limit": _max_bytes()}
     if folder is None or not os.path.isdir(folder):
         return out
-    out["files"] = 0
     for _, size, path in _entries(folder):
         name = os.path.basename(path)
         kind = "parts" if name.startswith(PART_PREFIX) else \

@@ -125,13 +125,13 @@ def _print_compile_details(compiled, top: int = 8) -> None:
     print(f"\nslowest kernels to generate (of {len(kernels)}):")
     for k in kernels[:top]:
         print(f"  {k.codegen_seconds:7.3f} s  {k.name}  ({' '.join(k.ops)})")
-    report = getattr(executable, "part_report", [])
-    if report:
+    parts = getattr(executable, "parts", [])
+    if parts:
         print("LLVM parts:")
-    for i, (pipeline, functions, size, seconds) in enumerate(report):
+    for i, (pipeline, functions, size, seconds) in enumerate(parts):
         how = (f"optimize {seconds[0]:.3f} s, machine code {seconds[1]:.3f} s" if seconds
                else "from the part cache")
-        print(f"  part {i + 1}: {pipeline:<6} {functions:4d} functions {size / 1e3:7.0f} KB "
+        print(f"  part {i + 1}: {pipeline:<6} {len(functions):4d} functions {size / 1e3:7.0f} KB "
               f"of IR, {how}")
 
 

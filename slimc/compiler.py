@@ -98,13 +98,16 @@ def pipeline(target: "str | Target", opt_level: int = 2, user_passes: Sequence =
 class Module:
     """What `slimc.compile` returns: call it with numpy arrays (positionally or by name)."""
 
-    def __init__(self, graph: Graph, target: "str | Target", opt_level: int, passes,
+    def __init__(self, graph: Optional[Graph], target: "str | Target", opt_level: int, passes,
                  disable_passes, dump_dir: Optional[str], threads: Optional[int],
                  denormals: str = "flush", import_seconds: float = 0.0,
-                 buckets: Optional[Mapping[str, Sequence[int]]] = None):
-        self._source_graph = graph
-        self._load_source = None
-        self.input_names = [v.name for v in graph.inputs]
+                 buckets: Optional[Mapping[str, Sequence[int]]] = None, *, cached=None,
+                 load_source=None):
+        """`cached` (graph None): the one specialization, which `compile` found in the cache
+        by file; the source graph is imported by `load_source()` only if asked for."""
+        self._source_graph, self._load_source = graph, load_source
+        self.input_names = list(cached.input_names) if cached is not None else \
+            [v.name for v in graph.inputs]
         self._cache_keys: dict = {}  # shapes -> the compile cache's key for them
         self.buckets = Buckets(graph, buckets) if buckets else None
         self._import_seconds = import_seconds  # reported with the first specialization
@@ -119,28 +122,11 @@ class Module:
         self._lock = threading.Lock()
         self._last = None
         self._runnable = False  # set by the first call that finds the target is this host
-        if all(v.type.is_static for v in graph.inputs):
+        if cached is not None:
+            self._last = cached
+            self._specializations[tuple(tuple(spec[2]) for spec in cached._inputs)] = cached
+        elif all(v.type.is_static for v in graph.inputs):
             self._last = self._specialize(tuple(v.type.shape for v in graph.inputs))
-
-    @classmethod
-    def _from_cache(cls, compiled, load_source, target, opt_level, disable_passes, threads,
-                    denormals) -> "Module":
-        """A Module whose one specialization came from the cache by file (`compile`): the
-        source graph is imported only if something asks for it (`load_source()`)."""
-        self = cls.__new__(cls)
-        self._source_graph, self._load_source = None, load_source
-        self.input_names = list(compiled.input_names)
-        self._cache_keys, self.buckets, self._import_seconds = {}, None, 0.0
-        self.target = Target.of(target)
-        self.opt_level, self.user_passes = opt_level, []
-        self.disable_passes, self.dump_dir = list(disable_passes), None
-        self.threads, self.denormals = threads, denormals
-        shapes = tuple(tuple(spec[2]) for spec in compiled._inputs)
-        self._specializations = {shapes: compiled}
-        self._lock = threading.Lock()
-        self._last = compiled
-        self._runnable = False
-        return self
 
     @property
     def source_graph(self) -> Graph:
@@ -437,9 +423,11 @@ class _FileCache:
             return None
         compiled.compile_times = _report_times({"cache_load": time.perf_counter() - start},
                                                os.path.basename(self.path))
-        return Module._from_cache(
-            compiled, lambda: import_model(self.path, input_shapes=self.input_shapes),
-            self.target, *self.args)
+        opt_level, disable_passes, threads, denormals = self.args
+        return Module(None, self.target, opt_level, (), disable_passes, None, threads,
+                      denormals, cached=compiled,
+                      load_source=lambda: import_model(self.path,
+                                                       input_shapes=self.input_shapes))
 
     def store(self, module: Module) -> None:
         """Remember the file's specialization (a model of static shapes has one, made by

@@ -46,7 +46,6 @@ class CpuExecutable(Executable):
         t0 = time.perf_counter()
         parts, self.duplicates = cut(llvm_module, pipelines.get, jobs)
         t1 = time.perf_counter()
-        self.parts = [(p.pipeline, p.functions) for p in parts]
         if target.is_host:
             self._objects, self._ir_texts, self.times, self.cached_parts = _compile_host(
                 parts, target, llvm_opt_level, jobs, part_cache)
@@ -57,8 +56,8 @@ class CpuExecutable(Executable):
                                                          dict(compiled.times))
             self.cached_parts = 0
         self.times = {"ir_text": t1 - t0, **self.times}
-        # (pipeline, functions, IR bytes, (optimize, machine code) seconds or () if cached)
-        self.part_report = [(p.pipeline, len(p.functions), p.size, p.seconds) for p in parts]
+        # (pipeline, function names, IR bytes, (optimize, machine code) seconds, () if cached)
+        self.parts = [(p.pipeline, p.functions, p.size, p.seconds) for p in parts]
         self._optimized_ir = "\n".join(self._ir_texts)
         self._jit = None
         if target.is_host:

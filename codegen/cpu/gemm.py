@@ -30,9 +30,10 @@ Design (tile and block sizes measured with llvmlite 0.50 / LLVM 22 on Zen 3 and 
   arguments, over the same micro-kernels with the columns of the last panel a run-time
   argument (masked C), so there is one GEMM generator to extend (int8 adds dtypes here).
 * Epilogue hook: a Python callback gets an `EpilogueContext` (builder, absolute row and column
-  of the vector, lane mask, extra kernel arguments) and the accumulator vector (already
-  including C when accumulating) and returns the vector to store. It runs only on the last
-  K block, fused into the store.
+  of the vector, lane mask, extra kernel arguments) and the finished vector (already
+  including C when accumulating) and returns the vector to store. It runs in a function of
+  the GEMM's own, on each tile after its last K block (the tile read back from L1), so that
+  the micro-kernels depend on the tile shape alone and every GEMM of a module shares them.
 
 Generated functions (all C ABI, `float*` = `ptr`, `i64` = int64_t; A, B and C must not
 overlap; any alignment; the stack needs MC*KC*4 bytes (~150-200 KB) for the A blocks):
@@ -48,39 +49,34 @@ overlap; any alignment; the stack needs MC*KC*4 bytes (~150-200 KB) for the A bl
         trans_b) multiplies from B in place. To split rows over threads, pack once with
         pack_b_<name> and call gemm_<name> from each thread instead.
 
-Internal functions are named <name>.ukr_<rows>x<cols>[p][d] (p: packed A, d: unpacked B).
+The micro-kernels are slimc_ukr_<rows>x<cols>[p][d][a] (p: packed A, d: unpacked B, a:
+accumulate), one per module; a GEMM's epilogue is <name>.epilogue_<cols>. The configuration
+and the packing of weights in numpy are in gemm_pack.py, a JIT harness for tests and
+benchmarks in gemm_jit.py.
 LLVM's pass pipeline is optional for these modules: the IR already holds explicit vectors, and
 opt level 0 (codegen only) compiles ~2-3x faster with the same speed.
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 from llvmlite import ir
 
-from slimc.ir.buffers import aligned_zeros
-
 from .common import smin
+from .gemm_pack import GemmConfig, gemm_config, pack_b, packed_b_size
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
 from .llvm_util import new_shared_function, shared_functions, unique_name
-from .target import CpuTarget, JitModule, jit_compile
+from .target import CpuTarget
 
 __all__ = [
-    "GemmConfig",
     "EpilogueContext",
     "GemmKernel",
-    "gemm_config",
-    "packed_b_size",
-    "pack_b",
     "emit_gemm",
     "bias_epilogue",
     "relu",
-    "CompiledGemm",
-    "compile_gemm",
     "emit_runtime_gemm",
 ]
 
@@ -93,88 +89,6 @@ VOID = ir.VoidType()
 
 def _i64(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """Tile and block sizes. nr = nv * vw columns per register tile / B panel."""
-
-    vw: int        # floats per vector register
-    mr: int        # rows of the register tile
-    nv: int        # vectors per tile row
-    kc: int        # K block (B micro-panel KC x NR in L1)
-    mc: int        # M block (A block MC x KC in L2); multiple of mr
-    nc: int        # N block (B block KC x NC in L2/L3); multiple of nr
-    chains: int = 8    # accumulator chains to keep in flight in the small-row kernels
-    k_unroll: int = 4  # k steps per iteration of the full-tile micro-kernel loop
-    max_split: int = 4  # most accumulator chains per C vector in the small-row kernels
-    prefetch_c: bool = True  # prefetch the C tile before the k loop
-    inline_ukr: bool = False  # let LLVM inline micro-kernels (compile time ~2x, no speed gain)
-    pack_a: bool = True  # copy MR-row tiles of A into a k-major stack buffer per block
-    nregs: int = 16
-
-    @property
-    def nr(self) -> int:
-        return self.nv * self.vw
-
-
-def gemm_config(target: CpuTarget | None = None) -> GemmConfig:
-    """Tile/block sizes for a target (measured: see the module docstring)."""
-    t = target or CpuTarget.host()
-    if t.vector_width == 16:  # AVX-512: 6x64 with 24 zmm accumulators
-        return GemmConfig(vw=16, mr=6, nv=4, kc=256, mc=192, nc=2048, nregs=32)
-    if t.vector_width == 8:   # AVX2: 6x16 with 12 ymm accumulators
-        return GemmConfig(vw=8, mr=6, nv=2, kc=256, mc=144, nc=2048, nregs=16)
-    if t.num_vector_regs >= 32:  # NEON: 6x16 with 24 q accumulators
-        return GemmConfig(vw=4, mr=6, nv=4, kc=256, mc=144, nc=2048, nregs=32)
-    return GemmConfig(vw=4, mr=6, nv=2, kc=256, mc=144, nc=2048, nregs=16)  # SSE: 6x8
-
-
-def _resolve_cfg(cfg_or_target) -> GemmConfig:
-    if isinstance(cfg_or_target, GemmConfig):
-        return cfg_or_target
-    if cfg_or_target is None or isinstance(cfg_or_target, CpuTarget):
-        return gemm_config(cfg_or_target)
-    return gemm_config(CpuTarget.from_name(cfg_or_target))
-
-
-# --------------------------------------------------------------------------------------------
-# Packing in Python (weights, at compile time)
-# --------------------------------------------------------------------------------------------
-
-
-def packed_b_size(K: int, N: int, cfg_or_target=None) -> int:
-    """Floats in the packed form of a K x N matrix B."""
-    cfg = _resolve_cfg(cfg_or_target)
-    return -(-N // cfg.nr) * K * cfg.nr
-
-
-def pack_b(B: np.ndarray, cfg_or_target=None, *, trans_b: bool = False) -> np.ndarray:
-    """Pack B[K, N] (or, with trans_b, B given as its transpose [N, K]) into NR-column panels:
-    out[p, k, j] = B[k, p*NR + j] (zero past N). Returns a flat, 64-byte-aligned float32 array
-    of packed_b_size(K, N) floats."""
-    cfg = _resolve_cfg(cfg_or_target)
-    B = np.asarray(B, dtype=np.float32)
-    if trans_b:
-        B = B.T
-    K, N = B.shape
-    nr = cfg.nr
-    npan = -(-N // nr)
-    out = aligned_zeros(npan * K * nr, np.float32)
-    v = out.reshape(npan, K, nr)
-    full = N // nr
-    if full:
-        v[:full] = B[:, :full * nr].reshape(K, full, nr).transpose(1, 0, 2)
-    if full < npan:
-        rem = N - full * nr
-        v[full, :, :rem] = B[:, full * nr:]
-        v[full, :, rem:] = 0.0
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -671,7 +585,7 @@ class _Gen:
             a.name = n
         C, ldc, nrows, row, col = fn.args[:5]
         C.add_attribute("noalias")
-        extra = {n: a for (n, _), a in zip(self.extra, fn.args[len(fn.args) - len(self.extra):])}
+        extra = {n: a for (n, _), a in zip(self.extra, fn.args[6 if runtime_cols else 5:])}
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         if runtime_cols:
             masks = [_lane_mask(b, vw, v * vw, fn.args[5], f"mask.v{v}") for v in range(nvec)]
@@ -1123,81 +1037,3 @@ def _emit_runtime_pack(m: ir.Module, cfg: GemmConfig) -> ir.Function:
                             b.store(x, b.gep(dst, [_i64(v * vw)], source_etype=F32), align=4)
     b.ret_void()
     return fn
-
-
-# --------------------------------------------------------------------------------------------
-# Convenience: JIT one GEMM and call it with numpy arrays (tests, benchmarks)
-# --------------------------------------------------------------------------------------------
-
-
-def _ptr(a: np.ndarray) -> int:
-    return a.ctypes.data
-
-
-class CompiledGemm:
-    """A JIT-compiled GEMM callable on numpy arrays (for tests and benchmarks)."""
-
-    def __init__(self, kernel: GemmKernel, jit: JitModule):
-        self.kernel, self.jit = kernel, jit
-        ex = [ctypes.c_void_p if isinstance(t, ir.PointerType) else
-              ctypes.c_float if isinstance(t, ir.FloatType) else ctypes.c_int64
-              for _, t in kernel.extra_args]
-        P, L = ctypes.c_void_p, ctypes.c_int64
-        self._gemm = jit.cfunc(kernel.gemm_fn, None, P, L, P, P, L, L, L, *ex)
-        self._pack = jit.cfunc(kernel.pack_fn, None, P, L, P) if kernel.pack_fn else None
-        self._rt = (jit.cfunc(kernel.rt_fn, None, P, L, P, L, P, L, L, L, P, *ex)
-                    if kernel.rt_fn else None)
-        self.gemm_addr = jit.address(kernel.gemm_fn)
-
-    def _check(self, A, C, M):
-        k = self.kernel
-        assert A.dtype == np.float32 and C.dtype == np.float32
-        assert A.shape[1] == k.K and A.strides[1] == 4 and C.strides[1] == 4
-        assert C.shape == (M, k.N)
-
-    def __call__(self, A: np.ndarray, Bp: np.ndarray, C: np.ndarray | None = None, *extra,
-                 m0: int = 0, m1: int | None = None) -> np.ndarray:
-        """C[m0:m1] (+)= A[m0:m1] @ B with Bp = kernel.pack(B)."""
-        M = A.shape[0]
-        if C is None:
-            C = np.empty((M, self.kernel.N), np.float32)
-        self._check(A, C, M)
-        assert Bp.size >= self.kernel.packed_size
-        m1 = M if m1 is None else m1
-        self._gemm(_ptr(A), A.strides[0] // 4, _ptr(Bp), _ptr(C), C.strides[0] // 4, m0, m1,
-                   *[_ptr(e) if isinstance(e, np.ndarray) else e for e in extra])
-        return C
-
-    def pack_runtime(self, B: np.ndarray, Bp: np.ndarray | None = None) -> np.ndarray:
-        k = self.kernel
-        if Bp is None:
-            Bp = aligned_zeros(k.packed_size, np.float32)
-        assert B.dtype == np.float32 and B.strides[1] == 4
-        assert B.shape == ((k.N, k.K) if k.trans_b else (k.K, k.N))
-        self._pack(_ptr(B), B.strides[0] // 4, _ptr(Bp))
-        return Bp
-
-    def run_rt(self, A, B, C=None, *extra, ws=None, m0=0, m1=None):
-        k = self.kernel
-        M = A.shape[0]
-        if C is None:
-            C = np.empty((M, k.N), np.float32)
-        self._check(A, C, M)
-        assert B.dtype == np.float32 and B.strides[1] == 4
-        assert B.shape == ((k.N, k.K) if k.trans_b else (k.K, k.N))
-        if ws is None:
-            ws = aligned_zeros(k.packed_size, np.float32)
-        m1 = M if m1 is None else m1
-        self._rt(_ptr(A), A.strides[0] // 4, _ptr(B), B.strides[0] // 4, _ptr(C),
-                 C.strides[0] // 4, m0, m1, _ptr(ws),
-                 *[_ptr(e) if isinstance(e, np.ndarray) else e for e in extra])
-        return C
-
-
-def compile_gemm(N: int, K: int, target: CpuTarget | None = None, *, name: str = "k",
-                 opt_level: int = 3, **kw) -> CompiledGemm:
-    """Emit one GEMM into a fresh module, JIT it, and wrap it for numpy."""
-    target = target or CpuTarget.host()
-    mod = target.new_ir_module(f"gemm_{name}")
-    kern = emit_gemm(mod, name, N, K, target, **kw)
-    return CompiledGemm(kern, jit_compile(mod, target, opt_level=opt_level))

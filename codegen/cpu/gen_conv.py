@@ -20,6 +20,7 @@ from slimc.ir import dtypes
 from slimc.ir.ops.window import _window_params
 
 from . import gemm as gemm_kernels
+from . import gemm_pack
 from .common import acc_dtype, cdiv, convert, emitter, numel, smax, smin, stack_row, vec_loop, vload
 from .gen_nn import Geom, accumulate_row, outer_taps
 from .kernel import KernelBuilder, generator, llvm_name
@@ -305,7 +306,7 @@ def _shared_gemm(kb: KernelBuilder):
     arguments, so one copy in the module serves every convolution, which adds no GEMM compile
     each) and the im2col that feeds it."""
     m = kb.module
-    cfg = gemm_kernels.gemm_config(kb.target)
+    cfg = gemm_pack.gemm_config(kb.target)
     gemm, pack = gemm_kernels.emit_runtime_gemm(m, kb.target, cfg)
     if m.globals.get("slimc_nn_im2col") is None:
         _emit_im2col(m)

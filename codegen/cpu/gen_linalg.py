@@ -25,6 +25,7 @@ from slimc.ir import dtypes
 from slimc.ir.ops.linalg import parse_equation
 
 from . import gemm as gemm_kernels
+from . import gemm_pack
 from .common import acc_dtype, load_uncached, numel, ordered_fast_math, unflatten, work_items
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, PTR, const, elem_bytes, i64, llvm_type, typed_ptr
@@ -130,7 +131,7 @@ def matmul(kb: KernelBuilder, node) -> None:
     kb.cost = 2 * n_batch * M * N * K
     a_flat_ok = not batch_a or list(batch_a) == out_batch
     prepacked = bv.is_constant and bv.data is not None and not batch_b and a_flat_ok and not trans_a
-    nr = gemm_kernels.gemm_config(kb.target).nr
+    nr = gemm_pack.gemm_config(kb.target).nr
     rows = n_batch * M
     # Too few rows to split over threads (batch-1 layers: GEMV and skinny GEMMs): split the
     # columns instead, in blocks of whole panels (each one a run of the packed weights).
@@ -242,7 +243,7 @@ def _by_column_blocks(kb, bv, b_shape, trans_b, A, C, K, N, rows, col_block, epi
     GEMM emitted for cb columns (and one for the narrower last block), its B and C pointers
     moved to the block, `col0` telling the epilogue where its columns are."""
     b_ = kb.b
-    packed = gemm_kernels.pack_b(bv.data.reshape(b_shape if len(b_shape) == 2 else (K, 1)),
+    packed = gemm_pack.pack_b(bv.data.reshape(b_shape if len(b_shape) == 2 else (K, 1)),
                                  kb.target, trans_b=trans_b)
     Bp = b_.bitcast(kb.substitute_constant(bv, packed, name + ".packed"), ir.PointerType(F32))
     blocks = -(-N // col_block)

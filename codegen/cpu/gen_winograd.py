@@ -38,6 +38,7 @@ from slimc.ir.errors import UnsupportedError
 from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
 
 from . import gemm as gemm_kernels
+from . import gemm_pack
 from .common import cdiv, entry_alloca, smin
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I32, I64, const, i64, new_shared_function, shared_functions
@@ -219,7 +220,7 @@ def winograd_conv2d(kb: KernelBuilder, node) -> None:
         raise UnsupportedError("the CPU backend runs winograd_conv2d in float32 only",
                                node=node.label, op=node.op)
     attrs = kb.attrs(node)
-    cfg = gemm_kernels.gemm_config(kb.target)
+    cfg = gemm_pack.gemm_config(kb.target)
     vw = kb.vector_width
     P = Plan(kb.shape(x), kb.shape(u)[2], attrs["tile"], attrs["pads"], vw, cfg.nr)
     m, a = P.m, P.a
@@ -229,11 +230,11 @@ def winograd_conv2d(kb: KernelBuilder, node) -> None:
     F32P = ir.PointerType(F32)
 
     # ---- U: packed panels, one [Cin, Cout] matrix per xi ----
-    psize = gemm_kernels.packed_b_size(P.Cin, P.Cout, cfg)
+    psize = gemm_pack.packed_b_size(P.Cin, P.Cout, cfg)
     runtime_u = not (u.is_constant and u.data is not None)
     u_floats = a * a * psize if runtime_u else 0
     if not runtime_u:
-        packed = np.concatenate([gemm_kernels.pack_b(u.data[xi], cfg) for xi in range(a * a)])
+        packed = np.concatenate([gemm_pack.pack_b(u.data[xi], cfg) for xi in range(a * a)])
         Up = kb.substitute_constant(u, packed, name + ".upacked")
     slot = cdiv(P.strip + P.v_floats + P.m_floats + u_floats, 16) * 16
     ws = b.bitcast(kb.scratch(4 * slot * P.items, name + ".ws"), F32P, name=name + ".wsf")
@@ -470,16 +471,18 @@ def _lanes(b: ir.IRBuilder, v, start: int, n: int, name: str):
 # ----------------------------------------------------------------------------------------------
 
 
-def _transform_fn(module: ir.Module, key: tuple, name: str, arg_names: list):
+_FP = ir.PointerType(F32)
+
+
+def _transform_fn(module: ir.Module, key: tuple, name: str, args: list):
     """(the shared function for `key`, None) when the module has it, else (a new shared
-    function of float* / i64 arguments named `arg_names`, its entry builder)."""
+    function of `args`, (name, type) pairs, and its entry builder)."""
     shared = shared_functions(module)
     if key in shared:
         return shared[key], None
-    F32P = ir.PointerType(F32)
-    types = [I64 if n.startswith(("n", "stride", "valid")) else F32P for n in arg_names]
-    fn = new_shared_function(module, key, name, ir.FunctionType(ir.VoidType(), types))
-    for arg, n in zip(fn.args, arg_names):
+    fnty = ir.FunctionType(ir.VoidType(), [t for _, t in args])
+    fn = new_shared_function(module, key, name, fnty)
+    for arg, (n, _) in zip(fn.args, args):
         arg.name = n
         if isinstance(arg.type, ir.PointerType):
             arg.add_attribute("noalias")
@@ -491,7 +494,8 @@ def _input_tile_fn(module: ir.Module, m: int, vw: int, BT) -> ir.Function:
     VW channels -- d[i][j] the vector at src[(i * stride_src + j * VW)], result (r, c) to
     dst[(r * alpha + c) * stride_dst]."""
     fn, b = _transform_fn(module, ("winograd.in", m, vw), f"slimc_winograd_in_{m}x{vw}",
-                          ["src", "stride_src", "dst", "stride_dst"])
+                          [("src", _FP), ("stride_src", I64), ("dst", _FP),
+                           ("stride_dst", I64)])
     if b is None:
         return fn
     src, row, dst, stride = fn.args
@@ -511,9 +515,10 @@ def _output_group_fn(module: ir.Module, m: int, vw: int, AT, bias: bool) -> ir.F
     A^T M A (+ the bias vector) for the VW/m tiles of a group (tile k's M[xi] vector at
     M[k * stride_tile + xi * stride_xi]; tiles past `valid` read the last valid one), each
     of its m rows transposed into VW channel vectors of VW columns: rows[(i * VW + ch) * VW]."""
-    names = ["M", "stride_tile", "stride_xi", "valid"] + (["bias"] if bias else []) + ["rows"]
+    args = [("M", _FP), ("stride_tile", I64), ("stride_xi", I64), ("valid", I64)] + \
+        ([("bias", _FP)] if bias else []) + [("rows", _FP)]
     fn, b = _transform_fn(module, ("winograd.out", m, vw, bias),
-                          f"slimc_winograd_out_{m}x{vw}{'_bias' if bias else ''}", names)
+                          f"slimc_winograd_out_{m}x{vw}{'_bias' if bias else ''}", args)
     if b is None:
         return fn
     M, stride_tile, stride_xi, valid = fn.args[:4]

@@ -221,17 +221,16 @@ def shared_functions(module: ir.Module) -> dict:
     return module._slimc_shared
 
 
-def new_shared_function(module: ir.Module, key: tuple, name: str, fnty: ir.FunctionType,
-                        vector_code: bool = True) -> ir.Function:
+def new_shared_function(module: ir.Module, key: tuple, name: str,
+                        fnty: ir.FunctionType) -> ir.Function:
     """A function for `shared_functions(module)[key]`: noinline, and not internal, so that
     parts.cut places it in one part, which compiles it once (an internal one is copied into
-    every part that calls it), with the vector pipeline when it is explicit vector code (see
-    `shared_pipelines`)."""
+    every part that calls it), with the vector pipeline (`shared_pipelines`): the shared
+    functions are explicit vector code."""
     fn = ir.Function(module, fnty, unique_name(module, name))
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
-    if vector_code:
-        shared_pipelines(module)[fn.name] = "vector"
+    shared_pipelines(module)[fn.name] = "vector"
     shared_functions(module)[key] = fn
     return fn
 

@@ -123,9 +123,10 @@ def _explain(parts: list, rename: dict, aliases: dict, total: int) -> None:
 
 
 def _pipeline(g: "_Global", pipeline_of: Callable) -> str:
-    """A kernel's own pipeline; O3 for every other function (the entry, and helpers such as
-    the blocked GEMM a Winograd kernel calls: with the vector pipeline ResNet-18 ran 2%
-    slower, 22.4 vs 22.0 ms, for 0.3 s less compile)."""
+    """A kernel's or shared function's own pipeline (`llvm_util.shared_pipelines`); O3 for
+    every other function (the entry, and helpers such as the blocked GEMM driver a Winograd
+    kernel calls: with the vector pipeline ResNet-18 ran 2% slower, 22.4 vs 22.0 ms, for
+    0.3 s less compile)."""
     name = _name(g.ref)
     pipeline = pipeline_of(name) or "O3"
     if pipeline not in PIPELINES:

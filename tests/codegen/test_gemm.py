@@ -17,10 +17,9 @@ import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 from llvmlite import ir
 
-from slimc.codegen.cpu.gemm import (
-    CompiledGemm, GemmConfig, bias_epilogue, compile_gemm, emit_gemm,
-    gemm_config, pack_b, packed_b_size, relu,
-)
+from slimc.codegen.cpu.gemm import bias_epilogue, emit_gemm, relu
+from slimc.codegen.cpu.gemm_jit import CompiledGemm, compile_gemm
+from slimc.codegen.cpu.gemm_pack import GemmConfig, gemm_config, pack_b, packed_b_size
 from slimc.ir.buffers import aligned_zeros
 from slimc.codegen.cpu.target import CpuTarget, emit_assembly, emit_object, jit_compile
 
