@@ -105,6 +105,10 @@ class NativeModule:
         finally:
             with self._lock:
                 self._arenas.append(arena)
+        return self._other_outputs(arrays, outs)
+
+    def _other_outputs(self, arrays, outs) -> list:
+        """`outs` with the outputs no kernel writes filled in (copies, inputs, constants)."""
         for j, source in enumerate(self._sources):
             kind = source[0]
             if kind == COPY_OUTPUT:

@@ -257,6 +257,24 @@ class Module:
         compiled, arrays = self.specialization(*arrays, **named)
         return compiled.profile(*arrays, repeat=repeat)
 
+    def emulate(self, *arrays, seed: int = 0, **named) -> list[np.ndarray]:
+        """A GPU module's kernels run on the CPU with CUDA's semantics (target="cuda"; slow:
+        for debugging a GPU kernel without a GPU): blocks and threads in an order drawn from
+        `seed`, barriers honoured, shared memory and intermediates NaN until written."""
+        compiled, arrays = self.specialization(*arrays, **named)
+        if not hasattr(compiled, "emulate"):
+            raise SlimcError(f"emulate() runs GPU modules; this one is for {self.target}: "
+                             f"call it")
+        return compiled.emulate(*arrays, seed=seed)
+
+    @property
+    def ptx(self) -> str:
+        """The PTX of every kernel (a module compiled for target="cuda")."""
+        compiled = self._current()
+        if not hasattr(compiled, "ptx"):
+            raise SlimcError(f"a module for {self.target} has no PTX (compile for 'cuda')")
+        return compiled.ptx
+
     def export(self, path: str) -> None:
         """Write the current specialization as an artifact directory (see `slimc.load`)."""
         self._current().export(path)

@@ -77,7 +77,10 @@ def build(graph: Graph, backend: Backend, options: CompileOptions,
     times["link"] = max(0.0, times["link"] - inside)
     times.update(executable.times)
     report = MemoryReport(memory, int(weights.nbytes), executable.code_bytes, buffers)
-    module = CompiledModule(graph, getattr(backend, "target", None), lowered.kernels, executable,
+    module_class = CompiledModule
+    if getattr(executable, "runtime", None) == "cuda":
+        from slimc.runtime.cuda_module import CudaModule as module_class
+    module = module_class(graph, getattr(backend, "target", None), lowered.kernels, executable,
                             placement, report, weights, time.perf_counter() - start, threads)
     module.compile_times = times
     return module

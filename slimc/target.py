@@ -3,7 +3,8 @@
     Target("x86")          this host's x86-64 CPU (its own CPU name and features)
     Target("x86-64-v3")    portable AVX2 + FMA x86-64;  "x86-64-v4": portable AVX-512
     Target("aarch64")      64-bit Arm Linux with NEON, cross-compiled ahead of time
-    Target("cuda:sm_90")   an NVIDIA GPU (the CUDA backend; not built yet: a clear error)
+    Target("cuda")         the NVIDIA GPU this process sees (else code for sm_80)
+    Target("cuda:sm_90")   an NVIDIA GPU of that architecture (Hopper; "cuda:sm_80": Ampere)
 
 A target string names a *kind* (cpu, cuda, or one a user registers with
 `register_target_kind`) and, inside it, a machine. The kind's backend (codegen/backend.py)
@@ -15,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from slimc.ir.errors import UnsupportedError
 
 # (kind, does this string name a target of the kind?, make its backend from the string);
 # tried newest first, so a kind a user registers can claim strings a built-in kind refuses
@@ -43,8 +43,12 @@ def _cpu_backend(name: str):
 
 
 def _cuda_backend(name: str):
-    raise UnsupportedError(f"target {name!r}: the CUDA backend is not built yet; compile for "
-                           f"'x86', 'x86-64-v3', 'x86-64-v4' or 'aarch64'")
+    from slimc.codegen.cuda.backend import CudaBackend
+    from slimc.codegen.cuda.target import CudaTarget
+    from slimc.runtime.cuda_driver import device_sm, no_gpu_reason
+
+    visible = device_sm() if name == "cuda" else None
+    return CudaBackend(CudaTarget.from_name(name, visible_sm=visible), gpu_missing=no_gpu_reason)
 
 
 register_target_kind("cpu", _is_cpu, _cpu_backend)

@@ -44,7 +44,7 @@ INDEX_MAPS: dict[str, Callable] = {}
 
 
 def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
-              epilogue_any_dtype: bool = False, vector_code: bool = False):
+              epilogue_any_dtype: bool = False, vector_code: bool = False, table=None):
     """Register a generator for `ops`. Two promises the fusion planner relies on:
 
     inline_inputs -- it reads its operands only through `kb.value_at`, so elementwise and
@@ -57,6 +57,8 @@ def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
     vector_code   -- it writes explicit vector code: its kernels get the light "vector"
                      pipeline instead of O3 (parts.py); a generator may still set
                      `kb.pipeline = "O3"` for a kernel of scalar loops.
+    table         -- the registry it goes into (another backend's own generators); default
+                     GENERATORS.
     """
 
     def wrap(fn):
@@ -65,7 +67,7 @@ def generator(*ops: str, inline_inputs: bool = False, epilogue=False,
         fn.epilogue_any_dtype = epilogue_any_dtype
         fn.vector_code = vector_code
         for op in ops:
-            GENERATORS[op] = fn
+            (GENERATORS if table is None else table)[op] = fn
         return fn
 
     return wrap
@@ -117,21 +119,11 @@ class KernelBuilder:
         self.vector_width = vector_width
         self.fast_math = tuple(fast_math)
         self.produced = {id(v): n for n in self.nodes for v in n.outputs}
-        fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
-        self.fn = ir.Function(module, fnty, name=name)
-        self.fn.args[0].name, self.fn.args[1].name, self.fn.args[2].name = "args", "begin", "end"
-        for a in self.fn.args[:1]:
-            a.add_attribute("noalias")
-        self.fn.attributes.add("nounwind")
-        # a kernel stays a function of its own: inlined into the entry (slimc_run, and through
-        # it slimc_main) it was compiled two more times, 25% of BERT's machine code, for a
-        # call saved per kernel
-        self.fn.attributes.add("noinline")
-        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
-        self.begin, self.end = self.fn.args[1], self.fn.args[2]
+        self.fn, self.args, self.begin, self.end = self.begin_function(module, name)
+        self.b = ir.IRBuilder(self.fn.blocks[-1])
         self.ptrs: dict[int, ir.Value] = {}
         for i, v in enumerate(list(self.inputs) + list(self.outputs)):
-            slot = self.b.gep(self.fn.args[0], [i64(i)], inbounds=True, name=llvm_name(v.name) + ".slot")
+            slot = self.b.gep(self.args, [i64(i)], inbounds=True, name=llvm_name(v.name) + ".slot")
             raw = self.b.load(slot, name=llvm_name(v.name) + ".raw")
             self.ptrs[id(v)] = typed_ptr(self.b, raw, llvm_type(v.type.dtype), name=llvm_name(v.name))
         self.cache: dict = {}
@@ -141,6 +133,22 @@ class KernelBuilder:
         self.parallel_extent = 1
         self.cost = 0  # generators with heavy inner loops set this (e.g. 2*M*N*K for a matmul)
         self.pipeline = "O3"  # "vector" for explicit vector code (see `generator`)
+
+    def begin_function(self, module: ir.Module, name: str) -> tuple:
+        """(function, its `args` array, begin, end) with the builder's entry block made: a
+        CPU kernel is ``void @name(i8** args, i64 begin, i64 end)``, called by the entry
+        with its range of work items (another backend's builder overrides this)."""
+        fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
+        fn = ir.Function(module, fnty, name=name)
+        fn.args[0].name, fn.args[1].name, fn.args[2].name = "args", "begin", "end"
+        fn.args[0].add_attribute("noalias")
+        fn.attributes.add("nounwind")
+        # a kernel stays a function of its own: inlined into the entry (slimc_run, and through
+        # it slimc_main) it was compiled two more times, 25% of BERT's machine code, for a
+        # call saved per kernel
+        fn.attributes.add("noinline")
+        fn.append_basic_block("entry")
+        return fn, fn.args[0], fn.args[1], fn.args[2]
 
     # ----- shapes and buffers ------------------------------------------------------------
     @staticmethod
@@ -187,7 +195,7 @@ class KernelBuilder:
         v = Value(name, TensorType(dtypes.u8, (int(nbytes),)))
         self.scratch_values.append(v)
         slot = len(self.inputs) + len(self.outputs) + len(self.scratch_values) - 1
-        addr = self.b.gep(self.fn.args[0], [i64(slot)], inbounds=True, name=llvm_name(name) + ".slot")
+        addr = self.b.gep(self.args, [i64(slot)], inbounds=True, name=llvm_name(name) + ".slot")
         return self.b.load(addr, name=llvm_name(name))
 
     def attrs(self, node: Node) -> dict:
@@ -520,29 +528,39 @@ class KernelBuilder:
         return result
 
 
+def generate(kb: KernelBuilder, generators=GENERATORS, group_kernels=GROUP_KERNELS,
+             backend: str = "CPU") -> None:
+    """Emit the body of `kb`'s kernel: the generator of its one anchor (an op in
+    `generators`, which emits its own loop nest), else a group kernel that applies, else the
+    elementwise loops. Shared by every backend whose builder is a KernelBuilder."""
+    nodes = kb.nodes
+    anchors = [n for n in nodes if n.op in generators]
+    if len(anchors) > 1:
+        raise InternalError(f"kernel {kb.fn.name} has {len(anchors)} ops with their own loop "
+                            f"nests ({', '.join(n.op for n in anchors)}); fusion should not "
+                            f"group them", where="codegen")
+    for n in nodes:
+        if n.op not in generators and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
+            raise UnsupportedError(f"the {backend} backend has no lowering for {n.op}",
+                                   node=n.label, op=n.op)
+    if anchors:
+        gen = generators[anchors[0].op]
+        kb.pipeline = "vector" if gen.vector_code else "O3"
+        gen(kb, anchors[0])
+        return
+    special = next((emit for applies, emit in group_kernels if applies(kb)), None)
+    if special is not None:
+        special(kb)
+    else:
+        kb.elementwise_loops()
+
+
 def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
                  outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)) -> Kernel:
     """Lower a group of nodes to one kernel function in `module` for `target` (a CpuTarget)."""
     start = time.perf_counter()
     kb = KernelBuilder(module, name, nodes, inputs, outputs, target, fast_math)
-    anchors = [n for n in nodes if n.op in GENERATORS]
-    if len(anchors) > 1:
-        raise InternalError(f"kernel {name} has {len(anchors)} ops with their own loop nests "
-                            f"({', '.join(n.op for n in anchors)}); fusion should not group them",
-                            where="codegen")
-    for n in nodes:
-        if n.op not in GENERATORS and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
-            raise UnsupportedError(f"the CPU backend has no lowering for {n.op}", node=n.label, op=n.op)
-    if anchors:
-        gen = GENERATORS[anchors[0].op]
-        kb.pipeline = "vector" if gen.vector_code else "O3"
-        gen(kb, anchors[0])
-    else:
-        special = next((emit for applies, emit in GROUP_KERNELS if applies(kb)), None)
-        if special is not None:
-            special(kb)
-        else:
-            kb.elementwise_loops()
+    generate(kb)
     cost = kb.cost or sum(v.type.numel for v in outputs)
     return Kernel(name, list(nodes), kb.inputs, list(outputs), kb.parallel_extent,
                   kb.scratch_values, codegen_seconds=time.perf_counter() - start,

@@ -34,12 +34,21 @@ def _suffix(t: ir.Type) -> str:
     return {ir.FloatType: "f32", ir.DoubleType: "f64", ir.HalfType: "f16"}[type(t)]
 
 
+# LLVM math intrinsics that NVPTX cannot lower (it aborts the process on them): on a GPU
+# these, and every libm function, call CUDA's libdevice (`__nv_logf`, ...; codegen/cuda/ptx.py
+# links it in)
+_NO_NVPTX_INTRINSIC = frozenset({"exp", "exp10", "log", "log2", "log10", "pow", "sin", "cos",
+                                 "tan", "tanh"})
+
+
 class Emitter:
     """A builder plus what an op lowering needs to know about its operands."""
 
     def __init__(self, b: ir.IRBuilder, in_dtypes: Sequence[DType], out_dtype: DType,
                  fast_math: Sequence[str] = ("contract",), name: str = "v"):
         self.b = b
+        # code for a GPU (the module's target, codegen/cuda): math goes to libdevice
+        self.on_gpu = b.module.triple.startswith("nvptx")
         self.in_dtypes = list(in_dtypes)
         self.out_dtype = out_dtype
         self.flags = tuple(fast_math)
@@ -56,6 +65,8 @@ class Emitter:
 
     # ----- intrinsics and libm -----------------------------------------------------------
     def intrinsic(self, base: str, args: Sequence[ir.Value], ret: ir.Type = None) -> ir.Value:
+        if self.on_gpu and base in _NO_NVPTX_INTRINSIC:
+            return self.libdevice(base, args)
         t = args[0].type
         name = f"llvm.{base}.{_suffix(t)}"
         module = self.b.module
@@ -66,6 +77,8 @@ class Emitter:
 
     def libm(self, fname: str, x: ir.Value) -> ir.Value:
         """Call a libm function (`erff`, `asinhf`, ...) on a scalar or on each lane."""
+        if self.on_gpu:
+            return self.libdevice(fname, [x])
         elem = element_type(x.type)
         cname = fname + ("f" if isinstance(elem, ir.FloatType) else "")
         if isinstance(elem, ir.HalfType):
@@ -85,6 +98,28 @@ class Emitter:
 
     def libm_f32(self, fname: str, x: ir.Value) -> ir.Value:
         return self.libm(fname, x)
+
+    def libdevice(self, fname: str, args: Sequence[ir.Value]) -> ir.Value:
+        """libdevice's `__nv_<fname>f` (f32) or `__nv_<fname>` (f64) on scalars or each lane;
+        halves compute in f32."""
+        t = args[0].type
+        elem = element_type(t)
+        lanes = t.count if isinstance(t, ir.VectorType) else 0
+        if isinstance(elem, ir.HalfType):
+            wide_t = vector_of(F32, lanes) if lanes else F32
+            wide = self.libdevice(fname, [self.b.fpext(a, wide_t) for a in args])
+            return self.b.fptrunc(wide, t)
+        cname = f"__nv_{fname}" + ("f" if isinstance(elem, ir.FloatType) else "")
+        fn = self.b.module.globals.get(cname)
+        if fn is None:
+            fn = ir.Function(self.b.module, ir.FunctionType(elem, [elem] * len(args)), name=cname)
+        if not lanes:
+            return self.b.call(fn, list(args), name=f"{self.name}.{fname}")
+        out = ir.Constant(t, ir.Undefined)
+        for lane in range(lanes):
+            scalars = [self.b.extract_element(a, I32(lane)) for a in args]
+            out = self.b.insert_element(out, self.b.call(fn, scalars), I32(lane))
+        return out
 
     # ----- arithmetic that picks float or int instructions -------------------------------
     def add(self, x, y):
