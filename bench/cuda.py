@@ -1,7 +1,8 @@
 """python -m bench.cuda [--models resnet18,bert,...] [--arch sm_90] [--json out.json]
 
 The CUDA backend on the benchmark corpus. On any machine: each model compiled for
-``cuda:<arch>`` (seconds), its PTX assembled by ptxas for sm_80 and sm_90, and per model the
+``cuda:<arch>`` (seconds), its PTX assembled by ptxas for sm_80 and sm_90 (those not older than
+<arch>: PTX for sm_80 also runs on sm_90, not the reverse), and per model the
 kernels' largest register count, shared memory and any spills. With a GPU (the CUDA driver
 sees one) also: the outputs against onnxruntime on the CPU (largest absolute and relative
 error), and the median milliseconds of a call (inputs copied in and outputs out) and of the
@@ -51,7 +52,7 @@ def measure(name: str, arch: str, repeat: int) -> dict:
                         input_shapes={k: v.shape for k, v in feeds.items()})
     row["compile_s"] = round(time.perf_counter() - t, 2)
     row["kernels"] = len(mod.kernels)
-    for a in ("sm_80", "sm_90"):
+    for a in [a for a in ("sm_80", "sm_90") if a >= arch]:  # PTX runs on its arch and later
         report = ptxas(mod.ptx, a)
         row[f"{a}_max_registers"] = max(k.get("registers", 0) for k in report.kernels.values())
         row[f"{a}_max_shared"] = max(k.get("shared", 0) for k in report.kernels.values())
@@ -80,7 +81,7 @@ def measure(name: str, arch: str, repeat: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--arch", default="sm_80")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--json")
     args = p.parse_args(argv)

@@ -148,17 +148,57 @@ class DeviceModule:
 
 
 def launch(fn, grid: Sequence[int], block: Sequence[int], args: Sequence[ctypes._SimpleCData],
-           shared_bytes: int = 0) -> None:
-    """cuLaunchKernel on the default stream; `args` are ctypes values, one per parameter."""
+           stream=None, shared_bytes: int = 0) -> None:
+    """cuLaunchKernel on `stream` (None: the default one); `args` are ctypes values, one per
+    parameter."""
     params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p)
                                             for a in args])
     call("cuLaunchKernel", fn, *[ctypes.c_uint(int(g)) for g in grid],
-         *[ctypes.c_uint(int(b)) for b in block], ctypes.c_uint(shared_bytes), None, params,
+         *[ctypes.c_uint(int(b)) for b in block], ctypes.c_uint(shared_bytes), stream, params,
          None)
 
 
 def synchronize() -> None:
     call("cuCtxSynchronize")
+
+
+class Stream:
+    """A CUDA stream, and the CUDA graph captured from the launches made in `capture`."""
+
+    def __init__(self):
+        context()
+        self.handle = ctypes.c_void_p()
+        call("cuStreamCreate", ctypes.byref(self.handle), 1)  # CU_STREAM_NON_BLOCKING
+        self.graph = None  # an instantiated CUgraphExec
+
+    def upload(self, buf: "DeviceBuffer", host_address: int, nbytes: int) -> None:
+        if nbytes:
+            call("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(buf.address),
+                 ctypes.c_void_p(host_address), ctypes.c_size_t(nbytes), self.handle)
+
+    def download(self, buf: "DeviceBuffer", host_address: int, nbytes: int) -> None:
+        if nbytes:
+            call("cuMemcpyDtoHAsync_v2", ctypes.c_void_p(host_address),
+                 ctypes.c_uint64(buf.address), ctypes.c_size_t(nbytes), self.handle)
+
+    def capture(self, launch_all) -> None:
+        """Record what `launch_all()` launches on this stream as a CUDA graph, replayed by
+        `replay` with one call instead of one launch per kernel."""
+        call("cuStreamBeginCapture_v2", self.handle, 2)  # CU_STREAM_CAPTURE_MODE_RELAXED
+        try:
+            launch_all()
+        finally:
+            graph = ctypes.c_void_p()
+            call("cuStreamEndCapture", self.handle, ctypes.byref(graph))
+        exe = ctypes.c_void_p()
+        call("cuGraphInstantiateWithFlags", ctypes.byref(exe), graph, ctypes.c_ulonglong(0))
+        self.graph = exe
+
+    def replay(self) -> None:
+        call("cuGraphLaunch", self.graph, self.handle)
+
+    def synchronize(self) -> None:
+        call("cuStreamSynchronize", self.handle)
 
 
 class Timer:
@@ -170,11 +210,11 @@ class Timer:
         call("cuEventCreate", ctypes.byref(self.start), 0)
         call("cuEventCreate", ctypes.byref(self.stop), 0)
 
-    def begin(self) -> None:
-        call("cuEventRecord", self.start, None)
+    def begin(self, stream=None) -> None:
+        call("cuEventRecord", self.start, stream)
 
-    def end(self) -> float:
-        call("cuEventRecord", self.stop, None)
+    def end(self, stream=None) -> float:
+        call("cuEventRecord", self.stop, stream)
         call("cuEventSynchronize", self.stop)
         ms = ctypes.c_float()
         call("cuEventElapsedTime", ctypes.byref(ms), self.start, self.stop)

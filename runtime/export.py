@@ -104,6 +104,8 @@ def export(compiled, path: str, checksums: bool = True) -> None:
         __version__ = "unknown"
 
     os.makedirs(path, exist_ok=True)
+    if getattr(compiled, "program", None) is not None:
+        return _export_cuda(compiled, path, checksums, __version__)
     t = compiled.target
     objects = compiled.objects()
     libraries = ["m"] + (["gomp"] if "GOMP_parallel" in compiled.llvm_ir else [])
@@ -222,6 +224,25 @@ def load(path: str, verify: bool = True) -> LoadedModule:
         return _load(path, verify)
 
 
+def _verify_files(path: str, manifest: dict, verify: bool) -> None:
+    """Every file the manifest lists is there, of its size, and (with `verify`) matches its
+    checksum; else ArtifactError."""
+    for name, digest in manifest.get("files", {}).items():
+        fpath = os.path.join(path, name)
+        if os.path.basename(name) != name or not os.path.isfile(fpath):
+            raise ArtifactError(f"artifact file {name!r} is missing")
+        size = os.path.getsize(fpath)
+        if size != manifest.get("file_bytes", {}).get(name, size):
+            raise ArtifactError(f"artifact file {name!r} is not the size its manifest gives: "
+                                f"the artifact is damaged; refused")
+        if verify and digest is None:
+            raise ArtifactError(f"artifact file {name!r} has no checksum (a compile-cache "
+                                f"entry?): refused; write artifacts with Module.export")
+        if verify and _sha256(fpath) != digest:
+            raise ArtifactError(f"artifact file {name!r} does not match its checksum: the "
+                                f"artifact is corrupt or was modified; refused")
+
+
 def _load(path: str, verify: bool) -> LoadedModule:
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isfile(mpath):
@@ -239,24 +260,13 @@ def _load(path: str, verify: bool) -> LoadedModule:
                             f"({FORMAT_VERSION}): {todo}")
     target = manifest.get("target") or {}
     arch = str(target.get("triple", "unknown")).split("-")[0]
+    if arch == "nvptx64":
+        return _load_cuda(path, manifest, verify)
     if arch != _host_arch():
         raise ArtifactError(f"architecture mismatch: the artifact was compiled for {arch} "
                             f"({target.get('triple')}, cpu {target.get('cpu')}) and this host is "
                             f"{_host_arch()}; run it on an {arch} machine")
-    for name, digest in manifest.get("files", {}).items():
-        fpath = os.path.join(path, name)
-        if os.path.basename(name) != name or not os.path.isfile(fpath):
-            raise ArtifactError(f"artifact file {name!r} is missing")
-        size = os.path.getsize(fpath)
-        if size != manifest.get("file_bytes", {}).get(name, size):
-            raise ArtifactError(f"artifact file {name!r} is not the size its manifest gives: "
-                                f"the artifact is damaged; refused")
-        if verify and digest is None:
-            raise ArtifactError(f"artifact file {name!r} has no checksum (a compile-cache "
-                                f"entry?): refused; write artifacts with Module.export")
-        if verify and _sha256(fpath) != digest:
-            raise ArtifactError(f"artifact file {name!r} does not match its checksum: the "
-                                f"artifact is corrupt or was modified; refused")
+    _verify_files(path, manifest, verify)
     if set(manifest.get("files", {})) != {LIBRARY, WEIGHTS}:
         raise ArtifactError("the manifest does not list the artifact's files; refused")
     flags = _host_flags()
@@ -268,3 +278,81 @@ def _load(path: str, verify: bool) -> LoadedModule:
     weights = _map_weights(os.path.join(path, WEIGHTS))
     library = ctypes.CDLL(os.path.abspath(os.path.join(path, LIBRARY)))
     return LoadedModule(path, manifest, library, weights)
+
+
+# ----- artifacts for a GPU ---------------------------------------------------------------------
+
+PTX, CUBIN, LLVM_IR = "model.ptx", "model.cubin", "model.ll"
+
+
+def _export_cuda(compiled, path: str, checksums: bool, version: str) -> None:
+    """A GPU module's artifact: the PTX, a cubin for its architecture when ptxas is installed,
+    the optimized LLVM IR (which `emulate` runs), the weights and the launch list."""
+    program, t = compiled.program, compiled.target
+    files = {PTX: program.ptx.encode(), LLVM_IR: program.llvm_ir.encode()}
+    try:
+        from slimc.codegen.cuda.ptx import ptxas, ptxas_path
+
+        if ptxas_path() is not None:
+            files[CUBIN] = ptxas(program.ptx, t.cpu).cubin
+    except ImportError:
+        pass
+    for name, data in files.items():
+        with open(os.path.join(path, name), "wb") as f:
+            f.write(data)
+    if CUBIN not in files and os.path.exists(os.path.join(path, CUBIN)):
+        os.remove(os.path.join(path, CUBIN))
+    compiled._weights.tofile(os.path.join(path, WEIGHTS))
+    names = sorted(files) + [WEIGHTS]
+    manifest = {
+        "format": FORMAT_VERSION,
+        "name": compiled.graph.name,
+        "slimc_version": version,
+        "target": {"name": t.name, "triple": t.triple, "cpu": t.cpu, "features": t.features},
+        "inputs": [_spec(*s) for s in compiled._inputs],
+        "outputs": [_spec(*s) for s in compiled._outputs],
+        "output_sources": [list(s) for s in compiled._sources],
+        "arena_bytes": compiled._arena_bytes,
+        "launches": [x.to_json() for x in program.launches],
+        "files": {name: _sha256(os.path.join(path, name)) if checksums else None
+                  for name in names},
+        "file_bytes": {name: os.path.getsize(os.path.join(path, name)) for name in names},
+    }
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
+def _load_cuda(path: str, manifest: dict, verify: bool):
+    """A GPU artifact as a CudaProgram: runs with the CUDA driver alone (`emulate` needs
+    llvmlite)."""
+    from .cuda_program import CudaProgram, Launch
+
+    _verify_files(path, manifest, verify)
+    files = set(manifest.get("files", {}))
+    if not {PTX, LLVM_IR, WEIGHTS} <= files or files - {PTX, LLVM_IR, CUBIN, WEIGHTS}:
+        raise ArtifactError("the manifest does not list a GPU artifact's files; refused")
+
+    def read(name: str) -> bytes:
+        with open(os.path.join(path, name), "rb") as f:
+            return f.read()
+
+    specs = lambda items: [(s["name"], np.dtype(s["dtype"]), tuple(s["shape"]), s["type"])
+                           for s in items]
+    target = manifest["target"]
+
+    def not_runnable():
+        from .cuda_driver import no_gpu_reason
+
+        return ArtifactError(f"this artifact runs on an NVIDIA GPU ({target['name']}): "
+                             f"{no_gpu_reason()}; .emulate(...) runs it on the CPU")
+
+    program = CudaProgram(read(PTX).decode(), read(LLVM_IR).decode(),
+                          [Launch.from_json(x) for x in manifest["launches"]],
+                          specs(manifest["inputs"]), specs(manifest["outputs"]),
+                          [tuple(s) for s in manifest["output_sources"]],
+                          manifest["arena_bytes"], _map_weights(os.path.join(path, WEIGHTS)),
+                          manifest.get("name", path), not_runnable)
+    if CUBIN in files:
+        program.cubin = (int(str(target["cpu"]).split("_")[-1]), read(CUBIN))
+    program.path, program.manifest = path, manifest
+    return program

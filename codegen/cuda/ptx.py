@@ -12,7 +12,8 @@
                        runs without a GPU): registers, shared memory, spills, or its errors
 
 The optimized module (`CompiledPtx.llvm_ir`) is what both NVPTX and the emulator
-(runtime/gpu_emulator.py) compile: the GPU's code and the CPU's run of it are one module.
+(runtime/gpu_emulator.py) compile: the GPU's code and the CPU's run of it are one module,
+except for libdevice's functions, which the emulator takes from the host's libm.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _DEFINED = re.compile(r"@(\"?[\w.$]+\"?)\(")
 
 @dataclass
 class CompiledPtx:
-    llvm_ir: str  # the optimized module NVPTX compiled (and the emulator runs)
+    llvm_ir: str  # the optimized kernels, before libdevice is linked (the emulator runs it)
     ptx: str
     libdevice: tuple  # the __nv_* functions linked in
 
@@ -118,7 +119,12 @@ def link_libdevice(mod) -> tuple:
 
 
 def compile_ptx(module, target, opt_level: int = 3) -> CompiledPtx:
-    """The module (llvmlite.ir.Module or text) optimized and emitted as PTX for `target`."""
+    """The module (llvmlite.ir.Module or text) optimized and emitted as PTX for `target`.
+
+    The kernels are optimized first, alone: that module is `llvm_ir`, what a user reads and
+    what the emulator runs (with the host's libm for libdevice's __nv_* functions: they are
+    NVIDIA's code, not ours). Then libdevice is linked in and the whole optimized again, so
+    its functions inline into the kernels, and NVPTX emits the PTX."""
     import llvmlite.binding as llvm
 
     from slimc.codegen.cpu.target import optimize
@@ -129,10 +135,12 @@ def compile_ptx(module, target, opt_level: int = 3) -> CompiledPtx:
     mod = llvm.parse_assembly(text)
     mod.triple, mod.data_layout = target.triple, target.data_layout
     mod.verify()
-    linked = link_libdevice(mod)
     optimize(mod, target, level=opt_level)
     optimized = str(mod)
     legal_callees(optimized)
+    linked = link_libdevice(mod)
+    if linked:
+        optimize(mod, target, level=max(opt_level, 1))
     return CompiledPtx(optimized, target.create_target_machine().emit_assembly(mod), linked)
 
 
