@@ -150,3 +150,66 @@ def test_cpu_only_ops_are_refused_by_name():
               "%a: u8[2,3], %b: i8[3,2]", "i32[2,2]")
     with pytest.raises(UnsupportedError, match="matmul_integer"):
         slimc.compile(g, target=TARGET)
+
+
+# ----- export and load ----------------------------------------------------------------------------
+
+def test_export_writes_ptx_and_load_runs_it(tmp_path):
+    g = graph("""  %a = mul(%x, %x) : f32[4,33]
+  %s = reduce_sum(%a) {axes=[1], keepdims=0} : f32[4]
+  return %s, %a""", "%x: f32[4,33]", "f32[4], f32[4,33]")
+    mod = slimc.compile(g, target=TARGET)
+    mod.export(str(tmp_path / "art"))
+    files = sorted(p.name for p in (tmp_path / "art").iterdir())
+    assert {"manifest.json", "model.ptx", "model.ll", "weights.bin"} <= set(files)
+    if ptxas_path() is not None:
+        assert "model.cubin" in files
+    loaded = slimc.load(str(tmp_path / "art"))
+    assert loaded.ptx == mod.ptx
+    x = rand(4, 33)
+    for got, want in zip(loaded.emulate(x), interpret(g, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    if no_gpu_reason() is not None:
+        with pytest.raises(slimc.SlimcError, match="emulate"):
+            loaded(x)
+    ptx = tmp_path / "art" / "model.ptx"
+    ptx.write_text(ptx.read_text().replace("ret;", "ret:", 1))  # same size, other bytes
+    with pytest.raises(slimc.SlimcError, match="checksum"):
+        slimc.load(str(tmp_path / "art"))
+
+
+# ----- the emulator catches a missing barrier in generated kernels ------------------------------
+
+BARRIER_CALL = "call void @llvm.nvvm.barrier.cta.sync.aligned.all("
+
+
+def _without_barrier(mod, which: int):
+    """The module's GPU program with the line of its `which`-th barrier deleted from the IR."""
+    program = mod._current().program
+    lines = program.llvm_ir.split("\n")
+    at = [i for i, line in enumerate(lines) if BARRIER_CALL in line][which]
+    program.llvm_ir = "\n".join(lines[:at] + lines[at + 1:])
+    program._emulator = None
+    return program
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_removed_barrier_in_the_tiled_matmul_is_caught(which):
+    g = graph("  %y = matmul(%a, %b) : f32[40,48]\n  return %y",
+              "%a: f32[40,70], %b: f32[70,48]", "f32[40,48]")
+    a, b = rand(40, 70), rand(70, 48, seed=1)
+    mod = check(g, a, b, rtol=1e-4, atol=1e-4)
+    assert mod.llvm_ir.count(BARRIER_CALL) == 2  # the K loop: before and after the tile copy
+    broken = _without_barrier(mod, which)
+    got = broken.emulate(a, b)[0]
+    assert not np.allclose(got, a @ b, rtol=1e-4, atol=1e-4, equal_nan=False)
+
+
+def test_a_removed_barrier_in_a_block_reduction_is_caught():
+    g = graph("  %y = softmax(%x) {axis=1} : f32[3,1000]\n  return %y",
+              "%x: f32[3,1000]", "f32[3,1000]")
+    x = rand(3, 1000)
+    mod = check(g, x, rtol=1e-5, atol=1e-6)
+    assert BARRIER_CALL in mod.llvm_ir
+    got = _without_barrier(mod, 0).emulate(x)[0]
+    assert not np.allclose(got, interpret(g, x)[0], rtol=1e-4, atol=1e-5)

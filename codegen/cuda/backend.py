@@ -20,7 +20,8 @@ from ..backend import Backend, CompileOptions, Executable, Lowered
 from ..cpu.kernel import INDEX_MAPS, llvm_name
 from ..cpu.lower import group_boundary
 from ..cpu.scalar_ops import LOWERINGS
-from . import gen_gemm, gen_reduce  # noqa: F401  (each registers its GPU generators)
+# each registers its GPU generators
+from . import gen_attention, gen_conv, gen_gemm, gen_reduce  # noqa: F401
 from .kernel import build_gpu_kernel, generator_for
 from .ptx import compile_ptx
 from .target import CudaTarget
@@ -105,7 +106,9 @@ class CudaBackend(Backend):
             if not outputs:
                 continue
             head = group[-1]
+            # PTX names are C identifiers: a '.' (node "relu.1") is a parse error in ptxas
             name = f"k{i}_{head.op}_{llvm_name(head.name or head.outputs[0].name)}"
+            name = name.replace(".", "_")
             kernels.append(build_gpu_kernel(module, name, group, inputs, outputs, self.target,
                                             options.fast_math))
         return Lowered(kernels, module)

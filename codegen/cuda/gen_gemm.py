@@ -21,17 +21,18 @@ buffer has 2**30 elements or more (64-bit multiplies cost several instructions o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from llvmlite import ir
 
 from slimc.ir import dtypes
-from slimc.ir.ops.window import _window_params
 
 from ..cpu.common import acc_dtype, cdiv, numel
 from ..cpu.kernel import llvm_name
-from ..cpu.llvm_util import F32, I32, I64, const, llvm_type
+from ..cpu.llvm_util import F32, I32, const, llvm_type
 from ..cpu.scalar_ops import Emitter, convert
+from .index import (Ix, all_of, counted_loop, fmuladd, load_or_zero, maybe, per_element,
+                    per_element_done, wide_index)
 from .kernel import SHARED, GpuKernelBuilder, gpu_generator, sreg
 
 BM, BN, BK = 64, 64, 16  # the block's tile of C (256 threads), and its step along K
@@ -44,130 +45,11 @@ V4 = ir.VectorType(F32, 4)
 
 # ----- index arithmetic ----------------------------------------------------------------------
 
-class _Ix:
-    """Integer index arithmetic in one type (i32, or i64 for huge buffers), folding Python
-    ints so that size-1 dimensions and zero offsets emit nothing."""
-
-    def __init__(self, b: ir.IRBuilder, wide: bool):
-        self.b = b
-        self.t = I64 if wide else I32
-
-    def v(self, x) -> ir.Value:
-        return ir.Constant(self.t, int(x)) if isinstance(x, int) else x
-
-    def add(self, x, y, name=""):
-        if isinstance(x, int) and isinstance(y, int):
-            return x + y
-        if isinstance(y, int) and y == 0:
-            return x
-        if isinstance(x, int) and x == 0:
-            return y
-        return self.b.add(self.v(x), self.v(y), name=name)
-
-    def mul(self, x, c: int, name=""):
-        if isinstance(x, int):
-            return x * c
-        return x if c == 1 else 0 if c == 0 else self.b.mul(x, self.v(c), name=name)
-
-    def div(self, x, c: int, name=""):
-        if isinstance(x, int):
-            return x // c
-        return x if c == 1 else self.b.udiv(x, self.v(c), name=name)
-
-    def rem(self, x, c: int, name=""):
-        if isinstance(x, int):
-            return x % c
-        return 0 if c == 1 else self.b.urem(x, self.v(c), name=name)
-
-    def below(self, x, c: int, name="") -> ir.Value:
-        """x < c for x read as unsigned: a negative x (a padding tap) is not below."""
-        return self.b.icmp_unsigned("<", self.v(x), self.v(c), name=name)
-
-    def wide(self, x):
-        """An i64 index (what `store_result` and KernelBuilder helpers take)."""
-        if isinstance(x, int) or x.type == I64:
-            return x
-        return self.b.zext(x, I64)
-
-    def narrow(self, x):
-        """An i64 value in this type."""
-        return x if isinstance(x, int) or self.t == I64 else self.b.trunc(x, self.t)
-
-    def delinear(self, flat, shape: Sequence[int]) -> list:
-        """The index of element `flat` (< numel, so the first axis needs no remainder)."""
-        out, stride = [], numel(shape)
-        for axis, d in enumerate(shape):
-            stride //= d
-            q = self.div(flat, stride)
-            out.append(0 if d == 1 else q if axis == 0 else self.rem(q, d))
-        return out
-
-    def linear(self, index: Sequence, shape: Sequence[int]):
-        off, stride = 0, 1
-        for ix, d in zip(reversed(list(index)), reversed(list(shape))):
-            off = self.add(off, self.mul(ix, stride))
-            stride *= d
-        return off
-
-
-def _wide_index(kb: GpuKernelBuilder) -> bool:
-    """True if a buffer of the kernel has 2**30 elements or more: offsets computed for the
-    rows and taps past an edge (then clamped) may go past the buffer, so i32 keeps a 2x
-    margin."""
-    return max(numel(kb.shape(v)) for v in list(kb.inputs) + list(kb.outputs)) >= 2 ** 30
-
-
-def _and(b: ir.IRBuilder, *conds) -> Optional[ir.Value]:
-    """The conjunction of the conditions that are not None (None: always true)."""
-    out = None
-    for c in conds:
-        if c is not None:
-            out = c if out is None else b.and_(out, c)
-    return out
-
-
-GLOBAL = 1  # NVPTX's address space of global memory
-
-
-def _global_buffers(kb: GpuKernelBuilder) -> None:
-    """Every buffer pointer of the kernel (all are device memory) as a global-memory one, so
-    that NVPTX emits ld.global / st.global rather than generic accesses, for the operands
-    and for the epilogue's loads and stores alike."""
-    for key, ptr in list(kb.ptrs.items()):
-        if ptr.type.addrspace != GLOBAL:
-            kb.ptrs[key] = kb.b.addrspacecast(
-                ptr, ir.PointerType(ptr.type.pointee, addrspace=GLOBAL), name=ptr.name + ".g")
-
-
-def _load(b: ir.IRBuilder, ix: _Ix, ptr: ir.Value, off, ok: Optional[ir.Value] = None,
-          name: str = "", invariant: bool = False) -> ir.Value:
-    """ptr[off], or 0 where `ok` is false, read from ptr[0] then (never out of bounds, and no
-    branch). `invariant`: a GEMM operand, read at other indices than the output's (A, B, a
-    convolution's x and w): nothing this kernel writes shares its buffer (an epilogue's
-    operand may), so NVPTX may read it as ld.global.nc (the read-only data cache)."""
-    off = ix.v(off)
-    if ok is not None:
-        off = b.select(ok, off, ix.v(0))
-    x = b.load(b.gep(ptr, [off], inbounds=True), name=name)
-    if invariant and ptr.type.addrspace == GLOBAL:
-        x.set_metadata("invariant.load", b.module.add_metadata([]))
-    return x if ok is None else b.select(ok, x, const(x.type, 0))
-
-
-def _fmuladd(b: ir.IRBuilder, x, y, acc) -> ir.Value:
-    """x * y + acc, fused where the target has an FMA (it does on every GPU)."""
-    name = "llvm.fmuladd.f32"
-    fn = b.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(b.module, ir.FunctionType(F32, [F32, F32, F32]), name=name)
-    return b.call(fn, [x, y, acc])
-
-
 # ----- the tiled GEMM ------------------------------------------------------------------------
 
 @dataclass
-class _Gemm:
-    """A (batched) GEMM for `_tiled_gemm`: C[g] (M x N) = A[g] (M x K) @ B[g] (K x N) for g in
+class Gemm:
+    """A (batched) GEMM for `tiled_gemm`: C[g] (M x N) = A[g] (M x K) @ B[g] (K x N) for g in
     range(count). The callbacks emit code in the kernel (integers are `ix.t` values):
 
     setup(g) -> ctx                          once per block: pointers of entry g
@@ -209,7 +91,7 @@ def _tile_shape(M: int, N: int, count: int) -> tuple:
     return shapes[-1]
 
 
-def _tile_slots(ix: _Ix, t, rows: int, threads: int, k_contiguous: bool) -> list:
+def _tile_slots(ix: Ix, t, rows: int, threads: int, k_contiguous: bool) -> list:
     """This thread's elements (row, k) of a rows x BK operand tile, rows*BK/threads of
     them: a run along k (at row t % rows) when the operand is contiguous along k, else a
     run along the rows, so that a warp's loads are consecutive in memory."""
@@ -224,7 +106,7 @@ def _tile_slots(ix: _Ix, t, rows: int, threads: int, k_contiguous: bool) -> list
     return [(ix.add(r, i), k) for i in range(run)]
 
 
-def _tiled_gemm(kb: GpuKernelBuilder, p: _Gemm, ix: _Ix) -> None:
+def tiled_gemm(kb: GpuKernelBuilder, p: Gemm, ix: Ix) -> None:
     """Emit the tiled GEMM (see the module docstring) and launch it: one block per bm x bn
     tile of each entry's C, blocks numbered column tile fastest, then row tile, then entry."""
     b = kb.b
@@ -259,11 +141,11 @@ def _tiled_gemm(kb: GpuKernelBuilder, p: _Gemm, ix: _Ix) -> None:
             k_ok = ix.below(k, p.K) if p.K % BK else None
             if which == "a":
                 m = ix.add(m0, r)
-                ok = _and(b, ix.below(m, p.M) if p.M % bm else None, k_ok)
+                ok = all_of(b, ix.below(m, p.M) if p.M % bm else None, k_ok)
                 vals.append(p.a_elem(ctx, m, k, ok))
             else:
                 n = ix.add(n0, r)
-                ok = _and(b, ix.below(n, p.N) if p.N % bn else None, k_ok)
+                ok = all_of(b, ix.below(n, p.N) if p.N % bn else None, k_ok)
                 vals.append(p.b_elem(ctx, k, n, ok))
         return vals
 
@@ -275,7 +157,7 @@ def _tiled_gemm(kb: GpuKernelBuilder, p: _Gemm, ix: _Ix) -> None:
     ty, tx = ix.div(t, bn // TN, "ty"), ix.rem(t, bn // TN, "tx")
     a_frag = ix.mul(ty, TM, "a.frag")
     b_frag = ix.mul(tx, TN, "b.frag")
-    with _loop(b, ix, nk, "kt") as kt:
+    with counted_loop(b, ix, nk, "kt") as kt:
         # registers -> shared memory, both tiles k-major: [k][row]
         for ((r, kk), width, tile, _), reg in zip(slots, regs):
             at = ix.v(ix.add(ix.mul(kk, width), r))
@@ -294,76 +176,28 @@ def _tiled_gemm(kb: GpuKernelBuilder, p: _Gemm, ix: _Ix) -> None:
             bv = _vload4(b, ix, b_sh, ix.add(b_frag, kk * bn))
             for i in range(TM):
                 for j in range(TN):
-                    acc[i][j] = _fmuladd(b, av[i], bv[j], acc[i][j])
+                    acc[i][j] = fmuladd(b, av[i], bv[j], acc[i][j])
         for row_slots, row_vals in zip(acc_slots, acc):
             for s, v in zip(row_slots, row_vals):
                 b.store(v, s)
         kb.barrier()
     for i in range(TM):
         m = ix.add(ix.add(m0, a_frag), i)
-        with _maybe(b, ix.below(m, p.M) if p.M % bm else None):
+        with maybe(b, ix.below(m, p.M) if p.M % bm else None):
             row = m if p.row is None else p.row(ctx, m)
             for j in range(TN):
                 n = ix.add(ix.add(n0, b_frag), j)
-                with _maybe(b, ix.below(n, p.N) if p.N % bn else None):
+                with maybe(b, ix.below(n, p.N) if p.N % bn else None):
                     p.finish(ctx, row, n, b.load(acc_slots[i][j], name=f"c{i}{j}"))
     b.ret_void()
 
 
-def _vload4(b: ir.IRBuilder, ix: _Ix, tile: ir.Value, at) -> list:
+def _vload4(b: ir.IRBuilder, ix: Ix, tile: ir.Value, at) -> list:
     """4 consecutive floats of a shared tile from a 16-byte aligned element offset."""
     ptr = b.gep(tile, [ix.v(at)], inbounds=True)
     vp = b.bitcast(ptr, ir.PointerType(V4, addrspace=SHARED))
     v = b.load(vp, align=16)
     return [b.extract_element(v, I32(i)) for i in range(4)]
-
-
-class _loop:
-    """``for (i = 0; i < n; i++)`` with an `ix.t` counter (n a Python int)."""
-
-    def __init__(self, b: ir.IRBuilder, ix: _Ix, n: int, name: str):
-        self.b, self.ix, self.n, self.name = b, ix, n, name
-
-    def __enter__(self):
-        b, fn = self.b, self.b.function
-        pre = b.block
-        self.header = fn.append_basic_block(f"{self.name}.header")
-        body = fn.append_basic_block(f"{self.name}.body")
-        self.exit = fn.append_basic_block(f"{self.name}.exit")
-        b.branch(self.header)
-        b.position_at_end(self.header)
-        self.counter = b.phi(self.ix.t, name=self.name)
-        self.counter.add_incoming(self.ix.v(0), pre)
-        b.cbranch(b.icmp_unsigned("<", self.counter, self.ix.v(self.n)), body, self.exit)
-        b.position_at_end(body)
-        return self.counter
-
-    def __exit__(self, *exc):
-        if exc[0] is not None:
-            return False
-        b = self.b
-        nxt = b.add(self.counter, self.ix.v(1), name=f"{self.name}.next")
-        self.counter.add_incoming(nxt, b.block)
-        b.branch(self.header)
-        b.position_at_end(self.exit)
-        return False
-
-
-class _maybe:
-    """``if (cond) { ... }``, or just the body when cond is None (statically true)."""
-
-    def __init__(self, b: ir.IRBuilder, cond: Optional[ir.Value]):
-        self.b, self.cond, self.ctx = b, cond, None
-
-    def __enter__(self):
-        if self.cond is not None:
-            self.ctx = self.b.if_then(self.cond)
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        return False
 
 
 # ----- matmul and gemm ---------------------------------------------------------------------
@@ -407,18 +241,18 @@ class _MatmulPlan:
     def out_index(self, batch: list, m, n) -> list:
         return list(batch) + ([] if self.a_vec else [m]) + ([] if self.b_vec else [n])
 
-    def a_offset(self, ix: _Ix, m, k):
+    def a_offset(self, ix: Ix, m, k):
         return ix.add(ix.mul(k, self.M), m) if self.trans_a else ix.add(ix.mul(m, self.K), k)
 
-    def b_offset(self, ix: _Ix, k, n):
+    def b_offset(self, ix: Ix, k, n):
         return ix.add(ix.mul(n, self.K), k) if self.trans_b else ix.add(ix.mul(k, self.N), n)
 
-    def c_offset(self, ix: _Ix, kb, m, n):
+    def c_offset(self, ix: Ix, kb, m, n):
         dims = list(kb.shape(self.c))
         dims = [1] * (2 - len(dims)) + dims
         return ix.linear([0 if dims[0] == 1 else m, 0 if dims[1] == 1 else n], dims)
 
-    def batch_offsets(self, ix: _Ix, g) -> tuple:
+    def batch_offsets(self, ix: Ix, g) -> tuple:
         """(out batch index, A's entry offset, B's entry offset) of output batch entry g."""
         idx = ix.delinear(g, self.out_batch)
 
@@ -457,12 +291,11 @@ def matmul(kb: GpuKernelBuilder, node) -> None:
     if numel(kb.shape(p.out)) == 0:
         kb.b.ret_void()
         return
-    _global_buffers(kb)
     f32 = all(v is None or v.type.dtype == dtypes.f32 for v in (p.a, p.b, p.c, p.out))
     if not f32:
         return _matmul_per_element(kb, p)
     b = kb.b
-    ix = _Ix(b, _wide_index(kb))
+    ix = Ix(b, wide_index(kb))
     A, B = kb.ptr(p.a), kb.ptr(p.b)
     C = kb.ptr(p.c) if p.c is not None else None
     name = llvm_name(p.out.name)
@@ -474,10 +307,10 @@ def matmul(kb: GpuKernelBuilder, node) -> None:
         return batch, a_ptr, b_ptr
 
     def a_elem(ctx, m, k, ok):
-        return _load(b, ix, ctx[1], p.a_offset(ix, m, k), ok, "a", invariant=True)
+        return load_or_zero(b, ix, ctx[1], p.a_offset(ix, m, k), ok, "a", invariant=True)
 
     def b_elem(ctx, k, n, ok):
-        return _load(b, ix, ctx[2], p.b_offset(ix, k, n), ok, "b", invariant=True)
+        return load_or_zero(b, ix, ctx[2], p.b_offset(ix, k, n), ok, "b", invariant=True)
 
     def finish(ctx, m, n, acc):
         v = acc
@@ -492,28 +325,9 @@ def matmul(kb: GpuKernelBuilder, node) -> None:
         kb.store_result(p.out, idx, v)
 
     count = numel(p.out_batch)
-    _tiled_gemm(kb, _Gemm(p.M, p.N, p.K, count, setup, a_elem, b_elem, finish,
+    tiled_gemm(kb, Gemm(p.M, p.N, p.K, count, setup, a_elem, b_elem, finish,
                           a_k_contiguous=not p.trans_a or p.M == 1,
                           b_k_contiguous=p.trans_b or p.N == 1), ix)
-
-
-def _per_element(kb: GpuKernelBuilder, ix: _Ix) -> tuple:
-    """One thread per output element (the default launch): (flat index as `ix.t`, the
-    block to branch to when done). The body goes between; end it with `_done`."""
-    kb.parallel_extent = numel(kb.shape(kb.outputs[0]))
-    b = kb.b
-    has = b.icmp_signed("<", kb.begin, kb.end, name="has.work")
-    body = b.append_basic_block("element")
-    done = b.append_basic_block("done")
-    b.cbranch(has, body, done)
-    b.position_at_end(body)
-    return ix.narrow(kb.begin), done
-
-
-def _done(kb: GpuKernelBuilder, done) -> None:
-    kb.b.branch(done)
-    kb.b.position_at_end(done)
-    kb.b.ret_void()
 
 
 def _matmul_per_element(kb: GpuKernelBuilder, p: _MatmulPlan) -> None:
@@ -524,18 +338,18 @@ def _matmul_per_element(kb: GpuKernelBuilder, p: _MatmulPlan) -> None:
     adt = acc_dtype(dt)
     at = llvm_type(adt)
     e = Emitter(b, [adt, adt], adt, kb.fast_math, llvm_name(p.out.name))
-    ix = _Ix(b, _wide_index(kb))
+    ix = Ix(b, wide_index(kb))
     kb.cost = 2 * numel(kb.shape(p.out)) * p.K
     acc_slot = b.alloca(at, name="acc")
-    flat, done = _per_element(kb, ix)
+    flat, done = per_element(kb, ix)
     mn = ix.delinear(flat, p.out_batch + [p.M, p.N])
     batch, m, n = mn[:-2], mn[-2], mn[-1]
     _, a_off, b_off = p.batch_offsets(ix, ix.div(flat, p.M * p.N))
     A, B = kb.ptr(p.a), kb.ptr(p.b)
     b.store(const(at, 0), acc_slot)
-    with _loop(b, ix, p.K, "k") as k:
-        x = _load(b, ix, A, ix.add(a_off, p.a_offset(ix, m, k)), None, "a", invariant=True)
-        y = _load(b, ix, B, ix.add(b_off, p.b_offset(ix, k, n)), None, "b", invariant=True)
+    with counted_loop(b, ix, p.K, "k") as k:
+        x = load_or_zero(b, ix, A, ix.add(a_off, p.a_offset(ix, m, k)), None, "a", invariant=True)
+        y = load_or_zero(b, ix, B, ix.add(b_off, p.b_offset(ix, k, n)), None, "b", invariant=True)
         x, y = convert(e, x, p.a.type.dtype, adt), convert(e, y, p.b.type.dtype, adt)
         b.store(e.add(b.load(acc_slot), e.mul(x, y)), acc_slot)
     r = b.load(acc_slot, name="dot")
@@ -556,196 +370,4 @@ def _matmul_per_element(kb: GpuKernelBuilder, p: _MatmulPlan) -> None:
         r = convert(ce, r, cdt, adt)
     idx = p.out_index([ix.wide(i) for i in batch], ix.wide(m), ix.wide(n))
     kb.store_result(p.out, idx, convert(e, r, adt, dt))
-    _done(kb, done)
-
-
-# ----- conv --------------------------------------------------------------------------------
-
-@dataclass
-class _ConvPlan:
-    """A conv node's operands, shapes and attributes (pads as begins then ends)."""
-
-    x: object
-    w: object
-    bias: object
-    out: object
-    xs: tuple
-    ws: tuple
-    ys: tuple
-    strides: list
-    pads: list
-    dil: list
-    group: int
-
-    @property
-    def nsp(self) -> int:
-        return len(self.xs) - 2
-
-    @property
-    def cig(self) -> int:
-        return self.ws[1]
-
-    @property
-    def cog(self) -> int:
-        return self.ws[0] // self.group
-
-
-def _conv_plan(kb: GpuKernelBuilder, node) -> _ConvPlan:
-    """A conv node as a plan."""
-    x, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    attrs = kb.attrs(node)
-    xs = kb.shape(x)
-    strides, pads, dil = _window_params(attrs, len(xs) - 2)
-    return _ConvPlan(x, w, bias, node.outputs[0], xs, kb.shape(w), kb.shape(node.outputs[0]),
-                     strides, pads, dil, int(attrs["group"]))
-
-
-DIRECT_MAX_COG = 4  # output channels per group of a one-input-channel conv that runs direct
-
-
-@gpu_generator("conv", epilogue=True)
-def conv(kb: GpuKernelBuilder, node) -> None:
-    """float32 1-D and 2-D convolutions: implicit GEMM; depthwise, 3-D and other dtypes: one
-    thread per output element."""
-    p = _conv_plan(kb, node)
-    if numel(p.ys) == 0:
-        kb.b.ret_void()
-        return
-    _global_buffers(kb)
-    # depthwise (and a small channel multiplier): K = kh*kw and a few rows per group, a GEMM
-    # tile would be mostly zeros
-    depthwise = p.cig == 1 and p.cog <= DIRECT_MAX_COG
-    f32 = all(v is None or v.type.dtype == dtypes.f32 for v in (p.x, p.w, p.bias, p.out))
-    if f32 and p.nsp <= 2 and not depthwise:
-        return _conv_gemm(kb, p)
-    return _conv_direct(kb, p)
-
-
-def _conv_gemm(kb: GpuKernelBuilder, p: _ConvPlan) -> None:
-    """Per group: W_g [Cout/g, Cin/g*kh*kw] @ im2col(x) [Cin/g*kh*kw, N*Ho*Wo], every image
-    in the columns (small images still fill the grid). B[k, n] is gathered from x while its
-    tile is loaded: k = (ci, ky, kx), n = (image, oy, ox), 0 in the padding."""
-    b = kb.b
-    ix = _Ix(b, _wide_index(kb))
-    if p.nsp == 1:  # a 1-D conv is a 2-D conv of height 1
-        H, W, Ho, Wo, kh, kw = 1, p.xs[2], 1, p.ys[2], 1, p.ws[2]
-        sh, sw, dh, dw, pt, pl, pb, pr = 1, p.strides[0], 1, p.dil[0], 0, p.pads[0], 0, p.pads[1]
-    else:
-        H, W, Ho, Wo, kh, kw = p.xs[2], p.xs[3], p.ys[2], p.ys[3], p.ws[2], p.ws[3]
-        (sh, sw), (dh, dw) = p.strides, p.dil
-        pt, pl, pb, pr = p.pads
-    n_img, C = p.xs[0], p.xs[1]
-    cig, cog = p.cig, p.cog
-    K = cig * kh * kw
-    HWo = Ho * Wo
-    X, Wt = kb.ptr(p.x), kb.ptr(p.w)
-    bias = kb.ptr(p.bias) if p.bias is not None else None
-    check_h, check_w = bool(pt or pb), bool(pl or pr)
-
-    def setup(g):
-        return g, ix.mul(g, cog), ix.mul(g, cig)  # group, its first out and in channel
-
-    def a_elem(ctx, m, k, ok):
-        off = ix.add(ix.mul(ix.add(ctx[1], m), K), k)
-        return _load(b, ix, Wt, off, ok, "w", invariant=True)
-
-    def pixel(n):
-        img, px = ix.div(n, HWo, "img"), ix.rem(n, HWo)
-        return img, ix.div(px, Wo, "oy"), ix.rem(px, Wo, "ox")
-
-    def b_elem(ctx, k, n, ok):
-        img, oy, ox = pixel(n)
-        ci, tap = ix.div(k, kh * kw, "ci"), ix.rem(k, kh * kw)
-        ky, kx = ix.div(tap, kw, "ky"), ix.rem(tap, kw, "kx")
-        iy = ix.add(ix.add(ix.mul(oy, sh), -pt), ix.mul(ky, dh), "iy")
-        ixx = ix.add(ix.add(ix.mul(ox, sw), -pl), ix.mul(kx, dw), "ix")
-        ok = _and(b, ok, ix.below(iy, H) if check_h else None,
-                  ix.below(ixx, W) if check_w else None)
-        chan = ix.add(ix.mul(img, C), ix.add(ctx[2], ci))
-        off = ix.add(ix.mul(ix.add(ix.mul(chan, H), iy), W), ixx)
-        return _load(b, ix, X, off, ok, "x", invariant=True)
-
-    def row(ctx, m):
-        co = ix.add(ctx[1], m, "co")
-        return co, None if bias is None else _load(b, ix, bias, co, None, "bias", True)
-
-    def finish(ctx, row, n, acc):
-        co, bias_value = row
-        v = acc if bias_value is None else b.fadd(acc, bias_value, name="biased")
-        img, oy, ox = pixel(n)
-        sp = [oy, ox] if p.nsp == 2 else [ox]
-        kb.store_result(p.out, [ix.wide(i) for i in [img, co] + sp], v)
-
-    _tiled_gemm(kb, _Gemm(cog, n_img * HWo, K, p.group, setup, a_elem, b_elem, finish,
-                          a_k_contiguous=True, b_k_contiguous=HWo == 1, row=row), ix)
-
-
-# window taps unrolled up to this many (a depthwise 3x3 or 5x5 conv); more: loops
-UNROLL_TAPS = 32
-
-
-def _conv_direct(kb: GpuKernelBuilder, p: _ConvPlan) -> None:
-    """One thread per output element: bias + sum over the group's input channels and the
-    window's taps of w * x, a tap in the padding reading 0; taps unrolled when few."""
-    b = kb.b
-    ix = _Ix(b, _wide_index(kb))
-    dt = p.x.type.dtype
-    adt = acc_dtype(dt)
-    at = llvm_type(adt)
-    e = Emitter(b, [adt, adt], adt, kb.fast_math, llvm_name(p.out.name))
-    kernel = list(p.ws[2:])
-    spatial = list(p.xs[2:])
-    nsp = p.nsp
-    ktaps = numel(kernel)
-    kb.cost = 2 * numel(p.ys) * p.cig * ktaps
-    acc_slot = b.alloca(at, name="acc")
-    flat, done = _per_element(kb, ix)
-    idx = ix.delinear(flat, p.ys)
-    n_i, co, o = idx[0], idx[1], idx[2:]
-    X, Wt = kb.ptr(p.x), kb.ptr(p.w)
-    init = const(at, 0)
-    if p.bias is not None:
-        bv = b.load(b.gep(kb.ptr(p.bias), [ix.v(co)], inbounds=True), name="bias")
-        init = convert(e, bv, p.bias.type.dtype, adt)
-    b.store(init, acc_slot)
-    first = ix.mul(ix.div(co, p.cog, "group"), p.cig)
-    # each axis' input coordinate for tap 0; a tap adds its dilated offset
-    base = [ix.add(ix.mul(o[d], p.strides[d]), -p.pads[d]) for d in range(nsp)]
-    checks = [bool(p.pads[d] or p.pads[nsp + d]) for d in range(nsp)]
-
-    def tap(ci, taps):
-        pos = [ix.add(base[d], ix.mul(taps[d], p.dil[d])) for d in range(nsp)]
-        ok = _and(b, *[ix.below(pos[d], spatial[d]) if checks[d] else None
-                       for d in range(nsp)])
-        chan = ix.add(ix.mul(n_i, p.xs[1]), ix.add(first, ci))
-        x_off = ix.linear([chan] + pos, [1] + spatial)
-        xv = _load(b, ix, X, x_off, ok, "x", invariant=True)
-        wv = _load(b, ix, Wt, ix.linear([co, ci] + list(taps), p.ws), None, "w",
-                   invariant=True)
-        prod = e.mul(convert(e, xv, dt, adt), convert(e, wv, p.w.type.dtype, adt))
-        b.store(e.add(b.load(acc_slot), prod), acc_slot)
-
-    def taps_of(ci):
-        if ktaps <= UNROLL_TAPS:
-            for flat_tap in range(ktaps):
-                tap(ci, ix.delinear(flat_tap, kernel))
-            return
-
-        def nest(prefix):
-            if len(prefix) == nsp:
-                tap(ci, prefix)
-                return
-            with _loop(b, ix, kernel[len(prefix)], f"t{len(prefix)}") as t:
-                nest(prefix + [t])
-
-        nest([])
-
-    if p.cig == 1:
-        taps_of(0)
-    else:
-        with _loop(b, ix, p.cig, "ci") as ci:
-            taps_of(ci)
-    r = b.load(acc_slot, name="sum")
-    kb.store_result(p.out, [ix.wide(i) for i in idx], convert(e, r, adt, dt))
-    _done(kb, done)
+    per_element_done(kb, done)

@@ -92,6 +92,7 @@ class GpuKernel(BaseKernel):
 _SREG = "llvm.nvvm.read.ptx.sreg."
 BARRIER = "llvm.nvvm.barrier.cta.sync.aligned.all"
 SHARED = 3  # NVPTX's address space of shared memory
+GLOBAL = 1  # ... and of global memory
 
 
 def sreg(b: ir.IRBuilder, reg: str, name: str = "") -> ir.Value:
@@ -177,6 +178,16 @@ class GpuKernelBuilder(KernelBuilder):
         self.shared_bytes += int(count) * elem_bytes(elem)
         return self.b.gep(g, [i64(0), i64(0)], inbounds=True, name=name)
 
+    def use_global_buffers(self) -> None:
+        """Every buffer pointer of the kernel (all are device memory) as a global-memory one,
+        so that NVPTX emits ld.global / st.global rather than generic accesses, for operands
+        and the epilogue's loads and stores alike. For generators that only index the
+        pointers (gep, load, store): a bitcast cannot change the address space."""
+        for key, ptr in list(self.ptrs.items()):
+            if ptr.type.addrspace != GLOBAL:
+                self.ptrs[key] = self.b.addrspacecast(
+                    ptr, ir.PointerType(ptr.type.pointee, addrspace=GLOBAL), name=ptr.name + ".g")
+
     # ----- an elementwise group: one thread per output element ----------------------------
     def elementwise_loops(self) -> None:
         out_shape = self.shape(self.outputs[0])
@@ -184,6 +195,7 @@ class GpuKernelBuilder(KernelBuilder):
         for d in out_shape:
             n *= d
         self.parallel_extent = max(1, n)
+        self.use_global_buffers()
         flat_ok = self._flat_ok()
         with self.loop(self.begin, self.end, name="element") as flat:
             if flat_ok:
@@ -199,6 +211,8 @@ def build_gpu_kernel(module: ir.Module, name: str, nodes: Sequence[Node],
     """Lower a group of nodes to one GPU kernel in `module` (for a CudaTarget)."""
     start = time.perf_counter()
     kb = GpuKernelBuilder(module, name, nodes, inputs, outputs, target, fast_math)
+    if any(n.op in GPU_GENERATORS for n in nodes):
+        kb.use_global_buffers()  # the CPU's generators may bitcast a pointer: not theirs
     generate(kb, GENERATORS_ON_GPU, group_kernels=(), backend="CUDA")
     if kb.explicit_launch is not None:
         grid, block, items = kb.explicit_launch
