@@ -181,6 +181,12 @@ class Stream:
             call("cuMemcpyDtoHAsync_v2", ctypes.c_void_p(host_address),
                  ctypes.c_uint64(buf.address), ctypes.c_size_t(nbytes), self.handle)
 
+    def copy(self, dst_address: int, src_address: int, nbytes: int) -> None:
+        """Device to device."""
+        if nbytes:
+            call("cuMemcpyDtoDAsync_v2", ctypes.c_uint64(dst_address),
+                 ctypes.c_uint64(src_address), ctypes.c_size_t(nbytes), self.handle)
+
     def capture(self, launch_all) -> None:
         """Record what `launch_all()` launches on this stream as a CUDA graph, replayed by
         `replay` with one call instead of one launch per kernel."""

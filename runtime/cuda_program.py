@@ -27,7 +27,10 @@ import numpy as np
 
 from slimc.codegen.backend import ARENA, INPUT, OUTPUT, WEIGHTS
 
-from .native import NativeModule, Profile
+from slimc.ir.errors import InputError
+from slimc.ir.interpreter import check_arrays, order_inputs
+
+from .native import COPY_INPUT, COPY_OUTPUT, KERNEL, NativeModule, Profile
 
 
 class Launch(NamedTuple):
@@ -120,7 +123,12 @@ class CudaProgram(NativeModule):
             return self._device
 
     def __call__(self, *arrays, **named) -> list:
+        """numpy arrays in, numpy arrays out; or tensors already on the GPU (anything with
+        `__cuda_array_interface__`: torch, cupy) in, the same library's tensors out."""
         device = self._on_device()
+        ordered = order_inputs(self.input_names, arrays, named)
+        if any(hasattr(a, "__cuda_array_interface__") for a in ordered):
+            return device.run_device_arrays(ordered)
         arrays = self._host_arrays(arrays, named)
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
         device.run(arrays, outs)
@@ -207,6 +215,41 @@ class _DeviceState:
             if self.stream.graph is None and self.graph_error is None:
                 self._capture()
 
+    def run_device_arrays(self, arrays) -> list:
+        """A call whose inputs live on the GPU: each is copied device to device into the
+        program's input buffer (host arrays among them are uploaded), and the outputs are
+        new tensors of the first device input's library, filled device to device."""
+        specs, cu = self.program._inputs, self.cu
+        if len(arrays) != len(specs):
+            raise InputError(f"{self.program._name} takes {len(specs)} inputs, got "
+                             f"{len(arrays)}")
+        like = next(a for a in arrays if hasattr(a, "__cuda_array_interface__"))
+        outs = [_empty_like(like, shape, dtype) for _, dtype, shape, _ in self.program._outputs]
+        with self.lock:
+            cu.synchronize()  # whatever stream wrote the inputs is done with them
+            for buf, a, spec in zip(self.inputs, arrays, specs):
+                if hasattr(a, "__cuda_array_interface__"):
+                    self.stream.copy(buf.address, *_device_buffer(a, spec))
+                else:
+                    a = np.ascontiguousarray(check_arrays([spec], [a], self.program._name)[0])
+                    self.stream.upload(buf, a.ctypes.data, a.nbytes)
+            self.launch_all()
+            for j, (buf, o) in enumerate(zip(self.outputs, outs)):
+                source = self.program._sources[j]
+                address, nbytes = _device_buffer(o, self.program._outputs[j])
+                if source[0] == KERNEL:
+                    self.stream.copy(address, buf.address, nbytes)
+                elif source[0] == COPY_OUTPUT:
+                    self.stream.copy(address, _device_buffer(outs[source[1]], None)[0], nbytes)
+                elif source[0] == COPY_INPUT:
+                    self.stream.copy(address, self.inputs[source[1]].address, nbytes)
+                else:  # a constant
+                    self.stream.copy(address, self.weights.address + source[1], nbytes)
+            self.stream.synchronize()
+            if self.stream.graph is None and self.graph_error is None:
+                self._capture()
+        return outs
+
     def _capture(self) -> None:
         """After a first call ran plainly (and so checked every launch), capture the
         launches as a graph; a driver that refuses keeps plain launches (the reason is kept
@@ -216,6 +259,48 @@ class _DeviceState:
         except self.cu.CudaError as e:
             self.graph_error = str(e)
             self.stream.graph = None
+
+
+def _device_buffer(tensor, spec) -> tuple:
+    """(device address, bytes) of a C-contiguous GPU tensor matching `spec` (None: any)."""
+    cai = tensor.__cuda_array_interface__
+    dtype, shape = np.dtype(cai["typestr"]), tuple(cai["shape"])
+    if spec is not None:
+        name, want, want_shape, text = spec
+        if dtype != want or len(shape) != len(want_shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(want_shape, shape)):
+            raise InputError(f"input {name!r} expects {text}, got a GPU tensor of {dtype} "
+                             f"{list(shape)}")
+    strides = cai.get("strides")
+    if strides is not None and tuple(strides) != _c_strides(shape, dtype.itemsize):
+        raise InputError(f"a GPU tensor of shape {list(shape)} is not C-contiguous (strides "
+                         f"{list(strides)}): pass .contiguous()")
+    return int(cai["data"][0]), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def _c_strides(shape, itemsize: int) -> tuple:
+    out, acc = [], itemsize
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
+
+
+def _empty_like(like, shape, dtype):
+    """A new GPU tensor of `like`'s library (torch or cupy) on its device."""
+    library = type(like).__module__.split(".")[0]
+    if library == "torch":
+        import torch
+
+        return torch.empty(tuple(shape), dtype=getattr(torch, np.dtype(dtype).name),
+                           device=like.device)
+    if library == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(tuple(shape), dtype=dtype)
+    raise InputError(f"GPU tensors of {library} are not taken yet: pass torch or cupy "
+                     f"tensors, or numpy arrays")
 
 
 def _nbytes(spec) -> int:

@@ -108,9 +108,28 @@ def cmd_compile(args) -> int:
             print(f"{stage:<14} {s:>8.3f} {100 * s / total:>5.1f}%")
         print(f"{'total':<14} {total:>8.3f}")
         _print_compile_details(mod._current())
+    if mod.target.kind == "cuda":
+        _print_ptxas(mod)
     print(f"slimc: compiled {args.model} for {args.target}; wrote {args.output}/: "
           f"{', '.join(sorted(os.listdir(args.output)))}")
     return 0
+
+
+def _print_ptxas(mod) -> None:
+    """A GPU module: what ptxas says of its kernels (when it is installed)."""
+    from slimc.codegen.cuda.ptx import ptxas, ptxas_path
+
+    if ptxas_path() is None:
+        print("ptxas: not installed (pip install nvidia-cuda-nvcc) - the PTX was not assembled")
+        return
+    arch = mod.target.backend.target.cpu
+    report = ptxas(mod.ptx, arch)
+    regs = max((k.get("registers", 0) for k in report.kernels.values()), default=0)
+    shared = max((k.get("shared", 0) for k in report.kernels.values()), default=0)
+    spills = report.spills()
+    print(f"ptxas -arch={arch}: {len(report.kernels)} kernels assembled, at most {regs} "
+          f"registers and {shared} bytes of shared memory a kernel; "
+          f"{'spills in ' + ', '.join(sorted(spills)) if spills else 'no spills'}")
 
 
 def _print_compile_details(compiled, top: int = 8) -> None:

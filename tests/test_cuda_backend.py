@@ -20,6 +20,7 @@ needs_ptxas = pytest.mark.skipif(ptxas_path() is None, reason="ptxas not install
 needs_libdevice = pytest.mark.skipif(libdevice_path() is None, reason="libdevice not installed "
                                      "(pip install nvidia-nvvm)")
 no_gpu = pytest.mark.skipif(no_gpu_reason() is None, reason="a GPU is present")
+needs_gpu = pytest.mark.skipif(no_gpu_reason() is not None, reason=str(no_gpu_reason()))
 
 TARGET = "cuda:sm_80"
 
@@ -213,3 +214,45 @@ def test_a_removed_barrier_in_a_block_reduction_is_caught():
     assert BARRIER_CALL in mod.llvm_ir
     got = _without_barrier(mod, 0).emulate(x)[0]
     assert not np.allclose(got, interpret(g, x)[0], rtol=1e-4, atol=1e-5)
+
+
+# ----- on a GPU (`python -m pytest -m gpu`; skipped without one) --------------------------------
+
+@pytest.mark.gpu
+@needs_gpu
+def test_the_demo_cnn_on_the_gpu_matches_the_interpreter_and_the_emulator(tmp_path):
+    from slimc.demo import build_demo_model
+
+    mod = slimc.compile(build_demo_model(), target="cuda",
+                        input_shapes={"image": (2, 3, 32, 32)})
+    g = mod.graph
+    x = rand(2, 3, 32, 32)
+    want = interpret(g, x)
+    for _ in range(3):  # the first call launches kernel by kernel, later ones a CUDA graph
+        for got, w in zip(mod(x), want):
+            np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+    for got, w in zip(mod.emulate(x), want):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+    profile = mod.profile(x, repeat=5)
+    assert [r[0] for r in profile.rows] == [k.name for k in mod.kernels]
+    mod.export(str(tmp_path / "art"))
+    loaded = slimc.load(str(tmp_path / "art"))
+    for got, w in zip(loaded(x), want):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_tensors_in_give_gpu_tensors_out():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch has no CUDA")
+    g = graph("""  %a = mul(%x, %y) : f32[3,37]
+  %s = reduce_sum(%a) {axes=[1], keepdims=0} : f32[3]
+  return %s, %a""", "%x: f32[3,37], %y: f32[37]", "f32[3], f32[3,37]")
+    mod = slimc.compile(g, target="cuda")
+    x, y = rand(3, 37), rand(37, seed=1)
+    got = mod(torch.from_numpy(x).cuda(), y)  # one GPU tensor, one numpy array
+    assert all(isinstance(t, torch.Tensor) and t.is_cuda for t in got)
+    for t, w in zip(got, interpret(g, x, y)):
+        np.testing.assert_allclose(t.cpu().numpy(), w, rtol=1e-5, atol=1e-6)

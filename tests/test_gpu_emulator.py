@@ -1,4 +1,4 @@
-"""The GPU emulator (runtime/gpu_emulator.py): hand-written NVPTX kernels run on the CPU against
+"""The GPU emulator (runtime/gpu_emulator*.py): hand-written NVPTX kernels run on the CPU against
 numpy, and the classic GPU bugs (a missing barrier, barrier divergence, an element never
 written) show as wrong answers or errors, never as a crash or a hang."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from slimc.codegen.cpu.target import ensure_llvm_initialized
-from slimc.runtime.gpu_emulator import (ARITHMETIC, CONTEXT_BYTES, Emulator, EmulatorError,
-                                        _runtime_ir)
+from slimc.runtime.gpu_emulator import ARITHMETIC, CONTEXT_BYTES, Emulator, EmulatorError
+from slimc.runtime.gpu_emulator_ir import runtime_ir
 
 RNG = np.random.default_rng(0)
 
@@ -433,8 +433,106 @@ exit:
 }
 """
 
+# y[block, t] = the sum over tiles k < ntiles of x[block, k, 32 (w + 1) % 128 ..][:32], for
+# thread t of warp w (block of 128): per tile the block copies 128 elements to shared memory,
+# each warp reads the next warp's part and sums it by butterfly shuffles. As the fused attention
+# kernel (codegen/cuda/gen_attention.py), a barrier before each copy keeps a warp from
+# overwriting the tile another warp still reads.
+TILE_REUSE = HEAD + """
+@tile = internal addrspace(3) global [128 x float] undef, align 4
+
+define ptx_kernel void @tile_reuse(ptr %x, ptr %y, i32 %ntiles) {
+entry:
+  %tid = call i32 @llvm.nvvm.read.ptx.sreg.tid.x()
+  %bid = call i32 @llvm.nvvm.read.ptx.sreg.ctaid.x()
+  %t64 = zext i32 %tid to i64
+  %mine = getelementptr [128 x float], ptr addrspace(3) @tile, i64 0, i64 %t64
+  %t32 = add i32 %tid, 32
+  %next = and i32 %t32, 127
+  %n64 = zext i32 %next to i64
+  %theirs = getelementptr [128 x float], ptr addrspace(3) @tile, i64 0, i64 %n64
+  %row = mul i32 %bid, %ntiles
+  br label %tiles
+tiles:
+  %k = phi i32 [ 0, %entry ], [ %k1, %summed ]
+  %acc = phi float [ 0.0, %entry ], [ %acc1, %summed ]
+  call void @llvm.nvvm.barrier.cta.sync.aligned.all(i32 0) ; BEFORE_OVERWRITE
+  %rk = add i32 %row, %k
+  %base = mul i32 %rk, 128
+  %i = add i32 %base, %tid
+  %i64 = zext i32 %i to i64
+  %px = getelementptr float, ptr %x, i64 %i64
+  %v = load float, ptr %px, align 4
+  store float %v, ptr addrspace(3) %mine, align 4
+  call void @llvm.nvvm.barrier.cta.sync.aligned.all(i32 0) ; AFTER_COPY
+  %a = load float, ptr addrspace(3) %theirs, align 4
+  br label %bfly
+bfly:
+  %s = phi float [ %a, %tiles ], [ %s1, %bfly ]
+  %off = phi i32 [ 16, %tiles ], [ %off1, %bfly ]
+  %other = call float @llvm.nvvm.shfl.sync.bfly.f32(i32 -1, float %s, i32 %off, i32 31)
+  %s1 = fadd float %s, %other
+  %off1 = lshr i32 %off, 1
+  %more = icmp ne i32 %off1, 0
+  br i1 %more, label %bfly, label %summed
+summed:
+  %acc1 = fadd float %acc, %s1
+  %k1 = add i32 %k, 1
+  %moretiles = icmp ult i32 %k1, %ntiles
+  br i1 %moretiles, label %tiles, label %done
+done:
+  %b128 = mul i32 %bid, 128
+  %o = add i32 %b128, %tid
+  %o64 = zext i32 %o to i64
+  %py = getelementptr float, ptr %y, i64 %o64
+  store float %acc1, ptr %py, align 4
+  ret void
+}
+"""
+
+# out[block] = how many warps added 1 to a shared counter: lane 0 of each warp reads it, the
+# warp shuffles, lane 0 writes it back plus 1 -- a lost update (no atomics) when two warps read
+# before either writes
+LOST_UPDATE = HEAD + """
+@count = internal addrspace(3) global float undef, align 4
+
+define ptx_kernel void @count_warps(ptr %out) {
+entry:
+  %tid = call i32 @llvm.nvvm.read.ptx.sreg.tid.x()
+  %bid = call i32 @llvm.nvvm.read.ptx.sreg.ctaid.x()
+  %lane = and i32 %tid, 31
+  %first = icmp eq i32 %tid, 0
+  br i1 %first, label %init, label %start
+init:
+  store float 0.0, ptr addrspace(3) @count, align 4
+  br label %start
+start:
+  call void @llvm.nvvm.barrier.cta.sync.aligned.all(i32 0)
+  %old = load float, ptr addrspace(3) @count, align 4
+  %one = call float @llvm.nvvm.shfl.sync.bfly.f32(i32 -1, float 1.0, i32 1, i32 31)
+  %new = fadd float %old, %one
+  %leader = icmp eq i32 %lane, 0
+  br i1 %leader, label %add, label %counted
+add:
+  store float %new, ptr addrspace(3) @count, align 4
+  br label %counted
+counted:
+  call void @llvm.nvvm.barrier.cta.sync.aligned.all(i32 0)
+  br i1 %first, label %write, label %exit
+write:
+  %c = load float, ptr addrspace(3) @count, align 4
+  %b64 = zext i32 %bid to i64
+  %po = getelementptr float, ptr %out, i64 %b64
+  store float %c, ptr %po, align 4
+  br label %exit
+exit:
+  ret void
+}
+"""
+
 KERNELS = {"axpb": AXPB, "block_sum": BLOCK_SUM, "matmul": MATMUL, "rotate": ROTATE,
            "geometry": GEOMETRY, "copy": MEMCPY, "early_exit": EARLY_EXIT,
+           "tile_reuse": TILE_REUSE, "count_warps": LOST_UPDATE,
            **{f"warp_sum_{m}": WARP_SUM.replace("MODE", m) for m in ("bfly", "down")},
            **{f"probe_{m}": SHUFFLE_PROBE.replace("MODE", m) for m in ("bfly", "down", "up",
                                                                        "idx")}}
@@ -508,6 +606,37 @@ def test_the_schedule_is_repeatable_for_a_seed():
         runs.append(out)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
+
+
+def _tile_sums(x: np.ndarray) -> np.ndarray:
+    """TILE_REUSE's answer: per block and thread, the tiles' sums of the next warp's part."""
+    parts = x.reshape(x.shape[0], -1, 4, 32).sum((1, 3))  # [block, warp]
+    return np.repeat(np.roll(parts, -1, axis=1), 32, axis=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_reusing_shared_memory_across_warps_needs_the_barrier_before_the_overwrite(seed):
+    # Warps run from barrier to barrier one after another (in some segments): without the
+    # barrier before the copy, a warp that finished its tile overwrites its part of it while the
+    # warp before it has yet to read it. Run in lockstep, every warp reads before any writes.
+    x = _f32(8, 4, 128)
+    y = np.full((8, 128), np.nan, np.float32)
+    Emulator(TILE_REUSE, seed=seed).launch("tile_reuse", 8, 128,
+                                           [x.ctypes.data, y.ctypes.data, 4])
+    np.testing.assert_allclose(y, _tile_sums(x), rtol=1e-4, atol=1e-4)
+    y[:] = np.nan
+    Emulator(_without(TILE_REUSE, "BEFORE_OVERWRITE"), seed=seed).launch(
+        "tile_reuse", 8, 128, [x.ctypes.data, y.ctypes.data, 4])
+    assert not np.allclose(y, _tile_sums(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_update_lost_across_a_shuffle_shows(seed):
+    # the other interleaving: warps in lockstep read the counter before any of them writes it
+    out = np.full(32, np.nan, np.float32)
+    Emulator(LOST_UPDATE, seed=seed).launch("count_warps", 32, 128, [out.ctypes.data])
+    assert (out >= 1).all() and (out <= 4).all()
+    assert (out < 4).any()
 
 
 @pytest.mark.parametrize("block", [(128,), (32, 4), (16, 8), (8, 4, 2)])
@@ -718,7 +847,7 @@ def test_arithmetic_replacements_have_libdevices_signatures_and_compile():
         assert declared.get(name, f"{ret} ({', '.join(params)})") == \
             f"{ret} ({', '.join(params)})", name
     assert sorted(set(declared) - set(ARITHMETIC)) == ["prmt"]  # a byte permute: not needed
-    llvm.parse_assembly(_runtime_ir(set(ARITHMETIC))).verify()
+    llvm.parse_assembly(runtime_ir(set(ARITHMETIC))).verify()
 
 
 def test_directed_rounding():
@@ -769,11 +898,37 @@ def test_threads_at_different_barriers_raise():
         Emulator(TWO_BARRIERS).launch("two_barriers", 1, 64, [])
 
 
-def test_a_shuffle_against_a_barrier_raises():
+@pytest.mark.parametrize("seed", range(6))  # a segment runs warp by warp or in lockstep
+def test_a_shuffle_against_a_barrier_raises(seed):
     with pytest.raises(EmulatorError, match=r"thread \(\d+, 0, 0\) at shuffle 1 of "
                        r"@shuffle_vs_barrier waits for its warp, but thread \(0, 0, 0\) at "
                        r"barrier 1 of @shuffle_vs_barrier waits"):
-        Emulator(SHUFFLE_VS_BARRIER).launch("shuffle_vs_barrier", 1, 64, [])
+        Emulator(SHUFFLE_VS_BARRIER, seed=seed).launch("shuffle_vs_barrier", 1, 64, [])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lanes_at_different_shuffles_raise(seed):
+    ir = HEAD + """
+define ptx_kernel void @split_warp() {
+entry:
+  %tid = call i32 @llvm.nvvm.read.ptx.sreg.tid.x()
+  %bit = and i32 %tid, 1
+  %odd = icmp ne i32 %bit, 0
+  br i1 %odd, label %a, label %b
+a:
+  %x = call float @llvm.nvvm.shfl.sync.bfly.f32(i32 -1, float 1.0, i32 1, i32 31)
+  br label %exit
+b:
+  %y = call float @llvm.nvvm.shfl.sync.down.f32(i32 -1, float 2.0, i32 1, i32 31)
+  br label %exit
+exit:
+  ret void
+}
+"""
+    with pytest.raises(EmulatorError, match=r"lanes of one warp wait at different shuffles: "
+                       r"thread \(\d+, 0, 0\) at shuffle [12] of @split_warp, thread "
+                       r"\(\d+, 0, 0\) at shuffle [12] of @split_warp"):
+        Emulator(ir, seed=seed).launch("split_warp", 2, 64, [])
 
 
 def test_bad_launches_raise():
