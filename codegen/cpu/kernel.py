@@ -556,7 +556,8 @@ def generate(kb: KernelBuilder, generators=GENERATORS, group_kernels=GROUP_KERNE
 
 
 def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
-                 outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)) -> Kernel:
+                 outputs: Sequence[Value], target,
+                 fast_math: Sequence[str] = ("contract",)) -> Kernel:
     """Lower a group of nodes to one kernel function in `module` for `target` (a CpuTarget)."""
     start = time.perf_counter()
     kb = KernelBuilder(module, name, nodes, inputs, outputs, target, fast_math)
