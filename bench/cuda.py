@@ -3,7 +3,8 @@
 The CUDA backend on the benchmark corpus. On any machine: each model compiled for
 ``cuda:<arch>`` (seconds), its PTX assembled by ptxas for sm_80 and sm_90 (those not older than
 <arch>: PTX for sm_80 also runs on sm_90, not the reverse), and per model the
-kernels' largest register count, shared memory and any spills. With a GPU (the CUDA driver
+kernels' largest register count, shared memory and any spills; with `--emulate`, the kernels
+run by the CPU emulator against onnxruntime (seconds, largest errors). With a GPU (the CUDA driver
 sees one) also: the outputs against onnxruntime on the CPU (largest absolute and relative
 error), and the median milliseconds of a call (inputs copied in and outputs out) and of the
 kernels alone (CUDA events), over `--repeat` calls after a warm-up. Nothing is asserted.
@@ -39,7 +40,22 @@ def _feeds(name: str, path: str) -> dict:
     return models.select(name)[0].make(1, models.cache_dir())[1]
 
 
-def measure(name: str, arch: str, repeat: int) -> dict:
+def _onnxruntime(path: str, feeds: dict) -> list:
+    import onnx
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx.load(path).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _errors(got, want) -> dict:
+    return {"max_abs_err": float(max(np.max(np.abs(g - w)) for g, w in zip(got, want))),
+            "max_rel_err": float(max(np.max(np.abs(g - w) / (np.abs(w) + 1e-3))
+                                     for g, w in zip(got, want)))}
+
+
+def measure(name: str, arch: str, repeat: int, emulate: bool = False) -> dict:
     import slimc
     from slimc.codegen.cuda.ptx import ptxas
     from slimc.runtime.cuda_driver import no_gpu_reason
@@ -57,17 +73,14 @@ def measure(name: str, arch: str, repeat: int) -> dict:
         row[f"{a}_max_registers"] = max(k.get("registers", 0) for k in report.kernels.values())
         row[f"{a}_max_shared"] = max(k.get("shared", 0) for k in report.kernels.values())
         row[f"{a}_spilling_kernels"] = sorted(report.spills())
+    if emulate:
+        t = time.perf_counter()
+        got = mod.emulate(**feeds)
+        row["emulate_s"] = round(time.perf_counter() - t, 2)
+        row.update({"emulated_" + k: v for k, v in
+                    _errors(got, _onnxruntime(path, feeds)).items()})
     if no_gpu_reason() is None:
-        import onnx
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(onnx.load(path).SerializeToString(),
-                                    providers=["CPUExecutionProvider"])
-        want = sess.run(None, feeds)
-        got = mod(**feeds)
-        row["max_abs_err"] = float(max(np.max(np.abs(g - w)) for g, w in zip(got, want)))
-        row["max_rel_err"] = float(max(np.max(np.abs(g - w) / (np.abs(w) + 1e-3))
-                                       for g, w in zip(got, want)))
+        row.update(_errors(mod(**feeds), _onnxruntime(path, feeds)))
         times = []
         for _ in range(repeat):
             t = time.perf_counter()
@@ -83,12 +96,14 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--arch", default="sm_80")
     p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--emulate", action="store_true",
+                   help="also run the kernels in the CPU emulator against onnxruntime (slow)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     rows = []
     for name in args.models.split(","):
         try:
-            row = measure(name, args.arch, args.repeat)
+            row = measure(name, args.arch, args.repeat, args.emulate)
         except Exception as e:  # noqa: BLE001 - one model's failure is a row, not the end
             row = {"model": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         rows.append(row)
