@@ -217,6 +217,26 @@ def test_conv_integer(pads, strides, group, xzp):
     _check(m, {"x": x})
 
 
+@pytest.mark.parametrize("kernel,strides,dilations,pads", [
+    ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+    ((3, 3), (1, 2), (2, 1), (2, 0, 1, 2)), ((1, 3), (1, 1), (1, 3), (0, 3, 0, 3)),
+    ((5, 5), (2, 2), (1, 1), (2, 2, 2, 2)), ((3, 4), (2, 1), (1, 1), (0, 1, 2, 2))])
+@pytest.mark.parametrize("width", [7, 16, 37])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_conv_integer(kernel, strides, dilations, pads, width, multiplier):
+    """Depthwise int8 convolutions (group = channels) of every width class against
+    onnxruntime, exactly: rows of taps per dword (3x3, 1x3 dilated, 3x4), four taps per
+    dword (5x5), both strides, padding with the activation's zero point."""
+    c = 5
+    x = _q(np.uint8, (1, c, 9, width))
+    w = _q(np.int8, (c * multiplier, 1) + kernel)
+    node = helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["y"], group=c,
+                            pads=list(pads), strides=list(strides), dilations=list(dilations))
+    m = make_model([node], {"x": x}, ["y"], {"w": w, "zx": np.uint8(131), "zw": np.int8(0)},
+                   opset=10)
+    _check(m, {"x": x})
+
+
 def _qlinear_matmul(ta, tb, per_column, shape_a, opset=10):
     a, b = _q(ta, shape_a), _q(tb, (shape_a[-1], 6))
     inits = {"sa": np.float32(0.023), "za": np.asarray(11, ta), "b": b,
