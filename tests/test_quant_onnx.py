@@ -475,3 +475,25 @@ def test_onnxruntime_quantized_models(tmp_path, build, mode, integer_op, float_o
     assert _cosine(got, expected) >= 0.99
     compiled = _compiled(model, {"x": x})[0]  # last: skips while a kernel is missing
     assert _cosine(compiled, expected) >= 0.99
+
+
+@pytest.mark.parametrize("dtype,zp", QZP)
+def test_quantize_of_nan_inf_and_huge_values_matches_the_reference(dtype, zp):
+    """The compiled quantize (clamped before it rounds, on x86) against slimc's reference:
+    NaN to the lowest value, infinities and values past 2**31 saturated, ties to even, in
+    vector lanes and the scalar tail (37 values)."""
+    from slimc.ir import interpret, parse
+
+    name = np.dtype(dtype).name.replace("uint", "u").replace("int", "i")
+    g = parse(f"""# slimc-ir v1
+graph @q(%x: f32[37]) -> ({name}[37]) {{
+  const %s: f32[] = [0.05]
+  const %z: {name}[] = [{zp}]
+  %y = quantize(%x, %s, %z) : {name}[37]
+  return %y
+}}
+""")
+    x = _x_with_ties((37,), 0.05)
+    x[8:16] = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e9, -3e9, 2.0 ** 31]
+    x[30:] = [np.nan, np.inf, -np.inf, 6.3e9, -0.0, 0.025, 0.075]  # in the tail
+    np.testing.assert_array_equal(slimc.compile(g)(x)[0], interpret(g, x)[0])

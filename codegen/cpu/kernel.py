@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 from llvmlite import ir
 
 from slimc.ir import Node, Value, get_op
@@ -316,7 +317,38 @@ class KernelBuilder:
             args.append(splat(self.b, x, lanes) if lane_broadcast else x)
         e = Emitter(self.b, [v.type.dtype for v in node.inputs if v is not None],
                     node.outputs[0].type.dtype, self.fast_math, llvm_name(node.outputs[0].name))
+        e.no_nan = all(self.never_nan(v) for v in node.inputs if v is not None)
         return LOWERINGS[node.op](e, args, self.attrs(node))
+
+    # ops that give no NaN from operands that are not NaN; add, sub and mul only with a
+    # constant operand (inf - inf and inf * 0 are NaN: a constant is finite and nonzero)
+    _NO_NAN_OPS = frozenset({"clip", "relu", "max", "min", "neg", "abs", "dequantize"})
+
+    def never_nan(self, v: Value) -> bool:
+        """True if no element of `v` can be NaN, from what computes it in this kernel: a
+        requantizing epilogue (int32 -> dequantize -> + bias -> clip) then clamps with one
+        instruction where NaN-propagating max and min take three."""
+        memo = self.__dict__.setdefault("_never_nan", {})
+        if id(v) in memo:
+            return memo[id(v)]
+        if not v.type.dtype.is_float:
+            result = True
+        elif v.is_constant:
+            result = v.data is not None and bool(np.all(np.isfinite(v.data)))
+        else:
+            node = self.produced.get(id(v))
+            operands = [x for x in (node.inputs if node is not None else ()) if x is not None]
+            if node is None or not all(self.never_nan(x) for x in operands):
+                result = False
+            elif node.op in self._NO_NAN_OPS:
+                result = True
+            elif node.op in ("add", "sub", "mul") and len(operands) == 2:
+                const = [x for x in operands if x.is_constant]
+                result = bool(const) and (node.op != "mul" or bool(np.all(const[0].data != 0)))
+            else:
+                result = False
+        memo[id(v)] = result
+        return result
 
     def _injective(self, node: Node, v: Value, index, lanes: int) -> ir.Value:
         """Remapped load. Vector lanes stay a vector only when the map keeps the last axis

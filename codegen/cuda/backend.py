@@ -20,8 +20,8 @@ from ..backend import Backend, CompileOptions, Executable, Lowered
 from ..cpu.kernel import INDEX_MAPS, llvm_name
 from ..cpu.lower import group_boundary
 from ..cpu.scalar_ops import LOWERINGS
-# each registers its GPU generators
-from . import gen_attention, gen_conv, gen_gemm, gen_reduce, gen_window  # noqa: F401
+from . import gen_attention, gen_conv, gen_gemm, gen_norm  # noqa: F401  (each registers
+from . import gen_reduce, gen_resize, gen_window  # noqa: F401        its GPU generators)
 from .kernel import build_gpu_kernel, generator_for
 from .ptx import compile_ptx
 from .target import CudaTarget

@@ -32,7 +32,7 @@ from slimc.ir.errors import UnsupportedError
 from ..cpu.common import cdiv, emitter, entry_alloca, numel, unflatten
 from ..cpu.kernel import llvm_name
 from ..cpu.llvm_util import F32, I32, const, i64
-from .gen_reduce import WARP, combiner, no_work, warp_reduce
+from .gen_rows import WARP, combiner, no_work, warp_reduce
 from .kernel import GpuKernelBuilder, gpu_generator
 
 MAX_WARPS = 8
