@@ -497,3 +497,32 @@ graph @q(%x: f32[37]) -> ({name}[37]) {{
     x[8:16] = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e9, -3e9, 2.0 ** 31]
     x[30:] = [np.nan, np.inf, -np.inf, 6.3e9, -0.0, 0.025, 0.075]  # in the tail
     np.testing.assert_array_equal(slimc.compile(g)(x)[0], interpret(g, x)[0])
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.03, 0.0235294])
+@pytest.mark.parametrize("zp", [0, 3])
+def test_quantize_after_clip_skips_only_clamps_that_cannot_bite(scale, zp):
+    """clip(0, 6) of a value that cannot be NaN (from integers), then quantize: with scale
+    0.03 (6 / s = 200) no clamp can bite and none is emitted, with 0.01 (600) the upper one
+    stays, and with 0.0235294 (255.0001) too; results against slimc's reference, exactly."""
+    from slimc.ir import interpret, parse
+
+    g = parse(f"""# slimc-ir v1
+graph @q(%x: i32[50]) -> (u8[50]) {{
+  const %step: f32[] = [0.0625]
+  const %lo: f32[] = [0.0]
+  const %hi: f32[] = [6.0]
+  const %s: f32[] = [{scale}]
+  const %z: u8[] = [{zp}]
+  %f = cast(%x) {{to=f32}} : f32[50]
+  %a = mul(%f, %step) : f32[50]
+  %c = clip(%a, %lo, %hi) : f32[50]
+  %q = quantize(%c, %s, %z) : u8[50]
+  return %q
+}}
+""")
+    x = np.arange(-100, 150, 5).astype(np.int32)
+    mod = slimc.compile(g)
+    np.testing.assert_array_equal(mod(x)[0], interpret(g, x)[0])
+    upper_can_bite = np.float32(6.0) / np.float32(scale) > 255 - zp  # 0.0235294: 255.0001
+    assert ("clamped" in mod.llvm_ir) == bool(upper_can_bite)

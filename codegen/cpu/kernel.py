@@ -315,14 +315,39 @@ class KernelBuilder:
             lane_broadcast = lanes > 1 and (not in_shape or in_shape[-1] == 1)
             x = self.value_at(v, idx, 1 if lane_broadcast else lanes)
             args.append(splat(self.b, x, lanes) if lane_broadcast else x)
+        return LOWERINGS[node.op](self.emitter_for(node), args, self.attrs(node))
+
+    def emitter_for(self, node: Node) -> Emitter:
+        """The Emitter that computes `node` inline, with what this kernel knows of its
+        operands (never NaN, bounded by a clip)."""
         e = Emitter(self.b, [v.type.dtype for v in node.inputs if v is not None],
                     node.outputs[0].type.dtype, self.fast_math, llvm_name(node.outputs[0].name))
         e.no_nan = all(self.never_nan(v) for v in node.inputs if v is not None)
-        return LOWERINGS[node.op](e, args, self.attrs(node))
+        e.ranges = [None if v is None else self.value_range(v) for v in node.inputs]
+        return e
+
+    def value_range(self, v: Value):
+        """(lo, hi) that every element of `v` lies in, where a clip or relu in this kernel
+        bounds it (and it is never NaN), else None: a quantize after a clip to [0, 6] then
+        skips clamps that cannot bite."""
+        node = self.produced.get(id(v))
+        if node is None or not self.never_nan(v):
+            return None
+        if node.op == "relu":
+            return (0.0, float("inf"))
+        if node.op != "clip":
+            return None
+        bounds = []
+        for i, default in ((1, float("-inf")), (2, float("inf"))):
+            b = node.inputs[i] if len(node.inputs) > i else None
+            if b is not None and not (b.is_constant and b.data is not None and b.data.size == 1):
+                return None
+            bounds.append(default if b is None else float(b.data.reshape(())))
+        return tuple(bounds)
 
     # ops that give no NaN from operands that are not NaN; add, sub and mul only with a
     # constant operand (inf - inf and inf * 0 are NaN: a constant is finite and nonzero)
-    _NO_NAN_OPS = frozenset({"clip", "relu", "max", "min", "neg", "abs", "dequantize"})
+    _NO_NAN_OPS = frozenset({"clip", "relu", "max", "min", "neg", "abs", "dequantize", "cast"})
 
     def never_nan(self, v: Value) -> bool:
         """True if no element of `v` can be NaN, from what computes it in this kernel: a
@@ -553,9 +578,7 @@ class KernelBuilder:
                 result = load(self.b, self.ptr(v), self._ir(flat), lanes, llvm_name(v.name))
         else:
             args = [None if a is None else self._flat_value(a, flat, lanes) for a in node.inputs]
-            e = Emitter(self.b, [a.type.dtype for a in node.inputs if a is not None],
-                        node.outputs[0].type.dtype, self.fast_math, llvm_name(node.outputs[0].name))
-            result = LOWERINGS[node.op](e, args, self.attrs(node))
+            result = LOWERINGS[node.op](self.emitter_for(node), args, self.attrs(node))
         self.cache[key] = result
         return result
 

@@ -54,8 +54,9 @@ class Emitter:
         self.flags = tuple(fast_math)
         self.name = name
         # the caller knows no operand is NaN (KernelBuilder.never_nan): max and min need not
-        # propagate one
+        # propagate one; and per operand, (lo, hi) its elements lie in, or None
         self.no_nan = False
+        self.ranges: list = []
 
     # ----- typing ------------------------------------------------------------------------
     @property
@@ -409,7 +410,11 @@ def _quantize(e, a, _):
     zp = _uniform_constant(a[2], e.in_dtypes[2]) if len(a) > 2 and a[2] is not None else 0
     if zp is not None and e.b.module.triple.startswith("x86_64"):
         q = scaled
-        for pred, bound in ((">", lo - zp), ("<", hi - zp)):
+        reach = _scaled_range(e, x, scale)
+        for pred, bound, inside in ((">", lo - zp, reach and reach[0] >= lo - zp),
+                                    ("<", hi - zp, reach and reach[1] <= hi - zp)):
+            if inside:  # x's range (a clip before) keeps x / scale within this bound
+                continue
             c = e.c(q, bound)
             q = e.b.select(e.b.fcmp_ordered(pred, q, c), q, c, name=e.name + ".clamped")
         lanes = q.type.count if isinstance(q.type, ir.VectorType) else 0
@@ -429,18 +434,39 @@ def _quantize(e, a, _):
     return convert(e, convert(e, q, dtypes.f32, dtypes.i32), dtypes.i32, e.out_dtype)
 
 
-def _uniform_constant(v, dtype):
-    """The integer a constant scalar or splat vector of `dtype` holds, else None (LLVM keeps
-    an integer constant's bits: -3 as an i8 is 253)."""
+def _scaled_range(e, x, scale):
+    """(lo, hi) of x / scale in float32 when x's range is known (`Emitter.ranges`, f32) and
+    the scale is a positive constant, else None (division rounds monotonically)."""
+    import numpy as np
+
+    ranges = e.ranges
+    s = _uniform(scale)
+    if len(ranges) < 2 or ranges[0] is None or e.in_dtypes[0] != dtypes.f32 or \
+            not isinstance(s, float) or not s > 0:
+        return None
+    with np.errstate(all="ignore"):
+        lo, hi = (float(np.float32(r) / np.float32(s)) for r in ranges[0])
+    return lo, hi
+
+
+def _uniform(v):
+    """The Python number a constant scalar or splat vector holds, else None."""
     if not isinstance(v, ir.Constant):
         return None
     items = v.constant if isinstance(v.type, ir.VectorType) else [v]
     if not isinstance(items, (list, tuple)) or not items:
         return None
     values = {getattr(c, "constant", None) for c in items}
-    if len(values) != 1 or not isinstance(next(iter(values)), int):
+    value = next(iter(values)) if len(values) == 1 else None
+    return value if isinstance(value, (int, float)) else None
+
+
+def _uniform_constant(v, dtype):
+    """The integer a constant scalar or splat vector of `dtype` holds, else None (LLVM keeps
+    an integer constant's bits: -3 as an i8 is 253)."""
+    value = _uniform(v)
+    if not isinstance(value, int):
         return None
-    value = next(iter(values))
     bits = 8 * dtype.itemsize
     return value - (1 << bits) if dtype.is_signed and value >= 1 << (bits - 1) else value
 
