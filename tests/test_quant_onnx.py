@@ -526,3 +526,15 @@ graph @q(%x: i32[50]) -> (u8[50]) {{
     np.testing.assert_array_equal(mod(x)[0], interpret(g, x)[0])
     upper_can_bite = np.float32(6.0) / np.float32(scale) > 255 - zp  # 0.0235294: 255.0001
     assert ("clamped" in mod.llvm_ir) == bool(upper_can_bite)
+
+
+@pytest.mark.parametrize("c,k", [(320, 1), (32, 3), (24, 3)])
+def test_conv_integer_narrow_rows_pixels_as_tile_rows(c, k):
+    """Output rows narrower than a vector (7 columns) with K = c*k*k products per result:
+    K >= 256 with no epilogue runs pixels as the tile rows (320, 288), K = 216 does not."""
+    x, w = _q(np.uint8, (1, c, 5, 7)), _q(np.int8, (40, c, k, k))
+    node = helper.make_node("ConvInteger", ["x", "w", "zx", "zw"], ["y"],
+                            pads=[k // 2] * 4)
+    m = make_model([node], {"x": x}, ["y"], {"w": w, "zx": np.uint8(17), "zw": np.int8(0)},
+                   opset=10)
+    _check(m, {"x": x})
