@@ -343,7 +343,8 @@ class KernelBuilder:
             if b is not None and not (b.is_constant and b.data is not None and b.data.size == 1):
                 return None
             bounds.append(default if b is None else float(b.data.reshape(())))
-        return tuple(bounds)
+        # clip(x, 10, -5) is -5 everywhere (numpy's min(max(x, lo), hi)): no range claimed
+        return tuple(bounds) if bounds[0] <= bounds[1] else None
 
     # ops that give no NaN from operands that are not NaN; add, sub and mul only with a
     # constant operand (inf - inf and inf * 0 are NaN: a constant is finite and nonzero)
