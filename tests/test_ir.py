@@ -139,3 +139,10 @@ graph @g(%x: f32[4]) -> (f32[4]) {
         [("add", "mul", 0), ("add", "mul", 1), ("exp", "add", 1), ("relu", "add", 0),
          ("relu", "exp", 0)]
     assert list(nx.topological_sort(nxg))[0] is a and nx.immediate_dominators(nxg, a)[c] is a
+
+
+def test_a_quoted_dtype_attribute_is_a_clear_error():
+    g = parse("# slimc-ir v1\ngraph @g(%x: i32[5]) -> (f32[5]) {\n"
+              "  %f = cast(%x) {to=\"f32\"} : f32[5]\n  return %f\n}\n")
+    with pytest.raises(VerificationError, match=r"to='f32' is not a dtype \(write to=f32"):
+        verify(g)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..infer import broadcast_infer, same_as_input
 from ..registry import REQUIRED, FusionKind, InferContext, register_op
-from ..types import TensorType, dtypes
+from ..types import DType, TensorType, dtypes
 
 EW = FusionKind.ELEMENTWISE
 BC = FusionKind.BROADCAST
@@ -176,7 +176,10 @@ register_op("identity", reference=lambda x: x.copy(), infer=same_as_input(0), fu
 
 
 def _infer_cast(ctx: InferContext) -> TensorType:
-    return ctx[0].with_dtype(ctx.attrs["to"])
+    to = ctx.attrs["to"]
+    if not isinstance(to, DType):  # e.g. to="f32" in IR text: a string, not a dtype
+        ctx.fail(f"attribute to={to!r} is not a dtype (write to=f32, unquoted)")
+    return ctx[0].with_dtype(to)
 
 
 def _cast(x, to, saturate=1):
