@@ -541,3 +541,23 @@ def test_conv_integer_narrow_rows_pixels_as_tile_rows(c, k):
     m = make_model([node], {"x": x}, ["y"], {"w": w, "zx": np.uint8(17), "zw": np.int8(0)},
                    opset=10)
     _check(m, {"x": x})
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (5, 3), (4, 15)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_qlinear_conv_1x1_narrow_rows_as_one_row_of_pixels(hw, threads):
+    """A 1x1 stride-1 QLinearConv with output rows narrower than a vector runs as one row of
+    the plane's pixels, its work split by blocks of output channels (40: 7 tiles of 6 rows
+    and a remainder); the requantizing epilogue indexes the real (row, column). Against
+    slimc's reference exactly, at 1, 2 and 3 threads."""
+    c, m_out = 160, 40
+    x = _q(np.uint8, (1, c) + hw)
+    inits = {"sx": np.float32(0.02), "zx": np.uint8(3), "w": _q(np.int8, (m_out, c, 1, 1)),
+             "sw": (RNG.random(m_out) * 0.01 + 0.002).astype(np.float32),
+             "zw": np.zeros(m_out, np.int8), "sy": np.float32(0.5), "zy": np.uint8(60),
+             "b": RNG.integers(-5000, 5000, m_out).astype(np.int32)}
+    node = helper.make_node("QLinearConv", ["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "b"],
+                            ["y"])
+    m = make_model([node], {"x": x}, ["y"], inits, opset=10)
+    want = slimc.interpret(slimc.from_onnx(m), x)[0]
+    np.testing.assert_array_equal(slimc.compile(m, threads=threads)(x)[0], want)

@@ -109,6 +109,15 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     bare = list(kb.outputs) == [node.outputs[0]]
     pixel_rows = not depthwise and OW < vw and \
         K >= (PIXEL_ROWS_MIN_K_BARE if bare else PIXEL_ROWS_MIN_K)
+    # A 1x1, stride-1, unpadded conv with rows narrower than a vector (MobileNetV2's 7x7
+    # layers: runs of 7 pixels in 16 lanes) is a GEMM over the plane's P pixels: taken as one
+    # row of P (49 pixels: 4 vectors where 7 rows took 7), its work split by blocks of output
+    # channels instead of rows
+    flat = not depthwise and not pixel_rows and OW < vw and (kh, kw, sh, sw) == (1, 1, 1, 1) \
+        and not any(plan["pads"])
+    if flat:
+        H, W, OH, OW = 1, H * W, 1, P
+        Wq = W
     if depthwise:
         debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
     elif pixel_rows:
@@ -123,12 +132,18 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     npan = -(-Mg // NR)
     if pixel_rows:
         n_rb, n_pb = 1, min(npan, max(1, -(-CONV_ITEMS // (N * G))))
+    elif flat:  # blocks of whole MR-row tiles of output channels
+        tiles = -(-Mg // path.mr)
+        n_rb, n_pb = 1, min(tiles, max(1, -(-CONV_ITEMS // (N * G))))
+        MB = -(-tiles // n_pb) * path.mr
+        n_pb = -(-Mg // MB)
     else:
         n_rb, n_pb = max(1, min(OH, -(-CONV_ITEMS // (N * G)))), 1
     ORB = -(-OH // n_rb)
     n_rb = -(-OH // ORB)
     PB = -(-npan // n_pb)
-    n_pb = -(-npan // PB)
+    if pixel_rows:
+        n_pb = -(-npan // PB)
     kb.parallel_extent = items = N * G * n_rb * n_pb
     in_rows = (ORB - 1) * sh + (kh - 1) * dh + 1
     plane = in_rows * sw * Wq * g  # bytes of one channel group
@@ -235,7 +250,9 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                 pix_row = b.mul(oh_abs, i64(OW), name=tag + ".pixrow")
 
                 def store_run(bb, m, col, acc, mask, nlanes):
-                    store(bb, m, col, acc, mask, nlanes, pos=(oh_abs, bb.sub(col, pix_row)))
+                    # (flat: col is the pixel; the epilogue divides it into (row, column))
+                    pos = None if flat else (oh_abs, bb.sub(col, pix_row))
+                    store(bb, m, col, acc, mask, nlanes, pos=pos)
 
                 if depthwise:
                     _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg, OW, vw,
@@ -247,7 +264,11 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                     panel = b.gep(scratch, [b.add(row_base, b.mul(ow0, i64(g)))], inbounds=True,
                                   name=rtag + ".px")
                     col0 = b.add(pix_row, ow0, name=rtag + ".col0")
-                    q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(Mg), panel, col0, K, ncols,
+                    m0, m1 = i64(0), i64(Mg)
+                    if flat:
+                        m0 = b.mul(pbk, i64(MB), name=rtag + ".m0")
+                        m1 = smin(b, b.add(m0, i64(MB)), i64(Mg), rtag + ".m1")
+                    q8.emit_row_tiles(b, dot, row_ptr, m0, m1, panel, col0, K, ncols,
                                       store_run, rtag, poffsets=poff_table)
 
                 full = OW - OW % NR
