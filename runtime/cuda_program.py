@@ -79,7 +79,10 @@ class CudaProgram(NativeModule):
         return no_gpu_reason() is None
 
     def _host_arrays(self, arrays, named) -> list:
-        return self._prepare(arrays, named)[0]
+        """The inputs checked and C-contiguous (NativeModule._prepare would also allocate
+        outputs and pointer arrays that a GPU call does not use)."""
+        arrays = order_inputs(self.input_names, arrays, named)
+        return [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]
 
     def argument_arrays(self, base: dict) -> list:
         """Per launch, its argument array (uint64 addresses of its buffers), given the base

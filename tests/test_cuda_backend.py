@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 import slimc
-from slimc.codegen.cuda.ptx import legal_callees, libdevice_path, ptxas, ptxas_path
+from slimc.codegen.cuda.ptx import legal_callees, libdevice_path, ptxas_path
 from slimc.ir import UnsupportedError, interpret, parse
 from slimc.runtime.cuda_driver import no_gpu_reason
+
+from .cuda_check import emulated
 
 needs_ptxas = pytest.mark.skipif(ptxas_path() is None, reason="ptxas not installed "
                                  "(pip install nvidia-cuda-nvcc)")
@@ -31,18 +33,7 @@ def graph(body: str, params: str, results: str):
 
 def check(g, *arrays, rtol=1e-5, atol=1e-6, seeds=(0,)):
     """Compile for CUDA, assemble the PTX for both architectures, emulate, compare."""
-    mod = slimc.compile(g, target=TARGET)
-    if ptxas_path() is not None:
-        for arch in ("sm_80", "sm_90"):
-            ptxas(mod.ptx, arch)
-    expected = interpret(g, *arrays)
-    for seed in seeds:
-        got = mod.emulate(*arrays, seed=seed)
-        assert len(got) == len(expected)
-        for a, e in zip(got, expected):
-            assert a.shape == e.shape and a.dtype == e.dtype
-            np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
-    return mod
+    return emulated(g, list(arrays), rtol=rtol, atol=atol, seeds=seeds)
 
 
 def rand(*shape, seed=0, dtype=np.float32):

@@ -16,10 +16,11 @@ import pytest
 import slimc
 from slimc.codegen.cuda import gen_gemm
 from slimc.codegen.cuda.ptx import ptxas, ptxas_path
-from slimc.ir import Graph, TensorType, dtypes, interpret, parse
-from slimc.ir.registry import infer_node
+from slimc.ir import Graph, TensorType, dtypes, parse
 
-TARGET = "cuda:sm_80"
+from . import cuda_check
+from .cuda_check import TARGET
+from .one_node import add_node, build
 rng = np.random.default_rng(0)
 
 needs_ptxas = pytest.mark.skipif(ptxas_path() is None,
@@ -32,47 +33,11 @@ def rand(*shape, dtype=np.float32):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def build(op, inputs, consts=(), then=None, **attrs):
-    """A graph of one `op` node over `inputs` (arrays; None: an absent optional input), the
-    indices in `consts` constants, the others graph inputs; then(g, outs) -> outs adds
-    consumers (the fusion planner may fuse them into the op's kernel). -> (graph, args)."""
-    g = Graph(op)
-    ins = []
-    for i, a in enumerate(inputs):
-        if a is None:
-            ins.append(None)
-        elif i in consts:
-            ins.append(g.add_constant(f"c{i}", a))
-        else:
-            ins.append(g.add_input(f"x{i}", TensorType(dtypes.from_numpy(a.dtype), a.shape)))
-    outs = add_node(g, op, ins, **attrs)
-    if then is not None:
-        outs = then(g, outs)
-    g.outputs = list(outs)
-    return g, [a for i, a in enumerate(inputs) if a is not None and i not in consts]
-
-
-def add_node(g, op, ins, **attrs):
-    n = g.make_node(op, ins, attrs, output_types=[TensorType(dtypes.f32, ())])
-    for o, t in zip(n.outputs, infer_node(n)):
-        o.type = t
-    return n.outputs
-
-
 def emulated(g, args, rtol=1e-4, atol=5e-5, seed=0):
-    """Compile `g` for the GPU, emulate it, compare with the interpreter; -> the module.
-    (atol: f32 sums of a few hundred products of N(0, 1) values, rounded in another order
-    than the interpreter's float64, are off by about 1e-5 where they cancel to near 0.)"""
-    mod = slimc.compile(g, target=TARGET)
-    got = mod.emulate(*args, seed=seed)
-    for a, e in zip(got, interpret(g, *args)):
-        assert a.shape == e.shape and a.dtype == e.dtype
-        if a.dtype.kind in "iub":
-            np.testing.assert_array_equal(a, e)
-        else:
-            np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64),
-                                       rtol=rtol, atol=atol)
-    return mod
+    """cuda_check.emulated without ptxas (its own tests assemble every tile shape). (atol: f32
+    sums of a few hundred products of N(0, 1) values, rounded in another order than the
+    interpreter's float64, are off by about 1e-5 where they cancel to near 0.)"""
+    return cuda_check.emulated(g, args, rtol=rtol, atol=atol, seeds=(seed,), assemble=False)
 
 
 def tiled(mod) -> list:

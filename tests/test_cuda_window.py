@@ -12,12 +12,11 @@ installed, and every kernel is checked to launch one thread per output element.
 import numpy as np
 import pytest
 
-import slimc
-from slimc.codegen.cuda.ptx import libdevice_path, ptxas, ptxas_path
-from slimc.ir import Graph, TensorType, dtypes, interpret
+from slimc.codegen.cuda.ptx import libdevice_path
+from slimc.ir import Graph, TensorType, dtypes
 from slimc.ir.registry import infer_node
 
-TARGET = "cuda:sm_80"
+from .cuda_check import emulated
 rng = np.random.default_rng(0)
 
 needs_libdevice = pytest.mark.skipif(libdevice_path() is None, reason="libdevice not "
@@ -56,26 +55,6 @@ def build(op, inputs, consts=(), before=None, then=None, keep=None, **attrs):
         outs = then(g, outs)
     g.outputs = list(outs) if keep is None else [outs[k] for k in keep]
     return g, [a for i, a in enumerate(inputs) if i not in consts]
-
-
-def emulated(g, args, rtol=1e-5, atol=1e-6):
-    """Compile for the GPU, assemble the PTX, emulate, compare with the interpreter (NaN
-    where it has NaN); -> the module."""
-    mod = slimc.compile(g, target=TARGET)
-    if ptxas_path() is not None:
-        for arch in ("sm_80", "sm_90"):
-            ptxas(mod.ptx, arch)
-    got = mod.emulate(*args)
-    expected = interpret(g, *args)
-    assert len(got) == len(expected)
-    for a, e in zip(got, expected):
-        assert a.shape == e.shape and a.dtype == e.dtype
-        if a.dtype.kind in "iub":
-            np.testing.assert_array_equal(a, e)
-        else:
-            np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64),
-                                       rtol=rtol, atol=atol)
-    return mod
 
 
 def one_per_element(mod, op, numel):

@@ -54,16 +54,21 @@ def _epilogue_here(node):
     return "when it stores heads last" if node.attrs.get("heads_last", 0) else None
 
 
-@generator("attention", epilogue=_epilogue_here)
-def attention(kb: KernelBuilder, node) -> None:
+def attention_operands(kb, node) -> tuple:
+    """An attention node read for a generator (this one and the GPU's): (q, k_t, v, mask or
+    None, out, scale, zero_nan, heads_last, batch dims, M, D, N, E)."""
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
-    out = node.outputs[0]
     attrs = kb.attrs(node)
-    scale, zero_nan, heads_last = float(attrs["scale"]), int(attrs["zero_nan"]), \
-        int(attrs["heads_last"])
     qs, ks, vs = kb.shape(q), kb.shape(k), kb.shape(v)
-    batch, (M, D), N, E = list(qs[:-2]), qs[-2:], ks[-1], vs[-1]
+    return (q, k, v, mask, node.outputs[0], float(attrs["scale"]), int(attrs["zero_nan"]),
+            int(attrs["heads_last"]), list(qs[:-2]), qs[-2], qs[-1], ks[-1], vs[-1])
+
+
+@generator("attention", epilogue=_epilogue_here)
+def attention(kb: KernelBuilder, node) -> None:
+    q, k, v, mask, out, scale, zero_nan, heads_last, batch, M, D, N, E = \
+        attention_operands(kb, node)
     if q.type.dtype != dtypes.f32 or min(M, D, N, E) == 0:
         raise UnsupportedError(f"attention kernel for {q.type} x {k.type} x {v.type}: float32 "
                                f"without empty dims only", node=node.label, op=node.op)
@@ -71,7 +76,7 @@ def attention(kb: KernelBuilder, node) -> None:
     name = llvm_name(out.name)
     n_batch = numel(batch)
     kb.cost = 2 * n_batch * M * N * (D + E) + 20 * n_batch * M * N
-    rank = len(qs)
+    rank = len(batch) + 2
     mask_shape = None
     if mask is not None:
         mask_shape = [1] * (rank - len(kb.shape(mask))) + list(kb.shape(mask))

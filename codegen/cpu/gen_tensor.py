@@ -159,28 +159,40 @@ def _is_buffer(kb: KernelBuilder, v) -> bool:
 
 # ----- pad and trilu: a value or a fill per element -------------------------------------------
 
+def pad_geometry(width, d: int) -> tuple:
+    """(lo, L, gb) of one axis of a pad: the kept input [lo, lo + L) (negative pads crop) and
+    the leading pad gb."""
+    begin, end = width
+    lo, hi = max(0, -begin), d - max(0, -end)
+    return lo, hi - lo, max(begin, 0)
+
+
+def fold_pad_index(t: int, L: int, mode: str) -> tuple:
+    """A compile-time index t (0: the first kept input element) folded by `mode`: (index,
+    on-input flag) in constant mode, else (index folded onto [0, L), None)."""
+    if mode == "constant":
+        return t, 0 <= t < L
+    if mode == "edge":
+        t = min(max(t, 0), L - 1)
+    elif mode == "reflect":
+        t = -t if t < 0 else (2 * (L - 1) - t if t >= L else t)
+    else:
+        t %= L
+    return t, None
+
+
 def _pad_source(kb: KernelBuilder, mode: str, o: Index, width, d: int, name: str):
     """(source index, in-range flag or None) along one axis for output index o.
 
     Negative pads crop: the kept input is [lo, hi). Constant mode says whether o is on the
     input (the caller fills otherwise); the other modes fold o back onto [lo, hi)."""
-    begin, end = width
-    if begin == 0 and end == 0:
+    if width[0] == 0 and width[1] == 0:
         return o, None
-    lo, hi = max(0, -begin), d - max(0, -end)
-    L, gb = hi - lo, max(begin, 0)
+    lo, L, gb = pad_geometry(width, d)
     b = kb.b
     if isinstance(o, int):  # a size-1 output axis
-        t = o - gb
-        if mode == "constant":
-            return t + lo, (0 <= t < L)
-        if mode == "edge":
-            t = min(max(t, 0), L - 1)
-        elif mode == "reflect":
-            t = -t if t < 0 else (2 * (L - 1) - t if t >= L else t)
-        else:
-            t %= L
-        return t + lo, None
+        t, ok = fold_pad_index(o - gb, L, mode)
+        return t + lo, ok
     t = b.sub(o, i64(gb), name=name + ".t") if gb else o
     if mode == "constant":
         ok = b.icmp_unsigned("<", t, i64(L), name=name + ".in")  # 0 <= t < L

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 from llvmlite import ir
 
 from slimc.ir import Node, Value, get_op
@@ -34,6 +33,7 @@ from ..backend import Kernel as BaseKernel
 from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
                         splat, store, typed_ptr)
 from .scalar_ops import LOWERINGS, Emitter
+from .value_facts import ValueFacts
 
 Index = Union[int, ir.Value]
 
@@ -120,6 +120,7 @@ class KernelBuilder:
         self.vector_width = vector_width
         self.fast_math = tuple(fast_math)
         self.produced = {id(v): n for n in self.nodes for v in n.outputs}
+        self.facts = ValueFacts(self.produced)  # never NaN, bounds (value_facts.py)
         self.fn, self.args, self.begin, self.end = self.begin_function(module, name)
         self.b = ir.IRBuilder(self.fn.blocks[-1])
         self.ptrs: dict[int, ir.Value] = {}
@@ -322,59 +323,9 @@ class KernelBuilder:
         operands (never NaN, bounded by a clip)."""
         e = Emitter(self.b, [v.type.dtype for v in node.inputs if v is not None],
                     node.outputs[0].type.dtype, self.fast_math, llvm_name(node.outputs[0].name))
-        e.no_nan = all(self.never_nan(v) for v in node.inputs if v is not None)
-        e.ranges = [None if v is None else self.value_range(v) for v in node.inputs]
+        e.no_nan = all(self.facts.never_nan(v) for v in node.inputs if v is not None)
+        e.ranges = [None if v is None else self.facts.value_range(v) for v in node.inputs]
         return e
-
-    def value_range(self, v: Value):
-        """(lo, hi) that every element of `v` lies in, where a clip or relu in this kernel
-        bounds it (and it is never NaN), else None: a quantize after a clip to [0, 6] then
-        skips clamps that cannot bite."""
-        node = self.produced.get(id(v))
-        if node is None or not self.never_nan(v):
-            return None
-        if node.op == "relu":
-            return (0.0, float("inf"))
-        if node.op != "clip":
-            return None
-        bounds = []
-        for i, default in ((1, float("-inf")), (2, float("inf"))):
-            b = node.inputs[i] if len(node.inputs) > i else None
-            if b is not None and not (b.is_constant and b.data is not None and b.data.size == 1):
-                return None
-            bounds.append(default if b is None else float(b.data.reshape(())))
-        # clip(x, 10, -5) is -5 everywhere (numpy's min(max(x, lo), hi)): no range claimed
-        return tuple(bounds) if bounds[0] <= bounds[1] else None
-
-    # ops that give no NaN from operands that are not NaN; add, sub and mul only with a
-    # constant operand (inf - inf and inf * 0 are NaN: a constant is finite and nonzero)
-    _NO_NAN_OPS = frozenset({"clip", "relu", "max", "min", "neg", "abs", "dequantize", "cast"})
-
-    def never_nan(self, v: Value) -> bool:
-        """True if no element of `v` can be NaN, from what computes it in this kernel: a
-        requantizing epilogue (int32 -> dequantize -> + bias -> clip) then clamps with one
-        instruction where NaN-propagating max and min take three."""
-        memo = self.__dict__.setdefault("_never_nan", {})
-        if id(v) in memo:
-            return memo[id(v)]
-        if not v.type.dtype.is_float:
-            result = True
-        elif v.is_constant:
-            result = v.data is not None and bool(np.all(np.isfinite(v.data)))
-        else:
-            node = self.produced.get(id(v))
-            operands = [x for x in (node.inputs if node is not None else ()) if x is not None]
-            if node is None or not all(self.never_nan(x) for x in operands):
-                result = False
-            elif node.op in self._NO_NAN_OPS:
-                result = True
-            elif node.op in ("add", "sub", "mul") and len(operands) == 2:
-                const = [x for x in operands if x.is_constant]
-                result = bool(const) and (node.op != "mul" or bool(np.all(const[0].data != 0)))
-            else:
-                result = False
-        memo[id(v)] = result
-        return result
 
     def _injective(self, node: Node, v: Value, index, lanes: int) -> ir.Value:
         """Remapped load. Vector lanes stay a vector only when the map keeps the last axis

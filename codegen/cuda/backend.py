@@ -26,9 +26,6 @@ from .kernel import build_gpu_kernel, generator_for
 from .ptx import compile_ptx
 from .target import CudaTarget
 
-# elementwise ops a GPU kernel cannot compute yet (none: libdevice has every libm function)
-_NO_GPU_LOWERING: frozenset = frozenset()
-
 
 class CudaExecutable(Executable):
     """PTX for every kernel of a model and the order to launch them in. `entry` stays None:
@@ -75,14 +72,11 @@ class CudaBackend(Backend):
 
     # ---- capabilities ---------------------------------------------------------------------------
     def lowers(self, node: Node) -> bool:
-        if node.op in _NO_GPU_LOWERING:
-            return False
-        return generator_for(node.op) is not None or node.op in LOWERINGS or \
-            node.op in INDEX_MAPS
+        # every elementwise op computes on a GPU: libdevice has every libm function
+        return generator_for(node.op) is not None or self.can_inline(node)
 
     def can_inline(self, node: Node) -> bool:
-        return (node.op in LOWERINGS and node.op not in _NO_GPU_LOWERING) or \
-            node.op in INDEX_MAPS
+        return node.op in LOWERINGS or node.op in INDEX_MAPS
 
     def reads_operands_inline(self, anchor: Node) -> bool:
         return bool(getattr(generator_for(anchor.op), "inline_inputs", False))

@@ -30,6 +30,7 @@ from slimc.ir import dtypes
 from slimc.ir.errors import UnsupportedError
 
 from ..cpu.common import cdiv, emitter, entry_alloca, numel, unflatten
+from ..cpu.gen_attention import attention_operands
 from ..cpu.kernel import llvm_name
 from ..cpu.llvm_util import F32, I32, const, i64
 from .gen_rows import WARP, combiner, no_work, warp_reduce
@@ -60,14 +61,8 @@ def plan(n_batch: int, M: int, D: int, E: int) -> tuple:
 @gpu_generator("attention", epilogue=True)
 def attention(kb: GpuKernelBuilder, node) -> None:
     """A block per (batch entry, block of BM query rows); see the module's docstring."""
-    q, k, v = node.inputs[:3]
-    mask = node.inputs[3] if len(node.inputs) > 3 else None
-    out = node.outputs[0]
-    attrs = kb.attrs(node)
-    scale, zero_nan, heads_last = float(attrs["scale"]), int(attrs["zero_nan"]), \
-        int(attrs["heads_last"])
-    qs, ks, vs = kb.shape(q), kb.shape(k), kb.shape(v)
-    batch, (M, D), N, E = list(qs[:-2]), qs[-2:], ks[-1], vs[-1]
+    q, k, v, mask, out, scale, zero_nan, heads_last, batch, M, D, N, E = \
+        attention_operands(kb, node)
     if q.type.dtype != dtypes.f32:
         raise UnsupportedError(f"attention kernel for {q.type} x {k.type} x {v.type}: float32 "
                                f"only", node=node.label, op=node.op)

@@ -35,6 +35,7 @@ from slimc.ir.ops.window import _window_params
 
 from ..cpu.common import acc_dtype, const_input, emitter, node_axis, numel
 from ..cpu.gen_nn import _int_min, _pool_counts
+from ..cpu.gen_tensor import fold_pad_index, pad_geometry
 from ..cpu.kernel import llvm_name
 from ..cpu.llvm_util import const, llvm_type
 from ..cpu.scalar_ops import convert
@@ -368,22 +369,12 @@ def _pad_source(b: ir.IRBuilder, ix: Ix, mode: str, o, width, d: int, name: str)
     input (the caller selects the fill otherwise, and the coordinate is then lo, in range);
     the other modes fold o back onto [lo, hi). A Python int o (a size-1 output axis) folds
     at compile time; its flag is then a bool."""
-    begin, end = width
-    if begin == 0 and end == 0:
+    if width[0] == 0 and width[1] == 0:
         return o, None
-    lo, hi = max(0, -begin), d - max(0, -end)
-    L, gb = hi - lo, max(begin, 0)
+    lo, L, gb = pad_geometry(width, d)
     if isinstance(o, int):
-        t = o - gb
-        if mode == "constant":
-            return (t + lo, True) if 0 <= t < L else (lo, False)
-        if mode == "edge":
-            t = min(max(t, 0), L - 1)
-        elif mode == "reflect":
-            t = -t if t < 0 else (2 * (L - 1) - t if t >= L else t)
-        else:
-            t %= L
-        return t + lo, None
+        t, ok = fold_pad_index(o - gb, L, mode)
+        return (lo, False) if ok is False else (t + lo, ok)
     t = ix.add(o, -gb, name=name + ".t")
     if mode == "constant":
         ok = ix.below(t, L, name=name + ".in")  # 0 <= t < L

@@ -12,8 +12,9 @@ import slimc
 from slimc.ir import Graph, TensorType, dtypes, interpret
 from slimc.ir.errors import UnsupportedError
 from slimc.ir.ops.window import window_out_dim
-from slimc.ir.registry import infer_node
 from slimc.passes.pipeline import PASSES
+
+from ..one_node import add_node, build
 
 rng = np.random.default_rng(0)
 # The winograd pass would take the 3x3 stride-1 convolutions; these tests are for conv's own
@@ -23,33 +24,6 @@ OWN_LOWERING = [p for p in ("winograd",) if p in PASSES]
 
 def rand(*shape, dtype=np.float32):
     return rng.standard_normal(shape).astype(dtype)
-
-
-def add_node(g, op, ins, nout=1, **attrs):
-    n = g.make_node(op, ins, attrs, output_types=[TensorType(dtypes.f32, ())] * nout)
-    for o, t in zip(n.outputs, infer_node(n)):
-        o.type = t
-    return n.outputs
-
-
-def build(op, inputs, consts=(), nout=1, then=None, **attrs):
-    """A graph of one `op` node. inputs: arrays (None: an absent optional input); the indices in
-    `consts` become constants, the others graph inputs. then(g, outs) -> outs adds consumers
-    (which the fusion planner may fuse into the op's kernel). Returns (graph, runtime args)."""
-    g = Graph(op)
-    ins = []
-    for i, a in enumerate(inputs):
-        if a is None:
-            ins.append(None)
-        elif i in consts:
-            ins.append(g.add_constant(f"c{i}", a))
-        else:
-            ins.append(g.add_input(f"x{i}", TensorType(dtypes.from_numpy(a.dtype), a.shape)))
-    outs = add_node(g, op, ins, nout, **attrs)
-    if then is not None:
-        outs = then(g, outs)
-    g.outputs = list(outs)
-    return g, [a for i, a in enumerate(inputs) if a is not None and i not in consts]
 
 
 def check(g, args, threads=1, rtol=1e-4, atol=1e-4):
