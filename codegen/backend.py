@@ -190,6 +190,12 @@ class Backend:
         return None
 
 
+# Views that keep the row-major order: output element k is input element k, so the output's
+# buffer is the input's, byte for byte. A kernel that reads such a view from memory reads its
+# input's buffer instead (the planner puts the view in that kernel; KernelBuilder aliases it).
+ROW_MAJOR_VIEWS = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
+
+
 def computed_inline(backend: Backend, node: Node) -> bool:
     """The planner's reading of a node: its declared kind allows computing it where it is
     read (elementwise, broadcast or injective), and the backend can."""

@@ -12,6 +12,9 @@ backend's `can_fuse`:
 * any other op has a loop nest of its own (the kernel's *anchor*); it takes the elementwise
   and broadcasting ops that consume it as its epilogue if `backend.epilogue(anchor)` says
   yes and the chain keeps the anchor's output shape and element type;
+* a row-major view (reshape, flatten, squeeze, unsqueeze) read by an anchor that reads its
+  operands from memory joins the anchor's kernel as an alias: the anchor reads the view's
+  input buffer, and no kernel copies it (the view's own producer is then written to memory);
 * every kernel has at most one anchor, and a value used by two kernels, or returned by the
   graph, is written to memory (fusing it would compute it twice).
 
@@ -29,13 +32,14 @@ from typing import Optional
 from slimc.ir import Graph, Node
 from slimc.ir.debug import log
 
-from .backend import Backend, computed_inline, elementwise_epilogue
+from .backend import ROW_MAJOR_VIEWS, Backend, computed_inline, elementwise_epilogue
 
 
 @dataclass
 class Group:
     nodes: list = field(default_factory=list)  # in graph order once finished
     anchor: Optional[Node] = None  # the op with its own loop nest, if any
+    aliases: set = field(default_factory=set)  # ids of views the anchor reads from memory
 
     @property
     def root(self) -> Node:
@@ -59,8 +63,7 @@ def _why_not(backend: Backend, p: Node, target: Group, users: list) -> Optional[
     if not backend.lowers(p):
         return f"{p.op} has no lowering"
     if computed_inline(backend, p):
-        if target.anchor is not None and target.anchor in users and \
-                not backend.reads_operands_inline(target.anchor):
+        if _read_from_memory(backend, p, target, users) and p.op not in ROW_MAJOR_VIEWS:
             return f"{target.anchor.op} reads its operands from memory"
         return None
     # p has its own loop nest: it can only be the anchor of an elementwise epilogue group
@@ -81,6 +84,14 @@ def _why_not(backend: Backend, p: Node, target: Group, users: list) -> Optional[
         return (f"the consumer's result is {target.root.outputs[0].type.dtype.name}, not "
                 f"{p.outputs[0].type.dtype.name}: epilogues keep the heavy op's element type")
     return None
+
+
+def _read_from_memory(backend: Backend, p: Node, target: Group, users: list) -> bool:
+    """Whether `target` reads p's value from memory: its anchor reads operands from memory
+    and uses p directly or through views aliased to p's buffer."""
+    if target.anchor is None or backend.reads_operands_inline(target.anchor):
+        return False
+    return any(u is target.anchor or id(u) in target.aliases for u in users)
 
 
 def plan_fusion(graph: Graph, backend: Backend, enabled: bool = True) -> FusionPlan:
@@ -114,8 +125,12 @@ def plan_fusion(graph: Graph, backend: Backend, enabled: bool = True) -> FusionP
             target = Group()
             groups.append(target)
         else:
+            alias = _read_from_memory(backend, node, target, users)
+            if alias:
+                target.aliases.add(id(node))
             decisions.append(f"fused: %{node.outputs[0].name} ({node.op}) into the kernel of "
-                             f"%{target.root.outputs[0].name if target.nodes else '?'}")
+                             f"%{target.root.outputs[0].name if target.nodes else '?'}"
+                             + (", read as its input's buffer" if alias else ""))
         target.nodes.insert(0, node)
         if not computed_inline(backend, node):
             target.anchor = node

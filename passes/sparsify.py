@@ -110,12 +110,15 @@ class Choice:
 # The rule without measurements: the cost of a stored value slot (one FMA per column of b)
 # relative to a dense weight, by block and by whether b's columns fill vectors ("tile") or
 # not ("row": a matmul of one token, memory-bound). CSR loads b once per FMA; blocks reuse
-# each load `block` times and approach the dense kernel's FMA rate; one token gathers b.
-# A transposed form also pays a pass over x. From bench.sparse on Zen 4 (AVX-512), 1 thread:
-# CSR 90% at M = 128 runs a slot in 2.3x a dense weight's time, 1x8 blocks in 1.4x; at M = 1,
-# CSR in 10x (gathers), 1x8 blocks in about 2x (their rows' stores count at that size).
+# each load `block` times and approach the dense kernel's FMA rate; one token gathers b,
+# unless the target permutes it from registers (a backend's cost model then passes its own
+# table, SLOT_COST_WINDOWED). A transposed form also pays a pass over x. From bench.sparse on
+# Zen 4 (AVX-512), 1 thread: CSR 90% at M = 128 runs a slot in 2.3x a dense weight's time,
+# 1x8 blocks in 1.4x; at M = 1, CSR in 10x with gathers (3x with the AVX-512 window
+# permutes), 1x8 blocks in about 2x (their rows' stores count at that size).
 SLOT_COST = {"tile": {1: 2.3, 4: 1.6, 8: 1.4, 16: 1.3},
              "row": {1: 10.0, 4: 3.0, 8: 2.0, 16: 1.8}}
+SLOT_COST_WINDOWED = {"tile": SLOT_COST["tile"], "row": {**SLOT_COST["row"], 1: 3.0}}
 TRANSPOSE_COST = 4.0  # per element of x, in dense-weight units per column
 MIN_GAIN = 1.2  # the rule's margin: a predicted gain below this keeps the layer dense
 
@@ -124,10 +127,10 @@ def regime(layer: "Layer") -> str:
     return "row" if int(layer.b_shape[-1]) < 8 else "tile"
 
 
-def rule_choice(layer: Layer) -> Choice:
-    """The cheapest format by the fixed cost table (no measurement)."""
+def rule_choice(layer: Layer, table: dict = SLOT_COST) -> Choice:
+    """The cheapest format by a fixed cost table (no measurement)."""
     s = layer.info
-    costs = slot_costs(layer)
+    costs = slot_costs(layer, table)
     best = min(costs, key=costs.get)
     gain = s.rows * s.cols / costs[best]
     if gain >= MIN_GAIN:
@@ -136,10 +139,10 @@ def rule_choice(layer: Layer) -> Choice:
                         f"{gain:.2f}x of dense (needs {MIN_GAIN}x)")
 
 
-def slot_costs(layer: Layer) -> dict:
+def slot_costs(layer: Layer, table: dict = SLOT_COST) -> dict:
     """Predicted cost of each sparse form, in dense-weight units (dense = rows * cols)."""
     s = layer.info
-    table = SLOT_COST[regime(layer)]
+    table = table[regime(layer)]
     extra = s.cols * TRANSPOSE_COST if layer.transposed else 0.0
     return {b: s.stored[b] * b * table[b] + extra for b in BLOCKS}
 

@@ -12,7 +12,6 @@ llvmlite, onnx or pickle.
 from __future__ import annotations
 
 import ctypes
-import threading
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +33,11 @@ ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_v
 # slimc_run(inputs, outputs, arena, weights, first, last): kernels [first, last) only
 RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+
+
+def _address(a: np.ndarray) -> int:
+    """The address of an array's data (`a.ctypes.data` builds a ctypes helper per call)."""
+    return a.__array_interface__["data"][0]
 
 
 class Profile:
@@ -70,9 +74,11 @@ class NativeModule:
         self._sources = [tuple(s) for s in output_sources]
         self._arena_bytes = int(arena_bytes)
         self._weights = weights
+        self._weights_address = _address(weights)
         self._name = name
         self._arenas: list = []
-        self._lock = threading.Lock()
+        self._in_ptr_type = ctypes.c_void_p * max(1, len(self._inputs))
+        self._out_ptr_type = ctypes.c_void_p * max(1, len(self._outputs))
 
     @property
     def input_names(self) -> list[str]:
@@ -82,29 +88,31 @@ class NativeModule:
     def output_names(self) -> list[str]:
         return [s[0] for s in self._outputs]
 
-    def _arena(self) -> np.ndarray:
-        with self._lock:
-            if self._arenas:
-                return self._arenas.pop()
-        return aligned_zeros(self._arena_bytes)
+    def _arena(self) -> tuple:
+        """(an arena from the pool or a new one, its address); list.pop is atomic."""
+        try:
+            return self._arenas.pop()
+        except IndexError:
+            arena = aligned_zeros(self._arena_bytes)
+            return arena, _address(arena)
 
     def _prepare(self, arrays, named):
-        arrays = order_inputs(self.input_names, arrays, named)
+        if named:
+            arrays = order_inputs(self.input_names, arrays, named)
         arrays = [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
-        in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
-        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
+        in_ptrs = self._in_ptr_type(*[_address(a) for a in arrays])
+        out_ptrs = self._out_ptr_type(*[_address(o) for o in outs])
         return arrays, outs, in_ptrs, out_ptrs
 
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
         arrays, outs, in_ptrs, out_ptrs = self._prepare(arrays, named)
         arena = self._arena()
         try:
-            self._entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs),
-                        arena.ctypes.data, self._weights.ctypes.data)
+            self._entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), arena[1],
+                        self._weights_address)
         finally:
-            with self._lock:
-                self._arenas.append(arena)
+            self._arenas.append(arena)
         return self._other_outputs(arrays, outs)
 
     def _other_outputs(self, arrays, outs) -> list:
@@ -127,8 +135,8 @@ class NativeModule:
 
         arrays, outs, in_ptrs, out_ptrs = self._prepare(arrays, named)
         arena = self._arena()
-        call = (ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), arena.ctypes.data,
-                self._weights.ctypes.data)
+        call = (ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), arena[1],
+                self._weights_address)
         try:
             self._entry(*call)
             totals = []
@@ -145,6 +153,5 @@ class NativeModule:
                     times.append(time.perf_counter() - t)
                 rows.append((name, list(ops), 1e3 * float(np.median(times))))
         finally:
-            with self._lock:
-                self._arenas.append(arena)
+            self._arenas.append(arena)
         return Profile(rows, 1e3 * float(np.median(totals)))

@@ -136,6 +136,9 @@ class Module:
         return self._source_graph
 
     def _specialize(self, shapes: tuple):
+        compiled = self._specializations.get(shapes)  # a call's path: no lock, no setting
+        if compiled is not None:
+            return compiled
         with small_pages():  # see there: faster to compile and load, faster to run
             return self._specialize_on_small_pages(shapes)
 
@@ -195,7 +198,7 @@ class Module:
                              f"got {len(arrays)}")
         if self.buckets is not None:
             arrays = self.buckets.pad(arrays)
-        shapes = tuple(tuple(np.shape(a)) for a in arrays)
+        shapes = tuple(a.shape if isinstance(a, np.ndarray) else np.shape(a) for a in arrays)
         self._last = self._specialize(shapes)
         return self._last, arrays
 
@@ -327,7 +330,7 @@ class Buckets:
     def trim(self, outputs: Sequence, arrays: Sequence) -> list:
         """The outputs of the padded call cut to the shapes the model gives for `arrays`
         (shape inference on the model bound to their shapes: milliseconds, once a shape)."""
-        shapes = tuple(tuple(np.shape(a)) for a in arrays)
+        shapes = tuple(a.shape if isinstance(a, np.ndarray) else np.shape(a) for a in arrays)
         want = self._out_shapes.get(shapes)
         if want is None:
             want = [v.type.shape for v in _bind(self.graph, shapes).outputs]

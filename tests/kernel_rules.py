@@ -3,7 +3,9 @@
 A kernel holds at most one op with its own loop nest (a code generator: conv, matmul, a
 reduction); every other node in it is computed inline (an elementwise lowering or an index
 map). Nodes the anchor reads are computed inside it only if its generator reads operands
-through index expressions (`inline_inputs`); nodes after it form its epilogue, which must be
+through index expressions (`inline_inputs`), or if they are row-major views (reshape,
+flatten, squeeze, unsqueeze) of a buffer, which the anchor reads as that buffer, through a
+chain of such views only; nodes after it form its epilogue, which must be
 elementwise and accepted by the generator's `epilogue`. The planner (codegen/fusion.py)
 is meant to keep this; the tests check every module they compile against this statement of
 it, whichever layers the layout pass left NCHW.
@@ -11,6 +13,7 @@ it, whichever layers the layout pass left NCHW.
 
 from __future__ import annotations
 
+from slimc.codegen.backend import ROW_MAJOR_VIEWS
 from slimc.codegen.cpu.kernel import GENERATORS, INDEX_MAPS
 from slimc.codegen.cpu.scalar_ops import LOWERINGS
 
@@ -28,6 +31,16 @@ def _reaches(src, dst, inside: set) -> bool:
                 return True
             seen.add(id(p))
             stack.append(p)
+    return False
+
+
+def _view_of_a_buffer(n, inside: set) -> bool:
+    """n is a row-major view whose input is a buffer or, inside the kernel, such a view."""
+    while n.op in ROW_MAJOR_VIEWS:
+        p = n.inputs[0].producer
+        if p is None or id(p) not in inside:
+            return True
+        n = p
     return False
 
 
@@ -51,7 +64,7 @@ def kernel_rule_violations(kernel) -> list[str]:
         if n is anchor:
             continue
         if _reaches(n, anchor, inside):
-            if not getattr(gen, "inline_inputs", False):
+            if not getattr(gen, "inline_inputs", False) and not _view_of_a_buffer(n, inside):
                 bad.append(f"{kernel.name}: {n.op} {n.label!r} is computed inside "
                            f"{anchor.op}, which reads its operands from memory")
         elif _reaches(anchor, n, inside):

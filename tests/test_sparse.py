@@ -15,6 +15,7 @@ import slimc
 from slimc.codegen.cpu.target import CpuTarget
 from slimc.ir import Graph, TensorType, dtypes
 from slimc.ir.ops.sparse import compress, densify
+from slimc.codegen.cpu.gen_sparse_row import IDLE, WINDOW, windowed_format
 from slimc.passes.sparsify import Sparsify, structure
 
 from .oracle import make_model, run_onnxruntime
@@ -115,6 +116,67 @@ def test_sparse_matmul_kernel(target, block, transpose_out, cols):
     _close(got, _expected(a, b, transpose_out, True, bias), 29)
     # the interpreter (the op's reference) says the same
     _close(slimc.interpret(g, b)[0], _expected(a, b, transpose_out, True, bias), 29)
+
+
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("block", [1, 4])
+@pytest.mark.parametrize("transpose_out", [0, 1])
+def test_columns_in_vectors_over_chunks_of_k(target, block, transpose_out):
+    """K = 700 with a column tile wider than L1 holds: the rows run over K in chunks, their
+    sums kept between chunks (empty rows, a chunk with no stored value, a partial tile)."""
+    k = 700
+    a = sparse_matrix(45, k, 0.2, block, empty_rows=[2, 40])
+    a[:, 200:300] = 0
+    b = RNG.standard_normal((2, k, 37)).astype(np.float32)
+    bias = RNG.standard_normal(45 if transpose_out else (45, 1)).astype(np.float32)
+    g = _sparse_graph(a, b.shape, block, transpose_out=transpose_out, relu=True, bias=bias)
+    for threads in (1, 2):
+        got = slimc.compile(g, target=target, threads=threads)(b)[0]
+        _close(got, _expected(a, b, transpose_out, True, bias), k)
+
+
+@pytest.mark.parametrize("rows, k", [(5, 32), (77, 45), (130, 200), (64, 40)])
+def test_windowed_format_holds_the_matrix(rows, k):
+    """Every stored value once, at its column: rebuilt from the steps by the test."""
+    a = sparse_matrix(rows, k, 0.15, empty_rows=[1, 3], empty_cols=[0])
+    v, i, o = compress(a, 1)
+    lanes = 64
+    sv, so, ss, starts = windowed_format(v, i, o, rows, k, lanes)
+    rebuilt = np.zeros((len(starts) - 1) * lanes * k, np.float32).reshape(-1, k)
+    for sl in range(len(starts) - 1):
+        for t in range(starts[sl], starts[sl + 1]):
+            assert 0 <= ss[t] <= k - WINDOW
+            work = so[t] != IDLE
+            assert work.any()  # no step without work
+            cols = ss[t] + so[t][work].astype(np.int64)
+            assert (cols < ss[t] + WINDOW).all()
+            rebuilt[sl * lanes + np.nonzero(work)[0], cols] += sv[t][work]
+    assert np.array_equal(rebuilt[:rows], a) and not rebuilt[rows:].any()
+
+
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("k", [31, 32, 45, 200])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_one_token_kernel(target, k, threads):
+    """One token, stored transposed (the sparsify pass's form for M = 1): windowed steps on
+    AVX-512 with K >= 32, gathered otherwise; rows across slices of 64 and a partial one;
+    a NaN in x reaches the rows storing a value at its column, and no other (rows that idle
+    in a step read x too, and must not multiply it)."""
+    rows = 77
+    a = sparse_matrix(rows, k, 0.2, empty_rows=[0, 70], empty_cols=[k - 1, 3])
+    b = RNG.standard_normal((2, k, 1)).astype(np.float32)
+    bias = RNG.standard_normal(rows).astype(np.float32)
+    g = _sparse_graph(a, b.shape, 1, transpose_out=1, relu=True, bias=bias)
+    got = slimc.compile(g, target=target, threads=threads)(b)[0]
+    _close(got, _expected(a, b, 1, True, bias), k)
+    # NaN at columns 3 (no stored value) and c: exactly the rows storing a value at c see it
+    c = int(np.argmax(np.count_nonzero(a, axis=0)))
+    b[:, [3, c]] = np.nan
+    got = slimc.compile(g, target=target, threads=threads)(b)[0]
+    hit = a[:, c] != 0
+    assert np.isnan(got[..., hit]).all() and not np.isnan(got[..., ~hit]).any()
+    want = _expected(a, np.nan_to_num(b), 1, True, bias)
+    _close(got[..., ~hit], want[..., ~hit], k)
 
 
 @pytest.mark.parametrize("density", [0.0, 1.0])
@@ -218,14 +280,21 @@ def test_sparse_ffn_sinks_the_transpose():
                                atol=1e-4)
 
 
-def test_one_token_csr_stays_dense_and_says_why(capfd, monkeypatch):
+@pytest.mark.parametrize("target, sparse", [("x86-64-v3", False), ("x86-64-v4", True)])
+def test_one_token_csr_choice_says_why(target, sparse, capfd, monkeypatch):
+    """One token at 10% density: gathering x (AVX2) is predicted no faster than dense, so the
+    layer stays dense and the log says why; AVX-512 permutes x from registers and goes CSR.
+    (The tests use the fixed cost table, SLIMC_COST_MODEL=builtin: no timing decides.)"""
     monkeypatch.setenv("SLIMC_DEBUG", "sparsify")
     w = sparse_matrix(128, 96, 0.1).T.copy()
     model, feeds = _matmul_model(1, 96, 128, w)
-    mod = slimc.compile(model)
+    mod = slimc.compile(model, target=target)
     err = capfd.readouterr().err
-    assert "density 10.0%" in err and "dense:" in err
-    assert "sparse_matmul" not in _ops(mod)
+    assert f"density {100 * np.count_nonzero(w) / w.size:.1f}%" in err
+    assert ("CSR: predicted" in err) if sparse else ("dense: CSR, the best sparse form" in err)
+    assert ("sparse_matmul" in _ops(mod)) == sparse
+    if _runnable(target):
+        np.testing.assert_allclose(mod(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
     forced = slimc.compile(model, disable_passes=["sparsify"], passes=[Sparsify(force=1)])
     assert "sparse_matmul" in _ops(forced)
     np.testing.assert_allclose(forced(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)

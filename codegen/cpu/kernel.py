@@ -29,6 +29,7 @@ from llvmlite import ir
 from slimc.ir import Node, Value, get_op
 from slimc.ir.errors import InternalError, UnsupportedError
 
+from ..backend import ROW_MAJOR_VIEWS
 from ..backend import Kernel as BaseKernel
 from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
                         splat, store, typed_ptr)
@@ -128,6 +129,9 @@ class KernelBuilder:
             slot = self.b.gep(self.args, [i64(i)], inbounds=True, name=llvm_name(v.name) + ".slot")
             raw = self.b.load(slot, name=llvm_name(v.name) + ".raw")
             self.ptrs[id(v)] = typed_ptr(self.b, raw, llvm_type(v.type.dtype), name=llvm_name(v.name))
+        for n in self.nodes:  # a row-major view is its input's buffer (codegen/fusion.py)
+            if n.op in ROW_MAJOR_VIEWS and id(n.inputs[0]) in self.ptrs:
+                self.ptrs.setdefault(id(n.outputs[0]), self.ptrs[id(n.inputs[0])])
         self.cache: dict = {}
         self.overrides: dict = {}
         self.scratch_values: list[Value] = []

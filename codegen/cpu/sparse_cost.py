@@ -23,7 +23,7 @@ from slimc.ir.ops.sparse import compress
 from .target import CpuTarget
 from .winograd_cost import _TimedKernel
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one-token windowed kernel; forms timed as the pass writes them
 
 
 class SparseCostModel:
@@ -31,15 +31,20 @@ class SparseCostModel:
         self.target = target
         self.key = f"{target.triple}|{target.cpu}|{target.features}"
         self._timings = None
+        # one-token CSR permutes x from registers with AVX-512 (gen_sparse_row.py)
+        from slimc.passes import sparsify
+
+        self.slot_cost = sparsify.SLOT_COST_WINDOWED if target.has_avx512f else \
+            sparsify.SLOT_COST
 
     def choose(self, layer):
         from slimc.passes import sparsify
         from slimc.passes.winograd import cost_model_mode
 
-        rule = sparsify.rule_choice(layer)
+        rule = sparsify.rule_choice(layer, self.slot_cost)
         if not self.target.is_host or cost_model_mode() != "auto":
             return rule
-        block = rule.block or _best_sparse_block(layer)
+        block = rule.block or _best_sparse_block(layer, self.slot_cost)
         t_dense, t_sparse = self._timed(layer, block)
         fmt = sparsify._fmt(block)
         measured = f"measured dense {_us(t_dense)}, {fmt} {_us(t_sparse)}"
@@ -89,10 +94,10 @@ class SparseCostModel:
         os.replace(tmp, path)
 
 
-def _best_sparse_block(layer) -> int:
+def _best_sparse_block(layer, table) -> int:
     from slimc.passes.sparsify import slot_costs
 
-    costs = slot_costs(layer)
+    costs = slot_costs(layer, table)
     return min(costs, key=costs.get)
 
 
@@ -120,27 +125,29 @@ def _measure(layer, block: int, target) -> list:
 
 
 def _sparse_graphs(layer, block: int) -> list:
-    """The sparse form as one-op graphs: [transpose x], sparse_matmul, [transpose result]."""
+    """The sparse form as the pass writes it, in one-op graphs: a matmul's or gemm's
+    [transpose x] and sparse_matmul storing its result transposed; a conv's sparse_conv."""
     values, indices, offsets = compress(layer.a, block)
     b_shape = tuple(int(d) for d in layer.b_shape)
     rows = layer.a.shape[0]
-    out_shape = b_shape[:-2] + (rows, b_shape[-1])
     graphs = []
-    swap = list(range(len(b_shape) - 2)) + [len(b_shape) - 1, len(b_shape) - 2]
+    if layer.op == "conv":
+        op, attrs = "sparse_conv", {"rows": rows, "block": block}
+        out_shape = b_shape[:-2] + (rows, b_shape[-1])
+    else:
+        op, attrs = "sparse_matmul", {"rows": rows, "block": block, "transpose_out": 1}
+        out_shape = b_shape[:-2] + (b_shape[-1], rows)
     if layer.transposed:
+        swap = list(range(len(b_shape) - 2)) + [len(b_shape) - 1, len(b_shape) - 2]
         x_shape = b_shape[:-2] + (b_shape[-1], b_shape[-2])
         graphs.append(_one("transpose", x_shape, b_shape, {"perm": swap}))
     g = Graph("sparse_layer")
     x = g.add_input("x", TensorType(dtypes.f32, b_shape))
     consts = [g.add_constant(n, a) for n, a in
               (("values", values), ("indices", indices), ("offsets", offsets))]
-    node = g.make_node("sparse_matmul", [x] + consts, {"rows": rows, "block": block},
-                       [TensorType(dtypes.f32, out_shape)], ["y"])
+    node = g.make_node(op, [x] + consts, attrs, [TensorType(dtypes.f32, out_shape)], ["y"])
     g.outputs.append(node.outputs[0])
     graphs.append(g)
-    if layer.transposed:
-        y_shape = out_shape[:-2] + (out_shape[-1], out_shape[-2])
-        graphs.append(_one("transpose", out_shape, y_shape, {"perm": swap}))
     return graphs
 
 

@@ -156,3 +156,38 @@ graph @col(%a: f32[{dims(a)}], %b: f32[{dims(b)}]) -> (f32[{dims(out_shape)}]) {
 """)
     assert [k.ops for k in mod.kernels] == [["matmul", "relu"]]
     agree(g, mod, a, b)
+
+
+VIEWS_INTO_SOFTMAX = """# slimc-ir v1
+graph @views(%x: f32[2,3,8]) -> (f32[6,8]) {
+  const %shape: i64[2] = [6, 8]
+  %a = relu(%x) : f32[2,3,8]
+  %r = reshape(%a, %shape) : f32[6,8]
+  %s = softmax(%r) {axis=1} : f32[6,8]
+  return %s
+}
+"""
+
+
+def test_views_read_from_memory_alias_their_input(tmp_path):
+    """softmax reads its operand from memory: the reshape before it joins its kernel as its
+    input's buffer (no copy kernel), and relu, which the reshape reads, is written to memory,
+    with the reason."""
+    g, mod = compiled(VIEWS_INTO_SOFTMAX, dump_dir=str(tmp_path))
+    assert [k.ops for k in mod.kernels] == [["relu"], ["reshape", "softmax"]]
+    report = (tmp_path / "fusion.txt").read_text()
+    assert "fused: %r (reshape) into the kernel of %s, read as its input's buffer" in report
+    assert "not fused: %a (relu) -> %r (reshape): softmax reads its operands from memory" \
+        in report
+    agree(g, mod, (2, 3, 8))
+
+
+def test_view_alone_before_a_memory_reader_still_copies_when_it_is_an_output():
+    g, mod = compiled("""# slimc-ir v1
+graph @v(%x: f32[4,6]) -> (f32[24], f32[24]) {
+  %f = reshape(%x, %shape) : f32[24]
+  %s = softmax(%f) {axis=0} : f32[24]
+  return %f, %s
+}
+""".replace("{\n", "{\n  const %shape: i64[1] = [24]\n", 1))
+    agree(g, mod, (4, 6))
