@@ -1,6 +1,7 @@
 """Convolution (the `conv` op, NCHW): direct row kernels and convolution as GEMM.
 
-* **direct** (depthwise, N-d, non-f32 convs): gen_nn.py's sliding-window rows.
+* **direct** (N-d, non-f32 convs): gen_nn.py's sliding-window rows; float32 2-D depthwise
+  convolutions run gen_depthwise.py's explicit vector rows.
 * **convolution as GEMM** (float32, 1-D and 2-D): per (image, group, chunk of output
   columns) im2col into scratch, then gemm.py's run-time-shape GEMM, emitted once per module
   (`emit_runtime_gemm`: a model's convolutions add no GEMM compile each; its micro-kernels are
@@ -22,6 +23,7 @@ from slimc.ir.ops.window import _window_params
 from . import gemm as gemm_kernels
 from . import gemm_pack
 from .common import acc_dtype, cdiv, convert, emitter, numel, smax, smin, stack_row, vec_loop, vload
+from .gen_depthwise import depthwise_rows, depthwise_rows_apply
 from .gen_nn import Geom, accumulate_row, outer_taps
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, OPAQUE_PTR, const, for_range, i64, llvm_type
@@ -71,6 +73,8 @@ def conv(kb: KernelBuilder, node) -> None:
     if (x.type.dtype == dtypes.f32 and nsp <= 2 and cog >= 4 and K >= 8
             and numel(kb.shape(out)[2:]) >= 4):
         return _conv_gemm(kb, node)
+    if depthwise_rows_apply(kb, node):
+        return depthwise_rows(kb, node)
     return _conv_direct(kb, node)
 
 

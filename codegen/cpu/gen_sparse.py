@@ -10,8 +10,8 @@ The kernel runs along b's columns (ir/ops/sparse.py says why the sparse side is 
   Column tiles are the outer loop, so a K x (T vectors) slab of b stays in cache while every
   row block of the work item runs over it. When that slab is bigger than L1 (K = 768 at 64
   columns: 192 KB), the rows run over it in chunks of K (SLAB_BYTES of b each), their sums
-  kept between chunks in a scratch row per row block: every load of b then hits L1 (Zen 4,
-  128 x 768 @ 768 x 3072 at 80%: the L2-bound loop ran 0.3 FMA a cycle).
+  kept between chunks in a scratch row per row block, so loads of b hit L1 (Zen 4, one
+  thread, 80%: 128 x 768 @ 768 x 3072 2.7 -> 2.5 ms, 128 x 1024 @ 1024 x 256 0.29 -> 0.25).
 * Few columns: for CSR, each row is a dot product of its values with b gathered at its
   column indices, `vw` nonzeros a step; for blocks, a vector of the block's rows times b[k]
   broadcast. Both read each stored value once: this path is bound by memory, and the
@@ -42,7 +42,7 @@ from .scalar_ops import Emitter
 from .sparse_parts import (ITEMS, SparseKernel, carried_loop, fma, gather_intrinsic,
                            work_parts)
 
-SLAB_BYTES = 24 << 10  # b's chunk a column tile reads from L1 (32 KB L1d, room for the rest)
+SLAB_BYTES = 12 << 10  # b's chunk a column tile reads from L1 (32 KB L1d; 24 KB ran 10% slower)
 SCRATCH_LIMIT = 16 << 20  # chunk sums of every row block (bytes), else no chunks
 UNROLL = 4  # independent accumulators of a one-column block row
 

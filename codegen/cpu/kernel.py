@@ -32,7 +32,7 @@ from slimc.ir.errors import InternalError, UnsupportedError
 from ..backend import ROW_MAJOR_VIEWS
 from ..backend import Kernel as BaseKernel
 from .llvm_util import (I64, PTR, VOID, const, for_range, i64, llvm_type, load, masked_load,
-                        splat, store, typed_ptr)
+                        masked_store_vector, splat, store, typed_ptr)
 from .scalar_ops import LOWERINGS, Emitter
 from .value_facts import ValueFacts
 
@@ -136,6 +136,7 @@ class KernelBuilder:
         self.overrides: dict = {}
         self.scratch_values: list[Value] = []
         self.mask: Optional[ir.Value] = None  # lanes valid in the vector being computed
+        # (loads of operands and stores of results are masked to it)
         self.parallel_extent = 1
         self.cost = 0  # generators with heavy inner loops set this (e.g. 2*M*N*K for a matmul)
         self.pipeline = "O3"  # "vector" for explicit vector code (see `generator`)
@@ -350,6 +351,10 @@ class KernelBuilder:
     # ----- stores and loops --------------------------------------------------------------
     def store_value(self, v: Value, index: Sequence[Index], x: ir.Value) -> None:
         off = self._ir(self.linear(index, self.shape(v)))
+        if self.mask is not None and isinstance(x.type, ir.VectorType):  # a partial vector
+            masked_store_vector(self.b, x, self.b.gep(self.ptr(v), [off], inbounds=True),
+                                self.mask)
+            return
         store(self.b, x, self.ptr(v), off, name=llvm_name(v.name))
 
     def store_result(self, produced: Value, index: Sequence[Index], x: ir.Value) -> None:

@@ -63,6 +63,12 @@ CONV_CASES = [
     ((3, 3, 17, 1), (5, 3, 3, 1), True, dict(pads=[1, 0, 1, 0]), 1),    # width 1
     ((1, 6, 9, 11), (6, 1, 3, 3), True, dict(pads=[1, 1, 1, 1], group=6), 2),  # depthwise
     ((1, 3, 9, 11), (6, 1, 3, 3), False, dict(pads=[1, 1, 1, 1], group=3, strides=[2, 2]), 1),
+    # depthwise rows (gen_depthwise.py): plain and masked vectors, stride 2, 5x5 and 7x7
+    ((1, 4, 20, 45), (4, 1, 3, 3), True, dict(pads=[1, 1, 1, 1], group=4, strides=[2, 2]), 3),
+    ((2, 3, 13, 37), (3, 1, 5, 5), False, dict(pads=[2, 1, 0, 2], group=3), 2),
+    ((1, 2, 30, 70), (2, 1, 7, 7), True, dict(pads=[3, 3, 3, 3], group=2, strides=[2, 2]), 1),
+    ((1, 2, 6, 40), (2, 1, 3, 3), True, dict(group=2), 1),
+    ((2, 3, 1, 20), (3, 1, 2, 2), True, dict(pads=[1, 1, 1, 1], group=3), 1),  # H < K
     ((1, 6, 9, 11), (6, 2, 3, 3), True, dict(group=3, dilations=[2, 2]), 1),  # 2 per group
     ((1, 3, 5, 6, 7), (4, 3, 2, 2, 3), True, dict(pads=[1, 0, 0, 1, 1, 1]), 1),  # 3-D
     ((2, 4, 1, 1), (3, 4, 1, 1), True, {}, 1),
