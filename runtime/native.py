@@ -35,9 +35,17 @@ RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_voi
                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
+_NO_BYTES = ctypes.c_char * 0
+
+
 def _address(a: np.ndarray) -> int:
-    """The address of an array's data (`a.ctypes.data` builds a ctypes helper per call)."""
-    return a.__array_interface__["data"][0]
+    """The address of a C-contiguous array's data: through the buffer protocol (0.3 us; both
+    `a.ctypes.data` and `__array_interface__` build a helper per call, 1 us), or for a
+    read-only array, which exports no writable buffer, its interface."""
+    try:
+        return ctypes.addressof(_NO_BYTES.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return a.__array_interface__["data"][0]
 
 
 class Profile:
