@@ -41,7 +41,7 @@ from llvmlite import ir
 
 from slimc.ir.buffers import aligned_zeros
 
-from .llvm_util import I8, I32, I64, i64
+from .llvm_util import I8, I32, carried_loop, i64
 
 I16 = ir.IntType(16)
 
@@ -251,33 +251,16 @@ def emit_tile(b: ir.IRBuilder, dot: DotStep, rows: Sequence[ir.Value], panel: ir
     g = p.group
     kfull = K // g
     tail = K - kfull * g
-    fn = b.function
-    pre = b.block
-    head = fn.append_basic_block(name + ".k.head")
-    body = fn.append_basic_block(name + ".k.body")
-    done = fn.append_basic_block(name + ".k.done")
-    b.branch(head)
-    b.position_at_end(head)
-    kg = b.phi(I64, name=name + ".kg")
-    kg.add_incoming(i64(0), pre)
-    phis = [[b.phi(dot.acc_type, name=f"{name}.acc.r{r}.v{v}") for v in range(nvec)]
-            for r in range(len(rows))]
-    for row in phis:
-        for ph in row:
-            ph.add_incoming(dot.zero(), pre)
-    b.cbranch(b.icmp_signed("<", kg, i64(kfull), name=name + ".k.cond"), body, done)
+    nrows = len(rows)
 
-    b.position_at_end(body)
-    accs = _k_step(b, dot, rows, panel, kg, g, nvec, phis, name, koffsets, poffsets)
-    nxt = b.add(kg, i64(1), name=name + ".kg.next")
-    kg.add_incoming(nxt, b.block)
-    for row_phis, row_accs in zip(phis, accs):
-        for ph, a in zip(row_phis, row_accs):
-            ph.add_incoming(a, b.block)
-    b.branch(head)
+    def k_group(kg, flat):
+        accs = [flat[r * nvec:(r + 1) * nvec] for r in range(nrows)]
+        accs = _k_step(b, dot, rows, panel, kg, g, nvec, accs, name, koffsets, poffsets)
+        return [a for row in accs for a in row]
 
-    b.position_at_end(done)
-    accs = [list(r) for r in phis]
+    flat = carried_loop(b, i64(0), i64(kfull), [dot.zero()] * (nrows * nvec), k_group,
+                        name + ".kg")
+    accs = [flat[r * nvec:(r + 1) * nvec] for r in range(nrows)]
     if tail:
         accs = _k_step(b, dot, rows, panel, i64(kfull), tail, nvec, accs, name + ".tail",
                        koffsets, poffsets)

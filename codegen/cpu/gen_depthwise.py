@@ -83,13 +83,14 @@ def depthwise_rows(kb: KernelBuilder, node) -> None:
                          "bias.v")
         x_plane = b.gep(X, [b.mul(plane, i64(H * W))], inbounds=True, name="x.plane")
         n = b.udiv(plane, i64(C), name="n")
+
         def one_row(oy):
             iy0 = b.sub(b.mul(oy, i64(s)), i64(py), name="iy0")
             rows = Rows(kb, x_plane, iy0, taps, K, s, px, H, W)
             _output_row(kb, rows, acc_row, init, first, last, nvec, H, K)
             _finish_row(kb, out, [n, c, oy], acc_row, Wo)
 
-        with kb.loop(0, oy_lo + (0 if blocks else oy_hi - oy_lo), name="oy.top") as oy:
+        with kb.loop(0, oy_lo, name="oy.top") as oy:
             one_row(oy)
         if blocks:
             with kb.loop(0, blocks, name="oy.block") as blk:
@@ -101,40 +102,45 @@ def depthwise_rows(kb: KernelBuilder, node) -> None:
                     for r, acc in enumerate(rows.block_sum(ox0, init, masked, ROW_BLOCK)):
                         rows.store(acc_row, b.add(ox0, i64(r * nvec * vw)), acc)
 
-                for v in list(range(first)) + list(range(last, nvec)):
-                    block_vector(i64(v * vw), True)
-                if last > first:
-                    with kb.loop(first * vw, last * vw, vw, name="ox") as ox0:
-                        block_vector(ox0, False)
+                _each_vector(kb, first, last, nvec, block_vector)
                 for r in range(ROW_BLOCK):
                     row_acc = b.gep(acc_row, [i64(r * nvec * vw)], inbounds=True)
                     _finish_row(kb, out, [n, c, b.add(oy0, i64(r))], row_acc, Wo)
-        with kb.loop(oy_lo + blocks * ROW_BLOCK if blocks else oy_hi, Ho, name="oy.rest") as oy:
+        with kb.loop(oy_lo + blocks * ROW_BLOCK, Ho, name="oy.rest") as oy:
             one_row(oy)
     b.ret_void()
 
 
 def _output_row(kb, rows, acc_row, init, first: int, last: int, nvec: int, H: int, K: int):
     """One output row's vectors into acc_row: plain loads in [first, last), masked outside."""
-    b, vw = kb.b, kb.vector_width
-    # rows whose window lies inside the image (all but the first and last few) sum every
-    # input row without a test
+    b = kb.b
+
     def vectors(all_rows: bool):
-        for v in list(range(first)) + list(range(last, nvec)):
-            rows.store(acc_row, i64(v * vw), rows.sum(i64(v * vw), init, True, all_rows))
-        if last > first:
-            with kb.loop(first * vw, last * vw, vw, name="ox") as ox0:
-                rows.store(acc_row, ox0, rows.sum(ox0, init, False, all_rows))
+        _each_vector(kb, first, last, nvec, lambda ox0, masked: rows.store(
+            acc_row, ox0, rows.sum(ox0, init, masked, all_rows)))
 
     if H < K:  # no window fits in the image
         vectors(False)
         return
+    # rows whose window lies inside the image (all but the first and last few) sum every
+    # input row without a test
     whole = b.icmp_unsigned("<=", rows.iy0, i64(H - K), name="whole")  # 0 <= iy0 <= H - K
     with b.if_else(whole) as (then, otherwise):
         with then:
             vectors(True)
         with otherwise:
             vectors(False)
+
+
+def _each_vector(kb, first: int, last: int, nvec: int, emit) -> None:
+    """emit(ox0, masked) for every output vector of a row: the edge vectors (outside
+    [first, last)) unrolled with masked loads, the others in a loop with plain ones."""
+    vw = kb.vector_width
+    for v in list(range(first)) + list(range(last, nvec)):
+        emit(i64(v * vw), True)
+    if last > first:
+        with kb.loop(first * vw, last * vw, vw, name="ox") as ox0:
+            emit(ox0, False)
 
 
 def _finish_row(kb, out, index: list, acc_row, Wo: int) -> None:

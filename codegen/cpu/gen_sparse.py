@@ -37,10 +37,9 @@ from .common import const_table, entry_alloca, hreduce
 from .gen_sparse_row import one_token
 from .gen_transpose import transpose_square
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I32, i64, masked_load_vector, splat, vector_gep
+from .llvm_util import F32, I32, carried_loop, i64, masked_load_vector, splat, vector_gep
 from .scalar_ops import Emitter
-from .sparse_parts import (ITEMS, SparseKernel, carried_loop, fma, gather_intrinsic,
-                           work_parts)
+from .sparse_parts import ITEMS, SparseKernel, fma, gather_intrinsic, work_parts
 
 SLAB_BYTES = 12 << 10  # b's chunk a column tile reads from L1 (32 KB L1d; 24 KB ran 10% slower)
 SCRATCH_LIMIT = 16 << 20  # chunk sums of every row block (bytes), else no chunks

@@ -35,10 +35,9 @@ from slimc.ir.graph import constant_data
 
 from .common import const_table
 from .gemm_int8 import intrinsic
-from .sparse_parts import (ITEMS, SparseKernel, carried_loop, fma, gather_intrinsic,
-                           work_parts)
+from .sparse_parts import ITEMS, SparseKernel, fma, gather_intrinsic, work_parts
 from .kernel import KernelBuilder, llvm_name
-from .llvm_util import F32, I32, i64, splat, vector_gep
+from .llvm_util import F32, I32, carried_loop, i64, splat, vector_gep
 
 WINDOW = 32  # columns a windowed step picks from: two AVX-512 registers
 GROUP = 4  # vectors of rows in a windowed slice: they share each step's window

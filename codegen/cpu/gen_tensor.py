@@ -7,10 +7,9 @@ pad and trilu compute a value *or* a fill per element, which an index map cannot
 a source element and nothing else), so they run their own loops -- still reading operands
 through `kb.value_at` (producers are computed inline) and storing through `kb.store_result`
 (elementwise consumers are applied before the store). concat and split copy pieces;
-scatter_nd / scatter_elements copy, then update in order; range, constant_of_shape, eye_like
-and one_hot compute values from indices; shape and size write constants. (One job over 600
-lines: every generator here is the same loop over rows of its output, vectorized along the
-last axis, with the helpers they share.)
+range, constant_of_shape, eye_like and one_hot compute values from indices; shape and size
+write constants. The scatters, which copy and then update in order, are in gen_scatter.py
+(on this module's row loops).
 
 Every generator runs the last axis in vectors of `kb.vector_width` with a scalar tail, and its
 work items (`kb.parallel_extent`) are rows, or (outer index, piece) pairs for concat / split.
@@ -32,9 +31,9 @@ from llvmlite import ir
 from slimc.ir import dtypes
 from slimc.ir.ops.tensor_gen import _pad_widths
 
-from .common import as_i64, const_input, divmod_index, index_value, node_axis, numel
+from .common import as_i64, const_input, divmod_index, node_axis, numel
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import I64, const, i64, llvm_type, load, splat, store
+from .llvm_util import I64, both_conditions, const, i64, llvm_type, load, splat, store
 from .scalar_ops import Emitter, convert
 
 Index = Union[int, ir.Value]  # an index: folded in Python, or computed in the kernel
@@ -243,7 +242,7 @@ def pad(kb: KernelBuilder, node) -> None:
         for a in range(rank - 1):
             s, f = _pad_source(kb, mode, row[a], widths[a], in_shape[a], f"{name}.a{a}")
             src.append(s)
-            ok = _both(kb, ok, f, f"{name}.in{a}")
+            ok = both_conditions(kb.b, ok, f, f"{name}.in{a}")
 
         def put(j, lanes, x_val):
             kb.store_result(out, row + [j], x_val)
@@ -286,17 +285,6 @@ def pad(kb: KernelBuilder, node) -> None:
             b.position_at_end(done)
             kb.cache.clear()
     b.ret_void()
-
-
-def _both(kb: KernelBuilder, a, c, name: str):
-    """a and c, each None (no condition), a bool, or an i1 value."""
-    if a is None or a is True:
-        return c if c is not None else a
-    if c is None or c is True:
-        return a
-    if a is False or c is False:
-        return False
-    return kb.b.and_(a, c, name=name)
 
 
 @generator("trilu", inline_inputs=True, epilogue=True)
@@ -432,88 +420,6 @@ def split(kb: KernelBuilder, node) -> None:
         _nest(kb, ys, axis, o_idx, body, f"{name}.part{k}")
 
     _pieces(kb, shape, list(node.outputs), axis, name, emit)
-
-
-# ----- scatters: copy, then update in order ---------------------------------------------------
-
-def _copy(kb: KernelBuilder, src, dst, name: str) -> None:
-    """dst = src (same shape): a flat copy from a buffer, else element by element."""
-    shape = kb.shape(dst)
-    if _is_buffer(kb, src):
-        _flat_copy(kb, src, 0, dst, 0, numel(shape), name)
-        return
-    _nest(kb, shape, 0, [], lambda idx, lanes: kb.store_value(dst, idx, kb.value_at(src, idx, lanes)), name)
-
-
-def _combiner(kb: KernelBuilder, reduction: str, dtype, name: str) -> Callable:
-    """new = f(current, update) for a scatter's reduction (bool: add is or, mul is and)."""
-    b = kb.b
-    e = Emitter(b, [dtype, dtype], dtype, (), name)
-    if dtype == dtypes.bool:
-        return {"add": b.or_, "max": b.or_, "mul": b.and_, "min": b.and_}[reduction]
-    return {"add": e.add, "mul": e.mul, "max": e.max, "min": e.min}[reduction]
-
-
-def _scatter_store(kb: KernelBuilder, out, index, upd, combine) -> None:
-    if combine is None:
-        kb.store_value(out, index, upd)
-        return
-    b = kb.b
-    lanes = upd.type.count if isinstance(upd.type, ir.VectorType) else 1
-    off = kb._ir(kb.linear(index, kb.shape(out)))
-    name = llvm_name(out.name)
-    cur = load(b, kb.ptr(out), off, lanes, name=name + ".cur")
-    store(b, combine(cur, upd), kb.ptr(out), off, name=name)
-
-
-@generator("scatter_nd", inline_inputs=True)
-def scatter_nd(kb: KernelBuilder, node) -> None:
-    """out = data; then for each index tuple in order, its slice of out = (or op=) updates."""
-    data, indices, updates = node.inputs
-    out = node.outputs[0]
-    name = llvm_name(out.name)
-    shape, ishape = kb.shape(data), kb.shape(indices)
-    k = ishape[-1]
-    reduction = kb.attrs(node)["reduction"]
-    combine = None if reduction == "none" else _combiner(kb, reduction, out.type.dtype, name + ".op")
-    kb.parallel_extent = 1  # updates apply in order: one work item
-    _copy(kb, data, out, name + ".copy")
-    lead = list(ishape[:-1])
-    if numel(lead) and numel(shape[k:]):
-        with kb.loop(0, numel(lead), name=name + ".u") as u:
-            kb.cache.clear()
-            uidx = kb.delinear(u, lead) if lead else []
-            tup = [index_value(kb, indices, uidx + [m], shape[m], f"{name}.idx{m}") for m in range(k)]
-            _nest(kb, shape[k:], 0, [], lambda rest, lanes: _scatter_store(
-                kb, out, tup + rest, kb.value_at(updates, uidx + rest, lanes), combine), name + ".slice")
-    kb.b.ret_void()
-
-
-@generator("scatter_elements", inline_inputs=True)
-def scatter_elements(kb: KernelBuilder, node) -> None:
-    """out = data; then element by element in order, out[.., indices[p], ..] = (op=) updates[p]."""
-    data, indices, updates = node.inputs
-    out = node.outputs[0]
-    name = llvm_name(out.name)
-    shape, ishape = kb.shape(data), kb.shape(indices)
-    axis = node_axis(kb, node, len(shape))
-    reduction = kb.attrs(node)["reduction"]
-    combine = None if reduction == "none" else _combiner(kb, reduction, out.type.dtype, name + ".op")
-    kb.parallel_extent = 1
-    _copy(kb, data, out, name + ".copy")
-    if numel(ishape):
-        def level(a, idx):
-            if a == len(ishape):
-                kb.cache.clear()
-                tgt = list(idx)
-                tgt[axis] = index_value(kb, indices, idx, shape[axis], name + ".idx")
-                _scatter_store(kb, out, tgt, kb.value_at(updates, idx), combine)
-                return
-            with kb.loop(0, ishape[a], name=f"{name}.p{a}") as i:
-                level(a + 1, idx + [i])
-
-        level(0, [])
-    kb.b.ret_void()
 
 
 # ----- values computed from indices -----------------------------------------------------------

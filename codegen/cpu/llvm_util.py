@@ -206,6 +206,44 @@ def for_range(b: ir.IRBuilder, start, stop, step: int = 1, name: str = "i") -> I
     b.position_at_end(exit_)
 
 
+def both_conditions(b: ir.IRBuilder, a, c, name: str = ""):
+    """a and c, each None (no condition), a Python bool or an i1 value, folded where known."""
+    if a is None or a is True:
+        return c if c is not None else a
+    if c is None or c is True:
+        return a
+    if a is False or c is False:
+        return False
+    return b.and_(a, c, name=name)
+
+
+def carried_loop(b: ir.IRBuilder, lo, hi, init: list, body, name: str) -> list:
+    """for i in [lo, hi): values = body(i, values); returns the values after the loop (the
+    accumulators live in registers through phis, not in memory)."""
+    fn = b.function
+    pre = b.block
+    head = fn.append_basic_block(name + ".head")
+    loop = fn.append_basic_block(name + ".body")
+    done = fn.append_basic_block(name + ".done")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(lo.type, name=name)
+    i.add_incoming(lo, pre)
+    phis = [b.phi(v.type, name=f"{name}.acc{n}") for n, v in enumerate(init)]
+    for ph, v in zip(phis, init):
+        ph.add_incoming(v, pre)
+    b.cbranch(b.icmp_signed("<", i, hi, name=name + ".cond"), loop, done)
+    b.position_at_end(loop)
+    out = body(i, list(phis))
+    nxt = b.add(i, ir.Constant(lo.type, 1), name=name + ".next")
+    i.add_incoming(nxt, b.block)
+    for ph, v in zip(phis, out):
+        ph.add_incoming(v, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return list(phis)
+
+
 def float_bits_constant(x: float) -> str:
     """The exact hex spelling LLVM IR text needs for a float32 constant (a decimal that is
     not exactly representable fails to parse)."""

@@ -1,6 +1,6 @@
 """The pieces both sparse_matmul generators share (gen_sparse.py: columns of b in vectors,
 or one at a time; gen_sparse_row.py: one token): work split in parts, loops that carry
-accumulators in registers, the FMA, the gather, and the stores with the fused epilogue.
+the FMA, the gather, and the stores with the fused epilogue.
 """
 
 from __future__ import annotations
@@ -25,33 +25,6 @@ def work_parts(offsets: np.ndarray, block: int, parts: int, group: int = 1) -> l
     cuts = [int(c) // group * group for c in cuts]
     end = -(-nrb // group) * group
     return [0] + sorted(set(c for c in cuts if 0 < c < nrb)) + [end]
-
-
-def carried_loop(b: ir.IRBuilder, lo, hi, init: list, body, name: str) -> list:
-    """for i in [lo, hi): values = body(i, values); returns the values after the loop (the
-    accumulators live in registers through phis, not in memory)."""
-    fn = b.function
-    pre = b.block
-    head = fn.append_basic_block(name + ".head")
-    loop = fn.append_basic_block(name + ".body")
-    done = fn.append_basic_block(name + ".done")
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(lo.type, name=name)
-    i.add_incoming(lo, pre)
-    phis = [b.phi(v.type, name=f"{name}.acc{n}") for n, v in enumerate(init)]
-    for ph, v in zip(phis, init):
-        ph.add_incoming(v, pre)
-    b.cbranch(b.icmp_signed("<", i, hi, name=name + ".cond"), loop, done)
-    b.position_at_end(loop)
-    out = body(i, list(phis))
-    nxt = b.add(i, ir.Constant(lo.type, 1), name=name + ".next")
-    i.add_incoming(nxt, b.block)
-    for ph, v in zip(phis, out):
-        ph.add_incoming(v, b.block)
-    b.branch(head)
-    b.position_at_end(done)
-    return list(phis)
 
 
 class SparseKernel:

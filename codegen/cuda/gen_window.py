@@ -37,7 +37,7 @@ from ..cpu.common import acc_dtype, const_input, emitter, node_axis, numel
 from ..cpu.gen_nn import _int_min, _pool_counts
 from ..cpu.gen_tensor import fold_pad_index, pad_geometry
 from ..cpu.kernel import llvm_name
-from ..cpu.llvm_util import const, llvm_type
+from ..cpu.llvm_util import both_conditions, const, llvm_type
 from ..cpu.scalar_ops import convert
 from .index import (Ix, all_of, counted_loop, load_or_zero, per_element, per_element_done,
                     wide_index)
@@ -392,17 +392,6 @@ def _pad_source(b: ir.IRBuilder, ix: Ix, mode: str, o, width, d: int, name: str)
     return ix.add(t, lo, name=name + ".src"), None
 
 
-def _both(b: ir.IRBuilder, a, c):
-    """a and c, each None (no condition), a bool or an i1 value."""
-    if a is None or a is True:
-        return c if c is not None else a
-    if c is None or c is True:
-        return a
-    if a is False or c is False:
-        return False
-    return b.and_(a, c)
-
-
 @gpu_generator("pad", inline_inputs=True, epilogue=True)
 def pad(kb: GpuKernelBuilder, node) -> None:
     """Each output element reads the input element its axes map to (reflect, edge, wrap),
@@ -433,7 +422,7 @@ def pad(kb: GpuKernelBuilder, node) -> None:
         for a in range(rank):
             s, f = _pad_source(b, ix, mode, idx[a], widths[a], in_shape[a], f"{name}.a{a}")
             src.append(s)
-            ok = _both(b, ok, f)
+            ok = both_conditions(b, ok, f)
         if ok is False:
             y = fill
         else:
