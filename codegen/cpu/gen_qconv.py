@@ -9,10 +9,10 @@ it reads into its scratch slot as [channel group][row][column phase][column][g c
 the stride): then the g bytes of k group (ky, kx, channels) of vw consecutive output pixels
 are one contiguous vector at an offset (`poffsets`) from the run's first pixel. The
 accumulator vectors run along output pixels, which NCHW stores contiguously, so the fused
-epilogue (dequantize, bias, relu, the next quantize) is the matmul's. Output rows narrower
-than a vector with many products per result take pixels as the tile rows instead
-(`pixel_rows`); depthwise convolutions multiply taps directly (`_depthwise_row`); the rest
-runs exact loops (`conv_integer_loops`).
+epilogue (dequantize, bias, relu, the next quantize) is the matmul's. Where output channels
+fill vectors better than an output row's pixels do, pixels are the tile rows instead and
+the accumulators are transposed before the epilogue (`pixel_rows`); depthwise convolutions
+multiply taps directly (`_depthwise_row`); the rest runs exact loops (`conv_integer_loops`).
 """
 
 from __future__ import annotations
@@ -24,16 +24,20 @@ from slimc.ir import dtypes
 from slimc.ir.graph import constant_data
 
 from . import gemm_int8 as q8
-from .common import const_table, smin
+from .common import const_table, entry_alloca, smin
 from .gemm import EpilogueContext
 from .gen_quant import check_i32, debug, store_vector
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import I8, I32, I64, i64, splat
+from .llvm_util import I8, I32, I64, i64, masked_load_vector, masked_store_vector, splat
 
 
 CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
-PIXEL_ROWS_MIN_K = 1024  # see `pixel_rows` in conv_integer
-PIXEL_ROWS_MIN_K_BARE = 256  # ... when no epilogue follows: the int32 results stored as they are
+PIXEL_ROWS_MIN_K = 256  # see `pixel_rows` in conv_integer
+
+
+def _lanes_used(n: int, vw: int) -> float:
+    """The share of lanes that n values fill in vectors of vw."""
+    return n / (-(-n // vw) * vw)
 
 
 def _conv_plan(kb: KernelBuilder, node):
@@ -100,21 +104,20 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     K = kh * kw * Cp
     P = OH * OW
     Wq = -(-(W + pl + pr) // sw)  # columns per phase
-    # Output rows narrower than a vector (ResNet's 7x7 layers): pixels become the rows of the
-    # tiles and output channels the vectors, each result stored on its own -- worth it where
-    # the K = Cin*kh*kw products per result outweigh a scalar epilogue (~20 instructions)
-    # more than the idle lanes of pixel runs cost.
-    # (MobileNetV2's last 1x1 conv, K = 320 at 7x7 with nothing fused: 0.20 -> 0.15 ms; with
-    # a requantizing epilogue K = 576 and 960 were as fast or slower: measured)
-    bare = list(kb.outputs) == [node.outputs[0]]
-    pixel_rows = not depthwise and OW < vw and \
-        K >= (PIXEL_ROWS_MIN_K_BARE if bare else PIXEL_ROWS_MIN_K)
     # A 1x1, stride-1, unpadded conv with rows narrower than a vector (MobileNetV2's 7x7
     # layers: runs of 7 pixels in 16 lanes) is a GEMM over the plane's P pixels: taken as one
-    # row of P (49 pixels: 4 vectors where 7 rows took 7), its work split by blocks of output
-    # channels instead of rows
-    flat = not depthwise and not pixel_rows and OW < vw and (kh, kw, sh, sw) == (1, 1, 1, 1) \
+    # row of P (`flat`: 49 pixels in 4 vectors where 7 rows took 7), its work split by blocks
+    # of output channels instead of rows. Otherwise the tiles run either way round: output
+    # channels as rows against runs of an output row's pixels (the vectors), or pixels as
+    # rows against vectors of output channels (`pixel_rows`, transposed before the epilogue).
+    # Each leaves the lanes of its partial last vector idle: pixels as rows where that wastes
+    # fewer (ResNet-18's 56-, 28-, 14- and 7-pixel rows fill 7/8, 7/8, 7/8 and 7/16 of their
+    # vectors, its 64 to 512 channels all: 3x3 layers 0.64 -> 0.56 ms at 56x56), given
+    # products enough per result to pay the transposes (K >= PIXEL_ROWS_MIN_K).
+    flat = not depthwise and OW < vw and (kh, kw, sh, sw) == (1, 1, 1, 1) \
         and not any(plan["pads"])
+    pixel_rows = not depthwise and not flat and K >= PIXEL_ROWS_MIN_K and \
+        _lanes_used(Mg, vw) > _lanes_used(OW, vw)
     if flat:
         H, W, OH, OW = 1, H * W, 1, P
         Wq = W
@@ -122,7 +125,8 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
     elif pixel_rows:
         debug(f"{node.label}: int8 conv as {N * G} GEMMs {P}x{K} @ {K}x{Mg} (pixels as rows: "
-               f"output rows of {OW} < {vw} lanes): {q8.why_path(kb.target)}")
+              f"{Mg} channels fill {_lanes_used(Mg, vw):.0%} of vectors of {vw}, output rows "
+              f"of {OW} pixels {_lanes_used(OW, vw):.0%}): {q8.why_path(kb.target)}")
     else:
         debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: "
                f"{q8.why_path(kb.target)}")
@@ -131,7 +135,10 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     # work items: images x groups x blocks of output rows (x blocks of channel panels)
     npan = -(-Mg // NR)
     if pixel_rows:
-        n_rb, n_pb = 1, min(npan, max(1, -(-CONV_ITEMS // (N * G))))
+        n_pb = min(npan, max(1, -(-CONV_ITEMS // (N * G))))
+        # rows split only where panels are too few (narrow rows split: every panel's weights
+        # read once per block, ResNet-18's 7x7 layers 0.57 -> 0.68 ms)
+        n_rb = 1 if OW < vw else max(1, min(OH, -(-CONV_ITEMS // (N * G * n_pb))))
     elif flat:  # blocks of whole MR-row tiles of output channels
         tiles = -(-Mg // path.mr)
         n_rb, n_pb = 1, min(tiles, max(1, -(-CONV_ITEMS // (N * G))))
@@ -196,7 +203,6 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     dot = q8.DotStep(b, path, row_is_u8=False)
     last_rows = OH - (n_rb - 1) * ORB
 
-    lane_buf = b.alloca(ir.VectorType(I32, vw), name="lanes") if pixel_rows else None
     with kb.loop(kb.begin, kb.end, name="item") as item:
         pbk = b.urem(item, i64(n_pb), name="pb")
         rest = b.udiv(item, i64(n_pb), name="rest")
@@ -224,14 +230,9 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                 v = epilogue(ctx, v)
             store_vector(bb, v, dst, bb.add(bb.mul(row, i64(P)), col), mask, dst_dt)
 
-        def store_pixel(bb, p, m0, acc, mask, nlanes):
-            """A vector of output channels at one pixel: spilled to the stack, then each
-            result through the (scalar) epilogue in a loop, one copy of its code."""
-            bb.store(acc, lane_buf)
-            lanes = bb.bitcast(lane_buf, ir.PointerType(I32))
-            with kb.loop(0, nlanes, name="lane") as j:
-                v = bb.load(bb.gep(lanes, [j], inbounds=True), name="acc.lane")
-                store(bb, bb.add(m0, j), p, v, None, 1)
+        def store_pixels(bb, m, p, acc, mask, nlanes):
+            """A run of the item's pixels of output channel m (pixel rows)."""
+            store(bb, m, bb.add(bb.mul(oh0, i64(OW)), p), acc, mask, nlanes)
 
         def row_ptr(m):
             return b.gep(Wc, [b.mul(b.add(chan0, m), i64(K))], inbounds=True, name="w.row")
@@ -242,7 +243,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                         zu, x_signed, slot, tag)
             if pixel_rows:
                 _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes, pbk, PB, npan, Mg, K,
-                                  nrows * OW, OW, sh * sw * Wq * g, g, poff_table, store_pixel, tag)
+                                  nrows * OW, OW, sh * sw * Wq * g, g, poff_table, store_pixels, tag)
                 return
             with kb.loop(0, nrows, name=tag + ".oh") as oh:
                 row_base = b.mul(oh, i64(sh * sw * Wq * g))
@@ -290,28 +291,91 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     b.ret_void()
 
 
+STAGE_PIXELS = 48  # pixels whose accumulators are staged before their transpose: 8 tiles of
+# 6 rows (VNNI, AVX-512BW, AVX2) or 12 of 4 (generic), 3 / 6 / 12 vectors of pixels
+
+
 def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int, npan: int,
                       Mg: int, K: int, npix: int, OW: int, row_pitch: int, g: int, koff_table,
                       store, tag) -> None:
     """Panels [pbk*PB, ...) of the group's output channels against all `npix` pixels of the
     item, pixels as the tile rows (read in place from the input copy, k groups at
-    `koff_table` offsets from each pixel's window corner)."""
+    `koff_table` offsets from each pixel's window corner).
+
+    A tile holds vectors of output channels at one pixel, but NCHW stores a channel's pixels
+    contiguously: STAGE_PIXELS pixels' accumulators go to a stack buffer, are transposed in
+    registers vw x vw at a time, and each channel's run of vw pixels goes through the vector
+    epilogue, `store(b, channel, pixel, acc, mask, nlanes)`. (Before: every result through
+    a scalar epilogue, ~20 instructions each, 14-22% of ResNet-18's 14x14 layers.)"""
+    from .gen_transpose import transpose_square
+
     b = kb.b
-    NR = path.nr
+    NR, vw = path.nr, path.vw
     dot = q8.DotStep(b, path, row_is_u8=True)
     wgroup = b.gep(Wc, [b.mul(gi, i64(group_bytes))], inbounds=True, name="w.group")
+    vi = ir.VectorType(I32, vw)
+    stage = entry_alloca(kb, ir.ArrayType(I32, STAGE_PIXELS * NR), "stage")
+    stage.align = 64
+    stage = b.bitcast(stage, ir.PointerType(I32))
+    columns = b.bitcast(entry_alloca(kb, ir.ArrayType(vi, vw), "stage.t"), ir.PointerType(vi))
 
     def row_ptr(p):
         oh, ow = b.udiv(p, i64(OW)), b.urem(p, i64(OW))
         off = b.add(b.mul(oh, i64(row_pitch)), b.mul(ow, i64(g)))
         return b.gep(scratch, [off], inbounds=True, name="px")
 
+    def to_stage(p0):
+        def put(bb, p, col, acc, mask, nlanes):
+            at = bb.add(bb.mul(bb.sub(p, p0), i64(NR)), col)
+            bb.store(acc, bb.bitcast(bb.gep(stage, [at], inbounds=True), ir.PointerType(vi)),
+                     align=4)
+        return put
+
+    def drain(p0, npx: int, m0, ncols: int, ptag):
+        """Stage rows [0, npx) (pixels p0...) x channels [0, ncols) out through the epilogue."""
+        nvec = -(-ncols // vw)
+        whole = npx // vw
+
+        def chunk(c, lanes: int, ctag):
+            with kb.loop(0, nvec, name=ctag + ".v") as v:
+                vecs = []
+                for i in range(vw):
+                    if i >= lanes:
+                        vecs.append(ir.Constant(vi, None))
+                        continue
+                    at = b.add(b.mul(b.add(c, i64(i)), i64(NR)), b.mul(v, i64(vw)))
+                    pv = b.bitcast(b.gep(stage, [at], inbounds=True), ir.PointerType(vi))
+                    vecs.append(b.load(pv, align=4, name=f"{ctag}.px{i}"))
+                for j, vec in enumerate(transpose_square(b, vecs)):
+                    b.store(vec, b.gep(columns, [i64(j)], inbounds=True), align=4)
+                nch = smin(b, b.sub(i64(ncols), b.mul(v, i64(vw))), i64(vw), ctag + ".nch")
+                chan0 = b.add(m0, b.mul(v, i64(vw)), name=ctag + ".chan0")
+                with kb.loop(0, nch, name=ctag + ".ch") as j:
+                    acc = b.load(b.gep(columns, [j], inbounds=True), align=4, name="acc.px")
+                    store(b, b.add(chan0, j), b.add(p0, c), acc, q8.lane_mask(vw, lanes), lanes)
+
+        if whole:
+            with kb.loop(0, whole * vw, vw, name=ptag + ".c") as c:
+                chunk(c, vw, ptag + ".c")
+        if npx % vw:
+            chunk(i64(whole * vw), npx % vw, ptag + ".ct")
+
     def panels(lo, hi, ncols, ptag):
         with kb.loop(lo, hi, name=ptag) as q:
             panel = b.gep(wgroup, [b.mul(q, i64(K * NR))], inbounds=True, name=ptag + ".w")
-            q8.emit_row_tiles(b, dot, row_ptr, i64(0), i64(npix), panel,
-                              b.mul(q, i64(NR), name=ptag + ".m0"), K, ncols, store, ptag,
-                              koffsets=koff_table)
+            m0 = b.mul(q, i64(NR), name=ptag + ".m0")
+
+            def block(p0, npx: int, btag):
+                q8.emit_row_tiles(b, dot, row_ptr, p0, b.add(p0, i64(npx)), panel, i64(0), K,
+                                  ncols, to_stage(p0), btag, koffsets=koff_table)
+                drain(p0, npx, m0, ncols, btag)
+
+            whole = npix - npix % STAGE_PIXELS
+            if whole:
+                with kb.loop(0, whole, STAGE_PIXELS, name=ptag + ".px") as p0:
+                    block(p0, STAGE_PIXELS, ptag + ".b")
+            if npix % STAGE_PIXELS:
+                block(i64(whole), npix % STAGE_PIXELS, ptag + ".bt")
 
     p0 = b.mul(pbk, i64(PB), name="p0")
     p1 = smin(b, b.add(p0, i64(PB)), i64(npan), "p1")
@@ -447,50 +511,70 @@ def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl
     group (as the unsigned side); the zero point outside the image and in padded channels.
     With stride 1 or 2 and whole channel groups, 16*stride pixels of g channels are loaded,
     interleaved in registers (and split into even and odd columns for stride 2) and stored
-    as vectors; the rest (other strides, the last columns) byte by byte."""
+    as vectors; with AVX-512BW the last, partial block of a row too, through masked loads and
+    stores (ResNet's 14- and 7-pixel rows were copied byte by byte: 0.134 -> 0.0xx ms for its
+    last 1x1 stride-2 conv, which copies its input once per block of output channels); the
+    rest (other strides, partial channel groups, a partial block without AVX-512BW) byte by
+    byte."""
     b = kb.b
     _memset(b, dst, zu, slot)
     plane = in_rows * sw * Wq * g
     block = 16 * sw
-    vec = sw in (1, 2) and Cg % g == 0 and W >= block
+    vec = sw in (1, 2) and Cg % g == 0
     Wv = W - W % block if vec else 0
+    tail = W - Wv if vec and "avx512bw" in kb.target.feature_set else 0
     vin = ir.VectorType(I8, block)
     inter = ir.Constant(ir.VectorType(I32, block * g),
                         [block * t + j for j in range(block) for t in range(g)])
     phases = [ir.Constant(ir.VectorType(I32, 16 * g),
                           [(sw * m + k) * g + t for m in range(16) for t in range(g)])
               for k in range(sw)]
+
+    def copy_block(r, src0, cg, iw, npix: int):
+        """Pixels [iw, iw + npix) of channel group cg, row r (npix <= block)."""
+        vs = []
+        for t in range(g):
+            chan = b.add(b.mul(cg, i64(g)), i64(t))
+            src = b.add(src0, b.add(b.mul(chan, i64(H * W)), iw))
+            p = b.gep(X, [src])
+            if npix == block:
+                vs.append(b.load(b.bitcast(p, ir.PointerType(vin)), align=1))
+            else:
+                vs.append(masked_load_vector(b, p, vin, q8.lane_mask(block, npix)))
+        allv = _concat(b, vs)
+        undef = ir.Constant(allv.type, ir.Undefined)
+        if g > 1:
+            allv = b.shuffle_vector(allv, undef, inter)
+        if flip:
+            allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (block * g)))
+        for k in range(sw):  # pixels iw + sw*m + k: one column phase each
+            count = -(-(npix - k) // sw)  # of them inside the row
+            if count <= 0:
+                continue
+            part = allv if sw == 1 else b.shuffle_vector(allv, undef, phases[k])
+            iwp = b.add(iw, i64(pl + k))
+            phase = (pl + k) % sw
+            wq = b.udiv(iwp, i64(sw)) if sw > 1 else iwp
+            prow = b.add(b.mul(r, i64(sw)), i64(phase))  # row of the phase planes
+            at = b.add(b.mul(cg, i64(plane)), b.mul(b.add(b.mul(prow, i64(Wq)), wq), i64(g)))
+            if count == 16:
+                b.store(part, b.bitcast(b.gep(dst, [at]), ir.PointerType(part.type)), align=1)
+            else:
+                masked_store_vector(b, part, b.gep(dst, [at]), q8.lane_mask(16 * g, count * g))
+
     with kb.loop(0, rows_in, name=tag + ".fr") as r:
         ih = b.add(ih0, r, name="ih")
         inside = b.and_(b.icmp_signed(">=", ih, i64(0)), b.icmp_signed("<", ih, i64(H)))
         with b.if_then(inside):
             src0 = b.add(xbase, b.mul(ih, i64(W)))
-            if Wv:
+            if Wv or tail:
                 with kb.loop(0, Cg // g, name=tag + ".fg") as cg:
-                    with kb.loop(0, Wv, block, name=tag + ".fw") as iw:
-                        vs = []
-                        for t in range(g):
-                            chan = b.add(b.mul(cg, i64(g)), i64(t))
-                            src = b.add(src0, b.add(b.mul(chan, i64(H * W)), iw))
-                            p = b.bitcast(b.gep(X, [src]), ir.PointerType(vin))
-                            vs.append(b.load(p, align=1))
-                        allv = _concat(b, vs)
-                        undef = ir.Constant(allv.type, ir.Undefined)
-                        if g > 1:
-                            allv = b.shuffle_vector(allv, undef, inter)
-                        if flip:
-                            allv = b.xor(allv, ir.Constant(allv.type, [0x80] * (block * g)))
-                        for k in range(sw):  # pixels iw + sw*m + k: one column phase each
-                            part = allv if sw == 1 else b.shuffle_vector(allv, undef, phases[k])
-                            iwp = b.add(iw, i64(pl + k))
-                            phase = (pl + k) % sw
-                            wq = b.udiv(iwp, i64(sw)) if sw > 1 else iwp
-                            prow = b.add(b.mul(r, i64(sw)), i64(phase))  # row of the phase planes
-                            at = b.add(b.mul(cg, i64(plane)),
-                                       b.mul(b.add(b.mul(prow, i64(Wq)), wq), i64(g)))
-                            p = b.bitcast(b.gep(dst, [at]), ir.PointerType(part.type))
-                            b.store(part, p, align=1)
-            if Wv < W:
+                    if Wv:
+                        with kb.loop(0, Wv, block, name=tag + ".fw") as iw:
+                            copy_block(r, src0, cg, iw, block)
+                    if tail:
+                        copy_block(r, src0, cg, i64(Wv), tail)
+            if Wv + tail < W:
                 with kb.loop(0, Cg, name=tag + ".fc") as c:
                     src_row = b.add(src0, b.mul(c, i64(H * W)))
                     cbase = b.add(b.mul(b.udiv(c, i64(g)), i64(plane)), b.urem(c, i64(g)))

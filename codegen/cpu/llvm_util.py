@@ -160,8 +160,33 @@ def masked_load_vector(b: ir.IRBuilder, addr: ir.Value, vt: ir.VectorType, mask:
 
 
 def masked_store_vector(b: ir.IRBuilder, value: ir.Value, addr: ir.Value, mask: ir.Value) -> None:
+    """Store the lanes of `mask` (a <n x i1> vector) of `value` at `addr`.
+
+    A constant mask with one lane on is stored as that scalar: LLVM 22's x86 backend turns a
+    one-lane masked store into a scalar store and, where the stored vector is a truncation
+    (<16 x i32> rounded, truncated to <16 x i8>: a requantizing epilogue), stores the
+    untruncated lane: 4 bytes for 1 (measured: `vmovss` after `vcvtps2dq`, overwriting the
+    next channel's first pixels, and past a buffer's end on the last one)."""
+    lanes = _constant_lanes(mask)
+    if lanes is not None and len(lanes) == 1:
+        (lane,) = lanes
+        ptr = b.gep(b.bitcast(addr, ir.PointerType(value.type.element)), [i64(lane)],
+                    inbounds=True)
+        b.store(b.extract_element(value, I32(lane)), ptr)
+        return
     fn = masked_intrinsic(b.module, "store", value.type)
     b.call(fn, [value, b.bitcast(addr, OPAQUE_PTR), I32(elem_bytes(value.type.element)), mask])
+
+
+def _constant_lanes(mask: ir.Value) -> list | None:
+    """The lanes a constant <n x i1> mask has on, or None for a computed mask."""
+    if not isinstance(mask, ir.Constant) or not isinstance(mask.constant, (list, tuple)):
+        return None
+    return [j for j, bit in enumerate(mask.constant) if _bit(bit)]
+
+
+def _bit(c) -> bool:
+    return bool(c.constant if isinstance(c, ir.Constant) else c)
 
 
 def masked_load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, mask: ir.Value, name: str = "") -> ir.Value:

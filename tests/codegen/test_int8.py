@@ -202,9 +202,12 @@ CONV_CASES = [  # N, C, H, W, M, k, stride, pad, dilation, group, x dtype, w dty
     (1, 8, 12, 12, 8, 3, 2, 1, 2, 8, np.uint8, np.int8, 0, None),
     (1, 16, 9, 70, 16, 3, 2, 1, 1, 16, np.uint8, np.int8, 5, None),  # dw stride 2, vector copy
     (1, 8, 9, 65, 24, 1, 2, 0, 1, 1, np.int8, np.int8, 5, None),     # 1x1 stride 2
-    (1, 128, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),   # narrow rows, K >= 1024:
+    (1, 128, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),   # narrow rows: pixel rows
     (2, 128, 9, 9, 70, 3, 2, 1, 1, 1, np.int8, np.int8, 3, None),    # pixel rows; partial panel
-    (1, 64, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),    # narrow rows, small K
+    (1, 64, 7, 7, 96, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),
+    (1, 64, 40, 29, 48, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),  # pixel rows, wide rows:
+    (1, 32, 30, 25, 40, 3, 1, 1, 1, 1, np.int8, np.int8, -9, None),  # staged blocks and tails
+    (1, 16, 12, 13, 64, 3, 1, 1, 1, 1, np.uint8, np.int8, 9, None),  # K < 256: pixel runs
     (1, 32, 3, 3, 24, 3, 1, 0, 1, 2, np.uint8, np.int8, 7, None),    # 1x1 output
 ]
 
@@ -228,7 +231,8 @@ def test_conv_integer_exact(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("c,hw", [(32, (23, 21)), (128, (7, 7))], ids=["pixel-runs", "pixel-rows"])
+@pytest.mark.parametrize("c,hw", [(32, (23, 32)), (32, (23, 21)), (128, (7, 7))],
+                         ids=["pixel-runs", "pixel-rows-wide", "pixel-rows-narrow"])
 def test_conv_integer_fused_requantization_and_threads(target, c, hw):
     """conv_integer -> dequantize (per channel) -> + bias -> relu -> quantize, one kernel,
     at 1, 2 and 3 threads; saturating extremes in input and weights."""
