@@ -33,11 +33,21 @@ from .llvm_util import I8, I32, I64, i64, masked_load_vector, masked_store_vecto
 
 CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
 PIXEL_ROWS_MIN_K = 256  # see `pixel_rows` in conv_integer
+FLAT_ITEM_CHANNELS = 96  # see `flat` in conv_integer
 
 
 def _lanes_used(n: int, vw: int) -> float:
     """The share of lanes that n values fill in vectors of vw."""
     return n / (-(-n // vw) * vw)
+
+
+def _regrid_width(P: int, OW: int, vw: int, widest: int = 256) -> int:
+    """For a plane of P pixels in rows of OW, the row width (a divisor of P, at most
+    `widest`) whose vectors are all full, or OW where OW's are or no width is."""
+    if OW % vw == 0:
+        return OW
+    fits = [w for w in range(vw, min(P, widest) + 1, vw) if P % w == 0]
+    return max(fits) if fits else OW
 
 
 def _conv_plan(kb: KernelBuilder, node):
@@ -104,23 +114,27 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     K = kh * kw * Cp
     P = OH * OW
     Wq = -(-(W + pl + pr) // sw)  # columns per phase
-    # A 1x1, stride-1, unpadded conv with rows narrower than a vector (MobileNetV2's 7x7
-    # layers: runs of 7 pixels in 16 lanes) is a GEMM over the plane's P pixels: taken as one
-    # row of P (`flat`: 49 pixels in 4 vectors where 7 rows took 7), its work split by blocks
-    # of output channels instead of rows. Otherwise the tiles run either way round: output
-    # channels as rows against runs of an output row's pixels (the vectors), or pixels as
-    # rows against vectors of output channels (`pixel_rows`, transposed before the epilogue).
-    # Each leaves the lanes of its partial last vector idle: pixels as rows where that wastes
-    # fewer (ResNet-18's 56-, 28-, 14- and 7-pixel rows fill 7/8, 7/8, 7/8 and 7/16 of their
-    # vectors, its 64 to 512 channels all: 3x3 layers 0.64 -> 0.56 ms at 56x56), given
-    # products enough per result to pay the transposes (K >= PIXEL_ROWS_MIN_K).
-    flat = not depthwise and OW < vw and (kh, kw, sh, sw) == (1, 1, 1, 1) \
-        and not any(plan["pads"])
+    # A 1x1, stride-1, unpadded conv is a GEMM over the plane's P pixels, whatever their
+    # rows: with rows narrower than a vector (MobileNetV2's 7x7 layers: runs of 7 pixels in
+    # 16 lanes) it runs as one row of P (`flat`: 49 pixels in 4 vectors where 7 rows took 7),
+    # its work split by blocks of output channels instead of rows; with rows that leave lanes
+    # idle, as rows of a width that does not (`regrid`: 56x56 as 49 rows of 64). Otherwise
+    # the tiles run either way round: output channels as rows against runs of an output
+    # row's pixels (the vectors), or pixels as rows against vectors of output channels
+    # (`pixel_rows`, transposed before the epilogue). Each leaves the lanes of its partial
+    # last vector idle: pixels as rows where that wastes fewer (ResNet-18's 56-, 28-, 14- and
+    # 7-pixel rows fill 7/8, 7/8, 7/8 and 7/16 of their vectors, its 64 to 512 channels all:
+    # 3x3 layers 0.64 -> 0.56 ms at 56x56), given products enough per result to pay the
+    # transposes (K >= PIXEL_ROWS_MIN_K).
+    pointwise = not depthwise and (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(plan["pads"])
+    flat = pointwise and OW < vw
+    width = _regrid_width(P, OW, vw) if pointwise and not flat else OW
     pixel_rows = not depthwise and not flat and K >= PIXEL_ROWS_MIN_K and \
-        _lanes_used(Mg, vw) > _lanes_used(OW, vw)
-    if flat:
-        H, W, OH, OW = 1, H * W, 1, P
-        Wq = W
+        _lanes_used(Mg, vw) > _lanes_used(width, vw)
+    regrid = width != OW and not pixel_rows
+    if flat or regrid:  # the epilogue finds (row, column) from the flat pixel index
+        H = OH = P // width if regrid else 1
+        W = OW = Wq = width if regrid else P
     if depthwise:
         debug(f"{node.label}: int8 depthwise conv, {kh}x{kw} taps on {vw} int32 lanes")
     elif pixel_rows:
@@ -128,8 +142,10 @@ def conv_integer(kb: KernelBuilder, node) -> None:
               f"{Mg} channels fill {_lanes_used(Mg, vw):.0%} of vectors of {vw}, output rows "
               f"of {OW} pixels {_lanes_used(OW, vw):.0%}): {q8.why_path(kb.target)}")
     else:
-        debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P}: "
-               f"{q8.why_path(kb.target)}")
+        runs = "one row of the plane's pixels" if flat else \
+            f"the plane as rows of {OW} pixels" if regrid else f"runs along rows of {OW} pixels"
+        debug(f"{node.label}: int8 conv as {N * G} GEMMs {Mg}x{K} @ {K}x{P} ({runs}): "
+              f"{q8.why_path(kb.target)}")
     kb.cost = 2 * N * M * P * Cg * kh * kw
 
     # work items: images x groups x blocks of output rows (x blocks of channel panels)
@@ -140,8 +156,11 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         # read once per block, ResNet-18's 7x7 layers 0.57 -> 0.68 ms)
         n_rb = 1 if OW < vw else max(1, min(OH, -(-CONV_ITEMS // (N * G * n_pb))))
     elif flat:  # blocks of whole MR-row tiles of output channels
+        # every item copies the whole plane: at least FLAT_ITEM_CHANNELS channels an item
+        # (but two items, for two threads); MobileNetV2's 576->96 at 14x14 in 16 items of 6
+        # channels spent 43% of its time copying (114 -> 67 us in 2 items)
         tiles = -(-Mg // path.mr)
-        n_rb, n_pb = 1, min(tiles, max(1, -(-CONV_ITEMS // (N * G))))
+        n_rb, n_pb = 1, min(tiles, max(2, -(-Mg // FLAT_ITEM_CHANNELS)))
         MB = -(-tiles // n_pb) * path.mr
         n_pb = -(-Mg // MB)
     else:
@@ -251,8 +270,9 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                 pix_row = b.mul(oh_abs, i64(OW), name=tag + ".pixrow")
 
                 def store_run(bb, m, col, acc, mask, nlanes):
-                    # (flat: col is the pixel; the epilogue divides it into (row, column))
-                    pos = None if flat else (oh_abs, bb.sub(col, pix_row))
+                    # (flat, regrid: col is the pixel; the epilogue divides it into (row,
+                    # column) of the real plane)
+                    pos = None if flat or regrid else (oh_abs, bb.sub(col, pix_row))
                     store(bb, m, col, acc, mask, nlanes, pos=pos)
 
                 if depthwise:

@@ -231,6 +231,37 @@ def test_conv_integer_exact(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("k,hw", [(1, (7, 7)), (1, (20, 20)), (1, (20, 32)), (3, (23, 21)),
+                                  (3, (23, 32))],
+                         ids=["1x1-one-row", "1x1-regrid", "1x1-rows", "pixel-rows", "runs"])
+def test_conv_integer_epilogue_reads_each_pixel(target, k, hw):
+    """conv_integer -> dequantize -> + bias -> + a tensor of the output's shape: the
+    epilogue reads the residual at each result's own (channel, row, column), whichever way
+    the tiles ran (a 1x1 conv's plane taken as one row, or as 5 rows of 80 pixels for 20x20;
+    pixels as tile rows; runs along output rows)."""
+    rng = np.random.default_rng(10)
+    c, m = 96, 40
+    g = Graph("qconv_residual")
+    x = g.add_input("x", TensorType(dtypes.u8, (1, c) + hw))
+    r = g.add_input("r", TensorType(dtypes.f32, (1, m) + hw))
+    w = g.add_constant("w", _ints(rng, np.int8, (m, c, k, k)))
+    acc = add_op(g, "conv_integer", [x, w, g.add_constant("zx", np.uint8(7))],
+                 dict(pads=[k // 2] * 4)).outputs[0]
+    sc = g.add_constant("s", (rng.random((m, 1, 1)) * 1e-3).astype(np.float32))
+    y = add_op(g, "dequantize", [acc, sc]).outputs[0]
+    y = add_op(g, "add", [y, g.add_constant("b", rng.standard_normal((m, 1, 1))
+                                            .astype(np.float32))]).outputs[0]
+    g.outputs = [add_op(g, "add", [y, r]).outputs[0]]
+    xv = _ints(rng, np.uint8, (1, c) + hw)
+    rv = (rng.standard_normal((1, m) + hw) * 100).astype(np.float32)
+    want = slimc.interpret(g, xv, rv)[0]
+    for threads in (1, 3):
+        mod = slimc.compile(g, target=target, threads=threads)
+        assert len(mod.kernels) == 1
+        np.testing.assert_allclose(mod(xv, rv)[0], want, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("c,hw", [(32, (23, 32)), (32, (23, 21)), (128, (7, 7))],
                          ids=["pixel-runs", "pixel-rows-wide", "pixel-rows-narrow"])
 def test_conv_integer_fused_requantization_and_threads(target, c, hw):
