@@ -14,6 +14,11 @@ per-tensor activation scale and zero point. A bias that is itself ``dequantize(b
 with ``s`` equal to ``sx * sw`` (as onnxruntime's quantizer writes it) is added to the int32
 accumulator, as QLinearConv does, instead of in float.
 
+Max pooling moves into the quantized domain too: ``quantize(max_pool(x))`` becomes
+``max_pool(quantize(x))`` where x holds no NaN (quantize is monotone), and a quantize that
+undoes a dequantize with the same parameters disappears, so onnxruntime's ``dequantize ->
+MaxPool -> quantize`` pools the bytes as they are.
+
 Why a layer stayed float: ``SLIMC_DEBUG=quant`` prints one line per conv/matmul/gemm that reads
 a dequantized value and was not rewritten, with the rule's reason; `explain_qdq(graph)` returns
 the same lines for tests. The pass runs before constant folding, which would otherwise turn a
@@ -28,6 +33,7 @@ import numpy as np
 
 from slimc.ir import Graph, Value, dtypes
 from slimc.ir.debug import enabled, log
+from slimc.ir.value_facts import graph_facts
 
 from .rewriter import Any, Builder, Const, Match, Op, Opt, RewritePass, Rule, explain
 
@@ -218,7 +224,65 @@ def _weight_axis_for_gemm(m: Match):
     return _check_weight(m, axis, "output column")
 
 
-RULES = [
+# ----- max pooling in the quantized domain ------------------------------------------------------
+# quantize is monotone (a positive scale, rounding, clamping, + zero point), so it commutes with
+# a maximum: quantize(max_pool(x)) = max_pool(quantize(x)), bit for bit, where no NaN is in x (a
+# NaN wins a float max but quantizes to the lowest value). The pool then reads a quarter of the
+# bytes, and the quantize joins the producer's epilogue (ResNet-18's stem writes u8, not f32).
+
+def _quantize_commutes(m: Match):
+    s = m.data("s")
+    if not np.all(s > 0):
+        return "the quantize's scale is not positive everywhere (then it is not monotone)"
+    if not graph_facts(m.graph).never_nan(m["x"]):
+        return f"%{m['x'].name} may hold NaN (a NaN wins a max but quantizes to the lowest value)"
+    return True
+
+
+def _pool_after_quantize(m: Match, b: Builder) -> Value:
+    pool = m.node("pool")
+    q = b.op("quantize", [m["x"], m["s"], m.values.get("z")], value_name=m["x"].name + ".q",
+             **m.root.attrs)
+    return b.op("max_pool", [q], like=pool, value_name=m.root.outputs[0].name, **pool.attrs)
+
+
+def _not_graph_output(m: Match):
+    return True if m.root.outputs[0] not in m.graph.outputs else \
+        "the quantized value is a graph output and keeps its own name"
+
+
+def _same_quantization(m: Match):
+    """quantize(dequantize(q, s, z), s, z) is q: (q - z) * s / s rounds back to q - z while
+    |q - z| * s stays a normal float (s between 1e-30 and 1e30)."""
+    s_in, s_out = m.data("s_in"), m.data("s_out")
+    z_in, z_out = m.values.get("z_in"), m.values.get("z_out")
+    if m["q"].type.dtype != m.root.outputs[0].type.dtype:
+        return f"the quantize gives {m.root.outputs[0].type.dtype}, the dequantized value is " \
+               f"{m['q'].type.dtype}"
+    if s_in.shape != s_out.shape or not np.array_equal(s_in, s_out):
+        return "the scales differ"
+    zi = np.zeros(1) if z_in is None else z_in.data
+    zo = np.zeros(1) if z_out is None else z_out.data
+    if not np.array_equal(np.broadcast_to(zi, s_in.shape), np.broadcast_to(zo, s_in.shape)):
+        return "the zero points differ"
+    if m.root.attrs.get("axis", 1) != m.node("dq").attrs.get("axis", 1) and s_in.size > 1:
+        return "the two ops quantize along different axes"
+    if not np.all((np.abs(s_in) > 1e-30) & (np.abs(s_in) < 1e30)):
+        return "a scale is too small or too large for the round trip to be exact"
+    return True
+
+
+QUANTIZED_DOMAIN_RULES = [
+    Rule("max_pool_after_quantize",
+         Op("quantize", Op("max_pool", Any("x"), name="pool"), Const("s"), Opt(Const("z"))),
+         _pool_after_quantize, where=_quantize_commutes),
+    Rule("drop_quantize_of_dequantize",
+         Op("quantize", Op("dequantize", Any("q"), Const("s_in"), Opt(Const("z_in")), name="dq",
+                           one_use=False), Const("s_out"), Opt(Const("z_out"))),
+         lambda m, b: m["q"], where=_all(_not_graph_output, _same_quantization)),
+]
+
+LAYER_RULES = [
     Rule("conv_to_conv_integer",
          Op("conv", _dq("x"), _dq("w", weight=True), Opt(Any("bias")), name="conv"), _conv,
          where=_all(lambda m: _check_activation(m, "x"),
@@ -237,7 +301,7 @@ RULES = [
 def explain_qdq(graph: Graph) -> list[str]:
     """Why each float conv/matmul/gemm that reads a dequantized value was not rewritten."""
     lines = []
-    for rule in RULES:
+    for rule in LAYER_RULES:
         for node, reason in explain(rule, graph):
             if any(v is not None and v.producer is not None and v.producer.op == "dequantize"
                    for v in node.inputs):
@@ -250,7 +314,7 @@ class FoldQDQ(RewritePass):
     """dequantize -> conv/matmul/gemm becomes conv_integer/matmul_integer -> dequantize."""
 
     def __init__(self):
-        super().__init__("fold_qdq", RULES)
+        super().__init__("fold_qdq", QUANTIZED_DOMAIN_RULES + LAYER_RULES)
 
     def run(self, graph: Graph) -> bool:
         changed = super().run(graph)

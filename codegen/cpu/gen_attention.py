@@ -102,7 +102,7 @@ def attention(kb: KernelBuilder, node) -> None:
     # and the block of scores
     slot = scores_gemm.packed_size + pv_gemm.packed_size + rows_per_item * N
     ws = b.bitcast(kb.scratch(4 * slot * items, name + ".work"), ir.PointerType(F32))
-    kp = b.gep(ws, [b.mul(kb.begin, i64(slot))], name="k_packed")
+    kp = kb.call_slot(ws, slot, "k_packed")
     vp = b.gep(kp, [i64(scores_gemm.packed_size)], name="v_packed")
     scores = b.gep(vp, [i64(pv_gemm.packed_size)], name="scores")
     packed_entry = b.alloca(I64, name="packed_entry")

@@ -32,7 +32,7 @@ from .llvm_util import F32, I64, OPAQUE_PTR, const, for_range, i64, llvm_type
 # Convolution
 # ----------------------------------------------------------------------------------------------
 
-# Work items of a GEMM convolution: at most this many, each with its own scratch slot.
+# Work items of a GEMM convolution: at most this many (scratch: a slot for each).
 CONV_MAX_ITEMS = 16
 # Columns per GEMM chunk: about this many floats of im2col per chunk (then a multiple of NR).
 CONV_CHUNK_FLOATS = 1 << 17
@@ -160,8 +160,8 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
     (`_shared_gemm`), which adds the bias. 1x1 stride-1 convs multiply the input in place
     (or pack it when its chunks are not whole panels).
 
-    Work items are at most CONV_MAX_ITEMS runs of consecutive tasks, each with its own scratch
-    slot, so threads never share a buffer. Without a fused epilogue the GEMM writes the output
+    Work items are at most CONV_MAX_ITEMS runs of consecutive tasks; a call uses the scratch
+    slot of its first item (`kb.call_slot`), so threads never share a buffer. Without a fused epilogue the GEMM writes the output
     directly; with one it writes the chunk to scratch and a vectorized loop along the output
     rows hands it to `kb.store_result`."""
     b = kb.b
@@ -222,7 +222,7 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
     with kb.loop(kb.begin, kb.end, name="item") as wi:
         t0 = b.udiv(b.mul(wi, i64(tasks)), i64(items), name="t0")
         t1 = b.udiv(b.mul(b.add(wi, i64(1)), i64(tasks)), i64(items), name="t1")
-        slot_p = b.gep(ws_f, [b.mul(wi, i64(slot))], inbounds=True, name="slot")
+        slot_p = kb.call_slot(ws_f, slot, "slot")
         colbuf = slot_p
         packed = b.gep(slot_p, [i64(col_floats)], inbounds=True, name="packed")
         cbuf = b.gep(slot_p, [i64(col_floats + pack_floats)], inbounds=True, name="cbuf")

@@ -177,7 +177,7 @@ def matmul(kb: KernelBuilder, node) -> None:
     # it is repacked only when the run moves on to the next batch entry
     ws = kb.scratch(4 * g.packed_size * items, name + ".bpack")
     ws = b_.bitcast(ws, ir.PointerType(F32), name=name + ".ws")
-    w_ptr = b_.gep(ws, [b_.mul(kb.begin, i64(g.packed_size))], name="ws_b")
+    w_ptr = kb.call_slot(ws, g.packed_size, "ws_b")
     packed_entry = b_.alloca(I64, name="packed_entry")
     b_.store(i64(-1), packed_entry)
     B = kb.ptr(bv)

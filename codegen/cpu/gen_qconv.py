@@ -229,7 +229,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
         ng = b.udiv(rest, i64(n_rb), name="ng")
         n = b.udiv(ng, i64(G), name="n")
         gi = b.urem(ng, i64(G), name="gi")
-        scratch = b.gep(ws_raw, [b.mul(item, i64(slot))], inbounds=True, name="nchwc")
+        scratch = kb.call_slot(ws_raw, slot, "nchwc")
         oh0 = b.mul(rb, i64(ORB), name="oh0")
         ih0 = b.sub(b.mul(oh0, i64(sh)), i64(pt), name="ih0")
         xbase = b.mul(b.add(b.mul(n, i64(C)), b.mul(gi, i64(Cg))), i64(H * W), name="xbase")

@@ -5,7 +5,8 @@ Layout (VW = the target's floats per vector; lanes run over channels inside the 
 * Work is cut into *blocks* of whole tile rows (tile row = one image's row of output tiles,
   over the batch), each of about `BLOCK_TILES` tiles, and, when there are few blocks (batch
   1, small images), into ranges of output channels as well, so that both cores get work. A
-  task is (block, channel range); a work item is a run of tasks with its own scratch slot.
+  task is (block, channel range); a work item is a run of tasks, and a call's items share
+  the scratch slot of its first (`kb.call_slot`).
 * Input transform, per tile row: the alpha input rows its tiles read are copied, for every
   block of VW input channels, into a zero-padded *strip* [alpha][Wp][VW] with one VW x VW
   register transpose per VW columns (NCHW rows in, channel vectors out), so padding costs no
@@ -255,7 +256,7 @@ def winograd_conv2d(kb: KernelBuilder, node) -> None:
     with kb.loop(kb.begin, kb.end, name="item") as wi:
         t0 = b.udiv(b.mul(wi, i64(P.tasks)), i64(P.items), name="t0")
         t1 = b.udiv(b.mul(b.add(wi, i64(1)), i64(P.tasks)), i64(P.items), name="t1")
-        base = b.gep(ws, [b.mul(wi, i64(slot))], inbounds=True, name="slot")
+        base = kb.call_slot(ws, slot, "slot")
         strip = base
         V = b.gep(base, [i64(P.strip)], inbounds=True, name="V")
         M = b.gep(base, [i64(P.strip + P.v_floats)], inbounds=True, name="M")

@@ -170,8 +170,7 @@ def masked_store_vector(b: ir.IRBuilder, value: ir.Value, addr: ir.Value, mask: 
     lanes = _constant_lanes(mask)
     if lanes is not None and len(lanes) == 1:
         (lane,) = lanes
-        ptr = b.gep(b.bitcast(addr, ir.PointerType(value.type.element)), [i64(lane)],
-                    inbounds=True)
+        ptr = b.gep(addr, [i64(lane)], inbounds=True, source_etype=value.type.element)
         b.store(b.extract_element(value, I32(lane)), ptr)
         return
     fn = masked_intrinsic(b.module, "store", value.type)

@@ -1,15 +1,16 @@
-"""What a kernel knows of the values it computes, from the ops that compute them: that an
-element can never be NaN, and bounds a clip or relu puts on it. The lowerings use them to
-drop work whose only purpose is an edge case that cannot occur (codegen/cpu/scalar_ops.py:
-max and min without NaN propagation, a quantize without clamps the range cannot reach) --
-a requantizing epilogue (int32 -> dequantize -> + bias -> clip -> quantize) then takes ~5
-instructions a vector fewer."""
+"""What is known of values from the ops that compute them: that an element can never be NaN,
+and bounds a clip or relu puts on it. A CPU kernel asks about the values it computes
+(codegen/cpu/kernel.py): its lowerings drop work whose only purpose is an edge case that
+cannot occur (codegen/cpu/scalar_ops.py: max and min without NaN propagation, a quantize
+without clamps the range cannot reach), so a requantizing epilogue (int32 -> dequantize ->
++ bias -> clip -> quantize) takes ~5 instructions a vector fewer. A pass asks about a whole
+graph (`graph_facts`): a max_pool moves after a quantize only where no NaN reaches it."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from slimc.ir import Value
+from .graph import Graph, Value
 
 # ops that give no NaN from operands that are not NaN; add, sub and mul only with a
 # constant operand (inf - inf and inf * 0 are NaN: a constant is finite and nonzero)
@@ -66,3 +67,8 @@ class ValueFacts:
             bounds.append(default if b is None else float(b.data.reshape(())))
         # clip(x, 10, -5) is -5 everywhere (numpy's min(max(x, lo), hi)): no range claimed
         return tuple(bounds) if bounds[0] <= bounds[1] else None
+
+
+def graph_facts(graph: Graph) -> ValueFacts:
+    """The facts of every value a node of `graph` computes."""
+    return ValueFacts({id(v): n for n in graph.nodes for v in n.outputs})
