@@ -66,8 +66,9 @@ def table_load(kb: KernelBuilder, table: ir.Value, index, name: str) -> ir.Value
 
 
 def stack_row(kb: KernelBuilder, ty: ir.Type, n: int, name: str) -> ir.Value:
-    """A per-call (so per-thread) stack buffer of n elements, allocated in the entry block."""
-    arr = kb.b.alloca(ir.ArrayType(ty, max(1, n)), name=name + ".buf")
+    """A per-call (so per-thread) stack buffer of n elements, allocated in the entry block
+    (so that asking for it inside a loop does not grow the stack)."""
+    arr = entry_alloca(kb, ir.ArrayType(ty, max(1, n)), name + ".buf")
     arr.align = 64
     return kb.b.bitcast(arr, ir.PointerType(ty), name=name)
 

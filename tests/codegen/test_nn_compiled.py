@@ -196,6 +196,20 @@ def test_max_pool_propagates_nan():
     run("global_max_pool", [x])
 
 
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                                   dict(kernel_shape=[2, 4], strides=[1, 1], pads=[0, 2, 1, 1]),
+                                   dict(kernel_shape=[3, 2], strides=[1, 2], ceil_mode=1)])
+def test_max_pool_wide_rows(attrs):
+    """Rows of several vectors and a partial one (37, 64 and 70 columns), NaN in the middle
+    and at the last column: a float 2-D pool with row stride 1 or 2 takes rows of taps first,
+    then columns (ResNet's stem pool), with the generic form's maxima exactly."""
+    for w in (37, 64, 70):
+        x = rand(2, 3, 7, w)
+        x[0, 1, 3, w // 2] = np.nan
+        x[1, 2, 6, w - 1] = np.nan
+        run("max_pool", [x], **attrs)
+
+
 @pytest.mark.parametrize("storage_order", [0, 1])
 @pytest.mark.parametrize("attrs", POOL_ATTRS[:3])
 def test_max_pool_with_indices(storage_order, attrs):
