@@ -23,6 +23,7 @@ from slimc.ir.ops.window import _window_params
 from . import gemm as gemm_kernels
 from . import gemm_pack
 from .common import acc_dtype, cdiv, convert, emitter, numel, smax, smin, stack_row, vec_loop, vload
+from .gen_conv_stem import stem_conv, stem_conv_applies
 from .gen_depthwise import depthwise_rows, depthwise_rows_apply
 from .gen_nn import Geom, accumulate_row, outer_taps
 from .kernel import KernelBuilder, generator, llvm_name
@@ -70,6 +71,8 @@ def conv(kb: KernelBuilder, node) -> None:
     if numel(kb.shape(out)) == 0:  # an empty batch (or channels): nothing to compute
         kb.b.ret_void()
         return None
+    if stem_conv_applies(kb, node):
+        return stem_conv(kb, node)
     if (x.type.dtype == dtypes.f32 and nsp <= 2 and cog >= 4 and K >= 8
             and numel(kb.shape(out)[2:]) >= 4):
         return _conv_gemm(kb, node)

@@ -28,7 +28,8 @@ from .common import const_table, entry_alloca, smin
 from .gemm import EpilogueContext
 from .gen_quant import check_i32, debug, store_vector
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import I8, I32, I64, i64, masked_load_vector, masked_store_vector, splat
+from .llvm_util import (I8, I32, I64, i64, masked_load_vector, masked_store_vector, memset,
+                        splat)
 
 
 CONV_ITEMS = 16  # work items to aim for: images x groups x blocks of output rows
@@ -513,18 +514,6 @@ def _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg: int, OW: i
             run(i64(full), OW % vw, m, tag + ".vt")
 
 
-def _memset(b: ir.IRBuilder, dst: ir.Value, byte: int, nbytes: int) -> None:
-    from .llvm_util import OPAQUE_PTR
-
-    m = b.module
-    fn = m.globals.get("llvm.memset.p0.i64")
-    if fn is None:
-        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [OPAQUE_PTR, I8, I64, ir.IntType(1)]),
-                         "llvm.memset.p0.i64")
-    b.call(fn, [b.bitcast(dst, OPAQUE_PTR), ir.Constant(I8, byte & 0xFF), i64(nbytes),
-                ir.Constant(ir.IntType(1), 0)])
-
-
 def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl, sw, Cg, g,
                 zu: int, flip: bool, slot: int, tag):
     """dst[cg, r, phase, wq, t] = x[cg*g + t, ih0 + r, wq*sw + phase - pl] of this image and
@@ -537,7 +526,7 @@ def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl
     rest (other strides, partial channel groups, a partial block without AVX-512BW) byte by
     byte."""
     b = kb.b
-    _memset(b, dst, zu, slot)
+    memset(b, dst, zu, slot)
     plane = in_rows * sw * Wq * g
     block = 16 * sw
     vec = sw in (1, 2) and Cg % g == 0

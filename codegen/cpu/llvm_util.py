@@ -188,6 +188,17 @@ def _bit(c) -> bool:
     return bool(c.constant if isinstance(c, ir.Constant) else c)
 
 
+def memset(b: ir.IRBuilder, dst: ir.Value, byte: int, nbytes: int) -> None:
+    """nbytes bytes at dst set to `byte` (llvm.memset)."""
+    m = b.module
+    fn = m.globals.get("llvm.memset.p0.i64")
+    if fn is None:
+        fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [OPAQUE_PTR, I8, I64, ir.IntType(1)]),
+                         "llvm.memset.p0.i64")
+    b.call(fn, [b.bitcast(dst, OPAQUE_PTR), ir.Constant(I8, byte & 0xFF), i64(nbytes),
+                ir.Constant(ir.IntType(1), 0)])
+
+
 def masked_load(b: ir.IRBuilder, p: ir.Value, index: ir.Value, mask: ir.Value, name: str = "") -> ir.Value:
     """Load the lanes of `mask` (a <n x i1> vector) at p[index]; other lanes read as zero."""
     vt = ir.VectorType(p.type.pointee, mask.type.count)

@@ -48,7 +48,8 @@ def run(op, inputs, consts=(), nout=1, threads=1, rtol=1e-4, atol=1e-4, then=Non
 # ----------------------------------------------------------------------------------------------
 
 # (x shape, w shape, bias, attrs, threads): the first group takes the GEMM path (float32,
-# 1-D/2-D, >= 4 output channels per group), the rest the loop nest.
+# 1-D/2-D, >= 4 output channels per group; with at most 4 input channels and one group, the
+# stem path, gen_conv_stem.py), the rest the loop nest.
 CONV_CASES = [
     ((2, 3, 9, 11), (8, 3, 3, 3), True, dict(pads=[1, 1, 1, 1]), 1),
     ((2, 5, 9, 11), (8, 5, 3, 3), False,
@@ -73,6 +74,24 @@ CONV_CASES = [
     ((1, 3, 5, 6, 7), (4, 3, 2, 2, 3), True, dict(pads=[1, 0, 0, 1, 1, 1]), 1),  # 3-D
     ((2, 4, 1, 1), (3, 4, 1, 1), True, {}, 1),
 ]
+
+
+STEM_CASES = [  # (x shape, w shape, attrs, threads): partial runs and row blocks, 1-4 channels
+    ((2, 3, 23, 70), (33, 3, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), 3),
+    ((1, 3, 30, 40), (64, 3, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2]), 2),
+    ((1, 1, 9, 37), (5, 1, 5, 3), dict(pads=[2, 0, 1, 2], strides=[3, 1]), 1),
+    ((2, 4, 12, 17), (6, 4, 1, 1), dict(strides=[1, 2]), 1),
+]
+
+
+@pytest.mark.parametrize("xs,ws,attrs,threads", STEM_CASES)
+def test_conv_few_input_channels(xs, ws, attrs, threads):
+    """The stem path (gen_conv_stem.py): float tiles over a phase-split copy of the input
+    rows, against the reference; the kernel took that path (its row copy is scratch)."""
+    g, args = build("conv", [rand(*xs), rand(*ws), rand(ws[0])], consts=(1, 2), **attrs)
+    mod = slimc.compile(g, threads=threads, disable_passes=OWN_LOWERING + ["layout"])
+    assert any(v.name.endswith(".rows") for k in mod.kernels for v in k.scratch)
+    np.testing.assert_allclose(mod(*args)[0], interpret(g, *args)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("xs,ws,bias,attrs,threads", CONV_CASES)
@@ -121,13 +140,15 @@ EPILOGUES = {"relu": _relu, "chan_add_relu": _channel_add_relu, "residual": _res
 
 
 @pytest.mark.parametrize("epi", sorted(EPILOGUES))
-@pytest.mark.parametrize("path", ["gemm", "pointwise", "direct"])
+@pytest.mark.parametrize("path", ["gemm", "pointwise", "stem", "direct"])
 def test_conv_fused_epilogue(epi, path):
-    w = {"gemm": rand(8, 3, 3, 3), "pointwise": rand(8, 3, 1, 1), "direct": rand(3, 1, 3, 3)}[path]
+    w = {"gemm": rand(8, 5, 3, 3), "pointwise": rand(8, 5, 1, 1), "stem": rand(8, 3, 3, 3),
+         "direct": rand(3, 1, 3, 3)}[path]
     attrs = {"gemm": dict(pads=[1, 1, 1, 1]), "pointwise": {},
+             "stem": dict(pads=[1, 0, 1, 2], strides=[2, 2]),
              "direct": dict(pads=[1, 1, 1, 1], group=3)}[path]
-    g, args = build("conv", [rand(2, 3, 6, 7), w, rand(w.shape[0])], consts=(1, 2),
-                    then=EPILOGUES[epi], **attrs)
+    g, args = build("conv", [rand(2, w.shape[1] * attrs.get("group", 1), 6, 11), w,
+                             rand(w.shape[0])], consts=(1, 2), then=EPILOGUES[epi], **attrs)
     if epi == "residual":
         args.append(rand(*g.inputs[1].type.shape))
     tol = 2e-3 if epi == "to_half" else 1e-4
