@@ -164,9 +164,9 @@ def _conv_gemm(kb: KernelBuilder, node) -> None:
     (or pack it when its chunks are not whole panels).
 
     Work items are at most CONV_MAX_ITEMS runs of consecutive tasks; a call uses the scratch
-    slot of its first item (`kb.call_slot`), so threads never share a buffer. Without a fused epilogue the GEMM writes the output
-    directly; with one it writes the chunk to scratch and a vectorized loop along the output
-    rows hands it to `kb.store_result`."""
+    slot of its first item (`kb.call_slot`), so threads never share a buffer. Without a fused
+    epilogue the GEMM writes the output directly; with one it writes the chunk to scratch and
+    a vectorized loop along the output rows hands it to `kb.store_result`."""
     b = kb.b
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None

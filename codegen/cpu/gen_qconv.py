@@ -12,7 +12,7 @@ accumulator vectors run along output pixels, which NCHW stores contiguously, so 
 epilogue (dequantize, bias, relu, the next quantize) is the matmul's. Where output channels
 fill vectors better than an output row's pixels do, pixels are the tile rows instead and
 the accumulators are transposed before the epilogue (`pixel_rows`); depthwise convolutions
-multiply taps directly (`_depthwise_row`); the rest runs exact loops (`conv_integer_loops`).
+multiply taps directly (`gen_qdepthwise.py`); the rest runs exact loops (`conv_integer_loops`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from . import gemm_int8 as q8
 from .common import const_table, entry_alloca, smin
 from .gemm import EpilogueContext
 from .gen_quant import check_i32, debug, store_vector
+from .gen_qdepthwise import concat, depthwise_row, row_windows
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import (I8, I32, I64, i64, masked_load_vector, masked_store_vector, memset,
                         splat)
@@ -202,7 +203,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
     poff_table = const_table(kb, poffs, "koff", I64)
     w_taps = None
     quads = depthwise and q8.int8_path(kb.target).name == "vnni"
-    row_quads = quads and _row_windows(poffs, kh, kw, vw) is not None
+    row_quads = quads and row_windows(poffs, kh, kw, vw) is not None
     if row_quads:  # a row of taps (kx) per dword, zero-padded: one vpdpbusd per ky
         wq = np.zeros((M, kh, 4), np.int8)
         wq[:, :, :kw] = Wk.reshape(M, kh, kw)
@@ -263,7 +264,8 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                         zu, x_signed, slot, tag)
             if pixel_rows:
                 _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes, pbk, PB, npan, Mg, K,
-                                  nrows * OW, OW, sh * sw * Wq * g, g, poff_table, store_pixels, tag)
+                                  nrows * OW, OW, sh * sw * Wq * g, g, poff_table, store_pixels,
+                                  tag)
                 return
             with kb.loop(0, nrows, name=tag + ".oh") as oh:
                 row_base = b.mul(oh, i64(sh * sw * Wq * g))
@@ -277,7 +279,7 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                     store(bb, m, col, acc, mask, nlanes, pos=pos)
 
                 if depthwise:
-                    _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg, OW, vw,
+                    depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg, OW, vw,
                                    poffs, store_run, tag, quads,
                                    (kh, kw) if row_quads else None)
                     return
@@ -408,112 +410,6 @@ def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int,
             panels(i64(nfull), i64(npan), Mg % NR, tag + ".pan.last")
 
 
-WINDOW = 32  # bytes of one load that a row of taps is permuted from
-
-
-def _row_windows(poffs, kh: int, kw: int, vw: int):
-    """Per ky, the load a row of kw taps takes: ([start offset], [(0, byte) per kx]), one
-    32-byte window (stride 1 along the row: its taps a byte or a dilation apart), or None
-    where a row does not fit one (kw > 4, wide dilation, a column stride). Two windows, one
-    per column phase of a stride 2, were measured slower than the four-tap form (a two-source
-    permute: MobileNetV2's stride-2 layers 5-7% slower, its stride-1 ones 10-13% faster)."""
-    if kw > 4:
-        return None
-    rows = []
-    for ky in range(kh):
-        offs = [poffs[ky * kw + kx] for kx in range(kw)]
-        starts = []
-        for o in sorted(offs):
-            if not starts or o + vw > starts[-1] + WINDOW:
-                starts.append(o)
-        if len(starts) > 1:
-            return None
-        where = []
-        for o in offs:
-            i = max(j for j, st in enumerate(starts) if st <= o)
-            where.append((i, o - starts[i]))
-        rows.append((starts, where))
-    return rows
-
-
-def _depthwise_row(kb, scratch, row_base, pix_row, w_taps, chan0, Mg: int, OW: int, vw: int,
-                   poffs, store, tag, quads: bool = False, row_quads=None) -> None:
-    """One output row of each of the group's Mg channels: vw pixels at a time, each tap a
-    vector of input bytes (contiguous at its offset in the channel's plane). With `quads`
-    (VNNI), four taps' vectors are interleaved into one dword per pixel and multiplied by the
-    four weights in one vpdpbusd; otherwise each tap is widened to int32 and multiplied.
-    With `row_quads` ((kh, kw), kw <= 4, stride 1 along rows), a dword holds one row's taps
-    instead, [x(ky, 0), .., x(ky, kw-1), 0..] against [w(ky, 0), .., w(ky, kw-1), 0..],
-    permuted (vpermb) out of one 32-byte load: the taps of a row overlap, so a row costs a
-    load and a permute where four taps cost four loads, inserts and a permute. (The same
-    int32 products and sums in another order: exactly the same results.)"""
-    b = kb.b
-    vb = ir.VectorType(I8, vw)
-    vi = ir.VectorType(I32, vw)
-    vbb = ir.VectorType(I8, 4 * vw)
-    taps = len(poffs)
-
-    def vnni(acc, u, wrow, q, rtag):
-        dp = q8.intrinsic(b.module, "llvm.x86.avx512.vpdpbusd.512", vi, [vi, vbb, vbb])
-        wq = b.load(b.gep(w_taps, [b.add(wrow, i64(q))], inbounds=True), name=f"{rtag}.w{q}")
-        return b.call(dp, [acc, u, b.bitcast(splat(b, wq, vw), vbb)], name=f"{rtag}.acc{q}")
-
-    def load(ow0, off, ty):
-        p = b.gep(scratch, [b.add(row_base, b.add(ow0, i64(off)))], inbounds=True)
-        return b.load(b.bitcast(p, ir.PointerType(ty)), align=1)
-
-    if row_quads is not None:
-        kh, kw = row_quads
-        vwin = ir.VectorType(I8, WINDOW)
-        rows = [(starts[0], ir.Constant(ir.VectorType(I32, 4 * vw),
-                                        [(where[kx][1] if kx < kw else 0) + lane
-                                         for lane in range(vw) for kx in range(4)]))
-                for starts, where in _row_windows(poffs, kh, kw, vw)]
-
-        def accumulate(ow0, m, rtag):
-            acc, wrow = ir.Constant(vi, None), b.mul(b.add(chan0, m), i64(kh))
-            for ky, (start, mask) in enumerate(rows):
-                u = b.shuffle_vector(load(ow0, start, vwin), ir.Constant(vwin, ir.Undefined),
-                                     mask)
-                acc = vnni(acc, u, wrow, ky, rtag)
-            return acc
-    elif quads:
-        groups = -(-taps // 4)
-        inter = ir.Constant(ir.VectorType(I32, 4 * vw),
-                            [vw * t + j for j in range(vw) for t in range(4)])
-
-        def accumulate(ow0, m, rtag):
-            acc, wrow = ir.Constant(vi, None), b.mul(b.add(chan0, m), i64(groups))
-            for q in range(groups):
-                # padding taps (past the last): any bytes, weight 0
-                u = _concat(b, [load(ow0, poffs[t] if t < taps else poffs[0], vb)
-                                for t in range(4 * q, 4 * q + 4)])
-                acc = vnni(acc, b.shuffle_vector(u, ir.Constant(u.type, ir.Undefined), inter),
-                           wrow, q, rtag)
-            return acc
-    else:
-        def accumulate(ow0, m, rtag):
-            acc, wrow = ir.Constant(vi, None), b.mul(b.add(chan0, m), i64(taps))
-            for t in range(taps):
-                wt = b.load(b.gep(w_taps, [b.add(wrow, i64(t))], inbounds=True),
-                            name=f"{rtag}.w{t}")
-                acc = b.add(acc, b.mul(b.zext(load(ow0, poffs[t], vb), vi), splat(b, wt, vw)),
-                            name=f"{rtag}.acc{t}")
-            return acc
-
-    def run(ow0, nlanes, m, rtag):
-        store(b, m, b.add(pix_row, ow0), accumulate(ow0, m, rtag), q8.lane_mask(vw, nlanes),
-              nlanes)
-
-    with kb.loop(0, Mg, name=tag + ".m") as m:
-        full = OW - OW % vw
-        if full:
-            with kb.loop(0, full, vw, name=tag + ".ow") as ow0:
-                run(ow0, vw, m, tag + ".v")
-        if OW % vw:
-            run(i64(full), OW % vw, m, tag + ".vt")
-
-
 def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl, sw, Cg, g,
                 zu: int, flip: bool, slot: int, tag):
     """dst[cg, r, phase, wq, t] = x[cg*g + t, ih0 + r, wq*sw + phase - pl] of this image and
@@ -550,7 +446,7 @@ def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl
                 vs.append(b.load(b.bitcast(p, ir.PointerType(vin)), align=1))
             else:
                 vs.append(masked_load_vector(b, p, vin, q8.lane_mask(block, npix)))
-        allv = _concat(b, vs)
+        allv = concat(b, vs)
         undef = ir.Constant(allv.type, ir.Undefined)
         if g > 1:
             allv = b.shuffle_vector(allv, undef, inter)
@@ -596,15 +492,6 @@ def _fill_nchwc(kb, X, xbase, dst, ih0, rows_in: int, in_rows: int, H, W, Wq, pl
                         at = b.add(b.mul(b.add(b.mul(b.add(b.mul(r, i64(sw)), phase), i64(Wq)), wq),
                                          i64(g)), cbase)
                         b.store(v, b.gep(dst, [at]))
-
-
-def _concat(b, vs):
-    """Concatenate equal vectors (a power-of-two count) into one."""
-    while len(vs) > 1:
-        n = vs[0].type.count
-        mask = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
-        vs = [b.shuffle_vector(vs[i], vs[i + 1], mask) for i in range(0, len(vs), 2)]
-    return vs[0]
 
 
 def conv_integer_loops(kb: KernelBuilder, node) -> None:
