@@ -30,6 +30,9 @@ than SLOW_S (an exact-loop fallback) is timed a few times only, with a note. The
 mean of slimc-int8 / onnxruntime-int8 is taken per thread count over the models that have a
 ratio. `--profile` adds slimc int8's kernel times (`mod.profile`) summed by kernel kind.
 
+slimc also compiles onnxruntime's int8 file itself (a model quantized elsewhere) and the
+accuracy table gives the cosine of its output to onnxruntime's on that file.
+
 Nothing is written into the repository (onnxruntime's quantized files go to a temporary
 folder; `--json PATH` writes the rows where you ask). Nothing here asserts anything.
 """
@@ -210,6 +213,22 @@ def accuracy(ref, runs: dict, held: list, names: list) -> list:
     return out
 
 
+def prequantized(ort_path: str, ort_int8, held: list, names: list, acc: dict) -> None:
+    """slimc compiling onnxruntime's int8 file itself (its QDQ or dynamic ops folded into
+    slimc's integer kernels): per output, the mean cosine to onnxruntime's result on that
+    file, into acc's outputs as "slimc on ORT file"."""
+    import slimc
+
+    try:
+        mod = slimc.compile(ort_path)
+        runs = {"slimc on ORT file": lambda f: mod(**f)}
+        for entry, got in zip(acc["outputs"], accuracy(ort_int8, runs, held, names)):
+            entry["cos"].update(got["cos"])
+            entry.setdefault("errors", {}).update(got.get("errors", {}))
+    except Exception as e:
+        acc["errors"]["slimc on ORT file"] = timing._error(e)
+
+
 # ----- timing -------------------------------------------------------------------------------
 
 def _slow(fns: dict) -> bool:
@@ -334,6 +353,9 @@ def bench_model(name: str, args, settings, progress, cache: str, tmp: str) -> tu
             int8 = {k: v for k, v in fns.items() if k.endswith("int8")}
             names = [o.name for o in onnx_outputs(path)]
             acc["outputs"] = accuracy(ort_f32, int8, held, names)
+            if "onnxruntime int8" in fns:
+                progress.show(stage="slimc on onnxruntime's int8 file")
+                prequantized(ort_path, fns["onnxruntime int8"], held, names, acc)
         progress.show(stage="timing")
         time_all({k: timing._tagged(k, fn, feeds) for k, fn in fns.items()}, settings, row)
         _ratios(row)
@@ -424,14 +446,14 @@ def timing_table(rows: list) -> str:
 
 def accuracy_table(accs: list) -> str:
     head = ["model", "mode", "output", "shape", "cos slimc", "cos ORT", "token cos slimc",
-            "token cos ORT", "quantize s slimc/ORT", "note"]
+            "token cos ORT", "ORT file: slimc vs ORT", "quantize s slimc/ORT", "note"]
     f = lambda d, who: f"{d[who]:.5f}" if who in d else "-"
     lines = []
     for a in accs:
         q = (f"{a['slimc_quantize_s']:.1f}" if "slimc_quantize_s" in a else "-") + " / " + \
             (f"{a['ort_quantize_s']:.1f}" if "ort_quantize_s" in a else "-")
         if not a["outputs"]:
-            lines.append([a["model"], a["mode"], "-", "-", "-", "-", "-", "-", q,
+            lines.append([a["model"], a["mode"], "-", "-", "-", "-", "-", "-", "-", q,
                           _short("; ".join(f"{k}: {v}" for k, v in a["errors"].items()))])
         for o in a["outputs"]:
             errs = "; ".join([f"{k}: {v}" for k, v in o.get("errors", {}).items()] +
@@ -439,7 +461,7 @@ def accuracy_table(accs: list) -> str:
             lines.append([a["model"], a["mode"], o["output"], "x".join(map(str, o["shape"])),
                           f(o["cos"], "slimc int8"), f(o["cos"], "onnxruntime int8"),
                           f(o["token_cos"], "slimc int8"), f(o["token_cos"], "onnxruntime int8"),
-                          q, _short(errs)])
+                          f(o["cos"], "slimc on ORT file"), q, _short(errs)])
     return _format(head, lines)
 
 
@@ -471,7 +493,9 @@ def main(argv=None) -> int:
     print()
     print(accuracy_table(accs))
     print("cos: cosine of the int8 output to onnxruntime's float32 output (mean over "
-          f"{args.held_out} held-out inputs); token cos: mean cosine per token (last axis)")
+          f"{args.held_out} held-out inputs); token cos: mean cosine per token (last axis); "
+          "ORT file: slimc compiling onnxruntime's int8 file, cosine to onnxruntime's output "
+          "on it")
     prof = profile_text(rows)
     if prof:
         print("\n" + prof)
