@@ -41,6 +41,7 @@ from slimc.ir.ops.winograd import alpha_of, out_dims, winograd_matrices
 from . import gemm as gemm_kernels
 from . import gemm_pack
 from .common import cdiv, entry_alloca, smin
+from .gen_transpose import transpose_square
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I32, I64, const, i64, new_shared_function, shared_functions
 
@@ -144,30 +145,6 @@ def _vstore(b: ir.IRBuilder, v, p, off) -> None:
     off = off if isinstance(off, ir.Value) else i64(off)
     addr = b.bitcast(b.gep(p, [off], inbounds=True), ir.PointerType(v.type))
     b.store(v, addr, align=4)
-
-
-def transpose(b: ir.IRBuilder, rows: Sequence[ir.Value], name: str = "tr") -> list:
-    """Transpose n vectors of n lanes (n a power of two): out[j] lane i = rows[i] lane j.
-
-    log2(n) stages; stage s pairs rows i and i+s (i & s == 0) and swaps lane bit s with row
-    bit s, one two-source shuffle per output row (vperm2f128 / shufps / unpck on AVX2)."""
-    rows = list(rows)
-    n = len(rows)
-    s = n // 2
-    while s >= 1:
-        out = list(rows)
-        for i in range(n):
-            if i & s:
-                continue
-            lo = [j if not (j & s) else n + j - s for j in range(n)]
-            hi = [j + s if not (j & s) else n + j for j in range(n)]
-            for dst, mask in ((i, lo), (i + s, hi)):
-                out[dst] = b.shuffle_vector(rows[i], rows[i + s],
-                                            ir.Constant(ir.VectorType(I32, n), mask),
-                                            name=f"{name}.{s}.{dst}")
-        rows = out
-        s //= 2
-    return rows
 
 
 def apply_matrix(b: ir.IRBuilder, mat: np.ndarray, vecs: Sequence, name: str) -> list:
@@ -373,7 +350,7 @@ def _chunk(kb: KernelBuilder, P: Plan, xrow, srow, x0, width: int, nchan: int) -
             rows.append(_vload(b, xrow, b.add(x0, i64(k * P.H * P.W)), vw, f"xr{k}", width))
         else:
             rows.append(_zero(vw))
-    cols = transpose(b, rows, "itr")
+    cols = transpose_square(b, rows)
     dst = b.add(x0, i64(P.pl), name="s.col")
     for j in range(width):
         _vstore(b, cols[j], srow, b.mul(b.add(dst, i64(j)), i64(vw)))
@@ -537,7 +514,7 @@ def _output_group_fn(module: ir.Module, m: int, vw: int, AT, bias: bool) -> ir.F
             y = [[b.fadd(v, bv, name="y.bias") for v in row] for row in y]
         ys.append(y)
     for i in range(m):
-        chans = transpose(b, [ys[k][i][j] for k in range(G) for j in range(m)], "otr")
+        chans = transpose_square(b, [ys[k][i][j] for k in range(G) for j in range(m)])
         for ch in range(vw):
             _vstore(b, chans[ch], rows, i64((i * vw + ch) * vw))
     b.ret_void()
