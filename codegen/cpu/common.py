@@ -106,6 +106,33 @@ def vec_loop(kb: KernelBuilder, lo, hi, body: Callable, name: str, lanes: Option
         body(i, 1)
 
 
+def pieces(kb: KernelBuilder, n: int, size: int, body: Callable, tag: str) -> None:
+    """body(start, count, tag) over [0, n): a loop over the whole pieces of `size` (count ==
+    size, start an IR value), then the rest once (count < size, emitted only if n has one)."""
+    whole = n - n % size
+    if whole:
+        with kb.loop(0, whole, size, name=tag) as start:
+            body(start, size, tag + ".w")
+    if n % size:
+        body(i64(whole), n % size, tag + ".t")
+
+
+def last_block_apart(kb: KernelBuilder, block, nblocks: int, size: int, last: int,
+                     variant: Callable) -> None:
+    """variant(count, tag) for a work item's block of `size` rows; the last of `nblocks`
+    blocks, `last` rows, gets its own copy where it is shorter."""
+    if last == size:
+        variant(size, "blk")
+        return
+    b = kb.b
+    is_last = b.icmp_unsigned("==", block, i64(nblocks - 1), name="is.last")
+    with b.if_else(is_last) as (then, other):
+        with then:
+            variant(last, "last")
+        with other:
+            variant(size, "blk")
+
+
 def vload(kb: KernelBuilder, ptr: ir.Value, index, lanes: int, name: str) -> ir.Value:
     return load(kb.b, ptr, kb._ir(index), lanes, name=name)
 

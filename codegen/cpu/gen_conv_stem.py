@@ -18,7 +18,7 @@ from llvmlite import ir
 from slimc.ir import dtypes
 
 from . import gemm_int8 as tiles
-from .common import const_table
+from .common import const_table, last_block_apart, pieces
 from .gemm import EpilogueContext
 from .gen_quant import store_vector
 from .kernel import KernelBuilder, llvm_name
@@ -154,22 +154,9 @@ def stem_conv(kb: KernelBuilder, node) -> None:
                         i64(0), i64(M), panel, col0, K, ncols, store_run, rtag,
                         poffsets=poff_table)
 
-                full = OW - OW % NR
-                if full:
-                    with kb.loop(0, full, NR, name=tag + ".ow") as ow0:
-                        run(ow0, NR, tag + ".r")
-                if OW % NR:
-                    run(i64(full), OW % NR, tag + ".rt")
+                pieces(kb, OW, NR, run, tag + ".ow")
 
-        if last_rows == ORB:
-            variant(ORB, "blk")
-        else:
-            is_last = b.icmp_unsigned("==", rb, i64(n_rb - 1), name="is.last")
-            with b.if_else(is_last) as (then, other):
-                with then:
-                    variant(last_rows, "last")
-                with other:
-                    variant(ORB, "blk")
+        last_block_apart(kb, rb, n_rb, ORB, last_rows, variant)
     b.ret_void()
 
 

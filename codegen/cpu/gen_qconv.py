@@ -24,7 +24,7 @@ from slimc.ir import dtypes
 from slimc.ir.graph import constant_data
 
 from . import gemm_int8 as q8
-from .common import const_table, entry_alloca, smin
+from .common import const_table, entry_alloca, last_block_apart, pieces, smin
 from .gemm import EpilogueContext
 from .gen_quant import check_i32, debug, store_vector
 from .gen_qdepthwise import concat, depthwise_row, row_windows
@@ -295,22 +295,9 @@ def conv_integer(kb: KernelBuilder, node) -> None:
                     q8.emit_row_tiles(b, dot, row_ptr, m0, m1, panel, col0, K, ncols,
                                       store_run, rtag, poffsets=poff_table)
 
-                full = OW - OW % NR
-                if full:
-                    with kb.loop(0, full, NR, name=tag + ".ow") as ow0:
-                        run(ow0, NR, tag + ".r")
-                if OW % NR:
-                    run(i64(full), OW % NR, tag + ".rt")
+                pieces(kb, OW, NR, run, tag + ".ow")
 
-        if last_rows == ORB:
-            variant(ORB, "blk")
-        else:
-            is_last = b.icmp_unsigned("==", rb, i64(n_rb - 1), name="is.last")
-            with b.if_else(is_last) as (then, other):
-                with then:
-                    variant(last_rows, "last")
-                with other:
-                    variant(ORB, "blk")
+        last_block_apart(kb, rb, n_rb, ORB, last_rows, variant)
     b.ret_void()
 
 
@@ -357,7 +344,6 @@ def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int,
     def drain(p0, npx: int, m0, ncols: int, ptag):
         """Stage rows [0, npx) (pixels p0...) x channels [0, ncols) out through the epilogue."""
         nvec = -(-ncols // vw)
-        whole = npx // vw
 
         def chunk(c, lanes: int, ctag):
             with kb.loop(0, nvec, name=ctag + ".v") as v:
@@ -377,11 +363,7 @@ def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int,
                     acc = b.load(b.gep(columns, [j], inbounds=True), align=4, name="acc.px")
                     store(b, b.add(chan0, j), b.add(p0, c), acc, q8.lane_mask(vw, lanes), lanes)
 
-        if whole:
-            with kb.loop(0, whole * vw, vw, name=ptag + ".c") as c:
-                chunk(c, vw, ptag + ".c")
-        if npx % vw:
-            chunk(i64(whole * vw), npx % vw, ptag + ".ct")
+        pieces(kb, npx, vw, chunk, ptag + ".c")
 
     def panels(lo, hi, ncols, ptag):
         with kb.loop(lo, hi, name=ptag) as q:
@@ -393,12 +375,7 @@ def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int,
                                   ncols, to_stage(p0), btag, koffsets=koff_table)
                 drain(p0, npx, m0, ncols, btag)
 
-            whole = npix - npix % STAGE_PIXELS
-            if whole:
-                with kb.loop(0, whole, STAGE_PIXELS, name=ptag + ".px") as p0:
-                    block(p0, STAGE_PIXELS, ptag + ".b")
-            if npix % STAGE_PIXELS:
-                block(i64(whole), npix % STAGE_PIXELS, ptag + ".bt")
+            pieces(kb, npix, STAGE_PIXELS, block, ptag + ".px")
 
     p0 = b.mul(pbk, i64(PB), name="p0")
     p1 = smin(b, b.add(p0, i64(PB)), i64(npan), "p1")
