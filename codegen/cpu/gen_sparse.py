@@ -9,7 +9,7 @@ The kernel runs along b's columns (ir/ops/sparse.py says why the sparse side is 
   costs one load per FMA, a 1x8 / 1x16 pruned model's blocks reuse each load 8 or 16 times.
   Column tiles are the outer loop, so a K x (T vectors) slab of b stays in cache while every
   row block of the work item runs over it. When that slab is bigger than L1 (K = 768 at 64
-  columns: 192 KB), the rows run over it in chunks of K (SLAB_BYTES of b each), their sums
+  columns: 192 KB), the rows run over it in chunks of K (`slab_bytes` of b each), their sums
   kept between chunks in a scratch row per row block, so loads of b hit L1 (Zen 4, one
   thread, 80%: 128 x 768 @ 768 x 3072 2.7 -> 2.5 ms, 128 x 1024 @ 1024 x 256 0.29 -> 0.25).
 * Few columns: for CSR, each row is a dot product of its values with b gathered at its
@@ -41,7 +41,13 @@ from .llvm_util import F32, I32, carried_loop, i64, masked_load_vector, splat, v
 from .scalar_ops import Emitter
 from .sparse_parts import ITEMS, SparseKernel, fma, gather_intrinsic, work_parts
 
-SLAB_BYTES = 12 << 10  # b's chunk a column tile reads from L1 (32 KB L1d; 24 KB ran 10% slower)
+# b's chunk a column tile reads from L1, by LLVM CPU name (its start), measured one thread at
+# 80-90% on 128 x 768 @ 768 x 3072, 128 x 1024 @ 1024 x 256 and 1x1 convs at 7x7 and 14x14
+SLAB_BYTES = {
+    "znver": 12 << 10,  # Zen 4, 32 KB L1d: 24 KB ran 10% slower, one chunk (no sums) 8-16%
+}
+SLAB_BYTES_OTHER = 48 << 10  # Emerald Rapids, 48 KB L1d and 2 MB L2: 12 KB ran 1.1-1.4x
+# slower, one chunk as fast but for 7x7 and 14x14 convs (1.1x slower)
 SCRATCH_LIMIT = 16 << 20  # chunk sums of every row block (bytes), else no chunks
 UNROLL = 4  # independent accumulators of a one-column block row
 
@@ -51,6 +57,14 @@ def tile_vectors(block: int, vw: int) -> int:
     (32 vector registers with AVX-512, 16 with AVX2: leave room for b's vectors)."""
     budget = 16 if vw >= 16 else 8
     return max(1, min(4, budget // block))
+
+
+def slab_bytes(target) -> int:
+    """The bytes of b a column tile reads in one chunk of K, on this target's CPU."""
+    for cpu, size in SLAB_BYTES.items():
+        if target.cpu.startswith(cpu):
+            return size
+    return SLAB_BYTES_OTHER
 
 
 @generator("sparse_matmul", "sparse_conv", epilogue=True, vector_code=True)
@@ -85,7 +99,8 @@ def sparse_matmul(kb: KernelBuilder, node) -> None:
     nrb = len(off) - 1
     nrbp = max(bounds[-1], nrb)  # the last group reads row blocks past R: empty ones
     T = tile_vectors(block, vw)
-    kc = max(vw, SLAB_BYTES // (T * vw * 4) // vw * vw)  # rows of b in a chunk of K
+    # rows of b in a chunk of K: a slab of the vectors a tile uses
+    kc = max(vw, slab_bytes(kb.target) // (min(T, -(-C // vw)) * vw * 4) // vw * vw)
     sums_bytes = batch * nrbp * block * T * vw * 4
     k = _Kernel(kb, node, R, block, K, C, transposed, epilogue, args, kb.ptr(offsets))
     k.group_rows = group * block

@@ -23,7 +23,8 @@ from slimc.ir.ops.sparse import compress
 from .target import CpuTarget
 from .winograd_cost import _TimedKernel
 
-CACHE_VERSION = 2  # 2: one-token windowed kernel; forms timed as the pass writes them
+CACHE_VERSION = 3  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
+# of K by CPU and by the vectors a tile uses
 
 
 class SparseCostModel:
