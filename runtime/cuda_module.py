@@ -38,5 +38,8 @@ class CudaModule(CompiledModule):
     def __call__(self, *arrays, **named) -> list:
         return self.program(*arrays, **named)
 
+    def run_exactly(self, arrays) -> list:
+        return self.program.run_exactly(arrays)
+
     def profile(self, *arrays, repeat: int = 20, **named) -> Profile:
         return self.program.profile(*arrays, repeat=repeat, **named)

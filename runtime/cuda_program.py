@@ -78,12 +78,6 @@ class CudaProgram(NativeModule):
 
         return no_gpu_reason() is None
 
-    def _host_arrays(self, arrays, named) -> list:
-        """The inputs checked and C-contiguous (NativeModule._prepare would also allocate
-        outputs and pointer arrays that a GPU call does not use)."""
-        arrays = order_inputs(self.input_names, arrays, named)
-        return [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]
-
     def argument_arrays(self, base: dict) -> list:
         """Per launch, its argument array (uint64 addresses of its buffers), given the base
         address of each space (INPUT and OUTPUT: a list of addresses by slot)."""
@@ -100,7 +94,7 @@ class CudaProgram(NativeModule):
         seeded random order, barriers honoured, shared memory and intermediates NaN-filled."""
         from .gpu_emulator import Emulator
 
-        arrays = self._host_arrays(arrays, named)
+        arrays = self._checked(arrays, named)
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
         for o in outs:
             o.reshape(-1).view(np.uint8)[:] = 0xFF  # NaN, or -1: what no kernel wrote
@@ -132,9 +126,12 @@ class CudaProgram(NativeModule):
         ordered = order_inputs(self.input_names, arrays, named)
         if any(hasattr(a, "__cuda_array_interface__") for a in ordered):
             return device.run_device_arrays(ordered)
-        arrays = self._host_arrays(arrays, named)
+        return self.run_exactly(self._checked(arrays, named))
+
+    def run_exactly(self, arrays) -> list:
+        """numpy arrays that `given_exactly` accepts in, numpy arrays out."""
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
-        device.run(arrays, outs)
+        self._on_device().run(arrays, outs)
         return self._other_outputs(arrays, outs)
 
     def profile(self, *arrays, repeat: int = 20, **named) -> Profile:
@@ -142,7 +139,7 @@ class CudaProgram(NativeModule):
         from .cuda_driver import Timer
 
         device = self._on_device()
-        arrays = self._host_arrays(arrays, named)
+        arrays = self._checked(arrays, named)
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
         device.run(arrays, outs)
         timer, stream = Timer(), device.stream.handle

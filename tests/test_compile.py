@@ -119,6 +119,48 @@ def test_many_threads_calling_one_module():
     assert not errors, errors[0]
 
 
+def test_repeated_calls_take_the_last_specialization_and_keep_every_check():
+    """A call whose inputs are exactly the last call's types skips the checks (its fast
+    path): results stay right through shape changes, outputs stay fresh, and anything not
+    exact still gets checked or converted."""
+    g = parse(CHAIN)
+    mod = slimc.compile(g)
+    for n in (3, 3, 7, 3, 3):
+        x, y = inputs(n, seed=n)
+        for a, e in zip(mod(x, y), interpret(g, x, y)):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+        assert mod.graph.inputs[0].type.shape == (n, 37)
+    first, second = mod(x, y)[0], mod(x, y)[0]
+    assert not np.shares_memory(first, second)
+    with pytest.raises(slimc.InputError, match="got dtype float64"):
+        mod(x.astype(np.float64), y)
+    with pytest.raises(slimc.InputError, match="takes 2 inputs"):
+        mod(x)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(mod(frozen, y)[0], first)
+    np.testing.assert_array_equal(mod(np.asfortranarray(x), y)[0], first)
+
+
+def test_repeated_calls_fill_outputs_no_kernel_writes():
+    """Outputs that are an input or a constant are filled on the fast path too."""
+    g = parse("""# slimc-ir v1
+graph @g(%x: f32[4]) -> (f32[4], f32[4], f32[2]) {
+  const %c: f32[2] = [1.5, -2]
+  %r = relu(%x) : f32[4]
+  return %r, %x, %c
+}
+""")
+    mod = slimc.compile(g)
+    for seed in (0, 1, 2):
+        x = np.random.default_rng(seed).standard_normal(4).astype(np.float32)
+        r, same, c = mod(x)
+        np.testing.assert_array_equal(r, np.maximum(x, 0))
+        np.testing.assert_array_equal(same, x)
+        assert not np.shares_memory(same, x)
+        np.testing.assert_array_equal(c, np.array([1.5, -2], np.float32))
+
+
 def test_memory_plan_reuses_space():
     g = parse("""# slimc-ir v1
 graph @m(%x: f32[256,256]) -> (f32[256,256]) {
