@@ -217,6 +217,25 @@ def test_tiled_transpose(target, shape):
     assert np.array_equal(slimc.compile(g, target=target)(a)[0], np.swapaxes(a, -1, -2))
 
 
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("shape, flat", [((1, 40, 48), (40, 48)), ((2, 3, 37, 45), (6, 37, 45)),
+                                         ((1, 8, 4, 16), (1, 32, 16))])
+def test_tiled_transpose_after_reshape(target, shape, flat):
+    """A flattened matmul input, then transposed (one fused kernel): the tiles read the
+    reshape's input in place."""
+    g = Graph("t")
+    x = g.add_input("x", TensorType(dtypes.f32, shape))
+    dims = g.add_constant("dims", np.array(flat, np.int64))
+    r = g.make_node("reshape", [x, dims], {}, [TensorType(dtypes.f32, flat)], ["r"]).outputs[0]
+    perm = list(range(len(flat) - 2)) + [len(flat) - 1, len(flat) - 2]
+    out = TensorType(dtypes.f32, tuple(flat[p] for p in perm))
+    g.outputs.append(g.make_node("transpose", [r], {"perm": perm}, [out], ["y"]).outputs[0])
+    a = RNG.standard_normal(shape).astype(np.float32)
+    mod = slimc.compile(g, target=target)
+    assert np.array_equal(mod(a)[0], np.swapaxes(a.reshape(flat), -1, -2))
+    assert len(mod.kernels) == 1 and "tr.lo1" in mod.llvm_ir  # in register tiles
+
+
 # ----- the pass ---------------------------------------------------------------------------------
 
 def _matmul_model(m, k, n, w, bias=None, gelu_ffn=None):

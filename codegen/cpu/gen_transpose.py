@@ -1,4 +1,4 @@
-"""A kernel that is only a transpose of the last two axes, in register tiles.
+"""A kernel that is only a transpose of the last two axes (after reshapes), in register tiles.
 
 Lowered as an index map (gen_views.py), such a kernel reads one element per output lane: a
 gather of `vw` scalars per vector. When the transpose is its own kernel (nothing fused into
@@ -39,33 +39,58 @@ def transpose_square(b: ir.IRBuilder, vecs: list) -> list:
     return vecs
 
 
+def _transpose_and_buffers(kb: KernelBuilder):
+    """(the transpose, the buffer it reads, the buffer it writes) when the kernel is one
+    transpose between reshapes (a chain, each node reading the one before): a reshape moves
+    no data, so the tiles read the kernel's input and write its output as the transpose's
+    own shapes. Else None."""
+    nodes = kb.nodes
+    at = [i for i, n in enumerate(nodes) if n.op == "transpose"]
+    if len(at) != 1 or any(n.op != "reshape" for n in nodes if n.op != "transpose"):
+        return None
+    order = [next(n for n in nodes if n.op == "transpose")]
+    while True:  # the reshapes before the transpose, back to the kernel's input
+        before = [n for n in nodes if n.outputs[0] is order[0].inputs[0]]
+        if not before:
+            break
+        order.insert(0, before[0])
+    while True:  # and after it, to the kernel's output
+        after = [n for n in nodes if n.inputs[0] is order[-1].outputs[0]]
+        if not after:
+            break
+        order.append(after[0])
+    if len(order) != len(nodes) or kb.outputs != [order[-1].outputs[0]]:
+        return None
+    return nodes[at[0]], order[0].inputs[0], order[-1].outputs[0]
+
+
 def tiled_transpose_applies(kb: KernelBuilder) -> bool:
-    """The kernel is one transpose swapping the last two axes of 4-byte elements, each of the
-    two at least a vector long."""
-    if len(kb.nodes) != 1 or kb.nodes[0].op != "transpose":
+    """The kernel is one transpose (after reshapes, if any) swapping the last two axes of
+    4-byte elements, each of the two at least a vector long."""
+    found = _transpose_and_buffers(kb)
+    if found is None:
         return False
-    node = kb.nodes[0]
+    node = found[0]
     perm = list(kb.attrs(node)["perm"])
     r = len(perm)
     if r < 2 or perm != list(range(r - 2)) + [r - 1, r - 2]:
         return False
-    if node.inputs[0].type.dtype.itemsize != 4 or kb.outputs != [node.outputs[0]]:
+    if node.inputs[0].type.dtype.itemsize != 4:
         return False
     shape = kb.shape(node.inputs[0])
     return shape[-2] >= kb.vector_width and shape[-1] >= kb.vector_width
 
 
 def emit_tiled_transpose(kb: KernelBuilder) -> None:
-    node = kb.nodes[0]
-    src, dst = node.inputs[0], node.outputs[0]
-    shape = kb.shape(src)
+    node, src, dst = _transpose_and_buffers(kb)
+    shape = kb.shape(node.inputs[0])
     A, B = shape[-2], shape[-1]
     batch = 1
     for d in shape[:-2]:
         batch *= d
     vw = kb.vector_width
     b = kb.b
-    et = llvm_type(src.type.dtype)
+    et = llvm_type(dst.type.dtype)
     vt = ir.VectorType(et, vw)
     X, Y = kb.ptr(src), kb.ptr(dst)
     strips = -(-A // vw)
