@@ -83,6 +83,29 @@ def _numpy_denormal():
     return np.float32(1e-20) * np.float32(1e-20)  # 1e-40: a denormal unless FTZ is on
 
 
+@pytest.mark.parametrize("shape, items", [((1, 3, 40, 37), 120), ((1, 1, 5, 2, 37), 10),
+                                          ((2, 37), 2), ((1, 20, 8, 37), 20)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batch_one_loop_nests_split_over_outer_axes(shape, items, threads):
+    """A broadcast add on a batch-1 tensor (not one flat loop): its work items are outer
+    axes taken together until there are 16 (a first axis of 1 alone kept such kernels on one
+    thread); every element computed once."""
+    dims = ",".join(map(str, shape))
+    g = parse(f"""# slimc-ir v1
+graph @g(%x: f32[{dims}], %b: f32[{shape[-1]}]) -> (f32[{dims}]) {{
+  %y = add(%x, %b) : f32[{dims}]
+  %z = relu(%y) : f32[{dims}]
+  return %z
+}}
+""")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(shape[-1]).astype(np.float32)
+    mod = slimc.compile(g, threads=threads)
+    np.testing.assert_array_equal(mod(x, b)[0], np.maximum(x + b, 0))
+    assert [k.parallel_extent for k in mod.kernels] == [items]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_denormals_flush_inside_a_call_and_caller_state_is_restored(threads):
     x = np.ones((64, 1024), np.float32)

@@ -109,6 +109,7 @@ class KernelBuilder:
     """Builds one kernel's function. Generators and index maps use its helpers."""
 
     VECTOR_BLOCK = 1024  # elements per work item for flat elementwise loops
+    PARALLEL_ITEMS = 16  # work items an elementwise loop nest wants at least (see there)
 
     def __init__(self, module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
                  outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)):
@@ -466,13 +467,21 @@ class KernelBuilder:
             self._store_all([], 1)
             self.b.ret_void()
             return
-        self.parallel_extent = out_shape[0] if rank > 1 else 1
         if rank == 1:
+            self.parallel_extent = 1
             self._inner_loop(0, out_shape[0], [], W)
             self.b.ret_void()
             return
-        with self.loop(self.begin, self.end, name="d0") as i0:
-            self._nest([i0], out_shape, W)
+        # work items: the outer axes, as many as it takes to have PARALLEL_ITEMS of them (a
+        # batch-1 tensor's first axis alone would keep the kernel on one thread)
+        lead, items = 1, out_shape[0]
+        while lead < rank - 1 and items < self.PARALLEL_ITEMS:
+            items *= out_shape[lead]
+            lead += 1
+        self.parallel_extent = items
+        with self.loop(self.begin, self.end, name="item") as item:
+            prefix = [item] if lead == 1 else self.delinear(item, out_shape[:lead])
+            self._nest(prefix, out_shape, W)
         self.b.ret_void()
 
     def _nest(self, prefix, shape, W):
