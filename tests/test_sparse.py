@@ -319,6 +319,27 @@ def test_one_token_csr_choice_says_why(target, sparse, capfd, monkeypatch):
     np.testing.assert_allclose(forced(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dense_us, sparse_us, chosen", [(10.0, 9.5, False), (10.0, 8.0, True)])
+def test_measured_choice_needs_a_margin(dense_us, sparse_us, chosen, capfd, monkeypatch,
+                                        tmp_path):
+    """With timings deciding (SLIMC_COST_MODEL=auto), a sparse form that measured only a
+    little faster stays dense (such a margin is within a small layer's run-to-run noise)."""
+    from slimc.codegen.cpu import sparse_cost
+
+    monkeypatch.setenv("SLIMC_COST_MODEL", "auto")
+    monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SLIMC_DEBUG", "sparsify")
+    monkeypatch.setattr(sparse_cost, "_measure",
+                        lambda layer, block, target: [dense_us * 1e-6, sparse_us * 1e-6])
+    w = sparse_matrix(128, 96, 0.1).T.copy()
+    model, feeds = _matmul_model(4, 96, 128, w)
+    mod = slimc.compile(model)
+    err = capfd.readouterr().err
+    assert ("sparse_matmul" in _ops(mod)) == chosen
+    assert (f"measured dense {dense_us:.0f} us" in err) and \
+        (("x faster: measured" in err) if chosen else ("chosen 1.1x faster or more" in err))
+    np.testing.assert_allclose(mod(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_sparse_gemm(trans_b):
     w = sparse_matrix(80, 64, 0.1, block=8)  # [N, K]: 1x8 blocks along N
