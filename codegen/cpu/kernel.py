@@ -109,7 +109,7 @@ class KernelBuilder:
     """Builds one kernel's function. Generators and index maps use its helpers."""
 
     VECTOR_BLOCK = 1024  # elements per work item for flat elementwise loops
-    PARALLEL_ITEMS = 16  # work items an elementwise loop nest wants at least (see there)
+    PARALLEL_ITEMS = 16  # work items an elementwise loop nest wants (see elementwise_loops)
 
     def __init__(self, module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
                  outputs: Sequence[Value], target, fast_math: Sequence[str] = ("contract",)):
@@ -443,8 +443,9 @@ class KernelBuilder:
     def elementwise_loops(self) -> None:
         """The loop nest of a group with no generator: every output, element by element.
 
-        Work items are the outermost axis (or blocks of a flat range when the whole group is
-        a flat map over identical shapes); the last axis runs in vectors with a scalar tail.
+        Work items are the outer axes taken together until there are 16 (a batch-1 first
+        axis alone: one thread), or blocks of a flat range when the group is a flat map over
+        identical shapes; the last axis runs in vectors with a scalar tail.
         """
         out_shape = self.shape(self.outputs[0])
         W = self.vector_width
@@ -472,8 +473,6 @@ class KernelBuilder:
             self._inner_loop(0, out_shape[0], [], W)
             self.b.ret_void()
             return
-        # work items: the outer axes, as many as it takes to have PARALLEL_ITEMS of them (a
-        # batch-1 tensor's first axis alone would keep the kernel on one thread)
         lead, items = 1, out_shape[0]
         while lead < rank - 1 and items < self.PARALLEL_ITEMS:
             items *= out_shape[lead]
