@@ -122,11 +122,10 @@ class CudaProgram(NativeModule):
     def __call__(self, *arrays, **named) -> list:
         """numpy arrays in, numpy arrays out; or tensors already on the GPU (anything with
         `__cuda_array_interface__`: torch, cupy) in, the same library's tensors out."""
-        device = self._on_device()
         ordered = order_inputs(self.input_names, arrays, named)
         if any(hasattr(a, "__cuda_array_interface__") for a in ordered):
-            return device.run_device_arrays(ordered)
-        return self.run_exactly(self._checked(arrays, named))
+            return self._on_device().run_device_arrays(ordered)
+        return self.run_exactly(self._checked(ordered, {}))
 
     def run_exactly(self, arrays) -> list:
         """numpy arrays that `given_exactly` accepts in, numpy arrays out."""

@@ -223,9 +223,9 @@ class Module:
             return self.buckets.trim(compiled(*padded), arrays)
         compiled, arrays = self.specialization(*arrays, **named)
         outs = compiled(*arrays)
-        # a native module that ran: the next call with inputs of exactly its static types
-        # takes it directly (same shapes: the same specialization)
-        self._repeat = compiled if hasattr(compiled, "run_exactly") else None
+        # it ran: the next call with inputs of exactly its static types takes it directly
+        # (same shapes: the same specialization)
+        self._repeat = compiled
         return outs
 
     def _current(self):

@@ -340,6 +340,7 @@ def test_measured_choice_needs_a_margin(dense_us, sparse_us, chosen, capfd, monk
         (("x faster: measured" in err) if chosen else ("chosen 1.1x faster or more" in err))
     np.testing.assert_allclose(mod(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
 
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_sparse_gemm(trans_b):
     w = sparse_matrix(80, 64, 0.1, block=8)  # [N, K]: 1x8 blocks along N

@@ -45,10 +45,10 @@ def _transpose_and_buffers(kb: KernelBuilder):
     no data, so the tiles read the kernel's input and write its output as the transpose's
     own shapes. Else None."""
     nodes = kb.nodes
-    at = [i for i, n in enumerate(nodes) if n.op == "transpose"]
-    if len(at) != 1 or any(n.op != "reshape" for n in nodes if n.op != "transpose"):
+    transposes = [n for n in nodes if n.op == "transpose"]
+    if len(transposes) != 1 or any(n.op not in ("transpose", "reshape") for n in nodes):
         return None
-    order = [next(n for n in nodes if n.op == "transpose")]
+    order = list(transposes)
     while True:  # the reshapes before the transpose, back to the kernel's input
         before = [n for n in nodes if n.outputs[0] is order[0].inputs[0]]
         if not before:
@@ -61,7 +61,7 @@ def _transpose_and_buffers(kb: KernelBuilder):
         order.append(after[0])
     if len(order) != len(nodes) or kb.outputs != [order[-1].outputs[0]]:
         return None
-    return nodes[at[0]], order[0].inputs[0], order[-1].outputs[0]
+    return transposes[0], order[0].inputs[0], order[-1].outputs[0]
 
 
 def tiled_transpose_applies(kb: KernelBuilder) -> bool:
