@@ -121,16 +121,19 @@ def test_sparse_matmul_kernel(target, block, transpose_out, cols):
 @pytest.mark.parametrize("target", _targets())
 @pytest.mark.parametrize("block", [1, 4])
 @pytest.mark.parametrize("transpose_out", [0, 1])
-def test_columns_in_vectors_over_chunks_of_k(target, block, transpose_out):
+@pytest.mark.parametrize("cols", [37, 150])
+def test_columns_in_vectors_over_chunks_of_k(target, block, transpose_out, cols):
     """K = 700 with a column tile wider than L1 holds: the rows run over K in chunks, their
-    sums kept between chunks (empty rows, a chunk with no stored value, a partial tile)."""
-    k = 700
-    a = sparse_matrix(45, k, 0.2, block, empty_rows=[2, 40])
+    sums kept between chunks (empty rows, a chunk with no stored value, a partial tile).
+    With several column tiles of one batch entry, threads run the same rows at once in
+    different tiles (each tile needs sums of its own)."""
+    k, rows, batch = (700, 45, 2) if cols < 100 else (700, 600, 1)
+    a = sparse_matrix(rows, k, 0.2, block, empty_rows=[2, 40])
     a[:, 200:300] = 0
-    b = RNG.standard_normal((2, k, 37)).astype(np.float32)
-    bias = RNG.standard_normal(45 if transpose_out else (45, 1)).astype(np.float32)
+    b = RNG.standard_normal((batch, k, cols)).astype(np.float32)
+    bias = RNG.standard_normal(rows if transpose_out else (rows, 1)).astype(np.float32)
     g = _sparse_graph(a, b.shape, block, transpose_out=transpose_out, relu=True, bias=bias)
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         got = slimc.compile(g, target=target, threads=threads)(b)[0]
         _close(got, _expected(a, b, transpose_out, True, bias), k)
 
