@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 import slimc
 from slimc.ir import FusionKind, ModelError, TensorType, dtypes, get_op
+from tests.ops.common import f32, infer
 from tests.oracle import check_against_onnxruntime, make_model, run_slimc_interpreter
 
 RNG = np.random.default_rng(4321)
@@ -21,15 +22,6 @@ def rand(shape, dtype=np.float32):
     if np.dtype(dtype).kind in "iu":
         return RNG.integers(-4 if np.dtype(dtype).kind == "i" else 0, 5, size=shape).astype(dtype)
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def infer(op: str, types, consts=None, **attrs):
-    opdef = get_op(op)
-    return opdef.infer_types(types, opdef.resolve_attrs(attrs), consts or [None] * len(types))
-
-
-def f32(*shape):
-    return TensorType(dtypes.f32, shape)
 
 
 # ----- matmul ----------------------------------------------------------------------------------
@@ -49,7 +41,8 @@ def test_matmul_shapes(sa, sb):
     assert got[0].shape == np.matmul(inputs["a"], inputs["b"]).shape
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64, np.uint32, np.uint64, np.float16])
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64, np.uint32, np.uint64,
+                                   np.float16])
 def test_matmul_dtypes(dtype):
     inputs = {"a": rand((2, 3, 8), dtype), "b": rand((8, 5), dtype)}
     model = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])], inputs, ["y"], opset=13)
@@ -135,7 +128,8 @@ EINSUM_CASES = [
     ("ijk,ikl,ilm->ijm", [(2, 3, 4), (2, 4, 5), (2, 5, 6)]), ("ba", [(2, 3)]),
     ("BA,ac->Bc", [(2, 3), (3, 4)]), (" ij , jk -> ik ", [(3, 4), (4, 5)]),
     ("ab...,bc...->ac...", [(2, 3, 4), (3, 5, 4)]), ("i...i->...", [(3, 2, 3)]),
-    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]), ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]),
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
     ("ij->i", [(0, 3)]), ("...", [(2, 3)]), ("->", [()]),
 ]
 
@@ -187,8 +181,8 @@ def _q(shape, dt, lo=None, hi=None):
     return RNG.integers(lo, hi + 1, size=shape).astype(dt)
 
 
-@pytest.mark.parametrize("a_dt,b_dt", [(np.uint8, np.uint8), (np.uint8, np.int8), (np.int8, np.int8),
-                                       (np.int8, np.uint8)])
+@pytest.mark.parametrize("a_dt,b_dt", [(np.uint8, np.uint8), (np.uint8, np.int8),
+                                       (np.int8, np.int8), (np.int8, np.uint8)])
 @pytest.mark.parametrize("zp", ["none", "scalar", "per_axis", "nd"])
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (2, 4, 5))])
 def test_matmul_integer_exact(a_dt, b_dt, zp, sa, sb):

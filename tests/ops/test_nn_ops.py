@@ -1,7 +1,7 @@
 """The nn family (conv, pooling, normalization, softmax, resize, depth/space): slimc's
 interpreter against onnxruntime, and against onnx.reference where the two runtimes disagree
-on a point the ONNX spec leaves to the reference (align_corners with fractional scales,
-integer rounding in resize, antialias) or where onnxruntime refuses a valid model.
+on a point the ONNX spec leaves to the reference, or where onnxruntime refuses a valid model.
+Resize has a file of its own (test_resize_ops.py).
 
 Each case is a one-node ONNX model, imported, verified and interpreted. Type inference is also
 checked directly on symbolic shapes, and the converters' refusals are checked to be clear
@@ -18,41 +18,14 @@ from onnx import TensorProto, helper
 import slimc
 from slimc.ir import (ModelError, TensorType, UnsupportedError, dtypes, get_op,
                       parse, print_graph, verify)
-from tests.oracle import (assert_close, make_model, run_onnx_reference, run_onnxruntime,
-                          run_slimc_interpreter)
+from tests.ops.common import check, f32, infer, random_arrays
+from tests.oracle import make_model
 
 RNG = np.random.default_rng(0)
 HYP = settings(max_examples=20, deadline=None, derandomize=True)
 
 
-def rand(*shape, dtype=np.float32):
-    if np.dtype(dtype).kind == "f":
-        return RNG.standard_normal(shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return RNG.integers(max(info.min, -100), min(info.max, 100), shape, endpoint=True).astype(dtype)
-
-
-def check(op, data: dict, inits: dict = None, *, order=None, outs=("y",), opset=17,
-          oracle="ort", rtol=1e-3, atol=1e-4, **attrs):
-    """One-node model: `data` are graph inputs, `inits` initializers; `order` lists the node's
-    inputs ("" for an absent one). Compares with onnxruntime or onnx.reference."""
-    inits = inits or {}
-    names = order or list(data) + list(inits)
-    model = make_model([helper.make_node(op, names, list(outs), **attrs)], data,
-                       [o for o in outs if o], inits, opset=opset)
-    got = run_slimc_interpreter(model, data)
-    want = run_onnxruntime(model, data) if oracle == "ort" else run_onnx_reference(model, data)
-    assert_close(got, want, rtol, atol)
-    return got
-
-
-def infer(op: str, types, consts=None, **attrs):
-    opdef = get_op(op)
-    return opdef.infer_types(types, opdef.resolve_attrs(attrs), consts or [None] * len(types))
-
-
-def f32(*shape):
-    return TensorType(dtypes.f32, shape)
+rand = random_arrays(RNG)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,113 +331,6 @@ def test_space_to_depth_modes_invert_depth_to_space(mode):
 
 
 # ----------------------------------------------------------------------------------------------
-# Resize / Upsample
-# ----------------------------------------------------------------------------------------------
-
-SCALES = [[1, 1, 2.0, 1.5], [1, 1, 0.5, 0.25], [1, 1, 1.0, 3.0]]
-SIZES = [[1, 2, 3, 11], [1, 2, 10, 4], [1, 2, 1, 1]]
-CTMS = ["half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",
-        "half_pixel_symmetric", "tf_crop_and_resize"]
-
-
-def _resize(x, mode, ctm, *, scales=None, sizes=None, opset=19, oracle="ort", roi=None, **kw):
-    inits = {"roi": np.array(roi or [0, 0, 0.1, 0.2, 1, 1, 0.8, 0.9], np.float32)
-             if ctm == "tf_crop_and_resize" else np.zeros(0, np.float32)}
-    if scales is not None:
-        inits["scales"] = np.array(scales, np.float32)
-        order = ["x", "roi", "scales"]
-    else:
-        inits["sizes"] = np.array(sizes, np.int64)
-        order = ["x", "roi", "", "sizes"]
-    return check("Resize", {"x": x}, inits, order=order, opset=opset, oracle=oracle, mode=mode,
-                 coordinate_transformation_mode=ctm, **kw)
-
-
-@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
-@pytest.mark.parametrize("ctm", CTMS)
-@pytest.mark.parametrize("which", ["scales", "sizes"])
-def test_resize(mode, ctm, which):
-    x = rand(1, 2, 5, 7)
-    for i in range(3):
-        kw = {"scales": SCALES[i]} if which == "scales" else {"sizes": SIZES[i]}
-        # onnxruntime maps align_corners / tf_crop_and_resize with the integer output length
-        # where the spec (and onnx.reference) use input * scale; identical for sizes.
-        fractional = which == "scales" and ctm in ("align_corners", "tf_crop_and_resize")
-        _resize(x, mode, ctm, oracle="onnx" if fractional else "ort", extrapolation_value=-2.0,
-                **kw)
-
-
-@pytest.mark.parametrize("nearest_mode", ["round_prefer_floor", "round_prefer_ceil", "floor",
-                                          "ceil"])
-@pytest.mark.parametrize("ctm", ["half_pixel", "asymmetric", "align_corners"])
-def test_resize_nearest_modes(nearest_mode, ctm):
-    x = rand(1, 1, 6, 5)
-    _resize(x, "nearest", ctm, sizes=[1, 1, 13, 3], nearest_mode=nearest_mode)
-    _resize(x, "nearest", ctm, scales=[1, 1, 2.0, 0.5], nearest_mode=nearest_mode,
-            oracle="onnx" if ctm == "align_corners" else "ort")
-
-
-@pytest.mark.parametrize("a,exclude_outside", [(-0.75, 0), (-0.5, 1), (-0.6, 0)])
-def test_resize_cubic_options(a, exclude_outside):
-    _resize(rand(1, 2, 6, 5), "cubic", "half_pixel", scales=[1, 1, 1.5, 0.6],
-            cubic_coeff_a=a, exclude_outside=exclude_outside)
-
-
-@pytest.mark.parametrize("mode", ["linear", "cubic"])
-@pytest.mark.parametrize("scales", [[1, 1, 0.5, 0.3], [1, 1, 0.7, 1.6]])
-@pytest.mark.parametrize("ctm", ["half_pixel", "asymmetric", "align_corners"])
-def test_resize_antialias(mode, scales, ctm):
-    _resize(rand(1, 2, 9, 13), mode, ctm, scales=scales, antialias=1, oracle="onnx")
-
-
-@pytest.mark.parametrize("policy", ["stretch", "not_larger", "not_smaller"])
-@pytest.mark.parametrize("axes", [[2, 3], [3, 2]])
-def test_resize_axes_and_policy(policy, axes):
-    x = rand(1, 2, 9, 13)
-    sizes = [4, 20] if axes == [2, 3] else [20, 4]
-    check("Resize", {"x": x}, {"sizes": np.array(sizes, np.int64)}, order=["x", "", "", "sizes"],
-          opset=18, mode="linear", axes=axes, keep_aspect_ratio_policy=policy)
-    check("Resize", {"x": x}, {"scales": np.array([2.0, 0.5], np.float32)},
-          order=["x", "", "scales"], opset=18, mode="nearest", axes=axes)
-
-
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32])
-@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
-def test_resize_integer(dtype, mode):
-    # Integer outputs round half to even, as onnx.reference does (onnxruntime truncates).
-    _resize(rand(1, 1, 5, 6, dtype=dtype), mode, "half_pixel", scales=[1, 1, 1.5, 2.5],
-            oracle="onnx")
-
-
-def test_resize_f16():
-    _resize(rand(1, 2, 5, 6, dtype=np.float16), "linear", "half_pixel", scales=[1, 1, 2, 1.5],
-            rtol=2e-3, atol=2e-3)
-
-
-def test_resize_opset11_empty_scales_and_runtime_inputs():
-    x = rand(1, 2, 5, 7)
-    check("Resize", {"x": x}, {"roi": np.zeros(0, np.float32), "s": np.zeros(0, np.float32),
-                               "sz": np.array([1, 2, 4, 20], np.int64)}, opset=11,
-          order=["x", "roi", "s", "sz"], mode="linear")
-    # scales and roi given at run time: the output shape is unknown until then.
-    check("Resize", {"x": x, "roi": np.array([0, 0, .2, .1, 1, 1, .9, .7], np.float32),
-                     "s": np.array([1, 1, 2, 2], np.float32)}, opset=13, mode="nearest",
-          coordinate_transformation_mode="tf_crop_and_resize")
-
-
-@pytest.mark.parametrize("mode", ["nearest", "linear"])
-@pytest.mark.parametrize("scales", [[1, 1, 2, 3], [1, 1, 1.5, 2.5]])
-def test_upsample_and_resize10(mode, scales):
-    x = rand(1, 2, 4, 5)
-    s = {"s": np.array(scales, np.float32)}
-    check("Upsample", {"x": x}, s, opset=9, mode=mode)
-    check("Upsample", {"x": x}, opset=7, mode=mode, scales=[float(v) for v in scales])
-    check("Resize", {"x": x}, s, opset=10, mode=mode)
-    check("Resize", {"x": rand(1, 2, 8, 10)}, {"s": np.array([1, 1, 0.5, 0.25], np.float32)},
-          opset=10, mode=mode)
-
-
-# ----------------------------------------------------------------------------------------------
 # Drawn configurations
 # ----------------------------------------------------------------------------------------------
 
@@ -531,24 +397,6 @@ def test_infer_symbolic_shapes():
     assert infer("depth_to_space", [f32("N", 12, 3, "W")], blocksize=2) == \
         [f32("N", 3, 6, None)]
     assert infer("space_to_depth", [f32(1, 3, 4, 6)], blocksize=2) == [f32(1, 12, 2, 3)]
-
-
-def test_infer_resize_shapes():
-    sizes = np.array([4, 20], np.int64)
-    scales = np.array([1, 1, 2.0, 0.5], np.float32)
-    x = f32("N", 3, "H", "W")
-    assert infer("resize", [x, None, None, TensorType(dtypes.i64, (2,))], [None, None, None, sizes],
-                 axes=[2, 3]) == [f32("N", 3, 4, 20)]
-    assert infer("resize", [f32("N", 3, 9, 13), None, TensorType(dtypes.f32, (4,))],
-                 [None, None, scales]) == [f32("N", 3, 18, 6)]
-    assert infer("resize", [x, None, TensorType(dtypes.f32, (4,))], [None, None, scales]) == \
-        [f32("N", 3, None, None)]
-    # A non-constant scales input leaves the resized dims unknown until run time.
-    assert infer("resize", [f32(1, 3, 9, 13), None, TensorType(dtypes.f32, (2,))],
-                 axes=[2, 3]) == [f32(1, 3, None, None)]
-    assert infer("resize", [f32(1, 3, 9, 13), None, None, TensorType(dtypes.i64, (2,))],
-                 [None, None, None, sizes], axes=[2, 3],
-                 keep_aspect_ratio_policy="not_larger") == [f32(1, 3, 4, 6)]
 
 
 def test_symbolic_model_keeps_batch_symbol():

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 import slimc
 from slimc.ir import ModelError, TensorType, UnsupportedError, dtypes, get_op
+from tests.ops.common import infer
 from tests.oracle import (check_against_onnxruntime, make_model, run_onnx_reference,
                           run_slimc_interpreter)
 
@@ -186,11 +187,6 @@ def test_reduce_log_sum_exp_is_stable():
 
 
 # ----- type inference --------------------------------------------------------------------------
-
-def infer(op: str, types, consts=None, **attrs):
-    opdef = get_op(op)
-    return opdef.infer_types(types, opdef.resolve_attrs(attrs), consts or [None] * len(types))
-
 
 def test_reduce_inference_keeps_symbols():
     t = TensorType(dtypes.f32, ("N", None, 7, "C"))

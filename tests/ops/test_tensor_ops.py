@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 import slimc
 from slimc.ir import ModelError, SlimcError, TensorType, UnsupportedError, dtypes, get_op
+from tests.ops.common import infer
 from tests.oracle import (assert_close, check_against_onnxruntime, make_model,
                           run_onnx_reference, run_slimc_interpreter)
 
@@ -61,12 +62,6 @@ def out_types(op, data, shape_args=None, **kw):
     model, inputs = one_node(op, data, shape_args, **kw)
     graph = slimc.from_onnx(model, input_shapes={k: np.asarray(v).shape for k, v in inputs.items()})
     return [v.type for v in graph.outputs]
-
-
-def infer(op, types, consts=(), **attrs):
-    opdef = get_op(op)
-    consts = list(consts) + [None] * (len(types) - len(consts))
-    return opdef.infer_types(types, opdef.resolve_attrs(attrs), consts)
 
 
 CONST = pytest.mark.parametrize("const", [True, False], ids=["const", "runtime"])
