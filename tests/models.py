@@ -14,7 +14,9 @@ random weights in place of the constant ones (``light_random-*``).
 Families: ResNet-18 (torchvision layout; small, and real size for the slow tests), transformers
 ResNet (basic and bottleneck), VGG, Inception blocks, DenseNet blocks, SqueezeNet fire
 modules, ShuffleNet v2 (channel shuffle), MobileNetV2, EfficientNet (B0 structure), ConvNeXt,
-ViT, BERT, GPT-2. `cases()` lists every (model, exporter) pair with its slow flag.
+ViT, BERT, GPT-2. `cases()` lists every (model, exporter) pair with its slow flag. The light
+models live in tests/light_models.py, the plain torch.nn families' modules in
+tests/torch_families.py, seeds and example inputs in tests/corpus_base.py.
 
 Exports go to a cache directory that the caller gives (tests use a session-scoped tmp dir;
 set ``SLIMC_MODEL_CACHE`` to keep them between runs). Nothing is ever written into the
@@ -30,15 +32,16 @@ import io
 import logging
 import os
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-# Bump when a model's definition or export settings change, so persistent caches
-# (SLIMC_MODEL_CACHE) do not serve stale files.
-CORPUS_VERSION = 2
+from tests.corpus_base import (CORPUS_VERSION, check_outside_repo, image_input, seed,
+                               token_inputs)
+from tests.light_models import (LIGHT_FAST, LIGHT_MODELS, LIGHT_RANDOM, LIGHT_RANDOM_FAST,
+                                light_inputs, light_model_path, randomized_light_model)
+from tests.torch_families import torch_modules
 
 EXPORTERS = ("dynamo", "torchscript")
 DYNAMO_OPSET = 18
@@ -87,9 +90,6 @@ def _spec(name: str, family: str, image: Optional[tuple] = None,
         return fn
     return wrap
 
-
-def _seed(name: str) -> int:
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 # ----- weight initialisation helpers -----------------------------------------------------------
@@ -173,10 +173,6 @@ def _image_model(module, name: str, bn: bool = True) -> Built:
     return Built(module, {"pixel_values": x}, ["logits"])
 
 
-def image_input(shape, name: str) -> np.ndarray:
-    """Normalised-image-like input: standard normal, deterministic per model."""
-    return np.random.default_rng(_seed(name)).standard_normal(shape).astype(np.float32)
-
 
 def _wrap_hf(model, arg_names: Sequence[str], out_keys: Sequence[str]):
     from torch import nn
@@ -195,269 +191,11 @@ def _wrap_hf(model, arg_names: Sequence[str], out_keys: Sequence[str]):
 
 # ----- plain torch.nn families -----------------------------------------------------------------
 
-def _torch_modules():
-    """Module classes, defined lazily so importing this file does not import torch."""
-    import torch
-    from torch import nn
-    import torch.nn.functional as F
-
-    def conv_bn(cin, cout, k, s=1, p=None, groups=1, act=True):
-        p = k // 2 if p is None else p
-        layers = [nn.Conv2d(cin, cout, k, s, p, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-        if act:
-            layers.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*layers)
-
-    class BasicBlock(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.downsample = None
-            if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + identity)
-
-    class ResNet18(nn.Module):
-        """torchvision's resnet18 layout: 7x7/2 stem, 3x3/2 max pool, 4 stages of 2 basic
-        blocks, global average pool, fully connected classifier."""
-
-        def __init__(self, width=64, num_classes=1000):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            chans = [width, 2 * width, 4 * width, 8 * width]
-            layers, cin = [], width
-            for i, c in enumerate(chans):
-                stride = 1 if i == 0 else 2
-                layers.append(nn.Sequential(BasicBlock(cin, c, stride), BasicBlock(c, c, 1)))
-                cin = c
-            self.layer1, self.layer2, self.layer3, self.layer4 = layers
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(cin, num_classes)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            x = torch.flatten(self.avgpool(x), 1)
-            return self.fc(x)
-
-    class VGGish(nn.Module):
-        """VGG-11 layout at reduced width: conv3x3+ReLU stacks, 2x2 max pools, flatten, a
-        three-layer classifier with dropout."""
-
-        def __init__(self, width=16, num_classes=10, image=32):
-            super().__init__()
-            cfg = [width, "M", 2 * width, "M", 4 * width, 4 * width, "M", 8 * width, 8 * width,
-                   "M"]
-            layers, cin = [], 3
-            for v in cfg:
-                if v == "M":
-                    layers.append(nn.MaxPool2d(2, 2))
-                else:
-                    layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
-                    cin = v
-            self.features = nn.Sequential(*layers)
-            side = image // 16
-            self.classifier = nn.Sequential(
-                nn.Linear(cin * side * side, 64), nn.ReLU(True), nn.Dropout(),
-                nn.Linear(64, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, num_classes))
-
-        def forward(self, x):
-            x = self.features(x)
-            x = x.view(x.size(0), -1)
-            return self.classifier(x)
-
-    class InceptionA(nn.Module):
-        """Inception-v3 'A' block: 1x1, 1x1->5x5, 1x1->3x3->3x3, avgpool(3,1,1)->1x1 branches
-        concatenated along channels."""
-
-        def __init__(self, cin, pool_features):
-            super().__init__()
-            self.b1 = conv_bn(cin, 16, 1)
-            self.b5 = nn.Sequential(conv_bn(cin, 12, 1), conv_bn(12, 16, 5))
-            self.b3 = nn.Sequential(conv_bn(cin, 16, 1), conv_bn(16, 24, 3), conv_bn(24, 24, 3))
-            self.bp = conv_bn(cin, pool_features, 1)
-
-        def forward(self, x):
-            bp = self.bp(F.avg_pool2d(x, 3, 1, 1))
-            return torch.cat([self.b1(x), self.b5(x), self.b3(x), bp], 1)
-
-    class InceptionV1Block(nn.Module):
-        """GoogLeNet block: branches including a 3x3 max pool -> 1x1 projection."""
-
-        def __init__(self, cin):
-            super().__init__()
-            self.b1 = nn.Sequential(nn.Conv2d(cin, 16, 1), nn.ReLU(True))
-            self.b2 = nn.Sequential(nn.Conv2d(cin, 16, 1), nn.ReLU(True),
-                                    nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(True))
-            self.b3 = nn.Sequential(nn.Conv2d(cin, 4, 1), nn.ReLU(True),
-                                    nn.Conv2d(4, 8, 5, padding=2), nn.ReLU(True))
-            self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True),
-                                    nn.Conv2d(cin, 8, 1), nn.ReLU(True))
-
-        def forward(self, x):
-            return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
-
-    class InceptionNet(nn.Module):
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.stem = nn.Sequential(conv_bn(3, 32, 3, 2), nn.MaxPool2d(3, 2, ceil_mode=True))
-            self.a = InceptionA(32, 16)   # -> 72 channels
-            self.v1 = InceptionV1Block(72)  # -> 56 channels
-            self.fc = nn.Linear(56, num_classes)
-
-        def forward(self, x):
-            x = self.v1(self.a(self.stem(x)))
-            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-            return self.fc(x)
-
-    class DenseLayer(nn.Module):
-        def __init__(self, cin, growth, bn_size=2):
-            super().__init__()
-            self.norm1 = nn.BatchNorm2d(cin)
-            self.conv1 = nn.Conv2d(cin, bn_size * growth, 1, bias=False)
-            self.norm2 = nn.BatchNorm2d(bn_size * growth)
-            self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
-
-        def forward(self, feats):
-            x = torch.cat(feats, 1)
-            x = self.conv1(F.relu(self.norm1(x)))
-            return self.conv2(F.relu(self.norm2(x)))
-
-    class DenseBlock(nn.Module):
-        def __init__(self, n, cin, growth):
-            super().__init__()
-            self.layers = nn.ModuleList(DenseLayer(cin + i * growth, growth) for i in range(n))
-
-        def forward(self, x):
-            feats = [x]
-            for layer in self.layers:
-                feats.append(layer(feats))
-            return torch.cat(feats, 1)
-
-    class DenseNetTiny(nn.Module):
-        """DenseNet-121 building blocks: dense blocks (BN-ReLU-1x1-BN-ReLU-3x3, concatenated
-        features) and a transition (BN-ReLU-1x1, 2x2 average pool)."""
-
-        def __init__(self, growth=8, num_classes=10):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16),
-                                      nn.ReLU(True), nn.MaxPool2d(3, 2, 1))
-            self.block1 = DenseBlock(3, 16, growth)
-            c = 16 + 3 * growth
-            self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(True),
-                                       nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2, 2))
-            self.block2 = DenseBlock(3, c // 2, growth)
-            c = c // 2 + 3 * growth
-            self.norm = nn.BatchNorm2d(c)
-            self.fc = nn.Linear(c, num_classes)
-
-        def forward(self, x):
-            x = self.block2(self.trans(self.block1(self.stem(x))))
-            x = F.relu(self.norm(x))
-            x = F.adaptive_avg_pool2d(x, (1, 1))
-            return self.fc(torch.flatten(x, 1))
-
-    class Fire(nn.Module):
-        def __init__(self, cin, squeeze, e1, e3):
-            super().__init__()
-            self.squeeze = nn.Conv2d(cin, squeeze, 1)
-            self.expand1x1 = nn.Conv2d(squeeze, e1, 1)
-            self.expand3x3 = nn.Conv2d(squeeze, e3, 3, padding=1)
-
-        def forward(self, x):
-            x = F.relu(self.squeeze(x))
-            return torch.cat([F.relu(self.expand1x1(x)), F.relu(self.expand3x3(x))], 1)
-
-    class SqueezeNet(nn.Module):
-        """SqueezeNet 1.1 layout at reduced width: fire modules, ceil-mode max pools, a 1x1
-        conv classifier, global average pool."""
-
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 32, 3, 2), nn.ReLU(True), nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(32, 8, 16, 16), Fire(32, 8, 16, 16), nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(32, 16, 32, 32), Fire(64, 16, 32, 32))
-            self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(64, num_classes, 1),
-                                            nn.ReLU(True), nn.AdaptiveAvgPool2d((1, 1)))
-
-        def forward(self, x):
-            return torch.flatten(self.classifier(self.features(x)), 1)
-
-    def channel_shuffle(x, groups: int):
-        b, c, h, w = x.size()
-        x = x.view(b, groups, c // groups, h, w)
-        x = torch.transpose(x, 1, 2).contiguous()
-        return x.view(b, -1, h, w)
-
-    class ShuffleUnit(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.stride = stride
-            bf = cout // 2
-            if stride > 1:
-                self.branch1 = nn.Sequential(
-                    nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
-                    nn.BatchNorm2d(cin), nn.Conv2d(cin, bf, 1, bias=False), nn.BatchNorm2d(bf),
-                    nn.ReLU(True))
-            else:
-                self.branch1 = nn.Sequential()
-            c2 = cin if stride > 1 else bf
-            self.branch2 = nn.Sequential(
-                nn.Conv2d(c2, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(True),
-                nn.Conv2d(bf, bf, 3, stride, 1, groups=bf, bias=False), nn.BatchNorm2d(bf),
-                nn.Conv2d(bf, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(True))
-
-        def forward(self, x):
-            if self.stride == 1:
-                x1, x2 = x.chunk(2, dim=1)
-                out = torch.cat((x1, self.branch2(x2)), 1)
-            else:
-                out = torch.cat((self.branch1(x), self.branch2(x)), 1)
-            return channel_shuffle(out, 2)
-
-    class ShuffleNetV2(nn.Module):
-        """ShuffleNet v2 layout at reduced width: channel split (chunk), depthwise convs,
-        channel shuffle (reshape / transpose / reshape)."""
-
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.conv1 = conv_bn(3, 16, 3, 2)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self.stage2 = nn.Sequential(ShuffleUnit(16, 32, 2), ShuffleUnit(32, 32, 1))
-            self.stage3 = nn.Sequential(ShuffleUnit(32, 64, 2), ShuffleUnit(64, 64, 1),
-                                        ShuffleUnit(64, 64, 1))
-            self.conv5 = conv_bn(64, 128, 1)
-            self.fc = nn.Linear(128, num_classes)
-
-        def forward(self, x):
-            x = self.stage3(self.stage2(self.maxpool(self.conv1(x))))
-            x = self.conv5(x)
-            x = x.mean([2, 3])
-            return self.fc(x)
-
-    return dict(ResNet18=ResNet18, VGGish=VGGish, InceptionNet=InceptionNet,
-                DenseNetTiny=DenseNetTiny, SqueezeNet=SqueezeNet, ShuffleNetV2=ShuffleNetV2)
-
-
 def _build_torch(cls_name: str, name: str, **kw) -> Built:
     import torch
 
-    torch.manual_seed(_seed(name))
-    m = _torch_modules()[cls_name](**kw)
+    torch.manual_seed(seed(name))
+    m = torch_modules()[cls_name](**kw)
     _init_conv_linear(m)
     return _image_model(m, name)
 
@@ -538,7 +276,7 @@ def hf_resnet_small():
     1x3x64x64."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("hf_resnet_small"))
+    torch.manual_seed(seed("hf_resnet_small"))
     cfg = tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                           layer_type="basic", num_labels=10)
     m = tf.ResNetForImageClassification(cfg)
@@ -552,7 +290,7 @@ def hf_resnet50_small():
     1x3x64x64."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("hf_resnet50_small"))
+    torch.manual_seed(seed("hf_resnet50_small"))
     cfg = tf.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
                           layer_type="bottleneck")
     m = tf.ResNetModel(cfg)
@@ -566,7 +304,7 @@ def mobilenetv2_small():
     1x3x64x64."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("mobilenetv2_small"))
+    torch.manual_seed(seed("mobilenetv2_small"))
     cfg = tf.MobileNetV2Config(depth_multiplier=0.35, image_size=64, num_labels=10,
                                classifier_dropout_prob=0.2)
     m = tf.MobileNetV2ForImageClassification(cfg)
@@ -579,7 +317,7 @@ def mobilenetv2():
     """Real-size MobileNetV2 1.0 (transformers) on 1x3x224x224."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("mobilenetv2"))
+    torch.manual_seed(seed("mobilenetv2"))
     cfg = tf.MobileNetV2Config(depth_multiplier=1.0, image_size=224, num_labels=1000)
     m = tf.MobileNetV2ForImageClassification(cfg)
     _init_conv_linear(m)
@@ -598,7 +336,7 @@ def efficientnet_small():
     squeeze-excitation, 'same' padding) on 1x3x64x64."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("efficientnet_small"))
+    torch.manual_seed(seed("efficientnet_small"))
     m = tf.EfficientNetForImageClassification(_efficientnet_config(tf, 0.25, 0.5, 64, 320))
     _init_conv_linear(m)
     return _hf_image(m, "efficientnet_small", out_keys=("logits",))
@@ -609,7 +347,7 @@ def efficientnet_b0():
     """EfficientNet-B0 (width 1.0, depth 1.0, 224) from transformers."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("efficientnet_b0"))
+    torch.manual_seed(seed("efficientnet_b0"))
     cfg = tf.EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
                                 hidden_dim=1280, num_labels=1000, dropout_rate=0.2)
     m = tf.EfficientNetForImageClassification(cfg)
@@ -623,7 +361,7 @@ def convnext_small():
     layer scale) widths 16..128 on 1x3x64x64."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("convnext_small"))
+    torch.manual_seed(seed("convnext_small"))
     cfg = tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], image_size=64,
                             layer_norm_eps=1e-6)
     m = tf.ConvNextModel(cfg)
@@ -636,30 +374,12 @@ def vit_small():
     """transformers ViTModel: 2 layers, hidden 64, 4 heads, 8x8 patches on 2x3x32x32."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("vit_small"))
+    torch.manual_seed(seed("vit_small"))
     cfg = tf.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=128, image_size=32, patch_size=8,
                        attn_implementation="eager")
     m = tf.ViTModel(cfg)
     return _hf_image(m, "vit_small", bn=False)
-
-
-def token_inputs(name: str, batch: int, seq: int, vocab: int, mask: bool = True,
-                 token_types: bool = False) -> dict:
-    """input_ids (random tokens), attention_mask (the second sequence padded at the end),
-    token_type_ids (two segments)."""
-    rng = np.random.default_rng(_seed(name))
-    out = {"input_ids": rng.integers(0, vocab, (batch, seq)).astype(np.int64)}
-    if mask:
-        m = np.ones((batch, seq), np.int64)
-        if batch > 1:
-            m[1, seq - seq // 4:] = 0
-        out["attention_mask"] = m
-    if token_types:
-        t = np.zeros((batch, seq), np.int64)
-        t[:, seq // 2:] = 1
-        out["token_type_ids"] = t
-    return out
 
 
 def _text_model(model, name, arrays: dict, out_keys) -> Built:
@@ -681,7 +401,7 @@ def bert_small():
     token_type_ids, 2x16; exported with symbolic batch/sequence."""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("bert_small"))
+    torch.manual_seed(seed("bert_small"))
     cfg = tf.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
                         attn_implementation="sdpa")
@@ -699,7 +419,7 @@ def gpt2_small():
     detection uses aten::diff, which the TorchScript exporter cannot export.)"""
     import torch
     tf = _quiet_transformers()
-    torch.manual_seed(_seed("gpt2_small"))
+    torch.manual_seed(seed("gpt2_small"))
     cfg = tf.GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                         use_cache=False, attn_implementation="eager")
     m = tf.GPT2LMHeadModel(cfg)
@@ -733,19 +453,11 @@ def model_file(directory: str, name: str, exporter: str) -> str:
     return os.path.join(directory, f"{name}.{exporter}.v{CORPUS_VERSION}.onnx")
 
 
-def _check_outside_repo(directory: str) -> None:
-    repo = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    d = os.path.realpath(directory)
-    if os.path.commonpath([repo, d]) == repo:
-        raise ValueError(f"model cache {directory!r} is inside the repository; use a directory "
-                         f"outside it")
-
-
 def export(spec: ModelSpec, exporter: str, directory: str, built: Optional[Built] = None) -> str:
     """Export `spec` with `exporter` into `directory` (if not there already); returns the path."""
     import torch
 
-    _check_outside_repo(directory)
+    check_outside_repo(directory)
     os.makedirs(directory, exist_ok=True)
     path = model_file(directory, spec.name, exporter)
     if os.path.exists(path):
@@ -813,186 +525,6 @@ def _dynamic_shapes(built: Built):
 
 
 # ---------------------------------------------------------------------------------------------
-# The onnx wheel's opset-9 "light" models
-# ---------------------------------------------------------------------------------------------
-
-LIGHT_MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
-                "shufflenet", "squeezenet", "vgg19", "zfnet512")
-
-
-def light_dir() -> str:
-    import onnx
-
-    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-
-
-def light_model_path(name: str) -> str:
-    return os.path.join(light_dir(), f"light_{name}.onnx")
-
-
-def light_inputs(model) -> dict:
-    """The inputs onnx's backend runner feeds these models (arange / n, so its stored
-    `light_*_output_0.pb` applies)."""
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        shape = tuple(d.dim_value if d.HasField("dim_value") else 1
-                      for d in vi.type.tensor_type.shape.dim)
-        n = int(np.prod(shape))
-        feeds[vi.name] = (np.arange(n).reshape(shape) / n).astype(np.float32)
-    return feeds
-
-
-def randomized_light_model(name: str, directory: str) -> str:
-    """The light model with its ConstantOfShape weights (all 0.5, which makes every logit
-    equal and the softmax output uniform, hiding most errors) replaced by deterministic random
-    initializers of the role's usual scale: He-normal conv / Gemm weights, small biases,
-    batch-norm scale ~1, mean ~0, var ~1. Each conv weight is then rescaled (a few passes with
-    onnxruntime) to unit gain on the random input, as a trained network's normalisation would
-    keep it, so activations neither explode nor vanish over 50+ layers; Gemm layers to output
-    rms 2, so the softmax is not saturated. The softmax's
-    input (the logits) is added as a graph output. Kept at IR version 3 (weights also listed
-    as graph inputs, as the original does). Written to `directory`; returns the path."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    _check_outside_repo(directory)
-    path = os.path.join(directory, f"light_random_{name}.v{CORPUS_VERSION}.onnx")
-    if os.path.exists(path):
-        return path
-    m = onnx.load(light_model_path(name))
-    g = m.graph
-    inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, list] = {}
-    for node in g.node:
-        for i, x in enumerate(node.input):
-            consumers.setdefault(x, []).append((node, i))
-
-    def role(value: str):
-        """(node, input index, attrs) of the first consumer that is not a shape-only op."""
-        for _ in range(8):
-            uses = consumers.get(value, [])
-            if len(uses) != 1:
-                return None
-            node, i = uses[0]
-            if node.op_type in ("Unsqueeze", "Reshape", "Identity") and i == 0:
-                value = node.output[0]
-                continue
-            return node, i, {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        return None
-
-    rng = np.random.default_rng(_seed("light_random_" + name))
-    new_nodes, weights, dropped_shapes = [], {}, set()
-    layer_weights = []  # (conv/gemm node, weight name, bias name or None)
-    for node in g.node:
-        r = role(node.output[0]) if node.op_type == "ConstantOfShape" else None
-        if r is None or node.input[0] not in inits:
-            new_nodes.append(node)
-            continue
-        shape = tuple(int(d) for d in numpy_helper.to_array(inits[node.input[0]]))
-        user, i, attrs = r
-        op, size = user.op_type, int(np.prod(shape))
-        if op == "Conv" and i == 1:
-            data = rng.standard_normal(shape) * np.sqrt(2.0 / (size // shape[0]))
-        elif op == "Gemm" and i == 1:
-            fan_in = shape[1] if attrs.get("transB", 0) else shape[0]
-            data = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-        elif (op in ("Conv", "Gemm") and i == 2) or op == "Add" or \
-                (op == "BatchNormalization" and i in (2, 3)):
-            data = 0.1 * rng.standard_normal(shape)
-        elif op == "Mul" or (op == "BatchNormalization" and i == 1):
-            data = rng.uniform(0.75, 1.25, shape)
-        elif op == "BatchNormalization" and i == 4:
-            data = rng.uniform(0.5, 1.5, shape)
-        else:
-            new_nodes.append(node)
-            continue
-        weights[node.output[0]] = data.astype(np.float32)
-        dropped_shapes.add(node.input[0])
-    source = {k: k for k in weights}  # value -> the weight it is a reshaped view of
-    for node in new_nodes:
-        if node.op_type in ("Unsqueeze", "Reshape", "Identity") and node.input[0] in source:
-            source[node.output[0]] = source[node.input[0]]
-        if node.op_type in ("Conv", "Gemm") and node.input[1] in source:
-            bias = source.get(node.input[2]) if len(node.input) > 2 else None
-            layer_weights.append((node, source[node.input[1]], bias))
-    still_used = {x for node in new_nodes for x in node.input}
-    dropped = {n for n in dropped_shapes if n not in still_used}
-    keep_inits = [t for t in g.initializer if t.name not in dropped]
-    keep_inputs = [vi for vi in g.input if vi.name not in dropped]
-    feeds = {k: image_input(v.shape, name) for k, v in light_inputs(m).items()}
-
-    def assemble(extra_outputs=()):
-        mm = onnx.ModelProto()
-        mm.CopyFrom(m)
-        gg = mm.graph
-        del gg.node[:]
-        gg.node.extend(new_nodes)
-        new_inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
-        del gg.initializer[:]
-        gg.initializer.extend(keep_inits + new_inits)
-        del gg.input[:]
-        gg.input.extend(keep_inputs + [helper.make_tensor_value_info(t.name, t.data_type, t.dims)
-                                       for t in new_inits])
-        if extra_outputs:
-            mm.ir_version = max(mm.ir_version, 4)
-            for x in extra_outputs:
-                gg.output.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
-        return mm
-
-    def rms(a):
-        return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))) + 1e-12)
-
-    from tests.oracle import run_onnxruntime
-
-    probes = sorted({x for node, _, _ in layer_weights for x in (node.input[0], node.output[0])})
-    for _ in range(4):
-        vals = dict(zip(probes, run_onnxruntime(assemble(probes), feeds)[len(g.output):]))
-        gains = []
-        for node, w, b in layer_weights:
-            if node.op_type == "Gemm":  # classifier layers: logits of rms ~2
-                gain = rms(vals[node.output[0]]) / 2.0
-            else:
-                gain = rms(vals[node.output[0]]) / rms(vals[node.input[0]])
-            gains.append(gain)
-            weights[w] /= np.float32(gain)
-            if b is not None:
-                weights[b] /= np.float32(gain)
-        if max(abs(np.log(gains))) < 0.1:
-            break
-    m = assemble()
-    g = m.graph
-    # Expose the logits (the softmax's input) as an output: compared directly, they show
-    # errors that the softmax would squash.
-    outs = {vi.name for vi in g.output}
-    inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
-    for node in g.node:
-        if node.op_type == "Softmax" and node.input[0] not in outs and node.input[0] in inferred:
-            g.output.append(inferred[node.input[0]])
-    onnx.checker.check_model(m)
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".part"
-    onnx.save(m, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def light_expected(name: str) -> Optional[list]:
-    """The stored reference outputs, if the wheel has them."""
-    from onnx import TensorProto, numpy_helper
-
-    p = os.path.join(light_dir(), f"light_{name}_output_0.pb")
-    if not os.path.exists(p):
-        return None
-    t = TensorProto()
-    with open(p, "rb") as f:
-        t.ParseFromString(f.read())
-    return [numpy_helper.to_array(t)]
-
-
-# ---------------------------------------------------------------------------------------------
 # The corpus: one object per test session
 # ---------------------------------------------------------------------------------------------
 
@@ -1018,22 +550,12 @@ def cases(include_slow: bool = True) -> list[Case]:
     return [c for c in out if include_slow or not c.slow]
 
 
-# Light models that also get a random-weights variant (not the ones whose fully connected
-# layers hold hundreds of MB).
-LIGHT_RANDOM = ("squeezenet", "shufflenet", "inception_v1", "inception_v2", "resnet50",
-                "densenet121")
-
-# The light models in the default (not slow) run; the rest run at 224x224 with full-size
-# weights. The random-weights shufflenet stands for the original (same ops, real numerics).
-LIGHT_FAST = {"squeezenet"}
-LIGHT_RANDOM_FAST = {"squeezenet", "shufflenet"}
-
 
 class ModelCorpus:
     """Exports lazily into `directory` and remembers each model's example inputs."""
 
     def __init__(self, directory: str):
-        _check_outside_repo(directory)
+        check_outside_repo(directory)
         self.directory = directory
         self._built: dict[str, Built] = {}
 

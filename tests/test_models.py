@@ -26,6 +26,7 @@ import onnx  # noqa: E402
 
 import slimc  # noqa: E402
 from tests import models as M  # noqa: E402
+from tests.light_models import light_expected  # noqa: E402
 from tests.oracle import ATOL, RTOL, assert_close, run_onnxruntime  # noqa: E402
 
 
@@ -220,7 +221,7 @@ def test_matches_onnxruntime(results, case):
             from None
     if case.exporter == "light":
         # The onnx wheel also stores the light model's output for its arange/n input.
-        stored = M.light_expected(case.model)
+        stored = light_expected(case.model)
         if stored is not None:
             assert_close(got[:1], stored, rtol=2e-3)
 
