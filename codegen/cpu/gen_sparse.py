@@ -23,9 +23,9 @@ the stored blocks (the work) divide evenly, so two threads share a layer whose z
 uneven. Threads split the columns (tokens, pixels) first: a thread reads only its columns of
 b, the ones a token-wise kernel before it wrote on the same thread, and a layer has more items
 than 8 parts for more threads (two threads, 80%: BERT-sized layers and 1x1 convolutions
-0.87-1.01x the time of the parts-first split; one thread 0.95-1.04x). Each column tile keeps
-its own chunk sums. The fused epilogue (bias, activation, residual) runs on each result
-vector before its store.
+0.87-1.01x the time of the parts-first split; one thread 0.95-1.04x). Chunk sums live in one
+slot per call (per thread), the size of one part's rows. The fused epilogue (bias,
+activation, residual) runs on each result vector before its store.
 Summation: in stored-column order per row, one FMA at a time (not the dense kernel's order:
 results differ from the dense kernel by float rounding, the usual K * eps * |a| |b| bound).
 """
@@ -108,13 +108,18 @@ def sparse_matmul(kb: KernelBuilder, node) -> None:
     nrbp = max(bounds[-1], nrb)  # the last group reads row blocks past R: empty ones
     # rows of b in a chunk of K: a slab of the vectors a tile uses
     kc = max(vw, slab_bytes(kb.target) // (min(T, -(-C // vw)) * vw * 4) // vw * vw)
-    sums_bytes = batch * tiles * nrbp * block * T * vw * 4
+    # chunk sums: an item's row blocks need them only while it runs, and a call runs its
+    # items one after another: one slot per call (kb.call_slot), of the largest part's rows
+    part_rows = max(b1 - b0 for b0, b1 in zip(bounds, bounds[1:]))
+    slot_floats = part_rows * block * T * vw
+    sums_bytes = kb.parallel_extent * slot_floats * 4
     k = _Kernel(kb, node, R, block, K, C, transposed, epilogue, args, kb.ptr(offsets))
     k.group_rows = group * block
-    k.tiles = tiles
     if in_vectors and K > kc and sums_bytes <= SCRATCH_LIMIT:
+        scratch = bld.bitcast(kb.scratch(sums_bytes, llvm_name(out.name) + ".sums"),
+                              ir.PointerType(F32))
         k.chunked(kc, offsets, off, constant_data(indices), nrbp,
-                  kb.scratch(sums_bytes, llvm_name(out.name) + ".sums"), T)
+                  kb.call_slot(scratch, slot_floats, "sums"), T)
     elif nrbp > nrb:
         pad = np.concatenate([off, np.full(nrbp - nrb, off[-1])]).astype(np.int32)
         k.OFF = kb.substitute_constant(offsets, pad, llvm_name(offsets.name) + ".padded")
@@ -140,8 +145,8 @@ class _Kernel(SparseKernel):
 
     def chunked(self, kc: int, offsets, off, indices, nrbp: int, scratch, T: int) -> None:
         """Run over K in chunks of kc rows of b: OFF becomes each row block's first stored
-        block per chunk ([nrbp, chunks + 1]), `sums` a [batch, nrbp, block * T vectors]
-        scratch of the sums so far."""
+        block per chunk ([nrbp, chunks + 1]), `sums` (this call's slot) the sums so far of
+        the current item's row blocks, block * T vectors each."""
         self.chunks = -(-self.K // kc)
         nrb = len(off) - 1
         row = np.repeat(np.arange(nrb, dtype=np.int64), np.diff(off))
@@ -151,13 +156,12 @@ class _Kernel(SparseKernel):
         want[:, -1] = np.arange(1, nrbp + 1) * self.K  # a row's last chunk ends with the row
         table = np.searchsorted(keys, want.reshape(-1)).astype(np.int32)
         self.OFF = self.kb.substitute_constant(offsets, table, llvm_name(offsets.name) + ".chunks")
-        self.sums = self.b.bitcast(scratch, ir.PointerType(F32), name="sums")
+        self.sums = scratch
         self.sums_row = self.block * T * self.vw  # floats per row block
-        self.nrbp = nrbp
 
-    def _sums_at(self, n, rb, slot: int):
+    def _sums_at(self, rb, slot: int):
         b = self.b
-        row = b.add(b.mul(b.add(b.mul(n, i64(self.tiles)), self.ct), i64(self.nrbp)), rb)
+        row = b.sub(rb, self.rb0)
         at = b.add(b.mul(row, i64(self.sums_row)), i64(slot * self.vw))
         return b.bitcast(b.gep(self.sums, [at], inbounds=True),
                          ir.PointerType(ir.VectorType(F32, self.vw)))
@@ -173,22 +177,22 @@ class _Kernel(SparseKernel):
             with self.kb.loop(rb0, rb1, name=tag + ".crb") as rb:
                 slots = range(self.block * nvec)
                 init = [b.select(first, ir.Constant(vt, None),
-                                 b.load(self._sums_at(n, rb, i), align=4)) for i in slots]
+                                 b.load(self._sums_at(rb, i), align=4)) for i in slots]
                 accs = self._accumulate(b_n, rb, c0, nvec, mask, tag + "c", ch, init)
                 for i in slots:
-                    b.store(accs[i], self._sums_at(n, rb, i), align=4)
+                    b.store(accs[i], self._sums_at(rb, i), align=4)
 
-    def _last_chunk_init(self, n, rb, nvec):
+    def _last_chunk_init(self, rb, nvec):
         """The accumulators' start for the whole row (or the last chunk: the sums so far)."""
         if self.chunks == 1:
             return None
-        return [self.b.load(self._sums_at(n, rb, i), align=4)
+        return [self.b.load(self._sums_at(rb, i), align=4)
                 for i in range(self.block * nvec)]
 
     # ----- columns in vectors --------------------------------------------------------------
     def columns_in_vectors(self, n, b_n, rb0, rb1, T: int, group: int, ct) -> None:
         """Column tile `ct` (T vectors of columns; the last one may be narrower)."""
-        self.ct = ct
+        self.rb0 = rb0
         kb, b, vw, C = self.kb, self.b, self.vw, self.C
         width = T * vw
         full = C // width
@@ -228,14 +232,14 @@ class _Kernel(SparseKernel):
         if not self.transposed:
             with self.kb.loop(rb0, rb1, name=tag + ".rb") as rb:
                 accs = self._accumulate(b_n, rb, c0, nvec, mask, tag, last,
-                                        self._last_chunk_init(n, rb, nvec))
+                                        self._last_chunk_init(rb, nvec))
                 self._store_rows(n, rb, c0, accs, nvec, mask)
             return
         with self.kb.loop(rb0, rb1, step=group, name=tag + ".g") as g0:
             for i in range(group):
                 rb = b.add(g0, i64(i), name=f"rb{i}")
                 accs = self._accumulate(b_n, rb, c0, nvec, mask, tag + str(i), last,
-                                        self._last_chunk_init(n, rb, nvec))
+                                        self._last_chunk_init(rb, nvec))
                 for r in range(self.block):
                     for v in range(nvec):
                         slot = (i * self.block + r) * width + v * self.vw

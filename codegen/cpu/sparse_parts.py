@@ -40,7 +40,6 @@ class SparseKernel:
         self.epilogue, self.args = epilogue, args
         self.vw = kb.vector_width
         self.group_rows = 1  # rows of A a transposed store collects (set by the caller)
-        self.tiles, self.ct = 1, i64(0)  # column tiles, each with its chunk sums (gen_sparse)
         self.chunks = 1  # chunks of K: OFF is then [row blocks, chunks + 1] (gen_sparse.py)
 
     def blocks_of(self, rb, chunk=None):
