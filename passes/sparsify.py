@@ -31,6 +31,7 @@ import numpy as np
 
 from slimc.ir import Graph, Node, dtypes
 from slimc.ir.debug import log
+from slimc.ir.errors import SlimcError
 from slimc.ir.graph import constant_data
 from slimc.ir.ops.sparse import compress
 
@@ -236,14 +237,23 @@ def _rewrite_rows(b: Builder, x, a, block, name, bias=None, transposes=None):
 @dataclass
 class Sparsify(Pass):
     """The `sparsify` pass. `model` is the target's cost model (`choose(layer) -> Choice`;
-    the backend gives it); without one, `rule_choice`. `force` (a block size, or "dense")
-    overrides it, for tests and experiments."""
+    the backend gives it); without one, `rule_choice`. `force` (a block size: 1 or "csr" for
+    CSR, 8 for 1x8 blocks...; or "dense") overrides it, for tests and experiments."""
 
     model: Optional[object] = None
     force: object = None
     max_density: float = MAX_DENSITY
     name: str = "sparsify"
     decisions: dict = field(default_factory=dict)  # value name -> (Structure, Choice)
+
+    def __post_init__(self):
+        if self.force is None or self.force == "dense":
+            return
+        block = 1 if self.force == "csr" else self.force
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise SlimcError(f"Sparsify(force={self.force!r}): give 'dense', 'csr' or a block "
+                             f"size (a positive integer: 1 is CSR, 8 is 1x8 blocks)")
+        self.force = int(block)
 
     def _decide(self, m: Match, op: str) -> Optional[Choice]:
         root = m.node(op)

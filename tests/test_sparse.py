@@ -13,7 +13,7 @@ from onnx import helper
 
 import slimc
 from slimc.codegen.cpu.target import CpuTarget
-from slimc.ir import Graph, TensorType, dtypes
+from slimc.ir import Graph, SlimcError, TensorType, dtypes
 from slimc.ir.ops.sparse import compress, densify
 from slimc.codegen.cpu.gen_sparse_row import IDLE, WINDOW, windowed_format
 from slimc.passes.sparsify import Sparsify, structure
@@ -320,6 +320,14 @@ def test_one_token_csr_choice_says_why(target, sparse, capfd, monkeypatch):
     forced = slimc.compile(model, disable_passes=["sparsify"], passes=[Sparsify(force=1)])
     assert "sparse_matmul" in _ops(forced)
     np.testing.assert_allclose(forced(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_forced_form_is_checked_when_the_pass_is_made():
+    assert Sparsify(force="csr").force == 1 and Sparsify(force=8).force == 8
+    assert Sparsify(force="dense").force == "dense"
+    for bad in ("1x8", 0, 2.5, True):
+        with pytest.raises(SlimcError, match=r"Sparsify\(force=.*'dense', 'csr' or a block"):
+            Sparsify(force=bad)
 
 
 @pytest.mark.parametrize("dense_us, sparse_us, chosen", [(10.0, 9.5, False), (10.0, 8.0, True)])
