@@ -159,7 +159,7 @@ def export(compiled, path: str, checksums: bool = True) -> None:
 
 # The attributes that record a choice a cost model or the target made (a Winograd tile, a
 # sparse format, the blocked layout's block): an artifact says how its code was chosen.
-CHOICES = {"winograd_conv2d": ("tile",), "sparse_matmul": ("block", "transpose_out"),
+CHOICES = {"winograd_conv2d": ("tile",), "sparse_matmul": ("block", "transpose_out", "tiled"),
            "sparse_conv": ("block",), "to_blocked": ("block",)}
 
 

@@ -302,6 +302,52 @@ def test_sparse_ffn_sinks_the_transpose():
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("m, tiled", [(128, True), (192, True), (64, False), (96, False)])
+def test_sparse_ffn_with_tokens_in_tiles(m, tiled):
+    """M a multiple of TOKEN_TILE (and more than one tile): x^T is [M / 64, K, 64], the
+    first product stays in that form for the second, the second puts the tokens back in one
+    run; otherwise x^T is [K, M] as before. Both against onnxruntime, at 1 and 3 threads."""
+    from slimc.passes.sparsify import TOKEN_TILE
+
+    w1 = sparse_matrix(128, 96, 0.1).T.copy()
+    w2 = sparse_matrix(96, 128, 0.1).T.copy()
+    bias = RNG.standard_normal(128).astype(np.float32)
+    model, feeds = _matmul_model(m, 96, 128, w1, bias, gelu_ffn=w2)
+    want = run_onnxruntime(model, feeds)[0]
+    for threads in (1, 3):
+        mod = slimc.compile(model, threads=threads)
+        ops = _ops(mod)
+        assert ops.count("sparse_matmul") == 2 and ops.count("transpose") == 1, ops
+        first, second = [n for n in mod.graph.nodes if n.op == "sparse_matmul"]
+        assert (first.attrs["transpose_out"], second.attrs["transpose_out"]) == (0, 1)
+        assert second.attrs["tiled"] == int(tiled)
+        b_shape = (m // TOKEN_TILE, 96, TOKEN_TILE) if tiled else (96, m)
+        assert first.inputs[0].type.shape == b_shape
+        assert second.outputs[0].type.shape == (m, 96)
+        np.testing.assert_allclose(mod(**feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_tiled_sparse_matmul_op():
+    """The op itself: b [2, 3, K, 64] tiled, the result [2, 192, rows], in the interpreter and
+    the kernel (with a fused bias), against numpy."""
+    a = sparse_matrix(40, 30, 0.2, 1)
+    b = RNG.standard_normal((2, 3, 30, 64)).astype(np.float32)
+    g = Graph("tiled")
+    x = g.add_input("x", TensorType(dtypes.f32, b.shape))
+    consts = [g.add_constant(n, d) for n, d in zip(("v", "i", "o"), compress(a, 1))]
+    y = g.make_node("sparse_matmul", [x] + consts,
+                    {"rows": 40, "block": 1, "transpose_out": 1, "tiled": 1},
+                    [TensorType(dtypes.f32, (2, 192, 40))], ["y"]).outputs[0]
+    bias = RNG.standard_normal(40).astype(np.float32)
+    z = g.make_node("add", [y, g.add_constant("bias", bias)], {},
+                    [TensorType(dtypes.f32, (2, 192, 40))], ["z"]).outputs[0]
+    g.outputs.append(z)
+    want = np.swapaxes(a.astype(np.float64) @ b, -1, -2).reshape(2, 192, 40) + bias
+    _close(slimc.interpret(g, b)[0], want, 30)
+    for threads in (1, 2):
+        _close(slimc.compile(g, threads=threads)(b)[0], want, 30)
+
+
 @pytest.mark.parametrize("target, sparse", [("x86-64-v3", False), ("x86-64-v4", True)])
 def test_one_token_csr_choice_says_why(target, sparse, capfd, monkeypatch):
     """One token at 10% density: gathering x (AVX2) is predicted no faster than dense, so the

@@ -10,7 +10,11 @@
   seen from the weight's [K, N] side (one input, that many consecutive outputs). Rows past
   ``rows`` in the last block hold zeros. With ``transpose_out`` = 1 the result is stored
   transposed, [..., C, rows]: a matmul ``x @ W`` is ``sparse_matmul(transpose(x), A = W^T)``
-  with no transpose after it (the kernel transposes its result tiles in registers).
+  with no transpose after it (the kernel transposes its result tiles in registers). With
+  ``tiled`` = 1 as well, b holds x's rows in tiles, [..., tiles, K, tile], and the result
+  puts them back in one run, [..., tiles * tile, rows]: the same bytes as [..., tiles, tile,
+  rows], so threads that split the tiles each read and write whole runs of memory of their
+  own (see the `sparsify` pass's TOKEN_TILE).
 
 * ``sparse_conv(x, values, indices, offsets) {rows, block}`` -- a 1x1 convolution (stride 1,
   no padding, one group) of ``x`` [N, K, *spatial] by the same compressed ``A`` [rows, K]:
@@ -62,10 +66,13 @@ def densify(values, indices, offsets, rows: int, block: int, k: int) -> np.ndarr
     return a.transpose(0, 2, 1).reshape(nrb * block, k)[:rows]
 
 
-def sparse_matmul(b, values, indices, offsets, rows=None, block=1, transpose_out=0):
+def sparse_matmul(b, values, indices, offsets, rows=None, block=1, transpose_out=0, tiled=0):
     a = densify(values, indices, offsets, int(rows), int(block), b.shape[-2])
     y = np.matmul(a, b.astype(np.float32)).astype(b.dtype)
-    return np.swapaxes(y, -1, -2) if transpose_out else y
+    if not transpose_out:
+        return y
+    y = np.swapaxes(y, -1, -2)
+    return y.reshape(y.shape[:-3] + (-1, y.shape[-1])) if tiled else y
 
 
 def _infer(ctx: InferContext) -> TensorType:
@@ -74,8 +81,15 @@ def _infer(ctx: InferContext) -> TensorType:
     if b.rank < 2:
         ctx.fail(f"b must be an f32 matrix [..., K, C], got {b}")
     _check_compressed(ctx, rows, ctx.attrs["block"])
-    tail = (b.shape[-1], rows) if ctx.attrs["transpose_out"] else (rows, b.shape[-1])
-    return TensorType(b.dtype, tuple(b.shape[:-2]) + tail)
+    if not ctx.attrs["transpose_out"]:
+        return TensorType(b.dtype, tuple(b.shape[:-2]) + (rows, b.shape[-1]))
+    if not ctx.attrs["tiled"]:
+        return TensorType(b.dtype, tuple(b.shape[:-2]) + (b.shape[-1], rows))
+    if b.rank < 3:
+        ctx.fail(f"tiled needs b as [..., tiles, K, tile], got {b}")
+    tiles, tile = b.shape[-3], b.shape[-1]
+    run = tiles * tile if isinstance(tiles, int) and isinstance(tile, int) else None
+    return TensorType(b.dtype, tuple(b.shape[:-3]) + (run, rows))
 
 
 def _check_compressed(ctx: InferContext, rows, block) -> None:
@@ -115,11 +129,12 @@ def _infer_conv(ctx: InferContext) -> TensorType:
 
 
 register_op("sparse_matmul", reference=sparse_matmul, infer=_infer,
-            attrs={"rows": REQUIRED, "block": 1, "transpose_out": 0}, fusion=FusionKind.OUT_FUSABLE,
-            num_inputs=(4, 4),
+            attrs={"rows": REQUIRED, "block": 1, "transpose_out": 0, "tiled": 0},
+            fusion=FusionKind.OUT_FUSABLE, num_inputs=(4, 4),
             doc="sparse_matmul(b[..., K, C], values, indices, offsets) {rows, block, "
-                "transpose_out}: A @ b (transposed: [..., C, rows]), A a constant [rows, K] "
-                "matrix in block-compressed rows (blocks of block x 1)")
+                "transpose_out, tiled}: A @ b (transposed: [..., C, rows]; transposed and "
+                "tiled: b [..., T, K, C], the result [..., T * C, rows]), A a constant "
+                "[rows, K] matrix in block-compressed rows (blocks of block x 1)")
 register_op("sparse_conv", reference=sparse_conv, infer=_infer_conv,
             attrs={"rows": REQUIRED, "block": 1}, fusion=FusionKind.OUT_FUSABLE,
             num_inputs=(4, 4),
