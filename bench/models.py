@@ -85,6 +85,7 @@ def _vit():
     """ViT-Ti/16 (transformers ViTForImageClassification): 12 layers, hidden 192, 3 heads."""
     import torch
     from tests import models as tm
+    from tests.torch_weights import randomize_norms
 
     tf = tm._quiet_transformers()
     torch.manual_seed(1)
@@ -92,7 +93,7 @@ def _vit():
                        intermediate_size=768, image_size=224, patch_size=16, num_labels=1000,
                        attn_implementation="eager")
     m = tf.ViTForImageClassification(cfg)
-    tm._randomize_norms(m)
+    randomize_norms(m)
     x = torch.from_numpy(tm.image_input((1, 3, 224, 224), "vit"))
     return tm.Built(tm._wrap_hf(m.eval(), ["pixel_values"], ["logits"]), {"pixel_values": x},
                     ["logits"])

@@ -213,7 +213,7 @@ def _sparse_core(b: Builder, x, a: np.ndarray, block: int, name: str, transpose_
                                   b.const(indices, name + ".indices"),
                                   b.const(offsets, name + ".offsets")],
                 rows=int(a.shape[0]), block=int(block), transpose_out=transpose_out,
-                tiled=int(bool(tiled)))
+                tiled=int(tiled))
 
 
 def _shape_const(b: Builder, shape, name: str):
@@ -250,7 +250,7 @@ def _rewrite_rows(b: Builder, x, a, block, name, bias=None, transposes=None):
                   value_name=name + ".xt")
         if transposes is not None:
             transposes[id(x)] = xt
-    y = _sparse_core(b, xt, a, block, name, transpose_out=1, tiled=tiles)
+    y = _sparse_core(b, xt, a, block, name, transpose_out=1, tiled=tiles > 0)
     if bias is not None:
         y = b.op("add", [y, bias], value_name=name + ".biased")
     return y
@@ -458,7 +458,7 @@ def sink_transpose(graph: Graph, t: Node) -> bool:
             return False
     rank = len(t.outputs[0].type.shape)
     for n in chain:
-        for i, x in enumerate(n.inputs):
+        for x in n.inputs:
             data = constant_data(x) if x is not None else None
             if data is None or data.size == 1:
                 continue

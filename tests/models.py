@@ -16,7 +16,8 @@ ResNet (basic and bottleneck), VGG, Inception blocks, DenseNet blocks, SqueezeNe
 modules, ShuffleNet v2 (channel shuffle), MobileNetV2, EfficientNet (B0 structure), ConvNeXt,
 ViT, BERT, GPT-2. `cases()` lists every (model, exporter) pair with its slow flag. The light
 models live in tests/light_models.py, the plain torch.nn families' modules in
-tests/torch_families.py, seeds and example inputs in tests/corpus_base.py.
+tests/torch_families.py, their weights' initialisation in tests/torch_weights.py, seeds and
+example inputs in tests/corpus_base.py.
 
 Exports go to a cache directory that the caller gives (tests use a session-scoped tmp dir;
 set ``SLIMC_MODEL_CACHE`` to keep them between runs). Nothing is ever written into the
@@ -35,13 +36,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-import numpy as np
-
 from tests.corpus_base import (CORPUS_VERSION, check_outside_repo, image_input, seed,
                                token_inputs)
 from tests.light_models import (LIGHT_FAST, LIGHT_MODELS, LIGHT_RANDOM, LIGHT_RANDOM_FAST,
                                 light_inputs, light_model_path, randomized_light_model)
 from tests.torch_families import torch_modules
+from tests.torch_weights import (calibrate_bn, init_conv_linear, randomize_layer_scale,
+                                 randomize_norms)
 
 EXPORTERS = ("dynamo", "torchscript")
 DYNAMO_OPSET = 18
@@ -91,87 +92,15 @@ def _spec(name: str, family: str, image: Optional[tuple] = None,
     return wrap
 
 
-
-# ----- weight initialisation helpers -----------------------------------------------------------
-
-def _init_conv_linear(model) -> None:
-    """He init for conv/linear (torchvision-style), so activations keep their scale."""
-    from torch import nn
-
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.normal_(m.bias, std=0.05)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=1.0 / np.sqrt(m.in_features))
-            if m.bias is not None:
-                nn.init.normal_(m.bias, std=0.05)
-
-
-def _randomize_norms(model) -> None:
-    """Non-trivial affine parameters for every norm layer (defaults are 1 and 0)."""
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(1234)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm, nn.GroupNorm)) or \
-                type(m).__name__.endswith("LayerNorm"):
-            w = getattr(m, "weight", None)
-            b = getattr(m, "bias", None)
-            with torch.no_grad():
-                if isinstance(w, torch.Tensor) and w.dim() >= 1:
-                    w.copy_(0.75 + 0.5 * torch.rand(w.shape, generator=g))
-                if isinstance(b, torch.Tensor) and b.dim() >= 1:
-                    b.copy_(0.1 * torch.randn(b.shape, generator=g))
-
-
-def _calibrate_bn(model, example, batches: int = 2) -> None:
-    """Give BatchNorm layers running statistics from real activations (cumulative averages
-    over a few random batches) so the eval-mode network is well scaled, as a trained one is."""
-    import torch
-    from torch import nn
-
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    g = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for _ in range(batches):
-            x = torch.randn((4,) + tuple(example.shape[1:]), generator=g)
-            model(x)
-    model.eval()
-    for m in bns:
-        m.momentum = 0.1
-
-
-def _randomize_layer_scale(model, lo: float = 0.2, hi: float = 0.8) -> None:
-    """ConvNeXt-style layer-scale parameters start at 1e-6, which hides the residual branch."""
-    import torch
-
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_scale" in name or name.endswith("lambda1") or name.endswith("gamma"):
-                if p.dim() == 1:
-                    p.copy_(lo + (hi - lo) * torch.rand(p.shape, generator=g))
-
-
 def _image_model(module, name: str, bn: bool = True) -> Built:
     import torch
 
     x = torch.from_numpy(SPECS[name].make_inputs()["pixel_values"])
     if bn:
-        _randomize_norms(module)
-        _calibrate_bn(module, x)
+        randomize_norms(module)
+        calibrate_bn(module, x)
     module.eval()
     return Built(module, {"pixel_values": x}, ["logits"])
-
 
 
 def _wrap_hf(model, arg_names: Sequence[str], out_keys: Sequence[str]):
@@ -196,7 +125,7 @@ def _build_torch(cls_name: str, name: str, **kw) -> Built:
 
     torch.manual_seed(seed(name))
     m = torch_modules()[cls_name](**kw)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _image_model(m, name)
 
 
@@ -260,11 +189,11 @@ def _hf_image(model, name: str, out_keys=("last_hidden_state", "pooler_output"),
     import torch
 
     x = torch.from_numpy(SPECS[name].make_inputs()["pixel_values"])
-    _randomize_norms(model)
+    randomize_norms(model)
     if layer_scale:
-        _randomize_layer_scale(model)
+        randomize_layer_scale(model)
     if bn:
-        _calibrate_bn(model, x)
+        calibrate_bn(model, x)
     model.eval()
     return Built(_wrap_hf(model, ["pixel_values"], out_keys), {"pixel_values": x},
                  list(out_keys))
@@ -280,7 +209,7 @@ def hf_resnet_small():
     cfg = tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                           layer_type="basic", num_labels=10)
     m = tf.ResNetForImageClassification(cfg)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "hf_resnet_small", out_keys=("logits",))
 
 
@@ -294,7 +223,7 @@ def hf_resnet50_small():
     cfg = tf.ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1],
                           layer_type="bottleneck")
     m = tf.ResNetModel(cfg)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "hf_resnet50_small")
 
 
@@ -308,7 +237,7 @@ def mobilenetv2_small():
     cfg = tf.MobileNetV2Config(depth_multiplier=0.35, image_size=64, num_labels=10,
                                classifier_dropout_prob=0.2)
     m = tf.MobileNetV2ForImageClassification(cfg)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "mobilenetv2_small", out_keys=("logits",))
 
 
@@ -320,7 +249,7 @@ def mobilenetv2():
     torch.manual_seed(seed("mobilenetv2"))
     cfg = tf.MobileNetV2Config(depth_multiplier=1.0, image_size=224, num_labels=1000)
     m = tf.MobileNetV2ForImageClassification(cfg)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "mobilenetv2", out_keys=("logits",))
 
 
@@ -338,7 +267,7 @@ def efficientnet_small():
     tf = _quiet_transformers()
     torch.manual_seed(seed("efficientnet_small"))
     m = tf.EfficientNetForImageClassification(_efficientnet_config(tf, 0.25, 0.5, 64, 320))
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "efficientnet_small", out_keys=("logits",))
 
 
@@ -351,7 +280,7 @@ def efficientnet_b0():
     cfg = tf.EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
                                 hidden_dim=1280, num_labels=1000, dropout_rate=0.2)
     m = tf.EfficientNetForImageClassification(cfg)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "efficientnet_b0", out_keys=("logits",))
 
 
@@ -365,7 +294,7 @@ def convnext_small():
     cfg = tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], image_size=64,
                             layer_norm_eps=1e-6)
     m = tf.ConvNextModel(cfg)
-    _init_conv_linear(m)
+    init_conv_linear(m)
     return _hf_image(m, "convnext_small", bn=False, layer_scale=True)
 
 
@@ -385,7 +314,7 @@ def vit_small():
 def _text_model(model, name, arrays: dict, out_keys) -> Built:
     import torch
 
-    _randomize_norms(model)
+    randomize_norms(model)
     model.eval()
     tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
     dyn = {k: {0: "batch", 1: "sequence"} for k in arrays}
@@ -548,7 +477,6 @@ def cases(include_slow: bool = True) -> list[Case]:
         out.append(Case(f"light_random-{name}", name, "light_random",
                         name not in LIGHT_RANDOM_FAST))
     return [c for c in out if include_slow or not c.slow]
-
 
 
 class ModelCorpus:

@@ -159,9 +159,11 @@ class _Kernel(SparseKernel):
         self.sums = scratch
         self.sums_row = self.block * T * self.vw  # floats per row block
 
-    def _sums_at(self, rb, slot: int):
+    def _sums_at(self, rb, rb0, slot: int):
+        """Row block rb's sums (slot: which vector), in this call's slot of the item that
+        starts at row block rb0."""
         b = self.b
-        row = b.sub(rb, self.rb0)
+        row = b.sub(rb, rb0)
         at = b.add(b.mul(row, i64(self.sums_row)), i64(slot * self.vw))
         return b.bitcast(b.gep(self.sums, [at], inbounds=True),
                          ir.PointerType(ir.VectorType(F32, self.vw)))
@@ -177,22 +179,21 @@ class _Kernel(SparseKernel):
             with self.kb.loop(rb0, rb1, name=tag + ".crb") as rb:
                 slots = range(self.block * nvec)
                 init = [b.select(first, ir.Constant(vt, None),
-                                 b.load(self._sums_at(rb, i), align=4)) for i in slots]
+                                 b.load(self._sums_at(rb, rb0, i), align=4)) for i in slots]
                 accs = self._accumulate(b_n, rb, c0, nvec, mask, tag + "c", ch, init)
                 for i in slots:
-                    b.store(accs[i], self._sums_at(rb, i), align=4)
+                    b.store(accs[i], self._sums_at(rb, rb0, i), align=4)
 
-    def _last_chunk_init(self, rb, nvec):
+    def _last_chunk_init(self, rb, rb0, nvec):
         """The accumulators' start for the whole row (or the last chunk: the sums so far)."""
         if self.chunks == 1:
             return None
-        return [self.b.load(self._sums_at(rb, i), align=4)
+        return [self.b.load(self._sums_at(rb, rb0, i), align=4)
                 for i in range(self.block * nvec)]
 
     # ----- columns in vectors --------------------------------------------------------------
     def columns_in_vectors(self, n, b_n, rb0, rb1, T: int, group: int, ct) -> None:
         """Column tile `ct` (T vectors of columns; the last one may be narrower)."""
-        self.rb0 = rb0
         kb, b, vw, C = self.kb, self.b, self.vw, self.C
         width = T * vw
         full = C // width
@@ -232,14 +233,14 @@ class _Kernel(SparseKernel):
         if not self.transposed:
             with self.kb.loop(rb0, rb1, name=tag + ".rb") as rb:
                 accs = self._accumulate(b_n, rb, c0, nvec, mask, tag, last,
-                                        self._last_chunk_init(rb, nvec))
+                                        self._last_chunk_init(rb, rb0, nvec))
                 self._store_rows(n, rb, c0, accs, nvec, mask)
             return
         with self.kb.loop(rb0, rb1, step=group, name=tag + ".g") as g0:
             for i in range(group):
                 rb = b.add(g0, i64(i), name=f"rb{i}")
                 accs = self._accumulate(b_n, rb, c0, nvec, mask, tag + str(i), last,
-                                        self._last_chunk_init(rb, nvec))
+                                        self._last_chunk_init(rb, rb0, nvec))
                 for r in range(self.block):
                     for v in range(nvec):
                         slot = (i * self.block + r) * width + v * self.vw
