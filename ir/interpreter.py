@@ -8,7 +8,7 @@ torch.fx's Interpreter does.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -77,7 +77,10 @@ def check_inputs(graph: Graph, arrays: Sequence[np.ndarray]) -> list[np.ndarray]
 
 def order_inputs(names: Sequence[str], arrays: Sequence, named: dict) -> list:
     """Positional and named arguments as one positional list (unknown or missing names are
-    errors). Shared by the interpreter and compiled modules."""
+    errors). Shared by the interpreter and compiled modules. One mapping given by position is
+    the inputs by name (`mod(feeds)`, as onnxruntime's `run(None, feeds)` takes them)."""
+    if not named and len(arrays) == 1 and isinstance(arrays[0], Mapping):
+        named, arrays = dict(arrays[0]), []
     if not named:
         return list(arrays)
     unknown = set(named) - set(names)

@@ -28,6 +28,7 @@ shift). Accuracy is not claimed; that needs fine-tuning, outside a compiler.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -575,7 +576,7 @@ def prune_channels(graph: Graph, ratio: float, *, criterion: str = "l1",
     conv / gemm / matmul removed and the removal followed through the graph (see the module
     docstring), verified, and a `ChannelReport` of what was removed and what stayed, why.
     `layers`: names of layers (node, output or weight names) to prune; default all."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
         raise SlimcError(f"prune_channels: ratio must be a number in [0, 1), got {ratio!r}")
     if criterion not in CRITERIA:
         raise SlimcError(f"prune_channels: unknown criterion {criterion!r}; expected one of "

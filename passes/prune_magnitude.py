@@ -35,6 +35,7 @@ under the same names, with the same dtype and shape.
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -310,11 +311,11 @@ def _masks(weights: list, pattern: Pattern, sparsity: float, scope: str) -> tupl
 # ----- the pass -------------------------------------------------------------------------------
 
 def _check(sparsity, pattern: Pattern, scope: str) -> float:
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
+    # a number, not a string that float() would read ("0.5") nor a bool
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise SlimcError(f"prune.magnitude: sparsity must be a number in [0, 1], got "
-                         f"{sparsity!r}") from None
+                         f"{sparsity!r}")
+    s = float(sparsity)
     if not 0.0 <= s <= 1.0:
         raise SlimcError(f"prune.magnitude: sparsity must be in [0, 1] (the fraction of weights "
                          f"zeroed), got {sparsity!r}")

@@ -48,6 +48,19 @@ def test_inputs_by_name_and_input_errors():
         mod(x=x, y=y, z=y)
 
 
+def test_inputs_as_one_mapping():
+    """A dict of inputs by name, given by position (onnxruntime's habit), is read as named
+    inputs by compiled modules and the interpreter alike; it used to fail as 'dtype object'."""
+    g = parse(CHAIN)
+    mod = slimc.compile(g)
+    x, y = inputs(4)
+    want = interpret(g, x, y)[0]
+    np.testing.assert_allclose(mod({"x": x, "y": y})[0], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(interpret(g, {"y": y, "x": x})[0], want)
+    with pytest.raises(slimc.InputError, match=r"missing input\(s\) \['y'\]"):
+        mod({"x": x})
+
+
 def test_non_contiguous_inputs_and_fresh_outputs():
     mod = slimc.compile(parse(CHAIN))
     x, y = inputs(8)

@@ -414,6 +414,14 @@ def test_bad_arguments_are_clear_errors(kw, message):
     assert message in str(e.value)
 
 
+def test_ratio_may_be_a_numpy_number():
+    """np.float32(0.5) (what a ratio computed with numpy is) was refused as 'not a number'."""
+    n = Net()
+    n.conv("B", n.op("Relu", [n.conv("A", "x", 3, 4)], "ra"), 4, 2)
+    _, rep = slimc.prune.channels(n.model("B"), np.float32(0.5), report=True)
+    assert rep.params_after < rep.params_before
+
+
 def test_report_prints_groups_and_reasons():
     n = _residual_net()
     _, rep = slimc.prune.channels(n.model("fc"), 0.5, report=True)

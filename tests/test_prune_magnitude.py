@@ -283,6 +283,8 @@ def test_the_callers_graph_is_untouched():
     (dict(sparsity=-0.1), r"sparsity must be in \[0, 1\]"),
     (dict(sparsity=1.5), r"sparsity must be in \[0, 1\]"),
     (dict(sparsity="lots"), "sparsity must be a number"),
+    (dict(sparsity="0.5"), "sparsity must be a number"),  # float() would have read it
+    (dict(sparsity=True), "sparsity must be a number"),
     (dict(pattern="block:0x8"), "at least one row"),
     (dict(pattern="block:1x"), "unknown pattern 'block:1x'"),
     (dict(pattern="nm:2:4"), "unknown pattern"),
