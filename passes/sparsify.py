@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from slimc.ir import Graph, Node, dtypes
+from slimc.ir.builder import add_op, infer_op
 from slimc.ir.debug import log
 from slimc.ir.errors import SlimcError
 from slimc.ir.graph import constant_data
@@ -397,12 +398,6 @@ class Sparsify(Pass):
         return changed
 
 
-def _swaps_last_two(node: Node) -> bool:
-    perm = list(node.attrs.get("perm") or [])
-    r = len(perm)
-    return r >= 2 and perm == list(range(r - 2)) + [r - 1, r - 2]
-
-
 def _transposed_constant(data: np.ndarray, rank: int) -> Optional[np.ndarray]:
     """A constant operand of an elementwise op, re-broadcast for the transposed result."""
     if data.ndim < 2:
@@ -433,53 +428,111 @@ def _elementwise_chain(graph: Graph, v, stop: Callable[[Node], bool]):
         v = live[0]
 
 
+def _store_order(sm: Node, y_shape, s_shape, perm) -> "tuple | str":
+    """transpose(reshape(Y, s_shape), perm), Y [..., M, N] the product a sparse_matmul stores
+    transposed back, read from its untransposed form Z ([..., N, M], or [..., T, N, tile] with
+    the tokens in tiles): (Z viewed as split for the transpose, the transpose of that view).
+    None unless the reshape keeps the lead dims, M whole (or as T, tile) and only splits N,
+    and the transpose keeps the last axis of the view last: it then moves whole runs of
+    tokens, or nothing (else why not, as text). Attention's K^T ([B, H, D, S] from a
+    [B, S, H * D] projection) is one such: no transpose left untiled, runs of a tile's 64
+    tokens when tiled."""
+    lead, m, n = len(y_shape) - 2, y_shape[-2], y_shape[-1]
+    tiled = bool(sm.attrs.get("tiled", 0))
+    b = sm.inputs[0].type.shape
+    tiles, tile = (b[-3], b[-1]) if tiled else (1, m)
+    if tuple(s_shape[:lead]) != tuple(y_shape[:lead]):
+        return "its reshape changes the leading dims"
+    rest = list(s_shape[lead:])
+    if rest[:1] == [m]:
+        m_dims = 1
+    elif tiled and rest[:2] == [tiles, tile]:
+        m_dims = 2
+    else:
+        return "its reshape splits the tokens other than in their tiles"
+    n_split = rest[m_dims:]
+    if int(np.prod(n_split, dtype=np.int64)) != n:
+        return "its reshape does more than split the product's rows"
+    if tiled:  # Z's view: [lead..., T, N's factors..., tile]
+        n_at, last = lead + 1, lead + 1 + len(n_split)
+        tokens = {lead: [lead, last]} if m_dims == 1 else {lead: [lead], lead + 1: [last]}
+    else:  # [lead..., N's factors..., M]
+        n_at, last = lead, lead + len(n_split)
+        tokens = {lead: [last]}
+    # each axis of the reshaped product: the axes of Z's view it is made of
+    where = {i: [i] for i in range(lead)} | tokens | \
+        {lead + m_dims + j: [n_at + j] for j in range(len(n_split))}
+    view = list(y_shape[:lead]) + ([tiles] if tiled else []) + n_split + [tile]
+    order = [a for p in perm for a in where[p]]
+    if order[-1] != last:
+        return "it does not keep the tokens last (it would move single values)"
+    return view, order
+
+
 def sink_transpose(graph: Graph, t: Node) -> bool:
-    """transpose(elementwise chain(sparse_matmul {transpose_out=1})) -> the chain on the
-    untransposed product: the sparse kernel then stores in the order the transpose wanted
-    (a sparse FFN's hidden layer comes out as the next layer's transposed input, with its
-    bias and GELU fused into the store) and the transpose is gone. Tokens in tiles: the
-    transpose reads reshape(chain(...)) to [..., tiles, tile, N], and the tiled product's
-    untransposed form is that transpose's result."""
-    if not _swaps_last_two(t):
-        return False
-    start, to_tiles = t.inputs[0], None
-    if start.producer is not None and start.producer.op == "reshape" and len(start.uses) == 1:
-        to_tiles = start.producer
-        start = to_tiles.inputs[0]
+    """transpose(reshape?(elementwise chain(sparse_matmul {transpose_out=1}))) -> the chain on
+    the untransposed product: the sparse kernel then stores in the order the transpose
+    wanted (a sparse FFN's hidden layer comes out as the next layer's transposed input, with
+    its bias and GELU fused into the store) and the transpose is gone, or (attention's K^T,
+    tokens in tiles) left moving whole runs of a tile's tokens. `_store_order` says which
+    reshapes and transposes qualify."""
+    start, view = t.inputs[0], None
+    if start.producer is not None and start.producer.op == "reshape" and \
+            len(start.uses) == 1 and start not in graph.outputs:
+        view = start.producer
+        start = view.inputs[0]
     found = _elementwise_chain(graph, start, lambda n: n.op == "sparse_matmul" and
-                               int(n.attrs.get("transpose_out", 0)) and
-                               bool(n.attrs.get("tiled", 0)) == (to_tiles is not None))
+                               int(n.attrs.get("transpose_out", 0)))
     if found is None:
         return False
     chain, sm = found
-    if to_tiles is not None:
-        b = sm.inputs[0].type.shape
-        if to_tiles.outputs[0].type.shape != tuple(b[:-3]) + (b[-3], b[-1], sm.attrs["rows"]):
-            return False
-    rank = len(t.outputs[0].type.shape)
+    s_shape = (view.outputs[0] if view is not None else start).type.shape
+    perm = list(t.attrs.get("perm") or range(len(s_shape))[::-1])
+    order = _store_order(sm, start.type.shape, s_shape, perm)
+    if isinstance(order, str):
+        log("sparsify", f"%{sm.outputs[0].name}: stored transposed back, the transpose to "
+                        f"%{t.outputs[0].name} stays: {order}")
+        return False
+    tiled = bool(sm.attrs.get("tiled", 0))
+    rank = len(start.type.shape) + tiled  # the untransposed product's
     for n in chain:
         for x in n.inputs:
             data = constant_data(x) if x is not None else None
             if data is None or data.size == 1:
                 continue
-            if data.ndim > rank or (to_tiles is not None and any(d != 1 for d in data.shape[:-1])):
+            if data.ndim > rank or (tiled and any(d != 1 for d in data.shape[:-1])):
                 return False  # (tiled: a constant that varies along the tokens)
     for n in chain:
         for i, x in enumerate(n.inputs):
             data = constant_data(x) if x is not None else None
             if data is not None and data.size > 1:
                 n.set_input(i, graph.add_constant(x.name + ".t", _transposed_constant(data, rank)))
+    out = t.outputs[0]
     sm.attrs["transpose_out"] = 0
     sm.attrs["tiled"] = 0
-    from .basic import InferShapes
-
-    t.outputs[0].replace_all_uses_with(start)
+    for n in [sm] + chain[::-1]:  # the product and the chain take its untransposed shape
+        for v, type_ in zip(n.outputs, infer_op(n.op, n.inputs, n.attrs, n.label)):
+            v.type = type_
+    shape, perm = order
+    v = start
+    at = dict(name=t.name, before=t, label=t.label)
+    if tuple(shape) != tuple(v.type.shape):
+        v = add_op(graph, "reshape", [v, graph.add_constant(out.name + ".view.shape", np.asarray(
+            shape, np.int64))], output_name=out.name + ".view", **at).outputs[0]
+    if perm != list(range(len(perm))):
+        v = add_op(graph, "transpose", [v], {"perm": perm}, output_name=out.name + ".runs",
+                   **at).outputs[0]
+    if v.type.shape != out.type.shape:
+        v = add_op(graph, "reshape", [v, graph.add_constant(out.name + ".shape", np.asarray(
+            out.type.shape, np.int64))], output_name=out.name + ".out", **at).outputs[0]
+    out.replace_all_uses_with(v)
     graph.remove_node(t)
-    if to_tiles is not None:
-        graph.remove_node(to_tiles)
-    InferShapes().run(graph)
+    if view is not None:
+        graph.remove_node(view)
+    graph.rename(v, out.name)  # the transpose's result keeps its name (a graph output's too)
     log("sparsify", f"%{sm.outputs[0].name}: stored untransposed, the transpose after "
-                    f"{len(chain)} elementwise op(s) removed")
+                    f"{len(chain)} elementwise op(s) "
+                    f"{'removed' if perm == list(range(len(perm))) else 'moves runs of tokens'}")
     return True
 
 

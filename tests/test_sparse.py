@@ -118,6 +118,18 @@ def test_sparse_matmul_kernel(target, block, transpose_out, cols):
     _close(slimc.interpret(g, b)[0], _expected(a, b, transpose_out, True, bias), 29)
 
 
+@pytest.mark.parametrize("k", [300, (1 << 16) + 700])
+@pytest.mark.parametrize("cols", [2, 40])
+def test_column_indices_past_16_bits(k, cols):
+    """The kernel reads column indices as 16 bits when K fits, else 32: nonzeros in the last
+    columns (past 2^16 for the wide K), in vectors of b's columns and gathered (2 columns)."""
+    a = sparse_matrix(24, k, 0.02)
+    a[:, -3:] = RNG.standard_normal((24, 3)).astype(np.float32)
+    b = RNG.standard_normal((k, cols)).astype(np.float32)
+    g = _sparse_graph(a, b.shape, 1)
+    _close(slimc.compile(g)(b)[0], _expected(a, b), k)
+
+
 @pytest.mark.parametrize("target", _targets())
 @pytest.mark.parametrize("block", [1, 4])
 @pytest.mark.parametrize("transpose_out", [0, 1])
@@ -325,6 +337,43 @@ def test_sparse_ffn_with_tokens_in_tiles(m, tiled):
         assert first.inputs[0].type.shape == b_shape
         assert second.outputs[0].type.shape == (m, 96)
         np.testing.assert_allclose(mod(**feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m, tiled", [(128, True), (96, False)])
+def test_keys_projection_stored_for_attention(m, tiled, capfd, monkeypatch):
+    """Attention's K^T, transpose(reshape(x @ Wk + b, [1, M, H, D]), [0, 2, 3, 1]): the sparse
+    product's untransposed form [H * D, M] is K^T already (no transpose left), or with the
+    tokens in tiles [T, H * D, 64], a transpose that moves runs of 64 tokens. The queries'
+    transpose [0, 2, 1, 3] puts D last: that product is stored transposed back as before."""
+    heads, d, k = 4, 32, 96
+    wq, wk = (sparse_matrix(heads * d, k, 0.1).T.copy() for _ in range(2))
+    bias = RNG.standard_normal(heads * d).astype(np.float32)
+    shape = np.array([1, m, heads, d], np.int64)
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]),
+             helper.make_node("Reshape", ["q", "shape"], ["q4"]),
+             helper.make_node("Transpose", ["q4"], ["queries"], perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["x", "wk"], ["kk"]),
+             helper.make_node("Add", ["kk", "bias"], ["kb"]),
+             helper.make_node("Reshape", ["kb", "shape"], ["k4"]),
+             helper.make_node("Transpose", ["k4"], ["keys_t"], perm=[0, 2, 3, 1])]
+    x = RNG.standard_normal((1, m, k)).astype(np.float32)
+    model = make_model(nodes, {"x": x}, ["queries", "keys_t"],
+                       {"wq": wq, "wk": wk, "bias": bias, "shape": shape})
+    want = run_onnxruntime(model, {"x": x})
+    monkeypatch.setenv("SLIMC_DEBUG", "sparsify")
+    for threads in (1, 3):
+        mod = slimc.compile(model, threads=threads)
+        assert "transpose to %queries stays: it does not keep the tokens last" in \
+            capfd.readouterr().err
+        products = {n.outputs[0].name: n.attrs["transpose_out"]
+                    for n in mod.graph.nodes if n.op == "sparse_matmul"}
+        assert products == {"q": 1, "kk": 0}, products
+        perms = [n.attrs["perm"] for n in mod.graph.nodes if n.op == "transpose"]
+        x_t = [0, 1, 3, 2] if tiled else [0, 2, 1]
+        assert perms == ([x_t, [0, 2, 1, 3], [0, 2, 3, 1, 4]] if tiled else
+                         [x_t, [0, 2, 1, 3]]), perms
+        for got, ref in zip(mod(x=x), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_tiled_sparse_matmul_op():

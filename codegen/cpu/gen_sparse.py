@@ -115,6 +115,7 @@ def sparse_matmul(kb: KernelBuilder, node) -> None:
     sums_bytes = kb.parallel_extent * slot_floats * 4
     k = _Kernel(kb, node, R, block, K, C, transposed, epilogue, args, kb.ptr(offsets))
     k.group_rows = group * block
+    k.narrow_indices(indices)
     if in_vectors and K > kc and sums_bytes <= SCRATCH_LIMIT:
         scratch = bld.bitcast(kb.scratch(sums_bytes, llvm_name(out.name) + ".sums"),
                               ir.PointerType(F32))
@@ -365,8 +366,10 @@ class _Kernel(SparseKernel):
             j = b.add(j0, b.mul(s, i64(vw)), name="j")
             w = b.load(b.bitcast(b.gep(self.V, [j], inbounds=True), ir.PointerType(vt)),
                        align=4, name="w")
-            kk = b.load(b.bitcast(b.gep(self.IDX, [j], inbounds=True), ir.PointerType(it)),
-                        align=4, name="kv")
+            kk = b.load(b.bitcast(b.gep(self.IDX, [j], inbounds=True),
+                                  ir.PointerType(ir.VectorType(self.index_type, vw))),
+                        align=2, name="kv")
+            kk = self.extend_index(kk, it)
             if C != 1:
                 kk = b.mul(kk, ir.Constant(it, [C] * vw), name="kv.c")
             ptrs = vector_gep(b, b_c, b.sext(kk, ir.VectorType(ir.IntType(64), vw)), F32, "xp")

@@ -27,8 +27,9 @@ from .winograd_cost import _TimedKernel
 # between runs on a shared machine, and a sparse kernel that only measured faster by chance
 # runs slower in the model (one token 256 x 1024 at 50%: 1.27x measured, 0.88x in calls).
 MARGIN = 1.1
-CACHE_VERSION = 5  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
-# of K by CPU and by the vectors a tile uses; 4: threads split column tiles first; 5: sums per call
+CACHE_VERSION = 6  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
+# of K by CPU and by the vectors a tile uses; 4: threads split column tiles first; 5: sums per call;
+# 6: 16-bit column indices
 
 
 class SparseCostModel:
