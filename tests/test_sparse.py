@@ -436,7 +436,7 @@ def test_measured_choice_needs_a_margin(dense_us, sparse_us, chosen, capfd, monk
     monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("SLIMC_DEBUG", "sparsify")
     monkeypatch.setattr(sparse_cost, "_measure",
-                        lambda layer, block, target: [dense_us * 1e-6, sparse_us * 1e-6])
+                        lambda layer, blocks, target: [dense_us * 1e-6] + [sparse_us * 1e-6])
     w = sparse_matrix(128, 96, 0.1).T.copy()
     model, feeds = _matmul_model(4, 96, 128, w)
     mod = slimc.compile(model)
@@ -445,6 +445,38 @@ def test_measured_choice_needs_a_margin(dense_us, sparse_us, chosen, capfd, monk
     assert (f"measured dense {dense_us:.0f} us" in err) and \
         (("x faster: measured" in err) if chosen else ("chosen 1.1x faster or more" in err))
     np.testing.assert_allclose(mod(**feeds)[0], feeds["x"] @ w, rtol=1e-4, atol=1e-4)
+
+
+def test_measured_choice_times_the_close_candidates(capfd, monkeypatch, tmp_path):
+    """A weight pruned in 1x8 blocks: the cost table rates 1x8, 1x4 and CSR close, all three
+    are timed and the fastest measured (here CSR) is chosen; an unstructured weight is timed
+    as CSR alone (no other format comes close)."""
+    from slimc.codegen.cpu import sparse_cost
+
+    monkeypatch.setenv("SLIMC_COST_MODEL", "auto")
+    monkeypatch.setenv("SLIMC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SLIMC_DEBUG", "sparsify")
+    timed = []
+    sparse_us = {1: 3.0, 4: 4.0, 8: 5.0, 16: 6.0}
+
+    def measure(layer, blocks, target):
+        timed.extend(blocks)
+        return [10e-6] + [sparse_us[b] * 1e-6 for b in blocks]
+
+    monkeypatch.setattr(sparse_cost, "_measure", measure)
+    for w, forms, chosen in ((sparse_matrix(128, 96, 0.1, block=8), [8, 4, 1], 1),
+                             (sparse_matrix(128, 96, 0.1), [1], 1)):
+        timed.clear()
+        model, feeds = _matmul_model(32, 96, 128, w.T.copy())  # 32 tokens: columns in vectors
+        mod = slimc.compile(model)
+        err = capfd.readouterr().err
+        assert timed == forms, err
+        [node] = [n for n in mod.graph.nodes if n.op == "sparse_matmul"]
+        assert node.attrs["block"] == chosen
+        assert "CSR, 3.3x faster: measured dense 10 us, " in err, err
+        if len(forms) > 1:
+            assert "1x8 blocks 5 us, 1x4 blocks 4 us, CSR 3 us" in err, err
+        np.testing.assert_allclose(mod(**feeds)[0], feeds["x"] @ w.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])

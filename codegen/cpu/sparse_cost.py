@@ -1,10 +1,11 @@
 """The sparsify pass's cost model for a CPU target: both forms of a layer timed on this host.
 
 `SparseCostModel(target).choose(layer)`: for a target this process runs (and
-``SLIMC_COST_MODEL=auto``, the default), the layer's dense op and its sparse form (the
-sparse_matmul kernel, plus the transposes of x and of the result where the form has them)
-are each lowered and JIT-compiled alone and timed on this thread (winograd_cost's
-`_TimedKernel`); the sparse form is chosen only when it measured faster. Timings are kept in
+``SLIMC_COST_MODEL=auto``, the default), the layer's dense op and its sparse forms (each
+format the cost table rates close to the best, `candidates`: the sparse_matmul kernel, plus
+the transposes of x and of the result where the form has them) are each lowered and
+JIT-compiled alone and timed on this thread (winograd_cost's `_TimedKernel`); the fastest
+sparse form is chosen only when it measured faster than dense. Timings are kept in
 the cache folder per CPU, keyed by the layer's shapes and stored-block counts, so a model is
 priced once per machine. For another target, or with ``SLIMC_COST_MODEL=fixed|builtin``
 (every machine of a kind compiles the same code), the pass's fixed rule decides.
@@ -27,9 +28,10 @@ from .winograd_cost import _TimedKernel
 # between runs on a shared machine, and a sparse kernel that only measured faster by chance
 # runs slower in the model (one token 256 x 1024 at 50%: 1.27x measured, 0.88x in calls).
 MARGIN = 1.1
-CACHE_VERSION = 6  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
+CANDIDATE_SPREAD = 1.75  # sparse forms predicted within this factor of the cheapest are timed
+CACHE_VERSION = 7  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
 # of K by CPU and by the vectors a tile uses; 4: threads split column tiles first; 5: sums per call;
-# 6: 16-bit column indices
+# 6: 16-bit column indices; 7: every candidate form timed
 
 
 class SparseCostModel:
@@ -50,24 +52,32 @@ class SparseCostModel:
         rule = sparsify.rule_choice(layer, self.slot_cost)
         if not self.target.is_host or cost_model_mode() != "auto":
             return rule
-        block = rule.block or _best_sparse_block(layer, self.slot_cost)
-        t_dense, t_sparse = self._timed(layer, block)
+        times = self._timed(layer, candidates(layer, self.slot_cost))
+        block = max(times, key=lambda b: times[b][0] / times[b][1])
+        t_dense, t_sparse = times[block]
         fmt = sparsify._fmt(block)
-        measured = f"measured dense {_us(t_dense)}, {fmt} {_us(t_sparse)}"
+        measured = f"measured dense {_us(t_dense)}, " + ", ".join(
+            f"{sparsify._fmt(b)} {_us(t[1])}" for b, t in times.items())
         if t_sparse * MARGIN < t_dense:
             return sparsify.Choice(block, f"{fmt}, {t_dense / t_sparse:.1f}x faster: {measured}")
         return sparsify.Choice(None, f"dense: {measured} (sparse is chosen {MARGIN:.1f}x "
                                      f"faster or more)")
 
     # ----- timing, cached ------------------------------------------------------------------------
-    def _timed(self, layer, block: int) -> tuple:
+    def _timed(self, layer, blocks: list) -> dict:
+        """block -> (dense seconds, sparse seconds), the blocks not in the cache measured in
+        one run that times dense once beside them."""
         s = layer.info
-        key = f"{layer.op}|{layer.b_shape}|{s.rows}x{s.cols}|{block}|{s.stored[block]}"
+        keys = {b: f"{layer.op}|{layer.b_shape}|{s.rows}x{s.cols}|{b}|{s.stored[b]}"
+                for b in blocks}
         timings = self._load()
-        if key not in timings:
-            timings[key] = _measure(layer, block, self.target)
+        missing = [b for b in blocks if keys[b] not in timings]
+        if missing:
+            t_dense, *t_sparse = _measure(layer, missing, self.target)
+            for b, t in zip(missing, t_sparse):
+                timings[keys[b]] = [t_dense, t]
             self._save()
-        return tuple(timings[key])
+        return {b: tuple(timings[keys[b]]) for b in blocks}
 
     def _path(self):
         from slimc.passes.winograd import cache_folder
@@ -101,27 +111,36 @@ class SparseCostModel:
         os.replace(tmp, path)
 
 
-def _best_sparse_block(layer, table) -> int:
+def candidates(layer, table) -> list:
+    """The sparse forms worth timing: those the cost table puts within CANDIDATE_SPREAD of
+    the cheapest, cheapest first (at most three). A weight pruned in 1x8 blocks is also
+    timed as CSR and 1x4: on Intel a 1x1 conv over 56x56 pixels with 64 inputs ran CSR in
+    0.28 ms, 1x4 in 0.39 and 1x8 in 0.43 (its output rows, 12.5 KB apart, are written in
+    wider runs by CSR's wider column tiles); an unstructured one only as CSR."""
     from slimc.passes.sparsify import slot_costs
 
     costs = slot_costs(layer, table)
-    return min(costs, key=costs.get)
+    cheapest = min(costs.values())
+    return sorted((b for b, c in costs.items() if c <= cheapest * CANDIDATE_SPREAD),
+                  key=costs.get)[:3]
 
 
 def _us(t: float) -> str:
     return f"{t * 1e6:.0f} us"
 
 
-def _measure(layer, block: int, target) -> list:
-    """[dense seconds, sparse seconds] per call, each the fastest of interleaved rounds."""
-    dense = [_TimedKernel(layer.dense_graph(), target)]
-    sparse = [_TimedKernel(g, target) for g in _sparse_graphs(layer, block)]
-    best = [float("inf"), float("inf")]
-    for k in dense + sparse:
-        k()  # warm up
+def _measure(layer, blocks: list, target) -> list:
+    """[dense seconds, sparse seconds of each block] per call, each the fastest of
+    interleaved rounds (within about half a second for all of them)."""
+    forms = [[_TimedKernel(layer.dense_graph(), target)]]
+    forms += [[_TimedKernel(g, target) for g in _sparse_graphs(layer, b)] for b in blocks]
+    best = [float("inf")] * len(forms)
+    for kernels in forms:
+        for k in kernels:
+            k()  # warm up
     budget = time.perf_counter() + 0.5
     for r in range(20):
-        for i, kernels in enumerate((dense, sparse)):
+        for i, kernels in enumerate(forms):
             t = time.perf_counter()
             for k in kernels:
                 k()
