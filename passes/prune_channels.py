@@ -5,13 +5,14 @@ downstream (activations, pools, the other operand of an add, a concat's slice of
 the rows of a gemm after a flatten) loses it too, and the layers that read it lose the matching
 input weights. As torch-pruning's dependency graph does, the analysis gives every channel an
 id and walks the graph once in topological order, letting each op say how ids pass through it
-(`RULES`, data): an activation keeps them, an add ties its operands' ids together (union-find:
-tied channels are removed together or kept), a concat lays its inputs' ids side by side, a
-flatten repeats each id over the spatial positions it absorbs, a depthwise convolution repeats
-its input's ids per multiplier, and a conv / gemm / matmul with a constant weight reads ids and
-makes fresh ones (the pruning roots). Where an op is not understood, or ids reach a graph
-output, they are pinned with the reason (`BLOCKED`, `REASONS`): a pinned channel stays, so the
-result is never a wrong graph, only a less pruned one.
+(`RULES`, data in channel_rules.py): an activation keeps them, an add ties its operands' ids
+together (union-find: tied channels are removed together or kept), a concat lays its inputs'
+ids side by side, a flatten repeats each id over the spatial positions it absorbs, a
+depthwise convolution repeats its input's ids per multiplier, and a conv / gemm / matmul with
+a constant weight reads ids and makes fresh ones (the pruning roots). Where an op is not
+understood, or ids reach a graph output, they are pinned with the reason (`BLOCKED`,
+`REASONS`): a pinned channel stays, so the result is never a wrong graph, only a less pruned
+one.
 
 Channels are then grouped by the set of layers that produce them (a residual stage's convs
 form one group), ranked by the l1 / l2 norm of their weights summed over the group, and the
@@ -34,90 +35,19 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from slimc.ir import FusionKind, Graph, Node, Value, get_op, has_op, verify
+from slimc.ir import Graph, Node, Value, get_op, verify
 from slimc.ir.errors import InternalError, SlimcError
 
 from .basic import DeadCodeElimination, InferShapes
-
-CRITERIA = ("l1", "l2")
-
-# op -> how channel ids pass through it (the rule of that name in `_Analysis`). Propagating:
-# "same" (one tensor in, element by element), "broadcast" (operands' channels tied, per-channel
-# constants sliced), "channelwise" (x[N, C, ...] on axis 1 and per-channel constant vectors:
-# pooling, batch norm), "pad", "axis" (mixes or splits along its axis/axes attribute only),
-# "reshape", "transpose", "concat", "slice". "layer" consumes its input's channels and produces
-# new ones, the pruning roots (a depthwise conv propagates its input's). "block" (BLOCKED says
-# why). An op not listed propagates if the registry declares it elementwise with one input,
-# else it blocks as unknown.
-_SAME = ["relu", "leaky_relu", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "gelu", "elu",
-         "selu", "celu", "softplus", "softsign", "mish", "identity", "cast", "abs", "neg",
-         "thresholded_relu", "shrink"]
-_BROADCAST = ["add", "sub", "mul", "div", "pow", "max", "min", "sum", "mean", "prelu", "where",
-              "clip", "equal", "greater", "greater_equal", "less", "less_equal", "and", "or",
-              "xor", "mod"]
-_AXIS = ["softmax", "log_softmax", "hardmax", "lp_normalization", "arg_max", "arg_min",
-         "layer_norm", "mean_variance_normalization", "split"] + [
-    "reduce_" + r for r in ("l1", "l2", "log_sum", "log_sum_exp", "max", "mean", "min", "prod",
-                            "sum", "sum_square")]
-_CHANNELWISE = ["batch_norm", "instance_norm", "max_pool", "avg_pool", "lp_pool",
-                "global_avg_pool", "global_max_pool", "global_lp_pool"]
-# Ops that block, and why: the channels they read stay.
-BLOCKED = {
-    **dict.fromkeys(["shape", "size"], "reads the channel count"),
-    "lrn": "mixes neighbouring channels",
-    "group_norm": "normalizes groups of channels together",
-    **dict.fromkeys(["depth_to_space", "space_to_depth"], "moves channels to or from space"),
-    **dict.fromkeys(["gather", "gather_elements", "gather_nd"], "picks elements by index"),
-    **dict.fromkeys(["expand", "tile"], "spells the channel count in its shape input"),
-    **dict.fromkeys(["resize", "conv_transpose"], "is not followed by channel pruning"),
-    "max_pool_with_indices": "returns indices that count channels",
-    **dict.fromkeys(["attention", "einsum"], "mixes them"),
-    **dict.fromkeys(["quantize", "dequantize", "dynamic_quantize", "conv_integer",
-                     "matmul_integer"], "is quantized (prune before quantizing)"),
-}
-RULES: dict[str, str] = {
-    **dict.fromkeys(_SAME, "same"), **dict.fromkeys(_BROADCAST, "broadcast"),
-    **dict.fromkeys(_AXIS, "axis"), **dict.fromkeys(_CHANNELWISE, "channelwise"),
-    **dict.fromkeys(["reshape", "flatten", "squeeze", "unsqueeze"], "reshape"),
-    **{op: op for op in ("pad", "transpose", "concat", "slice")},
-    **dict.fromkeys(["conv", "gemm", "matmul"], "layer"), **dict.fromkeys(BLOCKED, "block"),
-}
-
-# Every other reason channels stay, in one place ({node} is the node's source name).
-REASONS = {
-    "block": "{op} {node!r} {detail}",
-    "unknown": "{op} {node!r} is not in the channel rules (it may mix channels)",
-    "mixes": "{op} {node!r} mixes them ({detail})",
-    "output": "they reach the graph output %{detail}",
-    "not_selected": "layer {node!r} is not among layers=",
-    "free_operand": "{op} {node!r} combines them with %{detail}, which is not a constant and "
-                    "varies along the channels",
-    "misaligned": "{op} {node!r} meets channels on different axes",
-    "dynamic_weight": "{op} {node!r} has a weight (2-D for a matmul) or bias that is not a "
-                      "constant",
-    "not_channel_axis": "{op} {node!r} reads them on an axis that is not its channel axis "
-                        "({detail})",
-    "reshape": "{op} {node!r} splits or reorders the channels{detail}",
-    "dw_input": "depthwise conv {node!r} reads an input whose channels cannot be pruned",
-    "grouped": "grouped conv {node!r} needs an equal number removed per group ({detail})",
-    "too_few": "a ratio of {detail} removes none of them",
-}
+from .channel_rules import BLOCKED, CRITERIA, REASONS, RULES, rule_of
 
 
 class _Block(Exception):
-    """A rule's 'no': the reason key and its detail."""
+    """A rule's 'no': the reason key (in REASONS) and its detail."""
 
     def __init__(self, key: str, detail: str = ""):
         super().__init__(key)
         self.key, self.detail = key, detail
-
-
-def rule_of(op: str) -> str:
-    """The op's kind in RULES; an unlisted op declared elementwise with one input is "same"."""
-    d = get_op(op) if op not in RULES and has_op(op) else None
-    if d is not None and d.fusion == FusionKind.ELEMENTWISE and d.num_inputs == (1, 1):
-        return "same"
-    return RULES.get(op, "unknown")
 
 
 # ----- the report ----------------------------------------------------------------------------

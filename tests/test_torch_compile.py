@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +18,8 @@ import torch.nn.functional as F  # noqa: E402
 import slimc.torch_backend as tb  # noqa: E402
 
 from .oracle import assert_close  # noqa: E402
-from .test_frontend_torch import Fn, build, randn  # noqa: E402
+from .test_frontend_torch_models import build  # noqa: E402
+from .torch_check import Fn, randn  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-4
 
@@ -243,7 +243,7 @@ def test_corpus_model(name, compiled):
 def test_corpus_transformer_dynamic(compiled):
     """BERT with dynamic=True: symbolic batch and sequence, right at another shape."""
     pytest.importorskip("transformers")
-    from .test_frontend_torch import _other_tokens
+    from .test_frontend_torch_models import _other_tokens
 
     module, args = build("bert_small")
     fn = check(module, *args, dynamic=True)

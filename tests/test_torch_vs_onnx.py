@@ -20,7 +20,7 @@ pytest.importorskip("onnxscript")
 import slimc  # noqa: E402
 from slimc.codegen.cpu.kernel import INDEX_MAPS  # noqa: E402
 
-from .test_frontend_torch import NAMED, build  # noqa: E402
+from .test_frontend_torch_models import NAMED, build  # noqa: E402
 
 QUICK = {"resnet18_small", "bert_small"}
 
