@@ -35,7 +35,8 @@ from slimc.ir.graph import constant_data
 
 from .common import const_table
 from .gemm_int8 import intrinsic
-from .sparse_parts import ITEMS, SparseKernel, fma, gather_intrinsic, work_parts
+from .sparse_parts import (ITEMS, SparseKernel, fma, gather_intrinsic, narrow_columns,
+                           work_parts)
 from .kernel import KernelBuilder, llvm_name
 from .llvm_util import F32, I32, carried_loop, i64, splat, vector_gep
 
@@ -226,7 +227,7 @@ class _GatheredSteps:
 
     def __init__(self, kb, values, indices, offsets, sv, si, table, nslices, K, name):
         self.b, self.vw, self.nslices = kb.b, kb.vector_width, nslices
-        self.narrow = K <= 1 << 16  # columns fit 16 bits: a third less memory per value
+        self.narrow = narrow_columns(K)  # a third less memory per value
         self.V = kb.substitute_constant(values, sv, name + ".sliced.values")
         self.IDX = kb.substitute_constant(indices, si.astype(np.uint16) if self.narrow else si,
                                           name + ".sliced.indices")

@@ -17,6 +17,11 @@ from .llvm_util import I32, OPAQUE_PTR, i64, masked_store_vector
 ITEMS = 8  # parts of the row blocks per batch entry
 
 
+def narrow_columns(K: int) -> bool:
+    """Whether a weight of K columns has its column indices read as 16 bits (uint16)."""
+    return K <= 1 << 16
+
+
 def work_parts(offsets: np.ndarray, block: int, parts: int, group: int = 1) -> list[int]:
     """Row-block boundaries of `parts` parts of about equal work (stored values + stores),
     cut at multiples of `group` row blocks; the last part runs to a whole group (the rows
@@ -51,7 +56,7 @@ class SparseKernel:
         instead of 8, a quarter less to read where the weights come from L3 or memory (a
         model whose weights do not fit in L2 runs each layer that way)."""
         data = constant_data(indices)
-        if data is None or self.K > 1 << 16:
+        if data is None or not narrow_columns(self.K):
             return
         self.IDX = self.kb.substitute_constant(indices, data.astype(np.uint16),
                                                llvm_name(indices.name) + ".u16")
