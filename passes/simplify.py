@@ -110,6 +110,87 @@ def _transpose_before_reshape(m: Match, b: Builder) -> Value:
     return _reshape_to(b, b.op("transpose", [x], perm=perm), m.root.outputs[0].type.shape)
 
 
+def compose_views(shape, steps) -> "tuple | str":
+    """A chain of ("reshape", shape) and ("transpose", perm) steps applied to an array of
+    `shape`, as one transpose: (split, perm) with chain(x) = reshape(transpose(reshape(x,
+    split), perm), final shape); else why not. Each dim is followed as the run of x's
+    "digits" (factors of its row-major index) it holds: a reshape groups consecutive digits
+    or splits one into an outer and an inner digit (always valid on x); a transpose reorders
+    runs; a reshape before anything moved sees x in a new shape. A reshape after a transpose
+    whose dims straddle digits unevenly (2 x 3, transposed to 3 x 2, read as 2 x 3) is
+    refused."""
+    if 0 in shape:
+        return "the tensor is empty"
+    size: dict = {}
+
+    def digit(n: int) -> int:
+        size[len(size)] = n
+        return len(size) - 1
+
+    def digits_of(dims_shape) -> tuple:
+        """(x's digits, outermost first; each dim's run of them) for x seen in this shape."""
+        digits = [digit(d) for d in dims_shape if d != 1]
+        it = iter(digits)
+        return digits, [[] if d == 1 else [next(it)] for d in dims_shape]
+
+    order, dims = digits_of(shape)
+    for kind, arg in steps:
+        if kind == "transpose":
+            dims = [dims[p] for p in arg]
+            continue
+        flat, dims = [f for run in dims for f in run], []
+        if flat == order:  # nothing moved yet: x itself, seen in this shape
+            order, dims = digits_of(arg)
+            continue
+        for d in arg:
+            run, need = [], d
+            while need > 1:
+                f = flat.pop(0)
+                if size[f] <= need and need % size[f] == 0:
+                    run.append(f)
+                    need //= size[f]
+                elif size[f] % need == 0:  # split f: its outer part ends this dim
+                    outer, inner = digit(need), digit(size[f] // need)
+                    order[order.index(f):order.index(f) + 1] = [outer, inner]
+                    flat.insert(0, inner)
+                    run.append(outer)
+                    need = 1
+                else:
+                    return f"a reshape regroups {size[f]} into {d} unevenly"
+            dims.append(run)
+    out = [f for run in dims for f in run]
+    return [size[f] for f in order], [order.index(f) for f in out]
+
+
+def _transposes_through_reshape(m: Match):
+    """where-check: transpose(reshape(transpose(x))) with static shapes, whose inner values
+    serve nothing else, composes into one transpose."""
+    first, view = m.node("first"), m.node("view")
+    if not all(v.type.is_static for v in (m["x"], first.outputs[0], view.outputs[0])):
+        return "the shapes are not static"
+    for v in (first.outputs[0], view.outputs[0]):
+        if len(v.uses) != 1 or v in m.graph.outputs:
+            return f"%{v.name} has other uses"
+    found = compose_views(m["x"].type.shape, [("transpose", first.attrs["perm"]),
+                                              ("reshape", view.outputs[0].type.shape),
+                                              ("transpose", m.root.attrs["perm"])])
+    if isinstance(found, str):
+        return found
+    m.found["composed"] = found
+    return True
+
+
+def _one_transpose(m: Match, b: Builder) -> Value:
+    """attention's K^T at batch > 1, exported as transpose [0, 2, 1, 3], reshape to [B * H,
+    S, D], transpose [0, 2, 1]: one transpose [0, 2, 3, 1] between reshapes."""
+    split, perm = m.found["composed"]
+    x = m["x"]
+    if tuple(split) != tuple(x.type.shape):
+        x = _reshape_to(b, x, split)
+    y = b.op("transpose", [x], perm=perm)
+    return _reshape_to(b, y, m.root.outputs[0].type.shape)
+
+
 def _lands_on_weights(v: Value, graph) -> bool:
     """Following single-use views and constant-bias adds up from `v` reaches a matmul with
     constant weights or a gemm: a scalar multiply pushed that way disappears there. (Pushed
@@ -238,6 +319,10 @@ RULES = [
     Rule("transpose_before_reshape",
          Op("transpose", Op("reshape", Any("x"), Any(), name="view")),
          _transpose_before_reshape, where=_unit_free_reshape),
+    Rule("transposes_through_reshape",
+         Op("transpose", Op("reshape", Op("transpose", Any("x"), name="first"), Any(),
+                            name="view")),
+         _one_transpose, where=_transposes_through_reshape),
     # a scalar multiply sinks towards constant weights (mul's operands in either order)
     Rule("scalar_through_transpose", Op("mul", Op("transpose", Any("y"), name="inner"), _SCALAR,
                                         commutative=True), _push_scalar("transpose"), where=_scalar),

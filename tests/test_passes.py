@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 
 import slimc
-from slimc.ir import Graph, TensorType, dtypes, interpret, parse, verify
-from slimc.passes import (Any, Const, FunctionPass, Op, Pass, PassManager, RewritePass, Rule,
+from slimc.ir import TensorType, dtypes, interpret, parse, verify
+from slimc.passes import (Any, Const, Op, Pass, PassManager, RewritePass, Rule,
                           explain, function_pass, make_pass, standard_pipeline)
 
 from .graph_gen import elementwise_graphs
@@ -276,3 +276,49 @@ def test_attention_with_every_option_is_one_op_and_near_misses_say_why():
     g, reasons = _recognize_reasons(ATTENTION.replace("AXIS", "1"))
     assert "the softmax is not over the last axis" in reasons, reasons
     assert not make_pass("recognize").run(g)
+
+
+def test_compose_views_matches_numpy():
+    """`compose_views` (simplify's transposes_through_reshape) on random chains of reshapes and
+    transposes: where it gives one transpose, that transpose computes what numpy's chain does;
+    a regrouping that is no transpose is refused with the reason."""
+    from slimc.passes.simplify import compose_views
+
+    rng = np.random.default_rng(0)
+
+    def dims_of(n):
+        out = []
+        while n > 1:
+            d = int(rng.choice([d for d in range(2, n + 1) if n % d == 0]))
+            out.append(d)
+            n //= d
+        rng.shuffle(out)
+        if rng.random() < 0.3:
+            out.insert(int(rng.integers(0, len(out) + 1)), 1)
+        return out or [1]
+
+    composed = 0
+    for _ in range(600):
+        n = int(rng.choice([24, 36, 64, 96, 120]))
+        shape, steps = dims_of(n), []
+        x = np.arange(n).reshape(shape)
+        want, cur = x, list(shape)
+        for _ in range(int(rng.integers(1, 5))):
+            if rng.random() < 0.5:
+                perm = [int(p) for p in rng.permutation(len(cur))]
+                steps.append(("transpose", perm))
+                want, cur = want.transpose(perm), [cur[p] for p in perm]
+            else:
+                cur = dims_of(n)
+                steps.append(("reshape", cur))
+                want = want.reshape(cur)
+        found = compose_views(shape, steps)
+        if isinstance(found, str):
+            continue
+        split, perm = found
+        np.testing.assert_array_equal(x.reshape(split).transpose(perm).reshape(want.shape), want)
+        composed += 1
+    assert composed > 300
+    assert compose_views([2, 3], [("reshape", [3, 2])]) == ([3, 2], [0, 1])  # a plain reshape
+    assert compose_views([2, 3], [("transpose", [1, 0]), ("reshape", [2, 3])]) == \
+        "a reshape regroups 3 into 2 unevenly"
