@@ -40,6 +40,7 @@ from slimc.ir.ops.sparse import compress
 
 from .pass_manager import Pass
 from .rewriter import Any, Builder, Const, Match, Op, Opt, Rule, apply_rule
+from .views import compose_views
 
 MAX_DENSITY = 0.5  # above this a layer stays dense without being priced
 BLOCKS = (1, 4, 8, 16)  # rows per stored block (outputs sharing one input)
@@ -431,42 +432,22 @@ def _elementwise_chain(graph: Graph, v, stop: Callable[[Node], bool]):
 def _store_order(sm: Node, y_shape, s_shape, perm) -> "tuple | str":
     """transpose(reshape(Y, s_shape), perm), Y [..., M, N] the product a sparse_matmul stores
     transposed back, read from its untransposed form Z ([..., N, M], or [..., T, N, tile] with
-    the tokens in tiles): (Z viewed as split for the transpose, the transpose of that view).
-    None unless the reshape keeps the lead dims, M whole (or as T, tile) and only splits N,
-    and the transpose keeps the last axis of the view last: it then moves whole runs of
-    tokens, or nothing (else why not, as text). Attention's K^T ([B, H, D, S] from a
-    [B, S, H * D] projection) is one such: no transpose left untiled, runs of a tile's 64
-    tokens when tiled."""
-    lead, m, n = len(y_shape) - 2, y_shape[-2], y_shape[-1]
-    tiled = bool(sm.attrs.get("tiled", 0))
-    b = sm.inputs[0].type.shape
-    tiles, tile = (b[-3], b[-1]) if tiled else (1, m)
-    if tuple(s_shape[:lead]) != tuple(y_shape[:lead]):
-        return "its reshape changes the leading dims"
-    rest = list(s_shape[lead:])
-    if rest[:1] == [m]:
-        m_dims = 1
-    elif tiled and rest[:2] == [tiles, tile]:
-        m_dims = 2
-    else:
-        return "its reshape splits the tokens other than in their tiles"
-    n_split = rest[m_dims:]
-    if int(np.prod(n_split, dtype=np.int64)) != n:
-        return "its reshape does more than split the product's rows"
-    if tiled:  # Z's view: [lead..., T, N's factors..., tile]
-        n_at, last = lead + 1, lead + 1 + len(n_split)
-        tokens = {lead: [lead, last]} if m_dims == 1 else {lead: [lead], lead + 1: [last]}
-    else:  # [lead..., N's factors..., M]
-        n_at, last = lead, lead + len(n_split)
-        tokens = {lead: [last]}
-    # each axis of the reshaped product: the axes of Z's view it is made of
-    where = {i: [i] for i in range(lead)} | tokens | \
-        {lead + m_dims + j: [n_at + j] for j in range(len(n_split))}
-    view = list(y_shape[:lead]) + ([tiles] if tiled else []) + n_split + [tile]
-    order = [a for p in perm for a in where[p]]
-    if order[-1] != last:
+    the tokens in tiles) as one transpose (`compose_views`): (Z viewed as split, the
+    transpose of that view), or why not. Taken only where the view's last axis is the whole
+    run of tokens (of a tile) and stays last: the transpose then moves whole runs, or
+    nothing. Attention's K^T ([B, H, D, S] from a [B, S, H * D] projection) is one such: no
+    transpose left untiled, runs of a tile's 64 tokens when tiled."""
+    z = list(sm.inputs[0].type.shape[:-2]) + [sm.attrs["rows"], sm.inputs[0].type.shape[-1]]
+    r = len(z)
+    back = [("transpose", list(range(r - 2)) + [r - 1, r - 2]), ("reshape", list(y_shape))]
+    found = compose_views(z, back + [("reshape", list(s_shape)), ("transpose", perm)])
+    if isinstance(found, str):
+        return found
+    split, order = found
+    moves = order != list(range(len(order)))
+    if moves and (order[-1] != len(order) - 1 or split[-1] != z[-1]):
         return "it does not keep the tokens last (it would move single values)"
-    return view, order
+    return found
 
 
 def sink_transpose(graph: Graph, t: Node) -> bool:
@@ -516,6 +497,8 @@ def sink_transpose(graph: Graph, t: Node) -> bool:
     shape, perm = order
     v = start
     at = dict(name=t.name, before=t, label=t.label)
+    if perm == list(range(len(perm))):
+        shape = v.type.shape  # no transpose: Z itself, reshaped below if need be
     if tuple(shape) != tuple(v.type.shape):
         v = add_op(graph, "reshape", [v, graph.add_constant(out.name + ".view.shape", np.asarray(
             shape, np.int64))], output_name=out.name + ".view", **at).outputs[0]

@@ -123,8 +123,7 @@ class NativeModule:
 
     def _checked(self, arrays, named) -> list:
         """The inputs in order, checked, as C-contiguous arrays of the input types."""
-        if named:
-            arrays = order_inputs(self.input_names, arrays, named)
+        arrays = order_inputs(self.input_names, arrays, named)  # (a dict by position too)
         if self.given_exactly(arrays):
             return arrays
         return [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]

@@ -57,6 +57,8 @@ def test_inputs_as_one_mapping():
     want = interpret(g, x, y)[0]
     np.testing.assert_allclose(mod({"x": x, "y": y})[0], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(interpret(g, {"y": y, "x": x})[0], want)
+    native = mod._current()  # what slimc.load gives: the native module without Module
+    np.testing.assert_allclose(native({"y": y, "x": x})[0], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(slimc.InputError, match=r"missing input\(s\) \['y'\]"):
         mod({"x": x})
 

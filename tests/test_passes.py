@@ -279,10 +279,10 @@ def test_attention_with_every_option_is_one_op_and_near_misses_say_why():
 
 
 def test_compose_views_matches_numpy():
-    """`compose_views` (simplify's transposes_through_reshape) on random chains of reshapes and
-    transposes: where it gives one transpose, that transpose computes what numpy's chain does;
-    a regrouping that is no transpose is refused with the reason."""
-    from slimc.passes.simplify import compose_views
+    """`compose_views` (simplify's transposes_through_reshape, sparsify's stores) on random
+    chains of reshapes and transposes: where it gives one transpose, that transpose computes
+    what numpy's chain does; a regrouping that is no transpose is refused with the reason."""
+    from slimc.passes.views import compose_views
 
     rng = np.random.default_rng(0)
 

@@ -370,8 +370,11 @@ def test_keys_projection_stored_for_attention(m, tiled, capfd, monkeypatch):
         assert products == {"q": 1, "kk": 0}, products
         perms = [n.attrs["perm"] for n in mod.graph.nodes if n.op == "transpose"]
         x_t = [0, 1, 3, 2] if tiled else [0, 2, 1]
-        assert perms == ([x_t, [0, 2, 1, 3], [0, 2, 3, 1, 4]] if tiled else
+        assert perms == ([x_t, [0, 2, 1, 3], [1, 2, 0, 3]] if tiled else
                          [x_t, [0, 2, 1, 3]]), perms
+        if tiled:  # [tiles, H, D, 64 tokens] -> [H, D, tiles, 64]: runs of a tile's tokens
+            runs = [n for n in mod.graph.nodes if n.op == "transpose"][-1]
+            assert runs.inputs[0].type.shape == (m // 64, heads, d, 64)
         for got, ref in zip(mod(x=x), want):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
