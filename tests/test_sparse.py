@@ -15,7 +15,7 @@ import slimc
 from slimc.codegen.cpu.target import CpuTarget
 from slimc.ir import Graph, SlimcError, TensorType, dtypes
 from slimc.ir.ops.sparse import compress, densify
-from slimc.codegen.cpu.gen_sparse_row import IDLE, WINDOW, windowed_format
+from slimc.codegen.cpu.gen_sparse_row import IDLE, WINDOW, block_slices, windowed_format
 from slimc.passes.sparsify import Sparsify, structure
 
 from .oracle import make_model, run_onnxruntime
@@ -192,6 +192,52 @@ def test_one_token_kernel(target, k, threads):
     assert np.isnan(got[..., hit]).all() and not np.isnan(got[..., ~hit]).any()
     want = _expected(a, np.nan_to_num(b), 1, True, bias)
     _close(got[..., ~hit], want[..., ~hit], k)
+
+
+def test_block_slices_hold_the_matrix():
+    """Every stored block once, in its row's slot, in stored order; slices' rows sorted
+    longest first; `full` steps are whole for every row of a slice."""
+    a = sparse_matrix(203, 90, 0.2, 8, empty_rows=range(16, 24))
+    v, i, o = compress(a, 8)
+    order, lengths, starts, full, blocks = block_slices(o, 8)
+    assert sorted(order[order >= 0]) == list(range(len(o) - 1))
+    assert (np.diff(lengths[order >= 0]) <= 0).all()
+    rebuilt = np.zeros(len(o) - 1, object)
+    for sl in range(len(starts) - 1):
+        slots = blocks[starts[sl] * 8:starts[sl + 1] * 8].reshape(-1, 8)
+        assert (slots[:full[sl]] >= 0).all() or order[sl * 8 + 7] < 0
+        for r in range(8):
+            rb = order[sl * 8 + r]
+            if rb >= 0:
+                rebuilt[rb] = [int(j) for j in slots[:, r] if j >= 0]
+    assert all(rebuilt[rb] == list(range(o[rb], o[rb + 1])) for rb in range(len(o) - 1))
+
+
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("block", [4, 8, 16])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_one_token_blocks_kernel(target, block, threads):
+    """One token, weights in blocks: slices of eight rows sorted by length (a partial last
+    block row, a partial last slice, empty rows); 16- and 32-bit column indices; a NaN in x
+    reaches only the rows storing a value at its column (steps past a row's end are masked)."""
+    for k in (300, (1 << 16) + 40):
+        rows = 203
+        a = sparse_matrix(rows, k, 0.1 if k < 1000 else 0.001, block, empty_rows=range(block))
+        c = k - 2
+        a[block * 3:block * 4, c] = 1.5  # one row block stores column c
+        b = RNG.standard_normal((2, k, 1)).astype(np.float32)
+        bias = RNG.standard_normal(rows).astype(np.float32)
+        g = _sparse_graph(a, b.shape, block, transpose_out=1, relu=True, bias=bias)
+        mod = slimc.compile(g, target=target, threads=threads)
+        _close(mod(b)[0], _expected(a, b, 1, True, bias), k)
+        b[:, [0, 3, c]] = np.nan  # columns 0 (the padding's) and 3 store nothing
+        a[:, [0, 3]] = 0
+        g = _sparse_graph(a, b.shape, block, transpose_out=1, relu=True, bias=bias)
+        got = slimc.compile(g, target=target, threads=threads)(b)[0]
+        hit = a[:, c] != 0
+        assert np.isnan(got[..., hit]).all() and not np.isnan(got[..., ~hit]).any()
+        want = _expected(a, np.nan_to_num(b), 1, True, bias)
+        _close(got[..., ~hit], want[..., ~hit], k)
 
 
 @pytest.mark.parametrize("density", [0.0, 1.0])

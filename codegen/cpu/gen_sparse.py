@@ -16,7 +16,7 @@ The kernel runs along b's columns (ir/ops/sparse.py says why the sparse side is 
   column indices, `vw` nonzeros a step; for blocks, a vector of the block's rows times b[k]
   broadcast. Both read each stored value once: this path is bound by memory, and the
   compressed matrix is what it saves. One token stored transposed (the sparsify pass's form
-  of a one-token matmul) with CSR weights has kernels of its own: gen_sparse_row.py.
+  of a one-token matmul) has kernels of its own, for CSR and for blocks: gen_sparse_row.py.
 
 Work items are the batch entries x column tiles x parts of the row blocks, the parts cut where
 the stored blocks (the work) divide evenly, so two threads share a layer whose zeros are
@@ -91,8 +91,8 @@ def sparse_matmul(kb: KernelBuilder, node) -> None:
     vw = kb.vector_width
     kb.cost = 2 * nnz * block * C * batch
     in_vectors = C * 2 >= vw
-    if transposed and C == 1 and block == 1:
-        return one_token(kb, node, R, K, batch, off)
+    if transposed and C == 1:
+        return one_token(kb, node, R, K, batch, off, block)
     # a transposed store collects `group` rows of A (one vector of output columns) first
     group = max(vw, block) // block if transposed and in_vectors else 1
     bounds = work_parts(off, block, min(ITEMS, len(off) - 1), group)
@@ -416,15 +416,6 @@ class _Kernel(SparseKernel):
         (acc,) = carried_loop(b, rest, j1, [acc], lambda j, a: [fma(b, *product(j), a[0])],
                               "j")
         row0 = b.mul(rb, i64(block), name="row0")
-        if self.transposed and C == 1:  # the block's rows are a run of output columns
-            if self.R % block:
-                lanes = ir.Constant(ir.VectorType(ir.IntType(64), block), list(range(block)))
-                left = b.sub(i64(self.R), row0)
-                mask = b.icmp_signed("<", lanes, splat(b, left, block), name="run.mask")
-                self.store(n, c, row0, acc, mask, block)
-            else:
-                self.store(n, c, row0, acc, None, block)
-            return
         for r in range(block):
             row = b.add(row0, i64(r), name=f"row{r}")
             v = b.extract_element(acc, I32(r), name=f"y{r}")

@@ -1,18 +1,21 @@
-"""sparse_matmul of one token (C = 1, stored transposed) with CSR weights: y = A x, x dense.
+"""sparse_matmul of one token (C = 1, stored transposed): y = A x, x dense.
 
-Rows of A go in slices, a slice's rows one per vector lane; each step multiplies one stored
-value of each row of the slice by x at that value's column, so each step reads its values as
-whole vectors. Where the x values come from decides the speed:
+CSR weights: rows of A go in slices, a slice's rows one per vector lane; each step multiplies
+one stored value of each row of the slice by x at that value's column, so each step reads its
+values as whole vectors. Where the x values come from decides the speed:
 
 * Windowed (AVX-512, K >= 32): a step's lanes read x in one window of 32 consecutive
   columns, held in two registers and picked per lane by one `vpermi2ps`: no gather. The
   window of a step starts at the smallest column any row of the slice still waits for, and
   every row whose next column falls in it takes it; rows with none left, or a next column
-  past the window, idle that step (offset byte bit 7 set: masked out of the FMA). A slice
-  is GROUP vectors (64 rows): its two window loads, which split cache lines, serve four
-  permutes and FMAs, and at 10% density three fifths of the lanes still work each step.
-  Per step: one window start, then per vector 16 offset bytes and 16 values. The stream of
-  values is what bounds it (bytes per stored value ~ 4 / lanes working).
+  past the window, idle that step (masked out of the FMA). A slice is GROUP vectors (64
+  rows): its two window loads, which split cache lines, serve four permutes and FMAs, and at
+  10% density three fifths of the lanes still work each step. Per step: one window start,
+  one i32 per lane holding its offset in each of the four vectors (one load and a shift a
+  vector, where widening bytes took a second shuffle-port instruction beside the permute:
+  Emerald Rapids, 256 x 1024 at 90%, 3.57 -> 3.32 us), a 16-bit mask a vector, and the
+  values. The stream of values is what bounds it (bytes per stored value ~ 4 / lanes
+  working): with permutes and masks taken out the same loop runs at dense's L2 bandwidth.
 * Gathered (AVX2, or K < 32): slices of one vector in SELL order, x gathered at the stored
   columns (about one value a cycle on Zen 4: it gains on dense only at high sparsity).
 
@@ -24,6 +27,8 @@ windowed one vector a slice 1.45 ns (the two unaligned window loads cost half of
 Each slice ends as GROUP vectors of output columns, stored with the fused epilogue. Lanes
 that idle multiply nothing: a NaN in x that meets no stored value stays out. Summation
 order: per row, stored-column order (one accumulator a vector).
+
+Weights in 1 x block blocks: `one_token_blocks`, eight block rows a step, sorted by length.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from .kernel import KernelBuilder, llvm_name
 from .llvm_util import F32, I32, carried_loop, i64, splat, vector_gep
 
 WINDOW = 32  # columns a windowed step picks from: two AVX-512 registers
-GROUP = 4  # vectors of rows in a windowed slice: they share each step's window
+GROUP = 4  # vectors of rows in a windowed slice: they share each step's window (at
+# most 4: a step's offsets of one lane share an i32)
 IDLE = 0x80  # offset byte of a lane that idles this step
 
 
@@ -110,9 +116,29 @@ def windowed_format(values, indices, offsets, rows: int, k: int, vw: int = GROUP
     return sv, so, ss, starts
 
 
-def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off) -> None:
+def step_lanes(so: np.ndarray, vw: int):
+    """The windowed kernel's form of the offset bytes `so` [steps, GROUP * vw]: per step, one
+    i32 per lane holding that lane's offset in each of the GROUP vectors (byte i: vector i),
+    so one load and a shift give a vector's permute indices without widening bytes (a
+    `vpmovzxbd`, on the shuffle port the permutes need); and per vector a mask of its working
+    lanes (an i16 for AVX-512's k registers, loaded as is). Returns (lanes [steps, vw] u32,
+    masks [steps, GROUP] u16)."""
+    steps = so.shape[0]
+    grouped = so.reshape(steps, GROUP, vw)
+    live = grouped != IDLE
+    bytes_ = np.where(live, grouped, 0).astype(np.uint32)
+    lanes = np.zeros((steps, vw), np.uint32)
+    for i in range(GROUP):
+        lanes |= bytes_[:, i] << np.uint32(8 * i)
+    masks = (live.astype(np.uint32) << np.arange(vw, dtype=np.uint32)).sum(axis=2)
+    return lanes, masks.astype(np.uint16)
+
+
+def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: int) -> None:
     """The slices' loop: parts of about equal work per thread, each slice's steps, then its
     vectors of output columns stored."""
+    if block > 1:
+        return one_token_blocks(kb, node, R, K, batch, off, block)
     bm, values, indices, offsets = node.inputs
     bld, vw = kb.b, kb.vector_width
     name = llvm_name(node.outputs[0].name)
@@ -180,10 +206,17 @@ class _WindowedSteps:
     def __init__(self, kb, values, indices, sv, so, ss, name):
         self.b, self.vw = kb.b, kb.vector_width
         self.V = kb.substitute_constant(values, sv.reshape(-1), name + ".window.values")
-        # the offset bytes, then the window starts (i32, 4-byte aligned after steps * 64 bytes)
-        blob = np.concatenate([so.reshape(-1), ss.astype("<i4").view(np.uint8)])
+        lanes, masks = step_lanes(so, self.vw)
+        # per step: the lanes' offsets (one i32 per lane, byte i for vector i), the vectors'
+        # masks (i16 each), then the window starts (i32; every part stays 4-byte aligned)
+        blob = np.concatenate([lanes.view(np.uint8).reshape(-1), masks.view(np.uint8).reshape(-1),
+                               ss.astype("<i4").view(np.uint8)])
         self.O = kb.substitute_constant(indices, blob, name + ".window.offsets")
-        self.S = self.b.bitcast(self.b.gep(self.O, [i64(so.size)], inbounds=True),
+        self.lanes = self.b.bitcast(self.O, ir.PointerType(I32), name="window.lanes")
+        self.masks = self.b.bitcast(self.b.gep(self.O, [i64(lanes.nbytes)], inbounds=True),
+                                    ir.PointerType(ir.IntType(self.vw)), name="window.masks")
+        self.S = self.b.bitcast(self.b.gep(self.O, [i64(lanes.nbytes + masks.nbytes)],
+                                           inbounds=True),
                                 ir.PointerType(I32), name="window.starts")
         vt = ir.VectorType(F32, self.vw)
         self.permute = intrinsic(self.b.module, "llvm.x86.avx512.vpermi2var.ps.512", vt,
@@ -199,15 +232,17 @@ class _WindowedSteps:
         hi = b.load(b.bitcast(b.gep(xw, [i64(vw)], inbounds=True), ir.PointerType(vt)),
                     align=4, name="x.hi")
         at = b.mul(t, i64(GROUP * vw), name="at")
+        offsets = b.load(b.bitcast(b.gep(self.lanes, [b.mul(t, i64(vw))], inbounds=True),
+                                   ir.PointerType(it)), align=64, name="o")
         out = []
         for i, acc in enumerate(accs):
-            ati = b.add(at, i64(i * vw), name=f"at{i}") if i else at
-            o = b.load(b.bitcast(b.gep(self.O, [ati], inbounds=True),
-                                 ir.PointerType(ir.VectorType(ir.IntType(8), vw))), align=1,
-                       name=f"o{i}")
-            o = b.zext(o, it, name=f"o{i}.32")
-            live = b.icmp_unsigned("<", o, ir.Constant(it, [WINDOW] * vw), name=f"live{i}")
+            # vpermi2ps reads an offset's low 5 bits only: vector i's byte shifted down
+            o = b.lshr(offsets, ir.Constant(it, [8 * i] * vw), name=f"o{i}") if i else offsets
+            mask = b.load(b.gep(self.masks, [b.add(b.mul(t, i64(GROUP)), i64(i))],
+                                inbounds=True), align=2, name=f"m{i}")
+            live = b.bitcast(mask, ir.VectorType(ir.IntType(1), vw), name=f"live{i}")
             xs = b.call(self.permute, [lo, o, hi], name=f"x{i}")
+            ati = b.add(at, i64(i * vw), name=f"at{i}") if i else at
             w = b.load(b.bitcast(b.gep(self.V, [ati], inbounds=True), ir.PointerType(vt)),
                        align=4, name=f"w{i}")
             out.append(b.select(live, fma(b, w, xs, acc), acc, name=f"acc{i}"))
@@ -256,3 +291,150 @@ class _GatheredSteps:
             return [fma(b, w, xs, accs[0])]
 
         return carried_loop(b, t0, t1, [ir.Constant(vt, None)], step, "t")
+
+
+# ----- one token, weights in 1 x block blocks ------------------------------------------------
+
+BLOCK_SLICE = 8  # block rows a slice: its independent accumulators (the FMA latency)
+
+
+def block_slices(offsets, slice_rows: int = BLOCK_SLICE):
+    """The block rows sorted by their number of stored blocks (longest first, so a slice's
+    rows are about equally long) and cut into slices of `slice_rows`; step t of a slice holds
+    the t-th block of each of its rows. Returns (order [nslices * slice_rows]: the block row
+    in each slot, -1 past the last; lengths [same]; starts [nslices + 1]: each slice's first
+    step; full [nslices]: the steps every row of the slice has; blocks [steps * slice_rows]:
+    the stored block in each slot of each step, -1 where the row has none left)."""
+    off = np.asarray(offsets, np.int64)
+    nrb = len(off) - 1
+    length = np.diff(off)
+    nsl = -(-nrb // slice_rows)
+    order = np.full(nsl * slice_rows, -1, np.int64)
+    order[:nrb] = np.argsort(-length, kind="stable")
+    lengths = np.where(order >= 0, length[order], 0).reshape(nsl, slice_rows)
+    steps = lengths.max(axis=1)
+    starts = np.concatenate([[0], np.cumsum(steps)])
+    blocks = np.full((int(starts[-1]), slice_rows), -1, np.int64)
+    for s in range(nsl):
+        for i in range(slice_rows):
+            rb = order[s * slice_rows + i]
+            if rb >= 0:
+                blocks[starts[s]:starts[s] + length[rb], i] = np.arange(off[rb], off[rb + 1])
+    return order, lengths.reshape(-1), starts, lengths.min(axis=1), blocks.reshape(-1)
+
+
+def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
+                     block: int) -> None:
+    """One token with weights in 1 x `block` blocks (a block: `block` consecutive outputs at
+    one input): a slice's BLOCK_SLICE rows advance together, each step one block of each row
+    (its input broadcast times a vector of `block` values), so the loop has no per-row tail
+    or reduction and the FMAs of a step are independent. The rows are sorted by length, so
+    a slice's steps are mostly whole; the steps past its shortest row mask each row that has
+    ended (a NaN in x reaches only the rows storing a value at its column). Each row's result
+    is stored at its own place (the sorted order is a table). Summation: per row, in stored-
+    column order, one FMA at a time."""
+    bm, values, indices, offsets = node.inputs
+    bld, S = kb.b, BLOCK_SLICE
+    name = llvm_name(node.outputs[0].name)
+    epilogue, extra, evalues = kb.gemm_epilogue(node.outputs[0], R)
+    args = {nm: v for (nm, _), v in zip(extra, evalues)}
+    k = SparseKernel(kb, node, R, block, K, 1, True, epilogue, args, kb.ptr(offsets))
+    order, lengths, starts, full, blocks = block_slices(off, S)
+    vals = np.asarray(constant_data(values), np.float32).reshape(-1, block)
+    idx = np.asarray(constant_data(indices), np.int64)
+    there = blocks >= 0
+    sv = np.where(there[:, None], vals[np.maximum(blocks, 0)], 0).astype(np.float32)
+    si = np.where(there, idx[np.maximum(blocks, 0)], 0)
+    narrow = narrow_columns(K)
+    V = kb.substitute_constant(values, sv.reshape(-1), name + ".slices.values")
+    IDX = kb.substitute_constant(indices, si.astype(np.uint16 if narrow else np.int32),
+                                 name + ".slices.columns")
+    nsl = len(starts) - 1
+    table = np.concatenate([starts, full, order, lengths]).astype(np.int32)
+    T = kb.substitute_constant(offsets, table, name + ".slices.table")
+    bounds = work_parts(starts, S * block, min(ITEMS, nsl))
+    parts = len(bounds) - 1
+    part_table = const_table(kb, bounds, "parts", ir.IntType(64))
+    kb.parallel_extent = batch * parts
+    kb.cost = 2 * int(starts[-1]) * S * block * batch
+    vt = ir.VectorType(F32, block)
+    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), block), list(range(block)))
+    I64T = ir.IntType(64)
+
+    def entry(at, name_):
+        """An entry of the slices' table, as i64."""
+        return bld.sext(bld.load(bld.gep(T, [at], inbounds=True), name=name_), I64T)
+
+    def columns(t):
+        """The step's S column indices: 16-bit ones read four at a time as an i64 and taken
+        apart with shifts (ALU work, where S loads would queue behind the values' loads)."""
+        j0 = bld.mul(t, i64(S), name="j0")
+        if not narrow:
+            return [bld.sext(bld.load(bld.gep(IDX, [bld.add(j0, i64(i))], inbounds=True),
+                                      name=f"k{i}"), I64T) for i in range(S)]
+        words = bld.bitcast(bld.gep(IDX, [j0], inbounds=True), ir.PointerType(I64T))
+        out = []
+        for q in range(S // 4):
+            word = bld.load(bld.gep(words, [i64(q)], inbounds=True), align=2, name=f"k{q}.4")
+            for r in range(4):
+                part = bld.lshr(word, i64(16 * r)) if r else word
+                out.append(bld.and_(part, i64(0xFFFF), name=f"k{4 * q + r}"))
+        return out
+
+    def step(x, t, accs, ended=None):
+        """One block of each row: its input broadcast times its `block` values."""
+        cols = columns(t)
+        base = bld.mul(t, i64(S * block), name="w.at")
+        out = []
+        for i, acc in enumerate(accs):
+            xs = splat(bld, bld.load(bld.gep(x, [cols[i]], inbounds=True), name=f"x{i}"),
+                       block, f"x{i}.s")
+            at = bld.add(base, i64(i * block), name=f"w{i}.at") if i else base
+            w = bld.load(bld.bitcast(bld.gep(V, [at], inbounds=True), ir.PointerType(vt)),
+                         align=4, name=f"w{i}")
+            new = fma(bld, w, xs, acc)
+            out.append(bld.select(ended[i], acc, new, name=f"acc{i}") if ended else new)
+        return out
+
+    def store(n, col, acc):
+        if R % block == 0:
+            return k.store(n, i64(0), col, acc, None, block)
+        # the block row reaching past R: its lanes there masked off
+        whole = bld.icmp_signed("<=", bld.add(col, i64(block)), i64(R), name="whole")
+        with bld.if_else(whole) as (then, otherwise):
+            with then:
+                k.store(n, i64(0), col, acc, None, block)
+            with otherwise:
+                left = bld.sub(i64(R), col)
+                mask = bld.icmp_signed("<", lane_ids, splat(bld, left, block), name="run.mask")
+                k.store(n, i64(0), col, acc, mask, R % block)
+
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        n = bld.udiv(item, i64(parts), name="n")
+        part = bld.urem(item, i64(parts), name="part")
+        s0 = bld.load(bld.gep(part_table, [part], inbounds=True), name="s0")
+        s1 = bld.load(bld.gep(part_table, [bld.add(part, i64(1))], inbounds=True), name="s1")
+        x = bld.gep(k.B, [bld.mul(n, i64(K))], inbounds=True, name="x.n")
+        with kb.loop(s0, s1, name="slice") as sl:
+            t0, t1 = entry(sl, "t0"), entry(bld.add(sl, i64(1)), "t1")
+            tf = bld.add(t0, entry(bld.add(sl, i64(nsl + 1)), "full"), name="tf")
+            zero = [ir.Constant(vt, None)] * S
+            accs = carried_loop(bld, t0, tf, zero, lambda t, a: step(x, t, a), "t")
+            slot0 = bld.mul(sl, i64(S), name="slot0")
+            lens = [entry(bld.add(slot0, i64(2 * nsl + 1 + nsl * S + i)), f"len{i}")
+                    for i in range(S)]
+
+            def ended_step(t, a):
+                done = bld.sub(t, t0, name="done")
+                return step(x, t, a, [bld.icmp_signed(">=", done, ln) for ln in lens])
+
+            accs = carried_loop(bld, tf, t1, accs, ended_step, "tm")
+            for i, acc in enumerate(accs):
+                rb = entry(bld.add(slot0, i64(2 * nsl + 1 + i)), f"rb{i}")
+                col = bld.mul(rb, i64(block), name=f"col{i}")
+                if len(order) > len(off) - 1:  # the last slice has empty slots
+                    with bld.if_then(bld.icmp_signed(">=", rb, i64(0))):
+                        store(n, col, acc)
+                else:
+                    store(n, col, acc)
+    bld.ret_void()
