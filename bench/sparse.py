@@ -54,6 +54,27 @@ def matmul_graph(m: int, w: np.ndarray):
     return g
 
 
+def stack_graph(m: int, ws: list):
+    """sum_i x @ W_i: `len(ws)` layers of one shape in one model, each with weights of its own
+    (the add fuses into each product's store), so a call's time over the layers is a layer's
+    time inside a model: its weights not reused from the last call's caches, the call's
+    fixed cost shared."""
+    from slimc.ir import Graph, TensorType, dtypes
+
+    k, n = ws[0].shape
+    g = Graph("matmul_stack")
+    x = g.add_input("x", TensorType(dtypes.f32, (m, k)))
+    out_t = TensorType(dtypes.f32, (m, n))
+    total = None
+    for i, w in enumerate(ws):
+        y = g.make_node("matmul", [x, g.add_constant(f"w{i}", w)], {}, [out_t],
+                        [f"y{i}"]).outputs[0]
+        total = y if total is None else g.make_node("add", [total, y], {}, [out_t],
+                                                    [f"sum{i}"]).outputs[0]
+    g.outputs.append(total)
+    return g
+
+
 def conv_graph(hw: int, w: np.ndarray):
     from slimc.ir import Graph, TensorType, dtypes
 
@@ -238,6 +259,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cold", action="store_true",
                     help="empty the caches before every call (weights streamed from memory)")
     ap.add_argument("--only", default="", help="substring of the layer labels to run")
+    ap.add_argument("--stack", type=int, default=1,
+                    help="one-token matmuls: this many layers of the shape in one model, each "
+                         "with its own weights; times per layer")
     args = ap.parse_args(argv)
     settings = timing.QUICK if args.quick else timing.Settings(min_runs=10, budget_s=1.0)
     if args.models:
@@ -247,8 +271,9 @@ def main(argv=None) -> int:
     sparsities = [float(s) for s in args.sparsity.split(",")]
     rng = np.random.default_rng(0)
     print(f"slimc sparse / dense speedup (dense time / sparse time), {args.threads} thread(s)"
-          f"{', caches emptied before each call' if args.cold else ''}; auto = what the "
-          f"sparsify pass chose")
+          f"{', caches emptied before each call' if args.cold else ''}"
+          f"{f', one-token layers {args.stack} to a model (time per layer)' if args.stack else ''}"
+          f"; auto = what the sparsify pass chose")
     print(f"{'layer':<34} {'dense ms':>9} {'CSR':>6} {'1x8':>6} {'auto':>6} {'auto x':>7}")
     cases = []
     for k, n in MATMULS:
@@ -266,7 +291,13 @@ def main(argv=None) -> int:
         for sp in sparsities:
             for pattern, blocks in (("unstr", (1,)), ("1x8", (8,))):
                 w = prune(w0, sp, 1 if pattern == "unstr" else 8, rng)
-                if kind == "mm":
+                if kind == "mm" and a == 1 and args.stack > 1:
+                    x = rng.standard_normal((a, b)).astype(np.float32)
+                    ws = [w] + [prune(rng.permutation(w0.reshape(-1)).reshape(w0.shape), sp,
+                                      1 if pattern == "unstr" else 8, rng)
+                                for _ in range(args.stack - 1)]
+                    graph, ref = stack_graph(a, ws), sum(x @ wi for wi in ws)
+                elif kind == "mm":
                     x = rng.standard_normal((a, b)).astype(np.float32)
                     graph, ref = matmul_graph(a, w), x @ w
                 else:
@@ -276,6 +307,8 @@ def main(argv=None) -> int:
                     ref = np.einsum("oc,nchw->nohw", wt, x)
                 lab = f"{label} {sp:.0%} {pattern}"
                 (row,) = layer_rows(lab, graph, x, ref, args, settings, rng, blocks)
+                if kind == "mm" and a == 1 and args.stack > 1:
+                    row["dense_ms"] /= args.stack
                 csr = row.get("CSR_x")
                 b8 = row.get("1x8_x")
                 print(f"{lab:<34} {row['dense_ms']:9.3f} "

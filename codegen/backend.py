@@ -99,6 +99,7 @@ class Executable:
 
     entry: Optional[Callable] = None
     run: Optional[Callable] = None
+    call: Optional[Callable] = None  # entry for tuples of arrays (runtime/native.py), if any
     code_bytes: int = 0
     # seconds of the backend's own stages ("llvm_opt", "machine_code", ...); a backend that
     # times nothing keeps this empty, read-only default

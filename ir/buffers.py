@@ -16,6 +16,13 @@ from .process_settings import HeldSetting
 
 ALIGN = 64
 
+# Where CPython (64-bit) keeps what the generated ``slimc_call`` reads to find the buffers
+# itself: a tuple's item pointers after its header (refcount, type, size), an ndarray's data
+# pointer after its header (refcount, type; numpy's PyArrayObject_fields). runtime/native.py
+# checks both at import and, where they do not hold, hands the entry function pointer tables.
+TUPLE_ITEMS_OFFSET = 24
+ARRAY_DATA_OFFSET = 16
+
 
 def aligned_zeros(n: int, dtype=np.uint8, align: int = ALIGN) -> np.ndarray:
     """A 1-D array of n zeros of `dtype` whose data starts on an `align`-byte boundary."""

@@ -69,7 +69,7 @@ class CompiledModule(NativeModule):
         super().__init__(executable.entry, input_specs(graph), outputs,
                          output_sources(graph, placement), memory.arena_bytes, weights,
                          f"graph @{graph.name}", executable.run,
-                         [(k.name, k.ops) for k in kernels])
+                         [(k.name, k.ops) for k in kernels], executable.call)
         self.graph = graph
         self.target = target  # the backend's description of the machine (a CpuTarget)
         self.kernels = kernels

@@ -21,7 +21,7 @@ from slimc.ir import Graph, Node
 from slimc.ir.errors import SlimcError, TargetError
 
 from ..backend import Backend, CompileOptions, Executable, Lowered
-from .entry import RUNTIME_THREADS, build_entry
+from .entry import RUNTIME_THREADS, build_entry, build_object_call
 from .kernel import GENERATORS, INDEX_MAPS
 from .llvm_util import shared_pipelines
 from .lower import lower_graph
@@ -68,6 +68,8 @@ class CpuExecutable(Executable):
             self.run = self._jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_int64)
+            self.call = self._jit.cfunc("slimc_call", None, ctypes.py_object, ctypes.py_object,
+                                        ctypes.c_void_p, ctypes.c_void_p)
             self.times["machine_code"] += time.perf_counter() - t1
         self.code_bytes = sum(len(o) for o in self._objects)
 
@@ -238,8 +240,9 @@ class CpuBackend(Backend):
         threads = self.threads(options.threads)
         if options.denormals not in ("flush", "keep"):
             raise SlimcError(f"denormals must be 'flush' or 'keep', got {options.denormals!r}")
-        build_entry(lowered.state, lowered.kernels, placement, threads=threads,
-                    ftz=options.denormals == "flush", arch=self.target.arch)
+        main = build_entry(lowered.state, lowered.kernels, placement, threads=threads,
+                           ftz=options.denormals == "flush", arch=self.target.arch)
+        build_object_call(lowered.state, main, len(graph.inputs), len(graph.outputs))
         if self.target.is_host and threads > 1 and \
                 any(k.parallel_extent > 1 for k in lowered.kernels):
             _load_threading_runtime()

@@ -32,6 +32,8 @@ from typing import Sequence
 
 from llvmlite import ir
 
+from slimc.ir.buffers import ARRAY_DATA_OFFSET, TUPLE_ITEMS_OFFSET
+
 from ..backend import ARENA, INPUT, OUTPUT
 from .kernel import Kernel, llvm_name
 from .llvm_util import I32, I64, PTR, VOID, i64
@@ -214,3 +216,34 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
     b.call(run, list(main.args) + [i64(0), i64(len(kernels))])
     b.ret_void()
     return main
+
+
+def build_object_call(module: ir.Module, main: ir.Function, n_inputs: int,
+                      n_outputs: int) -> ir.Function:
+    """``void @slimc_call(inputs, outputs, arena, weights)``: ``slimc_main`` for a caller
+    that holds Python objects, a tuple of numpy arrays for the inputs and one for the
+    outputs. It reads each array's data pointer itself (CPython's and numpy's object layout,
+    ir/buffers.py), so a call from Python passes four words: building the two pointer tables
+    in Python cost more than the call and a small model together (3 us of a 4 us call).
+    Only runtime/native.py calls it, after checking the layout."""
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR, PTR]), name="slimc_call")
+    for a, n in zip(fn.args, ("input_arrays", "output_arrays", "arena", "weights")):
+        a.name = n
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def table(tuple_, count: int, name: str) -> ir.Value:
+        slots = b.alloca(PTR, size=I32(max(1, count)), name=name)
+        items = b.bitcast(b.gep(tuple_, [i64(TUPLE_ITEMS_OFFSET)], inbounds=True),
+                          ir.PointerType(PTR), name=name + ".items")
+        for i in range(count):
+            array = b.load(b.gep(items, [i64(i)], inbounds=True), name=f"{name}.{i}")
+            data = b.bitcast(b.gep(array, [i64(ARRAY_DATA_OFFSET)], inbounds=True),
+                             ir.PointerType(PTR))
+            b.store(b.load(data, name=f"{name}.{i}.data"), b.gep(slots, [i64(i)], inbounds=True))
+        return slots
+
+    inputs, outputs = table(fn.args[0], n_inputs, "inputs"), table(fn.args[1], n_outputs,
+                                                                      "outputs")
+    b.call(main, [inputs, outputs, fn.args[2], fn.args[3]])
+    b.ret_void()
+    return fn
