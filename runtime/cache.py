@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .export import LoadedModule, export, load
+from .export import LoadedModule, add_checksums, export, load
 
 
 def cache_dir() -> Optional[str]:
@@ -185,7 +185,9 @@ class CachedModule(LoadedModule):
         return self.manifest["memory"]
 
     def export(self, path: str) -> None:
+        """The entry's files, with the checksums the cache does not keep."""
         shutil.copytree(self.path, path, dirs_exist_ok=True)
+        add_checksums(path)
 
 
 DEFAULT_MAX_BYTES = 1 << 30

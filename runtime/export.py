@@ -157,6 +157,20 @@ def export(compiled, path: str, checksums: bool = True) -> None:
         json.dump(manifest, f, indent=1)
 
 
+def add_checksums(path: str) -> None:
+    """Give an artifact written without checksums (a compile-cache entry, copied out by
+    `Module.export` of a module the cache served) the digests `load` verifies."""
+    mpath = os.path.join(path, MANIFEST)
+    with open(mpath) as f:
+        manifest = json.load(f)
+    files = manifest.get("files", {})
+    for name, digest in files.items():
+        if digest is None:
+            files[name] = _sha256(os.path.join(path, name))
+    with open(mpath, "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
 # The attributes that record a choice a cost model or the target made (a Winograd tile, a
 # sparse format, the blocked layout's block): an artifact says how its code was chosen.
 CHOICES = {"winograd_conv2d": ("tile",), "sparse_matmul": ("block", "transpose_out", "tiled"),

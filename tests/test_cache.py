@@ -99,6 +99,21 @@ def test_entries_are_not_artifacts(fresh_cache):
         load(str(entry))
 
 
+def test_a_module_from_the_cache_exports_a_loadable_artifact(fresh_cache, tmp_path_factory):
+    """Module.export of a module the cache served copies the entry and adds the checksums a
+    verified load wants (it used to copy the entry as it was: `slimc.load` refused it)."""
+    from slimc.runtime.export import load
+
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    slimc.compile(graph())
+    cache.wait()
+    hit = slimc.compile(graph())
+    assert isinstance(hit._current(), cache.CachedModule)
+    out = str(tmp_path_factory.mktemp("artifact") / "out")
+    hit.export(out)
+    np.testing.assert_array_equal(load(out)(x)[0], hit(x)[0])
+
+
 def test_compile_leaves_numpy_huge_pages_as_they_were(fresh_cache):
     """Compiling turns numpy's huge-page advice off for its own allocations only."""
     from slimc.ir.buffers import small_pages
