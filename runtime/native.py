@@ -155,9 +155,12 @@ class NativeModule:
             return arrays
         return [np.asarray(a, order="C") for a in check_arrays(self._inputs, arrays, self._name)]
 
+    def _fresh_outputs(self) -> list:
+        return [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+
     def _pointers(self, arrays) -> tuple:
         """Fresh outputs and the pointer tables of the inputs and outputs."""
-        outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]
+        outs = self._fresh_outputs()
         in_ptrs = self._in_ptr_type(*[_address(a) for a in arrays])
         out_ptrs = self._out_ptr_type(*[_address(o) for o in outs])
         return outs, in_ptrs, out_ptrs
@@ -173,7 +176,7 @@ class NativeModule:
         arena = self._arena()
         try:
             if self._call is not None:
-                outs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+                outs = self._fresh_outputs()
                 self._call(tuple(arrays), tuple(outs), arena[1], self._weights_address)
             else:
                 outs, in_ptrs, out_ptrs = self._pointers(arrays)

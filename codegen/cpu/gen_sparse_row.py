@@ -332,7 +332,10 @@ def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
     a slice's steps are mostly whole; the steps past its shortest row mask each row that has
     ended (a NaN in x reaches only the rows storing a value at its column). Each row's result
     is stored at its own place (the sorted order is a table). Summation: per row, in stored-
-    column order, one FMA at a time."""
+    column order, one FMA at a time. (Emerald Rapids, one thread, 90% in 1x8 blocks, A/B in
+    one process: 256 x 1024 3.21 -> 2.72 us a call, 1024 x 256 3.60 -> 3.43, against the
+    generic kernel's row at a time with four accumulators and a tail; two rows side by side
+    in one AVX-512 vector measured the same and were left out.)"""
     bm, values, indices, offsets = node.inputs
     bld, S = kb.b, BLOCK_SLICE
     name = llvm_name(node.outputs[0].name)
