@@ -10,8 +10,16 @@ blocks (eight consecutive outputs at one input: the pattern `slimc.prune.magnitu
 what the `sparsify` pass chooses by itself (``auto``: it must never be slower than dense).
 Median latency of a call (bench/timing.py's interleaved turns; with ``--cold``, each call
 after the caches are emptied, as a layer of a model bigger than the caches meets its
-weights); results are checked against numpy before timing. Nothing is asserted: the table
-is the result. ``--models bert,mobilenetv2`` runs the end-to-end comparison instead.
+weights; it empties Python's own caches too, which costs a call ~40 us); results are
+checked against numpy before timing. Nothing is asserted: the table is the result.
+
+One-token layers are small: a single 256 x 1024 layer called again and again finds its dense
+weights (1 MB) in L2, and the call's fixed cost (~2 us) is a fair part of its time. With
+``--stack L`` each one-token row is a model of L layers of that shape, each with weights of
+its own, summed (the adds fuse into the products' stores), and the table gives the time per
+layer: a layer as a one-token decoder step meets it, its weights not left in cache by the
+call before and the call's cost shared (`--stack 32`: even the pruned weights outgrow L2).
+``--models bert,mobilenetv2`` runs the end-to-end comparison instead.
 """
 
 from __future__ import annotations
@@ -270,9 +278,10 @@ def main(argv=None) -> int:
         return 0
     sparsities = [float(s) for s in args.sparsity.split(",")]
     rng = np.random.default_rng(0)
+    stacked = f", one-token layers {args.stack} to a model (time per layer)" \
+        if args.stack > 1 else ""
     print(f"slimc sparse / dense speedup (dense time / sparse time), {args.threads} thread(s)"
-          f"{', caches emptied before each call' if args.cold else ''}"
-          f"{f', one-token layers {args.stack} to a model (time per layer)' if args.stack else ''}"
+          f"{', caches emptied before each call' if args.cold else ''}{stacked}"
           f"; auto = what the sparsify pass chose")
     print(f"{'layer':<34} {'dense ms':>9} {'CSR':>6} {'1x8':>6} {'auto':>6} {'auto x':>7}")
     cases = []
