@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 GEOMEAN_GROUPS = ("model", "user")  # micro benchmarks, the MLP and the denormal pair are not
 

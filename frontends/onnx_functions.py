@@ -10,7 +10,6 @@ normal converter loop, so a body that uses another function op is expanded in tu
 
 from __future__ import annotations
 
-from typing import Optional
 
 # onnx is imported inside the functions: `import slimc` (and loading an exported artifact)
 # must not import it.

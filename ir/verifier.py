@@ -7,7 +7,7 @@ and every node's output types equal to what type inference gives for its inputs.
 
 from __future__ import annotations
 
-from .errors import ModelError, SlimcError, VerificationError
+from .errors import ModelError, VerificationError
 from .graph import Graph
 from .registry import infer_node
 

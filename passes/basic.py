@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from slimc.ir import Graph, get_op
+from slimc.ir import Graph
 from slimc.ir.debug import log
 from slimc.ir.errors import ModelError
 from slimc.ir.interpreter import run_node

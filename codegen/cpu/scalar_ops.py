@@ -22,7 +22,7 @@ from llvmlite import ir
 from slimc.ir import DType, dtypes
 
 from . import vmath
-from .llvm_util import (F16, F32, F64, I1, I8, I32, I64, const, element_type, is_float,
+from .llvm_util import (F32, I8, I32, const, element_type, is_float,
                         llvm_type, vector_of)
 
 

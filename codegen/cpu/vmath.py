@@ -24,7 +24,7 @@ import math
 
 from llvmlite import ir
 
-from .llvm_util import F32, I32, const, vector_of
+from .llvm_util import I32, const, vector_of
 
 
 def _lanes(x: ir.Value) -> int:

@@ -77,7 +77,7 @@ for _onnx, (_slimc, _attrs) in WITH_ATTRS.items():
 
 @converter("Cast", since=6)
 def cast(ctx: ConvertContext):
-    to = onnx_dtype(ctx.attr("to", kind="int"), f" (Cast to)")
+    to = onnx_dtype(ctx.attr("to", kind="int"), " (Cast to)")
     return ctx.emit("cast", [ctx.input(0)], to=to)
 
 
