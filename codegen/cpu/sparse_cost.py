@@ -29,9 +29,10 @@ from .winograd_cost import _TimedKernel
 # runs slower in the model (one token 256 x 1024 at 50%: 1.27x measured, 0.88x in calls).
 MARGIN = 1.1
 CANDIDATE_SPREAD = 1.75  # sparse forms predicted within this factor of the cheapest are timed
-CACHE_VERSION = 7  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
+CACHE_VERSION = 8  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
 # of K by CPU and by the vectors a tile uses; 4: threads split column tiles first; 5: sums per call;
-# 6: 16-bit column indices; 7: every candidate form timed
+# 6: 16-bit column indices; 7: every candidate form timed; 8: one-token block kernel, windowed
+# steps' i32 offsets, block formats of images split rows first
 
 
 class SparseCostModel:
