@@ -23,10 +23,9 @@ the stored blocks (the work) divide evenly, so two threads share a layer whose z
 uneven. Threads split the columns (tokens, pixels) first: a thread reads only its columns of
 b, the ones a token-wise kernel before it wrote on the same thread, and a layer has more items
 than 8 parts for more threads (two threads, 80%: BERT-sized layers and 1x1 convolutions
-0.87-1.01x the time of the parts-first split; one thread 0.95-1.04x). Block formats of an
-image's channels split the rows first (`parts_first`: their column tiles write many rows at
-once). Chunk sums live in one
-slot per call (per thread), the size of one part's rows. The fused epilogue (bias,
+0.87-1.01x the time of the parts-first split; one thread 0.95-1.04x). An output bigger than
+the caches runs the rows' parts first (`parts_first`: a column tile writes every row). Chunk
+sums live in one slot per call (per thread), the size of one part's rows. The fused epilogue (bias,
 activation, residual) runs on each result vector before its store.
 Summation: in stored-column order per row, one FMA at a time (not the dense kernel's order:
 results differ from the dense kernel by float rounding, the usual K * eps * |a| |b| bound).
@@ -57,6 +56,7 @@ SLAB_BYTES_OTHER = 48 << 10  # Emerald Rapids, 48 KB L1d and 2 MB L2: 12 KB ran 
 # slower, one chunk as fast but for 7x7 and 14x14 convs (1.1x slower)
 SCRATCH_LIMIT = 16 << 20  # chunk sums of every row block (bytes), else no chunks
 UNROLL = 4  # independent accumulators of a one-column block row
+PARTS_FIRST_BYTES = 1 << 20  # output of one batch entry past which items run rows first
 
 
 def tile_vectors(block: int, vw: int) -> int:
@@ -66,18 +66,19 @@ def tile_vectors(block: int, vw: int) -> int:
     return max(1, min(4, budget // block))
 
 
-def parts_first(block: int, transposed: bool) -> bool:
+def parts_first(transposed: bool, out_bytes: int) -> bool:
     """Whether a kernel's items run the parts of the rows first, each over every column tile
-    (else the column tiles first, each over every part). Block formats whose output rows are
-    the image's channels (a 1x1 convolution): a column tile writes a run of every output row,
-    and with block rows of 4-16 rows those many runs at once, rows 12.5 KB apart at 56x56;
-    a part's rows across all tiles write far fewer rows at a time (Emerald Rapids, one
-    thread, 90%: 56x56 64->256 1x8 0.47 -> 0.27 ms, 1x4 0.40 -> 0.33, 1x16 0.66 -> 0.44;
-    112x112 16->96 1x8 0.44 -> 0.30; 7x7 to 28x28 layers the same; MobileNetV2 at 80% in
-    1x8 blocks 3.94 -> 3.26 ms at 1 thread, 2.65 -> 2.25 at 2). CSR keeps the tiles first:
-    the same MobileNetV2 unstructured 4.17 -> 4.28 / 3.37 -> 3.62 the other way. A transposed
-    store writes each token's run of rows itself, and keeps the tiles first too."""
-    return block > 1 and not transposed
+    (else the column tiles first, each over every part). Where the output (one batch entry's,
+    `out_bytes`) outgrows the caches, a column tile writes a run of every output row at once
+    (rows 12.5 KB apart at 56x56), each row met again one tile later after its lines have
+    left; a part's rows across all tiles write few rows at a time. Measured on Emerald
+    Rapids (2 MB L2), one thread, forced forms, tiles-first -> parts-first: 1x8 at 90%,
+    56x56 64->256 (3.2 MB) 0.47 -> 0.27 ms, 1x4 0.40 -> 0.33, 1x16 0.66 -> 0.44; at 80%,
+    MobileNetV2's 1x1 convolutions in 1x8 blocks 1.28-1.43x faster from 1.8 MB of output up
+    (112x112 16->96, 56x56 24->144, 56x56 64->256), 0.94-1.07x below 1 MB (one 0.63x); CSR
+    112x112 16->96 (4.8 MB) 1.33x (1.59x at 2 threads), 56x56 24->144 (1.8 MB) 0.85x /
+    0.98x, 3.2 MB even. A transposed store writes each token's run of rows itself."""
+    return not transposed and out_bytes > PARTS_FIRST_BYTES
 
 
 def slab_bytes(target) -> int:
@@ -144,7 +145,7 @@ def sparse_matmul(kb: KernelBuilder, node) -> None:
     with kb.loop(kb.begin, kb.end, name="item") as item:
         n = bld.udiv(item, i64(tiles * parts), name="n")
         tile_part = bld.urem(item, i64(tiles * parts), name="tile.part")
-        if parts_first(block, transposed):
+        if parts_first(transposed, R * C * 4):
             part = bld.udiv(tile_part, i64(tiles), name="part")
             ct = bld.urem(tile_part, i64(tiles), name="ct")
         else:
