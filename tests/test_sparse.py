@@ -194,6 +194,22 @@ def test_one_token_kernel(target, k, threads):
     _close(got[..., ~hit], want[..., ~hit], k)
 
 
+@pytest.mark.parametrize("block", [1, 8])
+def test_large_outputs_run_row_parts_first(block):
+    """An output past PARTS_FIRST_BYTES runs its items rows first (each part over every
+    column tile, a partial last tile), on 1 and 3 threads, against numpy."""
+    from slimc.codegen.cpu.gen_sparse import parts_first
+
+    rows, k, cols = 300, 40, 1000
+    assert parts_first(False, rows * cols * 4) and not parts_first(True, rows * cols * 4)
+    a = sparse_matrix(rows, k, 0.2, block, empty_rows=[5])
+    b = RNG.standard_normal((1, k, cols)).astype(np.float32)
+    bias = RNG.standard_normal((rows, 1)).astype(np.float32)
+    g = _sparse_graph(a, b.shape, block, relu=True, bias=bias)
+    for threads in (1, 3):
+        _close(slimc.compile(g, threads=threads)(b)[0], _expected(a, b, 0, True, bias), k)
+
+
 def test_block_slices_hold_the_matrix():
     """Every stored block once, in its row's slot, in stored order; slices' rows sorted
     longest first; `full` steps are whole for every row of a slice."""

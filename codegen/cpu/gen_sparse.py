@@ -25,8 +25,8 @@ b, the ones a token-wise kernel before it wrote on the same thread, and a layer 
 than 8 parts for more threads (two threads, 80%: BERT-sized layers and 1x1 convolutions
 0.87-1.01x the time of the parts-first split; one thread 0.95-1.04x). An output bigger than
 the caches runs the rows' parts first (`parts_first`: a column tile writes every row). Chunk
-sums live in one slot per call (per thread), the size of one part's rows. The fused epilogue (bias,
-activation, residual) runs on each result vector before its store.
+sums live in one slot per call (per thread), the size of one part's rows. The fused epilogue
+(bias, activation, residual) runs on each result vector before its store.
 Summation: in stored-column order per row, one FMA at a time (not the dense kernel's order:
 results differ from the dense kernel by float rounding, the usual K * eps * |a| |b| bound).
 """
