@@ -33,6 +33,8 @@ Weights in 1 x block blocks: `one_token_blocks`, eight block rows a step, sorted
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 from llvmlite import ir
 
@@ -134,6 +136,34 @@ def step_lanes(so: np.ndarray, vw: int):
     return lanes, masks.astype(np.uint16)
 
 
+@contextmanager
+def slice_items(kb: KernelBuilder, k: SparseKernel, bounds: list, batch: int, K: int):
+    """The kernel's items (batch entry x part of the slices, `bounds` the parts' first
+    slices) and each item's slices: yields (batch entry, its x, slice)."""
+    bld = kb.b
+    parts = len(bounds) - 1
+    part_table = const_table(kb, bounds, "parts", ir.IntType(64))
+    kb.parallel_extent = batch * parts
+    with kb.loop(kb.begin, kb.end, name="item") as item:
+        n = bld.udiv(item, i64(parts), name="n")
+        part = bld.urem(item, i64(parts), name="part")
+        s0 = bld.load(bld.gep(part_table, [part], inbounds=True), name="s0")
+        s1 = bld.load(bld.gep(part_table, [bld.add(part, i64(1))], inbounds=True), name="s1")
+        x = bld.gep(k.B, [bld.mul(n, i64(K))], inbounds=True, name="x.n")
+        with kb.loop(s0, s1, name="slice") as sl:
+            yield n, x, sl
+
+
+def store_across_end(k: SparseKernel, n, col, acc, lanes: int) -> None:
+    """Store the run of `lanes` output columns at `col` that reaches past R: its lanes
+    there masked off."""
+    bld, R = k.b, k.R
+    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
+    left = bld.sub(i64(R), col)
+    mask = bld.icmp_signed("<", lane_ids, splat(bld, left, lanes), name="run.mask")
+    k.store(n, i64(0), col, acc, mask, R % lanes)
+
+
 def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: int) -> None:
     """The slices' loop: parts of about equal work per thread, each slice's steps, then its
     vectors of output columns stored."""
@@ -158,43 +188,24 @@ def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: i
     width = step.vectors * vw  # rows a slice
     nslices = len(starts) - 1
     bounds = work_parts(starts, width, min(ITEMS, nslices))
-    parts = len(bounds) - 1
-    part_table = const_table(kb, bounds, "parts", ir.IntType(64))
-    kb.parallel_extent = batch * parts
     kb.cost = 2 * int(starts[-1]) * width * batch
-    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), vw), list(range(vw)))
-
-    def store(n, col, acc, last: bool):
-        if last and R % vw:  # the vector reaching past R: its lanes there masked off
-            left = bld.sub(i64(R), col)
-            mask = bld.icmp_signed("<", lane_ids, splat(bld, left, vw), name="run.mask")
-            k.store(n, i64(0), col, acc, mask, R % vw)
-        else:
-            k.store(n, i64(0), col, acc, None, vw)
-
-    with kb.loop(kb.begin, kb.end, name="item") as item:
-        n = bld.udiv(item, i64(parts), name="n")
-        part = bld.urem(item, i64(parts), name="part")
-        s0 = bld.load(bld.gep(part_table, [part], inbounds=True), name="s0")
-        s1 = bld.load(bld.gep(part_table, [bld.add(part, i64(1))], inbounds=True), name="s1")
-        x = bld.gep(k.B, [bld.mul(n, i64(K))], inbounds=True, name="x.n")
-        with kb.loop(s0, s1, name="slice") as sl:
-            t0, t1 = k.blocks_of(sl)
-            accs = step(x, t0, t1, sl)
-            row0 = bld.mul(sl, i64(width), name="row0")
-            for i, acc in enumerate(accs):
-                col = bld.add(row0, i64(i * vw), name=f"col{i}") if i else row0
-                if R % width == 0:
-                    store(n, col, acc, False)
-                    continue
-                # the last slice: vectors past R are not stored, the one across R masked
-                whole = bld.icmp_signed("<=", bld.add(col, i64(vw)), i64(R), name="whole")
-                with bld.if_else(whole) as (then, otherwise):
-                    with then:
-                        store(n, col, acc, False)
-                    with otherwise:
-                        with bld.if_then(bld.icmp_signed("<", col, i64(R))):
-                            store(n, col, acc, True)
+    with slice_items(kb, k, bounds, batch, K) as (n, x, sl):
+        t0, t1 = k.blocks_of(sl)
+        accs = step(x, t0, t1, sl)
+        row0 = bld.mul(sl, i64(width), name="row0")
+        for i, acc in enumerate(accs):
+            col = bld.add(row0, i64(i * vw), name=f"col{i}") if i else row0
+            if R % width == 0:
+                k.store(n, i64(0), col, acc, None, vw)
+                continue
+            # the last slice: vectors past R are not stored, the one across R masked
+            whole = bld.icmp_signed("<=", bld.add(col, i64(vw)), i64(R), name="whole")
+            with bld.if_else(whole) as (then, otherwise):
+                with then:
+                    k.store(n, i64(0), col, acc, None, vw)
+                with otherwise:
+                    with bld.if_then(bld.icmp_signed("<", col, i64(R))):
+                        store_across_end(k, n, col, acc, vw)
     bld.ret_void()
 
 
@@ -356,12 +367,8 @@ def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
     table = np.concatenate([starts, full, order, lengths]).astype(np.int32)
     T = kb.substitute_constant(offsets, table, name + ".slices.table")
     bounds = work_parts(starts, S * block, min(ITEMS, nsl))
-    parts = len(bounds) - 1
-    part_table = const_table(kb, bounds, "parts", ir.IntType(64))
-    kb.parallel_extent = batch * parts
     kb.cost = 2 * int(starts[-1]) * S * block * batch
     vt = ir.VectorType(F32, block)
-    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), block), list(range(block)))
     I64T = ir.IntType(64)
 
     def entry(at, name_):
@@ -402,42 +409,33 @@ def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
     def store(n, col, acc):
         if R % block == 0:
             return k.store(n, i64(0), col, acc, None, block)
-        # the block row reaching past R: its lanes there masked off
         whole = bld.icmp_signed("<=", bld.add(col, i64(block)), i64(R), name="whole")
         with bld.if_else(whole) as (then, otherwise):
             with then:
                 k.store(n, i64(0), col, acc, None, block)
             with otherwise:
-                left = bld.sub(i64(R), col)
-                mask = bld.icmp_signed("<", lane_ids, splat(bld, left, block), name="run.mask")
-                k.store(n, i64(0), col, acc, mask, R % block)
+                store_across_end(k, n, col, acc, block)
 
-    with kb.loop(kb.begin, kb.end, name="item") as item:
-        n = bld.udiv(item, i64(parts), name="n")
-        part = bld.urem(item, i64(parts), name="part")
-        s0 = bld.load(bld.gep(part_table, [part], inbounds=True), name="s0")
-        s1 = bld.load(bld.gep(part_table, [bld.add(part, i64(1))], inbounds=True), name="s1")
-        x = bld.gep(k.B, [bld.mul(n, i64(K))], inbounds=True, name="x.n")
-        with kb.loop(s0, s1, name="slice") as sl:
-            t0, t1 = entry(sl, "t0"), entry(bld.add(sl, i64(1)), "t1")
-            tf = bld.add(t0, entry(bld.add(sl, i64(nsl + 1)), "full"), name="tf")
-            zero = [ir.Constant(vt, None)] * S
-            accs = carried_loop(bld, t0, tf, zero, lambda t, a: step(x, t, a), "t")
-            slot0 = bld.mul(sl, i64(S), name="slot0")
-            lens = [entry(bld.add(slot0, i64(2 * nsl + 1 + nsl * S + i)), f"len{i}")
-                    for i in range(S)]
+    with slice_items(kb, k, bounds, batch, K) as (n, x, sl):
+        t0, t1 = entry(sl, "t0"), entry(bld.add(sl, i64(1)), "t1")
+        tf = bld.add(t0, entry(bld.add(sl, i64(nsl + 1)), "full"), name="tf")
+        zero = [ir.Constant(vt, None)] * S
+        accs = carried_loop(bld, t0, tf, zero, lambda t, a: step(x, t, a), "t")
+        slot0 = bld.mul(sl, i64(S), name="slot0")
+        lens = [entry(bld.add(slot0, i64(2 * nsl + 1 + nsl * S + i)), f"len{i}")
+                for i in range(S)]
 
-            def ended_step(t, a):
-                done = bld.sub(t, t0, name="done")
-                return step(x, t, a, [bld.icmp_signed(">=", done, ln) for ln in lens])
+        def ended_step(t, a):
+            done = bld.sub(t, t0, name="done")
+            return step(x, t, a, [bld.icmp_signed(">=", done, ln) for ln in lens])
 
-            accs = carried_loop(bld, tf, t1, accs, ended_step, "tm")
-            for i, acc in enumerate(accs):
-                rb = entry(bld.add(slot0, i64(2 * nsl + 1 + i)), f"rb{i}")
-                col = bld.mul(rb, i64(block), name=f"col{i}")
-                if len(order) > len(off) - 1:  # the last slice has empty slots
-                    with bld.if_then(bld.icmp_signed(">=", rb, i64(0))):
-                        store(n, col, acc)
-                else:
+        accs = carried_loop(bld, tf, t1, accs, ended_step, "tm")
+        for i, acc in enumerate(accs):
+            rb = entry(bld.add(slot0, i64(2 * nsl + 1 + i)), f"rb{i}")
+            col = bld.mul(rb, i64(block), name=f"col{i}")
+            if len(order) > len(off) - 1:  # the last slice has empty slots
+                with bld.if_then(bld.icmp_signed(">=", rb, i64(0))):
                     store(n, col, acc)
+            else:
+                store(n, col, acc)
     bld.ret_void()
