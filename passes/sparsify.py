@@ -36,7 +36,7 @@ from slimc.ir.builder import add_op, infer_op
 from slimc.ir.debug import log
 from slimc.ir.errors import SlimcError
 from slimc.ir.graph import constant_data
-from slimc.ir.ops.sparse import compress
+from slimc.ir.ops.sparse import compress, operand_shape
 
 from .pass_manager import Pass
 from .rewriter import Any, Builder, Const, Match, Op, Opt, Rule, apply_rule
@@ -101,6 +101,7 @@ class Layer:
     transposed: bool  # the sparse form transposes x and the result (a matmul of rows > 1)
     dense_graph: Callable[[], Graph]
     info: Structure = None
+    tiled: bool = False  # b's columns in tiles, read as x's rows (the kernel transposes them)
 
     @property
     def columns(self) -> int:
@@ -231,8 +232,9 @@ def _rewrite_rows(b: Builder, x, a, block, name, bias=None, transposes=None):
     """x [..., M, K] @ A^T (+ bias [N]): the sparse product of transpose(x), stored
     transposed back by the kernel (a single row needs only a reshape); M in tiles of
     TOKEN_TILE rows where it divides: x^T is then [..., M / tile, K, tile] (`tiled`), the
-    result [..., M, N] as before. `transposes` keeps the transposes made so far by input, so
-    the Q, K and V projections of one x share one."""
+    result [..., M, N] as before (`read_tiles_as_rows` later lets the kernel transpose the
+    tiles itself). `transposes` keeps the transposes made so far by input, so the Q, K and
+    V projections of one x share one."""
     shape = x.type.shape
     m, k = shape[-2], shape[-1]
     lead = tuple(shape[:-2])
@@ -288,6 +290,7 @@ class Sparsify(Pass):
         a = _weight_of(m, op)
         info = structure(a)
         x = m["x"].type.shape
+        tiles = 0
         if op == "conv":
             b_shape = (x[0], x[1], int(np.prod(x[2:], dtype=np.int64)))
             transposed = False
@@ -296,7 +299,7 @@ class Sparsify(Pass):
             b_shape = tuple(x[:-2]) + ((tiles, x[-1], TOKEN_TILE) if tiles else (x[-1], x[-2]))
             transposed = x[-2] != 1
         layer = Layer(out.name, op, a, b_shape, transposed,
-                      lambda: _one_op_graph(root), info)
+                      lambda: _one_op_graph(root), info, tiled=tiles > 0)
         if self.force is not None:
             block = None if self.force == "dense" else int(self.force)
             choice = Choice(block, f"{_fmt(block)}: forced")
@@ -396,6 +399,7 @@ class Sparsify(Pass):
             for node in list(graph.nodes):
                 if node.graph is graph and node.op == "transpose":
                     sink_transpose(graph, node)
+            read_tiles_as_rows(graph)
         return changed
 
 
@@ -437,7 +441,8 @@ def _store_order(sm: Node, y_shape, s_shape, perm) -> "tuple | str":
     run of tokens (of a tile) and stays last: the transpose then moves whole runs, or
     nothing. Attention's K^T ([B, H, D, S] from a [B, S, H * D] projection) is one such: no
     transpose left untiled, runs of a tile's 64 tokens when tiled."""
-    z = list(sm.inputs[0].type.shape[:-2]) + [sm.attrs["rows"], sm.inputs[0].type.shape[-1]]
+    b_dims = operand_shape(sm.inputs[0].type.shape, sm.attrs.get("x_rows", 0))
+    z = list(b_dims[:-2]) + [sm.attrs["rows"], b_dims[-1]]
     r = len(z)
     back = [("transpose", list(range(r - 2)) + [r - 1, r - 2]), ("reshape", list(y_shape))]
     found = compose_views(z, back + [("reshape", list(s_shape)), ("transpose", perm)])
@@ -517,6 +522,30 @@ def sink_transpose(graph: Graph, t: Node) -> bool:
                     f"{len(chain)} elementwise op(s) "
                     f"{'removed' if perm == list(range(len(perm))) else 'moves runs of tokens'}")
     return True
+
+
+def read_tiles_as_rows(graph: Graph) -> None:
+    """sparse_matmul(transpose(x's tiles [..., tiles, TOKEN_TILE, K])) -> sparse_matmul(the
+    tiles) {x_rows}, where that product is the transpose's only reader: each thread
+    transposes the tiles it works on into scratch of its own, in cache, instead of a kernel
+    before it writing x^T to memory and the product reading it back. A transpose that
+    several products read (attention's Q, K and V projections) stays: one pass over x
+    rather than one per product. Runs after `sink_transpose`, which takes a transpose that a
+    product can store for instead."""
+    for sm in list(graph.nodes):
+        if sm.op != "sparse_matmul" or sm.attrs.get("x_rows", 0):
+            continue
+        t = sm.inputs[0].producer
+        if t is None or t.op != "transpose" or len(t.outputs[0].uses) != 1:
+            continue  # (a transpose that Q, K and V read stays: one pass, not three)
+        r = len(t.inputs[0].type.shape)
+        if list(t.attrs["perm"]) != list(range(r - 2)) + [r - 1, r - 2] or r < 3 or \
+                t.inputs[0].type.shape[-2] != TOKEN_TILE:
+            continue
+        sm.set_input(0, t.inputs[0])
+        sm.attrs["x_rows"] = 1
+        if t.outputs[0] not in graph.outputs:
+            graph.remove_node(t)
 
 
 def _one_op_graph(node: Node) -> Graph:

@@ -173,7 +173,8 @@ def add_checksums(path: str) -> None:
 
 # The attributes that record a choice a cost model or the target made (a Winograd tile, a
 # sparse format, the blocked layout's block): an artifact says how its code was chosen.
-CHOICES = {"winograd_conv2d": ("tile",), "sparse_matmul": ("block", "transpose_out", "tiled"),
+CHOICES = {"winograd_conv2d": ("tile",),
+           "sparse_matmul": ("block", "transpose_out", "tiled", "x_rows"),
            "sparse_conv": ("block",), "to_blocked": ("block",)}
 
 

@@ -66,9 +66,10 @@ def test_compress_round_trip(block, density):
 # ----- the kernels ------------------------------------------------------------------------------
 
 def _sparse_graph(a, b_shape, block, op="sparse_matmul", transpose_out=0, relu=False,
-                  bias=None):
+                  bias=None, x_rows=0):
     g = Graph("sparse")
-    x = g.add_input("x", TensorType(dtypes.f32, b_shape))
+    x_shape = tuple(b_shape[:-2]) + (b_shape[-1], b_shape[-2]) if x_rows else b_shape
+    x = g.add_input("x", TensorType(dtypes.f32, x_shape))
     v, i, o = compress(a, block)
     consts = [g.add_constant(n, d) for n, d in (("w.values", v), ("w.indices", i),
                                                 ("w.offsets", o))]
@@ -78,7 +79,8 @@ def _sparse_graph(a, b_shape, block, op="sparse_matmul", transpose_out=0, relu=F
     else:
         tail = (b_shape[-1], rows) if transpose_out else (rows, b_shape[-1])
         shape = tuple(b_shape[:-2]) + tail
-        attrs = {"rows": rows, "block": block, "transpose_out": transpose_out}
+        attrs = {"rows": rows, "block": block, "transpose_out": transpose_out,
+                 "x_rows": x_rows}
     t = TensorType(dtypes.f32, shape)
     y = g.make_node(op, [x] + consts, attrs, [t], ["y"]).outputs[0]
     if bias is not None:
@@ -116,6 +118,26 @@ def test_sparse_matmul_kernel(target, block, transpose_out, cols):
     _close(got, _expected(a, b, transpose_out, True, bias), 29)
     # the interpreter (the op's reference) says the same
     _close(slimc.interpret(g, b)[0], _expected(a, b, transpose_out, True, bias), 29)
+
+
+@pytest.mark.parametrize("target", _targets())
+@pytest.mark.parametrize("block", [1, 8])
+@pytest.mark.parametrize("transpose_out", [0, 1])
+@pytest.mark.parametrize("cols", [3, 64, 70])
+def test_kernel_transposes_x_rows(target, block, transpose_out, cols):
+    """x_rows: the first input is x [3 entries, C, K], b its transpose, which each thread
+    packs entry by entry (K and C with tails past whole register tiles; C = 3 takes the
+    column-at-a-time path), at 1 to 3 threads, against numpy and the interpreter."""
+    a = sparse_matrix(37, 29, 0.3, block, empty_rows=[0, 20], empty_cols=[28])
+    x = RNG.standard_normal((3, cols, 29)).astype(np.float32)
+    b = np.swapaxes(x, -1, -2)
+    bias = RNG.standard_normal(37 if transpose_out else (37, 1)).astype(np.float32)
+    g = _sparse_graph(a, b.shape, block, transpose_out=transpose_out, relu=True, bias=bias,
+                      x_rows=1)
+    want = _expected(a, b, transpose_out, True, bias)
+    for threads in (1, 2, 3):
+        _close(slimc.compile(g, target=target, threads=threads)(x)[0], want, 29)
+    _close(slimc.interpret(g, x)[0], want, 29)
 
 
 @pytest.mark.parametrize("k", [300, (1 << 16) + 700])
@@ -378,9 +400,10 @@ def test_sparse_ffn_sinks_the_transpose():
 
 @pytest.mark.parametrize("m, tiled", [(128, True), (192, True), (64, False), (96, False)])
 def test_sparse_ffn_with_tokens_in_tiles(m, tiled):
-    """M a multiple of TOKEN_TILE (and more than one tile): x^T is [M / 64, K, 64], the
-    first product stays in that form for the second, the second puts the tokens back in one
-    run; otherwise x^T is [K, M] as before. Both against onnxruntime, at 1 and 3 threads."""
+    """M a multiple of TOKEN_TILE (and more than one tile): the first product reads x's
+    tiles [M / 64, 64, K] (x_rows: no transpose before it) and stays in the form [M / 64, N,
+    64] for the second, the second puts the tokens back in one run; otherwise x^T is [K, M], a
+    transpose before the first. Both against onnxruntime, at 1 and 3 threads."""
     from slimc.passes.sparsify import TOKEN_TILE
 
     w1 = sparse_matrix(128, 96, 0.1).T.copy()
@@ -391,12 +414,15 @@ def test_sparse_ffn_with_tokens_in_tiles(m, tiled):
     for threads in (1, 3):
         mod = slimc.compile(model, threads=threads)
         ops = _ops(mod)
-        assert ops.count("sparse_matmul") == 2 and ops.count("transpose") == 1, ops
+        assert ops.count("sparse_matmul") == 2 and ops.count("transpose") == (not tiled), ops
         first, second = [n for n in mod.graph.nodes if n.op == "sparse_matmul"]
         assert (first.attrs["transpose_out"], second.attrs["transpose_out"]) == (0, 1)
+        assert (first.attrs.get("x_rows", 0), second.attrs.get("x_rows", 0)) == (int(tiled), 0)
         assert second.attrs["tiled"] == int(tiled)
-        b_shape = (m // TOKEN_TILE, 96, TOKEN_TILE) if tiled else (96, m)
-        assert first.inputs[0].type.shape == b_shape
+        x_shape = (m // TOKEN_TILE, TOKEN_TILE, 96) if tiled else (96, m)
+        assert first.inputs[0].type.shape == x_shape
+        assert second.inputs[0].type.shape == ((m // TOKEN_TILE, 128, TOKEN_TILE) if tiled
+                                               else (128, m))
         assert second.outputs[0].type.shape == (m, 96)
         np.testing.assert_allclose(mod(**feeds)[0], want, rtol=1e-4, atol=1e-4)
 
@@ -431,7 +457,7 @@ def test_keys_projection_stored_for_attention(m, tiled, capfd, monkeypatch):
                     for n in mod.graph.nodes if n.op == "sparse_matmul"}
         assert products == {"q": 1, "kk": 0}, products
         perms = [n.attrs["perm"] for n in mod.graph.nodes if n.op == "transpose"]
-        x_t = [0, 1, 3, 2] if tiled else [0, 2, 1]
+        x_t = [0, 1, 3, 2] if tiled else [0, 2, 1]  # one x^T for both products
         assert perms == ([x_t, [0, 2, 1, 3], [1, 2, 0, 3]] if tiled else
                          [x_t, [0, 2, 1, 3]]), perms
         if tiled:  # [tiles, H, D, 64 tokens] -> [H, D, tiles, 64]: runs of a tile's tokens

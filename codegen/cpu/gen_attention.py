@@ -11,8 +11,6 @@ three steps.
 
 from __future__ import annotations
 
-import math
-
 from llvmlite import ir
 
 from slimc.ir import InternalError, UnsupportedError, dtypes
@@ -20,7 +18,7 @@ from slimc.ir import InternalError, UnsupportedError, dtypes
 from . import gemm as gemm_kernels
 from .gen_linalg import _batch_index, _row_chunk, item_rows
 from .common import emitter, numel, vload, vstore
-from .gen_norm import _Axis
+from .gen_norm import _Axis, softmax_line
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, PTR, const, i64
 
@@ -136,31 +134,18 @@ def attention(kb: KernelBuilder, node) -> None:
         with kb.loop(0, rows, name="srow") as r:
             base = b.mul(r, i64(N), name="sbase")
 
-            def at(l):
-                return b.add(base, kb._ir(l), name="soff")
+            def at(l, n=None):  # where a score is, and its exp and probability after it
+                return scores, b.add(base, kb._ir(l), name="soff")
 
             def value(l, n):
-                return vload(kb, scores, at(l), n, "s")
+                return vload(kb, *at(l), n, "s")
 
-            axis = _Axis(kb, e, F32, N)
-            top = axis.reduce(value, -math.inf, "max", "max")
-            finite = b.fcmp_ordered("<", e.intrinsic("fabs", [top]), const(F32, math.inf))
-            top = b.select(finite, top, const(F32, 0.0), name="shift")
-
-            def exp_kept(l, n):
-                x = e.exp(e.sub(value(l, n), axis.bcast(top, n)))
-                vstore(kb, x, scores, at(l), "e")
-                return x
-
-            total = axis.reduce(exp_kept, 0.0, "sum", "sum")
-
-            def normalize(l, n):
-                p = e.fdiv(value(l, n), axis.bcast(total, n))
+            def store(l, n, p):
                 if zero_nan:
                     p = b.select(b.fcmp_unordered("uno", p, p), const(p.type, 0.0), p, name="p")
-                vstore(kb, p, scores, at(l), "p")
+                vstore(kb, p, *at(l), "p")
 
-            axis.foreach(normalize)
+            softmax_line(kb, e, _Axis(kb, e, F32, N), value, at, store)
 
         row0 = [first_row] if fused_extra else []
         if heads_last:  # [outer, M, H, E]: entry bi is head bi % H of outer bi / H

@@ -36,14 +36,20 @@ class _Axis:
     def __init__(self, kb: KernelBuilder, e: Emitter, acc_t: ir.Type, L: int, lanes=None):
         self.kb, self.e, self.acc_t, self.L, self.lanes = kb, e, acc_t, L, lanes
 
+    UNROLL = 4  # independent vector accumulators of a contiguous line's reduction
+
     def _comb(self, op, a, v):
         if op == "sum":
             return self.e.add(a, v)
         if op == "max":
             return self.e.max(a, v)
+        if op == "top":  # the largest element that is not NaN (one vmaxps)
+            return self.kb.b.select(self.e.lt(a, v), v, a)
         return op(a, v)
 
     def reduce(self, value: Callable, init, op, name: str = "acc"):
+        """`op` ("sum", "max", or "top": NaN-skipping max) over value(l, lanes). A contiguous
+        line keeps UNROLL vector accumulators (no chain of dependent adds or maxes)."""
         kb, b = self.kb, self.kb.b
         if self.lanes is not None:
             t = ir.VectorType(self.acc_t, self.lanes) if self.lanes > 1 else self.acc_t
@@ -54,20 +60,30 @@ class _Axis:
             return b.load(acc, name=name)
         W = kb.vector_width
         vt = ir.VectorType(self.acc_t, W)
-        vacc = entry_alloca(kb, vt, name + ".v")
+        unroll = max(1, min(self.UNROLL, self.L // W)) if isinstance(self.L, int) else 1
+        vaccs = [entry_alloca(kb, vt, f"{name}.v{u}") for u in range(unroll)]
         sacc = entry_alloca(kb, self.acc_t, name + ".s")
-        b.store(const(vt, init), vacc)
+        for slot in vaccs:
+            b.store(const(vt, init), slot)
         b.store(const(self.acc_t, init), sacc)
 
-        def body(l, n):
-            slot = vacc if n > 1 else sacc
+        def body(l, n, u=0):
+            slot = vaccs[u] if n > 1 else sacc
             b.store(self._comb(op, b.load(slot), value(l, n)), slot)
 
-        vec_loop(kb, 0, self.L, body, name)
-        if op in ("sum", "max"):
-            h = hreduce(self.e, b.load(vacc), op)
-            return self._comb(op, h, b.load(sacc))
-        raise ValueError(op)
+        start = 0
+        if unroll > 1:
+            start = self.L // (unroll * W) * (unroll * W)
+            with kb.loop(0, start, unroll * W, name=name + "u") as l:
+                for u in range(unroll):
+                    body(b.add(l, i64(u * W)) if u else l, W, u)
+        vec_loop(kb, start, self.L, body, name)
+        if op not in ("sum", "max", "top"):
+            raise ValueError(op)
+        v = b.load(vaccs[0])
+        for slot in vaccs[1:]:
+            v = self._comb(op, v, b.load(slot))
+        return self._comb(op, hreduce(self.e, v, "max" if op == "top" else op), b.load(sacc))
 
     def foreach(self, body: Callable, name: str = "out"):
         kb = self.kb
@@ -178,27 +194,17 @@ def softmax(kb: KernelBuilder, node) -> None:
 
             ax.foreach(lp_out)
             return
+        if kind == "softmax" and keep_exp:  # exp once: kept in the output between the passes
+            softmax_line(kb, e, ax, value, lambda l, n: (Y, offset(l)), store)
+            return
         # Halves round after every step, as the reference computes in the input's type
         # (numpy sums halves in float32 and rounds the sum once).
         rnd = (lambda v: _round_to(e, v, dt)) if dt == dtypes.f16 else (lambda v: v)
-        m = ax.reduce(value, -math.inf, "max", "max")
-        finite = b.fcmp_ordered("<", e.intrinsic("fabs", [m]), const(m.type, math.inf))
-        m = b.select(finite, m, const(m.type, 0.0), name="shift")
+        m = softmax_shift(kb, e, ax, value)
 
         def shifted(l, n):
             return rnd(e.sub(value(l, n), ax.bcast(m, n)))
 
-        if kind == "softmax" and keep_exp:
-            # exp once: kept in the output between the passes
-            def exp_kept(l, n):
-                v = rnd(e.exp(shifted(l, n)))
-                vstore(kb, v, Y, offset(l), "e")
-                return v
-
-            s = rnd(ax.reduce(exp_kept, 0.0, "sum", "sum"))
-            ax.foreach(lambda l, n: store(l, n, e.fdiv(vload(kb, Y, offset(l), n, "e"),
-                                                       ax.bcast(s, n))))
-            return
         s = rnd(ax.reduce(lambda l, n: rnd(e.exp(shifted(l, n))), 0.0, "sum", "sum"))
         if kind == "softmax":
             ax.foreach(lambda l, n: store(l, n, e.fdiv(rnd(e.exp(shifted(l, n))),
@@ -226,6 +232,31 @@ def softmax(kb: KernelBuilder, node) -> None:
 
             vec_loop(kb, 0, inner, block, "j", lanes=None if span.flat else 1)
     b.ret_void()
+
+
+def softmax_shift(kb: KernelBuilder, e: Emitter, ax: _Axis, value):
+    """What a softmax line subtracts before exp: its largest element that is not NaN (one
+    vmaxps a vector, no NaN test: a NaN still reaches every result through the sum of the
+    exps), 0 where that is not finite (a line of -inf, or none but NaNs)."""
+    top = ax.reduce(value, -math.inf, "top", "max")
+    finite = kb.b.fcmp_ordered("<", e.intrinsic("fabs", [top]), const(top.type, math.inf))
+    return kb.b.select(finite, top, const(top.type, 0.0), name="shift")
+
+
+def softmax_line(kb: KernelBuilder, e: Emitter, ax: _Axis, value, kept, store) -> None:
+    """A softmax of one line in its compute type, shared by the softmax op and attention:
+    exp(x - shift) is computed once and kept where `kept(l, n)` says ((buffer, offset): the
+    result's own buffer), summed, then scaled by 1 / sum (a multiply, not a divide per
+    element: within an ulp of the quotient) and given to store(l, n, p)."""
+    top = softmax_shift(kb, e, ax, value)
+
+    def exp_kept(l, n):
+        v = e.exp(e.sub(value(l, n), ax.bcast(top, n)))
+        vstore(kb, v, *kept(l, n), "e")
+        return v
+
+    inv = e.fdiv(const(top.type, 1.0), ax.reduce(exp_kept, 0.0, "sum", "sum"))
+    ax.foreach(lambda l, n: store(l, n, e.mul(vload(kb, *kept(l, n), n, "e"), ax.bcast(inv, n))))
 
 
 def _round_to(e: Emitter, v, dt):

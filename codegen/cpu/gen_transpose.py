@@ -14,7 +14,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .kernel import GROUP_KERNELS, KernelBuilder
-from .llvm_util import I32, i64, llvm_type
+from .llvm_util import I32, i64
 
 
 def transpose_square(b: ir.IRBuilder, vecs: list) -> list:
@@ -90,43 +90,57 @@ def emit_tiled_transpose(kb: KernelBuilder) -> None:
         batch *= d
     vw = kb.vector_width
     b = kb.b
-    et = llvm_type(dst.type.dtype)
-    vt = ir.VectorType(et, vw)
     X, Y = kb.ptr(src), kb.ptr(dst)
     strips = -(-A // vw)
-    a_full, b_full = A // vw * vw, B // vw * vw
     kb.parallel_extent = batch * strips
     kb.cost = batch * A * B
-
-    def elements(i0, i1, j0, j1, base):
-        with kb.loop(i0, i1, name="ei") as i:
-            with kb.loop(j0, j1, name="ej") as j:
-                x = b.load(b.gep(X, [b.add(base, b.add(b.mul(i, i64(B)), j))], inbounds=True))
-                b.store(x, b.gep(Y, [b.add(base, b.add(b.mul(j, i64(A)), i))], inbounds=True))
-
     with kb.loop(kb.begin, kb.end, name="item") as item:
         n = b.udiv(item, i64(strips), name="n")
         strip = b.urem(item, i64(strips), name="strip")
         base = b.mul(n, i64(A * B), name="base")
-        i0 = b.mul(strip, i64(vw), name="i0")
-        full = b.icmp_signed("<", i0, i64(a_full), name="full.strip")
-        with b.if_else(full) as (then, otherwise):
-            with then:
-                with kb.loop(0, b_full, step=vw, name="j0") as j0:
-                    rows = []
-                    for i in range(vw):
-                        at = b.add(base, b.add(b.mul(b.add(i0, i64(i)), i64(B)), j0))
-                        p = b.bitcast(b.gep(X, [at], inbounds=True), ir.PointerType(vt))
-                        rows.append(b.load(p, align=4, name=f"row{i}"))
-                    for j, col in enumerate(transpose_square(b, rows)):
-                        at = b.add(base, b.add(b.mul(b.add(j0, i64(j)), i64(A)), i0))
-                        p = b.bitcast(b.gep(Y, [at], inbounds=True), ir.PointerType(vt))
-                        b.store(col, p, align=4)
-                if b_full < B:
-                    elements(i0, b.add(i0, i64(vw)), i64(b_full), i64(B), base)
-            with otherwise:  # the last strip, fewer than vw rows
-                elements(i0, i64(A), i64(0), i64(B), base)
+        transpose_strip(kb, b.gep(X, [base], inbounds=True), b.gep(Y, [base], inbounds=True),
+                        b.mul(strip, i64(vw), name="i0"), A, B)
     b.ret_void()
+
+
+def transpose_matrix(kb: KernelBuilder, X, Y, A: int, B: int) -> None:
+    """Y [B, A] = the transpose of X [A, B] (row-major, both), strip by strip."""
+    vw = kb.vector_width
+    with kb.loop(0, -(-A // vw), name="strip") as strip:
+        transpose_strip(kb, X, Y, kb.b.mul(strip, i64(vw), name="i0"), A, B)
+
+
+def transpose_strip(kb: KernelBuilder, X, Y, i0, A: int, B: int) -> None:
+    """Rows i0 to i0 + vw of X [A, B] into columns of Y [B, A]: vw x vw register tiles
+    (`transpose_square`), the columns past the last whole tile, and a last strip of fewer
+    than vw rows, element by element."""
+    b, vw = kb.b, kb.vector_width
+    vt = ir.VectorType(X.type.pointee, vw)
+    a_full, b_full = A // vw * vw, B // vw * vw
+
+    def elements(i0, i1, j0, j1):
+        with kb.loop(i0, i1, name="ei") as i:
+            with kb.loop(j0, j1, name="ej") as j:
+                x = b.load(b.gep(X, [b.add(b.mul(i, i64(B)), j)], inbounds=True))
+                b.store(x, b.gep(Y, [b.add(b.mul(j, i64(A)), i)], inbounds=True))
+
+    full = b.icmp_signed("<", i0, i64(a_full), name="full.strip")
+    with b.if_else(full) as (then, otherwise):
+        with then:
+            with kb.loop(0, b_full, step=vw, name="j0") as j0:
+                rows = []
+                for i in range(vw):
+                    at = b.add(b.mul(b.add(i0, i64(i)), i64(B)), j0)
+                    p = b.bitcast(b.gep(X, [at], inbounds=True), ir.PointerType(vt))
+                    rows.append(b.load(p, align=4, name=f"row{i}"))
+                for j, col in enumerate(transpose_square(b, rows)):
+                    at = b.add(b.mul(b.add(j0, i64(j)), i64(A)), i0)
+                    p = b.bitcast(b.gep(Y, [at], inbounds=True), ir.PointerType(vt))
+                    b.store(col, p, align=4)
+            if b_full < B:
+                elements(i0, b.add(i0, i64(vw)), i64(b_full), i64(B))
+        with otherwise:  # the last strip, fewer than vw rows
+            elements(i0, i64(A), i64(0), i64(B))
 
 
 GROUP_KERNELS.append((tiled_transpose_applies, emit_tiled_transpose))

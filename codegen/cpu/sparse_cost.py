@@ -29,10 +29,11 @@ from .winograd_cost import _TimedKernel
 # runs slower in the model (one token 256 x 1024 at 50%: 1.27x measured, 0.88x in calls).
 MARGIN = 1.1
 CANDIDATE_SPREAD = 1.75  # sparse forms predicted within this factor of the cheapest are timed
-CACHE_VERSION = 8  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
+CACHE_VERSION = 9  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
 # of K by CPU and by the vectors a tile uses; 4: threads split column tiles first; 5: sums per call;
 # 6: 16-bit column indices; 7: every candidate form timed; 8: one-token block kernel, windowed
-# steps' i32 offsets, block formats of images split rows first
+# steps' i32 offsets, block formats of images split rows first; 9: tiled products transpose x
+# themselves (x_rows)
 
 
 class SparseCostModel:
@@ -153,9 +154,11 @@ def _measure(layer, blocks: list, target) -> list:
 
 def _sparse_graphs(layer, block: int) -> list:
     """The sparse form as the pass writes it, in one-op graphs: a matmul's or gemm's
-    [transpose x] and sparse_matmul storing its result transposed; a conv's sparse_conv."""
+    [transpose x] and sparse_matmul storing its result transposed (x's tiles read as they
+    are when tiled); a conv's sparse_conv."""
     values, indices, offsets = compress(layer.a, block)
     b_shape = tuple(int(d) for d in layer.b_shape)
+    x_shape = b_shape[:-2] + (b_shape[-1], b_shape[-2])  # a matmul's x: b's transpose
     rows = layer.a.shape[0]
     graphs = []
     if layer.op == "conv":
@@ -164,9 +167,12 @@ def _sparse_graphs(layer, block: int) -> list:
     else:
         op, attrs = "sparse_matmul", {"rows": rows, "block": block, "transpose_out": 1}
         out_shape = b_shape[:-2] + (b_shape[-1], rows)
-    if layer.transposed:
+    if layer.tiled:
+        attrs.update(tiled=1, x_rows=1)
+        out_shape = b_shape[:-3] + (b_shape[-3] * b_shape[-1], rows)
+        b_shape = x_shape
+    elif layer.transposed:
         swap = list(range(len(b_shape) - 2)) + [len(b_shape) - 1, len(b_shape) - 2]
-        x_shape = b_shape[:-2] + (b_shape[-1], b_shape[-2])
         graphs.append(_one("transpose", x_shape, b_shape, {"perm": swap}))
     g = Graph("sparse_layer")
     x = g.add_input("x", TensorType(dtypes.f32, b_shape))

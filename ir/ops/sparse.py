@@ -14,7 +14,10 @@
   ``tiled`` = 1 as well, b holds x's rows in tiles, [..., tiles, K, tile], and the result
   puts them back in one run, [..., tiles * tile, rows]: the same bytes as [..., tiles, tile,
   rows], so threads that split the tiles each read and write whole runs of memory of their
-  own (see the `sparsify` pass's TOKEN_TILE).
+  own (see the `sparsify` pass's TOKEN_TILE). With ``x_rows`` = 1 the first input is b's
+  transpose, x [..., C, K] (a matmul's activation rows, as the `sparsify` pass gives a tiled
+  product its tiles [..., tiles, tile, K]): each thread transposes the entries it works on
+  into scratch of its own, in cache, instead of a kernel before it writing x^T to memory.
 
 * ``sparse_conv(x, values, indices, offsets) {rows, block}`` -- a 1x1 convolution (stride 1,
   no padding, one group) of ``x`` [N, K, *spatial] by the same compressed ``A`` [rows, K]:
@@ -66,7 +69,17 @@ def densify(values, indices, offsets, rows: int, block: int, k: int) -> np.ndarr
     return a.transpose(0, 2, 1).reshape(nrb * block, k)[:rows]
 
 
-def sparse_matmul(b, values, indices, offsets, rows=None, block=1, transpose_out=0, tiled=0):
+def operand_shape(x_shape, x_rows) -> tuple:
+    """The dense operand's shape [..., K, C] from the first input's (x [..., C, K] when
+    `x_rows`)."""
+    x_shape = tuple(x_shape)
+    return x_shape[:-2] + (x_shape[-1], x_shape[-2]) if x_rows else x_shape
+
+
+def sparse_matmul(b, values, indices, offsets, rows=None, block=1, transpose_out=0, tiled=0,
+                  x_rows=0):
+    if x_rows:
+        b = np.swapaxes(b, -1, -2)
     a = densify(values, indices, offsets, int(rows), int(block), b.shape[-2])
     y = np.matmul(a, b.astype(np.float32)).astype(b.dtype)
     if not transpose_out:
@@ -79,7 +92,10 @@ def _infer(ctx: InferContext) -> TensorType:
     b = ctx[0]
     rows = ctx.attrs["rows"]
     if b.rank < 2:
-        ctx.fail(f"b must be an f32 matrix [..., K, C], got {b}")
+        ctx.fail(f"b must be an f32 matrix [..., K, C] (x [..., C, K] with x_rows), got {b}")
+    if ctx.attrs["x_rows"] not in (0, 1):
+        ctx.fail(f"x_rows must be 0 or 1, got {ctx.attrs['x_rows']!r}")
+    b = TensorType(b.dtype, operand_shape(b.shape, ctx.attrs["x_rows"]))
     _check_compressed(ctx, rows, ctx.attrs["block"])
     if not ctx.attrs["transpose_out"]:
         return TensorType(b.dtype, tuple(b.shape[:-2]) + (rows, b.shape[-1]))
@@ -129,11 +145,12 @@ def _infer_conv(ctx: InferContext) -> TensorType:
 
 
 register_op("sparse_matmul", reference=sparse_matmul, infer=_infer,
-            attrs={"rows": REQUIRED, "block": 1, "transpose_out": 0, "tiled": 0},
+            attrs={"rows": REQUIRED, "block": 1, "transpose_out": 0, "tiled": 0, "x_rows": 0},
             fusion=FusionKind.OUT_FUSABLE, num_inputs=(4, 4),
             doc="sparse_matmul(b[..., K, C], values, indices, offsets) {rows, block, "
-                "transpose_out, tiled}: A @ b (transposed: [..., C, rows]; transposed and "
-                "tiled: b [..., T, K, C], the result [..., T * C, rows]), A a constant "
+                "transpose_out, tiled, x_rows}: A @ b (transposed: [..., C, rows]; "
+                "transposed and tiled: b [..., T, K, C], the result [..., T * C, rows]; "
+                "x_rows: the first input is b's transpose [..., C, K]), A a constant "
                 "[rows, K] matrix in block-compressed rows (blocks of block x 1)")
 register_op("sparse_conv", reference=sparse_conv, infer=_infer_conv,
             attrs={"rows": REQUIRED, "block": 1}, fusion=FusionKind.OUT_FUSABLE,
