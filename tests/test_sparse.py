@@ -172,6 +172,22 @@ def test_columns_in_vectors_over_chunks_of_k(target, block, transpose_out, cols)
         _close(got, _expected(a, b, transpose_out, True, bias), k)
 
 
+def test_chunks_of_k_are_even_and_skipped_for_sparse_rows():
+    """Chunks cover K in near-equal parts of whole vectors; rows too sparse to pay for the
+    sums' round trip run K whole while the slab fits in L2, and are chunked past it."""
+    from slimc.codegen.cpu.gen_sparse import CHUNK_MIN_BLOCKS, SLAB_L2_BYTES, chunk_rows
+
+    for k, most in ((256, 192), (1024, 192), (700, 256), (29, 16)):
+        kc = chunk_rows(k, most, 16, 1 << 40, float(k))  # dense rows: always chunked
+        chunks = -(-k // kc)
+        assert kc % 16 == 0 and kc <= most and chunks == -(-k // most), (k, kc)
+        assert k - (chunks - 1) * kc > 0 and kc * chunks - k < 16 * chunks, (k, kc)
+    sparse_row = (CHUNK_MIN_BLOCKS - 1) * 256 / 192  # per row of K = 256: 23 a chunk
+    assert chunk_rows(256, 192, 16, SLAB_L2_BYTES, sparse_row) == 256
+    assert chunk_rows(256, 192, 16, SLAB_L2_BYTES + 1, sparse_row) == 128
+    assert chunk_rows(256, 192, 16, SLAB_L2_BYTES, sparse_row * 2) == 128
+
+
 @pytest.mark.parametrize("rows, k", [(5, 32), (77, 45), (130, 200), (64, 40)])
 def test_windowed_format_holds_the_matrix(rows, k):
     """Every stored value once, at its column: rebuilt from the steps by the test."""

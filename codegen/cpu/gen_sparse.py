@@ -11,7 +11,10 @@ The kernel runs along b's columns (ir/ops/sparse.py says why the sparse side is 
   row block of the work item runs over it. When that slab is bigger than L1 (K = 768 at 64
   columns: 192 KB), the rows run over it in chunks of K (`slab_bytes` of b each), their sums
   kept between chunks in a scratch row per row block, so loads of b hit L1 (Zen 4, one
-  thread, 80%: 128 x 768 @ 768 x 3072 2.7 -> 2.5 ms, 128 x 1024 @ 1024 x 256 0.29 -> 0.25).
+  thread, 80%: 128 x 768 @ 768 x 3072 2.7 -> 2.5 ms, 128 x 1024 @ 1024 x 256 0.29 -> 0.25),
+  unless the rows are too sparse to pay for it (`chunk_rows`). With `x_rows` b comes as x
+  [..., C, K]: a call transposes each batch entry it reaches into a slot of its own
+  (`pack_b`), in cache, where the slab is then read as above.
 * Few columns: for CSR, each row is a dot product of its values with b gathered at its
   column indices, `vw` nonzeros a step; for blocks, a vector of the block's rows times b[k]
   broadcast. Both read each stored value once: this path is bound by memory, and the
@@ -56,6 +59,8 @@ SLAB_BYTES = {
 SLAB_BYTES_OTHER = 48 << 10  # Emerald Rapids, 48 KB L1d and 2 MB L2: 12 KB ran 1.1-1.4x
 # slower, one chunk as fast but for 7x7 and 14x14 convs (1.1x slower)
 SCRATCH_LIMIT = 16 << 20  # chunk sums of every row block (bytes), else no chunks
+SLAB_L2_BYTES = 256 << 10  # a slab this small reads from L2 fast enough for sparse rows...
+CHUNK_MIN_BLOCKS = 24  # ...of fewer stored blocks than this in a chunk (`chunk_rows`)
 UNROLL = 4  # independent accumulators of a one-column block row
 PARTS_FIRST_BYTES = 1 << 20  # output of one batch entry past which items run rows first
 
@@ -80,6 +85,24 @@ def parts_first(transposed: bool, out_bytes: int) -> bool:
     112x112 16->96 (4.8 MB) 1.33x (1.59x at 2 threads), 56x56 24->144 (1.8 MB) 0.85x /
     0.98x, 3.2 MB even. A transposed store writes each token's run of rows itself."""
     return not transposed and out_bytes > PARTS_FIRST_BYTES
+
+
+def chunk_rows(K: int, most: int, vw: int, slab: int, blocks_per_row: float) -> int:
+    """Rows of b in a chunk of K (K: no chunks). Chunks keep a column tile's slab of b in
+    L1 (at most `most` rows), as even as whole vectors allow (K = 256 in chunks of 192 and
+    64 paid the sums' round trip for a quarter of the work). Not where the whole slab fits in
+    L2's share (SLAB_L2_BYTES) and a row block's stored blocks in a chunk would be fewer than
+    CHUNK_MIN_BLOCKS: such rows read too little of the slab for L1 to pay for the round trip
+    of their sums. BERT-mini at 90% (K 256 and 1024, slabs of 64 and 256 KB, 19 stored values
+    a row per chunk of 192), Emerald Rapids, 2 threads, the whole call in one process:
+    1.75 -> 1.65 ms and 1.96 -> 1.87 without chunks (the sparse kernels 5-17% each); single
+    layers, one thread: 128 x 768 @ 768 x 3072 at 80% (38 a chunk) 1.80 ms with chunks,
+    2.10 without; 3072 x 768 at 90% (a 768 KB slab) 1.21 with, 1.35 without."""
+    most = max(vw, most // vw * vw)
+    if K <= most or (slab <= SLAB_L2_BYTES and blocks_per_row * most / K < CHUNK_MIN_BLOCKS):
+        return K
+    chunks = -(-K // most)
+    return -(-(-(-K // chunks)) // vw) * vw  # ceil(K / chunks), up to whole vectors
 
 
 def slab_bytes(target) -> int:
@@ -126,7 +149,9 @@ def sparse_matmul(kb: KernelBuilder, node) -> None:
     nrb = len(off) - 1
     nrbp = max(bounds[-1], nrb)  # the last group reads row blocks past R: empty ones
     # rows of b in a chunk of K: a slab of the vectors a tile uses
-    kc = max(vw, slab_bytes(kb.target) // (min(T, -(-C // vw)) * vw * 4) // vw * vw)
+    tile_bytes = min(T, -(-C // vw)) * vw * 4  # of b's row, in a column tile
+    kc = chunk_rows(K, slab_bytes(kb.target) // tile_bytes, vw, K * tile_bytes,
+                    nnz / max(1, len(off) - 1))
     # chunk sums: an item's row blocks need them only while it runs, and a call runs its
     # items one after another: one slot per call (kb.call_slot), of the largest part's rows
     part_rows = max(b1 - b0 for b0, b1 in zip(bounds, bounds[1:]))

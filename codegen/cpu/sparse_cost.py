@@ -29,11 +29,11 @@ from .winograd_cost import _TimedKernel
 # runs slower in the model (one token 256 x 1024 at 50%: 1.27x measured, 0.88x in calls).
 MARGIN = 1.1
 CANDIDATE_SPREAD = 1.75  # sparse forms predicted within this factor of the cheapest are timed
-CACHE_VERSION = 9  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
+CACHE_VERSION = 10  # 2: one-token windowed kernel; forms timed as the pass writes them; 3: chunks
 # of K by CPU and by the vectors a tile uses; 4: threads split column tiles first; 5: sums per call;
 # 6: 16-bit column indices; 7: every candidate form timed; 8: one-token block kernel, windowed
 # steps' i32 offsets, block formats of images split rows first; 9: tiled products transpose x
-# themselves (x_rows)
+# themselves (x_rows); 10: no chunks of K for sparse rows whose tile fits in L2
 
 
 class SparseCostModel:
