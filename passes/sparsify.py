@@ -15,8 +15,9 @@ target's cost model (`Backend.sparse_model`: measured on this machine, or the ru
 
 (a matmul of one row transposes nothing: x^T is a reshape; one of M rows, M a multiple of
 TOKEN_TILE, stores x^T as [M / 64, K, 64], `tiled`, so that each thread's tokens lie in
-memory of their own). The IR says what was chosen: ``sparse_matmul`` / ``sparse_conv {rows,
-block}`` with its compressed arrays as constants. A sparse convolution runs on NCHW images:
+memory of their own; `read_tiles_as_rows` then lets a product that alone reads x^T take x's
+tiles and transpose them itself, `x_rows`). The IR says what was chosen:
+``sparse_matmul`` / ``sparse_conv {rows, block}`` with its compressed arrays as constants. A sparse convolution runs on NCHW images:
 the layout pass keeps the convolutions around it NCHW rather than converting to and from the
 blocked layout at each one.
 `SLIMC_DEBUG=sparsify` says, per layer, what the count found and why a layer stayed dense.

@@ -247,7 +247,8 @@ def softmax_line(kb: KernelBuilder, e: Emitter, ax: _Axis, value, kept, store) -
     """A softmax of one line in its compute type, shared by the softmax op and attention:
     exp(x - shift) is computed once and kept where `kept(l, n)` says ((buffer, offset): the
     result's own buffer), summed, then scaled by 1 / sum (a multiply, not a divide per
-    element: within an ulp of the quotient) and given to store(l, n, p)."""
+    element: two roundings instead of one, within two ulps of the quotient) and given to
+    store(l, n, p)."""
     top = softmax_shift(kb, e, ax, value)
 
     def exp_kept(l, n):

@@ -155,7 +155,8 @@ def _measure(layer, blocks: list, target) -> list:
 def _sparse_graphs(layer, block: int) -> list:
     """The sparse form as the pass writes it, in one-op graphs: a matmul's or gemm's
     [transpose x] and sparse_matmul storing its result transposed (x's tiles read as they
-    are when tiled); a conv's sparse_conv."""
+    are when tiled: the form of a product that alone reads them; Q, K and V, which share one
+    transpose, are timed in it too); a conv's sparse_conv."""
     values, indices, offsets = compress(layer.a, block)
     b_shape = tuple(int(d) for d in layer.b_shape)
     x_shape = b_shape[:-2] + (b_shape[-1], b_shape[-2])  # a matmul's x: b's transpose
