@@ -388,7 +388,6 @@ class _Kernel(SparseKernel):
         ntok = vw if mask is None else _lanes_on(mask)
         for chunk in range(rows // vw):
             col = b.add(b.mul(g0, i64(self.block)), i64(chunk * vw), name="ocol")
-            left = b.sub(i64(self.R), col, name="left")  # output columns left from col
             for v in range(nvec):
                 vecs = []
                 for i in range(vw):
@@ -399,22 +398,7 @@ class _Kernel(SparseKernel):
                 tokens = ntok if v == nvec - 1 else vw
                 for t in range(tokens):
                     tok = b.add(c0, i64(v * vw + t), name="tok")
-                    self._store_masked_run(n, tok, col, vecs[t], left)
-
-    def _store_masked_run(self, n, tok, col, v, left) -> None:
-        """Store a run of output columns, masked where it passes the last one (R)."""
-        b, vw = self.b, self.vw
-        if self.R % self.group_rows == 0:
-            self.store(n, tok, col, v, None, vw)
-            return
-        full = b.icmp_signed(">=", left, i64(vw), name="full")
-        with b.if_else(full) as (then, otherwise):
-            with then:
-                self.store(n, tok, col, v, None, vw)
-            with otherwise:
-                lanes = ir.Constant(ir.VectorType(ir.IntType(64), vw), list(range(vw)))
-                m = b.icmp_signed("<", lanes, splat(b, left, vw), name="run.mask")
-                self.store(n, tok, col, v, m, self.R % vw or vw)
+                    self.store_run(n, tok, col, vecs[t], whole=self.R % rows == 0)
 
     # ----- one column at a time ----------------------------------------------------------------
     def column(self, n, b_n, rb0, rb1, c) -> None:

@@ -154,16 +154,6 @@ def slice_items(kb: KernelBuilder, k: SparseKernel, bounds: list, batch: int, K:
             yield n, x, sl
 
 
-def store_across_end(k: SparseKernel, n, col, acc, lanes: int) -> None:
-    """Store the run of `lanes` output columns at `col` that reaches past R: its lanes
-    there masked off."""
-    bld, R = k.b, k.R
-    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
-    left = bld.sub(i64(R), col)
-    mask = bld.icmp_signed("<", lane_ids, splat(bld, left, lanes), name="run.mask")
-    k.store(n, i64(0), col, acc, mask, R % lanes)
-
-
 def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: int) -> None:
     """The slices' loop: parts of about equal work per thread, each slice's steps, then its
     vectors of output columns stored."""
@@ -193,19 +183,9 @@ def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: i
         t0, t1 = k.blocks_of(sl)
         accs = step(x, t0, t1, sl)
         row0 = bld.mul(sl, i64(width), name="row0")
-        for i, acc in enumerate(accs):
+        for i, acc in enumerate(accs):  # the last slice's vectors past R: not stored
             col = bld.add(row0, i64(i * vw), name=f"col{i}") if i else row0
-            if R % width == 0:
-                k.store(n, i64(0), col, acc, None, vw)
-                continue
-            # the last slice: vectors past R are not stored, the one across R masked
-            whole = bld.icmp_signed("<=", bld.add(col, i64(vw)), i64(R), name="whole")
-            with bld.if_else(whole) as (then, otherwise):
-                with then:
-                    k.store(n, i64(0), col, acc, None, vw)
-                with otherwise:
-                    with bld.if_then(bld.icmp_signed("<", col, i64(R))):
-                        store_across_end(k, n, col, acc, vw)
+            k.store_run(n, i64(0), col, acc, whole=R % width == 0)
     bld.ret_void()
 
 
@@ -406,16 +386,6 @@ def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
             out.append(bld.select(ended[i], acc, new, name=f"acc{i}") if ended else new)
         return out
 
-    def store(n, col, acc):
-        if R % block == 0:
-            return k.store(n, i64(0), col, acc, None, block)
-        whole = bld.icmp_signed("<=", bld.add(col, i64(block)), i64(R), name="whole")
-        with bld.if_else(whole) as (then, otherwise):
-            with then:
-                k.store(n, i64(0), col, acc, None, block)
-            with otherwise:
-                store_across_end(k, n, col, acc, block)
-
     with slice_items(kb, k, bounds, batch, K) as (n, x, sl):
         t0, t1 = entry(sl, "t0"), entry(bld.add(sl, i64(1)), "t1")
         tf = bld.add(t0, entry(bld.add(sl, i64(nsl + 1)), "full"), name="tf")
@@ -435,7 +405,7 @@ def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
             col = bld.mul(rb, i64(block), name=f"col{i}")
             if len(order) > len(off) - 1:  # the last slice has empty slots
                 with bld.if_then(bld.icmp_signed(">=", rb, i64(0))):
-                    store(n, col, acc)
+                    k.store_run(n, i64(0), col, acc, whole=R % block == 0)
             else:
-                store(n, col, acc)
+                k.store_run(n, i64(0), col, acc, whole=R % block == 0)
     bld.ret_void()

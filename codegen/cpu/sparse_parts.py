@@ -12,7 +12,7 @@ from slimc.ir.graph import constant_data
 
 from .gemm import EpilogueContext
 from .kernel import llvm_name
-from .llvm_util import I32, OPAQUE_PTR, i64, masked_store_vector
+from .llvm_util import I32, OPAQUE_PTR, i64, masked_store_vector, splat
 
 ITEMS = 8  # parts of the row blocks per batch entry
 
@@ -101,6 +101,26 @@ class SparseKernel:
             masked_store_vector(b, v, p, mask)
         else:
             b.store(v, b.bitcast(p, ir.PointerType(v.type)), align=4)
+
+    def store_run(self, n, row, col, v, whole: bool = False) -> None:
+        """One vector of consecutive output columns from `col` along R (a token's run of a
+        transposed product, or a one-token result): stored whole where it ends by R, its
+        lanes past R masked off where it crosses R, not at all where it starts past it.
+        `whole`: the caller knows every run ends by R."""
+        b, lanes, R = self.b, v.type.count, self.R
+        if whole:
+            self.store(n, row, col, v, None, lanes)
+            return
+        ends = b.icmp_signed("<=", b.add(col, i64(lanes)), i64(R), name="whole")
+        with b.if_else(ends) as (then, otherwise):
+            with then:
+                self.store(n, row, col, v, None, lanes)
+            with otherwise:
+                with b.if_then(b.icmp_signed("<", col, i64(R))):
+                    ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
+                    left = b.sub(i64(R), col)
+                    mask = b.icmp_signed("<", ids, splat(b, left, lanes), name="run.mask")
+                    self.store(n, row, col, v, mask, R % lanes)
 
     def store_element(self, n, row, c, v):
         """One scalar result: A's row `row`, b's column `c`."""
