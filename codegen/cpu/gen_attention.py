@@ -18,7 +18,8 @@ from slimc.ir import InternalError, UnsupportedError, dtypes
 from . import gemm as gemm_kernels
 from .gen_linalg import _batch_index, _row_chunk, item_rows
 from .common import emitter, numel, vload, vstore
-from .gen_norm import _Axis, softmax_line
+from .gen_norm import _Axis
+from .gen_softmax import softmax_line
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, PTR, const, i64
 

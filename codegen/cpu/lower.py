@@ -15,6 +15,7 @@ from llvmlite import ir
 from slimc.ir import Graph, Node, Value
 
 from . import gen_conv, gen_linalg, gen_nn, gen_norm, gen_reduce, gen_resize, gen_scan  # noqa: F401
+from . import gen_softmax  # noqa: F401
 from . import gen_qconv, gen_quant, gen_sparse, gen_transpose  # noqa: F401  (int8; sparse)
 from . import gen_scatter, gen_tensor, gen_views  # noqa: F401  (each registers its lowerings)
 from . import gen_attention, gen_blocked, gen_winograd  # noqa: F401  (attention, blocked layout, winograd_conv2d)
