@@ -379,12 +379,8 @@ def profile_by_kind(mod, feeds: dict, repeat: int) -> dict:
     """slimc's per-kernel medians (`mod.profile`) summed over kernels of the same ops:
     {"total_ms", "call_ms", "kinds": [(ops, kernels, ms), ...] largest first}."""
     prof = mod.profile(**feeds, repeat=repeat)
-    kinds = {}
-    for _, ops, ms in prof.rows:
-        n, total = kinds.get(" ".join(ops), (0, 0.0))
-        kinds[" ".join(ops)] = (n + 1, total + ms)
     return {"total_ms": sum(r[2] for r in prof.rows), "call_ms": prof.total_ms,
-            "kinds": sorted(((k, n, ms) for k, (n, ms) in kinds.items()), key=lambda x: -x[2])}
+            "kinds": prof.kinds()}
 
 
 def profile_text(rows: list, top: int = 8) -> str:

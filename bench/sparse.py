@@ -142,7 +142,7 @@ def cold_times(fns, rounds: int) -> list:
 
 def _kernel_ms(mod, x) -> float:
     heavy = ("conv", "conv2d_nchwc", "sparse_conv", "sparse_matmul", "matmul")
-    prof = mod.profile(x, repeat=20)
+    prof = mod.profile(x, repeat=20, alone=True)
     return sum(ms for _, ops, ms in prof.rows if any(op in heavy for op in ops))
 
 

@@ -94,12 +94,14 @@ class Lowered:
 class Executable:
     """A linked program: `entry(inputs, outputs, arena, weights)` takes four addresses (arrays
     of buffer pointers for inputs and outputs), `run(..., first, last)` runs kernels
-    [first, last) only (for profiling). `entry` is None where this process cannot run it (a
-    cross-compiled module); `not_runnable()` then says why."""
+    [first, last) only and `timed(..., ns)` all of them with each one's time (for profiling).
+    `entry` is None where this process cannot run it (a cross-compiled module);
+    `not_runnable()` then says why."""
 
     entry: Optional[Callable] = None
     run: Optional[Callable] = None
     call: Optional[Callable] = None  # entry for tuples of arrays (runtime/native.py), if any
+    timed: Optional[Callable] = None  # entry(..., ns): times each step inside the call, if any
     code_bytes: int = 0
     # seconds of the backend's own stages ("llvm_opt", "machine_code", ...); a backend that
     # times nothing keeps this empty, read-only default

@@ -69,7 +69,8 @@ class CompiledModule(NativeModule):
         super().__init__(executable.entry, input_specs(graph), outputs,
                          output_sources(graph, placement), memory.arena_bytes, weights,
                          f"graph @{graph.name}", executable.run,
-                         [(k.name, k.ops) for k in kernels], executable.call)
+                         [(k.name, k.ops) for k in kernels], executable.call,
+                         executable.timed)
         self.graph = graph
         self.target = target  # the backend's description of the machine (a CpuTarget)
         self.kernels = kernels
@@ -101,10 +102,10 @@ class CompiledModule(NativeModule):
             raise self.executable.not_runnable()
         return super().__call__(*arrays, **named)
 
-    def profile(self, *arrays, repeat: int = 20, **named):
+    def profile(self, *arrays, repeat: int = 20, alone: bool = False, **named):
         if not self.runnable:
             raise self.executable.not_runnable()
-        return super().profile(*arrays, repeat=repeat, **named)
+        return super().profile(*arrays, repeat=repeat, alone=alone, **named)
 
     def export(self, path: str) -> None:
         """Write a directory that `slimc.load` runs without llvmlite (see runtime/export.py):

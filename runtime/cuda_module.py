@@ -41,5 +41,5 @@ class CudaModule(CompiledModule):
     def run_exactly(self, arrays) -> list:
         return self.program.run_exactly(arrays)
 
-    def profile(self, *arrays, repeat: int = 20, **named) -> Profile:
-        return self.program.profile(*arrays, repeat=repeat, **named)
+    def profile(self, *arrays, repeat: int = 20, alone: bool = True, **named) -> Profile:
+        return self.program.profile(*arrays, repeat=repeat, alone=alone, **named)

@@ -133,8 +133,10 @@ class CudaProgram(NativeModule):
         self._on_device().run(arrays, outs)
         return self._other_outputs(arrays, outs)
 
-    def profile(self, *arrays, repeat: int = 20, **named) -> Profile:
-        """Median GPU milliseconds per kernel (CUDA events), and of all kernels in a row."""
+    def profile(self, *arrays, repeat: int = 20, alone: bool = True, **named) -> Profile:
+        """Median GPU milliseconds per kernel (CUDA events), and of all kernels in a row. Each
+        kernel is timed alone, launched again and again (`alone` is there for the CPU's
+        signature: a GPU profile has no in-call form yet)."""
         from .cuda_driver import Timer
 
         device = self._on_device()

@@ -35,7 +35,7 @@ from slimc.ir.errors import SlimcError
 
 from slimc.ir.buffers import aligned_zeros, small_pages
 
-from .native import CALL_TYPE, ENTRY_TYPE, RUN_TYPE, NativeModule
+from .native import CALL_TYPE, ENTRY_TYPE, RUN_TYPE, TIMED_TYPE, NativeModule
 
 # The artifact's format, in manifest.json. It bumps when an artifact this slimc writes would
 # be misread by the slimc before it, or one that slimc wrote would be misread now: a manifest
@@ -221,12 +221,15 @@ class LoadedModule(NativeModule):
         entry = ENTRY_TYPE(("slimc_main", library))
         run = RUN_TYPE(("slimc_run", library))
         call = CALL_TYPE(("slimc_call", library)) if hasattr(library, "slimc_call") else None
+        timed = TIMED_TYPE(("slimc_timed", library)) if hasattr(library, "slimc_timed") \
+            else None  # (an artifact of an older slimc has none)
         specs = lambda items: [(s["name"], np.dtype(s["dtype"]), tuple(s["shape"]), s["type"])
                                for s in items]
         super().__init__(entry, specs(manifest["inputs"]), specs(manifest["outputs"]),
                          [tuple(s) for s in manifest["output_sources"]], manifest["arena_bytes"],
                          weights, manifest.get("name", path), run,
-                         [(k["name"], k["ops"]) for k in manifest.get("kernels", [])], call)
+                         [(k["name"], k["ops"]) for k in manifest.get("kernels", [])], call,
+                         timed)
         self.path = path
         self.manifest = manifest
         self._library = library  # keeps the code mapped

@@ -35,6 +35,12 @@ RUN_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_voi
                             ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
+# slimc_timed(inputs, outputs, arena, weights, ns): every kernel, ns[i] its nanoseconds and
+# ns[kernels] the whole run's
+TIMED_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_void_p, ctypes.c_void_p)
+
+
 # slimc_call(input arrays, output arrays, arena, weights): tuples of numpy arrays (the
 # generated code reads their data pointers; see `_object_layout_holds`)
 CALL_TYPE = ctypes.CFUNCTYPE(None, ctypes.py_object, ctypes.py_object, ctypes.c_void_p,
@@ -73,15 +79,28 @@ OBJECT_CALLS = _object_layout_holds()
 
 
 class Profile:
-    """Median time per kernel, in execution order (`mod.profile(...)`)."""
+    """Median time per kernel, in execution order (`mod.profile(...)`). `in_call`: each kernel
+    was timed inside whole calls (else: run alone, again and again); `total_ms`: the whole
+    native call."""
 
-    def __init__(self, rows: list, total_ms: float):
+    def __init__(self, rows: list, total_ms: float, in_call: bool = False):
         self.rows = rows  # (kernel name, ops, median ms)
         self.total_ms = total_ms
+        self.in_call = in_call
+
+    def kinds(self) -> list:
+        """[(ops, kernels, ms)] summed over the kernels of the same ops ("matmul add gelu"),
+        largest first: where a model's time goes by kind of work."""
+        kinds: dict = {}
+        for _, ops, ms in self.rows:
+            n, total = kinds.get(" ".join(ops), (0, 0.0))
+            kinds[" ".join(ops)] = (n + 1, total + ms)
+        return sorted(((k, n, ms) for k, (n, ms) in kinds.items()), key=lambda x: -x[2])
 
     def __str__(self) -> str:
         width = max([len(r[0]) for r in self.rows] + [6])
-        lines = [f"{'kernel':<{width}} {'ms':>9} {'share':>6}  ops"]
+        how = "timed inside the call" if self.in_call else "each kernel alone"
+        lines = [f"{'kernel':<{width}} {'ms':>9} {'share':>6}  ops   ({how})"]
         kernel_sum = sum(r[2] for r in self.rows) or 1.0
         for name, ops, ms in sorted(self.rows, key=lambda r: -r[2]):
             lines.append(f"{name:<{width}} {ms:>9.3f} {100 * ms / kernel_sum:>5.1f}%  {' '.join(ops)}")
@@ -94,15 +113,18 @@ class NativeModule:
 
     def __init__(self, entry, inputs: Sequence[tuple], outputs: Sequence[tuple],
                  output_sources: Sequence[tuple], arena_bytes: int, weights: np.ndarray,
-                 name: str = "model", run=None, kernel_info: Sequence[tuple] = (), call=None):
+                 name: str = "model", run=None, kernel_info: Sequence[tuple] = (), call=None,
+                 timed=None):
         """inputs/outputs: (name, numpy dtype, shape, type text); output_sources: per output,
         (KERNEL,) | (COPY_OUTPUT, j) | (COPY_INPUT, i) | (WEIGHTS, offset); `run` is the
         slimc_run function and `kernel_info` (name, ops) per kernel, for `profile`; `call`
-        the slimc_call function (tuples of arrays), where the module has one."""
+        the slimc_call function (tuples of arrays), `timed` the slimc_timed function (each
+        kernel's time inside a call, for `profile`), where the module has them."""
         self._entry = entry
         self._call = call if OBJECT_CALLS else None
         self._out_specs = [(tuple(s[2]), np.dtype(s[1])) for s in outputs]
         self._run = run
+        self._timed = timed
         self._kernel_info = [tuple(k) for k in kernel_info]
         self._inputs = [tuple(s) for s in inputs]
         self._outputs = [tuple(s) for s in outputs]
@@ -201,11 +223,13 @@ class NativeModule:
                 out.reshape(-1).view(np.uint8)[:] = self._weights[source[1]:source[1] + out.nbytes]
         return outs
 
-    def profile(self, *arrays, repeat: int = 20, **named) -> Profile:
-        """Time every kernel on these inputs (medians over `repeat` runs, after a warm-up
-        call), each run exactly as a full call runs it: same threads, same MXCSR."""
-        import time
-
+    def profile(self, *arrays, repeat: int = 20, alone: bool = False, **named) -> Profile:
+        """Median time of every kernel on these inputs over `repeat` runs, after a warm-up
+        call, each run exactly as a full call runs it: same threads, same MXCSR. By default
+        the kernels are timed inside whole calls (the clock read between steps), so each
+        finds the caches as the kernel before it left them: a model's time, kernel by
+        kernel. `alone=True` runs each kernel `repeat` times by itself instead: its speed
+        with its data warm (also what a module without ``slimc_timed`` gives)."""
         arrays = self._checked(arrays, named)
         outs, in_ptrs, out_ptrs = self._pointers(arrays)
         arena = self._arena()
@@ -213,19 +237,35 @@ class NativeModule:
                 self._weights_address)
         try:
             self._entry(*call)
-            totals = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                self._entry(*call)
-                totals.append(time.perf_counter() - t)
-            rows = []
-            for i, (name, ops) in enumerate(self._kernel_info):
-                times = []
-                for _ in range(repeat):
-                    t = time.perf_counter()
-                    self._run(*call, i, i + 1)
-                    times.append(time.perf_counter() - t)
-                rows.append((name, list(ops), 1e3 * float(np.median(times))))
+            if alone or self._timed is None:
+                return self._profile_alone(call, repeat)
+            return self._profile_in_call(call, repeat)
         finally:
             self._arenas.append(arena)
+
+    def _profile_in_call(self, call: tuple, repeat: int) -> Profile:
+        n = len(self._kernel_info)
+        ns = np.zeros((max(1, repeat), n + 1), np.int64)
+        for r in range(len(ns)):
+            self._timed(*call, _address(ns[r]))
+        ms = np.median(ns, axis=0) / 1e6
+        rows = [(name, list(ops), float(ms[i])) for i, (name, ops) in enumerate(self._kernel_info)]
+        return Profile(rows, float(ms[n]), in_call=True)
+
+    def _profile_alone(self, call: tuple, repeat: int) -> Profile:
+        import time
+
+        totals = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            self._entry(*call)
+            totals.append(time.perf_counter() - t)
+        rows = []
+        for i, (name, ops) in enumerate(self._kernel_info):
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                self._run(*call, i, i + 1)
+                times.append(time.perf_counter() - t)
+            rows.append((name, list(ops), 1e3 * float(np.median(times))))
         return Profile(rows, 1e3 * float(np.median(totals)))

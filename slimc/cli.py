@@ -1,8 +1,9 @@
-"""The command line: ``slimc ir``, ``slimc run``, ``slimc compile``, ``slimc quantize``,
-``slimc prune``, ``slimc opt``, ``slimc cache``, ``slimc demo``.
+"""The command line: ``slimc ir``, ``slimc run``, ``slimc profile``, ``slimc compile``,
+``slimc quantize``, ``slimc prune``, ``slimc opt``, ``slimc cache``, ``slimc demo``.
 
     slimc ir model.onnx [--after PASS] [--opt-level N] [--shape x=1,3,224,224]
     slimc run model.onnx [--inputs inputs.npz] [--shape ...]
+    slimc profile model.onnx [--threads N] [--alone] [--top 20]   (time of every kernel)
     slimc compile model.onnx -o model.slimc [--target aarch64] [--shape ...] [--time]  (export)
     slimc quantize model.onnx --calibration inputs.npz [--dynamic] [--method entropy] -o out
                                                 (writes out.slimc + out.npz, prints the report)
@@ -60,14 +61,12 @@ def cmd_ir(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    import slimc
-
-    graph = _load_graph(args.model, _shapes(args.shape))
-    _optimize(graph, args.opt_level)
+def _inputs_for(graph, path) -> list:
+    """The arrays named like the graph's inputs in the .npz at `path`, the rest random (a
+    fixed seed): standard normal floats, integers in [0, 4)."""
     rng = np.random.default_rng(0)
     arrays = []
-    given = dict(np.load(args.inputs, allow_pickle=False)) if args.inputs else {}
+    given = dict(np.load(path, allow_pickle=False)) if path else {}
     for v in graph.inputs:
         if v.name in given:
             arrays.append(given[v.name])
@@ -79,10 +78,34 @@ def cmd_run(args) -> int:
             arrays.append(rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy))
         else:
             arrays.append(rng.integers(0, 4, v.type.shape).astype(v.type.dtype.numpy))
-    outs = slimc.interpret(graph, *arrays)
+    return arrays
+
+
+def cmd_run(args) -> int:
+    import slimc
+
+    graph = _load_graph(args.model, _shapes(args.shape))
+    _optimize(graph, args.opt_level)
+    outs = slimc.interpret(graph, *_inputs_for(graph, args.inputs))
     for v, o in zip(graph.outputs, outs):
         print(f"{v.name}: {o.dtype}{list(o.shape)}")
         print(np.array2string(o, threshold=20, edgeitems=3))
+    return 0
+
+
+def cmd_profile(args) -> int:
+    """Compile for this machine and print the time of every kernel, then by kind."""
+    import slimc
+
+    graph = _load_graph(args.model, _shapes(args.shape))
+    mod = slimc.compile(graph, opt_level=args.opt_level, threads=args.threads)
+    prof = mod.profile(*_inputs_for(graph, args.inputs), repeat=args.repeat, alone=args.alone)
+    lines = str(prof).splitlines()
+    print("\n".join(lines if args.top is None else lines[:args.top + 1] + lines[-1:]))
+    total = sum(ms for _, _, ms in prof.rows) or 1.0
+    print("\nby kind of kernel:")
+    for ops, n, ms in prof.kinds():
+        print(f"{ms:9.3f} ms {100 * ms / total:5.1f}%  {n:3d} x {ops}")
     return 0
 
 
@@ -267,6 +290,18 @@ def main(argv=None) -> int:
     p.add_argument("--opt-level", type=int, default=2)
     p.add_argument("--shape", action="append")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("profile", help="compile for this machine and time every kernel")
+    p.add_argument("model")
+    p.add_argument("--inputs", help=".npz with arrays named like the inputs (else random)")
+    p.add_argument("--opt-level", type=int, default=2)
+    p.add_argument("--threads", type=int, help="at most this many threads (default: all)")
+    p.add_argument("--repeat", type=int, default=20, help="calls to take the medians of")
+    p.add_argument("--alone", action="store_true",
+                   help="time each kernel run by itself (warm), not inside whole calls")
+    p.add_argument("--top", type=int, help="print only the slowest N kernels")
+    p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
+    p.set_defaults(fn=cmd_profile)
+
     p = sub.add_parser("compile", help="compile a model and export it (any target, e.g. aarch64)")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="the artifact directory to write")

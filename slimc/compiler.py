@@ -262,11 +262,12 @@ class Module:
         cache_load)."""
         return dict(getattr(self._current(), "compile_times", {}))
 
-    def profile(self, *arrays, repeat: int = 20, **named):
-        """Median time per kernel on these inputs, as a table (`print(mod.profile(x))`)."""
+    def profile(self, *arrays, repeat: int = 20, alone: bool = False, **named):
+        """Median time per kernel on these inputs, as a table (`print(mod.profile(x))`):
+        timed inside whole calls, or with `alone=True` each kernel run by itself (warm)."""
         self._check_runnable()
         compiled, arrays = self.specialization(*arrays, **named)
-        return compiled.profile(*arrays, repeat=repeat)
+        return compiled.profile(*arrays, repeat=repeat, alone=alone)
 
     def emulate(self, *arrays, seed: int = 0, **named) -> list[np.ndarray]:
         """A GPU module's kernels run on the CPU with CUDA's semantics (target="cuda"; slow:

@@ -1,5 +1,6 @@
 """slimc.compile and the compiled Module: calls, checks, threads, denormals, specialization."""
 
+import ctypes
 import threading
 
 import numpy as np
@@ -268,14 +269,69 @@ def test_profile_times_every_kernel():
     g = parse(CHAIN)
     mod = slimc.compile(g)
     x, y = inputs(64)
-    prof = mod.profile(x, y, repeat=3)
-    assert [r[0] for r in prof.rows] == [k.name for k in mod.kernels]
-    assert all(r[2] > 0 for r in prof.rows)
-    text = str(prof)
-    assert "reduce_sum" in text and "whole call" in text
+    for alone in (False, True):
+        prof = mod.profile(x, y, repeat=3, alone=alone)
+        assert prof.in_call is not alone
+        assert [r[0] for r in prof.rows] == [k.name for k in mod.kernels]
+        assert all(r[2] > 0 for r in prof.rows)
+        text = str(prof)
+        assert "reduce_sum" in text and "whole call" in text
+        assert ("inside the call" in text) is not alone
     # profiling leaves the results of a normal call intact
     for a, e in zip(mod(x, y), interpret(g, x, y)):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+HEAVY_MIDDLE = """# slimc-ir v1
+graph @heavy(%x: f32[192,192], %w: f32[192,192]) -> (f32[192,192]) {
+  %a = neg(%x) : f32[192,192]
+  %t = transpose(%a) {perm=[1,0]} : f32[192,192]
+  %b = matmul(%t, %w) : f32[192,192]
+  %c = matmul(%b, %w) : f32[192,192]
+  %d = matmul(%c, %w) : f32[192,192]
+  %e = transpose(%d) {perm=[1,0]} : f32[192,192]
+  %y = neg(%e) : f32[192,192]
+  return %y
+}
+"""
+
+
+def test_profile_inside_the_call_puts_the_time_where_it_is_spent():
+    """Each step's clock reading lands on its own kernel: three 192^3 products (about 7 M
+    multiply-adds each) against element-wise steps over the same 37k floats, and the steps'
+    times add up to no more than the whole call they were read in."""
+    mod = slimc.compile(parse(HEAVY_MIDDLE), threads=1)
+    rng = np.random.default_rng(1)
+    x, w = (rng.standard_normal((192, 192)).astype(np.float32) for _ in range(2))
+    prof = mod.profile(x, w, repeat=15)
+    heavy = [ms for _, ops, ms in prof.rows if "matmul" in ops]
+    light = [ms for _, ops, ms in prof.rows if "matmul" not in ops]
+    assert len(heavy) == 3 and light
+    assert min(heavy) > 3 * max(light), str(prof)
+    assert prof.kinds()[0][:2] == ("matmul", 3)
+    assert sum(ms for _, _, ms in prof.rows) <= prof.total_ms * 1.05, str(prof)
+    native = mod._current()
+    ns = np.zeros(len(prof.rows) + 1, np.int64)
+    call = native._pointers([x, w])
+    arena = native._arena()
+    native._timed(ctypes.addressof(call[1]), ctypes.addressof(call[2]), arena[1],
+                  native._weights_address, ns.ctypes.data)
+    assert (ns[:-1] > 0).all() and ns[:-1].sum() <= ns[-1]
+    np.testing.assert_allclose(call[0][0], (x.T @ w @ w @ w).T, rtol=1e-4, atol=1e-3)
+    native._arenas.append(arena)
+
+
+def test_cli_profile_prints_kernels_and_kinds(tmp_path, capsys):
+    from slimc.cli import main
+
+    path = tmp_path / "heavy.slimc"
+    path.write_text(HEAVY_MIDDLE)
+    assert main(["profile", str(path), "--threads", "1", "--repeat", "5", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    table, kinds = out.split("by kind of kernel:")
+    assert "timed inside the call" in table and "whole call" in table
+    assert len(table.strip().splitlines()) == 4  # the header, the slowest two, their sum
+    assert "3 x matmul" in kinds
 
 
 def test_custom_op_with_its_lowering_in_one_call():

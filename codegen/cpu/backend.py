@@ -68,6 +68,8 @@ class CpuExecutable(Executable):
             self.run = self._jit.cfunc("slimc_run", None, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_int64)
+            self.timed = self._jit.cfunc("slimc_timed", None, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
             self.call = self._jit.cfunc("slimc_call", None, ctypes.py_object, ctypes.py_object,
                                         ctypes.c_void_p, ctypes.c_void_p)
             self.times["machine_code"] += time.perf_counter() - t1

@@ -44,11 +44,24 @@ RUNTIME_THREADS = 0  # `threads` value: the running machine's OpenMP decides how
 # Below this much work a kernel runs on the calling thread: a GOMP_parallel fork/join costs a
 # few microseconds, which a kernel of ~50k elements takes anyway.
 PARALLEL_MIN_COST = 1 << 15
+CLOCK_MONOTONIC = 1  # Linux's clockid, on x86-64 and AArch64 alike
+TIMESPEC = ir.LiteralStructType([I64, I64])  # struct timespec on a 64-bit Linux
 
 
 KERNEL_TYPE = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
 # what the entry function hands each thread: kernel, its args, its work extent, FP control word
 TASK_TYPE = ir.LiteralStructType([ir.PointerType(KERNEL_TYPE), ir.PointerType(PTR), I64, I32])
+
+
+def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "") -> ir.Value:
+    """A stack slot made in the function's entry block (a static alloca, even when the read or
+    write happens in a later block)."""
+    entry = b.function.entry_basic_block
+    if b.block is entry:
+        return b.alloca(typ, name=name)
+    at_entry = ir.IRBuilder(entry)  # a second builder is safe only in another block
+    at_entry.position_at_start(entry)
+    return at_entry.alloca(typ, name=name)
 
 
 def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
@@ -72,20 +85,9 @@ class FpControl:
         """The control of `arch` (a triple's first part), or None where slimc has none."""
         return FpControl(arch) if arch in ("x86_64", "aarch64") else None
 
-    @staticmethod
-    def _slot(b: ir.IRBuilder, name: str = "") -> ir.Value:
-        """An i32 stack slot made in the function's entry block (a static alloca, even when
-        the read or write happens in a later block)."""
-        entry = b.function.entry_basic_block
-        if b.block is entry:
-            return b.alloca(I32, name=name)
-        at_entry = ir.IRBuilder(entry)  # a second builder is safe only in another block
-        at_entry.position_at_start(entry)
-        return at_entry.alloca(I32, name=name)
-
     def read(self, b: ir.IRBuilder, name: str) -> ir.Value:
         if self.arch == "x86_64":
-            slot = self._slot(b, f"{name}.slot")
+            slot = entry_alloca(b, I32, f"{name}.slot")
             fn = _declare(b.module, "llvm.x86.sse.stmxcsr", ir.FunctionType(VOID, [PTR]))
             b.call(fn, [b.bitcast(slot, PTR)])
             return b.load(slot, name=name)
@@ -94,7 +96,7 @@ class FpControl:
 
     def write(self, b: ir.IRBuilder, value: ir.Value) -> None:
         if self.arch == "x86_64":
-            slot = self._slot(b, "fp_control.store")
+            slot = entry_alloca(b, I32, "fp_control.store")
             b.store(value, slot)
             fn = _declare(b.module, "llvm.x86.sse.ldmxcsr", ir.FunctionType(VOID, [PTR]))
             b.call(fn, [b.bitcast(slot, PTR)])
@@ -174,10 +176,16 @@ def _build_step(module: ir.Module, index: int, k: Kernel, placement: dict, threa
 
 def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
                 threads: int = 1, ftz: bool = True, arch: str = "x86_64") -> ir.Function:
-    """Emit the steps, ``slimc_run`` and ``slimc_main``.
+    """Emit the steps, ``slimc_run``, ``slimc_timed`` and ``slimc_main``.
 
     ``void @slimc_run(inputs, outputs, arena, weights, i64 first, i64 last)`` runs kernels
-    [first, last) (the profiler times them one by one); ``slimc_main`` runs them all.
+    [first, last) (the profiler times a kernel alone with it); ``slimc_main`` runs them all;
+    ``void @slimc_timed(inputs, outputs, arena, weights, i64* ns)`` runs them all and writes
+    each step's wall nanoseconds to ns[i] and the whole run's to ns[len(kernels)]: the
+    profile of a real call, where each kernel finds the caches as the one before left them
+    (BERT's small kernels cost 2-3x inside the call what they cost alone). All three go
+    through one ``slimc_steps``, so the steps are compiled once; a call that is not timed
+    pays one predictable branch a step.
     `placement` maps id(Value) -> Placement for every kernel buffer. `threads`: at most this
     many per kernel, or RUNTIME_THREADS. `arch`: the target triple's first part.
 
@@ -188,12 +196,18 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
     fp = FpControl.for_arch(arch)
     steps = [_build_step(module, i, k, placement, threads, fp) for i, k in enumerate(kernels)]
     tables = [ir.PointerType(PTR), ir.PointerType(PTR), PTR, PTR]
-    run = ir.Function(module, ir.FunctionType(VOID, tables + [I64, I64]), name="slimc_run")
-    for a, n in zip(run.args, ("inputs", "outputs", "arena", "weights", "first", "last")):
+    ns_type = ir.PointerType(I64)
+    run = ir.Function(module, ir.FunctionType(VOID, tables + [I64, I64, ns_type]),
+                      name="slimc_steps")
+    run.linkage = "internal"
+    for a, n in zip(run.args, ("inputs", "outputs", "arena", "weights", "first", "last", "ns")):
         a.name = n
-    run.attributes.add("noinline")  # slimc_main calls it: one copy of the steps, not two
+    run.attributes.add("noinline")  # three entries call it: one copy of the steps, not three
     b = ir.IRBuilder(run.append_basic_block("entry"))
-    inputs, outputs, arena, weights, first, last = run.args
+    inputs, outputs, arena, weights, first, last, ns = run.args
+    timed = b.icmp_unsigned("!=", ns, ir.Constant(ns_type, None), name="timed")
+    clock = b.alloca(TIMESPEC, name="clock")
+    started = _clock_if(b, timed, clock, "started")
     call_fp = I32(0)
     if fp is not None:
         caller_fp = fp.read(b, "caller_fp_control")
@@ -205,17 +219,54 @@ def build_entry(module: ir.Module, kernels: Sequence[Kernel], placement: dict,
         wanted = b.and_(b.icmp_signed("<=", first, i64(i)), b.icmp_signed(">", last, i64(i)),
                         name=f"run_{i}")
         with b.if_then(wanted):
+            before = _clock_if(b, timed, clock, f"before_{i}")
             b.call(step, [inputs, outputs, arena, weights, call_fp])
+            _store_elapsed(b, timed, clock, before, b.gep(ns, [i64(i)]), f"step_{i}")
     if fp is not None and ftz:
         fp.write(b, caller_fp)
+    _store_elapsed(b, timed, clock, started, b.gep(ns, [i64(len(steps))]), "whole")
     b.ret_void()
-    main = ir.Function(module, ir.FunctionType(VOID, tables), name="slimc_main")
-    for a, n in zip(main.args, ("inputs", "outputs", "arena", "weights")):
-        a.name = n
-    b = ir.IRBuilder(main.append_basic_block("entry"))
-    b.call(run, list(main.args) + [i64(0), i64(len(kernels))])
-    b.ret_void()
-    return main
+
+    def entry(name: str, params: list, names: tuple, extra) -> ir.Function:
+        fn = ir.Function(module, ir.FunctionType(VOID, tables + params), name=name)
+        for a, n in zip(fn.args, ("inputs", "outputs", "arena", "weights") + names):
+            a.name = n
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b.call(run, list(fn.args[:4]) + extra(fn.args))
+        b.ret_void()
+        return fn
+
+    last_step = i64(len(kernels))
+    entry("slimc_run", [I64, I64], ("first", "last"),
+          lambda a: [a[4], a[5], ir.Constant(ns_type, None)])
+    entry("slimc_timed", [ns_type], ("ns",), lambda a: [i64(0), last_step, a[4]])
+    return entry("slimc_main", [], (), lambda a: [i64(0), last_step, ir.Constant(ns_type, None)])
+
+
+def _clock_if(b: ir.IRBuilder, timed: ir.Value, slot: ir.Value, name: str) -> ir.Value:
+    """The monotonic clock in nanoseconds when `timed`, else 0 (`slot`: a TIMESPEC).
+    clock_gettime is the clock Python's perf_counter reads (a vDSO call, ~20 ns), on every
+    Linux architecture, in the JIT and in an exported library alike."""
+    before = b.block
+    with b.if_then(timed):
+        fn = _declare(b.module, "clock_gettime", ir.FunctionType(I32, [I32, PTR]))
+        b.call(fn, [I32(CLOCK_MONOTONIC), b.bitcast(slot, PTR)])
+        sec = b.load(b.gep(slot, [I32(0), I32(0)], inbounds=True))
+        nsec = b.load(b.gep(slot, [I32(0), I32(1)], inbounds=True))
+        now = b.add(b.mul(sec, i64(1_000_000_000)), nsec, name=f"{name}.now")
+        read = b.block
+    value = b.phi(I64, name=name)
+    value.add_incoming(now, read)
+    value.add_incoming(i64(0), before)
+    return value
+
+
+def _store_elapsed(b: ir.IRBuilder, timed: ir.Value, clock: ir.Value, since: ir.Value,
+                   slot: ir.Value, name: str) -> None:
+    """*slot = now - since, when `timed`."""
+    now = _clock_if(b, timed, clock, f"{name}.end")
+    with b.if_then(timed):
+        b.store(b.sub(now, since, name=f"{name}.ns"), slot)
 
 
 def build_object_call(module: ir.Module, main: ir.Function, n_inputs: int,
