@@ -252,7 +252,46 @@ def _heads_swapped(m: Match):
     return True
 
 
+def _split_heads(rank: int, keys: bool) -> list:
+    """The perm of the transpose exporters write after the reshape that splits the heads:
+    [..., rows, H, dim] -> [..., H, rows, dim], or for the keys [..., H, dim, rows]."""
+    outer = list(range(rank - 3))
+    return outer + ([rank - 2, rank - 1, rank - 3] if keys else [rank - 2, rank - 3, rank - 1])
+
+
+def _reads_heads_split(m: Match):
+    """where-check: q, k_t and v are each the transpose that splits a projection's heads
+    ([..., rows, H, dim] -> heads first), so the attention can read the projections as they
+    are."""
+    attn = m.root
+    if attn.attrs.get("inputs_heads_last", 0):
+        return "the attention already reads its inputs heads last"
+    rank = attn.outputs[0].type.rank
+    if rank < 3:
+        return "no heads dim"
+    for name, keys in (("tq", False), ("tk", True), ("tv", False)):
+        perm = list(m.node(name).attrs["perm"])
+        if perm != _split_heads(rank, keys):
+            what = "keys" if keys else name[1]
+            return f"the transpose of {what} (perm {perm}) is not the heads split " \
+                   f"{_split_heads(rank, keys)}"
+    return True
+
+
+def _read_heads_last(m: Match, b):
+    attn = m.root
+    mask = m.values.get("mask")
+    inputs = [m["q"], m["k"], m["v"]] + ([mask] if mask is not None else [])
+    return b.op("attention", inputs, **{**attn.attrs, "inputs_heads_last": 1})
+
+
+_SPLIT = {name: Op("transpose", Any(name[1]), name=name, one_use=False)
+          for name in ("tq", "tk", "tv")}
+
 RULES = [
+    Rule("attention_reads_heads_last",
+         Op("attention", _SPLIT["tq"], _SPLIT["tk"], _SPLIT["tv"], Opt(Any("mask"))),
+         _read_heads_last, where=_reads_heads_split),
     Rule("attention_heads_last", Op("transpose", Op("attention", name="attn")),
          lambda m, b: b.op("attention", list(m.node("attn").inputs),
                            **{**m.node("attn").attrs, "heads_last": 1}),

@@ -268,6 +268,19 @@ def test_attention_heads_last_with_epilogue_and_large_head_dims():
     n.run(y, atol=1e-4)
 
 
+@pytest.mark.parametrize("heads_last", [0, 1])
+@pytest.mark.parametrize("D,E", [(8, 5), (200, 200)])  # tiles in shared memory, or not
+def test_attention_reads_inputs_heads_last(heads_last, D, E):
+    """q [B, M, H, D], the keys [B, N, H, D] and v [B, N, H, E] as the projections leave them
+    (inputs_heads_last): each head's rows read in place, against the interpreter."""
+    n = Net()
+    B, M, N, H = 2, 7, 37, 3
+    ins = [n.input((B, M, H, D)), n.input((B, N, H, D)), n.input((B, N, H, E)),
+           n.input((M, N))]
+    y = n.op("attention", ins, inputs_heads_last=1, heads_last=heads_last, scale=0.3)
+    n.run(y, anchor="attention", atol=1e-4)
+
+
 def test_attention_plan():
     """Few rows: a warp for each; many: up to 4 rows a warp while the GPU has blocks to run;
     the tiles fit in shared memory."""

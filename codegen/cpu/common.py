@@ -14,7 +14,7 @@ from slimc.ir import dtypes
 from slimc.ir.errors import UnsupportedError
 
 from .kernel import Index, KernelBuilder, llvm_name
-from .llvm_util import I32, I64, const, i64, load, store
+from .llvm_util import I32, I64, const, entry_alloca, i64, load, store
 from .scalar_ops import LOWERINGS, Emitter, convert
 
 __all__ = [
@@ -68,7 +68,7 @@ def table_load(kb: KernelBuilder, table: ir.Value, index, name: str) -> ir.Value
 def stack_row(kb: KernelBuilder, ty: ir.Type, n: int, name: str) -> ir.Value:
     """A per-call (so per-thread) stack buffer of n elements, allocated in the entry block
     (so that asking for it inside a loop does not grow the stack)."""
-    arr = entry_alloca(kb, ir.ArrayType(ty, max(1, n)), name + ".buf")
+    arr = entry_alloca(kb.b, ir.ArrayType(ty, max(1, n)), name + ".buf")
     arr.align = 64
     return kb.b.bitcast(arr, ir.PointerType(ty), name=name)
 
@@ -194,16 +194,6 @@ def flat_epilogue_ok(kb: KernelBuilder, anchor, produced, first_dim: int) -> boo
             if tail != span and any(d != 1 for d in tail):
                 return False
     return True
-
-
-def entry_alloca(kb: KernelBuilder, ty: ir.Type, name: str) -> ir.Value:
-    """An alloca in the entry block (so a loop body does not grow the stack)."""
-    b = kb.b
-    here = b.block
-    b.position_at_start(kb.fn.entry_basic_block)
-    slot = b.alloca(ty, name=name)
-    b.position_at_end(here)
-    return slot
 
 
 def chan_param(kb: KernelBuilder, e: Emitter, v, index, adt):

@@ -36,7 +36,7 @@ from slimc.ir.buffers import ARRAY_DATA_OFFSET, TUPLE_ITEMS_OFFSET
 
 from ..backend import ARENA, INPUT, OUTPUT
 from .kernel import Kernel, llvm_name
-from .llvm_util import I32, I64, PTR, VOID, i64
+from .llvm_util import I32, I64, PTR, VOID, entry_alloca, i64
 
 MXCSR_FTZ_DAZ = 0x8040  # bit 15: flush to zero, bit 6: denormals are zero
 FPCR_FZ = 1 << 24  # AArch64 FPCR.FZ: denormal inputs and results of float ops become zero
@@ -51,17 +51,6 @@ TIMESPEC = ir.LiteralStructType([I64, I64])  # struct timespec on a 64-bit Linux
 KERNEL_TYPE = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
 # what the entry function hands each thread: kernel, its args, its work extent, FP control word
 TASK_TYPE = ir.LiteralStructType([ir.PointerType(KERNEL_TYPE), ir.PointerType(PTR), I64, I32])
-
-
-def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "") -> ir.Value:
-    """A stack slot made in the function's entry block (a static alloca, even when the read or
-    write happens in a later block)."""
-    entry = b.function.entry_basic_block
-    if b.block is entry:
-        return b.alloca(typ, name=name)
-    at_entry = ir.IRBuilder(entry)  # a second builder is safe only in another block
-    at_entry.position_at_start(entry)
-    return at_entry.alloca(typ, name=name)
 
 
 def _declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:

@@ -20,6 +20,7 @@ from .gen_linalg import _batch_index, _row_chunk, item_rows
 from .common import emitter, numel, vload, vstore
 from .gen_norm import _Axis
 from .gen_softmax import softmax_line
+from .gen_transpose import transpose_strip
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I64, PTR, const, i64
 
@@ -54,19 +55,50 @@ def _epilogue_here(node):
 
 
 def attention_operands(kb, node) -> tuple:
-    """An attention node read for a generator (this one and the GPU's): (q, k_t, v, mask or
-    None, out, scale, zero_nan, heads_last, batch dims, M, D, N, E)."""
+    """An attention node read for a generator (this one and the GPU's): (q, k, v, mask or
+    None, out, scale, zero_nan, heads_last, inputs_heads_last, batch dims, M, D, N, E). The
+    batch dims end with the heads where the inputs are heads last; k is k_t [.., D, N], or
+    the keys [.., N, H, D] there."""
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
     attrs = kb.attrs(node)
     qs, ks, vs = kb.shape(q), kb.shape(k), kb.shape(v)
+    inputs_heads_last = int(attrs["inputs_heads_last"])
+    if inputs_heads_last:  # q [.., M, H, D], keys [.., N, H, D], v [.., N, H, E]
+        batch, M, D, N = list(qs[:-3]) + [qs[-2]], qs[-3], qs[-1], ks[-3]
+    else:
+        batch, M, D, N = list(qs[:-2]), qs[-2], qs[-1], ks[-1]
     return (q, k, v, mask, node.outputs[0], float(attrs["scale"]), int(attrs["zero_nan"]),
-            int(attrs["heads_last"]), list(qs[:-2]), qs[-2], qs[-1], ks[-1], vs[-1])
+            int(attrs["heads_last"]), inputs_heads_last, batch, M, D, N, vs[-1])
+
+
+def pack_keys(kb: KernelBuilder, keys, ldk: int, packed, N: int, D: int, nr: int) -> None:
+    """The scores GEMM's packed B (k_t [D, N] in panels of nr columns: panel p holds
+    packed[p*D*nr + d*nr + j] = k_t[d, p*nr + j], zeros past N) straight from the keys as rows
+    (keys[n*ldk + d]): each strip of vw keys is transposed in registers into its panel, where
+    packing k_t took a transpose kernel and a copy."""
+    b, vw = kb.b, kb.vector_width
+    if nr % vw:
+        raise InternalError(f"panels of {nr} columns are not whole strips of {vw}",
+                            where=kb.fn.name)
+    npan = -(-N // nr)
+    if N % nr:  # the last panel's columns past N
+        last = b.gep(packed, [i64((npan - 1) * D * nr)], name="last_panel")
+        zero = ir.Constant(ir.VectorType(F32, vw), [0.0] * vw)
+        with kb.loop(0, D * nr // vw, name="zero") as z:
+            at = b.bitcast(b.gep(last, [b.mul(z, i64(vw))]), ir.PointerType(zero.type))
+            b.store(zero, at, align=4)
+    with kb.loop(0, -(-N // vw), name="strip") as strip:
+        i0 = b.mul(strip, i64(vw), name="key0")
+        panel = b.udiv(i0, i64(nr), name="panel")
+        # key n of this panel, dim d at panel_base[d*nr + n]
+        panel_base = b.gep(packed, [b.mul(panel, i64(nr * (D - 1)))], name="panel_base")
+        transpose_strip(kb, keys, panel_base, i0, N, D, ldx=ldk, ldy=nr)
 
 
 @generator("attention", epilogue=_epilogue_here)
 def attention(kb: KernelBuilder, node) -> None:
-    q, k, v, mask, out, scale, zero_nan, heads_last, batch, M, D, N, E = \
+    q, k, v, mask, out, scale, zero_nan, heads_last, inputs_heads_last, batch, M, D, N, E = \
         attention_operands(kb, node)
     if q.type.dtype != dtypes.f32 or min(M, D, N, E) == 0:
         raise UnsupportedError(f"attention kernel for {q.type} x {k.type} x {v.type}: float32 "
@@ -85,7 +117,7 @@ def attention(kb: KernelBuilder, node) -> None:
         epilogue=_scores_epilogue(scale, mask_shape, N),
         extra_args=[("mask", PTR)] if mask is not None else [], runtime_b=True)
     epilogue, fused_extra, fused_vals = kb.gemm_epilogue(out, E, None, row_offset=True)
-    heads = batch[-1] if heads_last else 1
+    heads = batch[-1] if heads_last else 1  # of the result's rows
     if heads_last and fused_extra:
         raise InternalError("attention stores heads last with a fused epilogue",
                             where=kb.fn.name)
@@ -114,13 +146,25 @@ def attention(kb: KernelBuilder, node) -> None:
     with kb.loop(kb.begin, kb.end, name="item") as item:
         bi, m0, m1 = item_rows(b, item, chunks, rows_per_item, M)
         rows = b.sub(m1, m0, name="rows")
-        with b.if_then(b.icmp_signed("!=", b.load(packed_entry), bi)):
-            b.call(kb.module.globals[scores_gemm.pack_fn],
-                   [b.gep(K, [b.mul(bi, i64(D * N))]), i64(N), kp])
-            b.call(kb.module.globals[pv_gemm.pack_fn],
-                   [b.gep(V, [b.mul(bi, i64(N * E))]), i64(E), vp])
-            b.store(bi, packed_entry)
         first_row = b.add(b.mul(bi, i64(M)), m0, name="first_row")  # in all of q's rows
+        if inputs_heads_last:  # entry bi is head bi % H of outer entry bi / H
+            H = batch[-1]
+            outer, head = b.udiv(bi, i64(H)), b.urem(bi, i64(H))
+            q_at = b.mul(b.add(b.mul(b.add(b.mul(outer, i64(M)), m0), i64(H)), head), i64(D))
+            k_at = b.mul(b.add(b.mul(outer, i64(N * H)), head), i64(D), name="k_at")
+            v_at = b.mul(b.add(b.mul(outer, i64(N * H)), head), i64(E), name="v_at")
+            lda, ldk, ldv = H * D, H * D, H * E
+        else:
+            q_at = b.mul(first_row, i64(D))
+            k_at, v_at = b.mul(bi, i64(D * N), name="k_at"), b.mul(bi, i64(N * E), name="v_at")
+            lda, ldk, ldv = D, N, E
+        with b.if_then(b.icmp_signed("!=", b.load(packed_entry), bi)):
+            if inputs_heads_last:
+                pack_keys(kb, b.gep(K, [k_at]), ldk, kp, N, D, scores_gemm.cfg.nr)
+            else:
+                b.call(kb.module.globals[scores_gemm.pack_fn], [b.gep(K, [k_at]), i64(ldk), kp])
+            b.call(kb.module.globals[pv_gemm.pack_fn], [b.gep(V, [v_at]), i64(ldv), vp])
+            b.store(bi, packed_entry)
         mask_args = []
         if mask is not None:
             mask_rows, mask_cols = mask_shape[-2:]
@@ -129,7 +173,7 @@ def attention(kb: KernelBuilder, node) -> None:
                 off = b.add(off, b.mul(m0, i64(mask_cols)))
             mask_args = [b.bitcast(b.gep(Mask, [off]), PTR)]
         b.call(kb.module.globals[scores_gemm.gemm_fn],
-               [b.gep(Q, [b.mul(first_row, i64(D))]), i64(D), kp, scores, i64(N), i64(0), rows]
+               [b.gep(Q, [q_at], name="q_rows"), i64(lda), kp, scores, i64(N), i64(0), rows]
                + mask_args)
 
         with kb.loop(0, rows, name="srow") as r:

@@ -230,20 +230,20 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
     wstride_blk = CIB * kh * kw * BI * BO  # one output block's weights
     kb.parallel_extent = N * (COB // ocv) * nrows
     kb.cost = 2 * N * COB * BO * Ho * Wo * CIB * BI * kh * kw
-    accs = [[entry_alloca(kb, vt, f"acc{j}.{t}") for t in range(T)] for j in range(ocv)]
+    accs = [[entry_alloca(kb.b, vt, f"acc{j}.{t}") for t in range(T)] for j in range(ocv)]
     # an epilogue of more than a few instructions (a sigmoid, GELU's erf) runs in a loop over
     # the tile's results, once in the code; a cheap one (clip, relu, a residual add) stays
     # unrolled: through the loop MobileNetV2's clip kernels ran 5% slower
     costly = any(n.op not in CHEAP_EPILOGUE_OPS for n in kb.nodes if n is not node)
-    results = entry_alloca(kb, ir.ArrayType(vt, ocv * T), name + ".tile") if costly else None
+    results = entry_alloca(kb.b, ir.ArrayType(vt, ocv * T), name + ".tile") if costly else None
     if scale is not None:
         if ocv * wstride_blk > SCALED_WEIGHTS_MAX:
             raise InternalError(f"input scale on a conv with {wstride_blk} weights per output "
                                 f"block (the layout pass folds at most {SCALED_WEIGHTS_MAX // 3})",
                                 where=kb.fn.name)
-        scaled = b.bitcast(entry_alloca(kb, ir.ArrayType(F32, ocv * wstride_blk), name + ".ws"),
+        scaled = b.bitcast(entry_alloca(kb.b, ir.ArrayType(F32, ocv * wstride_blk), name + ".ws"),
                            ir.PointerType(F32), name=name + ".wscaled")
-        last = entry_alloca(kb, ir.IntType(64), name + ".ws.for")
+        last = entry_alloca(kb.b, ir.IntType(64), name + ".ws.for")
         b.store(i64(-1), last)
     with kb.loop(kb.begin, kb.end, name="item") as item:
         n, cop, r = kb.delinear(item, [N, COB // ocv, nrows])

@@ -51,7 +51,7 @@ class _Axis:
         kb, b = self.kb, self.kb.b
         if self.lanes is not None:
             t = ir.VectorType(self.acc_t, self.lanes) if self.lanes > 1 else self.acc_t
-            acc = entry_alloca(kb, t, name)
+            acc = entry_alloca(kb.b, t, name)
             b.store(const(t, init), acc)
             with kb.loop(0, self.L, name=name + ".l") as l:
                 b.store(self._comb(op, b.load(acc), value(l, self.lanes)), acc)
@@ -59,8 +59,8 @@ class _Axis:
         W = kb.vector_width
         vt = ir.VectorType(self.acc_t, W)
         unroll = max(1, min(self.UNROLL, self.L // W)) if isinstance(self.L, int) else 1
-        vaccs = [entry_alloca(kb, vt, f"{name}.v{u}") for u in range(unroll)]
-        sacc = entry_alloca(kb, self.acc_t, name + ".s")
+        vaccs = [entry_alloca(kb.b, vt, f"{name}.v{u}") for u in range(unroll)]
+        sacc = entry_alloca(kb.b, self.acc_t, name + ".s")
         for slot in vaccs:
             b.store(const(vt, init), slot)
         b.store(const(self.acc_t, init), sacc)
@@ -412,7 +412,7 @@ def lrn(kb: KernelBuilder, node) -> None:
 
         def put(f, k):
             t = ir.VectorType(acc_t, k) if k > 1 else acc_t
-            acc = entry_alloca(kb, t, "sq")
+            acc = entry_alloca(kb.b, t, "sq")
             b.store(const(t, 0.0), acc)
             with kb.loop(c_lo, c_hi, name="cw") as cw:
                 off = b.add(b.add(nbase, b.mul(cw, i64(plane))), kb._ir(f))
@@ -471,8 +471,8 @@ def mvn(kb: KernelBuilder, node) -> None:
         kidx = kb.delinear(k, [shape[d] for d in kept]) if kept else []
         fixed = dict(zip(kept, kidx))
         vt = ir.VectorType(acc_t, W)
-        s1v, s2v = entry_alloca(kb, vt, "s1.v"), entry_alloca(kb, vt, "s2.v")
-        s1, s2 = entry_alloca(kb, acc_t, "s1"), entry_alloca(kb, acc_t, "s2")
+        s1v, s2v = entry_alloca(kb.b, vt, "s1.v"), entry_alloca(kb.b, vt, "s2.v")
+        s1, s2 = entry_alloca(kb.b, acc_t, "s1"), entry_alloca(kb.b, acc_t, "s2")
         for slot, t in ((s1v, vt), (s2v, vt), (s1, acc_t), (s2, acc_t)):
             b.store(const(t, 0.0), slot)
 

@@ -324,10 +324,10 @@ def _pixel_row_panels(kb, path, scratch, Wc, gi, group_bytes: int, pbk, PB: int,
     dot = q8.DotStep(b, path, row_is_u8=True)
     wgroup = b.gep(Wc, [b.mul(gi, i64(group_bytes))], inbounds=True, name="w.group")
     vi = ir.VectorType(I32, vw)
-    stage = entry_alloca(kb, ir.ArrayType(I32, STAGE_PIXELS * NR), "stage")
+    stage = entry_alloca(kb.b, ir.ArrayType(I32, STAGE_PIXELS * NR), "stage")
     stage.align = 64
     stage = b.bitcast(stage, ir.PointerType(I32))
-    columns = b.bitcast(entry_alloca(kb, ir.ArrayType(vi, vw), "stage.t"), ir.PointerType(vi))
+    columns = b.bitcast(entry_alloca(kb.b, ir.ArrayType(vi, vw), "stage.t"), ir.PointerType(vi))
 
     def row_ptr(p):
         oh, ow = b.udiv(p, i64(OW)), b.urem(p, i64(OW))

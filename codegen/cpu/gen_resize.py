@@ -159,7 +159,7 @@ def resize(kb: KernelBuilder, node) -> None:
             r = value(k + 1, {**idx, d: src})
         else:
             T = tab[2]
-            acc = entry_alloca(kb, F64, f"acc{d}")
+            acc = entry_alloca(kb.b, F64, f"acc{d}")
             b.store(const(F64, 0.0), acc)
             with kb.loop(0, T, name=f"t{d}") as t:
                 at = b.add(b.mul(kb._ir(o), i64(T)), t, name=f"at{d}")

@@ -149,8 +149,8 @@ def _hardmax_line(kb: KernelBuilder, e: Emitter, ax: _Axis, value, store, acc_t)
     lanes = ax.lanes or 1
     vt = ir.VectorType(acc_t, lanes) if lanes > 1 else acc_t
     it = ir.VectorType(I64, lanes) if lanes > 1 else I64
-    best = entry_alloca(kb, vt, "hm.best")
-    best_i = entry_alloca(kb, it, "hm.idx")
+    best = entry_alloca(kb.b, vt, "hm.best")
+    best_i = entry_alloca(kb.b, it, "hm.idx")
     b.store(value(0, lanes), best)
     b.store(const(it, 0), best_i)
     with kb.loop(1, ax.L, name="hm.l") as l:

@@ -204,7 +204,7 @@ class _Kernel(SparseKernel):
         floats = self.K * self.C
         scratch = b.bitcast(kb.scratch(4 * floats * kb.parallel_extent, name + ".b"),
                             ir.PointerType(F32))
-        entry = entry_alloca(kb, ir.IntType(64), "packed.entry")
+        entry = entry_alloca(kb.b, ir.IntType(64), "packed.entry")
         b.store(i64(-1), entry)
         self.packed = (kb.call_slot(scratch, floats, "b.packed"), entry)
 
@@ -277,7 +277,7 @@ class _Kernel(SparseKernel):
         full = C // width
         tile = None
         if self.transposed:  # rows of A collected here, then stored transposed
-            tile = entry_alloca(kb, ir.ArrayType(F32, group * self.block * width), "tile")
+            tile = entry_alloca(kb.b, ir.ArrayType(F32, group * self.block * width), "tile")
             tile = b.bitcast(tile, ir.PointerType(F32))
         rest = C - full * width
 

@@ -110,19 +110,22 @@ def transpose_matrix(kb: KernelBuilder, X, Y, A: int, B: int) -> None:
         transpose_strip(kb, X, Y, kb.b.mul(strip, i64(vw), name="i0"), A, B)
 
 
-def transpose_strip(kb: KernelBuilder, X, Y, i0, A: int, B: int) -> None:
+def transpose_strip(kb: KernelBuilder, X, Y, i0, A: int, B: int, ldx: int = 0,
+                    ldy: int = 0) -> None:
     """Rows i0 to i0 + vw of X [A, B] into columns of Y [B, A]: vw x vw register tiles
     (`transpose_square`), the columns past the last whole tile, and a last strip of fewer
-    than vw rows, element by element."""
+    than vw rows, element by element. X's rows are `ldx` floats apart (B if 0), Y's `ldy`
+    (A if 0)."""
     b, vw = kb.b, kb.vector_width
+    ldx, ldy = i64(ldx or B), i64(ldy or A)
     vt = ir.VectorType(X.type.pointee, vw)
     a_full, b_full = A // vw * vw, B // vw * vw
 
     def elements(i0, i1, j0, j1):
         with kb.loop(i0, i1, name="ei") as i:
             with kb.loop(j0, j1, name="ej") as j:
-                x = b.load(b.gep(X, [b.add(b.mul(i, i64(B)), j)], inbounds=True))
-                b.store(x, b.gep(Y, [b.add(b.mul(j, i64(A)), i)], inbounds=True))
+                x = b.load(b.gep(X, [b.add(b.mul(i, ldx), j)], inbounds=True))
+                b.store(x, b.gep(Y, [b.add(b.mul(j, ldy), i)], inbounds=True))
 
     full = b.icmp_signed("<", i0, i64(a_full), name="full.strip")
     with b.if_else(full) as (then, otherwise):
@@ -130,11 +133,11 @@ def transpose_strip(kb: KernelBuilder, X, Y, i0, A: int, B: int) -> None:
             with kb.loop(0, b_full, step=vw, name="j0") as j0:
                 rows = []
                 for i in range(vw):
-                    at = b.add(b.mul(b.add(i0, i64(i)), i64(B)), j0)
+                    at = b.add(b.mul(b.add(i0, i64(i)), ldx), j0)
                     p = b.bitcast(b.gep(X, [at], inbounds=True), ir.PointerType(vt))
                     rows.append(b.load(p, align=4, name=f"row{i}"))
                 for j, col in enumerate(transpose_square(b, rows)):
-                    at = b.add(b.mul(b.add(j0, i64(j)), i64(A)), i0)
+                    at = b.add(b.mul(b.add(j0, i64(j)), ldy), i0)
                     p = b.bitcast(b.gep(Y, [at], inbounds=True), ir.PointerType(vt))
                     b.store(col, p, align=4)
             if b_full < B:

@@ -371,9 +371,9 @@ def _output_transform(kb: KernelBuilder, P: Plan, AT, M, Bias, out, q0, q1, c0, 
     nfull = P.Wo // vw
     rem = P.Wo - nfull * vw
     group_fn = _output_group_fn(kb.module, m, vw, AT, Bias is not None)
-    rows = b.bitcast(entry_alloca(kb, ir.ArrayType(_vt(vw), m * vw), "y.rows"),
+    rows = b.bitcast(entry_alloca(kb.b, ir.ArrayType(_vt(vw), m * vw), "y.rows"),
                      ir.PointerType(_vt(vw)), name="y.rows.v")
-    bias_slot = entry_alloca(kb, _vt(vw), "bias.slot") if Bias is not None else None
+    bias_slot = entry_alloca(kb.b, _vt(vw), "bias.slot") if Bias is not None else None
     with kb.loop(q0, q1, name="oq") as q:
         n_i = b.udiv(q, i64(P.nty), name="on")
         ty = b.urem(q, i64(P.nty), name="oty")

@@ -322,3 +322,14 @@ def unique_name(module: ir.Module, name: str) -> str:
         n += 1
         out = f"{name}.{n}"
     return out
+
+
+def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "") -> ir.Value:
+    """A stack slot made in the function's entry block (a static alloca, even when the read or
+    write happens in a later block)."""
+    entry = b.function.entry_basic_block
+    if b.block is entry:
+        return b.alloca(typ, name=name)
+    at_entry = ir.IRBuilder(entry)  # a second builder is safe only in another block
+    at_entry.position_at_start(entry)
+    return at_entry.alloca(typ, name=name)

@@ -61,7 +61,7 @@ def plan(n_batch: int, M: int, D: int, E: int) -> tuple:
 @gpu_generator("attention", epilogue=True)
 def attention(kb: GpuKernelBuilder, node) -> None:
     """A block per (batch entry, block of BM query rows); see the module's docstring."""
-    q, k, v, mask, out, scale, zero_nan, heads_last, batch, M, D, N, E = \
+    q, k, v, mask, out, scale, zero_nan, heads_last, inputs_heads_last, batch, M, D, N, E = \
         attention_operands(kb, node)
     if q.type.dtype != dtypes.f32:
         raise UnsupportedError(f"attention kernel for {q.type} x {k.type} x {v.type}: float32 "
@@ -86,9 +86,23 @@ def attention(kb: GpuKernelBuilder, node) -> None:
     bh = b.udiv(blk, i64(row_blocks), name="bh") if row_blocks > 1 else blk
     m0 = b.mul(b.urem(blk, i64(row_blocks)), i64(BM), name="m0") if row_blocks > 1 else i64(0)
     Q, K, V = kb.ptr(q), kb.ptr(k), kb.ptr(v)
-    q_base = b.mul(bh, i64(M * D), name="q_base")
-    k_base = b.mul(bh, i64(D * N), name="k_base")
-    v_base = b.mul(bh, i64(N * E), name="v_base")
+    if inputs_heads_last:  # q [.., M, H, D], keys [.., N, H, D], v [.., N, H, E]
+        H = batch[-1]
+        outer, head = b.udiv(bh, i64(H), name="outer"), b.urem(bh, i64(H), name="head")
+        q_base = b.mul(b.add(b.mul(outer, i64(M * H)), head), i64(D), name="q_base")
+        k_base = b.mul(b.add(b.mul(outer, i64(N * H)), head), i64(D), name="k_base")
+        v_base = b.mul(b.add(b.mul(outer, i64(N * H)), head), i64(E), name="v_base")
+        ldq, ldk, ldv = H * D, H * D, H * E  # floats from one row (query, key, value) to the next
+    else:
+        q_base = b.mul(bh, i64(M * D), name="q_base")
+        k_base = b.mul(bh, i64(D * N), name="k_base")
+        v_base = b.mul(bh, i64(N * E), name="v_base")
+        ldq, ldk, ldv = D, None, E  # (k_t: one dim of the keys a row)
+
+    def k_at(d, n, what):  # k_t[d, n] of this entry
+        if inputs_heads_last:
+            return at(K, b.add(k_base, b.add(b.mul(n, i64(ldk)), d)), what)
+        return at(K, b.add(k_base, b.add(b.mul(d, i64(N)), n)), what)
 
     def at(p, off, what):
         return b.load(b.gep(p, [off], inbounds=True), name=what)
@@ -110,14 +124,14 @@ def attention(kb: GpuKernelBuilder, node) -> None:
         v_s = kb.shared_array("v", F32, WARP * E)
         with kb.loop(tid, BM * D, threads, name="ld_q") as idx:
             m = clamp(b.add(m0, b.udiv(idx, i64(D))), M, "mq")
-            x = at(Q, b.add(q_base, b.add(b.mul(m, i64(D)), b.urem(idx, i64(D)))), "q")
+            x = at(Q, b.add(q_base, b.add(b.mul(m, i64(ldq)), b.urem(idx, i64(D)))), "q")
             b.store(x, b.gep(q_s, [idx], inbounds=True))
 
     def q_at(i, d):
         r, _, _, mc = rows[i]
         if shared:
             return at(q_s, b.add(b.mul(r, i64(D)), d), "qv")
-        return at(Q, b.add(q_base, b.add(b.mul(mc, i64(D)), d)), "qv")
+        return at(Q, b.add(q_base, b.add(b.mul(mc, i64(ldq)), d)), "qv")
 
     mask_at = _mask(kb, mask, batch, bh)
 
@@ -128,10 +142,10 @@ def attention(kb: GpuKernelBuilder, node) -> None:
         col = b.add(lane, i64(c * WARP), name=f"e{c}")
         ok = None if (c + 1) * WARP <= E else b.icmp_unsigned("<", col, i64(E), name=f"e{c}.ok")
         cols.append((col if ok is None else b.select(ok, col, i64(E - 1)), ok))
-    top = [entry_alloca(kb, F32, f"max{i}") for i in range(rw)]
-    part = [entry_alloca(kb, F32, f"sum{i}") for i in range(rw)]
-    acc = [[entry_alloca(kb, F32, f"o{i}.{c}") for c in range(per_lane)] for i in range(rw)]
-    score = [entry_alloca(kb, F32, f"s{i}") for i in range(rw)]
+    top = [entry_alloca(kb.b, F32, f"max{i}") for i in range(rw)]
+    part = [entry_alloca(kb.b, F32, f"sum{i}") for i in range(rw)]
+    acc = [[entry_alloca(kb.b, F32, f"o{i}.{c}") for c in range(per_lane)] for i in range(rw)]
+    score = [entry_alloca(kb.b, F32, f"s{i}") for i in range(rw)]
     for i in range(rw):
         b.store(const(F32, -math.inf), top[i])
         b.store(const(F32, 0.0), part[i])
@@ -147,11 +161,11 @@ def attention(kb: GpuKernelBuilder, node) -> None:
             kb.barrier()  # the last tile's readers are done
             with kb.loop(tid, D * WARP, threads, name="ld_k") as idx:
                 key = clamp(b.add(n0, b.and_(idx, i64(WARP - 1))), N, "nk")
-                x = at(K, b.add(k_base, b.add(b.mul(b.lshr(idx, i64(5)), i64(N)), key)), "k")
+                x = k_at(b.lshr(idx, i64(5)), key, "k")
                 b.store(x, b.gep(k_s, [idx], inbounds=True))
             with kb.loop(tid, WARP * E, threads, name="ld_v") as idx:
                 key = clamp(b.add(n0, b.udiv(idx, i64(E))), N, "nv")
-                x = at(V, b.add(v_base, b.add(b.mul(key, i64(E)), b.urem(idx, i64(E)))), "v")
+                x = at(V, b.add(v_base, b.add(b.mul(key, i64(ldv)), b.urem(idx, i64(E)))), "v")
                 b.store(x, b.gep(v_s, [idx], inbounds=True))
             kb.barrier()
         # scores of this lane's key against each row
@@ -159,7 +173,7 @@ def attention(kb: GpuKernelBuilder, node) -> None:
             b.store(const(F32, 0.0), score[i])
         with kb.loop(0, D, name="d") as d:
             kv = at(k_s, b.add(b.shl(d, i64(5)), lane), "kv") if shared else \
-                at(K, b.add(k_base, b.add(b.mul(d, i64(N)), nc)), "kv")
+                k_at(d, nc, "kv")
             for i in range(rw):
                 b.store(e.add(b.load(score[i]), e.mul(q_at(i, d), kv)), score[i])
         probs = []
@@ -186,7 +200,7 @@ def attention(kb: GpuKernelBuilder, node) -> None:
         with kb.loop(0, keys, name="key") as c_key:
             src = b.trunc(c_key, I32)
             vrow = [at(v_s, b.add(b.mul(c_key, i64(E)), col), "vv") if shared else
-                    at(V, b.add(v_base, b.add(b.mul(b.add(n0, c_key), i64(E)), col)), "vv")
+                    at(V, b.add(v_base, b.add(b.mul(b.add(n0, c_key), i64(ldv)), col)), "vv")
                     for col, _ in cols]
             for i in range(rw):
                 pc = kb.shuffle("idx", probs[i], src, name="p")

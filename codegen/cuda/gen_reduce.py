@@ -217,8 +217,8 @@ def _arg_rows(kb: GpuKernelBuilder, node, axis: int, beats) -> None:
                 best = b.select(w, pair[0], best[0]), b.select(w, pair[1], best[1])
         v, i = best
     else:
-        sv = entry_alloca(kb, rows.acc_t, name + ".best")
-        si = entry_alloca(kb, I32, name + ".besti")
+        sv = entry_alloca(kb.b, rows.acc_t, name + ".best")
+        si = entry_alloca(kb.b, I32, name + ".besti")
         b.store(value(rows.lane), sv)
         b.store(as_i32(rows.lane), si)
         with kb.loop(kb.iadd(rows.lane, rows.T), L, rows.T, name="scan") as j:

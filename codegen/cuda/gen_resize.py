@@ -133,7 +133,7 @@ def resize(kb: GpuKernelBuilder, node) -> None:
                     p = term(t)
                     r = p if r is None else e.add(r, p)
             else:
-                acc = entry_alloca(kb, ct, f"acc{d}")
+                acc = entry_alloca(kb.b, ct, f"acc{d}")
                 b.store(const(ct, 0.0), acc)
                 with counted_loop(b, ix, T, f"t{d}") as t:
                     b.store(e.add(b.load(acc), term(t)), acc)

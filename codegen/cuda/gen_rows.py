@@ -201,7 +201,7 @@ class Rows:
                 acc = x if acc is None else comb(acc, x)
             acc = ident if acc is None else acc
         else:
-            slot = entry_alloca(kb, self.acc_t, f"{self.name}.{name}")
+            slot = entry_alloca(kb.b, self.acc_t, f"{self.name}.{name}")
             b.store(ident, slot)
             with kb.loop(self.lane, self.L, self.T, name=name) as j:
                 b.store(comb(b.load(slot), vals(j)), slot)

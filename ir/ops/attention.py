@@ -1,5 +1,5 @@
 """Scaled dot-product attention as one op: ``attention(q, k_t, v, mask?) {scale, zero_nan,
-heads_last}``::
+heads_last, inputs_heads_last}``::
 
     scores = q @ k_t * scale (+ mask)
     P      = softmax(scores, axis=-1)        (then P[isnan(P)] = 0 when zero_nan)
@@ -12,6 +12,10 @@ to the scores [..., M, N]. ``zero_nan`` is the guard PyTorch's exporter writes a
 result as [..., M, H, E] (H = the last batch dim: the heads) instead of [..., H, M, E], the
 transpose exporters write before merging the heads back into one hidden dim: the kernel writes
 each head's rows into place instead of a transpose kernel copying them.
+``inputs_heads_last`` is the same on the way in: q is [..., M, H, D], the keys [..., N, H, D]
+(not transposed) and v [..., N, H, E], the projections' results as the exporters' reshape
+leaves them, and the kernel reads each head's rows in place of the transposes that split the
+heads (three kernels a layer, each a round trip through memory).
 
 Not an ONNX op: `recognize` forms it from the MatMul, Mul, Add, Softmax, MatMul chain that
 exporters write, so that the code generator can keep each block of scores in cache (they never
@@ -29,7 +33,9 @@ from .linalg import matmul
 from .norm import _softmax
 
 
-def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0):
+def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0, inputs_heads_last=0):
+    if inputs_heads_last:  # [..., M, H, D], keys [..., N, H, D], [..., N, H, E]
+        q, k_t, v = np.swapaxes(q, -3, -2), np.moveaxis(k_t, -3, -1), np.swapaxes(v, -3, -2)
     scores = matmul(q, k_t)
     if scale != 1.0:
         scores = scores * np.asarray(scale, scores.dtype)
@@ -42,6 +48,13 @@ def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0):
     return np.swapaxes(out, -3, -2) if heads_last else out
 
 
+def _heads_first(t: TensorType, keys: bool) -> TensorType:
+    """An input given heads last ([..., rows, H, dim]) as the op computes on it: [..., H, rows,
+    dim], or for the keys [..., H, dim, rows]."""
+    *outer, rows, heads, dim = t.shape
+    return TensorType(t.dtype, tuple(outer) + ((heads, dim, rows) if keys else (heads, rows, dim)))
+
+
 def _infer_attention(ctx: InferContext) -> TensorType:
     q, k, v = ctx[0], ctx[1], ctx[2]
     for name, t in (("q", q), ("k_t", k), ("v", v)):
@@ -49,6 +62,10 @@ def _infer_attention(ctx: InferContext) -> TensorType:
             ctx.fail(f"{name} is {t}: q, k_t and v must share one floating-point type")
         if t.rank < 2 or t.rank != q.rank:
             ctx.fail(f"{name} is {t}: q, k_t and v must have one rank, at least 2")
+    if ctx.attrs["inputs_heads_last"]:
+        if q.rank < 3:
+            ctx.fail(f"inputs_heads_last needs a heads dim: q is {q}")
+        q, k, v = _heads_first(q, False), _heads_first(k, True), _heads_first(v, False)
     if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
         ctx.fail(f"the batch dims of q {q}, k_t {k} and v {v} differ")
     if q.shape[-1] != k.shape[-2] or k.shape[-1] != v.shape[-2]:
@@ -69,6 +86,7 @@ def _infer_attention(ctx: InferContext) -> TensorType:
 
 
 register_op("attention", reference=attention, infer=_infer_attention, fusion=FusionKind.OUT_FUSABLE,
-            num_inputs=(3, 4), attrs={"scale": 1.0, "zero_nan": 0, "heads_last": 0},
-            doc="attention(q, k_t, v, mask?) {scale, zero_nan, heads_last}: "
+            num_inputs=(3, 4),
+            attrs={"scale": 1.0, "zero_nan": 0, "heads_last": 0, "inputs_heads_last": 0},
+            doc="attention(q, k_t, v, mask?) {scale, zero_nan, heads_last, inputs_heads_last}: "
                 "softmax(q@k_t*scale + mask) @ v")

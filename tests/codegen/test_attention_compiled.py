@@ -124,3 +124,78 @@ def test_heads_merged_back(threads, relu):
     (attn,) = [n for n in mod.graph.nodes if n.op == "attention"]
     assert attn.attrs["heads_last"] == 1
     assert not any(n.op == "transpose" for n in mod.graph.nodes)
+
+
+def projected(heads, M, D, threads=None):
+    """x [1, M, H*D] through three projections (matmul + bias), each split into heads by
+    reshape and transpose as exporters write it, the written-out attention, and the heads
+    merged back: BERT's self-attention."""
+    g = Graph("self_attention")
+    f = lambda *s: TensorType(dtypes.f32, s)  # noqa: E731
+    hidden = heads * D
+    x = g.add_input("x", f(1, M, hidden))
+    split = g.add_constant("split", np.array([1, M, heads, D], np.int64))
+    parts = []
+    for name, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        w = g.add_constant(f"{name}.w", rand(hidden, hidden) / np.float32(np.sqrt(hidden)))
+        bias = g.add_constant(f"{name}.b", rand(hidden))
+        y = g.make_node("matmul", [x, w], {}, [f(1, M, hidden)]).outputs[0]
+        y = g.make_node("add", [y, bias], {}, [f(1, M, hidden)]).outputs[0]
+        y = g.make_node("reshape", [y, split], {}, [f(1, M, heads, D)]).outputs[0]
+        shape = [(1, M, heads, D)[i] for i in perm]
+        parts.append(g.make_node("transpose", [y], {"perm": perm}, [f(*shape)]).outputs[0])
+    q, k, v = parts
+    s = g.make_node("matmul", [q, k], {}, [f(1, heads, M, M)]).outputs[0]
+    c = g.add_constant("scale", np.array(D ** -0.5, np.float32))
+    s = g.make_node("mul", [s, c], {}, [f(1, heads, M, M)]).outputs[0]
+    p = g.make_node("softmax", [s], {"axis": -1}, [f(1, heads, M, M)]).outputs[0]
+    y = g.make_node("matmul", [p, v], {}, [f(1, heads, M, D)]).outputs[0]
+    y = g.make_node("transpose", [y], {"perm": [0, 2, 1, 3]}, [f(1, M, heads, D)]).outputs[0]
+    merged = g.add_constant("merged", np.array([1, M, hidden], np.int64))
+    g.outputs = [g.make_node("reshape", [y, merged], {}, [f(1, M, hidden)]).outputs[0]]
+    return g
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("heads,M,D", [(4, 128, 64), (3, 37, 20), (2, 70, 16)])
+def test_heads_split_read_in_place(heads, M, D, threads):
+    """The transposes that split the heads go: the attention reads q, the keys and v as the
+    projections wrote them (inputs_heads_last), and each bias add runs in its product's
+    store. Against the interpreter on the graph as written."""
+    g = projected(heads, M, D)
+    x = rand(1, M, heads * D)
+    mod = check(g, [x], threads)
+    (attn,) = [n for n in mod.graph.nodes if n.op == "attention"]
+    assert attn.attrs["inputs_heads_last"] == 1 and attn.attrs["heads_last"] == 1
+    assert not any(n.op == "transpose" for n in mod.graph.nodes), mod.graph
+    kinds = [" ".join(op for op in k.ops if op != "reshape") for k in mod.kernels]
+    assert sorted(kinds) == ["", "attention"] + ["matmul add"] * 3, kinds  # "": the output's
+    # reshape, a copy into the caller's array
+
+
+@pytest.mark.parametrize("heads,M,N,D,E", [(4, 128, 128, 64, 64), (3, 9, 131, 29, 17),
+                                           (2, 70, 65, 16, 33)])
+def test_inputs_heads_last_is_bitwise_the_transposed_inputs(heads, M, N, D, E):
+    """The keys packed straight from their rows (pack_keys) hold what packing k_t held: the
+    kernel on heads-last inputs gives, bit for bit, what it gives on the same arrays
+    transposed beforehand (the last panel of keys padded with zeros where N is ragged)."""
+    def graph(inputs_heads_last):
+        g = Graph("attn")
+        f = lambda *s: TensorType(dtypes.f32, s)  # noqa: E731
+        shapes = [(1, M, heads, D), (1, N, heads, D), (1, N, heads, E)] if inputs_heads_last \
+            else [(1, heads, M, D), (1, heads, D, N), (1, heads, N, E)]
+        ins = [g.add_input(n, f(*s)) for n, s in zip("qkv", shapes)] + \
+            [g.add_input("mask", f(1, 1, M, N))]
+        g.outputs = g.make_node("attention", ins, {"scale": 0.3,
+                                                   "inputs_heads_last": inputs_heads_last},
+                                [f(1, heads, M, E)]).outputs
+        return g
+
+    q, k, v, mask = rand(1, M, heads, D), rand(1, N, heads, D), rand(1, N, heads, E), \
+        rand(1, 1, M, N)
+    got = slimc.compile(graph(1), threads=2)(q, k, v, mask)[0]
+    heads_first = [np.ascontiguousarray(a.transpose(perm)) for a, perm in
+                   ((q, (0, 2, 1, 3)), (k, (0, 2, 3, 1)), (v, (0, 2, 1, 3)))]
+    want = slimc.compile(graph(0), threads=2)(*heads_first, mask)[0]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, interpret(graph(1), q, k, v, mask)[0], rtol=1e-4, atol=1e-5)
