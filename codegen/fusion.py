@@ -8,7 +8,10 @@ backend's `can_fuse`:
 * an elementwise, broadcasting or injective op the backend computes inline is computed
   inside whatever reads it -- an elementwise chain, a transpose feeding an add, the producer
   of a reduction's operand -- if that reader fetches operands through index expressions
-  (`backend.reads_operands_inline(anchor)`);
+  (`backend.reads_operands_inline(anchor)`), and unless the reader broadcasts it
+  (RECOMPUTE_LIMIT): inline, a value is computed again wherever it is read, and a
+  squeeze-and-excite gate's sigmoid over 144 channels, read by the scaling of a 144 x 56 x 56
+  image, cost 2.3x the kernel it sat in;
 * any other op has a loop nest of its own (the kernel's *anchor*); it takes the elementwise
   and broadcasting ops that consume it as its epilogue if `backend.epilogue(anchor)` says
   yes and the chain keeps the anchor's output shape and element type;
@@ -56,6 +59,23 @@ class FusionPlan:
         return "\n".join(self.decisions)
 
 
+# An inline op whose values the consuming kernel reads this many times each, or more, is
+# computed in a kernel of its own (a view costs nothing to recompute and always fuses).
+RECOMPUTE_LIMIT = 16
+
+
+def _broadcast_into(p: Node, target: Group) -> Optional[str]:
+    """Why `p` would be computed many times over inside `target` (its values broadcast to
+    the kernel's larger result), or None."""
+    made, used = p.outputs[0].type, target.root.outputs[0].type
+    if p.op in ROW_MAJOR_VIEWS or not (made.is_static and used.is_static):
+        return None
+    if made.numel * RECOMPUTE_LIMIT > used.numel:
+        return None
+    return (f"its {made.numel} values would each be computed {used.numel // max(1, made.numel)} "
+            f"times over for the kernel's {used.numel} results (a broadcast)")
+
+
 def _why_not(backend: Backend, p: Node, target: Group, users: list) -> Optional[str]:
     """None if `p` may join `target` (the one group that uses it), else the reason."""
     if len(p.outputs) != 1:
@@ -65,7 +85,7 @@ def _why_not(backend: Backend, p: Node, target: Group, users: list) -> Optional[
     if computed_inline(backend, p):
         if _read_from_memory(backend, p, target, users) and p.op not in ROW_MAJOR_VIEWS:
             return f"{target.anchor.op} reads its operands from memory"
-        return None
+        return _broadcast_into(p, target)
     # p has its own loop nest: it can only be the anchor of an elementwise epilogue group
     if target.anchor is not None:
         return f"the consumer's kernel already has a loop nest ({target.anchor.op})"

@@ -86,6 +86,27 @@ graph @t(%x: f32[7,17], %y: f32[17,7]) -> (f32[17,7]) {
     agree(g, mod, (7, 17), (17, 7))
 
 
+def test_a_broadcast_gate_gets_a_kernel_of_its_own(tmp_path):
+    """A squeeze-and-excite gate: sigmoid over [1, C, 1, 1], read for each of the image's
+    H * W pixels. Inline it would be computed H * W times over: it runs alone (C values) and
+    the scaling reads its result. A broadcast of fewer than RECOMPUTE_LIMIT reads a value
+    (here 8) still fuses."""
+    g, mod = compiled("""# slimc-ir v1
+graph @se(%x: f32[1,24,20,8], %s: f32[1,24,1,1], %u: f32[1,24,20,1]) -> (f32[1,24,20,8]) {
+  %gate = sigmoid(%s) : f32[1,24,1,1]
+  %row = tanh(%u) : f32[1,24,20,1]
+  %y = mul(%x, %gate) : f32[1,24,20,8]
+  %z = add(%y, %row) : f32[1,24,20,8]
+  return %z
+}
+""", dump_dir=str(tmp_path))
+    assert sorted(k.ops for k in mod.kernels) == [["sigmoid"], ["tanh", "mul", "add"]]
+    report = (tmp_path / "fusion.txt").read_text()
+    assert "not fused: %gate (sigmoid) -> %y (mul): its 24 values would each be computed 160 " \
+           "times over for the kernel's 3840 results (a broadcast)" in report
+    agree(g, mod, (1, 24, 20, 8), (1, 24, 1, 1), (1, 24, 20, 1))
+
+
 def test_reasons_for_what_did_not_fuse(tmp_path):
     g, mod = compiled("""# slimc-ir v1
 graph @r(%x: f32[4,8]) -> (f32[4,8], f32[4,8]) {
