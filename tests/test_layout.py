@@ -300,3 +300,30 @@ def test_blocked_reduction_vectorized_matches():
     g = net.done(m)
     mod = check(g, RNG.standard_normal((1, 16, 5, 7)).astype(np.float32))
     assert "reduce_max" in ops_of(mod)
+
+
+@pytest.mark.parametrize("target, block", BLOCK_TARGETS)
+@pytest.mark.parametrize("cb, h, w", [(3, 5, 56), (2, 3, 7), (1, 2, 16), (2, 4, 33)])
+def test_conversion_back_to_nchw_with_its_fused_ops(target, block, cb, h, w):
+    """from_blocked with a squeeze-and-excite scale and a clip fused before it (the kernel
+    that transposes pixel vectors into channel runs in registers): rows of whole strips of
+    `block` pixels, a masked last strip, rows narrower than one strip; bit for bit the
+    interpreter's numbers."""
+    from slimc.ir import parse
+
+    c = cb * block
+    g = parse(f"""# slimc-ir v1
+graph @back(%x: f32[2,{cb},{h},{w},{block}], %s: f32[1,{cb},1,1,{block}]) -> (f32[2,{c},{h},{w}]) {{
+  const %lo: f32[] = [0.0]
+  const %hi: f32[] = [6.0]
+  %m = mul(%x, %s) : f32[2,{cb},{h},{w},{block}]
+  %r = clip(%m, %lo, %hi) : f32[2,{cb},{h},{w},{block}]
+  %y = from_blocked(%r) {{block={block}}} : f32[2,{c},{h},{w}]
+  return %y
+}}
+""")
+    x = 4 * RNG.standard_normal((2, cb, h, w, block)).astype(np.float32)
+    s = RNG.standard_normal((1, cb, 1, 1, block)).astype(np.float32)
+    mod = slimc.compile(g, target=target, threads=2)
+    assert [k.ops for k in mod.kernels] == [["mul", "clip", "from_blocked"]]
+    np.testing.assert_array_equal(mod(x, s)[0], interpret(g, x, s)[0])

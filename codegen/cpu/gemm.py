@@ -68,7 +68,7 @@ from llvmlite import ir
 from .common import smin
 from .gemm_pack import GemmConfig, gemm_config, pack_b, packed_b_size
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
-from .llvm_util import new_shared_function, shared_functions, unique_name
+from .llvm_util import first_lanes, new_shared_function, shared_functions, unique_name
 from .target import CpuTarget
 
 __all__ = [
@@ -180,10 +180,6 @@ def _intrinsic(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Functi
     if fn is None:
         fn = ir.Function(module, fnty, name)
     return fn
-
-
-def _mask_const(vw: int, nlanes: int) -> ir.Constant:
-    return ir.Constant(ir.VectorType(I1, vw), [1 if i < nlanes else 0 for i in range(vw)])
 
 
 def _lane_mask(b: ir.IRBuilder, vw: int, start: int, limit: ir.Value, name: str) -> ir.Value:
@@ -427,7 +423,7 @@ class _Gen:
                 off = bbase if v == 0 else bld.add(bbase, _i64(v * vw), name=f"b.off{tag}.{v}")
                 p = bld.gep(Bp, [off], source_etype=F32, name=f"b.ptr{tag}.{v}")
                 if b_direct and not runtime_cols and v == nvec - 1 and tail_lanes < vw:
-                    bv.append(masked_load_vector(bld, p, _vec(vw), _mask_const(vw, tail_lanes),
+                    bv.append(masked_load_vector(bld, p, _vec(vw), first_lanes(vw, tail_lanes),
                                                   f"b{tag}.{v}"))
                 else:
                     bv.append(bld.load(p, typ=vt, align=4, name=f"b{tag}.{v}"))
@@ -516,7 +512,7 @@ class _Gen:
                 if runtime_cols:
                     masks.append(lane_masks[v])
                 else:
-                    masks.append(_mask_const(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw)
+                    masks.append(first_lanes(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw)
                                  else None)
 
         def load_c(i, r, v):
@@ -590,7 +586,7 @@ class _Gen:
         if runtime_cols:
             masks = [_lane_mask(b, vw, v * vw, fn.args[5], f"mask.v{v}") for v in range(nvec)]
         else:
-            masks = [_mask_const(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw) else None
+            masks = [first_lanes(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw) else None
                      for v in range(nvec)]
         with _Loop(b, 0, nrows, 1, "r") as r:
             crow = b.gep(C, [b.mul(r, ldc)], source_etype=F32, name="c.row")
@@ -827,7 +823,7 @@ class _Gen:
                             val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
                         elif lanes > 0:
                             sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                            val = masked_load_vector(b, sv, _vec(vw), _mask_const(vw, lanes), f"bt.v{v}")
+                            val = masked_load_vector(b, sv, _vec(vw), first_lanes(vw, lanes), f"bt.v{v}")
                         else:
                             val = ir.Constant(vt, None)
                         b.store(val, d, align=4)

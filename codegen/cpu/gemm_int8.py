@@ -41,7 +41,7 @@ from llvmlite import ir
 
 from slimc.ir.buffers import aligned_zeros
 
-from .llvm_util import I8, I32, carried_loop, i64
+from .llvm_util import I8, I32, carried_loop, first_lanes, i64
 
 I16 = ir.IntType(16)
 
@@ -290,8 +290,7 @@ def lane_mask(vw: int, nlanes: int) -> ir.Constant | None:
     """<vw x i1> of the first nlanes lanes, or None for a full vector."""
     if nlanes >= vw:
         return None
-    bits = [1 if j < nlanes else 0 for j in range(vw)]
-    return ir.Constant(ir.VectorType(ir.IntType(1), vw), bits)
+    return first_lanes(vw, nlanes)
 
 
 Store = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, "ir.Constant | None", int], None]

@@ -31,7 +31,7 @@ from slimc.ir.ops.window import _window_params
 
 from .common import stack_row, vload
 from .kernel import KernelBuilder, llvm_name
-from .llvm_util import F32, i64, masked_load_vector, splat
+from .llvm_util import F32, first_lanes, i64, masked_load_vector, splat
 
 MAX_TAPS = 7  # kernel sizes this generator takes (weights held in registers: K * K vectors)
 ROW_BLOCK = 4  # output rows computed together where their windows lie in the image
@@ -151,7 +151,7 @@ def _finish_row(kb, out, index: list, acc_row, Wo: int) -> None:
         with kb.loop(0, full, vw, name="fin") as ox:
             kb.store_result(out, index + [ox], vload(kb, acc_row, ox, vw, "y"))
     if Wo > full:
-        kb.mask = ir.Constant(ir.VectorType(ir.IntType(1), vw), [i < Wo - full for i in range(vw)])
+        kb.mask = first_lanes(vw, Wo - full)
         kb.store_result(out, index + [i64(full)], vload(kb, acc_row, i64(full), vw, "y"))
         kb.mask = None
 

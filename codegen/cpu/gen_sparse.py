@@ -47,7 +47,8 @@ from .common import const_table, entry_alloca, hreduce
 from .gen_sparse_row import one_token
 from .gen_transpose import transpose_matrix, transpose_square
 from .kernel import KernelBuilder, generator, llvm_name
-from .llvm_util import F32, I32, carried_loop, i64, masked_load_vector, splat, vector_gep
+from .llvm_util import (F32, I32, carried_loop, first_lanes, i64, masked_load_vector, splat,
+                        vector_gep)
 from .scalar_ops import Emitter
 from .sparse_parts import ITEMS, SparseKernel, fma, gather_intrinsic, work_parts
 
@@ -289,7 +290,7 @@ class _Kernel(SparseKernel):
             nvec = -(-rest // vw)
             tail = rest - (nvec - 1) * vw
             mask = None if tail == vw else \
-                ir.Constant(ir.VectorType(ir.IntType(1), vw), [i < tail for i in range(vw)])
+                first_lanes(vw, tail)
             self._row_groups(n, b_n, rb0, rb1, i64(full * width), nvec, mask, group, tile,
                              width, "r")
 

@@ -159,6 +159,11 @@ def masked_load_vector(b: ir.IRBuilder, addr: ir.Value, vt: ir.VectorType, mask:
                        ir.Constant(vt, None)], name=name)
 
 
+def first_lanes(vw: int, n: int) -> ir.Constant:
+    """<vw x i1> with its first n lanes on: the mask of a partial vector."""
+    return ir.Constant(ir.VectorType(ir.IntType(1), vw), [int(i < n) for i in range(vw)])
+
+
 def masked_store_vector(b: ir.IRBuilder, value: ir.Value, addr: ir.Value, mask: ir.Value) -> None:
     """Store the lanes of `mask` (a <n x i1> vector) of `value` at `addr`.
 
