@@ -139,6 +139,8 @@ class CudaProgram(NativeModule):
         signature: a GPU profile has no in-call form yet)."""
         from .cuda_driver import Timer
 
+        if int(repeat) < 1:
+            raise ValueError(f"profile: repeat must be at least 1, got {repeat}")
         device = self._on_device()
         arrays = self._checked(arrays, named)
         outs = [np.empty(shape, dtype) for _, dtype, shape, _ in self._outputs]

@@ -101,9 +101,10 @@ class Profile:
         width = max([len(r[0]) for r in self.rows] + [6])
         how = "timed inside the call" if self.in_call else "each kernel alone"
         lines = [f"{'kernel':<{width}} {'ms':>9} {'share':>6}  ops   ({how})"]
-        kernel_sum = sum(r[2] for r in self.rows) or 1.0
+        kernel_sum = sum(r[2] for r in self.rows)
         for name, ops, ms in sorted(self.rows, key=lambda r: -r[2]):
-            lines.append(f"{name:<{width}} {ms:>9.3f} {100 * ms / kernel_sum:>5.1f}%  {' '.join(ops)}")
+            share = 100 * ms / (kernel_sum or 1.0)
+            lines.append(f"{name:<{width}} {ms:>9.3f} {share:>5.1f}%  {' '.join(ops)}")
         lines.append(f"{'kernels':<{width}} {kernel_sum:>9.3f}   (whole call: {self.total_ms:.3f} ms)")
         return "\n".join(lines)
 
@@ -230,6 +231,8 @@ class NativeModule:
         finds the caches as the kernel before it left them: a model's time, kernel by
         kernel. `alone=True` runs each kernel `repeat` times by itself instead: its speed
         with its data warm (also what a module without ``slimc_timed`` gives)."""
+        if int(repeat) < 1:
+            raise ValueError(f"profile: repeat must be at least 1, got {repeat}")
         arrays = self._checked(arrays, named)
         outs, in_ptrs, out_ptrs = self._pointers(arrays)
         arena = self._arena()
@@ -245,7 +248,7 @@ class NativeModule:
 
     def _profile_in_call(self, call: tuple, repeat: int) -> Profile:
         n = len(self._kernel_info)
-        ns = np.zeros((max(1, repeat), n + 1), np.int64)
+        ns = np.zeros((repeat, n + 1), np.int64)
         for r in range(len(ns)):
             self._timed(*call, _address(ns[r]))
         ms = np.median(ns, axis=0) / 1e6

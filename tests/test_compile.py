@@ -282,6 +282,17 @@ def test_profile_times_every_kernel():
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
 
 
+def test_profile_of_a_model_without_kernels_and_a_wrong_repeat():
+    mod = slimc.compile(parse("# slimc-ir v1\ngraph @id(%x: f32[4]) -> (f32[4]) {\n"
+                              "  return %x\n}\n"))
+    x = np.ones(4, np.float32)
+    prof = mod.profile(x)
+    assert prof.rows == [] and prof.kinds() == []
+    assert str(prof).splitlines()[-1].split()[:2] == ["kernels", "0.000"]
+    with pytest.raises(ValueError, match="repeat must be at least 1, got 0"):
+        mod.profile(x, repeat=0)
+
+
 HEAVY_MIDDLE = """# slimc-ir v1
 graph @heavy(%x: f32[192,192], %w: f32[192,192]) -> (f32[192,192]) {
   %a = neg(%x) : f32[192,192]
