@@ -1,5 +1,6 @@
 """fp32 GEMM kernels generated as LLVM IR with explicit vector types. (One job over 600 lines:
-the register tile, its edges, the cache blocking and packing of one GEMM generator.)
+the register tile, its edges, the cache blocking and packing of one GEMM generator; the
+epilogue interface is gemm_epilogue.py, the run-time-shape driver gemm_runtime.py.)
 
     C[M, N] (+)= A[M, K] @ B[K, N]          (row-major, leading dimensions lda, ldc, ldb)
 
@@ -26,7 +27,7 @@ Design (tile and block sizes measured with llvmlite 0.50 / LLVM 22 on Zen 3 and 
   streamed once over all of K), no A packing; with runtime B (not transposed) B is read in
   place instead of packed.
 * Shapes known only at run time (every GEMM convolution: N = output pixels of a chunk, K =
-  Cin*kh*kw) go through `emit_runtime_gemm`: one driver per module with N and K as
+  Cin*kh*kw) go through `gemm_runtime.emit_runtime_gemm`: one driver per module with N and K as
   arguments, over the same micro-kernels with the columns of the last panel a run-time
   argument (masked C), so there is one GEMM generator to extend (int8 adds dtypes here).
 * Epilogue hook: a Python callback gets an `EpilogueContext` (builder, absolute row and column
@@ -66,19 +67,13 @@ import numpy as np
 from llvmlite import ir
 
 from .common import smin
+from .gemm_epilogue import Epilogue, EpilogueContext
 from .gemm_pack import GemmConfig, gemm_config, pack_b, packed_b_size
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
-from .llvm_util import first_lanes, new_shared_function, shared_functions, unique_name
+from .llvm_util import first_lanes, new_shared_function, shared_functions, splat, unique_name
 from .target import CpuTarget
 
-__all__ = [
-    "EpilogueContext",
-    "GemmKernel",
-    "emit_gemm",
-    "bias_epilogue",
-    "relu",
-    "emit_runtime_gemm",
-]
+__all__ = ["GemmKernel", "emit_gemm"]
 
 F32 = ir.FloatType()
 I1 = ir.IntType(1)
@@ -92,87 +87,12 @@ def _i64(v: int) -> ir.Constant:
 
 
 # --------------------------------------------------------------------------------------------
-# Epilogues
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EpilogueContext:
-    """What an epilogue callback sees for one accumulator vector of C.
-
-    row:    i64 IR value, absolute row index in C.
-    col:    i64 IR value, absolute column index of lane 0.
-    mask:   <vw x i1> constant of valid lanes, or None when all vw lanes are inside N.
-    nlanes: number of valid lanes (vw unless this is the last, partial vector of a row).
-    args:   the kernel's extra arguments by name (e.g. a bias pointer).
-    index:  optional: lane 0's index in the kernel's output tensor, when the caller knows it
-            (a convolution knows image, channel, row and column); else it is recovered from
-            row and col by division.
-    """
-
-    builder: ir.IRBuilder
-    module: ir.Module
-    row: ir.Value
-    col: ir.Value
-    mask: ir.Value | None
-    nlanes: int
-    vw: int
-    args: dict
-    index: list | None = None
-
-    @property
-    def vec_type(self) -> ir.VectorType:
-        return ir.VectorType(F32, self.vw)
-
-    def load_vector(self, ptr: ir.Value, index: ir.Value, name: str = "epi.ld") -> ir.Value:
-        """Load vw floats at ptr[index] (masked when this is a partial vector)."""
-        b = self.builder
-        p = b.gep(ptr, [index], source_etype=F32, name=name + ".ptr")
-        if self.mask is None:
-            return b.load(p, typ=self.vec_type, align=4, name=name)
-        return masked_load_vector(b, p, _vec(self.vw), self.mask, name)
-
-    def splat(self, scalar: ir.Value, name: str = "epi.splat") -> ir.Value:
-        return _splat(self.builder, scalar, self.vw, name)
-
-
-Epilogue = Callable[[EpilogueContext, ir.Value], ir.Value]
-
-
-def relu(ctx: EpilogueContext, v: ir.Value) -> ir.Value:
-    """max(v, 0) that propagates NaN (select on `olt`, not maxnum)."""
-    b = ctx.builder
-    zero = ir.Constant(ctx.vec_type, None)
-    neg = b.fcmp_ordered("<", v, zero, name="relu.neg")
-    return b.select(neg, zero, v, name="relu")
-
-
-def bias_epilogue(bias_arg: str = "bias", act: Epilogue | None = None) -> Epilogue:
-    """Epilogue adding bias[col] (a per-column float* extra argument), then `act` (e.g. relu)."""
-
-    def epi(ctx: EpilogueContext, v: ir.Value) -> ir.Value:
-        bias = ctx.load_vector(ctx.args[bias_arg], ctx.col, name="bias")
-        v = ctx.builder.fadd(v, bias, name="acc.bias")
-        return act(ctx, v) if act is not None else v
-
-    return epi
-
-
-# --------------------------------------------------------------------------------------------
 # IR helpers
 # --------------------------------------------------------------------------------------------
 
 
 def _vec(vw: int) -> ir.VectorType:
     return ir.VectorType(F32, vw)
-
-
-def _splat(b: ir.IRBuilder, scalar: ir.Value, vw: int, name: str) -> ir.Value:
-    vt = _vec(vw)
-    ins = b.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(I32, 0),
-                           name=name + ".ins")
-    return b.shuffle_vector(ins, ir.Constant(vt, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, vw), [0] * vw), name=name)
 
 
 def _intrinsic(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
@@ -432,7 +352,7 @@ class _Gen:
             for r in range(mr):
                 pa = bld.gep(arow[r], [koff], source_etype=F32, name=f"a.ptr{tag}.r{r}")
                 a = bld.load(pa, typ=F32, align=4, name=f"a{tag}.r{r}")
-                av = _splat(bld, a, vw, name=f"a{tag}.r{r}.bc")
+                av = splat(bld, a, vw, name=f"a{tag}.r{r}.bc")
                 for v in range(nvec):
                     i = (s * mr + r) * nvec + v
                     accs[i] = _muladd(bld, m, av, bv[v], accs[i], vw,
@@ -823,7 +743,8 @@ class _Gen:
                             val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
                         elif lanes > 0:
                             sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                            val = masked_load_vector(b, sv, _vec(vw), first_lanes(vw, lanes), f"bt.v{v}")
+                            val = masked_load_vector(b, sv, vt, first_lanes(vw, lanes),
+                                                     f"bt.v{v}")
                         else:
                             val = ir.Constant(vt, None)
                         b.store(val, d, align=4)
@@ -903,133 +824,3 @@ def emit_gemm(module: ir.Module, name: str, N: int, K: int, target: CpuTarget | 
         rt_fn = g.emit_rt(gemm_fn, pack_fn, trans_b)
         k.pack_fn, k.rt_fn = pack_fn.name, rt_fn.name
     return k
-
-
-# --------------------------------------------------------------------------------------------
-# The run-time-shape GEMM: N and K are arguments (one copy serves every convolution)
-# --------------------------------------------------------------------------------------------
-
-RUNTIME_KC = 256  # K block: a KC x NR panel of B stays in L1 across the row tiles
-
-
-def _row_bias(ctx: EpilogueContext, v: ir.Value) -> ir.Value:
-    """Epilogue of the run-time GEMM: + bias[row] when has_bias (without one, the bias
-    pointer may be null: a zero constant is read instead, and the sum is not taken, so -0.0
-    stays -0.0)."""
-    b, m = ctx.builder, ctx.module
-    bias, has_bias = ctx.args["bias"], ctx.args["has_bias"]
-    zero = m.globals.get("slimc_gemm_rt.no_bias")
-    if zero is None:
-        zero = ir.GlobalVariable(m, F32, name="slimc_gemm_rt.no_bias")
-        zero.global_constant = True
-        zero.linkage = "internal"
-        zero.initializer = ir.Constant(F32, 0.0)
-    p = b.select(has_bias, b.gep(bias, [ctx.row], source_etype=F32, name="bias.p"), zero,
-                 name="bias.src")
-    plus = b.fadd(v, ctx.splat(b.load(p, typ=F32, name="bias"), "bias.v"), name="acc.bias")
-    return b.select(has_bias, plus, v, name="acc.out")
-
-
-def emit_runtime_gemm(module: ir.Module, target: CpuTarget | None = None,
-                      cfg: GemmConfig | None = None) -> tuple[ir.Function, ir.Function]:
-    """(gemm, pack) for shapes known only at run time, emitted once per module:
-
-        void slimc_gemm_rt(float* A, i64 lda, float* B, i64 ldb, i64 pstride, i64 K, i64 N,
-                           float* C, i64 ldc, i64 m0, i64 m1, float* bias, i1 has_bias)
-            rows [m0, m1) of C = A[:, :K] @ B (+ bias[row]). B in panels of NR columns: panel
-            p starts at B + p*pstride, its rows ldb apart -- packed (ldb = NR, pstride = K*NR)
-            or row-major with the columns padded to a multiple of NR (ldb, pstride = NR).
-        void slimc_pack_rt(float* B, i64 ldb, i64 K, i64 N, float* Bp)
-            Bp[p][k][0:NR] = B[k, p*NR : p*NR+NR], zero past N.
-
-    The micro-kernels are the compile-time GEMM's (`_Gen.ukr`, with the columns a run-time
-    argument): the same register tile, k-split and summation order. A is read in place."""
-    target = target or CpuTarget.host()
-    cfg = cfg or gemm_config(target)
-    existing = module.globals.get("slimc_gemm_rt")
-    if existing is not None:
-        return existing, module.globals["slimc_pack_rt"]
-    g = _Gen(module, "slimc_gemm_rt", 0, 0, cfg, target, False, _row_bias,
-             [("bias", PTR), ("has_bias", I1)])
-    ukrs = {r: g.ukr(r, None, b_direct=True) for r in range(1, cfg.mr + 1)}
-    return _emit_runtime_driver(module, g, ukrs), _emit_runtime_pack(module, cfg)
-
-
-def _fn(m: ir.Module, name: str, args, names) -> tuple[ir.Function, ir.IRBuilder]:
-    fn = ir.Function(m, ir.FunctionType(VOID, args), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    for a, n in zip(fn.args, names):
-        a.name = n
-    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
-
-
-def _emit_runtime_driver(m: ir.Module, g: _Gen, ukrs: dict) -> ir.Function:
-    cfg = g.cfg
-    mr, NR = cfg.mr, cfg.nr
-    fn, b = _fn(m, "slimc_gemm_rt",
-                [PTR, I64, PTR, I64, I64, I64, I64, PTR, I64, I64, I64, PTR, I1],
-                ["A", "lda", "B", "ldb", "pstride", "K", "N", "C", "ldc", "m0", "m1", "bias",
-                 "has_bias"])
-    A, lda, B, ldb, pstride, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
-    npan = b.udiv(b.add(N, _i64(NR - 1)), _i64(NR), name="npan")
-    with _Loop(b, 0, K, RUNTIME_KC, "pc") as pc:
-        kc = smin(b, b.sub(K, pc), _i64(RUNTIME_KC), "kc")
-        first = b.icmp_signed("==", pc, _i64(0), name="first")
-        last = b.icmp_signed(">=", b.add(pc, kc, name="pc.end"), K, name="last")
-        apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
-        with _Loop(b, m0, m1, cfg.mc, "ic") as ic:  # MC x KC block of A: L2-resident
-            ic_end = smin(b, b.add(ic, _i64(cfg.mc)), m1, "ic.end")
-            rows = b.sub(ic_end, ic, name="rows")
-            tiles_end = b.add(ic, b.mul(b.udiv(rows, _i64(mr)), _i64(mr)), name="tiles.end")
-            rem = b.sub(ic_end, tiles_end, name="rows.left")
-            with _Loop(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
-                col = b.mul(p, _i64(NR), name="col")
-                ncols = smin(b, b.sub(N, col), _i64(NR), "ncols")
-                bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
-                             name="b.pan")
-                cpan = b.gep(C, [col], source_etype=F32, name="c.pan")
-
-                def call(ukr, i, nrows):
-                    a = b.gep(apc, [b.mul(i, lda)], source_etype=F32, name="a.tile")
-                    c = b.gep(cpan, [b.mul(i, ldc)], source_etype=F32, name="c.tile")
-                    g.call_ukr(b, ukr, None, [a, lda, bpan, ldb, c, ldc, kc, first, ncols],
-                               nrows, last, i, col, [bias, has_bias])
-
-                with _Loop(b, ic, tiles_end, mr, "i") as i:
-                    call(ukrs[mr], i, _i64(mr))
-                _leftover_rows(b, rem, mr, lambda r: call(ukrs[r], tiles_end, _i64(r)))
-    b.ret_void()
-    return fn
-
-
-def _emit_runtime_pack(m: ir.Module, cfg: GemmConfig) -> ir.Function:
-    vw, nv, NR = cfg.vw, cfg.nv, cfg.nr
-    vt = _vec(vw)
-    fn, b = _fn(m, "slimc_pack_rt", [PTR, I64, I64, I64, PTR], ["B", "ldb", "K", "N", "Bp"])
-    B, ldb, K, N, Bp = fn.args
-    B.add_attribute("noalias")
-    Bp.add_attribute("noalias")
-    npan = b.udiv(b.add(N, _i64(NR - 1)), _i64(NR), name="npan")
-    with _Loop(b, 0, npan, 1, "p") as p:
-        col = b.mul(p, _i64(NR), name="col")
-        full = b.icmp_signed(">=", b.sub(N, col), _i64(NR), name="full")
-        masks = [_lane_mask(b, vw, 0, b.sub(N, b.add(col, _i64(v * vw))), f"m{v}")
-                 for v in range(nv)]
-        src0 = b.gep(B, [col], source_etype=F32, name="src.pan")
-        dst0 = b.gep(Bp, [b.mul(p, b.mul(K, _i64(NR)))], source_etype=F32, name="dst.pan")
-        with b.if_else(full) as (whole, part):
-            for masked, blk in ((False, whole), (True, part)):
-                with blk:
-                    with _Loop(b, 0, K, 1, "k" + ("m" if masked else "")) as k:
-                        src = b.gep(src0, [b.mul(k, ldb)], source_etype=F32, name="src")
-                        dst = b.gep(dst0, [b.mul(k, _i64(NR))], source_etype=F32, name="dst")
-                        for v in range(nv):
-                            sp = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"s{v}")
-                            if masked:
-                                x = masked_load_vector(b, sp, vt, masks[v], name=f"x{v}")
-                            else:
-                                x = b.load(sp, typ=vt, align=4, name=f"x{v}")
-                            b.store(x, b.gep(dst, [_i64(v * vw)], source_etype=F32), align=4)
-    b.ret_void()
-    return fn

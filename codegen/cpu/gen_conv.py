@@ -20,7 +20,7 @@ from llvmlite import ir
 from slimc.ir import dtypes
 from slimc.ir.ops.window import _window_params
 
-from . import gemm as gemm_kernels
+from .gemm_runtime import emit_runtime_gemm
 from . import gemm_pack
 from .common import acc_dtype, cdiv, convert, emitter, numel, smax, smin, stack_row, vec_loop, vload
 from .gen_conv_stem import stem_conv, stem_conv_applies
@@ -314,7 +314,7 @@ def _shared_gemm(kb: KernelBuilder):
     each) and the im2col that feeds it."""
     m = kb.module
     cfg = gemm_pack.gemm_config(kb.target)
-    gemm, pack = gemm_kernels.emit_runtime_gemm(m, kb.target, cfg)
+    gemm, pack = emit_runtime_gemm(m, kb.target, cfg)
     if m.globals.get("slimc_nn_im2col") is None:
         _emit_im2col(m)
     return gemm, pack, cfg

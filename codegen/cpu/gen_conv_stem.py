@@ -19,7 +19,7 @@ from slimc.ir import dtypes
 
 from . import gemm_int8 as tiles
 from .common import const_table, last_block_apart, pieces
-from .gemm import EpilogueContext
+from .gemm_epilogue import EpilogueContext
 from .gen_quant import store_vector
 from .kernel import KernelBuilder, llvm_name
 from .llvm_util import (F32, I32, I64, i64, masked_load_vector, masked_store_vector, memset,

@@ -25,7 +25,7 @@ from slimc.ir.graph import constant_data
 
 from . import gemm_int8 as q8
 from .common import const_table, entry_alloca, last_block_apart, pieces, smin
-from .gemm import EpilogueContext
+from .gemm_epilogue import EpilogueContext
 from .gen_quant import check_i32, debug, store_vector
 from .gen_qdepthwise import concat, depthwise_row, row_windows
 from .kernel import KernelBuilder, generator, llvm_name

@@ -30,7 +30,7 @@ from slimc.ir.graph import constant_data
 
 from . import gemm_int8 as q8
 from .common import const_table, hreduce, smin, stack_row
-from .gemm import EpilogueContext
+from .gemm_epilogue import EpilogueContext
 from .gen_linalg import _batch_index, _norm_shapes, _out_batch
 from .kernel import KernelBuilder, generator, llvm_name
 from .llvm_util import F32, I8, I32, const, i64, masked_store_vector, splat, vector_of

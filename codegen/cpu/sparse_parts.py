@@ -10,7 +10,7 @@ from llvmlite import ir
 
 from slimc.ir.graph import constant_data
 
-from .gemm import EpilogueContext
+from .gemm_epilogue import EpilogueContext
 from .kernel import llvm_name
 from .llvm_util import I32, OPAQUE_PTR, i64, masked_store_vector, splat
 

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 from llvmlite import ir
 
-from slimc.codegen.cpu.gemm import bias_epilogue, emit_gemm, relu
+from slimc.codegen.cpu.gemm import emit_gemm
+from slimc.codegen.cpu.gemm_epilogue import bias_epilogue, relu
 from slimc.codegen.cpu.gemm_jit import CompiledGemm, compile_gemm
 from slimc.codegen.cpu.gemm_pack import GemmConfig, gemm_config, pack_b, packed_b_size
 from slimc.ir.buffers import aligned_zeros
