@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimc.ir import dtypes, get_op
+from slimc.ir.ops.attention import heads_split
 
 from .rewriter import Any, Const, Either, Match, Op, Opt, Product, RewritePass, Rule, Scalar
 
@@ -252,13 +253,6 @@ def _heads_swapped(m: Match):
     return True
 
 
-def _split_heads(rank: int, keys: bool) -> list:
-    """The perm of the transpose exporters write after the reshape that splits the heads:
-    [..., rows, H, dim] -> [..., H, rows, dim], or for the keys [..., H, dim, rows]."""
-    outer = list(range(rank - 3))
-    return outer + ([rank - 2, rank - 1, rank - 3] if keys else [rank - 2, rank - 3, rank - 1])
-
-
 def _reads_heads_split(m: Match):
     """where-check: q, k_t and v are each the transpose that splits a projection's heads
     ([..., rows, H, dim] -> heads first), so the attention can read the projections as they
@@ -271,10 +265,10 @@ def _reads_heads_split(m: Match):
         return "no heads dim"
     for name, keys in (("tq", False), ("tk", True), ("tv", False)):
         perm = list(m.node(name).attrs["perm"])
-        if perm != _split_heads(rank, keys):
+        if perm != heads_split(rank, keys):
             what = "keys" if keys else name[1]
             return f"the transpose of {what} (perm {perm}) is not the heads split " \
-                   f"{_split_heads(rank, keys)}"
+                   f"{heads_split(rank, keys)}"
     return True
 
 

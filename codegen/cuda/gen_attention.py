@@ -99,13 +99,13 @@ def attention(kb: GpuKernelBuilder, node) -> None:
         v_base = b.mul(bh, i64(N * E), name="v_base")
         ldq, ldk, ldv = D, None, E  # (k_t: one dim of the keys a row)
 
+    def at(p, off, what):
+        return b.load(b.gep(p, [off], inbounds=True), name=what)
+
     def k_at(d, n, what):  # k_t[d, n] of this entry
         if inputs_heads_last:
             return at(K, b.add(k_base, b.add(b.mul(n, i64(ldk)), d)), what)
         return at(K, b.add(k_base, b.add(b.mul(d, i64(N)), n)), what)
-
-    def at(p, off, what):
-        return b.load(b.gep(p, [off], inbounds=True), name=what)
 
     def clamp(x, hi, what):
         return b.select(b.icmp_unsigned("<", x, i64(hi)), x, i64(hi - 1), name=what)

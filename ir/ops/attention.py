@@ -35,7 +35,9 @@ from .norm import _softmax
 
 def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0, inputs_heads_last=0):
     if inputs_heads_last:  # [..., M, H, D], keys [..., N, H, D], [..., N, H, E]
-        q, k_t, v = np.swapaxes(q, -3, -2), np.moveaxis(k_t, -3, -1), np.swapaxes(v, -3, -2)
+        rank = q.ndim
+        q, k_t, v = (np.transpose(a, heads_split(rank, keys))
+                     for a, keys in ((q, False), (k_t, True), (v, False)))
     scores = matmul(q, k_t)
     if scale != 1.0:
         scores = scores * np.asarray(scale, scores.dtype)
@@ -48,11 +50,17 @@ def attention(q, k_t, v, mask=None, scale=1.0, zero_nan=0, heads_last=0, inputs_
     return np.swapaxes(out, -3, -2) if heads_last else out
 
 
+def heads_split(rank: int, keys: bool) -> list:
+    """The perm of the transpose exporters write after the reshape that splits the heads, and
+    that `inputs_heads_last` reads in its place: [..., rows, H, dim] -> [..., H, rows, dim],
+    or for the keys [..., H, dim, rows]."""
+    outer = list(range(rank - 3))
+    return outer + ([rank - 2, rank - 1, rank - 3] if keys else [rank - 2, rank - 3, rank - 1])
+
+
 def _heads_first(t: TensorType, keys: bool) -> TensorType:
-    """An input given heads last ([..., rows, H, dim]) as the op computes on it: [..., H, rows,
-    dim], or for the keys [..., H, dim, rows]."""
-    *outer, rows, heads, dim = t.shape
-    return TensorType(t.dtype, tuple(outer) + ((heads, dim, rows) if keys else (heads, rows, dim)))
+    """An input given heads last as the op computes on it."""
+    return TensorType(t.dtype, tuple(t.shape[i] for i in heads_split(t.rank, keys)))
 
 
 def _infer_attention(ctx: InferContext) -> TensorType:
