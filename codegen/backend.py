@@ -100,7 +100,7 @@ class Executable:
 
     entry: Optional[Callable] = None
     run: Optional[Callable] = None
-    call: Optional[Callable] = None  # entry for tuples of arrays (runtime/native.py), if any
+    call: Optional[Callable] = None  # slimc_exact: checks and runs a tuple of arrays, if any
     timed: Optional[Callable] = None  # entry(..., ns): times each step inside the call, if any
     code_bytes: int = 0
     # seconds of the backend's own stages ("llvm_opt", "machine_code", ...); a backend that

@@ -16,12 +16,21 @@ from .process_settings import HeldSetting
 
 ALIGN = 64
 
-# Where CPython (64-bit) keeps what the generated ``slimc_call`` reads to find the buffers
-# itself: a tuple's item pointers after its header (refcount, type, size), an ndarray's data
-# pointer after its header (refcount, type; numpy's PyArrayObject_fields). runtime/native.py
-# checks both at import and, where they do not hold, hands the entry function pointer tables.
+# Where CPython (64-bit) keeps what the generated ``slimc_exact`` reads to check the arrays
+# and find their buffers itself: an object's type after its refcount; a tuple's item
+# pointers after its header (refcount, type, size); in an ndarray (numpy's
+# PyArrayObject_fields, the same in numpy 1 and 2) the data pointer, the number of
+# dimensions (an int), the dimensions' pointer, the dtype and the flags (an int).
+# runtime/native.py checks every one on live objects at import and, where one does not
+# hold, checks the arrays in Python and hands the entry function pointer tables.
+OBJECT_TYPE_OFFSET = 8
 TUPLE_ITEMS_OFFSET = 24
 ARRAY_DATA_OFFSET = 16
+ARRAY_NDIM_OFFSET = 24
+ARRAY_DIMS_OFFSET = 32
+ARRAY_DESCR_OFFSET = 56
+ARRAY_FLAGS_OFFSET = 64
+ARRAY_C_CONTIGUOUS = 0x1  # NPY_ARRAY_C_CONTIGUOUS
 
 
 def aligned_zeros(n: int, dtype=np.uint8, align: int = ALIGN) -> np.ndarray:

@@ -35,7 +35,7 @@ from slimc.ir.errors import SlimcError
 
 from slimc.ir.buffers import aligned_zeros, small_pages
 
-from .native import CALL_TYPE, ENTRY_TYPE, RUN_TYPE, TIMED_TYPE, NativeModule
+from .native import ENTRY_TYPE, EXACT_TYPE, RUN_TYPE, TIMED_TYPE, NativeModule
 
 # The artifact's format, in manifest.json. It bumps when an artifact this slimc writes would
 # be misread by the slimc before it, or one that slimc wrote would be misread now: a manifest
@@ -220,7 +220,8 @@ class LoadedModule(NativeModule):
     def __init__(self, path: str, manifest: dict, library, weights: np.ndarray):
         entry = ENTRY_TYPE(("slimc_main", library))
         run = RUN_TYPE(("slimc_run", library))
-        call = CALL_TYPE(("slimc_call", library)) if hasattr(library, "slimc_call") else None
+        call = EXACT_TYPE(("slimc_exact", library)) if hasattr(library, "slimc_exact") \
+            else None  # (an older artifact's slimc_call: its pointer tables serve)
         timed = TIMED_TYPE(("slimc_timed", library)) if hasattr(library, "slimc_timed") \
             else None  # (an artifact of an older slimc has none)
         specs = lambda items: [(s["name"], np.dtype(s["dtype"]), tuple(s["shape"]), s["type"])

@@ -214,8 +214,10 @@ class Module:
 
     def __call__(self, *arrays, **named) -> list[np.ndarray]:
         repeat = self._repeat  # the specialization the last call ran, while inputs fit it
-        if repeat is not None and not named and repeat.given_exactly(arrays):
-            return repeat.run_exactly(arrays)
+        if repeat is not None and not named:
+            outs = repeat.call_exact(arrays)
+            if outs is not None:
+                return outs
         self._check_runnable()
         if self.buckets is not None:
             arrays = order_inputs(self.input_names, arrays, named)

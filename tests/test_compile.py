@@ -201,9 +201,10 @@ graph @g(%x: f32[4]) -> (f32[4], f32[4], f32[2]) {
 
 
 def test_arrays_go_to_native_code_as_objects(tmp_path):
-    """A call hands the arrays to the generated `slimc_call`, which reads their data pointers
-    itself (CPython's and numpy's layouts, checked at import); the pointer tables it replaces
-    give the same outputs, and so does an exported module loaded back."""
+    """A call hands the arrays to the generated `slimc_exact`, which checks them and reads
+    their data pointers itself (CPython's and numpy's layouts, checked at import); the
+    pointer tables it replaces give the same outputs, and so does an exported module loaded
+    back."""
     from slimc.runtime import native
 
     assert native.OBJECT_CALLS  # CPython, 64-bit: the layout holds
@@ -223,6 +224,57 @@ def test_arrays_go_to_native_code_as_objects(tmp_path):
     assert loaded._call is not None
     for a, b in zip(loaded(x, y), by_tables):
         np.testing.assert_array_equal(a, b)
+
+
+def test_native_code_checks_the_arrays_it_is_given():
+    """`slimc_exact` runs only arrays that are exactly the inputs (ndarray, dtype, shape,
+    C order) and says so without running anything otherwise; the module's call then takes
+    Python's path, which converts what it can (outputs as the interpreter's) and names the
+    input it cannot take."""
+    g = parse(CHAIN)
+    mod = slimc.compile(g)
+    x, y = inputs(5)
+    expected = interpret(g, x, y)
+    mod(x, y)
+    compiled = mod._current()
+    native = compiled._call
+    assert native is not None
+
+    def exact(*arrays):
+        """What slimc_exact says of these inputs (0: it ran), given fresh outputs."""
+        outs = compiled._fresh_outputs()
+        arena = compiled._arena()
+        return native((*arrays, *outs, arena[0], compiled._weights, compiled._spec))
+
+    class Sub(np.ndarray):
+        pass
+
+    assert exact(x, y) == 0
+    wide = np.zeros((5, 74), np.float32)
+    wide[:, ::2] = x
+    fortran = np.asfortranarray(x)
+    not_exact = {"float64": (x.astype(np.float64), y), "strided": (wide[:, ::2], y),
+                 "fortran": (fortran, y), "subclass": (x.view(Sub), y),
+                 "a list": (x.tolist(), y), "big-endian": (x.astype(">f4"), y),
+                 "another shape": (x[:4], y), "another rank": (x, y[None])}
+    for why, arrays in not_exact.items():
+        assert exact(*arrays) == 1, why
+        assert compiled.call_exact(arrays) is None or why in ("strided", "fortran"), why
+    # the exact path decides alone: Python's check is not asked
+    compiled.given_exactly = None
+    for a, e in zip(compiled.call_exact((x, y)), expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+    del compiled.given_exactly
+    for why in ("strided", "fortran", "subclass"):
+        for a, e in zip(mod(*not_exact[why]), expected):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5, err_msg=why)
+    said = {"float64": "'x' expects f32[5,37], got dtype float64",
+            "a list": "'x' expects f32[5,37], got dtype float64",
+            "big-endian": "'x' expects f32[5,37], got dtype >f4",
+            "another rank": r"'y' expects f32\[37\], got shape \[1, 37\]"}
+    for why, message in said.items():
+        with pytest.raises(slimc.InputError, match=message.replace("[5,37]", r"\[5,37\]")):
+            mod(*not_exact[why])
 
 
 def test_memory_plan_reuses_space():

@@ -21,7 +21,7 @@ from slimc.ir import Graph, Node
 from slimc.ir.errors import SlimcError, TargetError
 
 from ..backend import Backend, CompileOptions, Executable, Lowered
-from .entry import RUNTIME_THREADS, build_entry, build_object_call
+from .entry import RUNTIME_THREADS, build_entry, build_exact_call
 from .kernel import GENERATORS, INDEX_MAPS
 from .llvm_util import shared_pipelines
 from .lower import lower_graph
@@ -70,8 +70,7 @@ class CpuExecutable(Executable):
                                        ctypes.c_int64)
             self.timed = self._jit.cfunc("slimc_timed", None, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-            self.call = self._jit.cfunc("slimc_call", None, ctypes.py_object, ctypes.py_object,
-                                        ctypes.c_void_p, ctypes.c_void_p)
+            self.call = self._jit.cfunc("slimc_exact", ctypes.c_int, ctypes.py_object)
             self.times["machine_code"] += time.perf_counter() - t1
         self.code_bytes = sum(len(o) for o in self._objects)
 
@@ -244,7 +243,8 @@ class CpuBackend(Backend):
             raise SlimcError(f"denormals must be 'flush' or 'keep', got {options.denormals!r}")
         main = build_entry(lowered.state, lowered.kernels, placement, threads=threads,
                            ftz=options.denormals == "flush", arch=self.target.arch)
-        build_object_call(lowered.state, main, len(graph.inputs), len(graph.outputs))
+        build_exact_call(lowered.state, main, [tuple(v.type.shape) for v in graph.inputs],
+                         len(graph.outputs))
         if self.target.is_host and threads > 1 and \
                 any(k.parallel_extent > 1 for k in lowered.kernels):
             _load_threading_runtime()

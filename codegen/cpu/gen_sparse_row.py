@@ -45,7 +45,7 @@ from .gemm_int8 import intrinsic
 from .sparse_parts import (ITEMS, SparseKernel, fma, gather_intrinsic, narrow_columns,
                            work_parts)
 from .kernel import KernelBuilder, llvm_name
-from .llvm_util import F32, I32, carried_loop, i64, splat, vector_gep
+from .llvm_util import F32, I32, all_finite, carried_loop, i64, splat, vector_gep
 
 WINDOW = 32  # columns a windowed step picks from: two AVX-512 registers
 GROUP = 4  # vectors of rows in a windowed slice: they share each step's window (at
@@ -137,9 +137,11 @@ def step_lanes(so: np.ndarray, vw: int):
 
 
 @contextmanager
-def slice_items(kb: KernelBuilder, k: SparseKernel, bounds: list, batch: int, K: int):
+def slice_items(kb: KernelBuilder, k: SparseKernel, bounds: list, batch: int, K: int,
+                per_item=None):
     """The kernel's items (batch entry x part of the slices, `bounds` the parts' first
-    slices) and each item's slices: yields (batch entry, its x, slice)."""
+    slices) and each item's slices: yields (batch entry, its x, slice, per_item(x) computed
+    once an item before its slices, or None)."""
     bld = kb.b
     parts = len(bounds) - 1
     part_table = const_table(kb, bounds, "parts", ir.IntType(64))
@@ -150,8 +152,9 @@ def slice_items(kb: KernelBuilder, k: SparseKernel, bounds: list, batch: int, K:
         s0 = bld.load(bld.gep(part_table, [part], inbounds=True), name="s0")
         s1 = bld.load(bld.gep(part_table, [bld.add(part, i64(1))], inbounds=True), name="s1")
         x = bld.gep(k.B, [bld.mul(n, i64(K))], inbounds=True, name="x.n")
+        item = per_item(x) if per_item is not None else None
         with kb.loop(s0, s1, name="slice") as sl:
-            yield n, x, sl
+            yield n, x, sl, item
 
 
 def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: int) -> None:
@@ -168,7 +171,7 @@ def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: i
     vals, idx = constant_data(values), constant_data(indices)
     if kb.target.has_avx512f and vw == 16 and K >= WINDOW:
         sv, so, ss, starts = windowed_format(vals, idx, off, R, K, GROUP * vw)
-        step = _WindowedSteps(kb, values, indices, sv, so, ss, name)
+        step = _WindowedSteps(kb, values, indices, sv, so, ss, K, name)
         k.OFF = kb.substitute_constant(offsets, starts.astype(np.int32), name + ".slices")
     else:
         sv, si, table, starts = sliced_format(vals, idx, off, R, vw)
@@ -179,9 +182,9 @@ def one_token(kb: KernelBuilder, node, R: int, K: int, batch: int, off, block: i
     nslices = len(starts) - 1
     bounds = work_parts(starts, width, min(ITEMS, nslices))
     kb.cost = 2 * int(starts[-1]) * width * batch
-    with slice_items(kb, k, bounds, batch, K) as (n, x, sl):
+    with slice_items(kb, k, bounds, batch, K, step.per_item) as (n, x, sl, item):
         t0, t1 = k.blocks_of(sl)
-        accs = step(x, t0, t1, sl)
+        accs = step(x, t0, t1, sl, item)
         row0 = bld.mul(sl, i64(width), name="row0")
         for i, acc in enumerate(accs):  # the last slice's vectors past R: not stored
             col = bld.add(row0, i64(i * vw), name=f"col{i}") if i else row0
@@ -194,8 +197,8 @@ class _WindowedSteps:
 
     vectors = GROUP
 
-    def __init__(self, kb, values, indices, sv, so, ss, name):
-        self.b, self.vw = kb.b, kb.vector_width
+    def __init__(self, kb, values, indices, sv, so, ss, K, name):
+        self.b, self.vw, self.K = kb.b, kb.vector_width, K
         self.V = kb.substitute_constant(values, sv.reshape(-1), name + ".window.values")
         lanes, masks = step_lanes(so, self.vw)
         # per step: the lanes' offsets (one i32 per lane, byte i for vector i), the vectors'
@@ -213,7 +216,12 @@ class _WindowedSteps:
         self.permute = intrinsic(self.b.module, "llvm.x86.avx512.vpermi2var.ps.512", vt,
                                  [vt, ir.VectorType(I32, self.vw), vt])
 
-    def one(self, x, t, accs):
+    def per_item(self, x):
+        """Whether the item's x is all finite: then a lane that idles may multiply its zero
+        value by whatever x it picked, and the steps need no masks."""
+        return all_finite(self.b, x, self.K, self.vw, "x.finite")
+
+    def one(self, x, t, accs, masked: bool):
         b, vw = self.b, self.vw
         vt, it = ir.VectorType(F32, vw), ir.VectorType(I32, vw)
         start = b.sext(b.load(b.gep(self.S, [t], inbounds=True), name="start"),
@@ -229,20 +237,42 @@ class _WindowedSteps:
         for i, acc in enumerate(accs):
             # vpermi2ps reads an offset's low 5 bits only: vector i's byte shifted down
             o = b.lshr(offsets, ir.Constant(it, [8 * i] * vw), name=f"o{i}") if i else offsets
-            mask = b.load(b.gep(self.masks, [b.add(b.mul(t, i64(GROUP)), i64(i))],
-                                inbounds=True), align=2, name=f"m{i}")
-            live = b.bitcast(mask, ir.VectorType(ir.IntType(1), vw), name=f"live{i}")
             xs = b.call(self.permute, [lo, o, hi], name=f"x{i}")
             ati = b.add(at, i64(i * vw), name=f"at{i}") if i else at
             w = b.load(b.bitcast(b.gep(self.V, [ati], inbounds=True), ir.PointerType(vt)),
                        align=4, name=f"w{i}")
+            if not masked:  # an idle lane: value 0 times a finite x, added to its sum
+                out.append(fma(b, w, xs, acc))
+                continue
+            mask = b.load(b.gep(self.masks, [b.add(b.mul(t, i64(GROUP)), i64(i))],
+                                inbounds=True), align=2, name=f"m{i}")
+            live = b.bitcast(mask, ir.VectorType(ir.IntType(1), vw), name=f"live{i}")
             out.append(b.select(live, fma(b, w, xs, acc), acc, name=f"acc{i}"))
         return out
 
-    def __call__(self, x, t0, t1, sl):
+    def __call__(self, x, t0, t1, sl, finite):
+        """The slice's steps: without masks when x is all finite (each k-register load
+        takes the shuffle port the permutes need: Emerald Rapids, 1024 x 256 at 90%, a C
+        model of the loop 2.44 -> 2.05 us), masked otherwise (NaN or infinity times an
+        idle lane's zero would reach its row)."""
+        b = self.b
         vt = ir.VectorType(F32, self.vw)
-        return carried_loop(self.b, t0, t1, [ir.Constant(vt, None)] * GROUP,
-                            lambda t, accs: self.one(x, t, accs), "t")
+        zero = [ir.Constant(vt, None)] * GROUP
+        results = []
+        with b.if_else(finite) as (fast, safe):
+            for masked, branch in ((False, fast), (True, safe)):
+                with branch:
+                    accs = carried_loop(b, t0, t1, zero,
+                                        lambda t, a, m=masked: self.one(x, t, a, m),
+                                        "t.masked" if masked else "t")
+                    results.append((accs, b.block))
+        merged = []
+        for i in range(GROUP):
+            phi = b.phi(vt, name=f"acc{i}.slice")
+            for accs, block in results:
+                phi.add_incoming(accs[i], block)
+            merged.append(phi)
+        return merged
 
 
 class _GatheredSteps:
@@ -250,6 +280,7 @@ class _GatheredSteps:
     row's length masked off."""
 
     vectors = 1
+    per_item = None  # masked by each row's length, whatever x holds
 
     def __init__(self, kb, values, indices, offsets, sv, si, table, nslices, K, name):
         self.b, self.vw, self.nslices = kb.b, kb.vector_width, nslices
@@ -260,7 +291,7 @@ class _GatheredSteps:
         self.table = kb.substitute_constant(offsets, table, name + ".sliced.table")
         self.gather = gather_intrinsic(self.b.module, ir.VectorType(F32, self.vw))
 
-    def __call__(self, x, t0, t1, sl):
+    def __call__(self, x, t0, t1, sl, _):
         b, vw = self.b, self.vw
         vt, it = ir.VectorType(F32, vw), ir.VectorType(I32, vw)
         idx_t = ir.VectorType(ir.IntType(16) if self.narrow else I32, vw)
@@ -386,7 +417,7 @@ def one_token_blocks(kb: KernelBuilder, node, R: int, K: int, batch: int, off,
             out.append(bld.select(ended[i], acc, new, name=f"acc{i}") if ended else new)
         return out
 
-    with slice_items(kb, k, bounds, batch, K) as (n, x, sl):
+    with slice_items(kb, k, bounds, batch, K) as (n, x, sl, _):
         t0, t1 = entry(sl, "t0"), entry(bld.add(sl, i64(1)), "t1")
         tf = bld.add(t0, entry(bld.add(sl, i64(nsl + 1)), "full"), name="tf")
         zero = [ir.Constant(vt, None)] * S

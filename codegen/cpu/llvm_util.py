@@ -284,6 +284,32 @@ def carried_loop(b: ir.IRBuilder, lo, hi, init: list, body, name: str) -> list:
     return list(phis)
 
 
+def all_finite(b: ir.IRBuilder, p: ir.Value, n: int, vw: int, name: str = "finite") -> ir.Value:
+    """An i1: whether the n floats at `p` are all finite. x - x is NaN exactly where x is
+    NaN or infinite (no fast-math flags, so LLVM keeps the subtraction); each vector's
+    unordered lanes are or-ed into a mask (a one-cycle chain). The last partial vector
+    re-reads the tail of the one before (n >= vw); shorter runs go a scalar at a time."""
+    lanes = vw if n >= vw else 1
+    ft = p.type.pointee
+    vt = ir.VectorType(ft, lanes) if lanes > 1 else ft
+    mt = ir.VectorType(ir.IntType(1), lanes) if lanes > 1 else ir.IntType(1)
+
+    def bad(i):
+        """Which of the `lanes` floats from element i are not finite."""
+        at = b.gep(p, [i], inbounds=True)
+        v = b.load(b.bitcast(at, ir.PointerType(vt)), align=4) if lanes > 1 else b.load(at)
+        zero = b.fsub(v, v, name=name + ".zero")
+        return b.fcmp_unordered("uno", zero, zero, name=name + ".bad")
+
+    [found] = carried_loop(b, i64(0), i64(n // lanes), [ir.Constant(mt, 0)],
+                           lambda i, acc: [b.or_(acc[0], bad(b.mul(i, i64(lanes))))], name)
+    if n % lanes:
+        found = b.or_(found, bad(i64(n - lanes)))
+    if lanes > 1:
+        found = b.bitcast(found, ir.IntType(lanes))
+    return b.icmp_unsigned("==", found, ir.Constant(found.type, 0), name=name)
+
+
 def float_bits_constant(x: float) -> str:
     """The exact hex spelling LLVM IR text needs for a float32 constant (a decimal that is
     not exactly representable fails to parse)."""

@@ -30,3 +30,28 @@ def test_masked_intrinsics_from_every_generator_share_one_module():
     f = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(jit.address("copy3"))
     f(x.ctypes.data, y.ctypes.data)
     np.testing.assert_array_equal(y, [2, 4, 6, -1, -1, -1, -1, -1])
+
+
+def test_all_finite_finds_every_nan_and_infinity():
+    """`all_finite` over n floats: whole vectors, the re-read tail, and runs shorter than a
+    vector, with a NaN or an infinity at each position in turn (denormals, zeros, and the
+    largest finite floats are finite); numpy's isfinite is the oracle."""
+    m = ir.Module(name="finite")
+    fpt = ir.PointerType(U.F32)
+    sizes = [1, 5, 8, 16, 37]
+    for n in sizes:
+        fn = ir.Function(m, ir.FunctionType(U.I32, [fpt]), f"finite{n}")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b.ret(b.zext(U.all_finite(b, fn.args[0], n, 8), U.I32))
+    jit = jit_compile(m, CpuTarget.host())
+    big = np.finfo(np.float32)
+    for n in sizes:
+        f = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)(jit.address(f"finite{n}"))
+        base = np.resize(np.array([big.max, -big.max, big.smallest_subnormal, -0.0, 1.5],
+                                  np.float32), n)
+        assert f(base.ctypes.data) == 1
+        for i in range(n):
+            for bad in (np.nan, np.inf, -np.inf):
+                x = base.copy()
+                x[i] = bad
+                assert f(x.ctypes.data) == int(np.isfinite(x).all()) == 0, (n, i, bad)
