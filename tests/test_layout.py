@@ -327,3 +327,62 @@ graph @back(%x: f32[2,{cb},{h},{w},{block}], %s: f32[1,{cb},1,1,{block}]) -> (f3
     mod = slimc.compile(g, target=target, threads=2)
     assert [k.ops for k in mod.kernels] == [["mul", "clip", "from_blocked"]]
     np.testing.assert_array_equal(mod(x, s)[0], interpret(g, x, s)[0])
+
+
+@pytest.mark.parametrize("wo, t, lo, hi", [(28, 14, 1, 28), (7, 14, 1, 6), (56, 14, 1, 55),
+                                           (45, 14, 0, 45), (112, 14, 2, 110), (1, 14, 1, 0)])
+def test_row_chunks_cover_the_row_in_near_equal_tiles(wo, t, lo, hi):
+    """Every pixel once, in order; tiles of at most T and within one pixel of each other; a
+    tile is an edge tile exactly when it holds a pixel outside [lo, hi)."""
+    from slimc.codegen.cpu.gen_blocked import _row_chunks
+
+    pixels, sizes = [], []
+    for ox0, count, size, edge in _row_chunks(wo, t, lo, hi):
+        assert count == 1 or not edge
+        for i in range(count):
+            start = ox0 + i * size
+            tile = list(range(start, start + size))
+            assert edge == any(p < lo or p >= hi for p in tile)
+            pixels += tile
+            sizes.append(size)
+    assert pixels == list(range(wo))
+    assert max(sizes) <= t and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("target, block", BLOCK_TARGETS)
+@pytest.mark.parametrize("w, k, stride, pad, dilation", [(60, 3, 1, 1, 1), (45, 3, 1, 1, 1),
+                                                          (57, 3, 2, 1, 1), (40, 5, 1, 2, 2),
+                                                          (50, 7, 2, 3, 1)])
+def test_blocked_conv_on_wide_rows(target, block, w, k, stride, pad, dilation):
+    """Rows of several register tiles: equal interior tiles in a loop, tiles one pixel
+    shorter, edge tiles at both ends with their padded taps left out; against the
+    interpreter."""
+    net = Net((1, block, 9, w), rng=np.random.default_rng(w))
+    y = net.conv(net.x, 2 * block, k=k, stride=stride, pad=[pad] * 4, dilation=dilation,
+                 bias=True)
+    g = net.done(net.clip6(y))
+    x = net.rng.standard_normal((1, block, 9, w)).astype(np.float32)
+    mod = check(g, x, disable_passes=["winograd"], target=target)
+    assert "conv2d_nchwc" in ops_of(mod)
+
+
+@pytest.mark.parametrize("target, block", BLOCK_TARGETS)
+def test_strided_conv_between_winograd_layers_runs_blocked(target, block, capsys, monkeypatch):
+    """A ResNet downsampling block among Winograd layers: the stride-2 3x3 conv runs blocked,
+    converted at both ends, and says why; the 1x1 shortcut (no window to copy) and the
+    Winograd layers stay NCHW; against the interpreter."""
+    from slimc.passes.winograd import Winograd
+
+    monkeypatch.setenv("SLIMC_DEBUG", "layout")
+    net = Net((1, 2 * block, 12, 12))
+    a = net.op("relu", net.conv(net.x, 2 * block, k=3, pad=[1] * 4))
+    b = net.op("relu", net.conv(a, 4 * block, k=3, stride=2, pad=[1] * 4))
+    b = net.conv(b, 4 * block, k=3, pad=[1] * 4)
+    g = net.done(net.op("relu", net.op("add", b, net.conv(a, 4 * block, stride=2))))
+    x = net.rng.standard_normal((1, 2 * block, 12, 12)).astype(np.float32)
+    mod = check(g, x, target=target, disable_passes=["winograd"], passes=[Winograd(force=4)])
+    ops = ops_of(mod)
+    assert ops.count("winograd_conv2d") == 2 and ops.count("conv2d_nchwc") == 1
+    assert ops.count("conv") == 1  # the 1x1 shortcut
+    log = capsys.readouterr().err
+    assert "converted at both ends" in log and "im2col would copy it 2.25 times" in log
