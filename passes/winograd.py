@@ -5,6 +5,8 @@ weights and static shapes. The pass transforms its filter once (U = G g G^T, see
 ir/ops/winograd.py) and replaces it with ``winograd_conv2d(x, U, bias) {tile, pads}``. Which
 layers, and which tile, is decided per layer by a cost model (`CostModel`) that predicts the
 run time of the direct convolution and of F(2x2, 3x3) and F(4x4, 3x3) from N, H, W, Cin, Cout.
+The direct convolution is priced as it will run: the layout pass's blocked kernel where both
+channel counts are whole vectors ("blocked"), im2col and a GEMM otherwise ("direct").
 
 Precision (float32, against float64 direct convolution, on He-scaled weights and ReLU
 activations; ResNet-18's four 3x3 layer shapes and two small ones, tests/test_winograd.py): the
@@ -23,7 +25,7 @@ im2col) move, weights streamed, a fixed cost -- with coefficients fitted to meas
 CPU kernels (`features`, `fit`, `PRIOR`). The built-in coefficients were measured on an AMD
 Zen 3 host; the other kinds of machine slimc runs on have per-path factors shipped
 (`SHIPPED_FACTORS`), so they measure nothing either. A machine of an unknown kind measures
-itself once, at first use (the direct path and both tiles on two layers, a few seconds),
+itself once, at first use (both direct paths and both tiles on three layers, ~7 s),
 scales the coefficients to match (`calibrate`), and keeps the result in the compile cache
 folder (``$SLIMC_CACHE_DIR`` or ``~/.cache/slimc``, under ``winograd/``).
 ``SLIMC_WINOGRAD_CALIBRATE=0`` never measures, ``=1`` measures a host of a known kind too;
@@ -145,7 +147,12 @@ def layer_of(node: Node) -> Layer:
 # The cost model
 # ----------------------------------------------------------------------------------------------
 
-PATHS = ("direct", "F2", "F4")
+PATHS = ("direct", "blocked", "F2", "F4")
+# "direct" is the conv as im2col and a GEMM on NCHW; "blocked" the direct conv as the layout
+# pass runs it when both channel counts are whole vectors (gen_blocked.py, converted at both
+# ends among Winograd layers): the same multiply-adds without im2col, and on a large-channel
+# small image far faster than a Winograd kernel streaming a^2/9 times the weights (the Xeon
+# here, one thread, 512 -> 512 channels at 7x7: blocked 1.9 ms, F(4x4) 3.6 ms).
 BLOCK_TILES = 64  # about the tiles per block of the CPU kernel (gen_winograd.BLOCK_TILES)
 
 
@@ -164,7 +171,7 @@ def features(path: str, L: Layer, vw: int = 8) -> np.ndarray:
              tiles, a = m + 2; channels' rounded up to whole vectors of `vw` floats.
     """
     ho, wo = L.out_hw
-    if path == "direct":
+    if path in ("direct", "blocked"):  # (the blocked kernel's coefficients price no im2col)
         p = L.n * ho * wo
         return np.array([2.0 * 9 * L.cin * L.cout * p, 9.0 * L.cin * p, 1.0 * L.cout * p,
                          9.0 * L.cin * L.cout, 1.0])
@@ -185,6 +192,9 @@ def features(path: str, L: Layer, vw: int = 8) -> np.ndarray:
 # value the fastest of many runs over up to three sweeps.
 PRIOR = {
     "direct": [1.68e-11, 1.52e-10, 0.0, 2.02e-10, 2.43e-06],
+    # not measured on the development host: priced as direct until a host's calibration
+    # scales it (`calibrate`), or by direct's factor in a table without one (`predict`)
+    "blocked": [1.68e-11, 1.52e-10, 0.0, 2.02e-10, 2.43e-06],
     "F2": [1.57e-11, 1.25e-10, 2.27e-10, 9.94e-11, 1.82e-06],
     "F4": [2.03e-11, 1.16e-10, 4.24e-10, 8.65e-11, 1.54e-06],
 }
@@ -197,8 +207,12 @@ PRIOR_HOST = "AMD EPYC Zen 3 (znver3, AVX2), one thread"
 # one kind make the same choices. (cpu, floats a vector) -> factors.
 SHIPPED_FACTORS = {
     # AMD EPYC Zen 4, 2026-12-06: the medians of three calibrations (direct 0.640-0.657,
-    # F2 0.704-0.749, F4 0.612-0.718)
+    # F2 0.704-0.749, F4 0.612-0.718); measured before the blocked path had a factor of its
+    # own, so it is priced as direct there (`predict`) until a Zen 4 calibrates again
     ("znver4", 16): {"direct": 0.648, "F2": 0.705, "F4": 0.638},
+    # Intel Xeon (Emerald Rapids), 2026-12-07: the medians of four calibrations (direct
+    # 0.495-0.560, blocked 0.355-0.403, F2 0.670-0.782, F4 0.827-0.939)
+    ("emeraldrapids", 16): {"direct": 0.516, "blocked": 0.361, "F2": 0.692, "F4": 0.864},
 }
 
 
@@ -258,7 +272,9 @@ class CostModel:
 
     def predict(self, path: str, layer: Layer) -> float:
         f = features(path, layer, self.vw)
-        return float(np.dot(self.coef[path], f)) * self.factor.get(path, 1.0)
+        factor = self.factor.get(path, self.factor.get("direct", 1.0) if path == "blocked"
+                                 else 1.0)
+        return float(np.dot(self.coef[path], f)) * factor
 
     def to_json(self) -> dict:
         return {"coef": self.coef, "factor": self.factor, "vw": self.vw, "source": self.source,
@@ -291,11 +307,12 @@ class Host:
 
 _models: dict = {}  # Host.key -> its CostModel, for the life of the process
 
-# The layers a calibration times (direct, F2, F4 each): many pixels and few channels, few
-# pixels and many channels -- the two ends of ResNet-style networks.
-CALIBRATION_SHAPES = (((1, 64, 56, 56), 64), ((1, 256, 14, 14), 256))
+# The layers a calibration times (every path each): many pixels and few channels, few
+# pixels and many channels -- the two ends of ResNet-style networks -- and the last stage's
+# 512 channels at 7x7, where Winograd's weights outgrow L2 and it may lose to direct.
+CALIBRATION_SHAPES = (((1, 64, 56, 56), 64), ((1, 256, 14, 14), 256), ((1, 512, 7, 7), 512))
 # Bump when a kernel or the features change: stored calibrations are then measured again.
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 
 
 def cache_folder() -> Optional[str]:
@@ -321,7 +338,8 @@ def calibrate(host: Host) -> CostModel:
     rows = host.measure(list(CALIBRATION_SHAPES))
     prior = CostModel(vw=host.vector_width)
     factor = {p: float(np.exp(np.mean([np.log(r[p] / prior.predict(p, _layer_of_row(r)))
-                                       for r in rows]))) for p in PATHS}
+                                       for r in rows if p in r])))
+              for p in PATHS if any(p in r for r in rows)}
     return CostModel(factor=factor, vw=host.vector_width, measurements=rows,
                      source=f"calibrated on this host ({host.cpu}) in "
                             f"{time.perf_counter() - start:.1f} s")
@@ -398,8 +416,8 @@ def host_model(host: Host) -> CostModel:
     if model is None:
         model = CostModel(vw=host.vector_width)
     log("winograd", f"cost model: {model.source}; factors " +
-        ", ".join(f"{p} {model.factor[p]:.2f}" for p in PATHS) + (f" ({path})" if path and
-                                                                   os.path.exists(path) else ""))
+        ", ".join(f"{p} {model.factor[p]:.2f}" for p in PATHS if p in model.factor) +
+        (f" ({path})" if path and os.path.exists(path) else ""))
     _models[key] = model
     return model
 
@@ -459,11 +477,14 @@ class Winograd(Pass):
         if not allowed:
             return None, f"direct: -O{self.opt_level} allows no Winograd tile"
         model = self.model or CostModel()
-        times = {"direct": model.predict("direct", layer)}
+        direct = "blocked" if layer.cin % model.vw == 0 and layer.cout % model.vw == 0 \
+            else "direct"
+        times = {"direct": model.predict(direct, layer)}
         for t in TILES:
             times[t] = model.predict(f"F{t}", layer)
         best = min([t for t in allowed], key=lambda t: times[t])
-        parts = [f"direct {_ms(times['direct'])}"] + \
+        parts = [f"direct{' (blocked)' if direct == 'blocked' else ''} "
+                 f"{_ms(times['direct'])}"] + \
             [f"F({t}x{t}) {_ms(times[t])}" + ("" if t in allowed else
                                               f" (not at -O{self.opt_level}: error bound "
                                               f"{ERROR_BOUND[t]:.0e})") for t in TILES]

@@ -247,6 +247,7 @@ def test_cross_target_is_priced_for_its_target_not_measured(monkeypatch):
 
 def test_fit_recovers_coefficients():
     true = {"direct": [1.5e-11, 2e-10, 1e-10, 3e-10, 5e-6],
+            "blocked": [1.2e-11, 0.0, 2e-10, 3e-10, 3e-6],
             "F2": [1.8e-11, 1e-10, 2e-10, 1e-10, 4e-6],
             "F4": [2.0e-11, 2e-10, 4e-10, 1e-10, 4e-6]}
     rows = []
@@ -436,3 +437,65 @@ def test_deep_network_stays_within_o2_tolerance():
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-4)
     usage = np.max(np.abs(got - ref) / (1e-4 + 1e-3 * np.abs(ref)))
     assert usage < 0.1, usage
+
+
+def test_direct_is_priced_as_the_blocked_kernel_where_it_runs():
+    """A layer whose channel counts are whole vectors is priced as the blocked direct kernel
+    (the layout pass's); others as im2col and a GEMM. A host whose blocked kernel measured
+    fast keeps the 512-channel 7x7 layer direct and the 64-channel 56x56 one Winograd,
+    and says which direct it priced; a table without a blocked factor prices it as direct."""
+    host = fixed_model(blocked=0.36, F2=0.67, F4=0.87)
+    host.vw = 16
+    decide = Winograd(model=host).decide
+    tile, why = decide(conv_graph(1, 512, 512, 7, 7).nodes[0])
+    assert tile is None and why.startswith("direct: predicted direct (blocked) ")
+    tile, why = decide(conv_graph(1, 64, 64, 56, 56).nodes[0])
+    assert tile == 4 and "direct (blocked)" in why
+    tile, why = decide(conv_graph(1, 24, 24, 56, 56).nodes[0])  # 24: not whole vectors
+    assert tile is not None and "direct (blocked)" not in why and "direct " in why
+    layer = Layer(1, 512, 512, 7, 7)
+    table = fixed_model(direct=0.5)
+    del table.factor["blocked"]
+    assert table.predict("blocked", layer) == pytest.approx(table.predict("direct", layer))
+
+
+def test_calibration_prices_blocked_over_the_shapes_it_ran():
+    """A shape whose channels are not whole vectors has no blocked measurement: the blocked
+    factor comes from the shapes that have one."""
+    prior = CostModel()
+    shapes = [((1, 64, 56, 56), 64), ((1, 24, 28, 28), 24)]
+
+    def measure(shapes):
+        rows = []
+        for s, c in shapes:
+            L = Layer(s[0], s[1], c, s[2], s[3])
+            row = {"shape": list(s), "cout": c, "direct": prior.predict("direct", L),
+                   "F2": prior.predict("F2", L), "F4": prior.predict("F4", L)}
+            if s[1] % 8 == 0 and c % 8 == 0:
+                row["blocked"] = 0.25 * prior.predict("blocked", L)
+            rows.append(row)
+        return rows
+
+    host = wpass.Host("test|blocked", "blockedcpu", 8, measure)
+    old = wpass.CALIBRATION_SHAPES
+    try:
+        wpass.CALIBRATION_SHAPES = tuple(shapes)
+        model = wpass.calibrate(host)
+    finally:
+        wpass.CALIBRATION_SHAPES = old
+    assert model.factor["blocked"] == pytest.approx(0.25)
+    assert model.factor["direct"] == pytest.approx(1.0)
+
+
+def test_blocked_kernel_is_timed_where_channels_are_whole_vectors():
+    """winograd_cost.measure times the blocked direct kernel beside the others where both
+    channel counts are whole vectors of the target, and only there."""
+    from slimc.codegen.cpu.target import CpuTarget
+    from slimc.codegen.cpu.winograd_cost import measure
+
+    target = CpuTarget.host()
+    vw = target.vector_width
+    rows = measure([((1, vw, 6, 6), vw), ((1, vw + 1, 6, 6), vw)], repeat=2, target=target)
+    assert set(rows[0]) == {"shape", "cout", "direct", "blocked", "F2", "F4"}
+    assert "blocked" not in rows[1]
+    assert all(rows[0][p] > 0 for p in wpass.PATHS)

@@ -43,6 +43,26 @@ def _one_conv_graph(shape, cout: int, tile, seed: int = 0):
     return g
 
 
+def _blocked_conv_graph(shape, cout: int, block: int, seed: int = 0):
+    """The same padded 3x3 conv as `_one_conv_graph`'s direct one, as the layout pass runs
+    it: conv2d_nchwc on NCHW[block]c tensors (the conversions at its ends not timed)."""
+    from slimc.ir import Graph, TensorType
+    from slimc.ir.ops.layout import block_conv_weights
+
+    n, cin, h, w = shape
+    rng = np.random.default_rng(seed)
+    g = Graph("calibrate")
+    x = g.add_input("x", TensorType(dtypes.f32, (n, cin // block, h, w, block)))
+    wt = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin))).astype(np.float32)
+    bias = (rng.standard_normal(cout) * 0.1).astype(np.float32).reshape(-1, block)
+    node = g.make_node("conv2d_nchwc", [x, g.add_constant("w", block_conv_weights(wt, block,
+                                                                                   block)),
+                                        g.add_constant("b", bias)], {"pads": [1, 1, 1, 1]},
+                       [TensorType(dtypes.f32, (n, cout // block, h, w, block))], ["y"])
+    g.outputs.append(node.outputs[0])
+    return g
+
+
 class _TimedKernel:
     """One JIT-compiled kernel with its own buffers, called on this thread only."""
 
@@ -74,16 +94,20 @@ class _TimedKernel:
 
 
 def measure(shapes, repeat: int = 5, target=None) -> list[dict]:
-    """Seconds per call of the direct conv and of F(2x2), F(4x4) for [N, Cin, H, W] -> Cout
-    shapes ((shape, cout) pairs), one thread. The three kernels of a shape are timed in
-    interleaved rounds and each keeps its fastest run, so a machine shared with other work
-    slows all three alike and the minimum is the least disturbed run."""
+    """Seconds per call of the direct conv (NCHW, and blocked where both channel counts are
+    whole vectors) and of F(2x2), F(4x4) for [N, Cin, H, W] -> Cout shapes ((shape, cout)
+    pairs), one thread. The kernels of a shape are timed in interleaved rounds and each
+    keeps its fastest run, so a machine shared with other work slows them all alike and the
+    minimum is the least disturbed run."""
     import time
 
     target = target or CpuTarget.host()
     rows = []
     for shape, cout in shapes:
         kernels = {"direct": _TimedKernel(_one_conv_graph(shape, cout, None), target)}
+        vw = target.vector_width
+        if shape[1] % vw == 0 and cout % vw == 0:
+            kernels["blocked"] = _TimedKernel(_blocked_conv_graph(shape, cout, vw), target)
         for tile in (2, 4):
             kernels[f"F{tile}"] = _TimedKernel(_one_conv_graph(shape, cout, tile), target)
         for k in kernels.values():
