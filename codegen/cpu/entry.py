@@ -317,7 +317,8 @@ def build_exact_call(module: ir.Module, main: ir.Function, input_shapes: Sequenc
             require(ok, f"input{i}.dim{j}_ok")
 
     def table(first: int, count: int, name: str) -> ir.Value:
-        slots = b.alloca(PTR, size=I32(max(1, count)), name=name)
+        slots = b.bitcast(entry_alloca(b, ir.ArrayType(PTR, max(1, count)), name),
+                          ir.PointerType(PTR), name=name + ".slots")
         for i in range(count):
             data = field(item(first + i, f"{name}.{i}"), ARRAY_DATA_OFFSET, PTR,
                          f"{name}.{i}.data")
