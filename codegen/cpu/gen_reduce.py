@@ -100,6 +100,9 @@ def reduce(kb: KernelBuilder, node):
     for d in iter_shape:
         n_out *= d
     kb.parallel_extent = n_out
+    # the work is the elements read, not the few outputs (a global pool of 112x112 pixels
+    # for 6 channel blocks was priced 6 and ran on one thread)
+    kb.cost = n_out * lanes * count
     acc_t = vector_of(acc_t, lanes)
     acc = b.alloca(acc_t, name=llvm_name(out.name) + ".acc")
     mx = b.alloca(acc_t, name=llvm_name(out.name) + ".max")

@@ -474,3 +474,20 @@ def test_conv_equal_filters_give_bitwise_equal_channels(cout, k, threads):
     (y,) = slimc.compile(model, threads=threads)(x)
     assert (y == y[:, :1]).all(), f"{(y != y[:, :1]).sum()} outputs differ from channel 0"
     assert_close([y], run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+def test_one_image_gemm_conv_is_cut_for_threads():
+    """A batch-1 pointwise conv in NCHW whose image would make one GEMM chunk (one task) is
+    cut into whole panels so threads share it; 1 and 2 threads against the interpreter."""
+    g = Graph("pointwise")
+    x = g.add_input("x", TensorType(dtypes.f32, (1, 40, 30, 30)))
+    w = g.add_constant("w", rand(12, 40, 1, 1))
+    y = g.make_node("conv", [x, w], {}, [TensorType(dtypes.f32, (1, 12, 30, 30))],
+                    ["y"]).outputs[0]
+    g.outputs.append(y)
+    args = [rand(1, 40, 30, 30)]
+    for threads in (1, 2):
+        mod = slimc.compile(g, threads=threads, disable_passes=["layout"])
+        (k,) = mod.kernels
+        assert k.parallel_extent >= 2, k.parallel_extent
+        np.testing.assert_allclose(mod(*args)[0], interpret(g, *args)[0], rtol=1e-4, atol=1e-4)

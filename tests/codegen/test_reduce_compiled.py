@@ -58,3 +58,16 @@ def test_random_axes(shape, op, data):
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     check(reduce_graph(op, tuple(shape), sorted(axes) or None, data.draw(st.integers(0, 1))), x,
           rtol=1e-4, atol=1e-4)
+
+
+def test_a_pool_over_many_pixels_is_priced_by_what_it_reads():
+    """A global average pool to few outputs reads many elements: its kernel's cost is the
+    elements read (so it is split across threads), and 1 and 3 threads agree with the
+    interpreter."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 56, 56, 16)).astype(np.float32)
+    g = reduce_graph("reduce_mean", x.shape, [2, 3], 1)
+    for threads in (1, 3):
+        mod = slimc.compile(g, threads=threads)
+        (k,) = mod.kernels
+        assert k.cost == x.size and k.parallel_extent == 2
+        np.testing.assert_allclose(mod(x)[0], interpret(g, x)[0], rtol=1e-5, atol=1e-6)
