@@ -386,3 +386,30 @@ def test_strided_conv_between_winograd_layers_runs_blocked(target, block, capsys
     assert ops.count("conv") == 1  # the 1x1 shortcut
     log = capsys.readouterr().err
     assert "converted at both ends" in log and "im2col would copy it 2.25 times" in log
+
+
+@pytest.mark.parametrize("p, blocks", [(12544, 3), (3136, 1), (784, 1), (196, 3), (49, 5),
+                                       (49, 10), (4, 2), (53, 1), (221, 1)])
+def test_flat_rows_cover_the_image(p, blocks):
+    """A flattened image's rows: every pixel once; equal rows but perhaps the last; at most
+    about FLAT_ROW pixels; enough items for threads where the image allows."""
+    from slimc.codegen.cpu.gen_blocked import FLAT_MIN_ITEMS, FLAT_ROW, _flat_rows
+
+    t = 14
+    width, rows = _flat_rows(p, t, blocks)
+    assert (rows - 1) * width < p <= rows * width
+    assert width <= max(FLAT_ROW, t) and (width >= t or rows == 1)
+    assert blocks * rows >= min(FLAT_MIN_ITEMS, blocks * (p // t)) or rows * width - p < t
+
+
+@pytest.mark.parametrize("target, block", BLOCK_TARGETS)
+@pytest.mark.parametrize("hw, cb_out", [(7, 5), (14, 3), (56, 1), (9, 2)])
+def test_flat_pointwise_conv_rows(target, block, hw, cb_out):
+    """1x1 convolutions over flattened images cut into rows and near-equal tiles (a shorter
+    last row where none divides), with a residual add; against the interpreter."""
+    net = Net((1, 2 * block, hw, hw), rng=np.random.default_rng(hw))
+    y = net.conv(net.x, cb_out * block, bias=True)
+    g = net.done(net.op("add", y, net.const(np.ones((cb_out * block, 1, 1)))))
+    x = net.rng.standard_normal((1, 2 * block, hw, hw)).astype(np.float32)
+    mod = check(g, x, target=target, threads=2)
+    assert "conv2d_nchwc" in ops_of(mod)

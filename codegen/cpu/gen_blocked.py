@@ -9,10 +9,11 @@ here is a whole vector and no loop has a tail, whatever the image size.
   and rows whose taps leave the image, take the zero padding by a select on a clamped load.
 * ``conv2d_nchwc``: a register tile of OCV output-channel blocks x T pixels (AVX2: 2 x 6, 12
   accumulators). Per input channel one weight vector per block is loaded and each pixel's
-  input value is broadcast: OCV + T loads feed OCV * T FMAs. Interior pixels go in tiles of
-  T; the rest one by one, skipping taps that land in the padding. A 1x1 stride-1
-  unpadded convolution runs over the flattened image (a 7x7 plane is 49 pixels in tiles of
-  6, not 7 rows of 6 + 1).
+  input value is broadcast: OCV + T loads feed OCV * T FMAs. A row goes in near-equal
+  tiles of at most T (`_row_chunks`); tiles holding a pixel whose taps reach the padding are
+  emitted at their constant place with those taps left out. A 1x1 stride-1 unpadded
+  convolution runs over the flattened image (a 7x7 plane is 49 pixels in tiles of 13, 12,
+  12, 12, not 7 rows of 7).
 * ``to_blocked`` / ``from_blocked``: index maps, so the conversions fuse like any injective op.
 
 Both convolutions hand each result vector to `kb.store_result`: the epilogue (clip, residual
@@ -33,7 +34,8 @@ from .llvm_util import F32, i64, splat
 # fused ops of a few instructions each: their epilogue code is small enough to unroll
 CHEAP_EPILOGUE_OPS = frozenset({"relu", "clip", "add", "sub", "mul", "max", "min", "neg",
                                 "leaky_relu", "from_blocked", "to_blocked"})
-FLAT_ROW = 128  # pixels per work item of a flattened 1x1 convolution (then a multiple of T)
+FLAT_ROW = 128  # about the pixels a work item of a flattened 1x1 convolution takes
+FLAT_MIN_ITEMS = 8  # work items a flattened 1x1 convolution aims for, for the threads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +205,26 @@ def _register_tile(cob: int, nregs: int) -> tuple[int, int]:
     return ocv, max(1, min(14, budget // ocv))
 
 
+def _flat_rows(P: int, T: int, blocks: int) -> tuple[int, int]:
+    """(pixels a row, rows) of a flattened image of P pixels: rows of at most about FLAT_ROW
+    pixels, more of them where the output-channel blocks alone would give threads few items
+    (rows of at least T pixels); rows of whole tiles that divide P where there are (12544
+    pixels: 112 rows of 8 x 14), else of equal length (49 pixels for 5 blocks: 2 rows, 25
+    and 24), so every row's tiles are known when the code is made. MobileNetV2's 960 -> 160
+    projection at 7x7 had 5 items, 3 on one of two threads; now 10."""
+    n = -(-P // FLAT_ROW)
+    if blocks * n < FLAT_MIN_ITEMS:
+        n = max(n, min(-(-FLAT_MIN_ITEMS // blocks), P // T))
+    for w in range(P // n // T * T, 0, -T):  # whole tiles, at most twice the rows wanted
+        if P % w == 0 and P // w <= 2 * n:
+            return w, P // w
+    for d in range(n, 2 * n + 1):  # equal rows
+        if P % d == 0:
+            return P // d, d
+    row_w = -(-P // n)
+    return row_w, -(-P // row_w)
+
+
 def _row_chunks(Wo: int, T: int, lo: int, hi: int) -> list[tuple[int, int, int, bool]]:
     """A row of Wo output pixels cut into tiles of at most T, about equal (27 pixels: 14 +
     13, not 14 and 13 pixels one at a time, which are load- and latency-bound: the Xeon here
@@ -243,10 +265,9 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
     X, Wt = kb.ptr(x), kb.ptr(w)
     ocv, T = _register_tile(COB, kb.target.num_vector_regs)
     flat = kh == kw == 1 and sh == sw == 1 and pads == [0, 0, 0, 0]
-    if flat:  # the image as one line of pixels, in rows of FLAT_ROW
+    if flat:  # the image as one line of pixels, in rows of about FLAT_ROW
         P = H * W
-        row_w = min(P, max(T, FLAT_ROW // T * T))
-        nrows = -(-P // row_w)
+        row_w, nrows = _flat_rows(P, T, COB // ocv)
     else:
         row_w, nrows = Wo, Ho
     wstride_blk = CIB * kh * kw * BI * BO  # one output block's weights
@@ -283,10 +304,9 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
         biases = [_bias_vector(kb, bias, b.add(co0_ir, i64(j)), BO, f"bias{j}") for j in range(ocv)]
         if flat:
             p0 = b.mul(r_ir, i64(row_w), name="p0")
-            width = smin(b, b.sub(i64(P), p0), i64(row_w), "width")
             iy0 = None
         else:
-            p0, width = None, i64(Wo)
+            p0 = None
             iy0 = b.sub(b.mul(r_ir, i64(sh)), i64(pt), name="iy0")
 
         def tile(ox0, t_count: int, edge: int | None = None):
@@ -378,19 +398,23 @@ def conv2d_nchwc(kb: KernelBuilder, node) -> None:
                 store(t, lambda j: b.load(b.gep(results, [i64(0), b.add(t, i64(j * T))],
                                                 inbounds=True), name=f"y{j}"))
 
-        if not flat:
-            chunks = _row_chunks(Wo, T, *_interior(W, Wo, kw, sw, dw, pl))
+        def row(chunks):
             for ox0, count, size, at_edge in chunks:
                 if at_edge:
                     tile(i64(ox0), size, edge=ox0)
                     continue
                 with kb.loop(0, count, name="tile") as ti:
                     tile(b.add(i64(ox0), b.mul(ti, i64(size)), name="ox0"), size)
-        else:  # the row's width is the image's rest at the last row: tiles, then singles
-            ntiles = b.udiv(width, i64(T), name="ntiles")
-            tiles_end = b.mul(ntiles, i64(T), name="tiles.end")
-            with kb.loop(0, ntiles, name="tile") as ti:
-                tile(b.mul(ti, i64(T), name="ox0"), T)
-            with kb.loop(tiles_end, width, name="px") as ox:
-                tile(ox, 1)
+
+        if not flat:
+            row(_row_chunks(Wo, T, *_interior(W, Wo, kw, sw, dw, pl)))
+        elif P % row_w == 0:
+            row(_row_chunks(row_w, T, 0, row_w))
+        else:  # the last row is the image's rest: its tiles of their own
+            last_w = P - (nrows - 1) * row_w
+            with b.if_else(b.icmp_unsigned("==", r_ir, i64(nrows - 1))) as (last, other):
+                with last:
+                    row(_row_chunks(last_w, T, 0, last_w))
+                with other:
+                    row(_row_chunks(row_w, T, 0, row_w))
     b.ret_void()
