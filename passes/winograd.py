@@ -347,7 +347,8 @@ def calibrate(host: Host) -> CostModel:
 
 def _calibration_wanted(host: Host) -> bool:
     """SLIMC_WINOGRAD_CALIBRATE: "0" never measures, "1" measures once even on the kind of
-    CPU the built-in coefficients come from; by default a host of another kind measures."""
+    CPU the built-in coefficients come from; by default a host of another kind measures
+    (one whose shipped factors cover every path uses them instead, `host_model`)."""
     mode = os.environ.get("SLIMC_WINOGRAD_CALIBRATE", "auto").lower()
     if mode in ("0", "off", "no", "false"):
         return False
@@ -368,7 +369,8 @@ def table_model(cpu: str, vector_width: int) -> CostModel:
 
 def cost_model_mode() -> str:
     """``SLIMC_COST_MODEL``: "auto" (default: a stored calibration of this machine, else the
-    table of its kind, else a new calibration of an unknown CPU), "fixed" (the table of its
+    table of its kind where it prices every path, else a new calibration of a CPU of another
+    kind or of an older table, else the table), "fixed" (the table of its
     kind, never a measurement or a stored calibration: every machine of a kind compiles the
     same code), or "builtin" (the built-in coefficients everywhere, as the tests use)."""
     mode = os.environ.get("SLIMC_COST_MODEL", "auto").strip().lower() or "auto"
@@ -399,9 +401,12 @@ def host_model(host: Host) -> CostModel:
                 model = CostModel.from_json(json.load(f))
         except (OSError, ValueError, KeyError, TypeError):
             model = None  # unreadable: measure again
-    if model is None and (host.cpu, host.vector_width) in SHIPPED_FACTORS and \
+    shipped = SHIPPED_FACTORS.get((host.cpu, host.vector_width))
+    # a table without a factor for every path (one shipped before the path existed) is used
+    # only where this host cannot measure itself
+    if model is None and shipped is not None and \
             os.environ.get("SLIMC_WINOGRAD_CALIBRATE", "auto").lower() not in \
-            ("1", "on", "yes", "true", "force"):
+            ("1", "on", "yes", "true", "force") and (set(shipped) >= set(PATHS) or not path):
         model = table_model(host.cpu, host.vector_width)
     if model is None and path and _calibration_wanted(host):
         model = calibrate(host)
@@ -413,8 +418,8 @@ def host_model(host: Host) -> CostModel:
             os.replace(tmp, path)  # atomic: processes calibrating at once do not clash
         except OSError:
             pass  # a read-only cache: this process keeps the model in memory
-    if model is None:
-        model = CostModel(vw=host.vector_width)
+    if model is None:  # its kind's table, or the built-in coefficients
+        model = table_model(host.cpu, host.vector_width)
     log("winograd", f"cost model: {model.source}; factors " +
         ", ".join(f"{p} {model.factor[p]:.2f}" for p in PATHS if p in model.factor) +
         (f" ({path})" if path and os.path.exists(path) else ""))

@@ -300,15 +300,25 @@ def test_calibration_is_measured_once_and_stored(monkeypatch, tmp_path):
     assert fresh_process("third", SLIMC_WINOGRAD_CALIBRATE="0").factor["F2"] == 1.0
     assert fresh_process("third", SLIMC_CACHE_DIR="off").factor["F2"] == 1.0
     assert len(calls) == 2
-    # a kind with shipped factors measures nothing and uses them
-    monkeypatch.setitem(wpass.SHIPPED_FACTORS, ("shipped", 8), {"direct": 3.0, "F2": 1.5, "F4": 2.0})
-    assert fresh_process("shipped").factor == {"direct": 3.0, "F2": 1.5, "F4": 2.0}
+    # a kind with shipped factors for every path measures nothing and uses them
+    table = {"direct": 3.0, "blocked": 2.5, "F2": 1.5, "F4": 2.0}
+    monkeypatch.setitem(wpass.SHIPPED_FACTORS, ("shipped", 8), table)
+    assert fresh_process("shipped").factor == table
     assert len(calls) == 2
+    # a table shipped before a path existed: measured once where it can be, else used
+    older = {"direct": 3.0, "F2": 1.5, "F4": 2.0}
+    monkeypatch.setitem(wpass.SHIPPED_FACTORS, ("older", 8), older)
+    assert fresh_process("older", SLIMC_WINOGRAD_CALIBRATE="0").factor == older
+    assert fresh_process("older", SLIMC_CACHE_DIR="off").factor == older
+    assert len(calls) == 2
+    assert fresh_process("older", SLIMC_CACHE_DIR=str(tmp_path)).factor == \
+        pytest.approx({p: 2.0 for p in wpass.PATHS})
+    assert len(calls) == 3
     # fixed: the tables only, never the calibration stored for othercpu; builtin: 1 everywhere
     assert fresh_process("othercpu", SLIMC_COST_MODEL="fixed").factor["F2"] == 1.0
     assert fresh_process("shipped", SLIMC_COST_MODEL="fixed").factor["F4"] == 2.0
     assert fresh_process("shipped", SLIMC_COST_MODEL="builtin").factor["F4"] == 1.0
-    assert len(calls) == 2
+    assert len(calls) == 3
     with pytest.raises(slimc.SlimcError, match="SLIMC_COST_MODEL='often'"):
         fresh_process("othercpu", SLIMC_COST_MODEL="often")
 
