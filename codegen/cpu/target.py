@@ -262,6 +262,7 @@ class CpuTarget:
         m = ir.Module(name=name)
         m.triple = self.triple
         m.data_layout = self.data_layout
+        m.has_avx512f = self.has_avx512f  # vmath's AVX-512 forms (llvm.x86 intrinsics)
         return m
 
 

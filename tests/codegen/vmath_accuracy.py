@@ -38,20 +38,21 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _modules: dict = {}
 
 
-def _module(op: str, n: int):
-    key = (op, n)
+def _module(op: str, n: int, target: str = "x86"):
+    key = (op, n, target)
     if key not in _modules:
         g = Graph(op)
         x = g.add_input("x", TensorType(dtypes.f32, (n,)))
         g.outputs = [g.make_node(op, [x], output_types=[x.type]).outputs[0]]
-        _modules[key] = slimc.compile(g, threads=1, denormals="keep")
+        _modules[key] = slimc.compile(g, threads=1, denormals="keep", target=target)
     return _modules[key]
 
 
-def measure(op: str, bits: np.ndarray) -> tuple[int, float]:
-    """(max ulp, the input where it happens)."""
+def measure(op: str, bits: np.ndarray, target: str = "x86") -> tuple[int, float]:
+    """(max ulp, the input where it happens), compiled for `target` (the host by default;
+    "x86-64-v3" on an AVX-512 host checks the forms without AVX-512's vscalefps)."""
     x = bits.astype(np.uint32).view(np.float32)
-    got = _module(op, x.size)(x)[0]
+    got = _module(op, x.size, target)(x)[0]
     with np.errstate(all="ignore"):
         ref = REFERENCES[op](x.astype(np.float64)).astype(np.float32)
     d = ulp_distance(got, ref)
