@@ -1,6 +1,7 @@
 """fp32 GEMM kernels generated as LLVM IR with explicit vector types. (One job over 600 lines:
-the register tile, its edges, the cache blocking and packing of one GEMM generator; the
-epilogue interface is gemm_epilogue.py, the run-time-shape driver gemm_runtime.py.)
+the register tile, its edges, the cache blocking and A's packing of one GEMM generator; the
+epilogue interface is gemm_epilogue.py, the run-time-shape driver gemm_runtime.py, B's panels
+(numpy and generated) gemm_pack.py.)
 
     C[M, N] (+)= A[M, K] @ B[K, N]          (row-major, leading dimensions lda, ldc, ldb)
 
@@ -68,7 +69,7 @@ from llvmlite import ir
 
 from .common import smin
 from .gemm_epilogue import Epilogue, EpilogueContext
-from .gemm_pack import GemmConfig, gemm_config, pack_b, packed_b_size
+from .gemm_pack import GemmConfig, emit_pack_b, gemm_config, pack_b, packed_b_size
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
 from .llvm_util import first_lanes, new_shared_function, shared_functions, splat, unique_name
 from .target import CpuTarget
@@ -695,80 +696,6 @@ class _Gen:
 
     # ---- packing and runtime-B entry ---------------------------------------------------
 
-    def emit_pack(self, trans_b: bool) -> ir.Function:
-        cfg, N, K = self.cfg, self.N, self.K
-        vw, nr = cfg.vw, cfg.nr
-        vt = _vec(vw)
-        npan = -(-N // nr)
-        nfull = N // nr
-        fn = ir.Function(self.m, ir.FunctionType(VOID, [PTR, I64, PTR]), f"pack_b_{self.name}")
-        fn.attributes.add("nounwind")
-        B, ldb, Bp = fn.args
-        B.name, ldb.name, Bp.name = "B", "ldb", "Bp"
-        B.add_attribute("noalias")
-        Bp.add_attribute("noalias")
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        if not trans_b:
-            # Bp[p][k][0:nr] = B[k][p*nr : p*nr+nr]: vector copies, masked at the edge.
-            # Panel-major order: the packed side is written sequentially.
-            if nfull:
-                with _Loop(b, 0, nfull, 1, "p") as p:
-                    src0 = b.gep(B, [b.mul(p, _i64(nr), name="src.col")], source_etype=F32,
-                                 name="src.pan")
-                    dst0 = b.gep(Bp, [b.mul(p, _i64(K * nr), name="dst.off")],
-                                 source_etype=F32, name="dst.pan")
-                    with _Loop(b, 0, K, 1, "k") as k:
-                        src = b.gep(src0, [b.mul(k, ldb, name="src.roff")], source_etype=F32,
-                                    name="src")
-                        dst = b.gep(dst0, [b.mul(k, _i64(nr), name="dst.koff")],
-                                    source_etype=F32, name="dst")
-                        for v in range(cfg.nv):
-                            sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.{v}")
-                            d = b.gep(dst, [_i64(v * vw)], source_etype=F32, name=f"dst.{v}")
-                            b.store(b.load(sv, typ=vt, align=4, name=f"b.v{v}"), d, align=4)
-            if nfull < npan:
-                rem = N - nfull * nr
-                src0 = b.gep(B, [_i64(nfull * nr)], source_etype=F32, name="src.tpan")
-                dst0 = b.gep(Bp, [_i64(nfull * K * nr)], source_etype=F32, name="dst.tpan")
-                with _Loop(b, 0, K, 1, "kt") as k:
-                    src = b.gep(src0, [b.mul(k, ldb, name="src.troff")], source_etype=F32,
-                                name="src.t")
-                    dst = b.gep(dst0, [b.mul(k, _i64(nr), name="dst.tkoff")],
-                                source_etype=F32, name="dst.t")
-                    for v in range(cfg.nv):
-                        lanes = min(vw, max(0, rem - v * vw))
-                        d = b.gep(dst, [_i64(v * vw)], source_etype=F32, name=f"dst.t{v}")
-                        if lanes == vw:
-                            sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                            val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
-                        elif lanes > 0:
-                            sv = b.gep(src, [_i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                            val = masked_load_vector(b, sv, vt, first_lanes(vw, lanes),
-                                                     f"bt.v{v}")
-                        else:
-                            val = ir.Constant(vt, None)
-                        b.store(val, d, align=4)
-        else:
-            # B is stored transposed, Bt[n][k] at Bt + n*ldb + k: Bp[p][k][j] = Bt[p*nr+j][k]
-            with _Loop(b, 0, npan, 1, "p") as p:
-                dst_p = b.gep(Bp, [b.mul(p, _i64(K * nr), name="dst.off")], source_etype=F32,
-                              name="dst.pan")
-                with _Loop(b, 0, nr, 1, "j") as j:
-                    n = b.add(b.mul(p, _i64(nr), name="n0"), j, name="n")
-                    inb = b.icmp_signed("<", n, _i64(N), name="n.in")
-                    nn = b.select(inb, n, _i64(0), name="n.safe")
-                    srow = b.gep(B, [b.mul(nn, ldb, name="bt.roff")], source_etype=F32,
-                                 name="bt.row")
-                    with _Loop(b, 0, K, 1, "k") as k:
-                        x = b.load(b.gep(srow, [k], source_etype=F32, name="bt.ptr"), typ=F32,
-                                   align=4, name="bt")
-                        x = b.select(inb, x, ir.Constant(F32, 0.0), name="bt.z")
-                        d = b.gep(dst_p, [b.add(b.mul(k, _i64(nr), name="dk"), j, name="dkj")],
-                                  source_etype=F32, name="bp.ptr")
-                        b.store(x, d, align=4)
-        b.ret_void()
-        return fn
-
     def emit_rt(self, gemm_fn: ir.Function, pack_fn: ir.Function, trans_b: bool) -> ir.Function:
         arg_tys = [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR] + [t for _, t in self.extra]
         fn = ir.Function(self.m, ir.FunctionType(VOID, arg_tys), f"gemm_rt_{self.name}")
@@ -820,7 +747,7 @@ def emit_gemm(module: ir.Module, name: str, N: int, K: int, target: CpuTarget | 
     k = GemmKernel(name=name, N=N, K=K, cfg=cfg, accumulate=accumulate,
                    trans_b=trans_b, gemm_fn=gemm_fn.name, extra_args=tuple(extra_args))
     if runtime_b:
-        pack_fn = g.emit_pack(trans_b)
+        pack_fn = emit_pack_b(module, name, N, K, cfg, trans_b)
         rt_fn = g.emit_rt(gemm_fn, pack_fn, trans_b)
         k.pack_fn, k.rt_fn = pack_fn.name, rt_fn.name
     return k

@@ -1,14 +1,18 @@
-"""The GEMM's tile and block sizes per target, and B packed into NR-column panels in numpy
-(weights at compile time; gemm.py's generated `pack_b_<name>` does the same at run time)."""
+"""The GEMM's tile and block sizes per target, and B packed into NR-column panels: in numpy
+(`pack_b`: weights, at compile time) and as generated code (`emit_pack_b`: activations, at
+run time), the one layout gemm.py's micro-kernels read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from llvmlite import ir
 
 from slimc.ir.buffers import aligned_zeros
 
+from .llvm_util import (F32, I64, OPAQUE_PTR as PTR, VOID, first_lanes, for_range, i64,
+                        masked_load_vector)
 from .target import CpuTarget
 
 
@@ -92,3 +96,81 @@ def pack_b(B: np.ndarray, cfg_or_target=None, *, trans_b: bool = False) -> np.nd
         v[full, :, :rem] = B[:, full * nr:]
         v[full, :, rem:] = 0.0
     return out
+
+
+def emit_pack_b(module: ir.Module, name: str, N: int, K: int, cfg: GemmConfig,
+                trans_b: bool) -> ir.Function:
+    """`void pack_b_<name>(B, ldb, Bp)`: B [K, N] (or stored [N, K], `trans_b`) packed at run
+    time into the panels `pack_b` makes at compile time: NR columns a panel, K rows of NR
+    floats, zero past N (vector copies, the last panel's masked)."""
+    vw, nr = cfg.vw, cfg.nr
+    vt = ir.VectorType(F32, vw)
+    npan = -(-N // nr)
+    nfull = N // nr
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, PTR]), f"pack_b_{name}")
+    fn.attributes.add("nounwind")
+    B, ldb, Bp = fn.args
+    B.name, ldb.name, Bp.name = "B", "ldb", "Bp"
+    B.add_attribute("noalias")
+    Bp.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if not trans_b:
+        # Bp[p][k][0:nr] = B[k][p*nr : p*nr+nr]: vector copies, masked at the edge.
+        # Panel-major order: the packed side is written sequentially.
+        if nfull:
+            with for_range(b, 0, nfull, 1, "p") as p:
+                src0 = b.gep(B, [b.mul(p, i64(nr), name="src.col")], source_etype=F32,
+                             name="src.pan")
+                dst0 = b.gep(Bp, [b.mul(p, i64(K * nr), name="dst.off")],
+                             source_etype=F32, name="dst.pan")
+                with for_range(b, 0, K, 1, "k") as k:
+                    src = b.gep(src0, [b.mul(k, ldb, name="src.roff")], source_etype=F32,
+                                name="src")
+                    dst = b.gep(dst0, [b.mul(k, i64(nr), name="dst.koff")],
+                                source_etype=F32, name="dst")
+                    for v in range(cfg.nv):
+                        sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.{v}")
+                        d = b.gep(dst, [i64(v * vw)], source_etype=F32, name=f"dst.{v}")
+                        b.store(b.load(sv, typ=vt, align=4, name=f"b.v{v}"), d, align=4)
+        if nfull < npan:
+            rem = N - nfull * nr
+            src0 = b.gep(B, [i64(nfull * nr)], source_etype=F32, name="src.tpan")
+            dst0 = b.gep(Bp, [i64(nfull * K * nr)], source_etype=F32, name="dst.tpan")
+            with for_range(b, 0, K, 1, "kt") as k:
+                src = b.gep(src0, [b.mul(k, ldb, name="src.troff")], source_etype=F32,
+                            name="src.t")
+                dst = b.gep(dst0, [b.mul(k, i64(nr), name="dst.tkoff")],
+                            source_etype=F32, name="dst.t")
+                for v in range(cfg.nv):
+                    lanes = min(vw, max(0, rem - v * vw))
+                    d = b.gep(dst, [i64(v * vw)], source_etype=F32, name=f"dst.t{v}")
+                    if lanes == vw:
+                        sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.t{v}")
+                        val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
+                    elif lanes > 0:
+                        sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.t{v}")
+                        val = masked_load_vector(b, sv, vt, first_lanes(vw, lanes),
+                                                 f"bt.v{v}")
+                    else:
+                        val = ir.Constant(vt, None)
+                    b.store(val, d, align=4)
+    else:
+        # B is stored transposed, Bt[n][k] at Bt + n*ldb + k: Bp[p][k][j] = Bt[p*nr+j][k]
+        with for_range(b, 0, npan, 1, "p") as p:
+            dst_p = b.gep(Bp, [b.mul(p, i64(K * nr), name="dst.off")], source_etype=F32,
+                          name="dst.pan")
+            with for_range(b, 0, nr, 1, "j") as j:
+                n = b.add(b.mul(p, i64(nr), name="n0"), j, name="n")
+                inb = b.icmp_signed("<", n, i64(N), name="n.in")
+                nn = b.select(inb, n, i64(0), name="n.safe")
+                srow = b.gep(B, [b.mul(nn, ldb, name="bt.roff")], source_etype=F32,
+                             name="bt.row")
+                with for_range(b, 0, K, 1, "k") as k:
+                    x = b.load(b.gep(srow, [k], source_etype=F32, name="bt.ptr"), typ=F32,
+                               align=4, name="bt")
+                    x = b.select(inb, x, ir.Constant(F32, 0.0), name="bt.z")
+                    d = b.gep(dst_p, [b.add(b.mul(k, i64(nr), name="dk"), j, name="dkj")],
+                              source_etype=F32, name="bp.ptr")
+                    b.store(x, d, align=4)
+    b.ret_void()
+    return fn
