@@ -71,7 +71,8 @@ from .common import smin
 from .gemm_epilogue import Epilogue, EpilogueContext
 from .gemm_pack import GemmConfig, emit_pack_b, gemm_config, pack_b, packed_b_size
 from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector, masked_store_vector
-from .llvm_util import first_lanes, new_shared_function, shared_functions, splat, unique_name
+from .llvm_util import (first_lanes, for_range, new_shared_function, shared_functions, splat,
+                        unique_name)
 from .target import CpuTarget
 
 __all__ = ["GemmKernel", "emit_gemm"]
@@ -133,46 +134,6 @@ def _row_ptrs(b: ir.IRBuilder, base, ld, rows: int, tag: str) -> list:
         off = ld if r == 1 else b.mul(ld, _i64(r), name=f"{tag}.ld.x{r}")
         out.append(b.gep(base, [off], source_etype=F32, name=f"{tag}.row{r}"))
     return out
-
-
-class _Loop:
-    """for (i = start; i < stop; i += step) with an i64 induction variable `i`.
-
-    with _Loop(b, start, stop, step, "k") as i:  body...
-    The body may create blocks; the back-edge leaves from wherever the builder ends up.
-    """
-
-    def __init__(self, b: ir.IRBuilder, start, stop, step, name: str):
-        self.b, self.name = b, name
-        self.start = start if isinstance(start, ir.Value) else _i64(start)
-        self.stop = stop if isinstance(stop, ir.Value) else _i64(stop)
-        self.step = step if isinstance(step, ir.Value) else _i64(step)
-
-    def __enter__(self):
-        b, n = self.b, self.name
-        fn = b.function
-        self.pre = b.block
-        self.head = fn.append_basic_block(n + ".head")
-        self.body = fn.append_basic_block(n + ".body")
-        self.exit = fn.append_basic_block(n + ".exit")
-        b.branch(self.head)
-        b.position_at_end(self.head)
-        self.i = b.phi(I64, name=n)
-        self.i.add_incoming(self.start, self.pre)
-        cond = b.icmp_signed("<", self.i, self.stop, name=n + ".cond")
-        b.cbranch(cond, self.body, self.exit)
-        b.position_at_end(self.body)
-        return self.i
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            return False
-        b = self.b
-        nxt = b.add(self.i, self.step, name=self.name + ".next")
-        self.i.add_incoming(nxt, b.block)
-        b.branch(self.head)
-        b.position_at_end(self.exit)
-        return False
 
 
 def _leftover_rows(b: ir.IRBuilder, rem: ir.Value, mr: int, call_rows: Callable) -> None:
@@ -509,7 +470,7 @@ class _Gen:
         else:
             masks = [first_lanes(vw, tail_lanes) if (v == nvec - 1 and tail_lanes < vw) else None
                      for v in range(nvec)]
-        with _Loop(b, 0, nrows, 1, "r") as r:
+        with for_range(b, 0, nrows, 1, "r") as r:
             crow = b.gep(C, [b.mul(r, ldc)], source_etype=F32, name="c.row")
             rowr = b.add(row, r, name="row.r")
             for v in range(nvec):
@@ -592,14 +553,14 @@ class _Gen:
             self.emit_small_m(b, A, lda, Bp, None, C, ldc, m0, m1, extra)
             b.branch(ret)
             b.position_at_end(blocked)
-            with _Loop(b, 0, npan, pan_blk, "jp") as jp:            # NC block of panels
+            with for_range(b, 0, npan, pan_blk, "jp") as jp:            # NC block of panels
                 jp_end = smin(b, b.add(jp, _i64(pan_blk), name="jp.end0"), _i64(npan), "jp.end")
                 full_end = smin(b, jp_end, _i64(nfull), "jp.full.end")
-                with _Loop(b, 0, K, kc_blk, "pc") as pc:             # KC block
+                with for_range(b, 0, K, kc_blk, "pc") as pc:             # KC block
                     kc = smin(b, b.sub(_i64(K), pc, name="k.left"), _i64(kc_blk), "kc")
                     first = b.icmp_signed("==", pc, _i64(0), name="first")
                     last = b.icmp_signed(">=", b.add(pc, kc, name="pc.end"), _i64(K), name="last")
-                    with _Loop(b, m0, m1, cfg.mc, "ic") as ic:        # MC block of rows
+                    with for_range(b, m0, m1, cfg.mc, "ic") as ic:        # MC block of rows
                         ic_end = smin(b, b.add(ic, _i64(cfg.mc), name="ic.end0"), m1, "ic.end")
                         a_blk = b.gep(A, [pc], source_etype=F32, name="a.blk")
                         nrows = b.sub(ic_end, ic, name="ic.rows")
@@ -613,7 +574,7 @@ class _Gen:
                                    first=first, last=last, ic=ic, ic_end=ic_end,
                                    tiles_end=tiles_end, ap=ap, extra=extra)
                         if nfull:
-                            with _Loop(b, jp, full_end, 1, "p") as p:    # B micro-panels
+                            with for_range(b, jp, full_end, 1, "p") as p:    # B micro-panels
                                 self.emit_row_tiles(b, p, full_ukrs, nr, **blk)
                         if tail:
                             has_tail = b.icmp_signed("==", jp_end, _i64(npan), name="has.tail")
@@ -637,7 +598,7 @@ class _Gen:
                    first=yes, last=yes, ic=m0, ic_end=m1, tiles_end=m0, ap=None, extra=extra)
         if nfull:
             ukrs = {r: self.ukr(r, nr, b_direct=direct) for r in range(1, mr)}
-            with _Loop(b, 0, nfull, 1, "sp") as p:
+            with for_range(b, 0, nfull, 1, "sp") as p:
                 self.emit_row_tiles(b, p, ukrs, nr, skip_tiles=True, **blk)
         if tail:
             ukrs = {r: self.ukr(r, tail, b_direct=direct) for r in range(1, mr)}
@@ -646,13 +607,13 @@ class _Gen:
     def emit_pack_a(self, b, a_blk, lda, ic, tiles_end, kc, ap):
         """ap[(ir-ic)*kc + k*MR + r] = A[ir + r, pc + k] for the full MR-row tiles."""
         mr = self.cfg.mr
-        with _Loop(b, ic, tiles_end, mr, "pa.ir") as irow:
+        with for_range(b, ic, tiles_end, mr, "pa.ir") as irow:
             dst = b.gep(ap, [b.mul(b.sub(irow, ic, name="pa.rel"), kc, name="pa.toff")],
                         source_etype=F32, name="pa.dst")
             srcs = [b.gep(a_blk, [b.mul(b.add(irow, _i64(r), name=f"pa.row{r}"), lda,
                                         name=f"pa.roff{r}")],
                           source_etype=F32, name=f"pa.src{r}") for r in range(mr)]
-            with _Loop(b, 0, kc, 1, "pa.k") as k:
+            with for_range(b, 0, kc, 1, "pa.k") as k:
                 d = b.gep(dst, [b.mul(k, _i64(mr), name="pa.koff")], source_etype=F32,
                           name="pa.d")
                 for r in range(mr):
@@ -689,7 +650,7 @@ class _Gen:
                           last, irow, col, extra)
 
         if not skip_tiles:
-            with _Loop(b, ic, tiles_end, mr, "ir") as irow:
+            with for_range(b, ic, tiles_end, mr, "ir") as irow:
                 call(ukrs[mr], irow, ap is not None, _i64(mr))
         _leftover_rows(b, b.sub(ic_end, tiles_end, name="rows.left"), mr,
                        lambda r: call(ukrs[r], tiles_end, False, _i64(r)))

@@ -12,10 +12,10 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .common import smin
-from .gemm import F32, I1, I64, VOID, _Gen, _i64, _lane_mask, _leftover_rows, _Loop, _vec
+from .gemm import F32, I1, I64, VOID, _Gen, _i64, _lane_mask, _leftover_rows, _vec
 from .gemm_epilogue import EpilogueContext
 from .gemm_pack import GemmConfig, gemm_config
-from .llvm_util import OPAQUE_PTR as PTR, masked_load_vector
+from .llvm_util import OPAQUE_PTR as PTR, for_range, masked_load_vector
 from .target import CpuTarget
 
 RUNTIME_KC = 256  # K block: a KC x NR panel of B stays in L1 across the row tiles
@@ -82,17 +82,17 @@ def _emit_runtime_driver(m: ir.Module, g: _Gen, ukrs: dict) -> ir.Function:
                  "has_bias"])
     A, lda, B, ldb, pstride, K, N, C, ldc, m0, m1, bias, has_bias = fn.args
     npan = b.udiv(b.add(N, _i64(NR - 1)), _i64(NR), name="npan")
-    with _Loop(b, 0, K, RUNTIME_KC, "pc") as pc:
+    with for_range(b, 0, K, RUNTIME_KC, "pc") as pc:
         kc = smin(b, b.sub(K, pc), _i64(RUNTIME_KC), "kc")
         first = b.icmp_signed("==", pc, _i64(0), name="first")
         last = b.icmp_signed(">=", b.add(pc, kc, name="pc.end"), K, name="last")
         apc = b.gep(A, [pc], source_etype=F32, name="a.pc")
-        with _Loop(b, m0, m1, cfg.mc, "ic") as ic:  # MC x KC block of A: L2-resident
+        with for_range(b, m0, m1, cfg.mc, "ic") as ic:  # MC x KC block of A: L2-resident
             ic_end = smin(b, b.add(ic, _i64(cfg.mc)), m1, "ic.end")
             rows = b.sub(ic_end, ic, name="rows")
             tiles_end = b.add(ic, b.mul(b.udiv(rows, _i64(mr)), _i64(mr)), name="tiles.end")
             rem = b.sub(ic_end, tiles_end, name="rows.left")
-            with _Loop(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
+            with for_range(b, 0, npan, 1, "p") as p:  # KC x NR panel of B: L1-resident
                 col = b.mul(p, _i64(NR), name="col")
                 ncols = smin(b, b.sub(N, col), _i64(NR), "ncols")
                 bpan = b.gep(B, [b.add(b.mul(p, pstride), b.mul(pc, ldb))], source_etype=F32,
@@ -105,7 +105,7 @@ def _emit_runtime_driver(m: ir.Module, g: _Gen, ukrs: dict) -> ir.Function:
                     g.call_ukr(b, ukr, None, [a, lda, bpan, ldb, c, ldc, kc, first, ncols],
                                nrows, last, i, col, [bias, has_bias])
 
-                with _Loop(b, ic, tiles_end, mr, "i") as i:
+                with for_range(b, ic, tiles_end, mr, "i") as i:
                     call(ukrs[mr], i, _i64(mr))
                 _leftover_rows(b, rem, mr, lambda r: call(ukrs[r], tiles_end, _i64(r)))
     b.ret_void()
@@ -120,7 +120,7 @@ def _emit_runtime_pack(m: ir.Module, cfg: GemmConfig) -> ir.Function:
     B.add_attribute("noalias")
     Bp.add_attribute("noalias")
     npan = b.udiv(b.add(N, _i64(NR - 1)), _i64(NR), name="npan")
-    with _Loop(b, 0, npan, 1, "p") as p:
+    with for_range(b, 0, npan, 1, "p") as p:
         col = b.mul(p, _i64(NR), name="col")
         full = b.icmp_signed(">=", b.sub(N, col), _i64(NR), name="full")
         masks = [_lane_mask(b, vw, 0, b.sub(N, b.add(col, _i64(v * vw))), f"m{v}")
@@ -130,7 +130,7 @@ def _emit_runtime_pack(m: ir.Module, cfg: GemmConfig) -> ir.Function:
         with b.if_else(full) as (whole, part):
             for masked, blk in ((False, whole), (True, part)):
                 with blk:
-                    with _Loop(b, 0, K, 1, "k" + ("m" if masked else "")) as k:
+                    with for_range(b, 0, K, 1, "k" + ("m" if masked else "")) as k:
                         src = b.gep(src0, [b.mul(k, ldb)], source_etype=F32, name="src")
                         dst = b.gep(dst0, [b.mul(k, _i64(NR))], source_etype=F32, name="dst")
                         for v in range(nv):

@@ -310,12 +310,6 @@ def all_finite(b: ir.IRBuilder, p: ir.Value, n: int, vw: int, name: str = "finit
     return b.icmp_unsigned("==", found, ir.Constant(found.type, 0), name=name)
 
 
-def float_bits_constant(x: float) -> str:
-    """The exact hex spelling LLVM IR text needs for a float32 constant (a decimal that is
-    not exactly representable fails to parse)."""
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(x))))[0]
-
-
 def shared_functions(module: ir.Module) -> dict:
     """The module's functions by what decides their code (a GEMM micro-kernel's tile, a
     Winograd transform's size): a kernel asks here before it generates one, so every kernel

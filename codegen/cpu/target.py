@@ -225,18 +225,6 @@ class CpuTarget:
     def has_avx2(self) -> bool:
         return "avx2" in self.feature_set
 
-    @property
-    def function_string_attributes(self) -> dict[str, str]:
-        """String function attributes worth putting on auto-vectorized functions.
-
-        llvmlite cannot add string attributes to an ir.Function (ValueError); they must be
-        written into the IR text (the `define` line or an attribute group).
-        """
-        attrs = {"target-cpu": self.cpu, "target-features": self.features}
-        if self.vector_width == 16:
-            attrs["prefer-vector-width"] = "512"
-        return attrs
-
     # ---- LLVM objects -----------------------------------------------------------------
 
     def create_target_machine(self, *, aot: bool = False, opt: int = 3) -> llvm.TargetMachine:
