@@ -487,7 +487,7 @@ def test_one_image_gemm_conv_is_cut_for_threads():
     g.outputs.append(y)
     args = [rand(1, 40, 30, 30)]
     for threads in (1, 2):
-        mod = slimc.compile(g, threads=threads, disable_passes=["layout"])
+        mod = slimc.compile(g, threads=threads, disable_passes=["layout"], target="x86-64-v3")
         (k,) = mod.kernels
         assert k.parallel_extent >= 2, k.parallel_extent
         np.testing.assert_allclose(mod(*args)[0], interpret(g, *args)[0], rtol=1e-4, atol=1e-4)
