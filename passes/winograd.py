@@ -206,10 +206,9 @@ PRIOR_HOST = "AMD EPYC Zen 3 (znver3, AVX2), one thread"
 # machine of that kind: a compile there uses them and measures nothing, and two machines of
 # one kind make the same choices. (cpu, floats a vector) -> factors.
 SHIPPED_FACTORS = {
-    # AMD EPYC Zen 4, 2026-12-06: the medians of three calibrations (direct 0.640-0.657,
-    # F2 0.704-0.749, F4 0.612-0.718); measured before the blocked path had a factor of its
-    # own, so it is priced as direct there (`predict`) until a Zen 4 calibrates again
-    ("znver4", 16): {"direct": 0.648, "F2": 0.705, "F4": 0.638},
+    # AMD EPYC Zen 4, 2026-12-07: the medians of four calibrations (direct 0.626-0.642,
+    # blocked 0.474-0.480, F2 0.643-0.665, F4 0.545-0.574)
+    ("znver4", 16): {"direct": 0.629, "blocked": 0.477, "F2": 0.653, "F4": 0.567},
     # Intel Xeon (Emerald Rapids), 2026-12-07: the medians of four calibrations (direct
     # 0.495-0.560, blocked 0.355-0.403, F2 0.670-0.782, F4 0.827-0.939)
     ("emeraldrapids", 16): {"direct": 0.516, "blocked": 0.361, "F2": 0.692, "F4": 0.864},
