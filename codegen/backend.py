@@ -3,8 +3,9 @@
 `slimc.compile` (slimc/compiler.py builds the pipeline, slimc/driver.py drives the rest) asks
 a backend five things, in this order, and nothing else about the target:
 
-1. `pipeline_passes(opt_level)`: the graph passes this target adds after the standard ones
-   and the user's (the CPU's Winograd rewrite and blocked layout), configured for it.
+1. `pipeline_passes(opt_level, disabled)`: the graph passes this target adds after the
+   standard ones and the user's (the CPU's Winograd rewrite and blocked layout), configured
+   for it and for the passes the user turned off.
 2. What it can fuse, for the target-neutral planner (codegen/fusion.py), which reads each
    op's declared `FusionKind` and then asks: `lowers(node)`, `can_inline(node)` (computed
    where it is read, no loop nest of its own), `reads_operands_inline(anchor)` and
@@ -130,8 +131,10 @@ class Backend:
     kind = "none"
 
     # ---- 1. the pipeline ------------------------------------------------------------------
-    def pipeline_passes(self, opt_level: int) -> list:
-        """Passes (instances, configured for this target) after the standard and user passes."""
+    def pipeline_passes(self, opt_level: int, disabled: frozenset = frozenset()) -> list:
+        """Passes (instances, configured for this target) after the standard and user passes.
+        `disabled` names the passes the user turned off (the pipeline drops them itself): a
+        pass that prices the work of another needs to know that the other will not run."""
         return []
 
     # ---- 2. capabilities ------------------------------------------------------------------

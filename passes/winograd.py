@@ -456,11 +456,14 @@ def _ms(s: float) -> str:
 class Winograd(Pass):
     """The `winograd` pass. opt_level decides the tiles allowed (`tiles_for_level`); `force`
     ("direct", 2 or 4) overrides the cost model; `model` is the target's cost model (the
-    backend gives it; without one, the built-in coefficients)."""
+    backend gives it; without one, the built-in coefficients); `blocked_direct`: whether a
+    direct conv over whole vectors of channels will run blocked (the layout pass follows),
+    else it is priced as im2col and a GEMM."""
 
     opt_level: int = 2
     force: object = None
     model: Optional[CostModel] = None
+    blocked_direct: bool = True
     name: str = "winograd"
 
     def __post_init__(self):
@@ -481,8 +484,8 @@ class Winograd(Pass):
         if not allowed:
             return None, f"direct: -O{self.opt_level} allows no Winograd tile"
         model = self.model or CostModel()
-        direct = "blocked" if layer.cin % model.vw == 0 and layer.cout % model.vw == 0 \
-            else "direct"
+        direct = "blocked" if self.blocked_direct and layer.cin % model.vw == 0 and \
+            layer.cout % model.vw == 0 else "direct"
         times = {"direct": model.predict(direct, layer)}
         for t in TILES:
             times[t] = model.predict(f"F{t}", layer)

@@ -92,7 +92,8 @@ def pipeline(target: "str | Target", opt_level: int = 2, user_passes: Sequence =
     backend = Target.of(target).backend
     graph_passes_off = [n for n in disable_passes if n not in CODEGEN_STAGES]
     return standard_pipeline(opt_level, user_passes, graph_passes_off,
-                             target_passes=backend.pipeline_passes(opt_level))
+                             target_passes=backend.pipeline_passes(
+                                 opt_level, frozenset(graph_passes_off)))
 
 
 class Module:

@@ -469,6 +469,20 @@ def test_direct_is_priced_as_the_blocked_kernel_where_it_runs():
     assert table.predict("blocked", layer) == pytest.approx(table.predict("direct", layer))
 
 
+def test_direct_is_priced_as_im2col_when_the_layout_pass_is_off():
+    """With ``disable_passes=["layout"]`` a direct conv runs im2col and a GEMM, so the
+    pipeline's Winograd pass prices it so, whatever its channels."""
+    from slimc.compiler import pipeline
+
+    layer = conv_graph(1, 512, 512, 7, 7).nodes[0]
+    by_default = [p for p in pipeline("x86-64-v4", 2) if p.name == "winograd"][0]
+    without_layout = [p for p in pipeline("x86-64-v4", 2, disable_passes=["layout"])
+                      if p.name == "winograd"][0]
+    assert "direct (blocked)" in by_default.decide(layer)[1]
+    assert "direct (blocked)" not in without_layout.decide(layer)[1]
+    assert "predicted direct " in without_layout.decide(layer)[1]
+
+
 def test_calibration_prices_blocked_over_the_shapes_it_ran():
     """A shape whose channels are not whole vectors has no blocked measurement: the blocked
     factor comes from the shapes that have one."""

@@ -177,15 +177,17 @@ class CpuBackend(Backend):
         return f"CpuBackend({self.target.name}: {self.target.cpu}, {self.target.vector_width} floats a vector)"
 
     # ---- the pipeline -------------------------------------------------------------------------
-    def pipeline_passes(self, opt_level: int) -> list:
+    def pipeline_passes(self, opt_level: int, disabled: frozenset = frozenset()) -> list:
         from slimc.passes.layout import Layout
         from slimc.passes.sparsify import Sparsify
         from slimc.passes.winograd import Winograd
 
         if opt_level < 2:
             return []
+        # without the layout pass a direct conv runs im2col and a GEMM, and is priced so
         return [Sparsify(model=self.sparse_model()),
-                Winograd(opt_level=opt_level, model=self.winograd_model()),
+                Winograd(opt_level=opt_level, model=self.winograd_model(),
+                         blocked_direct="layout" not in disabled),
                 Layout(block=self.target.vector_width)]
 
     def sparse_model(self):
