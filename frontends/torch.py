@@ -293,7 +293,6 @@ REFUSED = {
     "aten._native_batch_norm_legit_functional": "batch norm with batch statistics: the module "
                                                 "is in training mode (module.eval())",
     "aten._fft": "FFTs compute complex tensors",
-    "aten.as_strided": "views of raw storage (as_strided)",
     **{f"aten.{r}": "random numbers" for r in (
         "rand", "randn", "randint", "randperm", "bernoulli", "uniform", "normal",
         "exponential", "multinomial", "poisson")},

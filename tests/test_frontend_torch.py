@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import slimc
+
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -238,6 +240,19 @@ def test_1d_and_3d_layers():
     check(nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.MaxPool3d(2), nn.ReplicationPad3d(1),
                         nn.Upsample(scale_factor=2, mode="trilinear"), nn.AdaptiveAvgPool3d(1)),
           randn(1, 2, 4, 6, 6))
+
+
+def test_as_strided_views():
+    """as_strided of a row-major tensor: Swin's pooler (AdaptiveAvgPool1d(1) over a transposed
+    sequence restrides the pooled result), a view that reads the elements in order, and
+    overlapping windows (a gather); one of a transposed tensor indexes storage whose order is
+    not its element order, and is refused with the reason."""
+    x = randn(2, 16, 6)
+    check(Fn(lambda x: torch.flatten(nn.AdaptiveAvgPool1d(1)(x.transpose(1, 2)), 1)), x)
+    check(Fn(lambda x: (x.as_strided((8, 24), (24, 1)) * 2,
+                        (x + 1).as_strided((5, 4), (3, 1), 2))), x)
+    with pytest.raises(slimc.UnsupportedError, match="not laid out row-major"):
+        slimc.from_torch(Fn(lambda x: x.transpose(1, 2).as_strided((6, 4), (1, 6))).eval(), (x,))
 
 
 def test_linear_algebra():

@@ -44,6 +44,53 @@ def view(ctx):
     return ctx.emit("reshape", [x, ctx.shape_value(sizes)])
 
 
+def _row_major_strides(shape) -> list:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return strides[::-1]
+
+
+def _is_row_major(shape, strides) -> bool:
+    """Whether `strides` lay `shape` out in row-major order (dims of size 1 have any stride)."""
+    return all(n == 1 or st == want for n, st, want in
+               zip(shape, strides, _row_major_strides(shape)))
+
+
+@converter(aten.as_strided.default, aten.as_strided_copy.default)
+def as_strided(ctx):
+    """A view of the input's storage at the given sizes, strides and offset. slimc's values
+    have no storage, only their elements in row-major order, so it is taken where the input
+    tensor is laid out so in PyTorch (what the strides then index) and every size is static:
+    a reshape where the view reads the elements in order (AdaptiveAvgPool1d's decomposition
+    restrides a pooled [N, C, 1, 1] that way), else a gather of the flattened input at the
+    view's element offsets."""
+    x = ctx.tensor("self")
+    val = ctx.meta("self")
+    sizes, strides = ctx.ints("size"), ctx.ints("stride")
+    offset = int(ctx.raw.get("storage_offset") or 0)
+    shape, layout = list(val.shape), list(val.stride()) + [val.storage_offset()]
+    if not all(isinstance(n, int) for n in shape + layout):
+        ctx.unsupported("as_strided of a tensor of symbolic shape")
+    if not _is_row_major(shape, layout[:-1]) or layout[-1] != 0:
+        ctx.unsupported(f"as_strided of a tensor that is not laid out row-major in PyTorch "
+                        f"(strides {tuple(val.stride())}, offset {val.storage_offset()}): "
+                        f"its storage order is not its element order")
+    if len(sizes) != len(strides) or any(n < 0 for n in sizes) or any(s < 0 for s in strides):
+        ctx.fail(f"as_strided sizes {sizes} and strides {strides} do not describe a view")
+    numel = int(np.prod(shape, dtype=np.int64))
+    grid = np.indices(sizes, dtype=np.int64) if sizes else np.zeros((0,), np.int64)
+    where = offset + sum((g * st for g, st in zip(grid, strides)), np.zeros(sizes, np.int64))
+    if where.size and (where.min() < 0 or where.max() >= numel):
+        ctx.fail(f"as_strided(size={sizes}, stride={strides}, storage_offset={offset}) reads "
+                 f"outside the input's {numel} elements")
+    if where.size == numel and np.array_equal(where.reshape(-1), np.arange(numel)):
+        return ctx.emit("reshape", [x, ctx.shape_value(sizes)])
+    flat = ctx.emit("reshape", [x, ctx.const([-1], np.int64)])
+    return ctx.emit("gather", [flat, ctx.const(where)], axis=0)
+
+
 @converter(aten.narrow_copy.default)
 def narrow_copy(ctx):
     x = ctx.tensor("self")
