@@ -107,3 +107,45 @@ graph @g(%x: f32[8]) -> (f32[8], f32[8], f32[1]) {
         # NaN where NaN, infinities exactly, finite values within exp's 1-ulp bound
         np.testing.assert_allclose(a, b, rtol=2e-7, atol=0)
     assert np.isnan(got[0][0]) and np.isnan(got[1][0]) and np.isnan(got[2][0])
+
+
+INT_DIVISION = """# slimc-ir v1
+graph @g(%x: {t}[6], %y: {t}[6]) -> ({t}[6], {t}[6], {t}[6]) {{
+  %q = div(%x, %y) : {t}[6]
+  %m = mod(%x, %y) : {t}[6]
+  %f = mod(%x, %y) {{fmod=1}} : {t}[6]
+  return %q, %m, %f
+}}
+"""
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64])
+def test_integer_division_of_the_minimum_by_minus_one_does_not_trap(dtype):
+    """x86's idiv traps (SIGFPE, the process dies) on MIN / -1 and on a zero divisor: both
+    give numpy's wrapped answers here (MIN, remainder 0) and 0 for a zero divisor; run in a
+    child process, so a trap fails the test instead of killing the run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    t = {np.int8: "i8", np.int32: "i32", np.int64: "i64"}[dtype]
+    child = textwrap.dedent(f"""
+        import numpy as np, slimc
+        from slimc.ir import interpret, parse
+        g = parse({INT_DIVISION.format(t=t)!r})
+        lo = np.iinfo(np.{dtype.__name__}).min
+        x = np.array([lo, lo, 7, -7, lo, 5], np.{dtype.__name__})
+        y = np.array([-1, 1, -1, 2, 3, 0], np.{dtype.__name__})
+        got = slimc.compile(g)(x, y)
+        with np.errstate(all="ignore"):
+            want = interpret(g, x, y)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a[:5], b[:5])
+            assert a[5] == 0
+        print("ok", got[0][0], got[1][0], got[2][0])
+    """)
+    run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    lo = np.iinfo(dtype).min
+    assert run.stdout.split()[-4:] == ["ok", str(lo), "0", "0"]

@@ -198,12 +198,25 @@ class Emitter:
         return self.b.zext(bit, t)
 
 
-def _int_div(e: Emitter, x, y):
+def _safe_divisor(e: Emitter, y):
+    """(y == 0, y == -1 for a signed type, the divisor to divide by): x86's idiv traps on a
+    zero divisor and on the minimum value over -1 (its quotient overflows), and a trap kills
+    the process, so those divide by 1 and their results are chosen after: 0 for a zero
+    divisor (ONNX leaves it undefined), -x wrapped (numpy's answer) and a remainder of 0."""
     zero = e.c(y, 0)
     is_zero = e.b.icmp_unsigned("==", y, zero)
-    safe = e.select(is_zero, e.c(y, 1), y)
-    q = e.b.sdiv(x, safe) if e.dtype.is_signed else e.b.udiv(x, safe)
-    return e.select(is_zero, zero, q)
+    if not e.dtype.is_signed:
+        return is_zero, None, e.select(is_zero, e.c(y, 1), y)
+    is_minus_one = e.b.icmp_signed("==", y, e.c(y, -1))
+    return is_zero, is_minus_one, e.select(e.b.or_(is_zero, is_minus_one), e.c(y, 1), y)
+
+
+def _int_div(e: Emitter, x, y):
+    is_zero, is_minus_one, safe = _safe_divisor(e, y)
+    if is_minus_one is None:
+        return e.select(is_zero, e.c(y, 0), e.b.udiv(x, safe))
+    q = e.select(is_minus_one, e.b.sub(e.c(x, 0), x), e.b.sdiv(x, safe))
+    return e.select(is_zero, e.c(y, 0), q)
 
 
 def _div(e, a, _):
@@ -233,8 +246,7 @@ def _mod(e, a, attrs):
                        e.b.xor(e.lt(r, e.c(r, 0.0)), e.lt(y, e.c(y, 0.0))))
         return e.select(fix, e.add(r, y), r)
     zero = e.c(y, 0)
-    is_zero = e.b.icmp_unsigned("==", y, zero)
-    safe = e.select(is_zero, e.c(y, 1), y)
+    is_zero, _, safe = _safe_divisor(e, y)  # x rem 1 is x rem -1: 0
     if not e.dtype.is_signed:
         return e.select(is_zero, zero, e.b.urem(x, safe))
     r = e.b.srem(x, safe)

@@ -101,10 +101,12 @@ def _div(a, b):
     if a.dtype.kind not in "iu":
         return np.divide(a, b)
     a, b = np.broadcast_arrays(a, b)
-    safe = np.where(b == 0, 1, b)
-    q = np.abs(a) // np.abs(safe)
+    safe = np.where(b == 0, 1, b).astype(a.dtype)
+    with np.errstate(over="ignore"):  # MIN // -1 wraps to MIN, as two's complement does
+        q = np.floor_divide(a, safe)  # (not |a| // |b|: |MIN| is MIN)
+        inexact = (a - q * safe) != 0
     if a.dtype.kind == "i":
-        q = np.where((a < 0) ^ (safe < 0), -q, q)
+        q = np.where(inexact & ((a < 0) ^ (safe < 0)), q + 1, q)
     return np.where(b == 0, 0, q).astype(a.dtype)
 
 
