@@ -3,6 +3,8 @@
 Every case gets a clear slimc error or the right answer; the process neither dies nor grows.
 """
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -149,3 +151,25 @@ def test_integer_division_of_the_minimum_by_minus_one_does_not_trap(dtype):
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     lo = np.iinfo(dtype).min
     assert run.stdout.split()[-4:] == ["ok", str(lo), "0", "0"]
+
+
+@pytest.mark.parametrize("op, indices, bad", [
+    ("gather(%x, %i) {axis=0} : f32[2,3]", "i64[2] = [1, 7]", "index 7 at [1]"),
+    ("gather(%x, %i) {axis=0} : f32[2,3]", "i64[2] = [-6, 0]", "index -6 at [0]"),
+    ("gather_elements(%x, %i) {axis=1} : f32[1,3]", "i64[1,3] = [0, 3, 1]", "index 3 at [0, 1]"),
+    ("gather_nd(%x, %i) : f32[2]", "i64[2,2] = [4, 2, 1, 3]", "index 3 at [1, 1]"),
+    ("scatter_elements(%x, %i, %x) {axis=0} : f32[5,3]",
+     "i64[5,3] = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0, 1, 2, 3]", "index 5 at [1, 2]"),
+])
+def test_constant_indices_out_of_range_are_refused_at_compile_time(op, indices, bad):
+    """The compiled code has no way to raise at run time (it reads element 0 for an index
+    out of range); a constant one is the model's error, named with its node."""
+    g = f"""# slimc-ir v1
+graph @g(%x: f32[5,3]) -> ({op.split(' : ')[1]}) {{
+  const %i: {indices}
+  %y = {op} loc("pick")
+  return %y
+}}
+"""
+    with pytest.raises(slimc.ModelError, match=rf"'pick'.*{re.escape(bad)} .*outside"):
+        slimc.compile(parse(g))

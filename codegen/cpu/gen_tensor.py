@@ -18,7 +18,8 @@ Not lowered: nonzero, compress and unique, whose output sizes depend on the data
 backend compiles static shapes only, so `compile` refuses them by name (slimc/driver.py check_lowerable).
 
 Out-of-range indices (the reference raises) are clamped to element 0 so that no load or store
-leaves its buffer; negative ones count from the end as in the reference.
+leaves its buffer; negative ones count from the end as in the reference. Constant indices out
+of range are refused at compile time (ir/ops/gather_scatter.py `_check_constant_indices`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,23 @@ OPAQUE = FusionKind.OPAQUE
 
 
 # ----- gathers ----------------------------------------------------------------------------
+def _check_constant_indices(ctx: InferContext, sizes, i: int = 1) -> None:
+    """Constant indices (input i) outside [-n, n) for the dimension each indexes (`sizes`,
+    broadcast against them) are the model's error, said at compile time: the compiled code
+    cannot raise at run time, and reads element 0 for such an index."""
+    idx = ctx.const(i)
+    sizes = np.asarray(sizes, dtype=object)
+    if idx is None or idx.size == 0 or not all(isinstance(n, (int, np.integer))
+                                               for n in sizes.reshape(-1)):
+        return
+    n = np.broadcast_to(sizes.astype(np.int64), idx.shape)
+    bad = (idx < -n) | (idx >= n)
+    if np.any(bad):
+        where = tuple(int(w[0]) for w in np.nonzero(bad))
+        ctx.fail(f"index {int(idx[where])} at {list(where)} of the constant indices (input {i})"
+                 f" is outside [-{int(n[where])}, {int(n[where]) - 1}], the dimension it indexes")
+
+
 def _gather(data, indices, axis=0):
     axis = axis + data.ndim if axis < 0 else axis
     return np.take(data, _wrap_indices(indices, data.shape[axis]), axis=axis)
@@ -28,6 +45,7 @@ def _infer_gather(ctx: InferContext) -> TensorType:
     data, idx = ctx[0], ctx[1]
     _check_index_dtype(ctx, 1)
     axis = normalize_axis(ctx.attrs["axis"], data.rank, ctx)
+    _check_constant_indices(ctx, data.shape[axis])
     return TensorType(data.dtype, data.shape[:axis] + idx.shape + data.shape[axis + 1:])
 
 
@@ -45,7 +63,7 @@ def _infer_gather_elements(ctx: InferContext) -> TensorType:
     _check_index_dtype(ctx, 1)
     if data.rank != idx.rank or data.rank == 0:
         ctx.fail(f"data {data} and indices {idx} must have the same rank >= 1")
-    normalize_axis(ctx.attrs["axis"], data.rank, ctx)
+    _check_constant_indices(ctx, data.shape[normalize_axis(ctx.attrs["axis"], data.rank, ctx)])
     return TensorType(data.dtype, idx.shape)
 
 
@@ -89,6 +107,7 @@ def _infer_gather_nd(ctx: InferContext) -> TensorType:
         ctx.fail(f"indices {idx} index {k} dimensions past {b} batch dims of data {data}")
     batch = [_same_dim(a, c, ctx, f"batch dimensions of {data} and {idx} differ")
              for a, c in zip(data.shape[:b], idx.shape[:b])]
+    _check_constant_indices(ctx, np.array(data.shape[b:b + k], dtype=object))
     return TensorType(data.dtype, tuple(batch) + idx.shape[b:-1] + data.shape[b + k:])
 
 
@@ -131,6 +150,7 @@ def _infer_scatter_nd(ctx: InferContext) -> TensorType:
     k = idx.shape[-1] if idx.rank else None
     if not isinstance(k, int) or k > data.rank:
         ctx.fail(f"indices {idx} must end in a static dimension <= rank of data {data}")
+    _check_constant_indices(ctx, np.array(data.shape[:k], dtype=object))
     want = idx.shape[:-1] + data.shape[k:]
     if upd.rank != len(want) or upd.dtype != data.dtype:
         ctx.fail(f"updates {upd} do not match {data.dtype}[{','.join(map(str, want))}]")
@@ -155,9 +175,10 @@ def _infer_scatter_elements(ctx: InferContext) -> TensorType:
     data, idx, upd = ctx[0], ctx[1], ctx[2]
     _check_index_dtype(ctx, 1)
     _check_reduction(ctx)
-    normalize_axis(ctx.attrs["axis"], data.rank, ctx)
+    axis = normalize_axis(ctx.attrs["axis"], data.rank, ctx)
     if not (data.rank == idx.rank == upd.rank) or upd.dtype != data.dtype:
         ctx.fail(f"data {data}, indices {idx} and updates {upd} must have one rank")
+    _check_constant_indices(ctx, data.shape[axis])
     for a, c in zip(idx.shape, upd.shape):
         _same_dim(a, c, ctx, f"indices {idx} and updates {upd} differ in shape")
     return data
