@@ -15,7 +15,7 @@ or as a decorated function::
     def drop_identities(graph) -> bool: ...
 
 The PassManager runs passes in order and, around each one: verifies the IR (``verify=True``,
-or ``SLIMC_VERIFY=1``), times it, prints the IR (``SLIMC_PRINT_IR=after-all``,
+or ``SLIMC_VERIFY=1``; after the passes in ``check_after``, the user's, always), times it, prints the IR (``SLIMC_PRINT_IR=after-all``,
 ``after-change``, or ``after:fold_constants,cse``), and writes one numbered file per pass into
 ``dump_dir``. A pass that breaks the IR or crashes raises an `InternalError` naming the pass,
 and the IR from before it is written out (``<dump_dir or tmp>/reproducer-<pass>.slimc``) with
@@ -94,6 +94,12 @@ class PassReport:
         return "\n".join(lines)
 
 
+def _signature(graph: Graph) -> tuple:
+    """What no pass may change: how many outputs the model has, each one's dtype and rank."""
+    return (len(graph.outputs),) + tuple(f"{v.type.dtype}[rank {v.type.rank}]"
+                                         for v in graph.outputs)
+
+
 def _print_rule() -> tuple[str, set]:
     spec = os.environ.get("SLIMC_PRINT_IR", "")
     if spec.startswith("after:"):
@@ -103,10 +109,14 @@ def _print_rule() -> tuple[str, set]:
 
 class PassManager:
     def __init__(self, passes: Sequence[Pass] = (), verify: Optional[bool] = None,
-                 dump_dir: Optional[str] = None):
+                 dump_dir: Optional[str] = None, check_after: Sequence[Pass] = ()):
+        """`check_after`: passes verified after they run even when verification is off:
+        slimc's own are tested, a user's pass is not, and a graph it broke would compile to
+        code that returns garbage."""
         self.passes = list(passes)
         self.verify = verify if verify is not None else os.environ.get("SLIMC_VERIFY") == "1"
         self.dump_dir = dump_dir
+        self.check_after = {id(p) for p in check_after}
 
     def add(self, p: Pass) -> "PassManager":
         self.passes.append(p)
@@ -124,10 +134,12 @@ class PassManager:
                 verify(graph)
             except VerificationError as e:
                 raise ModelError(f"the graph is invalid before any pass ran: {e}") from e
+        signature = _signature(graph)
         for i, p in enumerate(self.passes, 1):
             if not bisect.allow(f"pass {p.name}"):
                 continue
-            before = str(graph) if self._needs_before(mode) else None
+            checked = self.verify or id(p) in self.check_after
+            before = str(graph) if checked or self.dump_dir else None
             start = time.perf_counter()
             graph.current_pass = p.name
             try:
@@ -143,9 +155,13 @@ class PassManager:
             finally:
                 graph.current_pass = ""
             seconds = time.perf_counter() - start
-            if self.verify:
+            if checked:
                 try:
                     verify(graph)
+                    if _signature(graph) != signature:
+                        raise VerificationError(
+                            f"it changed the model's outputs from {signature} to "
+                            f"{_signature(graph)} (count, then dtype and rank of each)")
                 except VerificationError as e:
                     path = self._reproducer(before, p)
                     raise InternalError(f"the IR is invalid after it: {e}" +
@@ -165,11 +181,6 @@ class PassManager:
             with open(os.path.join(self.dump_dir, "passes.txt"), "w") as f:
                 f.write(str(report) + "\n")
         return report
-
-    def _needs_before(self, mode: str) -> bool:
-        # Keeping the IR text before each pass costs a print; only pay it when a failure could
-        # need a reproducer (verification on) or a dump folder exists.
-        return self.verify or bool(self.dump_dir)
 
     def _write(self, graph: Graph, filename: str) -> None:
         with open(os.path.join(self.dump_dir, filename), "w") as f:

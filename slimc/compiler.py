@@ -180,7 +180,7 @@ class Module:
         passes = pipeline(self.target, self.opt_level, self.user_passes, self.disable_passes)
         times["cost_models"] = time.perf_counter() - clock  # a first calibration measures here
         clock = time.perf_counter()
-        PassManager(passes, dump_dir=self.dump_dir).run(graph)
+        PassManager(passes, dump_dir=self.dump_dir, check_after=self.user_passes).run(graph)
         times["passes"] = time.perf_counter() - clock
         compiled = build(graph, backend, options, times)
         _report_times(times, self.source_graph.name)

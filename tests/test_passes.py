@@ -123,6 +123,31 @@ def test_broken_pass_is_named_and_leaves_a_reproducer(tmp_path):
     parse(repro.read_text())  # the reproducer is valid IR
 
 
+def test_a_users_pass_is_verified_even_without_slimc_verify(monkeypatch):
+    """slimc's own passes are verified under SLIMC_VERIFY=1 (the tests); a user's pass is
+    checked after it runs whatever the setting, so a graph it broke (a type that contradicts
+    inference, the model's outputs gone) is an error naming it, not garbage from the code."""
+    monkeypatch.delenv("SLIMC_VERIFY", raising=False)
+
+    @function_pass("breaks_types")
+    def breaks(graph):
+        graph.nodes[0].outputs[0].type = TensorType(dtypes.f32, (7,))
+        return True
+
+    @function_pass("drops_outputs")
+    def drops(graph):
+        graph.outputs.clear()
+        return True
+
+    for bad, why in ((breaks, "differ from inferred"), (drops, "changed the model's outputs")):
+        with pytest.raises(slimc.InternalError, match=f"pass {bad.name}.*{why}"):
+            slimc.compile(_chain(), passes=[bad])
+    x = np.array([-1.0, 2.0], np.float32)
+    harmless = function_pass("harmless")(lambda graph: False)
+    np.testing.assert_allclose(slimc.compile(_chain(), passes=[harmless])(x)[0],
+                               interpret(_chain(), x)[0], rtol=1e-6)
+
+
 def test_crashing_pass_is_an_internal_error():
     @function_pass("crashes")
     def crashes(graph):
