@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -361,6 +361,46 @@ def _report_times(times: dict, name: str) -> dict:
     return times
 
 
+MAX_THREADS = 4096
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_options(opt_level, threads, passes) -> None:
+    """compile's arguments of the wrong kind, said in its words (not a TypeError from deep
+    inside, and not a thread count of True or 1.5 taken as 1)."""
+    if not _is_int(opt_level):
+        raise InputError(f"opt_level must be an int 0..3, got {type(opt_level).__name__} "
+                         f"{opt_level!r}")
+    if threads is not None and not (_is_int(threads) and 1 <= threads <= MAX_THREADS):
+        raise InputError(f"threads must be None (every core) or an int 1..{MAX_THREADS}, got "
+                         f"{type(threads).__name__} {threads!r}")
+    if isinstance(passes, (str, bytes)) or not isinstance(passes, Iterable):
+        raise InputError(f"passes must be a list of passes, got {type(passes).__name__}")
+    for p in passes:
+        if not (callable(p) and isinstance(getattr(p, "name", None), str)):
+            hint = (f" (a pass by name: slimc.passes.make_pass({p!r}); to turn one off: "
+                    f"disable_passes=[{p!r}])") if isinstance(p, str) else \
+                " (a Pass, or a function decorated with slimc.passes.function_pass)"
+            raise InputError(f"passes holds {type(p).__name__} {p!r}, which is not a pass{hint}")
+
+
+def _check_model_kind(model) -> None:
+    """What compile takes as a model, said where it is something else."""
+    from onnx import ModelProto
+
+    if isinstance(model, (str, os.PathLike)):
+        if os.path.isdir(model):
+            raise InputError(f"{os.fspath(model)!r} is a folder, not an ONNX file (an exported "
+                             f"slimc artifact loads with slimc.load)")
+        return
+    if not isinstance(model, (bytes, bytearray, memoryview, ModelProto)):
+        raise InputError(f"a model is an ONNX path, bytes or ModelProto, a slimc Graph, or a "
+                         f"torch.nn.Module with example_inputs; got {type(model).__name__}")
+
+
 def import_model(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
                  example_inputs=None, dynamic_shapes=None) -> Graph:
     """Anything `compile` takes as a model, as a slimc Graph of its own (a Graph is cloned, so
@@ -378,6 +418,7 @@ def import_model(model, input_shapes: Optional[Mapping[str, Sequence[int]]] = No
     if example_inputs is not None or dynamic_shapes is not None:
         raise InputError("example_inputs / dynamic_shapes are for torch.nn.Module models")
     if not isinstance(model, Graph):
+        _check_model_kind(model)
         return from_onnx(model, input_shapes=input_shapes)
     graph = model.clone()
     if input_shapes:
@@ -410,6 +451,7 @@ def compile(model, target: "str | Target" = "x86", opt_level: int = 2, threads: 
     with `buckets={dim: sizes}`, once per bucket (see `Buckets`: for models that mask what
     lies past the real length)."""
     start = time.perf_counter()
+    _check_options(opt_level, threads, passes)
     by_file = None
     if (isinstance(model, (str, os.PathLike)) and not passes and dump_dir is None
             and buckets is None):

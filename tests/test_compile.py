@@ -445,3 +445,22 @@ def test_compile_times_account_for_the_compile(tmp_path, monkeypatch, capsys):
     kernel_lines = [line for line in out.splitlines() if " s  k" in line]
     assert kernel_lines and all("matmul" in line or "relu" in line for line in kernel_lines)
     assert "part 1:" in out and "KB of IR" in out
+
+
+@pytest.mark.parametrize("model, kw, words", [
+    ("graph", dict(opt_level="2"), "opt_level must be an int"),
+    ("graph", dict(threads=1.5), "threads must be None"),
+    ("graph", dict(threads=True), "threads must be None"),
+    ("graph", dict(threads=1 << 40), "threads must be None"),
+    ("graph", dict(passes=["fusion"]), r"not a pass \(a pass by name: .*make_pass"),
+    ("graph", dict(passes=42), "passes must be a list"),
+    (42, {}, "a model is an ONNX path"),
+    ("folder", {}, "is a folder, not an ONNX file"),
+])
+def test_arguments_of_the_wrong_kind_are_named(model, kw, words, tmp_path):
+    """Not a TypeError from deep inside, and not threads=True or 1.5 taken as a count."""
+    g = parse("# slimc-ir v1\ngraph @g(%x: f32[2]) -> (f32[2]) {\n"
+              "  %b = relu(%x) : f32[2]\n  return %b\n}\n")
+    model = {"graph": g, "folder": str(tmp_path)}.get(model, model)
+    with pytest.raises(slimc.InputError, match=words):
+        slimc.compile(model, **kw)
