@@ -31,6 +31,10 @@ ARRAY_DIMS_OFFSET = 32
 ARRAY_DESCR_OFFSET = 56
 ARRAY_FLAGS_OFFSET = 64
 ARRAY_C_CONTIGUOUS = 0x1  # NPY_ARRAY_C_CONTIGUOUS
+# slots after the input dtypes in slimc_exact's `spec` array where it says which index input
+# held a value out of range: the input, the element's flat position, its value, the size of
+# the dimension it indexes, the address of the indexing node's label
+INDEX_FAULT_SLOTS = 5
 
 
 def aligned_zeros(n: int, dtype=np.uint8, align: int = ALIGN) -> np.ndarray:

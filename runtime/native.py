@@ -18,7 +18,9 @@ import numpy as np
 
 from slimc.ir.buffers import (ARRAY_C_CONTIGUOUS, ARRAY_DATA_OFFSET, ARRAY_DESCR_OFFSET,
                                ARRAY_DIMS_OFFSET, ARRAY_FLAGS_OFFSET, ARRAY_NDIM_OFFSET,
-                               OBJECT_TYPE_OFFSET, TUPLE_ITEMS_OFFSET, aligned_zeros)
+                               INDEX_FAULT_SLOTS, OBJECT_TYPE_OFFSET, TUPLE_ITEMS_OFFSET,
+                               aligned_zeros)
+from slimc.ir.errors import InputError
 from slimc.ir.interpreter import check_arrays, order_inputs
 
 
@@ -160,8 +162,9 @@ class NativeModule:
         # slimc_exact checks the inputs against `spec`: the addresses of the ndarray type and
         # of each input's dtype (numpy's own instance of it, which arrays of it share)
         self._call = call if OBJECT_CALLS and static else None
-        self._spec = np.array([id(np.ndarray)] + [id(dtype) for dtype, _ in self._exact or ()],
-                              np.int64)
+        # (then INDEX_FAULT_SLOTS where it says which index input holds a value out of range)
+        self._spec = np.array([id(np.ndarray)] + [id(dtype) for dtype, _ in self._exact or ()]
+                              + [0] * INDEX_FAULT_SLOTS, np.int64)
         self._n_inputs = len(self._inputs)
 
     @property
@@ -234,9 +237,20 @@ class NativeModule:
             missed = exact((*arrays, *outs, arena[0], self._weights, self._spec))
         finally:
             self._arenas.append(arena)
+        if missed == 2:
+            raise self._index_out_of_range(arrays)
         if missed:  # an array of another type, dtype, shape or layout: Python looks closer
             return self._run_pointers(arrays) if self.given_exactly(arrays) else None
         return self._other_outputs(arrays, outs) if self._copies else outs
+
+    def _index_out_of_range(self, arrays) -> InputError:
+        """The error for the index slimc_exact found out of range (spec's last slots)."""
+        i, flat, value, n, label = (int(x) for x in self._spec[-INDEX_FAULT_SLOTS:])
+        where = list(np.unravel_index(flat, arrays[i].shape)) if arrays[i].ndim else []
+        node = ctypes.string_at(label).decode("utf-8", "replace") if label else "?"
+        return InputError(f"input {self.input_names[i]!r} holds {value} at "
+                          f"{[int(w) for w in where]}, an index outside [-{n}, {n - 1}]: "
+                          f"node {node!r} indexes a dimension of {n} with it")
 
     def run_exactly(self, arrays) -> list[np.ndarray]:
         """A call with inputs that `given_exactly` accepts (checked or converted by Python)."""

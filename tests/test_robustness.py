@@ -173,3 +173,38 @@ graph @g(%x: f32[5,3]) -> ({op.split(' : ')[1]}) {{
 """
     with pytest.raises(slimc.ModelError, match=rf"'pick'.*{re.escape(bad)} .*outside"):
         slimc.compile(parse(g))
+
+
+@pytest.mark.parametrize("t", ["i64", "i32"])
+def test_index_inputs_out_of_range_are_refused_at_the_call(t, tmp_path):
+    """The kernels cannot raise (they read element 0 for an index out of range): the call
+    checks every input that indexes a dimension (through views) before it runs anything,
+    and names the input, the value, where it is and the node; in-range calls, negative
+    indices too, agree with the interpreter; an exported artifact checks the same."""
+    g = parse(f"""# slimc-ir v1
+graph @g(%i: {t}[2,2], %e: i64[1,3]) -> (f32[4,3], f32[1,3], f32[5,3]) {{
+  const %table: f32[5,3] = {[float(v) for v in range(15)]}
+  const %upd: f32[1,3] = [-1.0, -2.0, -3.0]
+  const %flat: i64[1] = [4]
+  %ids = reshape(%i, %flat) : {t}[4]
+  %rows = gather(%table, %ids) {{axis=0}} : f32[4,3] loc("embed")
+  %picked = gather_elements(%table, %e) {{axis=0}} : f32[1,3] loc("pick")
+  %put = scatter_elements(%table, %e, %upd) {{axis=0}} : f32[5,3] loc("put")
+  return %rows, %picked, %put
+}}
+""")
+    dt = np.int64 if t == "i64" else np.int32
+    mod = slimc.compile(g)
+    ok_i, ok_e = np.array([[0, 4], [-1, -5]], dt), np.array([[2, -1, 0]], np.int64)
+    for a, b in zip(mod(ok_i, ok_e), interpret(g, ok_i, ok_e)):
+        np.testing.assert_array_equal(a, b)
+    mod.export(str(tmp_path / "art"))
+    for m in (mod, slimc.load(str(tmp_path / "art"))):
+        with pytest.raises(slimc.InputError, match=r"input 'i' holds 5 at \[1, 0\], an index "
+                                                   r"outside \[-5, 4\]: node 'embed'"):
+            m(np.array([[0, 4], [5, 0]], dt), ok_e)
+        with pytest.raises(slimc.InputError, match=r"input 'e' holds -6 at \[0, 2\].*'(pick|put)'"):
+            m(ok_i, np.array([[0, 1, -6]], np.int64))
+        # a non-contiguous input is converted, then checked the same way
+        with pytest.raises(slimc.InputError, match="input 'i' holds 9"):
+            m(np.array([[0, 9], [1, 1]], dt).T, ok_e)

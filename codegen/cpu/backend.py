@@ -21,7 +21,7 @@ from slimc.ir import Graph, Node
 from slimc.ir.errors import SlimcError, TargetError
 
 from ..backend import Backend, CompileOptions, Executable, Lowered
-from .entry import RUNTIME_THREADS, build_entry, build_exact_call
+from .entry import RUNTIME_THREADS, build_entry, build_exact_call, index_bounds
 from .kernel import GENERATORS, INDEX_MAPS
 from .llvm_util import shared_pipelines
 from .lower import lower_graph
@@ -246,7 +246,8 @@ class CpuBackend(Backend):
         main = build_entry(lowered.state, lowered.kernels, placement, threads=threads,
                            ftz=options.denormals == "flush", arch=self.target.arch)
         build_exact_call(lowered.state, main, [tuple(v.type.shape) for v in graph.inputs],
-                         len(graph.outputs))
+                         len(graph.outputs), index_bounds(graph),
+                         [64 if v.type.dtype.name == "i64" else 32 for v in graph.inputs])
         if self.target.is_host and threads > 1 and \
                 any(k.parallel_extent > 1 for k in lowered.kernels):
             _load_threading_runtime()

@@ -260,8 +260,71 @@ def _store_elapsed(b: ir.IRBuilder, timed: ir.Value, clock: ir.Value, since: ir.
         b.store(b.sub(now, since, name=f"{name}.ns"), slot)
 
 
+# ops whose operand 1 indexes one dimension of operand 0 (`axis`), and the views through which
+# an input still holds the same index values
+_INDEXING = ("gather", "gather_elements", "scatter_elements")
+_SAME_VALUES = ("reshape", "squeeze", "unsqueeze", "flatten", "identity")
+
+
+def index_bounds(graph) -> list:
+    """Per graph input, (n, node label) if its values index a dimension of n elements (through
+    views), the smallest such n, else None: ONNX calls an index outside [-n, n) an error, and
+    the kernels, which cannot raise, read element 0 for one, so the call checks them first."""
+    bounds: list = []
+    for v in graph.inputs:
+        best, todo = None, [v] if v.type.dtype.name in ("i32", "i64") else []
+        while todo:
+            value = todo.pop()
+            for node, i in value.uses:
+                if node.op in _SAME_VALUES and i == 0:
+                    todo.extend(node.outputs)
+                elif node.op in _INDEXING and i == 1 and node.inputs[0].type.rank:
+                    data = node.inputs[0].type
+                    n = data.shape[int(node.attrs.get("axis", 0)) % data.rank]
+                    if isinstance(n, int) and (best is None or n < best[0]):
+                        best = (n, node.label or node.outputs[0].name)
+        bounds.append(best)
+    return bounds
+
+
+def _check_indices(b: ir.IRBuilder, fn: ir.Function, values: ir.Value, numel: int, n: int,
+                   fault: ir.Value, found: ir.Block, name: str) -> None:
+    """A loop over `numel` index values at `values` (i32* or i64*) that branches to `found` at
+    the first one outside [-n, n), its position and value left in `fault` slots 1 and 2."""
+    before = b.block
+    loop = fn.append_basic_block(f"{name}.loop")
+    step = fn.append_basic_block(f"{name}.next")
+    done = fn.append_basic_block(f"{name}.in_range")
+    b.branch(loop)
+    b.position_at_end(loop)
+    k = b.phi(I64, name=f"{name}.k")
+    k.add_incoming(i64(0), before)
+    v = b.load(b.gep(values, [k], inbounds=True), name=f"{name}.v")
+    v = b.sext(v, I64) if v.type != I64 else v
+    # -n <= v < n  <=>  v + n < 2n, unsigned
+    ok = b.icmp_unsigned("<", b.add(v, i64(n)), i64(2 * n), name=f"{name}.ok")
+    b.store(k, b.gep(fault, [i64(1)], inbounds=True))
+    b.store(v, b.gep(fault, [i64(2)], inbounds=True))
+    b.cbranch(ok, step, found)
+    b.position_at_end(step)
+    k_next = b.add(k, i64(1), name=f"{name}.k.next")
+    k.add_incoming(k_next, step)
+    b.cbranch(b.icmp_unsigned("<", k_next, i64(numel)), loop, done)
+    b.position_at_end(done)
+
+
+def _label_constant(module: ir.Module, label: str, name: str) -> ir.GlobalVariable:
+    text = bytearray(label.encode("utf-8")[:200] + b"\0")
+    ty = ir.ArrayType(ir.IntType(8), len(text))
+    cstr = ir.GlobalVariable(module, ty, module.get_unique_name(name))
+    cstr.global_constant, cstr.linkage = True, "private"
+    cstr.initializer = ir.Constant(ty, text)
+    return cstr
+
+
 def build_exact_call(module: ir.Module, main: ir.Function, input_shapes: Sequence[tuple],
-                     n_outputs: int) -> ir.Function:
+                     n_outputs: int, bounds: Sequence = (),
+                     index_bits: Sequence[int] = ()) -> ir.Function:
     """``i32 @slimc_exact(objects)``: ``slimc_main`` for a caller that holds Python objects,
     one tuple (inputs..., outputs..., arena, weights, spec) of numpy arrays, `spec` an int64
     array of the addresses of numpy's ndarray type and of each input's dtype. It returns 1
@@ -271,7 +334,10 @@ def build_exact_call(module: ir.Module, main: ir.Function, input_shapes: Sequenc
     most of a small model's call (0.5 us to check an input, 3 us to build the tables, 0.3 us
     a ctypes argument). It reads the objects' fields at the offsets in ir/buffers.py, a
     field of an array only once the object's type is ndarray; only runtime/native.py calls
-    it, after checking those offsets on live objects."""
+    it, after checking those offsets on live objects. With `bounds` (`index_bounds`; the
+    inputs' integer widths in `index_bits`) it returns 2 before running anything when an index
+    input holds a value out of its range, and says which in spec's INDEX_FAULT_SLOTS slots
+    after the dtypes."""
     fn = ir.Function(module, ir.FunctionType(I32, [PTR]), name="slimc_exact")
     fn.args[0].name = "objects"
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -326,6 +392,27 @@ def build_exact_call(module: ir.Module, main: ir.Function, input_shapes: Sequenc
         return slots
 
     inputs, outputs = table(0, n_inputs, "inputs"), table(n_inputs, n_outputs, "outputs")
+    out_of_range = fn.append_basic_block("index_out_of_range") if any(bounds) else None
+    fault = b.gep(spec, [i64(1 + n_inputs)], inbounds=True, name="fault")
+    for i, (shape, bound) in enumerate(zip(input_shapes, bounds)):
+        numel = 1
+        for d in shape:
+            numel *= d
+        if bound is None or numel == 0:
+            continue
+        n, label = bound
+        found = fn.append_basic_block(f"input{i}.out_of_range")
+        values = b.bitcast(b.load(b.gep(inputs, [i64(i)], inbounds=True)),
+                           ir.PointerType(ir.IntType(index_bits[i])), name=f"input{i}.values")
+        _check_indices(b, fn, values, numel, n, fault, found, f"input{i}")
+        after = b.block
+        b.position_at_end(found)
+        b.store(i64(i), fault)
+        b.store(i64(n), b.gep(fault, [i64(3)], inbounds=True))
+        label_at = b.ptrtoint(_label_constant(module, label, f"input{i}.indexes"), I64)
+        b.store(label_at, b.gep(fault, [i64(4)], inbounds=True))
+        b.branch(out_of_range)
+        b.position_at_end(after)
     arena = field(item(n_inputs + n_outputs, "arena"), ARRAY_DATA_OFFSET, PTR, "arena.data")
     weights = field(item(n_inputs + n_outputs + 1, "weights"), ARRAY_DATA_OFFSET, PTR,
                     "weights.data")
@@ -333,4 +420,7 @@ def build_exact_call(module: ir.Module, main: ir.Function, input_shapes: Sequenc
     b.ret(I32(0))
     b.position_at_end(missed)
     b.ret(I32(1))
+    if out_of_range is not None:
+        b.position_at_end(out_of_range)
+        b.ret(I32(2))
     return fn
