@@ -19,7 +19,9 @@ backend compiles static shapes only, so `compile` refuses them by name (slimc/dr
 
 Out-of-range indices (the reference raises) are clamped to element 0 so that no load or store
 leaves its buffer; negative ones count from the end as in the reference. Constant indices out
-of range are refused at compile time (ir/ops/gather_scatter.py `_check_constant_indices`).
+of range are refused at compile time (ir/ops/gather_scatter.py `_check_constant_indices`), and
+a model input that indexes a dimension is checked by the call before any kernel runs
+(entry.py `index_bounds`); an index computed inside the model is not checked.
 """
 
 from __future__ import annotations
