@@ -208,3 +208,19 @@ graph @g(%i: {t}[2,2], %e: i64[1,3]) -> (f32[4,3], f32[1,3], f32[5,3]) {{
         # a non-contiguous input is converted, then checked the same way
         with pytest.raises(slimc.InputError, match="input 'i' holds 9"):
             m(np.array([[0, 9], [1, 1]], dt).T, ok_e)
+
+
+def test_a_dtype_without_native_code_is_refused_with_its_nodes():
+    """bf16 (Falcon's ALiBi slopes) runs in the interpreter; the CPU backend has no type for
+    it and names every node on it before generating code."""
+    g = helper.make_graph([helper.make_node("Cast", ["x"], ["xb"], to=TensorProto.BFLOAT16,
+                                            name="to_bf16"),
+                           helper.make_node("Mul", ["xb", "xb"], ["yb"], name="square"),
+                           helper.make_node("Cast", ["yb"], ["y"], to=TensorProto.FLOAT,
+                                            name="back")], "bf16",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(slimc.UnsupportedError, match=r"(?s)cast on bf16: 2 node\(s\), first "
+                                                      r"'to_bf16', 'back'.*mul on bf16.*'square'"):
+        slimc.compile(m)

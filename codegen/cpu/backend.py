@@ -23,7 +23,7 @@ from slimc.ir.errors import SlimcError, TargetError
 from ..backend import Backend, CompileOptions, Executable, Lowered
 from .entry import RUNTIME_THREADS, build_entry, build_exact_call, index_bounds
 from .kernel import GENERATORS, INDEX_MAPS
-from .llvm_util import shared_pipelines
+from .llvm_util import has_llvm_type, shared_pipelines
 from .lower import lower_graph
 from .parts import cut
 from .scalar_ops import LOWERINGS
@@ -205,6 +205,17 @@ class CpuBackend(Backend):
     # ---- capabilities ---------------------------------------------------------------------------
     def lowers(self, node: Node) -> bool:
         return node.op in GENERATORS or node.op in LOWERINGS or node.op in INDEX_MAPS
+
+    def unsupported(self, graph: Graph) -> dict:
+        """Ops without a lowering, and ops on a dtype this backend has no type for (bf16,
+        float8): said with the node before any code is generated, not from deep inside it."""
+        missing = super().unsupported(graph)
+        for n in graph.nodes:
+            for v in list(n.inputs) + list(n.outputs):
+                if v is not None and not has_llvm_type(v.type.dtype):
+                    missing.setdefault(f"{n.op} on {v.type.dtype}", []).append(n.label)
+                    break
+        return missing
 
     def can_inline(self, node: Node) -> bool:
         return node.op in LOWERINGS or node.op in INDEX_MAPS

@@ -34,6 +34,10 @@ _LLVM_TYPES = {
 }
 
 
+def has_llvm_type(dtype: DType) -> bool:
+    return dtype.name in _LLVM_TYPES
+
+
 def llvm_type(dtype: DType) -> ir.Type:
     try:
         return _LLVM_TYPES[dtype.name]
