@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .export import LoadedModule, add_checksums, export, load
+from .export import LoadedModule, copy_artifact, export, load
 
 
 def cache_dir() -> Optional[str]:
@@ -185,9 +185,9 @@ class CachedModule(LoadedModule):
         return self.manifest["memory"]
 
     def export(self, path: str) -> None:
-        """The entry's files, with the checksums the cache does not keep."""
-        shutil.copytree(self.path, path, dirs_exist_ok=True)
-        add_checksums(path)
+        """The entry's files, checksummed, each renamed into place (export.copy_artifact: a
+        module loaded from `path` keeps the files it mapped)."""
+        copy_artifact(self.path, path)
 
 
 DEFAULT_MAX_BYTES = 1 << 30
