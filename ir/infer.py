@@ -52,10 +52,24 @@ def broadcast_shapes(shapes: Sequence[Sequence[Dim]], ctx: Optional[InferContext
     return tuple(out)
 
 
-def broadcast_infer(result_dtype=None, dtype_from: int = 0):
-    """Inference for n-ary broadcasting ops; the output dtype is `result_dtype` or input's."""
+def same_dtype_or_fail(ctx: InferContext, first: int = 0) -> None:
+    """Inputs `first`.. must share one dtype, as the single type constraint T of ONNX's Add,
+    Mul, Where, ... says: a mixed pair would pass inference and then fail in code generation
+    (whose kernels take one element type) or be computed by numpy's promotion."""
+    typed = [(i, t) for i, t in enumerate(ctx.inputs) if i >= first and t is not None]
+    for i, t in typed[1:]:
+        if t.dtype != typed[0][1].dtype:
+            ctx.fail(f"input {typed[0][0]} is {typed[0][1].dtype} and input {i} is {t.dtype}: "
+                     f"the inputs must have one dtype (cast one of them)")
+
+
+def broadcast_infer(result_dtype=None, dtype_from: int = 0, same_dtype: bool = False):
+    """Inference for n-ary broadcasting ops; the output dtype is `result_dtype` or input's.
+    With `same_dtype`, the inputs from `dtype_from` on must share it (`same_dtype_or_fail`)."""
 
     def infer(ctx: InferContext) -> TensorType:
+        if same_dtype:
+            same_dtype_or_fail(ctx, dtype_from)
         present = [t for t in ctx.inputs if t is not None]
         shape = broadcast_shapes([t.shape for t in present], ctx)
         dt = result_dtype or ctx[dtype_from].dtype

@@ -95,8 +95,18 @@ def order_inputs(names: Sequence[str], arrays: Sequence, named: dict) -> list:
     return list(arrays) + [named[n] for n in names[len(arrays):]]
 
 
+def _check_graph(graph) -> None:
+    """The interpreter runs slimc IR only: importing a model is the frontends' work (a layer
+    above this one), so anything else is refused with the call that imports it."""
+    if not isinstance(graph, Graph):
+        raise InputError(f"slimc.interpret runs a slimc Graph, got {type(graph).__name__}; "
+                         f"import the model first: slimc.interpret(slimc.from_onnx(model), ...) "
+                         f"(or slimc.from_torch for a torch.nn.Module)")
+
+
 def interpret(graph: Graph, *arrays: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
     """Run `graph` on numpy inputs (positional, or by input name); returns its outputs."""
+    _check_graph(graph)
     arrays = check_inputs(graph, order_inputs([v.name for v in graph.inputs], arrays, named))
     env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
     for c in graph.constants.values():

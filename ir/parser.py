@@ -7,14 +7,16 @@ reproduce bugs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Optional
 
 import numpy as np
 
-from .errors import SlimcError
+from .errors import InputError, ModelError, SlimcError
 from .graph import Graph, Node, Value
 from .printer import FORMAT_VERSION
+from .registry import has_op, infer_node
 from .types import TensorType, dtypes
 
 
@@ -41,8 +43,9 @@ def _unquote(text: str) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, check_types: bool = True):
         self.text = text
+        self.check_types = check_types
         self.tokens: list[tuple[str, str, int]] = []
         pos = 0
         while pos < len(text):
@@ -57,10 +60,13 @@ class _Parser:
         self.values: dict[str, Value] = {}
 
     # ----- token helpers -----------------------------------------------------------------
-    def error_at(self, pos: int, msg: str):
+    def position(self, pos: int) -> str:
         line = self.text.count("\n", 0, pos) + 1
         col = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
-        raise ParseError(f"line {line}, column {col}: {msg}")
+        return f"line {line}, column {col}"
+
+    def error_at(self, pos: int, msg: str):
+        raise ParseError(f"{self.position(pos)}: {msg}")
 
     def peek(self, k: int = 0):
         return self.tokens[min(self.i + k, len(self.tokens) - 1)]
@@ -145,6 +151,52 @@ class _Parser:
         self.i -= 1
         self.error("expected a literal")
 
+    def constant_data(self, name: str, t: TensorType, pos: int) -> np.ndarray:
+        """A constant's literal as an array of its type: the wrong number of values, or a
+        value an integer dtype cannot hold (numpy would wrap 1000 to -24 as i8, truncate 1.5),
+        is an error at the constant's line."""
+        where = f"constant %{name}: {t}"
+        if not t.is_static:
+            self.error_at(pos, f"{where}: a constant needs a static shape")
+        lit = self.parse_literal()
+        try:
+            data = np.asarray(lit, dtype=np.float64 if t.dtype.is_float else None)
+        except (ValueError, OverflowError) as e:
+            self.error_at(pos, f"{where}: its values are not a regular array ({e})")
+        if data.size != t.numel:
+            self.error_at(pos, f"{where} needs {t.numel} values, got {data.size}")
+        if t.dtype.numpy.kind in "iu" and data.size:
+            if data.dtype.kind == "f" and not np.all(np.isfinite(data) & (data == np.trunc(data))):
+                self.error_at(pos, f"{where}: its values must be integers")
+            info = np.iinfo(t.dtype.numpy)
+            low, high = data.min(), data.max()
+            if low < info.min or high > info.max:
+                bad = low if low < info.min else high
+                self.error_at(pos, f"{where}: value {bad} is out of range for {t.dtype} "
+                                   f"([{info.min}, {info.max}])")
+        return data.astype(t.dtype.numpy).reshape(t.shape)
+
+    def check_node(self, node: Node, pos: int) -> None:
+        """The node's declared result types against its op's inference: a differing dtype,
+        rank or static size is an error at its line, as `compile` would otherwise replace the
+        declared type without a word; an error inference finds (a bad attribute) gets the
+        line too. Unknown ops (registered later, perhaps) and nodes that read elided
+        constants (whose data may decide the shapes) are taken as written."""
+        if not has_op(node.op) or any(v is not None and v.is_constant and v.data is None
+                                      for v in node.inputs):
+            return
+        try:
+            inferred = infer_node(node)
+        except ModelError as e:  # the model's error still, now with its place in the text
+            raise type(e)(f"{e.detail} ({self.position(pos)})", node=e.node, op=e.op) from e
+        declared = [v.type for v in node.outputs]
+        if len(inferred) != len(declared):
+            self.error_at(pos, f"{len(declared)} results declared but {node.op} gives "
+                               f"{len(inferred)}")
+        for v, want in zip(node.outputs, inferred):
+            if _contradicts(v.type, want):
+                self.error_at(pos, f"%{v.name} is declared {v.type} but {node.op} gives {want}")
+
     def lookup(self, token: str) -> Value:
         name = _unquote(token[1:])
         if name not in self.values:
@@ -188,12 +240,7 @@ class _Parser:
                 self.expect(":")
                 t = self.parse_type()
                 self.expect("=")
-                if self.accept("elided"):
-                    data = None
-                else:
-                    lit = self.parse_literal()
-                    data = np.asarray(lit, dtype=np.float64 if t.dtype.is_float else None)
-                    data = data.astype(t.dtype.numpy).reshape(t.shape)
+                data = None if self.accept("elided") else self.constant_data(name, t, pos)
                 v = graph.add_constant(name, data, t, unique=False)
                 self.define(graph, v, pos)
             elif kind == "ident" and text == "return":
@@ -255,10 +302,40 @@ class _Parser:
         graph.insert(node)
         for v in outputs:
             self.define(graph, v, pos)
+        if self.check_types:
+            self.check_node(node, pos)
 
 
-def parse(text: str) -> Graph:
-    """Parse slimc IR text. Constants printed as ``elided`` come back without data."""
+def _contradicts(declared: TensorType, inferred: TensorType) -> bool:
+    """Whether two types cannot describe one tensor (a symbolic or unknown dim matches any)."""
+    if declared.dtype != inferred.dtype or declared.rank != inferred.rank:
+        return True
+    return any(isinstance(a, int) and isinstance(b, int) and a != b
+               for a, b in zip(declared.shape, inferred.shape))
+
+
+def _as_text(text) -> str:
+    """The IR text: a str, or bytes decoded as UTF-8 (what `open(path, "rb")` gives)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("not slimc IR: the bytes are not UTF-8 text (an ONNX model? "
+                             "import it with slimc.from_onnx)") from None
+    if not isinstance(text, str):
+        hint = " (to read a file, pass its text, or use slimc.ir.load(path))" \
+            if isinstance(text, os.PathLike) else ""
+        raise InputError(f"slimc.parse takes IR text, a str or UTF-8 bytes; got "
+                         f"{type(text).__name__}{hint}")
+    return text
+
+
+def parse(text: "str | bytes", check_types: bool = True) -> Graph:
+    """Parse slimc IR text (a str, or UTF-8 bytes). Constants printed as ``elided`` come back
+    without data. With `check_types`, a declared result type that contradicts its op's type
+    inference is an error at its line; ``check_types=False`` reads the IR as written (a
+    broken dump, to show the verifier's view of it)."""
+    text = _as_text(text)
     m = _HEADER.match(text)
     if not m:
         raise ParseError("not slimc IR: the text must start with '# slimc-ir v1'")
@@ -269,7 +346,7 @@ def parse(text: str) -> Graph:
             "print it again from its source model with this slimc"
         raise ParseError(f"IR format v{version} is {what} than the one this slimc reads "
                          f"(v{FORMAT_VERSION}): {todo}")
-    p = _Parser(text)
+    p = _Parser(text, check_types)
     graph = p.parse_graph()
     if p.peek()[0] != "eof":
         p.error("expected end of input after the graph")

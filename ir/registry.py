@@ -84,6 +84,10 @@ class InferContext:
     def fail(self, message: str):
         raise ModelError(message, node=self.node_label, op=self.opdef.name)
 
+    def unsupported(self, message: str):
+        """A valid model that slimc does not implement (an UnsupportedError naming the node)."""
+        raise UnsupportedError(message, node=self.node_label, op=self.opdef.name)
+
 
 InferFn = Callable[[InferContext], "TensorType | Sequence[TensorType]"]
 
@@ -109,12 +113,21 @@ class OpDef:
         out = {}
         for k, default in self.attrs.items():
             if k in attrs:
-                out[k] = attrs[k]
+                out[k] = self._checked_kind(k, attrs[k], default, node_label)
             elif default is REQUIRED:
                 raise ModelError(f"attribute {k!r} is required", node=node_label, op=self.name)
             else:
                 out[k] = default
         return out
+
+    def _checked_kind(self, key: str, value, default, node_label: str):
+        """A string where the default is a number (axis="1" in IR text) is the model's error:
+        passed on, it would reach the op's inference as int("1") and read as a slimc bug."""
+        if isinstance(value, str) and isinstance(default, (int, float)) and \
+                not isinstance(default, bool):
+            raise ModelError(f"attribute {key}={value!r} must be a number, as its default "
+                             f"{default!r} is (write it unquoted)", node=node_label, op=self.name)
+        return value
 
     def check_arity(self, n_inputs: int, node_label: str = "") -> None:
         lo, hi = self.num_inputs

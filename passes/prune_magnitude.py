@@ -248,6 +248,24 @@ def _select(weights: list, skipped: list, layers: Optional[Sequence[str]]) -> li
     return [w for w in weights if w in chosen]  # graph order
 
 
+def _fitting(weights: list, pattern: Pattern) -> tuple:
+    """(the weights `pattern`'s block fits in, skipped entries for the others). A block that
+    covers the whole [K, N] weight leaves one block to rank, so the layer could only be
+    zeroed whole or left as it is: it is skipped with the reason, not reported pruned at 0%."""
+    if pattern.is_nm or pattern.rows * pattern.cols == 1:
+        return weights, []
+    fit, skipped = [], []
+    for w in weights:
+        k, n = w.to_kn(w.value.data).shape
+        if pattern.rows >= k and pattern.cols >= n:
+            skipped.append((", ".join(x.label for x in w.nodes), w.nodes[0].op,
+                            f"the block {pattern.rows}x{pattern.cols} covers its whole weight "
+                            f"%{w.value.name} ([K, N] = [{k}, {n}]); give a smaller block"))
+        else:
+            fit.append(w)
+    return fit, skipped
+
+
 # ----- scores and masks -----------------------------------------------------------------------
 
 def block_scores(kn: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -342,12 +360,13 @@ def prune_magnitude(graph: Graph, sparsity: float, *, pattern: str = "unstructur
     s = _check(sparsity, pat, scope)
     graph = graph.clone()
     weights, skipped = find_weights(graph)
-    chosen = _select(weights, skipped, layers)
-    rep = MagnitudeReport(s, pat.text, scope, skipped=skipped)
+    chosen, too_small = _fitting(_select(weights, skipped, layers), pat)
+    rep = MagnitudeReport(s, pat.text, scope, skipped=skipped + too_small)
     if not chosen:
-        rep.note = ("nothing to prune: " + ("no layer was selected" if weights else
-                    "the model has no conv, matmul or gemm layer with a constant float weight")
-                    + "; the graph is returned unchanged")
+        why = ("the model has no conv, matmul or gemm layer with a constant float weight"
+               if not weights else "the block covers every selected weight whole"
+               if too_small else "no layer was selected")
+        rep.note = f"nothing to prune: {why}; the graph is returned unchanged"
         log("prune", rep.note)
         return graph, rep
     masks, rep.threshold = _masks(chosen, pat, s, scope)

@@ -288,6 +288,8 @@ class Sparsify(Pass):
         w = m.data("w")
         if np.count_nonzero(w) > self.max_density * w.size:
             return None  # the common case: a dense layer costs this one count, nothing more
+        if w.size == 0 or 0 in m["x"].type.shape:
+            return None  # empty: nothing to multiply, the dense kernel writes nothing
         a = _weight_of(m, op)
         info = structure(a)
         x = m["x"].type.shape

@@ -102,6 +102,8 @@ def ineligible(node: Node) -> Optional[str]:
         return f"dtype {x.type.dtype}: the Winograd kernel is float32 only"
     if not (x.type.is_static and node.outputs[0].type.is_static):
         return "its shapes are not static"
+    if 0 in x.type.shape or 0 in node.outputs[0].type.shape:
+        return "it is empty (no batch, channels or pixels): the direct conv writes nothing"
     if int(a["group"]) != 1:
         return f"group={a['group']} (Winograd here needs group=1)"
     if any(int(s) != 1 for s in (a["strides"] or [1, 1])):

@@ -18,8 +18,45 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 
 import numpy as np
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (a count such as --top or --repeat)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _target_name(text: str) -> str:
+    """An argparse type: a target slimc knows (checked even where only a later pass would
+    read it, so a typo is not silently ignored)."""
+    from slimc.target import Target
+
+    try:
+        Target.of(text)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _load_npz(path: str, what: str) -> dict:
+    """The arrays of the .npz at `path`; a missing, unreadable or pickled file is a one-line
+    error naming it (never unpickled: allow_pickle=False)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except OSError as e:
+        raise SystemExit(f"slimc: cannot read {what} {path}: {e.strerror or e}") from None
+    except (ValueError, zipfile.BadZipFile):  # numpy takes a file not a zip for a pickle
+        raise SystemExit(f"slimc: {what} {path} is not an .npz of plain arrays (what "
+                         f"np.savez writes)") from None
 
 
 def _shapes(specs) -> dict:
@@ -66,7 +103,12 @@ def _inputs_for(graph, path) -> list:
     fixed seed): standard normal floats, integers in [0, 4)."""
     rng = np.random.default_rng(0)
     arrays = []
-    given = dict(np.load(path, allow_pickle=False)) if path else {}
+    given = _load_npz(path, "--inputs") if path else {}
+    names = [v.name for v in graph.inputs]
+    unmatched = sorted(set(given) - set(names))
+    if unmatched:
+        raise SystemExit(f"slimc: {path} holds {unmatched}, which name no input of the model; "
+                         f"its inputs are {names}")
     for v in graph.inputs:
         if v.name in given:
             arrays.append(given[v.name])
@@ -180,8 +222,7 @@ def _print_compile_details(compiled, top: int = 8) -> None:
 def _calibration_samples(graph, path: str) -> list:
     """The samples of a calibration .npz: arrays named like the graph's inputs, each either
     one sample (the input's rank) or a stack of samples along a new first axis."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = _load_npz(path, "--calibration")
     missing = [v.name for v in graph.inputs if v.name not in arrays]
     if missing:
         raise SystemExit(f"slimc: {path} has no array for input(s) {missing}; it holds "
@@ -239,7 +280,10 @@ def cmd_opt(args) -> int:
     from slimc.compiler import pipeline
     from slimc.passes import PassManager, make_pass
 
-    with open(args.graph) as f:
+    if args.graph.endswith(".onnx"):
+        raise SystemExit(f"slimc: opt takes slimc IR (a .slimc file or a dump), not an ONNX "
+                         f"model: print it first with `slimc ir {args.graph} > model.slimc`")
+    with open(args.graph, "rb") as f:
         graph = slimc.parse(f.read())
     # a pass the target configures (winograd's cost model, layout's block) as compile does
     configured = {p.name: p for p in pipeline(args.target, 2)}
@@ -282,7 +326,8 @@ def main(argv=None) -> int:
     p.add_argument("--after", help="print after this pass of the pipeline")
     p.add_argument("--opt-level", type=int, help="run the -O pipeline first")
     p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
-    p.add_argument("--target", default="x86", help="whose pipeline: x86 (default), aarch64, ...")
+    p.add_argument("--target", default="x86", type=_target_name,
+                   help="whose pipeline: x86 (default), aarch64, ...")
     p.set_defaults(fn=cmd_ir)
     p = sub.add_parser("run", help="run a model on random or given inputs")
     p.add_argument("model")
@@ -295,17 +340,19 @@ def main(argv=None) -> int:
     p.add_argument("--inputs", help=".npz with arrays named like the inputs (else random)")
     p.add_argument("--opt-level", type=int, default=2)
     p.add_argument("--threads", type=int, help="at most this many threads (default: all)")
-    p.add_argument("--repeat", type=int, default=20, help="calls to take the medians of")
+    p.add_argument("--repeat", type=_positive_int, default=20,
+                   help="calls to take the medians of")
     p.add_argument("--alone", action="store_true",
                    help="time each kernel run by itself (warm), not inside whole calls")
-    p.add_argument("--top", type=int, help="print only the slowest N kernels")
+    p.add_argument("--top", type=_positive_int, help="print only the slowest N kernels")
     p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
     p.set_defaults(fn=cmd_profile)
 
     p = sub.add_parser("compile", help="compile a model and export it (any target, e.g. aarch64)")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="the artifact directory to write")
-    p.add_argument("--target", default="x86", help="x86 (default), x86-64-v3, aarch64, ...")
+    p.add_argument("--target", default="x86", type=_target_name,
+                   help="x86 (default), x86-64-v3, aarch64, ...")
     p.add_argument("--opt-level", type=int, default=2)
     p.add_argument("--threads", type=int, help="at most this many threads (default: all)")
     p.add_argument("--shape", action="append", help="bind an input shape: name=1,3,224,224")
@@ -341,7 +388,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("opt", help="run passes on a .slimc IR file and print the result")
     p.add_argument("graph")
     p.add_argument("--passes", required=True)
-    p.add_argument("--target", default="x86", help="configures target passes (winograd, layout)")
+    p.add_argument("--target", default="x86", type=_target_name,
+                   help="configures target passes (winograd, layout)")
     p.set_defaults(fn=cmd_opt)
     p = sub.add_parser("cache", help="show the compile cache (or --clear it)")
     p.add_argument("--clear", action="store_true", help="remove every entry")
@@ -351,7 +399,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except SlimcError as e:
+    except (SlimcError, OSError) as e:  # the model's or the file system's: one line, no trace
         print(f"slimc: error: {e}", file=sys.stderr)
         return 1
 

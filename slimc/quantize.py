@@ -14,7 +14,9 @@ yet, and the interpreter's references define the int8 semantics exactly.
 
 from __future__ import annotations
 
+import difflib
 import math
+import numbers
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
@@ -216,9 +218,32 @@ def _check_options(mode, method, percentile, keep_sensitive, calibration):
         raise SlimcError(f"quantize: method must be one of {METHODS}, got {method!r}")
     if not 0 < percentile <= 100:
         raise SlimcError(f"quantize: percentile must be in (0, 100], got {percentile!r}")
+    if keep_sensitive is not None and (isinstance(keep_sensitive, bool) or
+                                       not isinstance(keep_sensitive, numbers.Real)):
+        raise InputError(f"quantize: keep_sensitive is an SQNR threshold in dB (a number such "
+                         f"as 30), got {keep_sensitive!r}")
     if keep_sensitive is not None and calibration is None:
         raise SlimcError("quantize: keep_sensitive needs calibration data to measure each "
                          "layer's SQNR on")
+
+
+def _exclusions(found: list, exclude) -> set:
+    """The names `exclude` gives (one name may come as a plain str), each checked against the
+    candidate layers: a name that matches none (a typo) would otherwise leave the layer it
+    meant quantized without a word."""
+    names = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    known = []
+    for item in found:
+        known += [item.name, item.out] if isinstance(item, Layer) else [item[0]]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        shown = ", ".join(repr(k) for k in dict.fromkeys(known[:20])) or "none"
+        more = ", ..." if len(known) > 20 else ""
+        raise InputError(f"quantize: exclude={unknown}: no conv, matmul or gemm layer has that "
+                         f"name{hint} (layers, by node or output name: {shown}{more})")
+    return set(names)
 
 
 def _select(found: list, mode: str, exclude: set) -> tuple:
@@ -260,7 +285,7 @@ def _layer_report(plan: Plan, alone: Optional[_Sqnr]) -> LayerReport:
 
 def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "static",
              method: str = "percentile", percentile: float = 99.99, per_channel: bool = True,
-             exclude: Sequence[str] = (), keep_sensitive: Optional[float] = None,
+             exclude: "str | Sequence[str]" = (), keep_sensitive: Optional[float] = None,
              embeddings: bool = True, report: bool = False):
     """Quantize a float model to int8: a `slimc.Graph` of explicit quantize / integer-op /
     dequantize nodes (with ``report=True``, ``(graph, QuantizationReport)``).
@@ -269,8 +294,9 @@ def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "stat
     tuple of input arrays or a ``{name: array}`` dict; ``mode="static"`` needs it (activation
     ranges by `method`: "minmax", "percentile" of ``|x|`` or "entropy"), ``mode="dynamic"``
     quantizes matmul / gemm activations per row at run time and uses calibration data only to
-    measure. Layers named in `exclude`, and with `keep_sensitive` (dB) those whose SQNR when
-    quantized alone is below it, stay float32; the report says why for each. With
+    measure. Layers named in `exclude` (one name, or a list of names; an unknown one is an
+    InputError), and with `keep_sensitive` (dB) those whose SQNR when quantized alone is
+    below it, stay float32; the report says why for each. With
     `embeddings`, large embedding tables (gathers of constant rows) are stored as int8 with a
     scale per row, dequantized as they are read (weight-only: their lookups stay exact
     up to the rounding of the table)."""
@@ -278,7 +304,7 @@ def quantize(model, calibration: Optional[Iterable] = None, *, mode: str = "stat
     graph = simplified_graph(model)
     samples = _samples(graph, calibration)
     found = find_layers(graph)
-    layers, kept = _select(found, mode, set(exclude))
+    layers, kept = _select(found, mode, _exclusions(found, exclude))
     rep = QuantizationReport(mode, method, len(samples))
     if not layers:
         rep.layers = kept

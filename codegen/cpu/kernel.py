@@ -575,6 +575,12 @@ def generate(kb: KernelBuilder, generators=GENERATORS, group_kernels=GROUP_KERNE
         if n.op not in generators and n.op not in LOWERINGS and n.op not in INDEX_MAPS:
             raise UnsupportedError(f"the {backend} backend has no lowering for {n.op}",
                                    node=n.label, op=n.op)
+    if anchors and all(v.type.is_static and v.type.numel == 0 for v in kb.outputs):
+        # an empty result (no batch, channels or pixels): nothing to write, and a generator's
+        # tiling would divide by the empty extent
+        kb.parallel_extent = 1
+        kb.b.ret_void()
+        return
     if anchors:
         gen = generators[anchors[0].op]
         kb.pipeline = "vector" if gen.vector_code else "O3"

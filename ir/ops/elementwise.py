@@ -156,17 +156,20 @@ def _register_tables() -> None:
         register_op(name, reference=fn, infer=same_as_input(0), fusion=EW, num_inputs=1)
     for name, (fn, attrs) in UNARY_WITH_ATTRS.items():
         register_op(name, reference=fn, infer=same_as_input(0), fusion=EW, num_inputs=1, attrs=attrs)
-    for name, fn in BINARY.items():
-        register_op(name, reference=fn, infer=broadcast_infer(), fusion=BC, num_inputs=2)
+    for name, fn in BINARY.items():  # (pow alone lets base and exponent differ, as in ONNX)
+        register_op(name, reference=fn, infer=broadcast_infer(same_dtype=name != "pow"),
+                    fusion=BC, num_inputs=2)
     for name, fn in COMPARE.items():
-        register_op(name, reference=fn, infer=broadcast_infer(dtypes.bool), fusion=BC, num_inputs=2)
+        register_op(name, reference=fn, infer=broadcast_infer(dtypes.bool, same_dtype=True),
+                    fusion=BC, num_inputs=2)
 
 
 _register_tables()
 
-register_op("mod", reference=_mod, infer=broadcast_infer(), fusion=BC, num_inputs=2, attrs={"fmod": 0})
-register_op("bit_shift", reference=_bitshift, infer=broadcast_infer(), fusion=BC, num_inputs=2,
-            attrs={"direction": REQUIRED})
+register_op("mod", reference=_mod, infer=broadcast_infer(same_dtype=True), fusion=BC,
+            num_inputs=2, attrs={"fmod": 0})
+register_op("bit_shift", reference=_bitshift, infer=broadcast_infer(same_dtype=True),
+            fusion=BC, num_inputs=2, attrs={"direction": REQUIRED})
 register_op("not", reference=np.logical_not, infer=same_as_input(0), fusion=EW, num_inputs=1)
 register_op("isnan", reference=np.isnan, infer=lambda c: c[0].with_dtype(dtypes.bool),
             fusion=EW, num_inputs=1)
@@ -213,7 +216,8 @@ def _where(cond, a, b):
     return np.where(cond, a, b)
 
 
-register_op("where", reference=_where, infer=broadcast_infer(dtype_from=1), fusion=BC, num_inputs=3)
+register_op("where", reference=_where, infer=broadcast_infer(dtype_from=1, same_dtype=True),
+            fusion=BC, num_inputs=3)
 
 
 def _variadic(fn):
@@ -226,11 +230,14 @@ def _variadic(fn):
     return reference
 
 
+_SAME = broadcast_infer(same_dtype=True)
+
+
 def _mean(*xs):
     return (_variadic(np.add)(*xs) / np.asarray(len(xs), xs[0].dtype)).astype(xs[0].dtype)
 
 
-register_op("max", reference=_variadic(np.maximum), infer=broadcast_infer(), fusion=BC, num_inputs=(1, None))
-register_op("min", reference=_variadic(np.minimum), infer=broadcast_infer(), fusion=BC, num_inputs=(1, None))
-register_op("sum", reference=_variadic(np.add), infer=broadcast_infer(), fusion=BC, num_inputs=(1, None))
-register_op("mean", reference=_mean, infer=broadcast_infer(), fusion=BC, num_inputs=(1, None))
+register_op("max", reference=_variadic(np.maximum), infer=_SAME, fusion=BC, num_inputs=(1, None))
+register_op("min", reference=_variadic(np.minimum), infer=_SAME, fusion=BC, num_inputs=(1, None))
+register_op("sum", reference=_variadic(np.add), infer=_SAME, fusion=BC, num_inputs=(1, None))
+register_op("mean", reference=_mean, infer=_SAME, fusion=BC, num_inputs=(1, None))

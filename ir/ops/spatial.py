@@ -179,8 +179,8 @@ def _infer_resize(ctx: InferContext) -> TensorType:
         out = [None if axes is None or d in [int(v) % x.rank for v in axes] else x.shape[d]
                for d in range(x.rank)]
         return TensorType(x.dtype, tuple(out))
-    if has_scales and np.any(data <= 0):
-        ctx.fail(f"scales {data.tolist()} must be positive")
+    if has_scales and not np.all(np.isfinite(data) & (data > 0)):
+        ctx.fail(f"scales {data.tolist()} must be finite and positive")
     if has_sizes and np.any(data < 0):
         ctx.fail(f"sizes {data.tolist()} must not be negative")
     resized = range(x.rank) if axes is None else [int(v) % x.rank for v in axes]

@@ -117,6 +117,17 @@ def out_dims(h: int, w: int, pads) -> tuple[int, int]:
     return h + pt + pb - (KERNEL - 1), w + pl + pr - (KERNEL - 1)
 
 
+def _refuse_empty(ctx: InferContext, n, cin, cout) -> None:
+    """The kernel splits the batch's tile rows into blocks and the channels into vectors, and
+    has no path for an empty one; the direct convolution has (at opt_level=1, which takes no
+    Winograd tile). Refused here, the op's contract, rather than failing in its generator."""
+    for size, what in ((n, "an empty batch (N=0)"), (cout, "0 output channels"),
+                       (cin, "0 input channels")):
+        if size == 0:
+            ctx.unsupported(f"a Winograd convolution with {what} is not supported; "
+                            f"opt_level=1 runs this layer as a direct convolution")
+
+
 def _infer(ctx: InferContext) -> TensorType:
     x, u = ctx[0], ctx[1]
     tile = ctx.attrs["tile"]
@@ -134,6 +145,7 @@ def _infer(ctx: InferContext) -> TensorType:
     c, cin, cout = x.shape[1], u.shape[1], u.shape[2]
     if isinstance(c, int) and isinstance(cin, int) and c != cin:
         ctx.fail(f"input has {c} channels but the transformed filter {u} expects {cin}")
+    _refuse_empty(ctx, x.shape[0], cin, cout)
     pads = ctx.attrs["pads"] or [0, 0, 0, 0]
     if len(pads) != 4 or any(int(p) < 0 for p in pads):
         ctx.fail(f"pads {list(pads)} must be 4 non-negative entries [top, left, bottom, right]")
