@@ -15,8 +15,9 @@ or as a decorated function::
     def drop_identities(graph) -> bool: ...
 
 The PassManager runs passes in order and, around each one: verifies the IR (``verify=True``,
-or ``SLIMC_VERIFY=1``; after the passes in ``check_after``, the user's, always), times it, prints the IR (``SLIMC_PRINT_IR=after-all``,
-``after-change``, or ``after:fold_constants,cse``), and writes one numbered file per pass into
+or ``SLIMC_VERIFY=1``; after the passes in ``check_after``, the user's, always), times it,
+prints the IR (``SLIMC_PRINT_IR=after-all``, ``after-change``, or
+``after:fold_constants,cse``), and writes one numbered file per pass into
 ``dump_dir``. A pass that breaks the IR or crashes raises an `InternalError` naming the pass,
 and the IR from before it is written out (``<dump_dir or tmp>/reproducer-<pass>.slimc``) with
 the command that replays it.

@@ -576,21 +576,15 @@ def generate(kb: KernelBuilder, generators=GENERATORS, group_kernels=GROUP_KERNE
             raise UnsupportedError(f"the {backend} backend has no lowering for {n.op}",
                                    node=n.label, op=n.op)
     if anchors and all(v.type.is_static and v.type.numel == 0 for v in kb.outputs):
-        # an empty result (no batch, channels or pixels): nothing to write, and a generator's
-        # tiling would divide by the empty extent
-        kb.parallel_extent = 1
+        kb.parallel_extent = 1  # nothing to write (a generator's tiling divides by the extent)
         kb.b.ret_void()
-        return
-    if anchors:
+    elif anchors:
         gen = generators[anchors[0].op]
         kb.pipeline = "vector" if gen.vector_code else "O3"
         gen(kb, anchors[0])
-        return
-    special = next((emit for applies, emit in group_kernels if applies(kb)), None)
-    if special is not None:
-        special(kb)
     else:
-        kb.elementwise_loops()
+        special = next((emit for applies, emit in group_kernels if applies(kb)), None)
+        (special or KernelBuilder.elementwise_loops)(kb)
 
 
 def build_kernel(module: ir.Module, name: str, nodes: Sequence[Node], inputs: Sequence[Value],
