@@ -237,9 +237,9 @@ class NativeModule:
             missed = exact((*arrays, *outs, arena[0], self._weights, self._spec))
         finally:
             self._arenas.append(arena)
-        if missed == 2:
-            raise self._index_out_of_range(arrays)
         if missed:  # an array of another type, dtype, shape or layout: Python looks closer
+            if missed == 2:
+                raise self._index_out_of_range(arrays)
             return self._run_pointers(arrays) if self.given_exactly(arrays) else None
         return self._other_outputs(arrays, outs) if self._copies else outs
 

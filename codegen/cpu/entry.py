@@ -38,7 +38,7 @@ from slimc.ir.buffers import (ARRAY_C_CONTIGUOUS, ARRAY_DATA_OFFSET, ARRAY_DESCR
 
 from ..backend import ARENA, INPUT, OUTPUT
 from .kernel import Kernel, llvm_name
-from .llvm_util import I32, I64, PTR, VOID, entry_alloca, i64
+from .llvm_util import I32, I64, PTR, VOID, entry_alloca, for_range, i64
 
 MXCSR_FTZ_DAZ = 0x8040  # bit 15: flush to zero, bit 6: denormals are zero
 FPCR_FZ = 1 << 24  # AArch64 FPCR.FZ: denormal inputs and results of float ops become zero
@@ -287,30 +287,20 @@ def index_bounds(graph) -> list:
     return bounds
 
 
-def _check_indices(b: ir.IRBuilder, fn: ir.Function, values: ir.Value, numel: int, n: int,
-                   fault: ir.Value, found: ir.Block, name: str) -> None:
+def _check_indices(b: ir.IRBuilder, values: ir.Value, numel: int, n: int, fault: ir.Value,
+                   found: ir.Block, name: str) -> None:
     """A loop over `numel` index values at `values` (i32* or i64*) that branches to `found` at
     the first one outside [-n, n), its position and value left in `fault` slots 1 and 2."""
-    before = b.block
-    loop = fn.append_basic_block(f"{name}.loop")
-    step = fn.append_basic_block(f"{name}.next")
-    done = fn.append_basic_block(f"{name}.in_range")
-    b.branch(loop)
-    b.position_at_end(loop)
-    k = b.phi(I64, name=f"{name}.k")
-    k.add_incoming(i64(0), before)
-    v = b.load(b.gep(values, [k], inbounds=True), name=f"{name}.v")
-    v = b.sext(v, I64) if v.type != I64 else v
-    # -n <= v < n  <=>  v + n < 2n, unsigned
-    ok = b.icmp_unsigned("<", b.add(v, i64(n)), i64(2 * n), name=f"{name}.ok")
-    b.store(k, b.gep(fault, [i64(1)], inbounds=True))
-    b.store(v, b.gep(fault, [i64(2)], inbounds=True))
-    b.cbranch(ok, step, found)
-    b.position_at_end(step)
-    k_next = b.add(k, i64(1), name=f"{name}.k.next")
-    k.add_incoming(k_next, step)
-    b.cbranch(b.icmp_unsigned("<", k_next, i64(numel)), loop, done)
-    b.position_at_end(done)
+    with for_range(b, 0, numel, 1, name=f"{name}.k") as k:
+        v = b.load(b.gep(values, [k], inbounds=True), name=f"{name}.v")
+        v = b.sext(v, I64) if v.type != I64 else v
+        # -n <= v < n  <=>  v + n < 2n, unsigned
+        ok = b.icmp_unsigned("<", b.add(v, i64(n)), i64(2 * n), name=f"{name}.ok")
+        b.store(k, b.gep(fault, [i64(1)], inbounds=True))
+        b.store(v, b.gep(fault, [i64(2)], inbounds=True))
+        in_range = b.function.append_basic_block(f"{name}.in_range")
+        b.cbranch(ok, in_range, found)
+        b.position_at_end(in_range)
 
 
 def _label_constant(module: ir.Module, label: str, name: str) -> ir.GlobalVariable:
@@ -404,7 +394,7 @@ def build_exact_call(module: ir.Module, main: ir.Function, input_shapes: Sequenc
         found = fn.append_basic_block(f"input{i}.out_of_range")
         values = b.bitcast(b.load(b.gep(inputs, [i64(i)], inbounds=True)),
                            ir.PointerType(ir.IntType(index_bits[i])), name=f"input{i}.values")
-        _check_indices(b, fn, values, numel, n, fault, found, f"input{i}")
+        _check_indices(b, values, numel, n, fault, found, f"input{i}")
         after = b.block
         b.position_at_end(found)
         b.store(i64(i), fault)

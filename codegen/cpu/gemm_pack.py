@@ -98,13 +98,35 @@ def pack_b(B: np.ndarray, cfg_or_target=None, *, trans_b: bool = False) -> np.nd
     return out
 
 
+def _copy_panel(b: ir.IRBuilder, src0, dst0, ldb, K: int, cols: int, cfg: GemmConfig,
+                tag: str) -> None:
+    """K rows of one panel: `cols` floats of each row of B (ldb apart) to NR floats of the
+    panel, whole vectors copied, the vector at the edge masked and the ones past it zero."""
+    vw, vt = cfg.vw, ir.VectorType(F32, cfg.vw)
+    with for_range(b, 0, K, 1, f"k{tag}") as k:
+        src = b.gep(src0, [b.mul(k, ldb, name=f"src.{tag}roff")], source_etype=F32,
+                    name=f"src.{tag}")
+        dst = b.gep(dst0, [b.mul(k, i64(cfg.nr), name=f"dst.{tag}koff")], source_etype=F32,
+                    name=f"dst.{tag}")
+        for v in range(cfg.nv):
+            lanes = min(vw, max(0, cols - v * vw))
+            d = b.gep(dst, [i64(v * vw)], source_etype=F32, name=f"dst.{tag}{v}")
+            sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.{tag}{v}")
+            if lanes == vw:
+                val = b.load(sv, typ=vt, align=4, name=f"b{tag}.v{v}")
+            elif lanes > 0:
+                val = masked_load_vector(b, sv, vt, first_lanes(vw, lanes), f"b{tag}.v{v}")
+            else:
+                val = ir.Constant(vt, None)
+            b.store(val, d, align=4)
+
+
 def emit_pack_b(module: ir.Module, name: str, N: int, K: int, cfg: GemmConfig,
                 trans_b: bool) -> ir.Function:
     """`void pack_b_<name>(B, ldb, Bp)`: B [K, N] (or stored [N, K], `trans_b`) packed at run
     time into the panels `pack_b` makes at compile time: NR columns a panel, K rows of NR
     floats, zero past N (vector copies, the last panel's masked)."""
-    vw, nr = cfg.vw, cfg.nr
-    vt = ir.VectorType(F32, vw)
+    nr = cfg.nr
     npan = -(-N // nr)
     nfull = N // nr
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, PTR]), f"pack_b_{name}")
@@ -123,37 +145,11 @@ def emit_pack_b(module: ir.Module, name: str, N: int, K: int, cfg: GemmConfig,
                              name="src.pan")
                 dst0 = b.gep(Bp, [b.mul(p, i64(K * nr), name="dst.off")],
                              source_etype=F32, name="dst.pan")
-                with for_range(b, 0, K, 1, "k") as k:
-                    src = b.gep(src0, [b.mul(k, ldb, name="src.roff")], source_etype=F32,
-                                name="src")
-                    dst = b.gep(dst0, [b.mul(k, i64(nr), name="dst.koff")],
-                                source_etype=F32, name="dst")
-                    for v in range(cfg.nv):
-                        sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.{v}")
-                        d = b.gep(dst, [i64(v * vw)], source_etype=F32, name=f"dst.{v}")
-                        b.store(b.load(sv, typ=vt, align=4, name=f"b.v{v}"), d, align=4)
+                _copy_panel(b, src0, dst0, ldb, K, nr, cfg, "")
         if nfull < npan:
-            rem = N - nfull * nr
             src0 = b.gep(B, [i64(nfull * nr)], source_etype=F32, name="src.tpan")
             dst0 = b.gep(Bp, [i64(nfull * K * nr)], source_etype=F32, name="dst.tpan")
-            with for_range(b, 0, K, 1, "kt") as k:
-                src = b.gep(src0, [b.mul(k, ldb, name="src.troff")], source_etype=F32,
-                            name="src.t")
-                dst = b.gep(dst0, [b.mul(k, i64(nr), name="dst.tkoff")],
-                            source_etype=F32, name="dst.t")
-                for v in range(cfg.nv):
-                    lanes = min(vw, max(0, rem - v * vw))
-                    d = b.gep(dst, [i64(v * vw)], source_etype=F32, name=f"dst.t{v}")
-                    if lanes == vw:
-                        sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                        val = b.load(sv, typ=vt, align=4, name=f"bt.v{v}")
-                    elif lanes > 0:
-                        sv = b.gep(src, [i64(v * vw)], source_etype=F32, name=f"src.t{v}")
-                        val = masked_load_vector(b, sv, vt, first_lanes(vw, lanes),
-                                                 f"bt.v{v}")
-                    else:
-                        val = ir.Constant(vt, None)
-                    b.store(val, d, align=4)
+            _copy_panel(b, src0, dst0, ldb, K, N - nfull * nr, cfg, "t")
     else:
         # B is stored transposed, Bt[n][k] at Bt + n*ldb + k: Bp[p][k][j] = Bt[p*nr+j][k]
         with for_range(b, 0, npan, 1, "p") as p:
